@@ -1,0 +1,166 @@
+/*
+ * fastnn.h -- the one declaration of fastnn's C kernel API.
+ *
+ * The cffi definitions are read from the region between the CDEF markers
+ * below (fastnn/_build_ckernels.py), so this file is the single source of
+ * truth for Python too.  Keep that region free of preprocessor directives.
+ *
+ * Conventions (after llm.c):
+ *   - Outputs first, inputs next, sizes and hyperparameters last.  The one
+ *     exception is fastnn_gemm, which keeps the BLAS order.
+ *   - Every buffer comes from the caller; no kernel allocates.
+ *   - Matrices are row-major float32.  `=` in a comment means the output is
+ *     overwritten (its old content is never read), `+=` that it is
+ *     accumulated into.
+ *   - Every function returns FASTNN_OK (0) or a negative error code; a call
+ *     with invalid sizes or a NULL required pointer does nothing and returns
+ *     FASTNN_EINVAL.  Sizes must describe the buffers passed: the Python
+ *     wrappers check that before any call.
+ *   - Scalars that feed bias corrections are double, as in torch.optim,
+ *     which computes them in Python floats.
+ */
+#ifndef FASTNN_H
+#define FASTNN_H
+
+#include <stdint.h>
+
+#define FASTNN_OK 0
+#define FASTNN_EINVAL (-1)
+
+/* Activation codes; the order matches fastnn.kernels._checks.ACTIVATIONS. */
+enum fastnn_activation {
+    FASTNN_ACT_IDENTITY = 0,
+    FASTNN_ACT_STEP = 1,       /* Heaviside: x > 0 ? 1 : 0; derivative 0   */
+    FASTNN_ACT_SIGN = 2,       /* x > 0 ? 1 : (x < 0 ? -1 : 0); derivative 0 */
+    FASTNN_ACT_SIGMOID = 3,
+    FASTNN_ACT_TANH = 4,
+    FASTNN_ACT_RELU = 5,
+    FASTNN_ACT_LEAKY_RELU = 6, /* x > 0 ? x : slope * x (slope > 0)        */
+    FASTNN_ACT_SOFTPLUS = 7    /* log(1 + e^x), derivative 1 - e^-y        */
+};
+
+/* SIMD code paths of the gemm micro-kernel, chosen at load time. */
+enum fastnn_simd {
+    FASTNN_SIMD_GENERIC = 0,
+    FASTNN_SIMD_AVX2 = 1,      /* AVX2 + FMA */
+    FASTNN_SIMD_AVX512 = 2     /* AVX-512F   */
+};
+
+/* CDEF BEGIN */
+
+/* ---- runtime ------------------------------------------------------------ */
+void fastnn_set_num_threads(int n);
+int fastnn_get_num_threads(void);
+/* The SIMD path in use (enum fastnn_simd) and the best this CPU supports. */
+int fastnn_simd_path(void);
+int fastnn_simd_best(void);
+/* Force a path (tests run every path the CPU supports); EINVAL if the CPU
+   lacks it. */
+int fastnn_set_simd_path(int path);
+
+/* ---- matrix multiply ---------------------------------------------------- */
+/* C (m,n) = alpha * op(A) * op(B) + beta * C, row-major with leading
+   dimensions lda/ldb/ldc.  op(A) is (m,k): A is (m,k), or (k,m) if trans_a.
+   op(B) is (k,n): B is (k,n), or (n,k) if trans_b.  With beta == 0, C is
+   overwritten and never read (it may hold NaN). */
+int fastnn_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
+                float alpha, const float *A, int64_t lda,
+                const float *B, int64_t ldb,
+                float beta, float *C, int64_t ldc);
+
+/* ---- dense layer -------------------------------------------------------- */
+/* X (n,in), W (in,out), b (out) or NULL, Y (n,out).
+   Y = act(X W + b), bias and activation applied in the gemm epilogue. */
+int fastnn_dense_forward(float *Y, const float *X, const float *W,
+                         const float *b, int64_t n, int64_t in, int64_t out,
+                         int act, float slope);
+
+/* dZ (n,out) = dY * act'(Y), from the cached output Y (dZ may equal dY);
+   dW (in,out) = X^T dZ;  db (out) = column sums of dZ (NULL: skipped);
+   dX (n,in) = dZ W^T (NULL: skipped, e.g. for the first layer). */
+int fastnn_dense_backward(float *dX, float *dW, float *db, float *dZ,
+                          const float *dY, const float *X, const float *W,
+                          const float *Y, int64_t n, int64_t in, int64_t out,
+                          int act, float slope);
+
+/* ---- activations (elementwise over `size` floats) ------------------------ */
+/* Y = act(X); Y may equal X. */
+int fastnn_activation_forward(float *Y, const float *X, int64_t size,
+                              int act, float slope);
+/* dX = dY * act'(Y) computed from the output Y; dX may equal dY. */
+int fastnn_activation_backward(float *dX, const float *dY, const float *Y,
+                               int64_t size, int act, float slope);
+/* Row-wise softmax: X, Y (n,c); Y may equal X. */
+int fastnn_softmax_forward(float *Y, const float *X, int64_t n, int64_t c);
+/* dX = Y * (dY - rowsum(dY * Y)); dX may equal dY. */
+int fastnn_softmax_backward(float *dX, const float *dY, const float *Y,
+                            int64_t n, int64_t c);
+
+/* ---- losses: forward writes the batch mean to *loss ---------------------- */
+/* Z logits (n,c), labels (n) in [0,c), P (n,c) = softmax(Z);
+   *loss = mean_i (logsumexp(Z_i) - Z_i,label_i).  EINVAL on a bad label. */
+int fastnn_softmax_xent_forward(float *loss, float *P, const float *Z,
+                                const int32_t *labels, int64_t n, int64_t c);
+/* dZ (n,c) = (P - onehot(labels)) / n; dZ may equal P. */
+int fastnn_softmax_xent_backward(float *dZ, const float *P,
+                                 const int32_t *labels, int64_t n, int64_t c);
+/* Sigmoid fused with binary cross-entropy on logits Z, targets T in [0,1]:
+   *loss = mean(max(z,0) - z t + log1p(exp(-|z|))). */
+int fastnn_bce_forward(float *loss, const float *Z, const float *T,
+                       int64_t size);
+/* dZ = (sigmoid(Z) - T) / size; dZ may equal Z. */
+int fastnn_bce_backward(float *dZ, const float *Z, const float *T,
+                        int64_t size);
+/* *loss = mean((Y - T)^2);  dY = 2 (Y - T) / size. */
+int fastnn_mse_forward(float *loss, const float *Y, const float *T,
+                       int64_t size);
+int fastnn_mse_backward(float *dY, const float *Y, const float *T,
+                        int64_t size);
+/* *loss = mean(|Y - T|);  dY = sign(Y - T) / size (0 where Y == T). */
+int fastnn_mae_forward(float *loss, const float *Y, const float *T,
+                       int64_t size);
+int fastnn_mae_backward(float *dY, const float *Y, const float *T,
+                        int64_t size);
+
+/* ---- optimizer updates: one pass over flat buffers of `size` floats ------
+   All follow torch.optim's equations; `step` counts from 1; weight_decay is
+   L2 added to the gradient (AdamW: decoupled).  grads is only read. */
+/* momentum_buf may be NULL when momentum == 0. */
+int fastnn_sgd(float *params, const float *grads, float *momentum_buf,
+               int64_t size, int64_t step, double lr, double momentum,
+               double dampening, int nesterov, double weight_decay);
+int fastnn_adam(float *params, const float *grads, float *m, float *v,
+                int64_t size, int64_t step, double lr, double beta1,
+                double beta2, double eps, double weight_decay);
+int fastnn_adamw(float *params, const float *grads, float *m, float *v,
+                 int64_t size, int64_t step, double lr, double beta1,
+                 double beta2, double eps, double weight_decay);
+/* momentum_buf may be NULL when momentum == 0, grad_avg when !centered. */
+int fastnn_rmsprop(float *params, const float *grads, float *square_avg,
+                   float *momentum_buf, float *grad_avg, int64_t size,
+                   double lr, double alpha, double eps, double weight_decay,
+                   double momentum, int centered);
+int fastnn_adagrad(float *params, const float *grads, float *sum_sq,
+                   int64_t size, int64_t step, double lr, double lr_decay,
+                   double weight_decay, double eps);
+/* mu_product: product of mu_1 .. mu_step, this step's mu included, kept by
+   the caller (torch keeps it as optimizer state). */
+int fastnn_nadam(float *params, const float *grads, float *m, float *v,
+                 int64_t size, int64_t step, double lr, double beta1,
+                 double beta2, double eps, double weight_decay,
+                 double momentum_decay, double mu_product);
+int fastnn_adamax(float *params, const float *grads, float *m, float *u,
+                  int64_t size, int64_t step, double lr, double beta1,
+                  double beta2, double eps, double weight_decay);
+
+/* ---- flat-buffer utilities (gradient clipping) --------------------------- */
+/* *out = sum(x^2), accumulated in double. */
+int fastnn_sum_squares(double *out, const float *x, int64_t size);
+/* x *= s. */
+int fastnn_scale(float *x, int64_t size, float s);
+/* x = min(max(x, lo), hi). */
+int fastnn_clip(float *x, int64_t size, float lo, float hi);
+
+/* CDEF END */
+
+#endif /* FASTNN_H */

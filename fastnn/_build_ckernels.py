@@ -1,0 +1,75 @@
+"""cffi build script for fastnn._ckernels (run by setup.py at install time).
+
+The cdef is the region of csrc/fastnn.h between the CDEF markers, so the C
+header stays the one declaration of the API.  The build does not use
+-march=native: the SIMD micro-kernels carry their own target attributes and
+are chosen at load time from what the CPU reports.
+"""
+
+import os
+import re
+
+from cffi import FFI
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CSRC = os.path.join(os.path.dirname(HERE), "csrc")
+
+
+def read_cdef(header=os.path.join(CSRC, "fastnn.h")):
+    """The declarations between '/* CDEF BEGIN */' and '/* CDEF END */'."""
+    with open(header) as f:
+        text = f.read()
+    match = re.search(r"/\* CDEF BEGIN \*/(.*?)/\* CDEF END \*/", text, re.S)
+    if match is None:
+        raise RuntimeError(f"{header}: no CDEF BEGIN/END region")
+    return match.group(1)
+
+
+def c_sources():
+    return sorted(os.path.join("csrc", f) for f in os.listdir(CSRC) if f.endswith(".c"))
+
+
+CFLAGS = ["-O3", "-std=c11", "-fopenmp", "-fno-math-errno", "-Wall", "-Wextra",
+          "-Wno-unused-parameter"]
+if os.environ.get("FASTNN_SANITIZE"):
+    CFLAGS += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-g"]
+
+ffibuilder = FFI()
+ffibuilder.cdef(read_cdef())
+ffibuilder.set_source(
+    "fastnn._ckernels",
+    '#include "fastnn.h"',
+    sources=c_sources(),
+    include_dirs=["csrc"],
+    extra_compile_args=CFLAGS,
+    extra_link_args=["-fopenmp"] + (["-fsanitize=address,undefined"]
+                                    if os.environ.get("FASTNN_SANITIZE") else []),
+)
+
+
+def build_inplace():
+    """Development rebuild: compile in a private temp dir, then atomically
+    replace fastnn/_ckernels*.so (safe when several people rebuild at once)."""
+    import glob
+    import shutil
+    import tempfile
+
+    os.chdir(os.path.dirname(HERE))
+    with tempfile.TemporaryDirectory() as tmp:
+        ffibuilder.compile(verbose=False, tmpdir=tmp)
+        built = glob.glob(os.path.join(tmp, "fastnn", "_ckernels*.so"))
+        if len(built) != 1:
+            raise RuntimeError(f"expected one built module, found {built}")
+        target = os.path.join(HERE, os.path.basename(built[0]))
+        staged = target + f".{os.getpid()}.tmp"
+        shutil.copy2(built[0], staged)
+        os.replace(staged, target)
+        for old in glob.glob(os.path.join(HERE, "_ckernels*.so")):
+            if old != target:  # e.g. the abi3 module of a pip install
+                os.remove(old)
+        print("built", target)
+
+
+if __name__ == "__main__":
+    # python fastnn/_build_ckernels.py  -> rebuild the extension in place.
+    build_inplace()

@@ -1,0 +1,363 @@
+"""Argument checks shared by every kernel backend.
+
+Every public kernel of every backend starts with one call into this module, so
+that bad input raises the same clear Python exception on every backend before
+any kernel runs, and so that C code is only ever called with sizes that
+describe the buffers it is given.
+
+Policy
+------
+* Inputs that are not of the backend's dtype, or not C-contiguous, are
+  converted (a copy); this is said in each kernel's docstring.
+* Outputs are never converted: an output must already have the right shape,
+  the backend's dtype, be C-contiguous and writable, else TypeError/ValueError.
+* An output may not overlap any input, except where a kernel documents that it
+  may be the *same* array as one named input (in-place operation).
+
+Arrays may be numpy arrays or, on the cuda backend, numba device arrays: the
+checks only use ``shape``, ``dtype``, contiguity and the data pointer from the
+array interface.
+"""
+
+import numpy as np
+
+# Order matches enum fastnn_activation in csrc/fastnn.h.
+ACTIVATIONS = ("identity", "step", "sign", "sigmoid", "tanh", "relu",
+               "leaky_relu", "softplus")
+_ACT_CODES = {name: i for i, name in enumerate(ACTIVATIONS)}
+
+
+def activation_code(activation):
+    """Map an activation name (or None for identity) to its C enum value."""
+    if activation is None:
+        return 0
+    try:
+        return _ACT_CODES[activation]
+    except (KeyError, TypeError):
+        raise ValueError(f"activation: unknown {activation!r}; expected one "
+                         f"of {', '.join(ACTIVATIONS)}") from None
+
+
+def _pointer(x):
+    iface = getattr(x, "__cuda_array_interface__", None)
+    if iface is None:
+        iface = x.__array_interface__
+    return iface["data"][0]
+
+
+def _nbytes(x):
+    return int(np.prod(x.shape, dtype=np.int64)) * np.dtype(x.dtype).itemsize
+
+
+def _c_contiguous(x):
+    flags = getattr(x, "flags", None)
+    if flags is not None and hasattr(flags, "c_contiguous"):
+        return flags.c_contiguous
+    return x.is_c_contiguous()  # numba device array
+
+
+def _is_device(x):
+    return hasattr(x, "__cuda_array_interface__") and not isinstance(x, np.ndarray)
+
+
+def overlaps(a, b):
+    """True if the memory of arrays a and b overlaps."""
+    if _nbytes(a) == 0 or _nbytes(b) == 0:
+        return False
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return np.shares_memory(a, b)
+    pa, pb = _pointer(a), _pointer(b)
+    return pa < pb + _nbytes(b) and pb < pa + _nbytes(a)
+
+
+def same_array(a, b):
+    """True if a and b are the same buffer with the same shape (in place)."""
+    return a is b or (tuple(a.shape) == tuple(b.shape) and _pointer(a) == _pointer(b)
+                      and np.dtype(a.dtype) == np.dtype(b.dtype))
+
+
+def _shape_str(shape):
+    return "(" + ", ".join(str(s) for s in shape) + (",)" if len(shape) == 1 else ")")
+
+
+def as_input(name, x, dtype, ndim=None, shape=None, to_device=None):
+    """Return x as a C-contiguous array of `dtype`, checking ndim and shape.
+
+    A dimension given as None in `shape` is free.  `to_device`, if given, is
+    applied to host arrays (cuda backend).
+    """
+    if x is None:
+        raise TypeError(f"{name}: expected an array, got None")
+    if not (hasattr(x, "shape") and hasattr(x, "dtype")):
+        try:
+            x = np.asarray(x)
+        except Exception as exc:  # noqa: BLE001 - re-raised with the name
+            raise TypeError(f"{name}: expected an array, got {type(x).__name__}") from exc
+    dt = np.dtype(x.dtype)
+    if dt.kind not in "fiub":
+        raise TypeError(f"{name}: expected a numeric array, got dtype {dt}")
+    _check_shape(name, x, ndim, shape)
+    if _is_device(x):
+        if dt != dtype or not _c_contiguous(x):
+            raise TypeError(f"{name}: device arrays must be C-contiguous {np.dtype(dtype)}, "
+                            f"got {dt}")
+        return x
+    x = np.ascontiguousarray(x, dtype=dtype)
+    return to_device(x) if to_device is not None else x
+
+
+def as_labels(name, labels, n, to_device=None):
+    """Integer class labels of shape (n,), converted to C-contiguous int32."""
+    labels = as_input(name, labels, np.int32 if _is_device(labels) else np.asarray(labels).dtype,
+                      ndim=1, shape=(n,))
+    if not _is_device(labels):
+        if np.dtype(labels.dtype).kind not in "iu":
+            raise TypeError(f"{name}: expected integer class labels, got dtype {labels.dtype}")
+        labels = np.ascontiguousarray(labels, dtype=np.int32)
+        if to_device is not None:
+            labels = to_device(labels)
+    return labels
+
+
+def check_output(name, x, dtype, shape):
+    """Check an output array: exact shape, dtype, C-contiguous, writable."""
+    if x is None:
+        raise TypeError(f"{name}: expected an output array, got None")
+    if not (hasattr(x, "shape") and hasattr(x, "dtype")):
+        raise TypeError(f"{name}: expected an output array, got {type(x).__name__}")
+    _check_shape(name, x, len(shape), shape)
+    if np.dtype(x.dtype) != np.dtype(dtype):
+        raise TypeError(f"{name}: output must have dtype {np.dtype(dtype)}, got {np.dtype(x.dtype)}")
+    if not _c_contiguous(x):
+        raise ValueError(f"{name}: output must be C-contiguous")
+    flags = getattr(x, "flags", None)
+    if isinstance(x, np.ndarray) and not flags.writeable:
+        raise ValueError(f"{name}: output array is read-only")
+    return x
+
+
+def check_no_alias(out_name, out, inputs, inplace_ok=()):
+    """Refuse an output that overlaps an input.
+
+    `inputs` maps names to arrays (None entries are skipped); names in
+    `inplace_ok` may be the very same array as the output.
+    """
+    for name, arr in inputs.items():
+        if arr is None or arr is out:
+            if arr is out and arr is not None and name not in inplace_ok:
+                raise ValueError(f"{out_name}: output must not be the same array as {name}")
+            continue
+        if overlaps(out, arr):
+            if name in inplace_ok and same_array(out, arr):
+                continue
+            raise ValueError(f"{out_name}: output overlaps input {name}")
+
+
+def _check_shape(name, x, ndim, shape):
+    if ndim is not None and len(x.shape) != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-D array, got shape {_shape_str(x.shape)}")
+    if shape is not None:
+        for want, got in zip(shape, x.shape):
+            if want is not None and want != got:
+                want_str = _shape_str(["*" if s is None else s for s in shape])
+                raise ValueError(f"{name}: expected shape {want_str}, got {_shape_str(x.shape)}")
+
+
+def check_scalar(name, value, low=None, high=None, low_open=False):
+    """A finite real scalar within [low, high] (low excluded if low_open)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected a real number, got {value!r}") from None
+    if not np.isfinite(v):
+        raise ValueError(f"{name}: must be finite, got {v}")
+    if low is not None and (v < low or (low_open and v == low)):
+        raise ValueError(f"{name}: must be {'>' if low_open else '>='} {low}, got {v}")
+    if high is not None and v > high:
+        raise ValueError(f"{name}: must be <= {high}, got {v}")
+    return v
+
+
+def check_step(step):
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
+        raise ValueError(f"step: expected an integer >= 1, got {step!r}")
+    return int(step)
+
+
+# ---------------------------------------------------------------------------
+# One preparation function per kernel.  Each validates every argument of the
+# kernel of the same name, converts inputs, and returns what the backends need.
+# `dtype` is the backend's compute dtype; `dev` converts host inputs to device
+# arrays (cuda backend) and is None elsewhere.
+
+def prepare_gemm(A, B, C, trans_a, trans_b, alpha, beta, dtype, dev=None):
+    A = as_input("A", A, dtype, ndim=2, to_device=dev)
+    B = as_input("B", B, dtype, ndim=2, to_device=dev)
+    m, k = (A.shape[1], A.shape[0]) if trans_a else A.shape
+    kb, n = (B.shape[1], B.shape[0]) if trans_b else B.shape
+    if k != kb:
+        raise ValueError(f"B: inner dimensions differ: op(A) is ({m}, {k}) but op(B) is "
+                         f"({kb}, {n}) (trans_a={bool(trans_a)}, trans_b={bool(trans_b)})")
+    if m == 0 or n == 0 or k == 0:
+        raise ValueError(f"gemm: every dimension must be >= 1, got m={m}, n={n}, k={k}")
+    check_output("C", C, dtype, (m, n))
+    check_no_alias("C", C, {"A": A, "B": B})
+    return A, B, m, n, k, check_scalar("alpha", alpha), check_scalar("beta", beta)
+
+
+def _dense_dims(X, W, dtype, dev):
+    X = as_input("X", X, dtype, ndim=2, to_device=dev)
+    W = as_input("W", W, dtype, ndim=2, shape=(X.shape[1], None), to_device=dev)
+    n, fan_in = X.shape
+    fan_out = W.shape[1]
+    if n == 0 or fan_in == 0 or fan_out == 0:
+        raise ValueError(f"dense: every dimension must be >= 1, got n={n}, in={fan_in}, "
+                         f"out={fan_out}")
+    return X, W, n, fan_in, fan_out
+
+
+def prepare_dense_forward(Y, X, W, b, activation, negative_slope, dtype, dev=None):
+    X, W, n, fan_in, fan_out = _dense_dims(X, W, dtype, dev)
+    if b is not None:
+        b = as_input("b", b, dtype, ndim=1, shape=(fan_out,), to_device=dev)
+    check_output("Y", Y, dtype, (n, fan_out))
+    check_no_alias("Y", Y, {"X": X, "W": W, "b": b})
+    return (X, W, b, n, fan_in, fan_out, activation_code(activation),
+            check_scalar("negative_slope", negative_slope, low=0.0))
+
+
+def prepare_dense_backward(dX, dW, db, dZ, dY, X, W, Y, activation, negative_slope,
+                           dtype, dev=None):
+    X, W, n, fan_in, fan_out = _dense_dims(X, W, dtype, dev)
+    Y = as_input("Y", Y, dtype, ndim=2, shape=(n, fan_out), to_device=dev)
+    check_output("dZ", dZ, dtype, (n, fan_out))
+    if dZ is dY or (hasattr(dY, "shape") and same_array(dZ, dY)):
+        dY = dZ
+    else:
+        dY = as_input("dY", dY, dtype, ndim=2, shape=(n, fan_out), to_device=dev)
+    check_no_alias("dZ", dZ, {"dY": dY, "X": X, "W": W, "Y": Y}, inplace_ok=("dY",))
+    check_output("dW", dW, dtype, (fan_in, fan_out))
+    inputs = {"dY": dY, "X": X, "W": W, "Y": Y, "dZ": dZ}
+    check_no_alias("dW", dW, inputs)
+    if db is not None:
+        check_output("db", db, dtype, (fan_out,))
+        check_no_alias("db", db, dict(inputs, dW=dW))
+    if dX is not None:
+        check_output("dX", dX, dtype, (n, fan_in))
+        check_no_alias("dX", dX, dict(inputs, dW=dW, db=db))
+    return (dY, X, W, Y, n, fan_in, fan_out, activation_code(activation),
+            check_scalar("negative_slope", negative_slope, low=0.0))
+
+
+def _elementwise_out(out_name, out, in_name, x, dtype, dev, inplace=True, shape=None):
+    """An output with the shape of input x (or `shape`); out may be x itself."""
+    if inplace and (out is x or (hasattr(x, "shape") and out is not None
+                                 and hasattr(out, "shape") and same_array(out, x))):
+        check_output(out_name, out, dtype, tuple(out.shape))
+        return out
+    x = as_input(in_name, x, dtype, to_device=dev)
+    check_output(out_name, out, dtype, tuple(x.shape) if shape is None else shape)
+    check_no_alias(out_name, out, {in_name: x})
+    return x
+
+
+def prepare_activation_forward(Y, X, activation, negative_slope, dtype, dev=None):
+    X = _elementwise_out("Y", Y, "X", X, dtype, dev)
+    return X, activation_code(activation), check_scalar("negative_slope", negative_slope, low=0.0)
+
+
+def prepare_activation_backward(dX, dY, Y, activation, negative_slope, dtype, dev=None):
+    dY = _elementwise_out("dX", dX, "dY", dY, dtype, dev)
+    Y = as_input("Y", Y, dtype, shape=tuple(dY.shape), ndim=len(dY.shape), to_device=dev)
+    check_no_alias("dX", dX, {"Y": Y})
+    return dY, Y, activation_code(activation), check_scalar("negative_slope", negative_slope,
+                                                            low=0.0)
+
+
+def _rows(name, x):
+    if len(x.shape) != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name}: expected a non-empty 2-D array (n, c), got shape "
+                         f"{_shape_str(x.shape)}")
+    return x.shape
+
+
+def prepare_softmax_forward(Y, X, dtype, dev=None):
+    X = _elementwise_out("Y", Y, "X", X, dtype, dev)
+    return (X,) + _rows("X", X)
+
+
+def prepare_softmax_backward(dX, dY, Y, dtype, dev=None):
+    dY = _elementwise_out("dX", dX, "dY", dY, dtype, dev)
+    n, c = _rows("dY", dY)
+    Y = as_input("Y", Y, dtype, ndim=2, shape=(n, c), to_device=dev)
+    check_no_alias("dX", dX, {"Y": Y})
+    return dY, Y, n, c
+
+
+def prepare_softmax_xent_forward(P, Z, labels, dtype, dev=None):
+    Z = as_input("Z", Z, dtype, ndim=2, to_device=dev)
+    n, c = _rows("Z", Z)
+    labels = as_labels("labels", labels, n, to_device=dev)
+    if not _is_device(labels) and (labels.min() < 0 or labels.max() >= c):
+        raise ValueError(f"labels: must lie in [0, {c}), got values in "
+                         f"[{labels.min()}, {labels.max()}]")
+    check_output("P", P, dtype, (n, c))
+    check_no_alias("P", P, {"Z": Z, "labels": labels})
+    return Z, labels, n, c
+
+
+def prepare_softmax_xent_backward(dZ, P, labels, dtype, dev=None):
+    P = _elementwise_out("dZ", dZ, "P", P, dtype, dev)
+    n, c = _rows("P", P)
+    labels = as_labels("labels", labels, n, to_device=dev)
+    if not _is_device(labels) and (labels.min() < 0 or labels.max() >= c):
+        raise ValueError(f"labels: must lie in [0, {c}), got values in "
+                         f"[{labels.min()}, {labels.max()}]")
+    check_no_alias("dZ", dZ, {"labels": labels})
+    return P, labels, n, c
+
+
+def prepare_pointwise_loss(Y, T, dtype, dev=None, y_name="Y"):
+    """Forward of bce/mse/mae: Y and T of the same non-empty shape."""
+    Y = as_input(y_name, Y, dtype, to_device=dev)
+    T = as_input("T", T, dtype, ndim=len(Y.shape), shape=tuple(Y.shape), to_device=dev)
+    if _nbytes(Y) == 0:
+        raise ValueError(f"{y_name}: must not be empty")
+    return Y, T
+
+
+def prepare_pointwise_loss_backward(dY, Y, T, dtype, dev=None, y_name="Y"):
+    """Backward of bce/mse/mae: dY has Y's shape and may be Y itself."""
+    Y = _elementwise_out("d" + y_name, dY, y_name, Y, dtype, dev)
+    T = as_input("T", T, dtype, ndim=len(Y.shape), shape=tuple(Y.shape), to_device=dev)
+    if _nbytes(Y) == 0:
+        raise ValueError(f"{y_name}: must not be empty")
+    check_no_alias("d" + y_name, dY, {"T": T})
+    return Y, T
+
+
+def prepare_update(params, grads, states, dtype, dev=None):
+    """Optimizer update: params and every state buffer are outputs (1-D, same
+    size); grads is an input.  `states` maps names to buffers (None: unused)."""
+    if params is None or not hasattr(params, "shape") or len(params.shape) != 1:
+        raise ValueError("params: expected a flat 1-D buffer, got "
+                         + ("None" if params is None else
+                            _shape_str(getattr(params, "shape", ()))))
+    size = params.shape[0]
+    check_output("params", params, dtype, (size,))
+    grads = as_input("grads", grads, dtype, ndim=1, shape=(size,), to_device=dev)
+    check_no_alias("params", params, {"grads": grads})
+    seen = {"params": params}
+    for name, buf in states.items():
+        if buf is None:
+            continue
+        check_output(name, buf, dtype, (size,))
+        check_no_alias(name, buf, dict(seen, grads=grads))
+        seen[name] = buf
+    return grads, size
+
+
+def prepare_flat(name, x, dtype):
+    if x is None or not hasattr(x, "shape") or len(x.shape) != 1:
+        raise ValueError(f"{name}: expected a flat 1-D buffer")
+    return check_output(name, x, dtype, tuple(x.shape))
