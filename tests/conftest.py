@@ -1,0 +1,53 @@
+"""Test configuration.
+
+Without a GPU the cuda backend runs under numba's CUDA simulator, which must be
+switched on before numba is first imported; with a GPU, the same tests run on
+the device.
+"""
+
+import glob
+import os
+import shutil
+
+if not (glob.glob("/dev/nvidia[0-9]*") or shutil.which("nvidia-smi")):
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from fastnn import kernels  # noqa: E402
+
+CPU_BACKENDS = ("c", "numba")
+FAST_BACKENDS = CPU_BACKENDS + ("cuda",)
+if os.environ.get("FASTNN_TEST_BACKENDS"):
+    # e.g. FASTNN_TEST_BACKENDS=reference checks the tests against the oracle itself
+    FAST_BACKENDS = tuple(os.environ["FASTNN_TEST_BACKENDS"].split(","))
+    CPU_BACKENDS = tuple(b for b in FAST_BACKENDS if b != "cuda")
+
+
+def require(name):
+    """The backend module; c and numba must work here, cuda may be absent."""
+    if name == "cuda" and not kernels.available("cuda"):
+        pytest.skip("cuda backend unavailable (no GPU and no simulator)")
+    return kernels.get(name)
+
+
+@pytest.fixture(params=FAST_BACKENDS)
+def backend(request):
+    """Every non-reference backend, in turn."""
+    return require(request.param)
+
+
+@pytest.fixture(params=CPU_BACKENDS)
+def cpu_backend(request):
+    return require(request.param)
+
+
+@pytest.fixture
+def ref():
+    return kernels.get("reference")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
