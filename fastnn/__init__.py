@@ -1,7 +1,21 @@
-"""fastnn: train small and medium neural networks fast on ordinary machines."""
+"""fastnn: train small and medium neural networks fast on ordinary machines.
 
+Layers and models (:class:`Sequential`, :class:`Dense`, ...) sit on one flat
+parameter buffer; :class:`Trainer` drives mini-batch training through the
+kernel backends in :mod:`fastnn.kernels` (C, Numba, CUDA, numpy reference).
+"""
+
+from . import kernels, losses, optim
 from .kernels import get_backend, set_backend, set_num_threads
+from .layers import (Activation, Dense, Dropout, Identity, LeakyReLU, ReLU, Sigmoid, Sign,
+                     Softmax, Softplus, Step, Tanh)
+from .model import Sequential, load
+from .trainer import EarlyStopping, History, Trainer
 
 __version__ = "0.1.0"
 
-__all__ = ["get_backend", "set_backend", "set_num_threads", "__version__"]
+__all__ = [
+    "Activation", "Dense", "Dropout", "EarlyStopping", "History", "Identity", "LeakyReLU",
+    "ReLU", "Sequential", "Sigmoid", "Sign", "Softmax", "Softplus", "Step", "Tanh", "Trainer",
+    "get_backend", "kernels", "load", "losses", "optim", "set_backend", "set_num_threads",
+]

@@ -1,0 +1,247 @@
+"""Sequential models over one flat parameter buffer.
+
+All parameters of a model live in one contiguous buffer (``model.params``)
+and all gradients in another of the same layout (``model.grads``); every
+layer tensor is a view at a 64-byte aligned offset.  So an optimizer step is
+one kernel call over the whole model, zeroing is one fill and saving is one
+array.  Files are ``.npz`` archives holding the architecture as JSON and the
+flat buffer; nothing is pickled.
+"""
+
+import json
+import os
+import tempfile
+
+import numpy as np
+
+from . import kernels
+from .layers import LAYERS, Activation, Dense, Layer
+
+_ALIGN = 16  # floats: 64 bytes
+_FORMAT = "fastnn-sequential-1"
+
+
+def _aligned(n):
+    return -(-n // _ALIGN) * _ALIGN
+
+
+class Sequential:
+    """A stack of layers trained as one.
+
+    Parameters
+    ----------
+    layers : sequence of Layer
+    seed : int or None
+        Seeds initialisation (and dropout masks): the same seed gives the
+        same model.
+    backend : str or None
+        Kernel backend (default: :func:`fastnn.get_backend`).  ``Trainer``
+        moves the model to its own backend.
+    dtype : float32 (default) or float64
+        float64 is for gradient checks on the reference backend only.
+
+    Attributes
+    ----------
+    params, grads : 1-D arrays
+        The flat parameter and gradient buffers (device arrays on cuda).
+    layers : list of Layer
+    input_shape, output_shape : tuple
+        Per-sample shapes.
+    """
+
+    def __init__(self, layers, seed=None, backend=None, dtype=np.float32):
+        layers = list(layers)
+        if not layers:
+            raise ValueError("layers: a model needs at least one layer")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"layers[{i}]: expected a fastnn layer, got {type(layer).__name__}")
+        self.layers = layers
+        self.seed = seed
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise TypeError(f"dtype: expected float32 or float64, got {self.dtype}")
+        self.input_shape = self._infer_input_shape()
+        shape = self.input_shape
+        for layer in layers:
+            shape = layer.build(shape)
+        self.output_shape = tuple(shape)
+        for layer, nxt in zip(layers, layers[1:]):  # Dense(...), ReLU(): init for relu
+            if isinstance(layer, Dense) and isinstance(nxt, Activation):
+                layer._next_activation = nxt.activation
+
+        # the flat layout: (layer index, name, shape, offset)
+        self._layout, offset = [], 0
+        for i, layer in enumerate(layers):
+            for name, pshape in layer.param_shapes():
+                self._layout.append((i, name, tuple(pshape), offset))
+                offset = _aligned(offset + int(np.prod(pshape)))
+        self.size = offset
+        self.n_parameters = sum(int(np.prod(s)) for _, _, s, _ in self._layout)
+
+        rng = np.random.default_rng(seed)
+        host = np.zeros(self.size, self.dtype)
+        for i, layer in enumerate(layers):
+            layer.init_params(rng, self._views(host, i))
+            if hasattr(layer, "_rng"):
+                layer._rng = np.random.default_rng(rng.integers(2**63))
+        self.backend = None
+        self._place(host, kernels.get_backend() if backend is None else backend)
+
+    def _infer_input_shape(self):
+        for layer in self.layers:
+            if hasattr(layer, "in_features"):
+                return (layer.in_features,)
+            if hasattr(layer, "input_shape_hint"):
+                return layer.input_shape_hint()
+            if layer.param_shapes():
+                break
+        raise ValueError("cannot infer the input shape: the first layer with parameters must "
+                         "declare its input size (e.g. Dense(in_features, ...))")
+
+    def _views(self, flat, layer_index):
+        return {name: flat[off:off + int(np.prod(shape))].reshape(shape)
+                for i, name, shape, off in self._layout if i == layer_index}
+
+    def _place(self, host_params, backend):
+        """Put the parameters (a host array) on `backend` and rebind views."""
+        k = kernels.get(backend)
+        if self.dtype != np.float32 and backend != "reference":
+            raise TypeError(f"dtype float64 models run on the reference backend only, not {backend!r}")
+        self._k = k
+        self.backend = backend
+        self.params = k.asarray(host_params, self.dtype)
+        self.grads = k.zeros(self.size, self.dtype)
+        for i, layer in enumerate(self.layers):
+            layer.set_backend(k, self.dtype)
+            layer.bind(self._views(self.params, i), self._views(self.grads, i))
+
+    def to(self, backend):
+        """Move parameters and buffers to `backend`; returns self."""
+        if backend != self.backend:
+            self._place(self.get_params(), backend)
+        return self
+
+    def get_params(self):
+        """A host copy of the flat parameter buffer."""
+        return np.array(self._k.to_numpy(self.params), dtype=self.dtype, copy=True)
+
+    def set_params(self, flat):
+        """Load a flat parameter vector (host array of length ``size``)."""
+        flat = np.asarray(flat)
+        if flat.shape != (self.size,):
+            raise ValueError(f"flat: expected shape ({self.size},), got {flat.shape}")
+        if isinstance(self.params, np.ndarray):
+            self.params[...] = flat  # in place: views held by users stay valid
+        else:
+            self._place(flat.astype(self.dtype), self.backend)
+
+    # ---- computation ----------------------------------------------------------
+
+    def _check_input(self, X):
+        from .trainer import check_X  # the one input validator
+
+        return check_X(X, self.input_shape, self.dtype)
+
+    def forward(self, X, training=False):
+        """Run the layers on a batch; returns the last layer's output buffer.
+
+        The returned array belongs to the model and is overwritten by the next
+        call; copy it to keep it.  X must already be a backend array of the
+        model's dtype (``predict`` accepts anything).
+        """
+        for layer in self.layers:
+            X = layer.forward(X, training)
+        return X
+
+    def backward(self, dY, input_grad=False):
+        """Backpropagate the gradient of the loss w.r.t. the output.
+
+        Fills ``model.grads`` (overwriting it) and returns the gradient
+        w.r.t. the input if ``input_grad``.  dY is overwritten.
+        """
+        last = len(self.layers) - 1
+        for i in range(last, -1, -1):
+            dY = self.layers[i].backward(dY, need_dx=(i > 0 or input_grad))
+        return dY
+
+    def predict(self, X, batch_size=1024):
+        """Raw outputs for X (host numpy array), computed in chunks."""
+        X = self._check_input(X)
+        out = np.empty((X.shape[0],) + self.output_shape, self.dtype)
+        for start in range(0, X.shape[0], batch_size):
+            xb = self._k.asarray(X[start:start + batch_size], self.dtype)
+            out[start:start + batch_size] = self._k.to_numpy(self.forward(xb))
+        return out
+
+    __call__ = predict
+
+    # ---- persistence --------------------------------------------------------
+
+    def config(self):
+        return {"format": _FORMAT, "seed": self.seed, "size": self.size,
+                "layers": [{"type": type(layer).__name__, "config": layer.config()}
+                           for layer in self.layers]}
+
+    def save(self, path):
+        """Write architecture (JSON) and parameters to an .npz file.
+
+        Written to a temporary file in the same folder and renamed, so a
+        crash never leaves a half-written model behind.
+        """
+        path = os.fspath(path)
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".fastnn-", suffix=".npz")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, architecture=np.array(json.dumps(self.config())),
+                         params=self.get_params().astype(np.float32))
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+
+    def summary(self):
+        lines = [f"Sequential: {self.n_parameters} parameters, backend {self.backend}"]
+        lines += [f"  {i}: {layer!r}" for i, layer in enumerate(self.layers)]
+        return "\n".join(lines)
+
+    def __repr__(self):
+        return self.summary()
+
+
+def load(path, backend=None):
+    """Load a model written by :meth:`Sequential.save`.
+
+    Raises ValueError for a file that is not a fastnn model, is truncated or
+    whose parameters do not match its architecture.  Nothing is unpickled.
+    """
+    path = os.fspath(path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if set(archive.files) != {"architecture", "params"}:
+                raise ValueError(f"{path}: not a fastnn model (arrays {sorted(archive.files)})")
+            cfg = json.loads(str(archive["architecture"]))
+            params = archive["params"]
+    except ValueError:
+        raise
+    except Exception as exc:  # BadZipFile, EOFError, OSError on truncated files, JSON errors
+        raise ValueError(f"{path}: not a readable fastnn model ({type(exc).__name__}: {exc})") \
+            from exc
+    if not isinstance(cfg, dict) or cfg.get("format") != _FORMAT:
+        raise ValueError(f"{path}: not a fastnn model (format {cfg.get('format') if isinstance(cfg, dict) else None!r})")
+    layers = []
+    for i, spec in enumerate(cfg.get("layers", [])):
+        cls = LAYERS.get(spec.get("type"))
+        if cls is None:
+            raise ValueError(f"{path}: layer {i} has unknown type {spec.get('type')!r}")
+        layers.append(cls(**spec.get("config", {})))
+    model = Sequential(layers, seed=cfg.get("seed"), backend=backend)
+    if params.dtype != np.float32 or params.shape != (model.size,):
+        raise ValueError(f"{path}: parameter buffer has shape {params.shape} and dtype "
+                         f"{params.dtype}, the architecture needs ({model.size},) float32")
+    if not np.all(np.isfinite(params)):
+        raise ValueError(f"{path}: parameter buffer holds NaN or Inf")
+    model.set_params(params)
+    return model

@@ -1,0 +1,316 @@
+"""The trainer: mini-batch gradient descent over a Sequential model.
+
+Per batch the trainer makes one kernel call per layer forward and backward,
+one for the loss and its gradient, and one for the optimizer over the whole
+flat parameter buffer.  The training set is validated and converted once per
+``fit``; each epoch is shuffled with one gather into a preallocated array, and
+batches are views into it, so nothing is allocated per batch (layer and loss
+buffers are allocated once per batch size).
+"""
+
+import sys
+import time
+
+import numpy as np
+
+from . import kernels
+from . import losses as losses_mod
+from . import optim as optim_mod
+
+
+def check_X(X, input_shape, dtype=np.float32):
+    """Validate a batch of inputs; returns a C-contiguous array of `dtype`.
+
+    Accepts float64, Fortran-ordered, strided and integer input (converted);
+    refuses NaN/Inf, strings, 1-D or empty input and a wrong feature count.
+    """
+    try:
+        arr = np.asarray(X)
+    except Exception as exc:  # noqa: BLE001
+        raise TypeError(f"X: cannot convert to an array ({exc})") from exc
+    if arr.dtype.kind not in "fiub":
+        raise ValueError(f"X: expected numbers, got dtype {arr.dtype}")
+    want = tuple(input_shape)
+    if arr.ndim != 1 + len(want):
+        raise ValueError(f"X: expected a {1 + len(want)}-D array (n_samples, "
+                         f"{', '.join(map(str, want))}), got shape {arr.shape}"
+                         + ("; reshape a single sample with X.reshape(1, -1)" if arr.ndim == 1 else ""))
+    if arr.shape[0] == 0:
+        raise ValueError("X: no samples (empty array)")
+    if arr.shape[1:] != want:
+        raise ValueError(f"X: expected {want} features per sample, got {arr.shape[1:]}"
+                         if len(want) > 1 else
+                         f"X: expected {want[0]} features, got {arr.shape[1]}")
+    arr = np.ascontiguousarray(arr, dtype=dtype)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("X: contains NaN or Inf")
+    return arr
+
+
+class History:
+    """Per-epoch records of a fit: ``history.history["loss"]`` etc.
+
+    Also readable as attributes (``history.loss``, ``history.val_accuracy``).
+    """
+
+    def __init__(self):
+        self.history = {}
+        self.epochs = 0
+
+    def append(self, logs):
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(value)
+        self.epochs += 1
+
+    def __getattr__(self, key):
+        try:
+            return self.__dict__["history"][key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def __repr__(self):
+        last = {k: round(v[-1], 5) for k, v in self.history.items()}
+        return f"History(epochs={self.epochs}, last={last})"
+
+
+class EarlyStopping:
+    """Stop when `monitor` has not improved by `min_delta` for `patience` epochs.
+
+    monitor: "val_loss" (default when validation data is given, else "loss"),
+    "loss", "val_accuracy", ...  restore_best puts back the best parameters.
+    """
+
+    def __init__(self, monitor=None, patience=5, min_delta=0.0, restore_best=True):
+        self.monitor, self.patience, self.min_delta = monitor, int(patience), float(min_delta)
+        self.restore_best = restore_best
+
+    def start(self, has_validation):
+        if self.monitor is None:
+            self.monitor = "val_loss" if has_validation else "loss"
+        self.best, self.best_epoch, self.best_params, self.wait = None, -1, None, 0
+        self.stopped_epoch = None
+
+    def __call__(self, trainer, epoch, logs):
+        value = logs.get(self.monitor)
+        if value is None:
+            raise ValueError(f"EarlyStopping: no {self.monitor!r} among {sorted(logs)}")
+        sign = 1.0 if "acc" in self.monitor else -1.0  # accuracy up, losses down
+        if self.best is None or sign * (value - self.best) > self.min_delta:
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            if self.restore_best:
+                self.best_params = trainer.model.get_params()
+            return False
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.stopped_epoch = epoch
+            if self.restore_best and self.best_params is not None:
+                trainer.model.set_params(self.best_params)
+            return True
+        return False
+
+
+class Trainer:
+    """Train a model with a loss and an optimizer.
+
+    Parameters
+    ----------
+    model : Sequential
+    loss : Loss or str
+        "mse", "mae", "binary_cross_entropy", "softmax_cross_entropy".
+    optimizer : Optimizer or str
+        An instance (``fastnn.optim.Adam(lr=1e-3)``) or a name with defaults.
+    backend : str or None
+        Kernel backend; the model is moved there.  "cuda" keeps parameters,
+        gradients and optimizer state on the device and copies each batch
+        there once.  Default: the model's backend.
+    """
+
+    def __init__(self, model, loss, optimizer, backend=None):
+        self.model = model
+        self.loss = losses_mod.get(loss)
+        self.optimizer = optim_mod.get(optimizer)
+        self.backend = backend or model.backend
+        model.to(self.backend)
+        self._k = kernels.get(self.backend)
+        self._device = self.backend == "cuda"
+        self.loss.set_backend(self._k, model.dtype)
+        self.optimizer.bind(model.size, self._k, model.dtype)
+        self._batch_bufs = {}
+
+    # ---- one batch ----------------------------------------------------------
+
+    def _to_backend(self, key, host):
+        """Copy a host batch into a per-shape device buffer (cuda); host arrays
+        are used as they are elsewhere."""
+        if not self._device:
+            return host
+        buf = self._batch_bufs.get((key, host.shape))
+        if buf is None:
+            buf = self._batch_bufs[(key, host.shape)] = self._k.empty(host.shape, host.dtype)
+        buf.copy_to_device(host)
+        return buf
+
+    def _step(self, xb, tb):
+        model, loss = self.model, self.loss
+        out = model.forward(self._to_backend("x", xb), training=True)
+        value = loss.forward(out, self._to_backend("t", tb))
+        model.backward(loss.backward())
+        self.optimizer.step(model.params, model.grads)
+        return value, out
+
+    def train_step(self, X, y):
+        """One mini-batch step: forward, loss, backward, update.
+
+        Returns the batch loss before the update.
+        """
+        X = check_X(X, self.model.input_shape, self.model.dtype)
+        t = self._targets(y, len(X))
+        value, _ = self._step(X, t)
+        if not np.isfinite(value):
+            raise FloatingPointError(f"loss became {value} in train_step")
+        return value
+
+    def _targets(self, y, n):
+        t = self.loss.targets(y, self.model.output_shape)
+        if t.shape[0] != n:
+            raise ValueError(f"X and y have different lengths: {n} and {t.shape[0]}")
+        return t.astype(self.model.dtype) if t.dtype.kind == "f" else t
+
+    # ---- fit ------------------------------------------------------------------
+
+    def fit(self, X, y, epochs=1, batch_size=32, validation_data=None, validation_split=0.0,
+            shuffle=True, seed=None, callbacks=(), early_stopping=None, verbose=True):
+        """Train for `epochs` passes over (X, y) in mini-batches.
+
+        batch_size=len(X) is full-batch gradient descent, batch_size=1 pure
+        SGD.  validation_split holds out the last fraction of (X, y) (before
+        shuffling), as Keras does.  callbacks are callables
+        ``f(trainer, epoch, logs)``; one returning True stops training.
+        early_stopping is an EarlyStopping or an int patience.  A loss that
+        becomes NaN or Inf stops with FloatingPointError naming the epoch and
+        batch.  Returns a History.
+        """
+        model = self.model
+        X = check_X(X, model.input_shape, model.dtype)
+        t = self._targets(y, len(X))
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
+            raise ValueError(f"epochs: expected an integer >= 0, got {epochs!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+                or batch_size < 1:
+            raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
+        if not 0.0 <= validation_split < 1.0:
+            raise ValueError(f"validation_split: expected a fraction in [0, 1), got {validation_split}")
+        if validation_data is None and validation_split > 0:
+            n_val = int(round(len(X) * validation_split))
+            if n_val < 1 or n_val >= len(X):
+                raise ValueError(f"validation_split={validation_split} leaves no training or "
+                                 f"validation samples out of {len(X)}")
+            validation_data = (X[-n_val:], t[-n_val:])
+            X, t = X[:-n_val], t[:-n_val]
+        if validation_data is not None:
+            Xv, yv = validation_data
+            Xv = check_X(Xv, model.input_shape, model.dtype)
+            tv = self._targets(yv, len(Xv))
+        if isinstance(early_stopping, (int, np.integer)) and not isinstance(early_stopping, bool):
+            early_stopping = EarlyStopping(patience=int(early_stopping))
+        stoppers = list(callbacks)
+        if early_stopping is not None:
+            early_stopping.start(validation_data is not None)
+            stoppers.append(early_stopping)
+
+        n = len(X)
+        batch_size = min(int(batch_size), n)
+        rng = np.random.default_rng(seed)
+        Xs, ts = (np.empty_like(X), np.empty_like(t)) if shuffle else (X, t)
+        n_batches = -(-n // batch_size)
+        history = History()
+        bar = self._progress(epochs * n_batches, verbose)
+        try:
+            for epoch in range(epochs):
+                start_time = time.perf_counter()
+                if shuffle:
+                    perm = rng.permutation(n)
+                    np.take(X, perm, axis=0, out=Xs)
+                    np.take(t, perm, axis=0, out=ts)
+                total, correct = 0.0, 0
+                for b in range(n_batches):
+                    lo, hi = b * batch_size, min((b + 1) * batch_size, n)
+                    value, out = self._step(Xs[lo:hi], ts[lo:hi])
+                    if not np.isfinite(value):
+                        raise FloatingPointError(
+                            f"loss became {value} at epoch {epoch + 1}, batch {b + 1}: lower the "
+                            "learning rate or check the data")
+                    total += value * (hi - lo)
+                    if self.loss.classification:
+                        correct += self._n_correct(out, ts[lo:hi])
+                    if bar is not None:
+                        bar.update(1)
+                elapsed = time.perf_counter() - start_time
+                logs = {"loss": total / n}
+                if self.loss.classification:
+                    logs["accuracy"] = correct / n
+                if validation_data is not None:
+                    logs.update({"val_" + k: v for k, v in self._evaluate(Xv, tv).items()})
+                logs["samples_per_s"] = n / elapsed if elapsed > 0 else float("inf")
+                history.append(logs)
+                if verbose:
+                    self._report(bar, epoch, epochs, logs)
+                if any([bool(cb(self, epoch, logs)) for cb in stoppers]):
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+        return history
+
+    def _progress(self, total, verbose):
+        if not verbose or not sys.stderr.isatty() or total < 200:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, unit="batch", leave=False)
+
+    def _report(self, bar, epoch, epochs, logs):
+        text = f"epoch {epoch + 1}/{epochs} " + " ".join(
+            f"{k}={v:.4g}" if k != "samples_per_s" else f"{k}={v:,.0f}" for k, v in logs.items())
+        if bar is not None:
+            bar.write(text)
+        else:
+            print(text)
+
+    def _n_correct(self, out, target):
+        pred = self._k.to_numpy(out)
+        if pred.shape[1] == 1:  # binary on one logit
+            return int(np.sum((pred[:, 0] > 0) == (target[:, 0] > 0.5)))
+        labels = target if target.ndim == 1 else target.argmax(axis=1)
+        return int(np.sum(pred.argmax(axis=1) == labels))
+
+    # ---- inference --------------------------------------------------------------
+
+    def _evaluate(self, X, t, batch_size=1024):
+        total, correct = 0.0, 0
+        for lo in range(0, len(X), batch_size):
+            xb, tb = X[lo:lo + batch_size], t[lo:lo + batch_size]
+            out = self.model.forward(self._to_backend("x", xb))
+            total += self.loss.forward(out, self._to_backend("t", tb)) * len(xb)
+            if self.loss.classification:
+                correct += self._n_correct(out, tb)
+        logs = {"loss": total / len(X)}
+        if self.loss.classification:
+            logs["accuracy"] = correct / len(X)
+        return logs
+
+    def evaluate(self, X, y):
+        """Mean loss (and accuracy for classification losses) on (X, y)."""
+        X = check_X(X, self.model.input_shape, self.model.dtype)
+        return self._evaluate(X, self._targets(y, len(X)))
+
+    def predict(self, X):
+        """Raw model outputs for X (a host numpy array)."""
+        return self.model.predict(X)
+
+    def predict_proba(self, X):
+        """Class probabilities: softmax of the logits (softmax_cross_entropy) or
+        sigmoid (binary_cross_entropy)."""
+        if not self.loss.classification:
+            raise ValueError(f"predict_proba needs a classification loss, not {self.loss!r}")
+        return self.loss.proba(self.predict(X))
