@@ -5,17 +5,18 @@ parameter buffer; :class:`Trainer` drives mini-batch training through the
 kernel backends in :mod:`fastnn.kernels` (C, Numba, CUDA, numpy reference).
 """
 
-from . import kernels, losses, optim
+from . import datasets, kernels, losses, metrics, optim
 from .kernels import get_backend, set_backend, set_num_threads
 from .layers import (Activation, Dense, Dropout, Identity, LeakyReLU, ReLU, Sigmoid, Sign,
                      Softmax, Softplus, Step, Tanh)
 from .model import Sequential, load
+from .perceptron import Perceptron
 from .trainer import EarlyStopping, History, Trainer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Activation", "Dense", "Dropout", "EarlyStopping", "History", "Identity", "LeakyReLU",
-    "ReLU", "Sequential", "Sigmoid", "Sign", "Softmax", "Softplus", "Step", "Tanh", "Trainer",
-    "get_backend", "kernels", "load", "losses", "optim", "set_backend", "set_num_threads",
+    "Perceptron", "ReLU", "Sequential", "Sigmoid", "Sign", "Softmax", "Softplus", "Step", "Tanh", "Trainer",
+    "datasets", "get_backend", "kernels", "load", "losses", "metrics", "optim", "set_backend", "set_num_threads",
 ]

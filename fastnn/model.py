@@ -220,15 +220,15 @@ def load(path, backend=None):
     path = os.fspath(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
-            if set(archive.files) != {"architecture", "params"}:
-                raise ValueError(f"{path}: not a fastnn model (arrays {sorted(archive.files)})")
-            cfg = json.loads(str(archive["architecture"]))
-            params = archive["params"]
-    except ValueError:
-        raise
-    except Exception as exc:  # BadZipFile, EOFError, OSError on truncated files, JSON errors
+            files = set(archive.files)
+            if files == {"architecture", "params"}:
+                cfg = json.loads(str(archive["architecture"]))
+                params = archive["params"]
+    except Exception as exc:  # BadZipFile, EOFError, pickle refusal, truncation, bad JSON
         raise ValueError(f"{path}: not a readable fastnn model ({type(exc).__name__}: {exc})") \
             from exc
+    if files != {"architecture", "params"}:
+        raise ValueError(f"{path}: not a fastnn model (arrays {sorted(files)})")
     if not isinstance(cfg, dict) or cfg.get("format") != _FORMAT:
         raise ValueError(f"{path}: not a fastnn model (format {cfg.get('format') if isinstance(cfg, dict) else None!r})")
     layers = []

@@ -19,6 +19,8 @@ checks only use ``shape``, ``dtype``, contiguity and the data pointer from the
 array interface.
 """
 
+import math
+
 import numpy as np
 
 # Order matches enum fastnn_activation in csrc/fastnn.h.
@@ -46,7 +48,7 @@ def _pointer(x):
 
 
 def _nbytes(x):
-    return int(np.prod(x.shape, dtype=np.int64)) * np.dtype(x.dtype).itemsize
+    return math.prod(x.shape) * x.dtype.itemsize
 
 
 def _c_contiguous(x):
@@ -62,12 +64,14 @@ def _is_device(x):
 
 def overlaps(a, b):
     """True if the memory of arrays a and b overlaps."""
-    if _nbytes(a) == 0 or _nbytes(b) == 0:
+    na, nb = _nbytes(a), _nbytes(b)
+    if na == 0 or nb == 0:
         return False
-    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
-        return np.shares_memory(a, b)
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and not (
+            a.flags.c_contiguous and b.flags.c_contiguous):
+        return np.shares_memory(a, b)  # exact for interleaved strided views
     pa, pb = _pointer(a), _pointer(b)
-    return pa < pb + _nbytes(b) and pb < pa + _nbytes(a)
+    return pa < pb + nb and pb < pa + na
 
 
 def same_array(a, b):
