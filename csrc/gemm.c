@@ -1,43 +1,352 @@
-/* TEMPORARY naive gemm / dense_forward / runtime, to be replaced by the
- * blocked SIMD implementation.  Correct, slow. */
-#include <math.h>
+/*
+ * gemm.c -- single-precision GEMM and the dense-layer forward, BLIS-style.
+ *
+ * C = alpha op(A) op(B) + beta C is five loops around a register-blocked
+ * micro-kernel (gemm_kernels.h):
+ *
+ *   jc over n by NC:  pc over k by KC:  pack op(B)[pc, jc] (KC x NC panel)
+ *     ic over m by MC:  pack op(A)[ic, pc] (MC x KC block)
+ *       jr over NR columns:  ir over MR rows:  micro-kernel on one tile
+ *
+ * Packing reads every transpose layout and zero-pads the last sliver, so
+ * the micro-kernels see only full MR x NR tiles; an edge tile is computed
+ * into a scratch tile on the stack and its valid part copied out, so no
+ * write goes out of bounds.  The first k block applies beta (with beta == 0
+ * C is overwritten, never read); later k blocks accumulate.  The dense
+ * epilogue (bias, activation) runs on the last k block while the tile is in
+ * registers.
+ *
+ * Threads: C is cut into one rectangle per thread along tile boundaries
+ * (split over n when m is small, e.g. a 32-row batch), and each thread runs
+ * the five loops on its own rectangle: no synchronisation and no shared
+ * writes; the k loop is never split.  Packing buffers are static
+ * thread-local arrays sized by the blocking constants (one A block and one
+ * B panel per thread), so no kernel calls malloc; the C runtime creates each
+ * thread's copy on its first use.
+ */
 #include <stddef.h>
+#include <omp.h>
 #include "fastnn.h"
+#include "gemm_kernels.h"
+#include "internal.h"
 
-static int g_threads = 1;
-void fastnn_set_num_threads(int n) { g_threads = n > 0 ? n : 1; }
-int fastnn_get_num_threads(void) { return g_threads; }
-int fastnn_simd_path(void) { return FASTNN_SIMD_GENERIC; }
-int fastnn_simd_best(void) { return FASTNN_SIMD_GENERIC; }
-int fastnn_set_simd_path(int path) { return path == FASTNN_SIMD_GENERIC ? FASTNN_OK : FASTNN_EINVAL; }
+#define MC FASTNN_GEMM_MC
+#define KC FASTNN_GEMM_KC
+#define NC FASTNN_GEMM_NC
+#define ALIGN_FLOATS 16                 /* 64 bytes */
+
+/* Below this many multiply-adds a second thread costs more than it saves. */
+#define MIN_MADDS_PER_THREAD (64.0 * 64.0 * 64.0)
+
+static _Thread_local float tls_pack_a[MC * KC + ALIGN_FLOATS];
+static _Thread_local float tls_pack_b[KC * NC + ALIGN_FLOATS];
+
+static float *align64(float *p)
+{
+    return (float *)(((uintptr_t)p + 63) & ~(uintptr_t)63);
+}
+
+struct gemm_path {
+    int mr, nr;
+    fastnn_ukernel kernel;
+};
+
+static struct gemm_path current_path(void)
+{
+    switch (fastnn_simd_path()) {
+#ifdef FASTNN_HAVE_X86_KERNELS
+    case FASTNN_SIMD_AVX512:
+        return (struct gemm_path){FASTNN_AVX512_MR, FASTNN_AVX512_NR, fastnn_ukernel_avx512};
+    case FASTNN_SIMD_AVX2:
+        return (struct gemm_path){FASTNN_AVX2_MR, FASTNN_AVX2_NR, fastnn_ukernel_avx2};
+#endif
+    default:
+        return (struct gemm_path){FASTNN_GENERIC_MR, FASTNN_GENERIC_NR, fastnn_ukernel_generic};
+    }
+}
+
+/* ---- portable micro-kernel and scalar epilogue --------------------------- */
+
+void fastnn_tile_act(float *c, int64_t ldc, int mr, int nr, int act, float slope)
+{
+    for (int i = 0; i < mr; i++)
+        for (int j = 0; j < nr; j++)
+            c[i * ldc + j] = fastnn_act_scalar(act, c[i * ldc + j], slope);
+}
+
+void fastnn_ukernel_generic(int64_t kc, const float *a, const float *b,
+                            float *c, int64_t ldc, float alpha, float beta,
+                            const fastnn_epilogue *ep)
+{
+    enum { R = FASTNN_GENERIC_MR, S = FASTNN_GENERIC_NR };
+    float acc[R][S] = {{0.0f}};
+    for (int64_t p = 0; p < kc; p++, a += R, b += S)
+        for (int i = 0; i < R; i++)
+            for (int j = 0; j < S; j++)
+                acc[i][j] += a[i] * b[j];
+    for (int i = 0; i < R; i++)
+        for (int j = 0; j < S; j++) {
+            float v = alpha * acc[i][j];
+            if (beta != 0.0f)
+                v += beta * c[i * ldc + j];
+            if (ep) {
+                if (ep->bias)
+                    v += ep->bias[j];
+                v = fastnn_act_scalar(ep->act, v, ep->slope);
+            }
+            c[i * ldc + j] = v;
+        }
+}
+
+/* ---- packing -------------------------------------------------------------
+   op(A) block (mc x kc) at A -> slivers of mr rows: sliver s, column p at
+   dst + s*mr*kc + p*mr.  op(B) panel (kc x nc) at B -> slivers of nr
+   columns: sliver s, row p at dst + s*nr*kc + p*nr.  Rows/columns past the
+   edge are zero.  always_inline + constant mr/nr lets the compiler unroll. */
+
+static inline __attribute__((always_inline))
+void pack_a(float *restrict dst, int trans, const float *restrict A, int64_t lda,
+            int64_t mc, int64_t kc, int mr)
+{
+    for (int64_t ir = 0; ir < mc; ir += mr, dst += mr * kc) {
+        int rows = mc - ir < mr ? (int)(mc - ir) : mr;
+        if (trans) {            /* op(A)[i][p] = A[p][i]: contiguous in i */
+            for (int64_t p = 0; p < kc; p++) {
+                const float *src = A + p * lda + ir;
+                for (int i = 0; i < rows; i++)
+                    dst[p * mr + i] = src[i];
+                for (int i = rows; i < mr; i++)
+                    dst[p * mr + i] = 0.0f;
+            }
+        } else {                /* op(A)[i][p] = A[i][p]: contiguous in p */
+            for (int i = 0; i < rows; i++) {
+                const float *src = A + (ir + i) * lda;
+                for (int64_t p = 0; p < kc; p++)
+                    dst[p * mr + i] = src[p];
+            }
+            for (int i = rows; i < mr; i++)
+                for (int64_t p = 0; p < kc; p++)
+                    dst[p * mr + i] = 0.0f;
+        }
+    }
+}
+
+static inline __attribute__((always_inline))
+void pack_b(float *restrict dst, int trans, const float *restrict B, int64_t ldb,
+            int64_t kc, int64_t nc, int nr)
+{
+    for (int64_t jr = 0; jr < nc; jr += nr, dst += nr * kc) {
+        int cols = nc - jr < nr ? (int)(nc - jr) : nr;
+        if (trans) {            /* op(B)[p][j] = B[j][p]: contiguous in p */
+            const float *src = B + jr * ldb;
+            for (int64_t p = 0; p < kc; p++) {
+                for (int j = 0; j < cols; j++)
+                    dst[p * nr + j] = src[j * ldb + p];
+                for (int j = cols; j < nr; j++)
+                    dst[p * nr + j] = 0.0f;
+            }
+        } else {                /* op(B)[p][j] = B[p][j]: contiguous in j */
+            for (int64_t p = 0; p < kc; p++) {
+                const float *src = B + p * ldb + jr;
+                for (int j = 0; j < cols; j++)
+                    dst[p * nr + j] = src[j];
+                for (int j = cols; j < nr; j++)
+                    dst[p * nr + j] = 0.0f;
+            }
+        }
+    }
+}
+
+static void pack_a_any(float *dst, int trans, const float *A, int64_t lda,
+                       int64_t mc, int64_t kc, int mr)
+{
+    switch (mr) {   /* one specialisation per path */
+    case FASTNN_AVX512_MR: pack_a(dst, trans, A, lda, mc, kc, FASTNN_AVX512_MR); break;
+    case FASTNN_AVX2_MR:   pack_a(dst, trans, A, lda, mc, kc, FASTNN_AVX2_MR); break;
+    case FASTNN_GENERIC_MR: pack_a(dst, trans, A, lda, mc, kc, FASTNN_GENERIC_MR); break;
+    default:               pack_a(dst, trans, A, lda, mc, kc, mr); break;
+    }
+}
+
+static void pack_b_any(float *dst, int trans, const float *B, int64_t ldb,
+                       int64_t kc, int64_t nc, int nr)
+{
+    switch (nr) {
+    case FASTNN_AVX512_NR: pack_b(dst, trans, B, ldb, kc, nc, FASTNN_AVX512_NR); break;
+    case FASTNN_AVX2_NR:   pack_b(dst, trans, B, ldb, kc, nc, FASTNN_AVX2_NR); break;
+    case FASTNN_GENERIC_NR: pack_b(dst, trans, B, ldb, kc, nc, FASTNN_GENERIC_NR); break;
+    default:               pack_b(dst, trans, B, ldb, kc, nc, nr); break;
+    }
+}
+
+/* ---- the five loops, on one thread ---------------------------------------- */
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+static int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* Step of at most `cap` that cuts `len` into equal blocks (a multiple of
+   `unit`), so no block is a thin remainder: k = 784 -> 4 x 196, not
+   3 x 256 + 16.  cap must be a multiple of unit. */
+static int64_t block_step(int64_t len, int64_t cap, int64_t unit)
+{
+    return round_up(ceil_div(len, ceil_div(len, cap)), unit);
+}
+
+/* Address of op(X)[r][c] for X stored row-major with leading dimension ld. */
+static const float *op_at(const float *X, int trans, int64_t ld, int64_t r, int64_t c)
+{
+    return trans ? X + c * ld + r : X + r * ld + c;
+}
+
+static void gemm_serial(const struct gemm_path *P, int ta, int tb,
+                        int64_t m, int64_t n, int64_t k, float alpha,
+                        const float *A, int64_t lda, const float *B, int64_t ldb,
+                        float beta, float *C, int64_t ldc, const fastnn_epilogue *ep)
+{
+    const int mr = P->mr, nr = P->nr;
+    float *pa = align64(tls_pack_a), *pb = align64(tls_pack_b);
+    _Alignas(64) float tile[FASTNN_GEMM_MR_MAX * FASTNN_GEMM_NR_MAX];
+    const int64_t nc_step = block_step(n, NC, nr);
+    const int64_t kc_step = block_step(k, KC, 1);
+    const int64_t mc_step = block_step(m, MC, mr);
+
+    for (int64_t jc = 0; jc < n; jc += nc_step) {
+        int64_t nc = min64(nc_step, n - jc);
+        for (int64_t pc = 0; pc < k; pc += kc_step) {
+            int64_t kc = min64(kc_step, k - pc);
+            int first = pc == 0, last = pc + kc == k;
+            float beta_k = first ? beta : 1.0f;
+            pack_b_any(pb, tb, op_at(B, tb, ldb, pc, jc), ldb, kc, nc, nr);
+            for (int64_t ic = 0; ic < m; ic += mc_step) {
+                int64_t mc = min64(mc_step, m - ic);
+                pack_a_any(pa, ta, op_at(A, ta, lda, ic, pc), lda, mc, kc, mr);
+                for (int64_t jr = 0; jr < nc; jr += nr) {
+                    int nr_e = (int)min64(nr, nc - jr);
+                    fastnn_epilogue tep, *tepp = NULL;
+                    if (last && ep) {
+                        tep = *ep;
+                        tep.bias = ep->bias ? ep->bias + jc + jr : NULL;
+                        tepp = &tep;
+                    }
+                    const float *bs = pb + jr * kc;
+                    for (int64_t ir = 0; ir < mc; ir += mr) {
+                        int mr_e = (int)min64(mr, mc - ir);
+                        const float *as = pa + ir * kc;
+                        float *c = C + (ic + ir) * ldc + jc + jr;
+                        if (mr_e == mr && nr_e == nr) {
+                            P->kernel(kc, as, bs, c, ldc, alpha, beta_k, tepp);
+                            continue;
+                        }
+                        /* Edge tile: full tile into scratch, valid part out. */
+                        P->kernel(kc, as, bs, tile, nr, alpha, 0.0f, NULL);
+                        for (int i = 0; i < mr_e; i++)
+                            for (int j = 0; j < nr_e; j++) {
+                                float v = tile[i * nr + j];
+                                if (beta_k != 0.0f)
+                                    v += beta_k * c[i * ldc + j];
+                                if (tepp) {
+                                    if (tepp->bias)
+                                        v += tepp->bias[j];
+                                    v = fastnn_act_scalar(tepp->act, v, tepp->slope);
+                                }
+                                c[i * ldc + j] = v;
+                            }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* ---- threads: one rectangle of C per thread ------------------------------- */
+
+static void gemm_driver(int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha,
+                        const float *A, int64_t lda, const float *B, int64_t ldb,
+                        float beta, float *C, int64_t ldc, const fastnn_epilogue *ep)
+{
+    const struct gemm_path P = current_path();
+    const int64_t tiles_m = ceil_div(m, P.mr), tiles_n = ceil_div(n, P.nr);
+    int64_t t = fastnn_get_num_threads();
+    double madds = (double)m * (double)n * (double)k;
+    if (t > madds / MIN_MADDS_PER_THREAD)
+        t = (int64_t)(madds / MIN_MADDS_PER_THREAD);
+    if (t > tiles_m * tiles_n)
+        t = tiles_m * tiles_n;
+    /* Grid tm x tn = t: the least work on the busiest thread, each thread's
+       rectangle weighed as its tiles plus the packing of its rows and
+       columns (~ a multiply-add per 32 packed floats).  If no grid of t
+       fits the tiles (t prime, few tiles), try one thread fewer. */
+    int64_t tm = 1, tn = 1;
+    for (; t > 1; t--) {
+        double best = -1.0;
+        for (int64_t gm = 1; gm <= t; gm++) {
+            if (t % gm || gm > tiles_m || t / gm > tiles_n)
+                continue;
+            double rows = (double)ceil_div(tiles_m, gm) * P.mr;
+            double cols = (double)ceil_div(tiles_n, t / gm) * P.nr;
+            double cost = rows * cols + 32.0 * (rows + cols);
+            if (best < 0.0 || cost < best) {
+                best = cost;
+                tm = gm;
+                tn = t / gm;
+            }
+        }
+        if (best >= 0.0)
+            break;
+    }
+    if (t <= 1) {
+        gemm_serial(&P, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc, ep);
+        return;
+    }
+    const int64_t pieces = tm * tn;
+#pragma omp parallel for num_threads((int)pieces) schedule(static, 1)
+    for (int64_t piece = 0; piece < pieces; piece++) {
+        int64_t pm = piece / tn, pn = piece % tn;
+        int64_t i0 = min64(pm * tiles_m / tm * P.mr, m);
+        int64_t i1 = min64((pm + 1) * tiles_m / tm * P.mr, m);
+        int64_t j0 = min64(pn * tiles_n / tn * P.nr, n);
+        int64_t j1 = min64((pn + 1) * tiles_n / tn * P.nr, n);
+        if (i1 <= i0 || j1 <= j0)
+            continue;
+        fastnn_epilogue pep, *pepp = NULL;
+        if (ep) {
+            pep = *ep;
+            pep.bias = ep->bias ? ep->bias + j0 : NULL;
+            pepp = &pep;
+        }
+        gemm_serial(&P, ta, tb, i1 - i0, j1 - j0, k, alpha,
+                    op_at(A, ta, lda, i0, 0), lda, op_at(B, tb, ldb, 0, j0), ldb,
+                    beta, C + i0 * ldc + j0, ldc, pepp);
+    }
+}
+
+/* ---- public entry points ---------------------------------------------------- */
 
 int fastnn_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
                 float alpha, const float *A, int64_t lda,
                 const float *B, int64_t ldb,
                 float beta, float *C, int64_t ldc)
 {
-    if (m < 1 || n < 1 || k < 1 || !A || !B || !C) return FASTNN_EINVAL;
-    for (int64_t i = 0; i < m; i++)
-        for (int64_t j = 0; j < n; j++) {
-            float s = 0.0f;
-            for (int64_t p = 0; p < k; p++) {
-                float a = trans_a ? A[p * lda + i] : A[i * lda + p];
-                float b = trans_b ? B[j * ldb + p] : B[p * ldb + j];
-                s += a * b;
-            }
-            C[i * ldc + j] = beta == 0.0f ? alpha * s : alpha * s + beta * C[i * ldc + j];
-        }
+    if (m < 1 || n < 1 || k < 1 || !A || !B || !C)
+        return FASTNN_EINVAL;
+    if (lda < (trans_a ? m : k) || ldb < (trans_b ? k : n) || ldc < n)
+        return FASTNN_EINVAL;
+    gemm_driver(trans_a != 0, trans_b != 0, m, n, k, alpha, A, lda, B, ldb,
+                beta, C, ldc, NULL);
     return FASTNN_OK;
 }
 
+/* X (n,in), W (in,out), b (out) or NULL, Y (n,out): Y = act(X W + b). */
 int fastnn_dense_forward(float *Y, const float *X, const float *W,
                          const float *b, int64_t n, int64_t in, int64_t out,
                          int act, float slope)
 {
-    int rc = fastnn_gemm(0, 0, n, out, in, 1.0f, X, in, W, out, 0.0f, Y, out);
-    if (rc) return rc;
-    if (b)
-        for (int64_t i = 0; i < n; i++)
-            for (int64_t j = 0; j < out; j++) Y[i * out + j] += b[j];
-    return fastnn_activation_forward(Y, Y, n * out, act, slope);
+    if (n < 1 || in < 1 || out < 1 || !Y || !X || !W)
+        return FASTNN_EINVAL;
+    if (act < FASTNN_ACT_IDENTITY || act > FASTNN_ACT_SOFTPLUS)
+        return FASTNN_EINVAL;
+    fastnn_epilogue ep = {b, act, slope};
+    gemm_driver(0, 0, n, out, in, 1.0f, X, in, W, out, 0.0f, Y, out, &ep);
+    return FASTNN_OK;
 }

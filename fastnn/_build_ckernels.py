@@ -25,26 +25,30 @@ def read_cdef(header=os.path.join(CSRC, "fastnn.h")):
     return match.group(1)
 
 
-def c_sources():
-    return sorted(os.path.join("csrc", f) for f in os.listdir(CSRC) if f.endswith(".c"))
+def c_sources(root="csrc"):
+    return sorted(os.path.join(root, f) for f in os.listdir(CSRC) if f.endswith(".c"))
 
 
-CFLAGS = ["-O3", "-std=c11", "-fopenmp", "-fno-math-errno", "-Wall", "-Wextra",
-          "-Wno-unused-parameter"]
+CFLAGS = ["-O3", "-std=c11", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-Wall",
+          "-Wextra", "-Wno-unused-parameter"]
+LDFLAGS = ["-fopenmp"]
 if os.environ.get("FASTNN_SANITIZE"):
     CFLAGS += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-g"]
+    LDFLAGS += ["-fsanitize=address,undefined"]
 
-ffibuilder = FFI()
-ffibuilder.cdef(read_cdef())
-ffibuilder.set_source(
-    "fastnn._ckernels",
-    '#include "fastnn.h"',
-    sources=c_sources(),
-    include_dirs=["csrc"],
-    extra_compile_args=CFLAGS,
-    extra_link_args=["-fopenmp"] + (["-fsanitize=address,undefined"]
-                                    if os.environ.get("FASTNN_SANITIZE") else []),
-)
+
+def make_ffibuilder(root="csrc"):
+    """The FFI for fastnn._ckernels; `root` is where the C sources are
+    (relative for setuptools, absolute for the in-place rebuild, which
+    compiles in a temporary folder)."""
+    builder = FFI()
+    builder.cdef(read_cdef())
+    builder.set_source("fastnn._ckernels", '#include "fastnn.h"', sources=c_sources(root),
+                       include_dirs=[root], extra_compile_args=CFLAGS, extra_link_args=LDFLAGS)
+    return builder
+
+
+ffibuilder = make_ffibuilder()
 
 
 def build_inplace():
@@ -54,9 +58,8 @@ def build_inplace():
     import shutil
     import tempfile
 
-    os.chdir(os.path.dirname(HERE))
     with tempfile.TemporaryDirectory() as tmp:
-        ffibuilder.compile(verbose=False, tmpdir=tmp)
+        make_ffibuilder(CSRC).compile(verbose=False, tmpdir=tmp)
         built = glob.glob(os.path.join(tmp, "fastnn", "_ckernels*.so"))
         if len(built) != 1:
             raise RuntimeError(f"expected one built module, found {built}")

@@ -418,7 +418,7 @@ def test_optimizer_bad_input(backend, rng):
         backend.adam(p, f32(rng, 9), m, v, step=1, **hp)
     with pytest.raises(ValueError, match="step"):
         backend.adam(p, g, m, v, step=0, **hp)
-    with pytest.raises(ValueError, match="v: output must not be the same array as m"):
+    with pytest.raises(ValueError, match=r"v: output overlaps input m \(the same array\)"):
         backend.adam(p, g, m, m, step=1, **hp)
     with pytest.raises(ValueError, match="m: output overlaps input grads"):
         backend.adam(p, g, g[:], v, step=1, **hp)

@@ -59,7 +59,9 @@ def _c_contiguous(x):
 
 
 def _is_device(x):
-    return hasattr(x, "__cuda_array_interface__") and not isinstance(x, np.ndarray)
+    # numba device arrays; the CUDA simulator's lack __cuda_array_interface__
+    return not isinstance(x, np.ndarray) and (hasattr(x, "__cuda_array_interface__")
+                                              or hasattr(x, "copy_to_host"))
 
 
 def overlaps(a, b):
@@ -106,7 +108,7 @@ def as_input(name, x, dtype, ndim=None, shape=None, to_device=None):
             raise TypeError(f"{name}: device arrays must be C-contiguous {np.dtype(dtype)}, "
                             f"got {dt}")
         return x
-    x = np.ascontiguousarray(x, dtype=dtype)
+    x = np.asarray(x, dtype=dtype, order="C")  # keeps 0-d arrays 0-d
     return to_device(x) if to_device is not None else x
 
 
@@ -149,7 +151,7 @@ def check_no_alias(out_name, out, inputs, inplace_ok=()):
     for name, arr in inputs.items():
         if arr is None or arr is out:
             if arr is out and arr is not None and name not in inplace_ok:
-                raise ValueError(f"{out_name}: output must not be the same array as {name}")
+                raise ValueError(f"{out_name}: output overlaps input {name} (the same array)")
             continue
         if overlaps(out, arr):
             if name in inplace_ok and same_array(out, arr):

@@ -1,0 +1,43 @@
+/*
+ * internal.h -- helpers shared by the C kernel files (not part of the API).
+ *
+ * fastnn_act_scalar is the one scalar definition of every activation, the
+ * C transcription of fastnn/kernels/reference.py `_act`: the gemm epilogue
+ * (gemm.c) and the elementwise kernels (ops.c) both use it, so the two can
+ * never disagree.  NaN propagates through every activation except step.
+ *
+ * Thread count: every C kernel uses fastnn_get_num_threads() (runtime.c).
+ */
+#ifndef FASTNN_INTERNAL_H
+#define FASTNN_INTERNAL_H
+
+#include <math.h>
+#include "fastnn.h"
+
+static inline float fastnn_act_scalar(int act, float x, float slope)
+{
+    switch (act) {
+    case FASTNN_ACT_STEP:
+        return x > 0.0f ? 1.0f : 0.0f;
+    case FASTNN_ACT_SIGN:
+        return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : x);  /* keeps 0 and NaN */
+    case FASTNN_ACT_SIGMOID: {
+        /* Stable both ways: exp of a non-positive number only. */
+        float e = expf(-fabsf(x));
+        return x >= 0.0f ? 1.0f / (1.0f + e) : e / (1.0f + e);
+    }
+    case FASTNN_ACT_TANH:
+        return tanhf(x);
+    case FASTNN_ACT_RELU:
+        return x < 0.0f ? 0.0f : x;                      /* keeps NaN */
+    case FASTNN_ACT_LEAKY_RELU:
+        return x > 0.0f ? x : x * slope;
+    case FASTNN_ACT_SOFTPLUS:
+        /* log(1 + e^x) = max(x, 0) + log1p(e^-|x|): no overflow. */
+        return (x > 0.0f ? x : 0.0f) + log1pf(expf(-fabsf(x)));
+    default:                                            /* identity */
+        return x;
+    }
+}
+
+#endif /* FASTNN_INTERNAL_H */

@@ -1,0 +1,789 @@
+/*
+ * ops.c -- every fastnn kernel except gemm and dense_forward (gemm.c):
+ * dense backward, activations, softmax, losses, optimizer updates and the
+ * flat-buffer utilities of gradient clipping.
+ *
+ * What these kernels promise, beyond fastnn.h:
+ *   - Arguments are checked before anything is written; nothing is
+ *     allocated (the column sums of db use a small stack block).
+ *   - Per-element math is float32.  Loss values, sum_squares and the column
+ *     sums of db accumulate in double; optimizer scalars (bias corrections,
+ *     step sizes) are computed once per call in double, as torch.optim does
+ *     in Python floats, then rounded to float.
+ *   - Where the header lets an output be an input (Y == X, dX == dY, ...),
+ *     every element is read before the element of the same index is
+ *     written, so the in-place call is exact and `omp simd` stays valid.
+ *     Partial overlap is not allowed (the Python checks refuse it).
+ *   - NaN propagates as in the numpy reference (ternaries, not fmaxf).
+ *
+ * Structure: each kernel is a serial "span" function over elements (or rows)
+ * [lo, hi), vectorised with `omp simd`, and a public function that checks
+ * the arguments and runs the span through RUN_SPANS / SUM_SPANS.
+ */
+#include <math.h>
+#include <stddef.h>
+#include <string.h>
+#include "fastnn.h"
+#include "internal.h"
+
+/* Elements per parallel work item. */
+#define CHUNK 4096
+/* Parallel only above these many elements: a cheap loop (a few flops per
+   element, memory-bound) and a loop with exp/log/tanh per element. */
+#define PAR_MIN_CHEAP (1 << 15)
+#define PAR_MIN_EXP (1 << 12)
+/* Columns of db summed per pass over dZ (a double accumulator each). */
+#define DB_BLOCK 256
+
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* ---- work splitting --------------------------------------------------------- */
+/* RUN_SPANS(n, span, wide, call): run `call` (an expression using lo and hi)
+   once over [0, n) on the calling thread when `wide` is false or one
+   thread is configured, else over spans of `span` items shared by the team
+   (contiguous blocks per thread: schedule(static)).  Small work never enters
+   OpenMP: opening a parallel region costs about a microsecond even under a
+   false if() clause.  SUM_SPANS does the same for a call returning a double
+   and stores the sum in `total`. */
+#define PRAGMA_(x) _Pragma(#x)
+#define RUN_SPANS(n, span, wide, ...)                                       \
+    do {                                                                         \
+        const int64_t n_ = (n), span_ = (span);                                  \
+        if (!(wide) || fastnn_get_num_threads() < 2) {                       \
+            const int64_t lo = 0, hi = n_;                                       \
+            __VA_ARGS__;                                                          \
+        } else {                                                                 \
+            PRAGMA_(omp parallel for num_threads(fastnn_get_num_threads())       \
+                    schedule(static))                                            \
+            for (int64_t lo = 0; lo < n_; lo += span_) {                         \
+                const int64_t hi = min64(lo + span_, n_);                        \
+                __VA_ARGS__;                                                      \
+            }                                                                    \
+        }                                                                        \
+    } while (0)
+
+#define SUM_SPANS(total, n, span, wide, ...)                                \
+    do {                                                                         \
+        const int64_t n_ = (n), span_ = (span);                                  \
+        if (!(wide) || fastnn_get_num_threads() < 2) {                       \
+            const int64_t lo = 0, hi = n_;                                       \
+            total = (__VA_ARGS__);                                               \
+        } else {                                                                 \
+            total = 0.0;                                                         \
+            PRAGMA_(omp parallel for reduction(+ : total)                        \
+                    num_threads(fastnn_get_num_threads()) schedule(static))      \
+            for (int64_t lo = 0; lo < n_; lo += span_) {                         \
+                const int64_t hi = min64(lo + span_, n_);                        \
+                total += (__VA_ARGS__);                                          \
+            }                                                                    \
+        }                                                                        \
+    } while (0)
+
+/* Rows per span for row kernels: about CHUNK elements, at least one row. */
+static inline int64_t row_span(int64_t c) { return c >= CHUNK ? 1 : CHUNK / c; }
+
+/* ---- activations ---------------------------------------------------------- */
+
+static inline int valid_act(int act)
+{
+    return act >= FASTNN_ACT_IDENTITY && act <= FASTNN_ACT_SOFTPLUS;
+}
+
+static inline int64_t act_par_min(int act)
+{
+    int costly = act == FASTNN_ACT_SIGMOID || act == FASTNN_ACT_TANH
+                 || act == FASTNN_ACT_SOFTPLUS;
+    return costly ? PAR_MIN_EXP : PAR_MIN_CHEAP;
+}
+
+/* act'(x) through the output y = act(x): reference.py `_act_grad`. */
+static inline float act_grad_scalar(int act, float y, float slope)
+{
+    switch (act) {
+    case FASTNN_ACT_STEP:
+    case FASTNN_ACT_SIGN:
+        return 0.0f;
+    case FASTNN_ACT_SIGMOID:
+        return y * (1.0f - y);
+    case FASTNN_ACT_TANH:
+        return 1.0f - y * y;
+    case FASTNN_ACT_RELU:
+        return y > 0.0f ? 1.0f : 0.0f;
+    case FASTNN_ACT_LEAKY_RELU:
+        return y > 0.0f ? 1.0f : slope;
+    case FASTNN_ACT_SOFTPLUS:
+        /* y = log(1 + e^x)  =>  sigmoid(x) = 1 - e^-y */
+        return -expm1f(-y);
+    default:                                            /* identity */
+        return 1.0f;
+    }
+}
+
+/* The span functions switch once; each case inlines the scalar helper with a
+   constant `act`, so its switch folds away and every activation gets a loop
+   of its own (vectorised where no libm call). */
+
+static inline void act_forward_loop(float *Y, const float *X, int64_t lo, int64_t hi,
+                                    int act, float slope)
+{
+#pragma omp simd
+    for (int64_t i = lo; i < hi; i++)
+        Y[i] = fastnn_act_scalar(act, X[i], slope);
+}
+
+static inline void act_backward_loop(float *dX, const float *dY, const float *Y,
+                                     int64_t lo, int64_t hi, int act, float slope)
+{
+#pragma omp simd
+    for (int64_t i = lo; i < hi; i++)
+        dX[i] = dY[i] * act_grad_scalar(act, Y[i], slope);
+}
+
+/* Y = act(X) over [lo, hi); Y may be X. */
+static void act_forward_span(float *Y, const float *X, int64_t lo, int64_t hi, int act,
+                             float slope)
+{
+    switch (act) {
+    case FASTNN_ACT_IDENTITY:
+        if (Y != X)
+            memcpy(Y + lo, X + lo, (size_t)(hi - lo) * sizeof *Y);
+        break;
+    case FASTNN_ACT_STEP: act_forward_loop(Y, X, lo, hi, FASTNN_ACT_STEP, slope); break;
+    case FASTNN_ACT_SIGN: act_forward_loop(Y, X, lo, hi, FASTNN_ACT_SIGN, slope); break;
+    case FASTNN_ACT_SIGMOID: act_forward_loop(Y, X, lo, hi, FASTNN_ACT_SIGMOID, slope); break;
+    case FASTNN_ACT_TANH: act_forward_loop(Y, X, lo, hi, FASTNN_ACT_TANH, slope); break;
+    case FASTNN_ACT_RELU: act_forward_loop(Y, X, lo, hi, FASTNN_ACT_RELU, slope); break;
+    case FASTNN_ACT_LEAKY_RELU:
+        act_forward_loop(Y, X, lo, hi, FASTNN_ACT_LEAKY_RELU, slope);
+        break;
+    default: act_forward_loop(Y, X, lo, hi, FASTNN_ACT_SOFTPLUS, slope); break;
+    }
+}
+
+/* dX = dY * act'(Y) over [lo, hi); dX may be dY. */
+static void act_backward_span(float *dX, const float *dY, const float *Y, int64_t lo,
+                              int64_t hi, int act, float slope)
+{
+    switch (act) {
+    case FASTNN_ACT_IDENTITY:
+        if (dX != dY)
+            memcpy(dX + lo, dY + lo, (size_t)(hi - lo) * sizeof *dX);
+        break;
+    case FASTNN_ACT_STEP:   /* dY * 0, not 0: a NaN or inf in dY shows, as in the reference */
+    case FASTNN_ACT_SIGN: act_backward_loop(dX, dY, Y, lo, hi, FASTNN_ACT_STEP, slope); break;
+    case FASTNN_ACT_SIGMOID:
+        act_backward_loop(dX, dY, Y, lo, hi, FASTNN_ACT_SIGMOID, slope);
+        break;
+    case FASTNN_ACT_TANH: act_backward_loop(dX, dY, Y, lo, hi, FASTNN_ACT_TANH, slope); break;
+    case FASTNN_ACT_RELU: act_backward_loop(dX, dY, Y, lo, hi, FASTNN_ACT_RELU, slope); break;
+    case FASTNN_ACT_LEAKY_RELU:
+        act_backward_loop(dX, dY, Y, lo, hi, FASTNN_ACT_LEAKY_RELU, slope);
+        break;
+    default: act_backward_loop(dX, dY, Y, lo, hi, FASTNN_ACT_SOFTPLUS, slope); break;
+    }
+}
+
+int fastnn_activation_forward(float *Y, const float *X, int64_t size, int act, float slope)
+{
+    if (!Y || !X || size < 0 || !valid_act(act))
+        return FASTNN_EINVAL;
+    RUN_SPANS(size, CHUNK, size > act_par_min(act),
+              act_forward_span(Y, X, lo, hi, act, slope));
+    return FASTNN_OK;
+}
+
+int fastnn_activation_backward(float *dX, const float *dY, const float *Y, int64_t size,
+                               int act, float slope)
+{
+    if (!dX || !dY || !Y || size < 0 || !valid_act(act))
+        return FASTNN_EINVAL;
+    RUN_SPANS(size, CHUNK, size > act_par_min(act),
+              act_backward_span(dX, dY, Y, lo, hi, act, slope));
+    return FASTNN_OK;
+}
+
+/* ---- dense layer backward --------------------------------------------------- */
+
+/* db[lo, hi) = column sums of dZ (n,c) in double, DB_BLOCK columns per pass
+   so the accumulators stay on the stack and rows are read contiguously. */
+static void column_sums_span(float *db, const float *dZ, int64_t n, int64_t c,
+                             int64_t lo, int64_t hi)
+{
+    for (int64_t j0 = lo; j0 < hi; j0 += DB_BLOCK) {
+        const int64_t w = min64(DB_BLOCK, hi - j0);
+        double acc[DB_BLOCK];
+        for (int64_t j = 0; j < w; j++)
+            acc[j] = 0.0;
+        for (int64_t i = 0; i < n; i++) {
+            const float *row = dZ + i * c + j0;
+#pragma omp simd
+            for (int64_t j = 0; j < w; j++)
+                acc[j] += row[j];
+        }
+        for (int64_t j = 0; j < w; j++)
+            db[j0 + j] = (float)acc[j];
+    }
+}
+
+/* dY, Y, dZ (n,out), X (n,in), W (in,out); dW (in,out), db (out), dX (n,in). */
+int fastnn_dense_backward(float *dX, float *dW, float *db, float *dZ,
+                          const float *dY, const float *X, const float *W,
+                          const float *Y, int64_t n, int64_t in, int64_t out,
+                          int act, float slope)
+{
+    if (!dW || !dZ || !dY || !X || !W || !Y || n < 1 || in < 1 || out < 1
+        || !valid_act(act))
+        return FASTNN_EINVAL;
+    int rc = fastnn_activation_backward(dZ, dY, Y, n * out, act, slope);
+    if (rc != FASTNN_OK)
+        return rc;
+    if (db)
+        RUN_SPANS(out, DB_BLOCK, n * out > PAR_MIN_CHEAP && out > DB_BLOCK,
+                  column_sums_span(db, dZ, n, out, lo, hi));
+    /* dW = X^T dZ: op(A) = X^T is (in, n) read from X (n, in). */
+    rc = fastnn_gemm(1, 0, in, out, n, 1.0f, X, in, dZ, out, 0.0f, dW, out);
+    /* dX = dZ W^T: op(B) = W^T is (out, in) read from W (in, out). */
+    if (rc == FASTNN_OK && dX)
+        rc = fastnn_gemm(0, 1, n, in, out, 1.0f, dZ, out, W, out, 0.0f, dX, in);
+    return rc;
+}
+
+/* ---- softmax ---------------------------------------------------------------- */
+
+/* y (c) = softmax(x), max-shifted; returns log(sum(exp(x))) in double.
+   y may be x: the max is taken before anything is written. */
+static double softmax_row(float *y, const float *x, int64_t c)
+{
+    float mx = x[0];
+    for (int64_t j = 1; j < c; j++)
+        mx = x[j] > mx ? x[j] : mx;
+    double s = 0.0;
+    for (int64_t j = 0; j < c; j++) {
+        const float e = expf(x[j] - mx);
+        y[j] = e;
+        s += e;
+    }
+    const float sf = (float)s;
+#pragma omp simd
+    for (int64_t j = 0; j < c; j++)
+        y[j] /= sf;
+    return (double)mx + log(s);
+}
+
+static void softmax_rows(float *Y, const float *X, int64_t c, int64_t lo, int64_t hi)
+{
+    for (int64_t i = lo; i < hi; i++)
+        softmax_row(Y + i * c, X + i * c, c);
+}
+
+/* dX = Y * (dY - rowsum(dY * Y)) over rows [lo, hi); dX may be dY. */
+static void softmax_backward_rows(float *dX, const float *dY, const float *Y, int64_t c,
+                                  int64_t lo, int64_t hi)
+{
+    for (int64_t i = lo; i < hi; i++) {
+        const float *dy = dY + i * c, *y = Y + i * c;
+        float *dx = dX + i * c;
+        /* The row dot in double: dy - s cancels when dy is near s. */
+        double s = 0.0;
+#pragma omp simd reduction(+ : s)
+        for (int64_t j = 0; j < c; j++)
+            s += (double)dy[j] * y[j];
+        const float sf = (float)s;
+#pragma omp simd
+        for (int64_t j = 0; j < c; j++)
+            dx[j] = y[j] * (dy[j] - sf);
+    }
+}
+
+/* X, Y (n,c). */
+int fastnn_softmax_forward(float *Y, const float *X, int64_t n, int64_t c)
+{
+    if (!Y || !X || n < 1 || c < 1)
+        return FASTNN_EINVAL;
+    RUN_SPANS(n, row_span(c), n * c > PAR_MIN_EXP, softmax_rows(Y, X, c, lo, hi));
+    return FASTNN_OK;
+}
+
+/* dX, dY, Y (n,c). */
+int fastnn_softmax_backward(float *dX, const float *dY, const float *Y, int64_t n,
+                            int64_t c)
+{
+    if (!dX || !dY || !Y || n < 1 || c < 1)
+        return FASTNN_EINVAL;
+    RUN_SPANS(n, row_span(c), n * c > PAR_MIN_CHEAP,
+              softmax_backward_rows(dX, dY, Y, c, lo, hi));
+    return FASTNN_OK;
+}
+
+/* ---- losses ------------------------------------------------------------------ */
+
+static int labels_valid(const int32_t *labels, int64_t n, int64_t c)
+{
+    int bad = 0;
+#pragma omp simd reduction(| : bad)
+    for (int64_t i = 0; i < n; i++)
+        bad |= labels[i] < 0 || labels[i] >= c;
+    return !bad;
+}
+
+/* P = softmax(Z) over rows [lo, hi); returns the rows' summed cross-entropy. */
+static double xent_rows(float *P, const float *Z, const int32_t *labels, int64_t c,
+                        int64_t lo, int64_t hi)
+{
+    double total = 0.0;
+    for (int64_t i = lo; i < hi; i++)
+        total += softmax_row(P + i * c, Z + i * c, c) - (double)Z[i * c + labels[i]];
+    return total;
+}
+
+/* dZ = (P - onehot) / n over rows [lo, hi); dZ may be P. */
+static void xent_backward_rows(float *dZ, const float *P, const int32_t *labels, int64_t c,
+                               float nf, int64_t lo, int64_t hi)
+{
+    for (int64_t i = lo; i < hi; i++) {
+        const float *p = P + i * c;
+        float *d = dZ + i * c;
+        const int32_t y = labels[i];
+        const float p_label = p[y];     /* read before the row is overwritten */
+#pragma omp simd
+        for (int64_t j = 0; j < c; j++)
+            d[j] = p[j] / nf;
+        d[y] = (p_label - 1.0f) / nf;
+    }
+}
+
+/* Z, P (n,c), labels (n).  Labels are checked before P is written. */
+int fastnn_softmax_xent_forward(float *loss, float *P, const float *Z,
+                                const int32_t *labels, int64_t n, int64_t c)
+{
+    if (!loss || !P || !Z || !labels || n < 1 || c < 1 || !labels_valid(labels, n, c))
+        return FASTNN_EINVAL;
+    double total;
+    SUM_SPANS(total, n, row_span(c), n * c > PAR_MIN_EXP,
+              xent_rows(P, Z, labels, c, lo, hi));
+    *loss = (float)(total / (double)n);
+    return FASTNN_OK;
+}
+
+/* P, dZ (n,c), labels (n). */
+int fastnn_softmax_xent_backward(float *dZ, const float *P, const int32_t *labels,
+                                 int64_t n, int64_t c)
+{
+    if (!dZ || !P || !labels || n < 1 || c < 1 || !labels_valid(labels, n, c))
+        return FASTNN_EINVAL;
+    RUN_SPANS(n, row_span(c), n * c > PAR_MIN_CHEAP,
+              xent_backward_rows(dZ, P, labels, c, (float)n, lo, hi));
+    return FASTNN_OK;
+}
+
+/* Pointwise losses: a span function for the sum of the loss terms (in
+   double) and one for the gradient; the gradients may be in place. */
+
+static double bce_sum(const float *Z, const float *T, int64_t lo, int64_t hi)
+{
+    double total = 0.0;
+#pragma omp simd reduction(+ : total)
+    for (int64_t i = lo; i < hi; i++) {
+        const double z = Z[i], t = T[i];
+        total += (z > 0.0 ? z : 0.0) - z * t + log1p(exp(-fabs(z)));
+    }
+    return total;
+}
+
+static void bce_grad(float *dZ, const float *Z, const float *T, float nf, int64_t lo,
+                     int64_t hi)
+{
+#pragma omp simd
+    for (int64_t i = lo; i < hi; i++)
+        dZ[i] = (fastnn_act_scalar(FASTNN_ACT_SIGMOID, Z[i], 0.0f) - T[i]) / nf;
+}
+
+static double mse_sum(const float *Y, const float *T, int64_t lo, int64_t hi)
+{
+    double total = 0.0;
+#pragma omp simd reduction(+ : total)
+    for (int64_t i = lo; i < hi; i++) {
+        const double d = (double)Y[i] - (double)T[i];
+        total += d * d;
+    }
+    return total;
+}
+
+static void mse_grad(float *dY, const float *Y, const float *T, float nf, int64_t lo,
+                     int64_t hi)
+{
+#pragma omp simd
+    for (int64_t i = lo; i < hi; i++)
+        dY[i] = 2.0f * (Y[i] - T[i]) / nf;
+}
+
+static double mae_sum(const float *Y, const float *T, int64_t lo, int64_t hi)
+{
+    double total = 0.0;
+#pragma omp simd reduction(+ : total)
+    for (int64_t i = lo; i < hi; i++)
+        total += fabs((double)Y[i] - (double)T[i]);
+    return total;
+}
+
+static void mae_grad(float *dY, const float *Y, const float *T, float nf, int64_t lo,
+                     int64_t hi)
+{
+#pragma omp simd
+    for (int64_t i = lo; i < hi; i++)
+        dY[i] = fastnn_act_scalar(FASTNN_ACT_SIGN, Y[i] - T[i], 0.0f) / nf;
+}
+
+int fastnn_bce_forward(float *loss, const float *Z, const float *T, int64_t size)
+{
+    if (!loss || !Z || !T || size < 1)
+        return FASTNN_EINVAL;
+    double total;
+    SUM_SPANS(total, size, CHUNK, size > PAR_MIN_EXP, bce_sum(Z, T, lo, hi));
+    *loss = (float)(total / (double)size);
+    return FASTNN_OK;
+}
+
+int fastnn_bce_backward(float *dZ, const float *Z, const float *T, int64_t size)
+{
+    if (!dZ || !Z || !T || size < 1)
+        return FASTNN_EINVAL;
+    RUN_SPANS(size, CHUNK, size > PAR_MIN_EXP, bce_grad(dZ, Z, T, (float)size, lo, hi));
+    return FASTNN_OK;
+}
+
+int fastnn_mse_forward(float *loss, const float *Y, const float *T, int64_t size)
+{
+    if (!loss || !Y || !T || size < 1)
+        return FASTNN_EINVAL;
+    double total;
+    SUM_SPANS(total, size, CHUNK, size > PAR_MIN_CHEAP, mse_sum(Y, T, lo, hi));
+    *loss = (float)(total / (double)size);
+    return FASTNN_OK;
+}
+
+int fastnn_mse_backward(float *dY, const float *Y, const float *T, int64_t size)
+{
+    if (!dY || !Y || !T || size < 1)
+        return FASTNN_EINVAL;
+    RUN_SPANS(size, CHUNK, size > PAR_MIN_CHEAP, mse_grad(dY, Y, T, (float)size, lo, hi));
+    return FASTNN_OK;
+}
+
+int fastnn_mae_forward(float *loss, const float *Y, const float *T, int64_t size)
+{
+    if (!loss || !Y || !T || size < 1)
+        return FASTNN_EINVAL;
+    double total;
+    SUM_SPANS(total, size, CHUNK, size > PAR_MIN_CHEAP, mae_sum(Y, T, lo, hi));
+    *loss = (float)(total / (double)size);
+    return FASTNN_OK;
+}
+
+int fastnn_mae_backward(float *dY, const float *Y, const float *T, int64_t size)
+{
+    if (!dY || !Y || !T || size < 1)
+        return FASTNN_EINVAL;
+    RUN_SPANS(size, CHUNK, size > PAR_MIN_CHEAP, mae_grad(dY, Y, T, (float)size, lo, hi));
+    return FASTNN_OK;
+}
+
+/* ---- optimizer updates -------------------------------------------------------- */
+/* One fused pass each, torch.optim's single-tensor equations in float32
+   (torch's CPU kernels compute in the parameter dtype too).  The public
+   function computes the step's constants once, in double, into a small
+   struct; the span function is the per-element loop.  State buffers and
+   params never alias (the Python checks refuse it).  Branches on the
+   constant flags are unswitched by the compiler; a NULL optional buffer is
+   only dereferenced under its flag. */
+
+/* grad + L2 weight decay; skipped when wd == 0, so a non-finite p does not
+   leak into g (as the reference and torch). */
+static inline float l2_grad(float g, float p, float wd)
+{
+    return wd != 0.0f ? g + wd * p : g;
+}
+
+struct sgd_k { float lr, mom, damp1, wd; int use_mom, first, nesterov; };
+
+static void sgd_span(float *params, const float *grads, float *buf, struct sgd_k k,
+                     int64_t lo, int64_t hi)
+{
+#pragma omp simd
+    for (int64_t i = lo; i < hi; i++) {
+        float g = l2_grad(grads[i], params[i], k.wd);
+        if (k.use_mom) {
+            /* Step 1 sets the buffer to g without reading it (torch). */
+            const float b = k.first ? g : k.mom * buf[i] + k.damp1 * g;
+            buf[i] = b;
+            g = k.nesterov ? g + k.mom * b : b;
+        }
+        params[i] -= k.lr * g;
+    }
+}
+
+int fastnn_sgd(float *params, const float *grads, float *momentum_buf,
+               int64_t size, int64_t step, double lr, double momentum,
+               double dampening, int nesterov, double weight_decay)
+{
+    if (!params || !grads || size < 0 || step < 1 || (momentum != 0.0 && !momentum_buf))
+        return FASTNN_EINVAL;
+    const struct sgd_k k = {(float)lr, (float)momentum, (float)(1.0 - dampening),
+                            (float)weight_decay, momentum != 0.0, step == 1, nesterov != 0};
+    RUN_SPANS(size, CHUNK, size > PAR_MIN_CHEAP,
+              sgd_span(params, grads, momentum_buf, k, lo, hi));
+    return FASTNN_OK;
+}
+
+/* Adam and AdamW differ only in where the weight decay goes: l2 (Adam) or
+   shrink = 1 - lr * wd (AdamW). */
+struct adam_k { float step_size, bc2_sqrt, b1, c1, b2, c2, eps, l2, shrink; };
+
+static void adam_span(float *params, const float *grads, float *m, float *v,
+                      struct adam_k k, int64_t lo, int64_t hi)
+{
+#pragma omp simd
+    for (int64_t i = lo; i < hi; i++) {
+        const float p = params[i] * k.shrink;
+        const float g = l2_grad(grads[i], p, k.l2);
+        const float mi = k.b1 * m[i] + k.c1 * g;
+        const float vi = k.b2 * v[i] + k.c2 * (g * g);
+        m[i] = mi;
+        v[i] = vi;
+        /* torch: denom = sqrt(v) / sqrt(bc2) + eps;  p -= (lr / bc1) * m / denom */
+        params[i] = p - k.step_size * (mi / (sqrtf(vi) / k.bc2_sqrt + k.eps));
+    }
+}
+
+static int adam_update(float *params, const float *grads, float *m, float *v,
+                       int64_t size, int64_t step, double lr, double beta1,
+                       double beta2, double eps, double weight_decay, int decoupled)
+{
+    if (!params || !grads || !m || !v || size < 0 || step < 1)
+        return FASTNN_EINVAL;
+    const double bc1 = 1.0 - pow(beta1, (double)step);
+    const double bc2 = 1.0 - pow(beta2, (double)step);
+    const struct adam_k k = {
+        (float)(lr / bc1), (float)sqrt(bc2), (float)beta1, (float)(1.0 - beta1),
+        (float)beta2, (float)(1.0 - beta2), (float)eps,
+        decoupled ? 0.0f : (float)weight_decay,
+        decoupled ? (float)(1.0 - lr * weight_decay) : 1.0f};
+    RUN_SPANS(size, CHUNK, size > PAR_MIN_CHEAP, adam_span(params, grads, m, v, k, lo, hi));
+    return FASTNN_OK;
+}
+
+int fastnn_adam(float *params, const float *grads, float *m, float *v,
+                int64_t size, int64_t step, double lr, double beta1,
+                double beta2, double eps, double weight_decay)
+{
+    return adam_update(params, grads, m, v, size, step, lr, beta1, beta2, eps,
+                       weight_decay, 0);
+}
+
+int fastnn_adamw(float *params, const float *grads, float *m, float *v,
+                 int64_t size, int64_t step, double lr, double beta1,
+                 double beta2, double eps, double weight_decay)
+{
+    return adam_update(params, grads, m, v, size, step, lr, beta1, beta2, eps,
+                       weight_decay, 1);
+}
+
+struct rmsprop_k { float lr, a, c, eps, wd, mom; int use_mom, centered; };
+
+static void rmsprop_span(float *params, const float *grads, float *square_avg,
+                         float *buf, float *grad_avg, struct rmsprop_k k,
+                         int64_t lo, int64_t hi)
+{
+#pragma omp simd
+    for (int64_t i = lo; i < hi; i++) {
+        const float g = l2_grad(grads[i], params[i], k.wd);
+        const float sq = k.a * square_avg[i] + k.c * (g * g);
+        square_avg[i] = sq;
+        float var = sq;
+        if (k.centered) {
+            const float ga = k.a * grad_avg[i] + k.c * g;
+            grad_avg[i] = ga;
+            var = sq - ga * ga;
+        }
+        const float avg = sqrtf(var) + k.eps;
+        if (k.use_mom) {
+            const float b = k.mom * buf[i] + g / avg;
+            buf[i] = b;
+            params[i] -= k.lr * b;
+        } else {
+            params[i] -= k.lr * (g / avg);
+        }
+    }
+}
+
+int fastnn_rmsprop(float *params, const float *grads, float *square_avg,
+                   float *momentum_buf, float *grad_avg, int64_t size,
+                   double lr, double alpha, double eps, double weight_decay,
+                   double momentum, int centered)
+{
+    if (!params || !grads || !square_avg || size < 0
+        || (momentum != 0.0 && !momentum_buf) || (centered && !grad_avg))
+        return FASTNN_EINVAL;
+    const struct rmsprop_k k = {(float)lr, (float)alpha, (float)(1.0 - alpha), (float)eps,
+                                (float)weight_decay, (float)momentum, momentum > 0.0,
+                                centered != 0};
+    RUN_SPANS(size, CHUNK, size > PAR_MIN_CHEAP,
+              rmsprop_span(params, grads, square_avg, momentum_buf, grad_avg, k, lo, hi));
+    return FASTNN_OK;
+}
+
+struct adagrad_k { float clr, wd, eps; };
+
+static void adagrad_span(float *params, const float *grads, float *sum_sq,
+                         struct adagrad_k k, int64_t lo, int64_t hi)
+{
+#pragma omp simd
+    for (int64_t i = lo; i < hi; i++) {
+        const float g = l2_grad(grads[i], params[i], k.wd);
+        const float s = sum_sq[i] + g * g;
+        sum_sq[i] = s;
+        params[i] -= k.clr * (g / (sqrtf(s) + k.eps));
+    }
+}
+
+int fastnn_adagrad(float *params, const float *grads, float *sum_sq,
+                   int64_t size, int64_t step, double lr, double lr_decay,
+                   double weight_decay, double eps)
+{
+    if (!params || !grads || !sum_sq || size < 0 || step < 1)
+        return FASTNN_EINVAL;
+    const struct adagrad_k k = {(float)(lr / (1.0 + (double)(step - 1) * lr_decay)),
+                                (float)weight_decay, (float)eps};
+    RUN_SPANS(size, CHUNK, size > PAR_MIN_CHEAP,
+              adagrad_span(params, grads, sum_sq, k, lo, hi));
+    return FASTNN_OK;
+}
+
+/* k_grad and k_avg are the step sizes of torch's two addcdiv_ calls. */
+struct nadam_k { float k_grad, k_avg, bc2, b1, c1, b2, c2, wd, eps; };
+
+static void nadam_span(float *params, const float *grads, float *m, float *v,
+                       struct nadam_k k, int64_t lo, int64_t hi)
+{
+#pragma omp simd
+    for (int64_t i = lo; i < hi; i++) {
+        const float g = l2_grad(grads[i], params[i], k.wd);
+        const float mi = k.b1 * m[i] + k.c1 * g;
+        const float vi = k.b2 * v[i] + k.c2 * (g * g);
+        m[i] = mi;
+        v[i] = vi;
+        const float denom = sqrtf(vi / k.bc2) + k.eps;
+        const float p = params[i] - k.k_grad * (g / denom);
+        params[i] = p - k.k_avg * (mi / denom);
+    }
+}
+
+/* mu_t of NAdam's momentum schedule (reference.py nadam_mu). */
+static double nadam_mu(int64_t step, double beta1, double momentum_decay)
+{
+    return beta1 * (1.0 - 0.5 * pow(0.96, (double)step * momentum_decay));
+}
+
+int fastnn_nadam(float *params, const float *grads, float *m, float *v,
+                 int64_t size, int64_t step, double lr, double beta1,
+                 double beta2, double eps, double weight_decay,
+                 double momentum_decay, double mu_product)
+{
+    if (!params || !grads || !m || !v || size < 0 || step < 1)
+        return FASTNN_EINVAL;
+    const double mu = nadam_mu(step, beta1, momentum_decay);
+    const double mu_next = nadam_mu(step + 1, beta1, momentum_decay);
+    const struct nadam_k k = {
+        (float)(lr * (1.0 - mu) / (1.0 - mu_product)),
+        (float)(lr * mu_next / (1.0 - mu_product * mu_next)),
+        (float)(1.0 - pow(beta2, (double)step)), (float)beta1, (float)(1.0 - beta1),
+        (float)beta2, (float)(1.0 - beta2), (float)weight_decay, (float)eps};
+    RUN_SPANS(size, CHUNK, size > PAR_MIN_CHEAP, nadam_span(params, grads, m, v, k, lo, hi));
+    return FASTNN_OK;
+}
+
+struct adamax_k { float clr, b1, c1, b2, wd, eps; };
+
+static void adamax_span(float *params, const float *grads, float *m, float *u,
+                        struct adamax_k k, int64_t lo, int64_t hi)
+{
+#pragma omp simd
+    for (int64_t i = lo; i < hi; i++) {
+        const float g = l2_grad(grads[i], params[i], k.wd);
+        const float mi = k.b1 * m[i] + k.c1 * g;
+        const float decayed = k.b2 * u[i], bound = fabsf(g) + k.eps;
+        const float ui = decayed > bound ? decayed : bound;
+        m[i] = mi;
+        u[i] = ui;
+        params[i] -= k.clr * (mi / ui);
+    }
+}
+
+int fastnn_adamax(float *params, const float *grads, float *m, float *u,
+                  int64_t size, int64_t step, double lr, double beta1,
+                  double beta2, double eps, double weight_decay)
+{
+    if (!params || !grads || !m || !u || size < 0 || step < 1)
+        return FASTNN_EINVAL;
+    const struct adamax_k k = {(float)(lr / (1.0 - pow(beta1, (double)step))), (float)beta1,
+                               (float)(1.0 - beta1), (float)beta2, (float)weight_decay,
+                               (float)eps};
+    RUN_SPANS(size, CHUNK, size > PAR_MIN_CHEAP, adamax_span(params, grads, m, u, k, lo, hi));
+    return FASTNN_OK;
+}
+
+/* ---- flat-buffer utilities ------------------------------------------------------ */
+
+static double sum_squares_span(const float *x, int64_t lo, int64_t hi)
+{
+    double total = 0.0;
+#pragma omp simd reduction(+ : total)
+    for (int64_t i = lo; i < hi; i++) {
+        const double xi = x[i];
+        total += xi * xi;
+    }
+    return total;
+}
+
+static void scale_span(float *x, float s, int64_t lo, int64_t hi)
+{
+#pragma omp simd
+    for (int64_t i = lo; i < hi; i++)
+        x[i] *= s;
+}
+
+static void clip_span(float *x, float lo_v, float hi_v, int64_t lo, int64_t hi)
+{
+#pragma omp simd
+    for (int64_t i = lo; i < hi; i++) {
+        const float xi = x[i];
+        x[i] = xi < lo_v ? lo_v : (xi > hi_v ? hi_v : xi);     /* NaN stays NaN */
+    }
+}
+
+int fastnn_sum_squares(double *out, const float *x, int64_t size)
+{
+    if (!out || !x || size < 0)
+        return FASTNN_EINVAL;
+    double total;
+    SUM_SPANS(total, size, CHUNK, size > PAR_MIN_CHEAP, sum_squares_span(x, lo, hi));
+    *out = total;
+    return FASTNN_OK;
+}
+
+int fastnn_scale(float *x, int64_t size, float s)
+{
+    if (!x || size < 0)
+        return FASTNN_EINVAL;
+    RUN_SPANS(size, CHUNK, size > PAR_MIN_CHEAP, scale_span(x, s, lo, hi));
+    return FASTNN_OK;
+}
+
+/* The bounds are lo_v, hi_v here: RUN_SPANS names the span lo, hi. */
+int fastnn_clip(float *x, int64_t size, float lo_v, float hi_v)
+{
+    if (!x || size < 0 || !(lo_v <= hi_v))
+        return FASTNN_EINVAL;
+    RUN_SPANS(size, CHUNK, size > PAR_MIN_CHEAP, clip_span(x, lo_v, hi_v, lo, hi));
+    return FASTNN_OK;
+}

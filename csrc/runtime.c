@@ -1,0 +1,63 @@
+/*
+ * runtime.c -- thread count and SIMD path of the C kernels.
+ *
+ * Both are process-wide settings read at the start of every kernel call.
+ * Set them between calls, not while kernels run on other threads.
+ */
+#include <omp.h>
+#include "fastnn.h"
+
+static int g_threads = 0;       /* 0: not yet set -> omp_get_max_threads() */
+static int g_simd = -1;         /* -1: not yet chosen -> fastnn_simd_best() */
+
+void fastnn_set_num_threads(int n)
+{
+    /* n < 1 restores the default (OMP_NUM_THREADS or the core count). */
+    g_threads = n > 0 ? n : 0;
+}
+
+int fastnn_get_num_threads(void)
+{
+    if (g_threads > 0)
+        return g_threads;
+    int n = omp_get_max_threads();
+    return n > 0 ? n : 1;
+}
+
+static int simd_supported(int path)
+{
+    if (path == FASTNN_SIMD_GENERIC)
+        return 1;
+#if defined(__x86_64__) && defined(__GNUC__)
+    /* libgcc also checks that the OS saves the wider registers (XGETBV). */
+    __builtin_cpu_init();
+    if (path == FASTNN_SIMD_AVX2)
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (path == FASTNN_SIMD_AVX512)
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+#endif
+    return 0;
+}
+
+int fastnn_simd_best(void)
+{
+    for (int path = FASTNN_SIMD_AVX512; path > FASTNN_SIMD_GENERIC; path--)
+        if (simd_supported(path))
+            return path;
+    return FASTNN_SIMD_GENERIC;
+}
+
+int fastnn_simd_path(void)
+{
+    if (g_simd < 0)
+        g_simd = fastnn_simd_best();
+    return g_simd;
+}
+
+int fastnn_set_simd_path(int path)
+{
+    if (path < FASTNN_SIMD_GENERIC || path > FASTNN_SIMD_AVX512 || !simd_supported(path))
+        return FASTNN_EINVAL;
+    g_simd = path;
+    return FASTNN_OK;
+}
