@@ -46,6 +46,25 @@ enum fastnn_simd {
     FASTNN_SIMD_AVX512 = 2     /* AVX-512F   */
 };
 
+/* Losses of fastnn_dense_stack_epoch. */
+enum fastnn_loss {
+    FASTNN_LOSS_SOFTMAX_XENT = 0,
+    FASTNN_LOSS_BCE = 1,
+    FASTNN_LOSS_MSE = 2,
+    FASTNN_LOSS_MAE = 3
+};
+
+/* Optimizers of fastnn_dense_stack_epoch. */
+enum fastnn_optimizer_kind {
+    FASTNN_OPT_SGD = 0,
+    FASTNN_OPT_ADAM = 1,
+    FASTNN_OPT_ADAMW = 2,
+    FASTNN_OPT_RMSPROP = 3,
+    FASTNN_OPT_ADAGRAD = 4,
+    FASTNN_OPT_NADAM = 5,
+    FASTNN_OPT_ADAMAX = 6
+};
+
 /* CDEF BEGIN */
 
 /* ---- runtime ------------------------------------------------------------ */
@@ -160,6 +179,50 @@ int fastnn_sum_squares(double *out, const float *x, int64_t size);
 int fastnn_scale(float *x, int64_t size, float s);
 /* x = min(max(x, lo), hi). */
 int fastnn_clip(float *x, int64_t size, float lo, float hi);
+/* y += alpha * x; y must not overlap x. */
+int fastnn_axpy(float *y, const float *x, int64_t size, float alpha);
+
+/* ---- a whole training epoch of a stack of dense layers ------------------- */
+/* The trainer's inner loop in C, so Python is not on the per-batch path.
+   The specification is fastnn.kernels.reference.dense_stack_epoch. */
+typedef struct {
+    int64_t in, out;      /* features in and out                              */
+    int64_t w_offset;     /* W (in,out) at params + w_offset, dW at grads + w_offset */
+    int64_t b_offset;     /* b (out) likewise; -1: no bias                     */
+    int act;              /* enum fastnn_activation                            */
+    float slope;          /* leaky_relu's negative slope                       */
+} fastnn_dense_layer;
+
+typedef struct {
+    int kind;             /* enum fastnn_optimizer_kind                        */
+    double lr, beta1, beta2, eps, weight_decay;
+    double momentum, dampening, alpha, lr_decay, momentum_decay;
+    int nesterov, centered;
+    float *state[3];      /* the update kernel's state buffers, in its argument
+                             order (NULL where unused), each n_params floats    */
+    int64_t step;         /* in: steps taken before; out: after the epoch      */
+    double mu_product;    /* NAdam's running product; in and out               */
+} fastnn_optimizer;
+
+/* Floats of workspace an epoch needs: batch * (sum of outs + 2 * widest). */
+int64_t fastnn_dense_stack_workspace(const fastnn_dense_layer *layers, int n_layers,
+                                     int64_t batch);
+
+/* For each batch of `batch` rows of X (n, layers[0].in) -- the last may be
+   shorter --: forward, loss (targets: labels (n) for softmax_xent, else T
+   (n, out)), backward, optimizer update over all n_params.
+   batch_loss[i] = loss_scale * loss + l2 / (2 m) * sum(W^2);
+   batch_correct[i] = correctly classified samples (0 for mse/mae).
+   *n_done = batches run; a batch with a non-finite loss ends the epoch
+   before its backward pass.  l2 adds l2 / m * W to dW (weights only) and
+   grad_scale scales the loss gradient (scikit-learn's conventions). */
+int fastnn_dense_stack_epoch(float *params, float *grads, int64_t n_params,
+                             const fastnn_dense_layer *layers, int n_layers,
+                             fastnn_optimizer *opt, int loss,
+                             const float *X, const int32_t *labels, const float *T,
+                             int64_t n, int64_t batch, double l2, double loss_scale,
+                             double grad_scale, float *workspace, int64_t workspace_size,
+                             double *batch_loss, int64_t *batch_correct, int64_t *n_done);
 
 /* CDEF END */
 

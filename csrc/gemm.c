@@ -25,7 +25,6 @@
  * thread's copy on its first use.
  */
 #include <stddef.h>
-#include <omp.h>
 #include "fastnn.h"
 #include "gemm_kernels.h"
 #include "internal.h"
@@ -199,12 +198,23 @@ static const float *op_at(const float *X, int trans, int64_t ld, int64_t r, int6
     return trans ? X + c * ld + r : X + r * ld + c;
 }
 
+/* Fraction of the computed tile area that lands in an m x n C. */
+static double tile_fill(int64_t m, int64_t n, int mr, int nr)
+{
+    return (double)m / (double)round_up(m, mr) * (double)n / (double)round_up(n, nr);
+}
+
+/* ct == 0: C (m,n) at C.  ct == 1: the problem is the transposed one and
+   its result (m,n) goes to C^T, i.e. element (i,j) to C[j*ldc + i]; the
+   bias then runs along i.  gemm_driver uses it for thin C (n < NR). */
 static void gemm_serial(const struct gemm_path *P, int ta, int tb,
                         int64_t m, int64_t n, int64_t k, float alpha,
                         const float *A, int64_t lda, const float *B, int64_t ldb,
-                        float beta, float *C, int64_t ldc, const fastnn_epilogue *ep)
+                        float beta, float *C, int64_t ldc, int ct,
+                        const fastnn_epilogue *ep)
 {
     const int mr = P->mr, nr = P->nr;
+    const int64_t rs = ct ? 1 : ldc, cs = ct ? ldc : 1;  /* strides of (i,j) */
     float *pa = align64(tls_pack_a), *pb = align64(tls_pack_b);
     _Alignas(64) float tile[FASTNN_GEMM_MR_MAX * FASTNN_GEMM_NR_MAX];
     const int64_t nc_step = block_step(n, NC, nr);
@@ -217,45 +227,189 @@ static void gemm_serial(const struct gemm_path *P, int ta, int tb,
             int64_t kc = min64(kc_step, k - pc);
             int first = pc == 0, last = pc + kc == k;
             float beta_k = first ? beta : 1.0f;
+            const fastnn_epilogue *lep = last ? ep : NULL;
             pack_b_any(pb, tb, op_at(B, tb, ldb, pc, jc), ldb, kc, nc, nr);
             for (int64_t ic = 0; ic < m; ic += mc_step) {
                 int64_t mc = min64(mc_step, m - ic);
                 pack_a_any(pa, ta, op_at(A, ta, lda, ic, pc), lda, mc, kc, mr);
                 for (int64_t jr = 0; jr < nc; jr += nr) {
                     int nr_e = (int)min64(nr, nc - jr);
-                    fastnn_epilogue tep, *tepp = NULL;
-                    if (last && ep) {
-                        tep = *ep;
-                        tep.bias = ep->bias ? ep->bias + jc + jr : NULL;
-                        tepp = &tep;
-                    }
                     const float *bs = pb + jr * kc;
                     for (int64_t ir = 0; ir < mc; ir += mr) {
                         int mr_e = (int)min64(mr, mc - ir);
                         const float *as = pa + ir * kc;
-                        float *c = C + (ic + ir) * ldc + jc + jr;
-                        if (mr_e == mr && nr_e == nr) {
-                            P->kernel(kc, as, bs, c, ldc, alpha, beta_k, tepp);
+                        float *c = C + (ic + ir) * rs + (jc + jr) * cs;
+                        const float *bias = lep && lep->bias
+                            ? lep->bias + (ct ? ic + ir : jc + jr) : NULL;
+                        if (!ct && mr_e == mr && nr_e == nr) {
+                            fastnn_epilogue tep;
+                            if (lep)
+                                tep = (fastnn_epilogue){bias, lep->act, lep->slope};
+                            P->kernel(kc, as, bs, c, ldc, alpha, beta_k, lep ? &tep : NULL);
                             continue;
                         }
-                        /* Edge tile: full tile into scratch, valid part out. */
+                        /* Edge or transposed tile: full tile into scratch,
+                           valid part out. */
                         P->kernel(kc, as, bs, tile, nr, alpha, 0.0f, NULL);
                         for (int i = 0; i < mr_e; i++)
                             for (int j = 0; j < nr_e; j++) {
                                 float v = tile[i * nr + j];
                                 if (beta_k != 0.0f)
-                                    v += beta_k * c[i * ldc + j];
-                                if (tepp) {
-                                    if (tepp->bias)
-                                        v += tepp->bias[j];
-                                    v = fastnn_act_scalar(tepp->act, v, tepp->slope);
+                                    v += beta_k * c[i * rs + j * cs];
+                                if (lep) {
+                                    if (bias)
+                                        v += bias[ct ? i : j];
+                                    v = fastnn_act_scalar(lep->act, v, lep->slope);
                                 }
-                                c[i * ldc + j] = v;
+                                c[i * rs + j * cs] = v;
                             }
                     }
                 }
             }
         }
+    }
+}
+
+/* ---- matrix-vector shapes (m == 1 or n == 1) ---------------------------
+   Packing a matrix costs more than its one multiply-add per element, so a
+   gemv-shaped product skips the micro-kernel:  y[l] = alpha sum_p M(l,p)
+   x[p] + beta y[l], then bias[l*bs] and the activation, with M(l,p) at
+   M[l*ldm + p] (rows: dot products) or M[p*ldm + l] (columns: axpy).  One
+   plain C body, compiled once per SIMD path by the wrappers below. */
+
+struct gemv_args {
+    int64_t L, K;
+    const float *M; int64_t ldm; int rows;
+    const float *x; int64_t xs;
+    float *y; int64_t ys;
+    float alpha, beta;
+    const fastnn_epilogue *ep; int64_t bs;
+};
+
+static inline __attribute__((always_inline))
+float gemv_finish(const struct gemv_args *g, int64_t l, float v, int first, int last)
+{
+    float *y = g->y + l * g->ys;
+    v *= g->alpha;
+    if (!first)
+        v += *y;
+    else if (g->beta != 0.0f)       /* beta == 0: y is never read */
+        v += g->beta * *y;
+    if (last && g->ep) {
+        if (g->ep->bias)
+            v += g->ep->bias[l * g->bs];
+        v = fastnn_act_scalar(g->ep->act, v, g->ep->slope);
+    }
+    return v;
+}
+
+static inline __attribute__((always_inline))
+void gemv_body(const struct gemv_args *g)
+{
+    enum { W = 16 };                /* independent partial sums (vectorised) */
+    if (g->rows) {
+        /* x must be contiguous for the dot products: copy it in chunks. */
+        const int64_t chunk = g->xs == 1 ? g->K : KC * NC;
+        float *xbuf = align64(tls_pack_b);
+        for (int64_t p0 = 0; p0 < g->K; p0 += chunk) {
+            int64_t kc = min64(chunk, g->K - p0);
+            const float *x = g->x + p0;
+            if (g->xs != 1) {
+                for (int64_t p = 0; p < kc; p++)
+                    xbuf[p] = g->x[(p0 + p) * g->xs];
+                x = xbuf;
+            }
+            for (int64_t l = 0; l < g->L; l++) {
+                const float *row = g->M + l * g->ldm + p0;
+                float part[W] = {0.0f};
+                int64_t p = 0;
+                for (; p + W <= kc; p += W)
+                    for (int w = 0; w < W; w++)
+                        part[w] += row[p + w] * x[p + w];
+                float dot = 0.0f;
+                for (; p < kc; p++)
+                    dot += row[p] * x[p];
+                for (int w = 0; w < W; w++)
+                    dot += part[w];
+                g->y[l * g->ys] = gemv_finish(g, l, dot, p0 == 0, p0 + kc == g->K);
+            }
+        }
+    } else {
+        /* Columns: accumulate a chunk of y in a contiguous buffer. */
+        const int64_t chunk = MC * KC;
+        float *acc = align64(tls_pack_a);
+        for (int64_t l0 = 0; l0 < g->L; l0 += chunk) {
+            int64_t lc = min64(chunk, g->L - l0);
+            for (int64_t l = 0; l < lc; l++)
+                acc[l] = 0.0f;
+            for (int64_t p = 0; p < g->K; p++) {
+                const float xp = g->x[p * g->xs];
+                const float *col = g->M + p * g->ldm + l0;
+                for (int64_t l = 0; l < lc; l++)
+                    acc[l] += xp * col[l];
+            }
+            for (int64_t l = 0; l < lc; l++)
+                g->y[(l0 + l) * g->ys] = gemv_finish(g, l0 + l, acc[l], 1, 1);
+        }
+    }
+}
+
+static void gemv_generic(const struct gemv_args *g) { gemv_body(g); }
+#ifdef FASTNN_HAVE_X86_KERNELS
+__attribute__((target("avx2,fma")))
+static void gemv_avx2(const struct gemv_args *g) { gemv_body(g); }
+__attribute__((target("avx512f,avx512vl,fma")))
+static void gemv_avx512(const struct gemv_args *g) { gemv_body(g); }
+#endif
+
+static void gemv_run(const struct gemv_args *g)
+{
+    switch (fastnn_simd_path()) {
+#ifdef FASTNN_HAVE_X86_KERNELS
+    case FASTNN_SIMD_AVX512: gemv_avx512(g); return;
+    case FASTNN_SIMD_AVX2:   gemv_avx2(g); return;
+#endif
+    default:                 gemv_generic(g); return;
+    }
+}
+
+/* C (m,n) with m == 1 or n == 1 as a gemv, split over y between threads. */
+static void gemv_driver(int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha,
+                        const float *A, int64_t lda, const float *B, int64_t ldb,
+                        float beta, float *C, int64_t ldc, const fastnn_epilogue *ep)
+{
+    struct gemv_args g;
+    if (n == 1) {   /* y = C[:,0], M = op(A), x = op(B)[:,0]; bias[0] for all */
+        g = (struct gemv_args){m, k, A, lda, !ta, B, tb ? 1 : ldb, C, ldc,
+                               alpha, beta, ep, 0};
+    } else {        /* y = C[0,:], M(l,p) = op(B)[p][l], x = op(A)[0,:] */
+        g = (struct gemv_args){n, k, B, ldb, tb, A, ta ? lda : 1, C, 1,
+                               alpha, beta, ep, 1};
+    }
+    int64_t t = fastnn_get_num_threads();
+    double madds = (double)g.L * (double)k;
+    if (t > madds / MIN_MADDS_PER_THREAD)
+        t = (int64_t)(madds / MIN_MADDS_PER_THREAD);
+    if (t > g.L / 64)
+        t = g.L / 64;
+    if (t <= 1) {
+        gemv_run(&g);
+        return;
+    }
+#pragma omp parallel for num_threads((int)t) schedule(static, 1)
+    for (int64_t piece = 0; piece < t; piece++) {
+        int64_t l0 = piece * g.L / t, l1 = (piece + 1) * g.L / t;
+        struct gemv_args gp = g;
+        fastnn_epilogue pep;
+        gp.L = l1 - l0;
+        gp.M = g.rows ? g.M + l0 * g.ldm : g.M + l0;
+        gp.y = g.y + l0 * g.ys;
+        if (ep) {
+            pep = *ep;
+            pep.bias = ep->bias ? ep->bias + l0 * g.bs : NULL;
+            gp.ep = &pep;
+        }
+        gemv_run(&gp);
     }
 }
 
@@ -265,7 +419,25 @@ static void gemm_driver(int ta, int tb, int64_t m, int64_t n, int64_t k, float a
                         const float *A, int64_t lda, const float *B, int64_t ldb,
                         float beta, float *C, int64_t ldc, const fastnn_epilogue *ep)
 {
+    if (m == 1 || n == 1) {
+        gemv_driver(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc, ep);
+        return;
+    }
     const struct gemm_path P = current_path();
+    /* Thin C (e.g. an output layer with 1 or 10 units) fills few of a
+       tile's NR columns; computing C^T = op(B)^T op(A)^T puts the short side
+       on the MR rows instead.  Only when that fills tiles much better: the
+       transposed result leaves through the scratch tile. */
+    int ct = 0;
+    if (tile_fill(n, m, P.mr, P.nr) > 1.5 * tile_fill(m, n, P.mr, P.nr)) {
+        const float *T = A;
+        int64_t tmp = lda, d = m;
+        int tt = ta;
+        A = B; lda = ldb; ta = !tb;
+        B = T; ldb = tmp; tb = !tt;
+        m = n; n = d;
+        ct = 1;
+    }
     const int64_t tiles_m = ceil_div(m, P.mr), tiles_n = ceil_div(n, P.nr);
     int64_t t = fastnn_get_num_threads();
     double madds = (double)m * (double)n * (double)k;
@@ -296,7 +468,7 @@ static void gemm_driver(int ta, int tb, int64_t m, int64_t n, int64_t k, float a
             break;
     }
     if (t <= 1) {
-        gemm_serial(&P, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc, ep);
+        gemm_serial(&P, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc, ct, ep);
         return;
     }
     const int64_t pieces = tm * tn;
@@ -312,12 +484,12 @@ static void gemm_driver(int ta, int tb, int64_t m, int64_t n, int64_t k, float a
         fastnn_epilogue pep, *pepp = NULL;
         if (ep) {
             pep = *ep;
-            pep.bias = ep->bias ? ep->bias + j0 : NULL;
+            pep.bias = ep->bias ? ep->bias + (ct ? i0 : j0) : NULL;
             pepp = &pep;
         }
         gemm_serial(&P, ta, tb, i1 - i0, j1 - j0, k, alpha,
                     op_at(A, ta, lda, i0, 0), lda, op_at(B, tb, ldb, 0, j0), ldb,
-                    beta, C + i0 * ldc + j0, ldc, pepp);
+                    beta, ct ? C + j0 * ldc + i0 : C + i0 * ldc + j0, ldc, ct, pepp);
     }
 }
 

@@ -787,3 +787,18 @@ int fastnn_clip(float *x, int64_t size, float lo_v, float hi_v)
     RUN_SPANS(size, CHUNK, size > PAR_MIN_CHEAP, clip_span(x, lo_v, hi_v, lo, hi));
     return FASTNN_OK;
 }
+
+static void axpy_span(float *y, const float *x, float alpha, int64_t lo, int64_t hi)
+{
+#pragma omp simd
+    for (int64_t i = lo; i < hi; i++)
+        y[i] += alpha * x[i];
+}
+
+int fastnn_axpy(float *y, const float *x, int64_t size, float alpha)
+{
+    if (!y || !x || size < 0)
+        return FASTNN_EINVAL;
+    RUN_SPANS(size, CHUNK, size > PAR_MIN_CHEAP, axpy_span(y, x, alpha, lo, hi));
+    return FASTNN_OK;
+}

@@ -18,14 +18,26 @@ def _finite(name, y):
 
 
 class Loss:
-    """Base class; subclasses name their kernels."""
+    """Base class; subclasses name their kernels.
+
+    Parameters
+    ----------
+    value_scale : float
+        Multiplies the reported loss.
+    grad_scale : float or None
+        Multiplies the gradient (default: value_scale).  The two differ only
+        to follow another library's convention (scikit-learn reports half the
+        MSE but back-propagates the gradient of a sum over outputs).
+    """
 
     name = None
     classification = False
 
-    def __init__(self):
+    def __init__(self, value_scale=1.0, grad_scale=None):
         self._k = None
         self._bufs = {}
+        self.value_scale = float(value_scale)
+        self.grad_scale = self.value_scale if grad_scale is None else float(grad_scale)
 
     def set_backend(self, kernels_module, dtype=np.float32):
         self._k, self._dtype, self._bufs = kernels_module, dtype, {}
@@ -49,16 +61,25 @@ class Loss:
         return np.ascontiguousarray(y, dtype=np.float32)
 
     def forward(self, out, target):
+        """The batch's mean loss (times value_scale)."""
         self._out, self._target = out, target
-        return getattr(self._k, self.name + "_forward")(out, target)
+        return self.value_scale * getattr(self._k, self.name + "_forward")(out, target)
 
     def backward(self):
+        """Gradient w.r.t. the last forward's output, in a buffer of the loss."""
         grad = self._buffer(tuple(self._out.shape))
         getattr(self._k, self.name + "_backward")(grad, self._out, self._target)
+        return self._scaled(grad)
+
+    def _scaled(self, grad):
+        if self.grad_scale != 1.0:
+            self._k.scale(grad.reshape(-1), self.grad_scale)
         return grad
 
     def __repr__(self):
-        return f"{type(self).__name__}()"
+        if self.value_scale == self.grad_scale == 1.0:
+            return f"{type(self).__name__}()"
+        return f"{type(self).__name__}(value_scale={self.value_scale}, grad_scale={self.grad_scale})"
 
 
 def _as_numeric(name, y):
@@ -134,11 +155,11 @@ class SoftmaxCrossEntropy(Loss):
     def forward(self, out, target):
         self._target = target
         self._P = self._buffer(tuple(out.shape))
-        return self._k.softmax_xent_forward(self._P, out, target)
+        return self.value_scale * self._k.softmax_xent_forward(self._P, out, target)
 
     def backward(self):
         self._k.softmax_xent_backward(self._P, self._P, self._target)  # in place
-        return self._P
+        return self._scaled(self._P)
 
     def proba(self, out):
         z = np.asarray(out, np.float64)

@@ -15,9 +15,12 @@ import tempfile
 import numpy as np
 
 from . import kernels
-from .layers import LAYERS, Activation, Dense, Layer
+from .layers import (LAYERS, Activation, Dense, Layer, LeakyReLU, ReLU, Sigmoid, Sign, Softplus,
+                     Step, Tanh)
 
 _ALIGN = 16  # floats: 64 bytes
+# activation layers that fold into a preceding Dense(activation=None)
+_FOLDABLE = (Activation, Step, Sign, Sigmoid, Tanh, ReLU, LeakyReLU, Softplus)
 _FORMAT = "fastnn-sequential-1"
 
 
@@ -135,6 +138,30 @@ class Sequential:
             self.params[...] = flat  # in place: views held by users stay valid
         else:
             self._place(flat.astype(self.dtype), self.backend)
+
+    def dense_stack(self):
+        """The model as dense_stack_epoch's layer list, or None.
+
+        A model qualifies if it is Dense layers, each optionally followed by
+        one activation layer (folded into the Dense, which is the same
+        function), Identity layers, or Dropout(0).
+        """
+        from .layers import Dropout, Identity
+
+        stack = []
+        offsets = {(i, name): off for i, name, _, off in self._layout}
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, Dense):
+                stack.append([layer.in_features, layer.out_features, offsets[(i, "weight")],
+                              offsets[(i, "bias")], layer.activation, layer.negative_slope])
+            elif isinstance(layer, Identity) or (isinstance(layer, Dropout) and layer.p == 0):
+                continue
+            elif (type(layer) in _FOLDABLE and stack and stack[-1][4] == "identity"
+                    and isinstance(self.layers[i - 1], Dense)):
+                stack[-1][4], stack[-1][5] = layer.activation, layer.negative_slope
+            else:
+                return None
+        return [tuple(layer) for layer in stack] or None
 
     # ---- computation ----------------------------------------------------------
 

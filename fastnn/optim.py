@@ -55,6 +55,28 @@ class Optimizer:
     def _buf(self, name):
         return self.state.get(name)
 
+    def kernel_spec(self):
+        """(kernel name, state buffers in its argument order, hyperparameters):
+        what one update calls, and what a fused epoch needs to know."""
+        raise NotImplementedError
+
+    def _update(self, params, grads):
+        kernel, states, hyper = self.kernel_spec()
+        if kernel != "rmsprop":  # the one update without a step counter
+            hyper["step"] = self.step_count
+        if kernel == "nadam":  # torch keeps NAdam's momentum product as state
+            self.mu_product *= reference.nadam_mu(self.step_count, self.betas[0],
+                                                  self.momentum_decay)
+            hyper["mu_product"] = self.mu_product
+        getattr(self._k, kernel)(params, grads, *states, **hyper)
+
+    @property
+    def fusable(self):
+        """True if an update is exactly ``kernel_spec()``'s kernel, so a fused
+        epoch (``dense_stack_epoch``) may run it.  A subclass that overrides
+        ``_update`` is run batch by batch."""
+        return type(self)._update is Optimizer._update
+
     def hyperparameters(self):
         return {k: v for k, v in vars(self).items()
                 if not k.startswith("_") and k not in ("state", "step_count")}
@@ -82,10 +104,10 @@ class SGD(Optimizer):
     def _state_buffers(self):
         return ("momentum_buf",) if self.momentum != 0 else ()
 
-    def _update(self, params, grads):
-        self._k.sgd(params, grads, self._buf("momentum_buf"), step=self.step_count, lr=self.lr,
-                    momentum=self.momentum, dampening=self.dampening, nesterov=self.nesterov,
-                    weight_decay=self.weight_decay)
+    def kernel_spec(self):
+        return "sgd", (self._buf("momentum_buf"),), dict(
+            lr=self.lr, momentum=self.momentum, dampening=self.dampening,
+            nesterov=self.nesterov, weight_decay=self.weight_decay)
 
 
 class Adagrad(Optimizer):
@@ -111,9 +133,9 @@ class Adagrad(Optimizer):
                 np.full(size, self.initial_accumulator_value, dtype), dtype)
         return self
 
-    def _update(self, params, grads):
-        self._k.adagrad(params, grads, self.state["sum_sq"], step=self.step_count, lr=self.lr,
-                        lr_decay=self.lr_decay, weight_decay=self.weight_decay, eps=self.eps)
+    def kernel_spec(self):
+        return "adagrad", (self.state["sum_sq"],), dict(
+            lr=self.lr, lr_decay=self.lr_decay, weight_decay=self.weight_decay, eps=self.eps)
 
 
 class RMSprop(Optimizer):
@@ -132,11 +154,11 @@ class RMSprop(Optimizer):
         return (("square_avg",) + (("momentum_buf",) if self.momentum > 0 else ())
                 + (("grad_avg",) if self.centered else ()))
 
-    def _update(self, params, grads):
-        self._k.rmsprop(params, grads, self.state["square_avg"], self._buf("momentum_buf"),
-                        self._buf("grad_avg"), lr=self.lr, alpha=self.alpha, eps=self.eps,
-                        weight_decay=self.weight_decay, momentum=self.momentum,
-                        centered=self.centered)
+    def kernel_spec(self):
+        return "rmsprop", (self.state["square_avg"], self._buf("momentum_buf"),
+                           self._buf("grad_avg")), dict(
+            lr=self.lr, alpha=self.alpha, eps=self.eps, weight_decay=self.weight_decay,
+            momentum=self.momentum, centered=self.centered)
 
 
 class Adam(Optimizer):
@@ -146,18 +168,17 @@ class Adam(Optimizer):
     """
 
     _state = ("m", "v")
-    _kernel = "adam"
+    _kernel = "adam"  # AdamW and Adamax differ only in kernel (and Adamax's state name)
 
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(lr, weight_decay)
         self.betas = _betas(betas)
         self.eps = _checks.check_scalar("eps", eps, low=0.0)
 
-    def _update(self, params, grads):
-        getattr(self._k, self._kernel)(
-            params, grads, self.state[self._state[0]], self.state[self._state[1]],
-            step=self.step_count, lr=self.lr, beta1=self.betas[0], beta2=self.betas[1],
-            eps=self.eps, weight_decay=self.weight_decay)
+    def kernel_spec(self):
+        return self._kernel, tuple(self.state[name] for name in self._state), dict(
+            lr=self.lr, beta1=self.betas[0], beta2=self.betas[1], eps=self.eps,
+            weight_decay=self.weight_decay)
 
 
 class AdamW(Adam):
@@ -185,6 +206,8 @@ class NAdam(Adam):
     """torch.optim.NAdam(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
     momentum_decay=4e-3): Adam with Nesterov momentum."""
 
+    _kernel = "nadam"
+
     def __init__(self, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  momentum_decay=4e-3):
         super().__init__(lr, betas, eps, weight_decay)
@@ -194,12 +217,10 @@ class NAdam(Adam):
         self.mu_product = 1.0
         return super().bind(size, kernels_module, dtype)
 
-    def _update(self, params, grads):
-        self.mu_product *= reference.nadam_mu(self.step_count, self.betas[0], self.momentum_decay)
-        self._k.nadam(params, grads, self.state["m"], self.state["v"], step=self.step_count,
-                      lr=self.lr, beta1=self.betas[0], beta2=self.betas[1], eps=self.eps,
-                      weight_decay=self.weight_decay, momentum_decay=self.momentum_decay,
-                      mu_product=self.mu_product)
+    def kernel_spec(self):
+        kernel, states, hyper = super().kernel_spec()
+        return kernel, states, dict(hyper, momentum_decay=self.momentum_decay)
+
 
     def hyperparameters(self):
         hp = super().hyperparameters()

@@ -42,98 +42,23 @@ __all__ = ["MLPClassifier", "MLPRegressor"]
 _ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
 
 
-# ---- scikit-learn's objective on top of a fastnn loss -----------------------------
-
-class _Objective(losses_mod.Loss):
-    """scikit-learn's MLP objective for one batch of n samples and k outputs.
-
-    ``value = value_scale * base + alpha / (2 n) * sum(W^2)`` (weights only),
-    with the gradient w.r.t. the outputs multiplied by ``grad_scale``:
-
-    - regression: sklearn reports 0.5 * mean over all n*k elements but
-      back-propagates (y_hat - y) / n, i.e. the gradient of a sum over
-      outputs; MSE gives 2 (y_hat - y) / (n k), so value_scale = 1/2,
-      grad_scale = k/2.
-    - multilabel: sklearn sums the k binary log-losses, fastnn's BCE averages
-      them: value_scale = grad_scale = k.
-    - binary and multiclass: the fastnn losses are sklearn's (scales 1).
-
-    The L2 gradient alpha * W / n is added by the optimizer (_L2Mixin), which
-    reads ``batch_n`` from here.  ``classification`` is False so that the
-    Trainer does not compute a per-batch accuracy nobody reads.
-    """
-
-    classification = False
-
-    def __init__(self, base, value_scale, grad_scale, alpha):
-        super().__init__()
-        self.base, self.value_scale, self.grad_scale = base, value_scale, grad_scale
-        self.alpha = alpha
-        self.weight_segments = []  # flat (lo, hi) ranges of the weight matrices
-        self.batch_n = 1
-
-    def set_backend(self, kernels_module, dtype=np.float32):
-        super().set_backend(kernels_module, dtype)
-        self.base.set_backend(kernels_module, dtype)
-
-    def bind(self, model):
-        self._params = model.params
-        self.weight_segments = [(lo, hi) for lo, hi, is_weight in _segments(model) if is_weight]
-
-    def targets(self, y, output_shape):
-        return self.base.targets(y, output_shape)
-
-    def forward(self, out, target):
-        self.batch_n = out.shape[0]
-        value = self.value_scale * self.base.forward(out, target)
-        if self.alpha:
-            sq = sum(self._k.sum_squares(self._params[lo:hi]) for lo, hi in self.weight_segments)
-            value += 0.5 * self.alpha * sq / self.batch_n
-        return value
-
-    def backward(self):
-        grad = self.base.backward()
-        if self.grad_scale != 1:
-            self._k.scale(grad.reshape(-1), self.grad_scale)
-        return grad
+# ---- scikit-learn's conventions on fastnn's losses and optimizers ---------------------
+#
+# The objective: sklearn's loss for a batch of n samples and k outputs is
+# value_scale * (fastnn loss) + alpha / (2 n) * sum(W^2) over the weights, and
+# it back-propagates grad_scale * (fastnn gradient) + alpha / n * W:
+#   - regression: sklearn reports 0.5 * mean over all n*k elements but
+#     back-propagates (y_hat - y) / n, the gradient of a sum over outputs; MSE
+#     gives 2 (y_hat - y) / (n k): value_scale = 1/2, grad_scale = k/2.
+#   - multilabel: sklearn sums the k binary log-losses, fastnn's BCE averages
+#     them: value_scale = grad_scale = k.
+#   - binary and multiclass: the fastnn losses are sklearn's (scales 1).
+# The L2 term is the Trainer's l2 (weights only, divided by the batch size),
+# not torch's weight_decay (every parameter).
 
 
-def _segments(model):
-    """(lo, hi, is_weight) flat ranges of every Dense weight and bias."""
-    return [(off, off + int(np.prod(shape)), name == "weight")
-            for _, name, shape, off in model._layout]
-
-
-class _L2Mixin:
-    """Adds sklearn's L2 gradient alpha * W / n_batch to the weights only.
-
-    torch-style ``weight_decay`` acts on the whole flat buffer, biases
-    included, so the update runs once per weight/bias range: the weights with
-    weight_decay = alpha / n_batch (n_batch of the batch just seen, as sklearn
-    divides by the actual batch size), the biases with 0.  With alpha == 0 it
-    is one call over the whole buffer.
-    """
-
-    def attach(self, model, objective):
-        self._objective = objective
-        alpha = objective.alpha
-        self._ranges = _segments(model) if alpha else [(0, model.size, False)]
-        return self
-
-    def _update(self, params, grads):
-        decay = self._objective.alpha / self._objective.batch_n
-        for lo, hi, is_weight in self._ranges:
-            self._update_range(params, grads, lo, hi, decay if is_weight else 0.0)
-
-
-class _SGD(_L2Mixin, optim_mod.SGD):
+class _SGD(optim_mod.SGD):
     """torch's SGD; with the momentum rescaled on learning-rate changes (see set_lr)."""
-
-    def _update_range(self, params, grads, lo, hi, weight_decay):
-        buf = self._buf("momentum_buf")
-        self._k.sgd(params[lo:hi], grads[lo:hi], None if buf is None else buf[lo:hi],
-                    step=self.step_count, lr=self.lr, momentum=self.momentum,
-                    dampening=0.0, nesterov=self.nesterov, weight_decay=weight_decay)
 
     def set_lr(self, lr):
         """Change the learning rate the way sklearn's SGD sees it.
@@ -146,14 +71,6 @@ class _SGD(_L2Mixin, optim_mod.SGD):
         if buf is not None and lr > 0 and lr != self.lr:
             self._k.scale(buf, self.lr / lr)
         self.lr = lr
-
-
-class _Adam(_L2Mixin, optim_mod.Adam):
-    def _update_range(self, params, grads, lo, hi, weight_decay):
-        m, v = self.state["m"], self.state["v"]
-        self._k.adam(params[lo:hi], grads[lo:hi], m[lo:hi], v[lo:hi], step=self.step_count,
-                     lr=self.lr, beta1=self.betas[0], beta2=self.betas[1], eps=self.eps,
-                     weight_decay=weight_decay)
 
 
 # ---- the estimators ---------------------------------------------------------------
@@ -324,18 +241,16 @@ class _BaseMLP(BaseEstimator):
             self.intercepts_ = [k.to_numpy(layer.bias) for layer in dense]
 
     def _make_trainer(self):
-        alpha = float(self.alpha)
-        objective = _Objective(*self._loss_parts(), alpha=alpha)
+        base, value_scale, grad_scale = self._loss_parts()
+        objective = type(base)(value_scale=value_scale, grad_scale=grad_scale)
         if self.solver == "sgd":
             optimizer = _SGD(lr=self.learning_rate_init, momentum=self.momentum,
                              nesterov=bool(self.nesterovs_momentum and self.momentum > 0))
         else:
-            optimizer = _Adam(lr=self.learning_rate_init, betas=(self.beta_1, self.beta_2),
-                              eps=self.epsilon)
-        trainer = Trainer(self._model, objective, optimizer, backend=self._model.backend)
-        objective.bind(self._model)
-        optimizer.attach(self._model, objective)
-        return trainer
+            optimizer = optim_mod.Adam(lr=self.learning_rate_init,
+                                       betas=(self.beta_1, self.beta_2), eps=self.epsilon)
+        return Trainer(self._model, objective, optimizer, backend=self._model.backend,
+                       l2=float(self.alpha))
 
     def _run(self, X, Y, rs, incremental):
         """scikit-learn's _fit_stochastic: one Trainer.fit per epoch, on the
@@ -350,6 +265,7 @@ class _BaseMLP(BaseEstimator):
                 raise ValueError("The validation set is too small. Increase "
                                  "'validation_fraction' or the size of your dataset.")
             self._val = (np.ascontiguousarray(X_val, np.float32), self._decode_targets(Y_val))
+        X = np.ascontiguousarray(X, np.float32)  # once, not per epoch in Trainer.fit
         n = self._n_train = X.shape[0]
         if self.batch_size == "auto":
             batch_size = min(200, n)

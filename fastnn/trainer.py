@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 from . import kernels
+from .kernels import _checks
 from . import losses as losses_mod
 from . import optim as optim_mod
 
@@ -45,6 +46,12 @@ def check_X(X, input_shape, dtype=np.float32):
     if not np.all(np.isfinite(arr)):
         raise ValueError("X: contains NaN or Inf")
     return arr
+
+
+def _check_finite(value, epoch, batch):
+    if not np.isfinite(value):
+        raise FloatingPointError(f"loss became {value} at epoch {epoch + 1}, batch {batch + 1}: "
+                                 "lower the learning rate or check the data")
 
 
 class History:
@@ -123,9 +130,20 @@ class Trainer:
         Kernel backend; the model is moved there.  "cuda" keeps parameters,
         gradients and optimizer state on the device and copies each batch
         there once.  Default: the model's backend.
+    fused : bool or None
+        Run each epoch of ``fit`` as one ``dense_stack_epoch`` kernel call
+        (no Python per batch).  None (default): whenever the model is a dense
+        stack (see ``Sequential.dense_stack``) and the loss and optimizer are
+        fastnn's own; False: always batch by batch from Python.  Both follow
+        the same trajectory.
+    l2 : float
+        scikit-learn's MLP penalty alpha: each batch of m samples adds
+        ``l2 / (2 m) * sum(W**2)`` over the layers' weights (not biases) to
+        its loss, and ``l2 / m * W`` to their gradients.  (An optimizer's
+        ``weight_decay`` is torch's, over every parameter.)
     """
 
-    def __init__(self, model, loss, optimizer, backend=None):
+    def __init__(self, model, loss, optimizer, backend=None, fused=None, l2=0.0):
         self.model = model
         self.loss = losses_mod.get(loss)
         self.optimizer = optim_mod.get(optimizer)
@@ -136,6 +154,14 @@ class Trainer:
         self.loss.set_backend(self._k, model.dtype)
         self.optimizer.bind(model.size, self._k, model.dtype)
         self._batch_bufs = {}
+        self.l2 = _checks.check_scalar("l2", l2, low=0.0)
+        self._stack = model.dense_stack()
+        can_fuse = (self._stack is not None and self.optimizer.fusable
+                    and type(self.loss) in losses_mod.LOSSES.values())
+        if fused and not can_fuse:
+            raise ValueError("fused=True needs a dense stack model (Dense and activation layers) "
+                             "and one of fastnn's own losses and optimizers")
+        self.fused = can_fuse if fused is None else bool(fused)
 
     # ---- one batch ----------------------------------------------------------
 
@@ -151,12 +177,21 @@ class Trainer:
         return buf
 
     def _step(self, xb, tb):
-        model, loss = self.model, self.loss
+        model, loss, k = self.model, self.loss, self._k
         out = model.forward(self._to_backend("x", xb), training=True)
         value = loss.forward(out, self._to_backend("t", tb))
+        if self.l2:
+            value += 0.5 * self.l2 / len(xb) * sum(
+                k.sum_squares(layer.weight.reshape(-1)) for layer in self._penalized())
         model.backward(loss.backward())
+        if self.l2:
+            for layer in self._penalized():
+                k.axpy(layer.weight_grad.reshape(-1), layer.weight.reshape(-1), self.l2 / len(xb))
         self.optimizer.step(model.params, model.grads)
         return value, out
+
+    def _penalized(self):
+        return [layer for layer in self.model.layers if hasattr(layer, "weight_grad")]
 
     def train_step(self, X, y):
         """One mini-batch step: forward, loss, backward, update.
@@ -223,6 +258,7 @@ class Trainer:
         rng = np.random.default_rng(seed)
         Xs, ts = (np.empty_like(X), np.empty_like(t)) if shuffle else (X, t)
         n_batches = -(-n // batch_size)
+        run_epoch = (self._fused_epoch(n, batch_size) if self.fused else self._python_epoch)
         history = History()
         bar = self._progress(epochs * n_batches, verbose)
         try:
@@ -232,19 +268,7 @@ class Trainer:
                     perm = rng.permutation(n)
                     np.take(X, perm, axis=0, out=Xs)
                     np.take(t, perm, axis=0, out=ts)
-                total, correct = 0.0, 0
-                for b in range(n_batches):
-                    lo, hi = b * batch_size, min((b + 1) * batch_size, n)
-                    value, out = self._step(Xs[lo:hi], ts[lo:hi])
-                    if not np.isfinite(value):
-                        raise FloatingPointError(
-                            f"loss became {value} at epoch {epoch + 1}, batch {b + 1}: lower the "
-                            "learning rate or check the data")
-                    total += value * (hi - lo)
-                    if self.loss.classification:
-                        correct += self._n_correct(out, ts[lo:hi])
-                    if bar is not None:
-                        bar.update(1)
+                total, correct = run_epoch(Xs, ts, batch_size, epoch, bar)
                 elapsed = time.perf_counter() - start_time
                 logs = {"loss": total / n}
                 if self.loss.classification:
@@ -261,6 +285,53 @@ class Trainer:
             if bar is not None:
                 bar.close()
         return history
+
+    def _python_epoch(self, X, t, batch_size, epoch, bar):
+        """One epoch batch by batch from Python; returns (sum of losses
+        weighted by batch size, correct answers)."""
+        total, correct, n = 0.0, 0, len(X)
+        for b in range(-(-n // batch_size)):
+            lo, hi = b * batch_size, min((b + 1) * batch_size, n)
+            value, out = self._step(X[lo:hi], t[lo:hi])
+            _check_finite(value, epoch, b)
+            total += value * (hi - lo)
+            if self.loss.classification:
+                correct += self._n_correct(out, t[lo:hi])
+            if bar is not None:
+                bar.update(1)
+        return total, correct
+
+    def _fused_epoch(self, n, batch_size):
+        """An epoch function running dense_stack_epoch; its buffers are
+        allocated here, once per fit."""
+        from .kernels import reference
+
+        k, opt, model = self._k, self.optimizer, self.model
+        n_batches = -(-n // batch_size)
+        workspace = k.empty(reference.dense_stack_workspace(self._stack, batch_size), model.dtype)
+        batch_losses = np.empty(n_batches)
+        batch_correct = np.empty(n_batches, np.int64)
+        sizes = np.full(n_batches, batch_size, np.float64)
+        sizes[-1] = n - (n_batches - 1) * batch_size
+
+        def epoch_fn(X, t, batch_size, epoch, bar):
+            if self._device:  # the whole epoch moves to the device once
+                X, t = self._to_backend("epoch_x", X), self._to_backend("epoch_t", t)
+            kernel, states, hyper = opt.kernel_spec()
+            done, opt.step_count, mu = k.dense_stack_epoch(
+                model.params, model.grads, states, workspace, X, t, batch_losses, batch_correct,
+                layers=self._stack, loss=self.loss.name, batch_size=batch_size, optimizer=kernel,
+                hyper=hyper, step=opt.step_count, mu_product=getattr(opt, "mu_product", 1.0),
+                l2=self.l2, loss_scale=self.loss.value_scale, grad_scale=self.loss.grad_scale)
+            if kernel == "nadam":
+                opt.mu_product = mu
+            if bar is not None:
+                bar.update(done)
+            for b in range(done):
+                _check_finite(batch_losses[b], epoch, b)
+            return float(batch_losses @ sizes), int(batch_correct.sum())
+
+        return epoch_fn
 
     def _progress(self, total, verbose):
         if not verbose or not sys.stderr.isatty() or total < 200:

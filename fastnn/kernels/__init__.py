@@ -22,7 +22,7 @@ KERNELS = (
     "softmax_xent_forward", "softmax_xent_backward", "bce_forward", "bce_backward",
     "mse_forward", "mse_backward", "mae_forward", "mae_backward",
     "sgd", "adam", "adamw", "rmsprop", "adagrad", "nadam", "adamax",
-    "sum_squares", "scale", "clip",
+    "sum_squares", "scale", "clip", "axpy", "dense_stack_epoch",
     "empty", "zeros", "asarray", "to_numpy", "info",
 )
 

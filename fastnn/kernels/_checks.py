@@ -363,7 +363,126 @@ def prepare_update(params, grads, states, dtype, dev=None):
     return grads, size
 
 
+def prepare_axpy(y, x, dtype, dev=None):
+    prepare_flat("y", y, dtype)
+    x = as_input("x", x, dtype, ndim=1, shape=tuple(y.shape), to_device=dev)
+    check_no_alias("y", y, {"x": x})
+    return x
+
+
 def prepare_flat(name, x, dtype):
     if x is None or not hasattr(x, "shape") or len(x.shape) != 1:
         raise ValueError(f"{name}: expected a flat 1-D buffer")
     return check_output(name, x, dtype, tuple(x.shape))
+
+
+_LOSS_KERNELS = ("softmax_xent", "bce", "mse", "mae")
+# each optimizer kernel's state buffers, in argument order, and its hyperparameters
+OPTIMIZER_KERNELS = {
+    "sgd": (("momentum_buf",), ("lr", "momentum", "dampening", "nesterov", "weight_decay")),
+    "adam": (("m", "v"), ("lr", "beta1", "beta2", "eps", "weight_decay")),
+    "adamw": (("m", "v"), ("lr", "beta1", "beta2", "eps", "weight_decay")),
+    "rmsprop": (("square_avg", "momentum_buf", "grad_avg"),
+                ("lr", "alpha", "eps", "weight_decay", "momentum", "centered")),
+    "adagrad": (("sum_sq",), ("lr", "lr_decay", "weight_decay", "eps")),
+    "nadam": (("m", "v"), ("lr", "beta1", "beta2", "eps", "weight_decay", "momentum_decay")),
+    "adamax": (("m", "u"), ("lr", "beta1", "beta2", "eps", "weight_decay")),
+}
+
+
+def prepare_dense_stack_epoch(params, grads, states, workspace, X, targets, batch_losses,
+                              batch_correct, layers, loss, batch_size, optimizer, hyper, step,
+                              l2, loss_scale, grad_scale, dtype, dev=None):
+    """Checks of dense_stack_epoch; returns X, targets, the layers as tuples
+    (in, out, w_offset, b_offset, activation name, slope), the batch count and
+    the hyperparameters with the kernel's defaults filled in."""
+    if optimizer not in OPTIMIZER_KERNELS:
+        raise ValueError(f"optimizer: unknown {optimizer!r}; expected one of "
+                         f"{', '.join(OPTIMIZER_KERNELS)}")
+    state_names, hyper_names = OPTIMIZER_KERNELS[optimizer]
+    states = tuple(states)
+    if len(states) != len(state_names):
+        raise ValueError(f"states: {optimizer} takes {len(state_names)} state buffers "
+                         f"({', '.join(state_names)}), got {len(states)}")
+    unknown = set(hyper) - set(hyper_names)
+    if unknown:
+        raise ValueError(f"hyper: {optimizer} takes no {', '.join(sorted(unknown))}")
+    hyper = dict(_kernel_defaults(optimizer), **hyper)
+    missing = [name for name in hyper_names if name not in hyper]
+    if missing:
+        raise ValueError(f"hyper: {optimizer} needs {', '.join(missing)}")
+    grads_in, size = prepare_update(params, grads, dict(zip(state_names, states)), dtype, dev)
+    if grads_in is not grads and not same_array(grads_in, grads):
+        raise TypeError("grads: must be a C-contiguous float32 buffer (it is overwritten)")
+    check_output("grads", grads, dtype, (size,))
+    if loss not in _LOSS_KERNELS:
+        raise ValueError(f"loss: unknown {loss!r}; expected one of {', '.join(_LOSS_KERNELS)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 1:
+        raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
+    check_step(step + 1)
+    check_scalar("l2", l2, low=0.0)
+    check_scalar("loss_scale", loss_scale)
+    check_scalar("grad_scale", grad_scale)
+    norm = []
+    if len(layers) == 0:
+        raise ValueError("layers: at least one dense layer")
+    for i, layer in enumerate(layers):
+        try:
+            fan_in, fan_out, w_off, b_off, act, slope = layer
+        except (TypeError, ValueError):
+            raise ValueError(f"layers[{i}]: expected (in, out, w_offset, b_offset, activation, "
+                             f"negative_slope), got {layer!r}") from None
+        fan_in, fan_out, w_off, b_off = (int(v) for v in (fan_in, fan_out, w_off, b_off))
+        if fan_in < 1 or fan_out < 1:
+            raise ValueError(f"layers[{i}]: sizes must be >= 1, got in={fan_in}, out={fan_out}")
+        if i > 0 and fan_in != norm[-1][1]:
+            raise ValueError(f"layers[{i}]: takes {fan_in} inputs but layers[{i - 1}] gives "
+                             f"{norm[-1][1]}")
+        if not 0 <= w_off <= size - fan_in * fan_out:
+            raise ValueError(f"layers[{i}]: weights at {w_off} overrun the {size}-float buffer")
+        if b_off != -1 and not 0 <= b_off <= size - fan_out:
+            raise ValueError(f"layers[{i}]: bias at {b_off} overruns the {size}-float buffer")
+        activation_code(act)
+        norm.append((fan_in, fan_out, w_off, b_off, "identity" if act is None else act,
+                     check_scalar("negative_slope", slope, low=0.0)))
+    X = as_input("X", X, dtype, ndim=2, shape=(None, norm[0][0]), to_device=dev)
+    n = X.shape[0]
+    if n == 0:
+        raise ValueError("X: no samples")
+    if loss == "softmax_xent":
+        targets = as_labels("targets", targets, n, to_device=dev)
+        if not _is_device(targets) and (targets.min() < 0 or targets.max() >= norm[-1][1]):
+            raise ValueError(f"targets: class labels must lie in [0, {norm[-1][1]})")
+    else:
+        targets = as_input("targets", targets, dtype, ndim=2, shape=(n, norm[-1][1]),
+                           to_device=dev)
+    n_batches = -(-n // batch_size)
+    widest = max(max(layer[0], layer[1]) for layer in norm)
+    need = batch_size * (sum(layer[1] for layer in norm) + 2 * widest)
+    if workspace is None or len(getattr(workspace, "shape", ())) != 1 or workspace.shape[0] < need:
+        raise ValueError(f"workspace: needs at least {need} floats "
+                         f"(dense_stack_workspace), got "
+                         f"{None if workspace is None else tuple(workspace.shape)}")
+    check_output("workspace", workspace, dtype, tuple(workspace.shape))
+    check_output("batch_losses", batch_losses, np.float64, (n_batches,))
+    check_output("batch_correct", batch_correct, np.int64, (n_batches,))
+    for name, arr in (("workspace", workspace), ("params", params), ("grads", grads)):
+        check_no_alias(name, arr, {"X": X, "targets": targets})
+    check_no_alias("workspace", workspace, {"params": params, "grads": grads,
+                                            **dict(zip(state_names, states))})
+    for name in hyper_names:
+        if name in hyper and name not in ("nesterov", "centered"):
+            check_scalar(name, hyper[name])
+    return X, targets, norm, n_batches, hyper
+
+
+def _kernel_defaults(optimizer):
+    """The keyword defaults of an optimizer kernel, read from the reference."""
+    import inspect
+
+    from . import reference
+
+    return {name: p.default for name, p in
+            inspect.signature(getattr(reference, optimizer)).parameters.items()
+            if p.kind is p.KEYWORD_ONLY and p.default is not p.empty and name != "step"}

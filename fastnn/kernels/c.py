@@ -342,3 +342,53 @@ def clip(x, lo, hi):
 
 
 lib.fastnn_set_num_threads(_default_num_threads())
+
+
+def axpy(y, x, alpha):
+    """y += alpha * x in place."""
+    x = ck.prepare_axpy(y, x, _F32)
+    rc = lib.fastnn_axpy(_fp(y), _fp(x), y.shape[0], ck.check_scalar("alpha", alpha))
+    if rc:
+        _fail("axpy", rc)
+
+
+# ---- a whole epoch ------------------------------------------------------------------
+
+_LOSS_CODES = {"softmax_xent": 0, "bce": 1, "mse": 2, "mae": 3}
+_OPT_CODES = {name: i for i, name in enumerate(
+    ("sgd", "adam", "adamw", "rmsprop", "adagrad", "nadam", "adamax"))}
+_I64 = ffi.typeof("int64_t[]")
+_F64 = ffi.typeof("double[]")
+
+
+def dense_stack_epoch(params, grads, states, workspace, X, targets, batch_losses,
+                      batch_correct, *, layers, loss, batch_size, optimizer, hyper, step,
+                      mu_product=1.0, l2=0.0, loss_scale=1.0, grad_scale=1.0):
+    """One training epoch of a dense stack, entirely in C (see reference)."""
+    X, targets, layers, n_batches, hyper = ck.prepare_dense_stack_epoch(
+        params, grads, states, workspace, X, targets, batch_losses, batch_correct, layers,
+        loss, batch_size, optimizer, hyper, step, l2, loss_scale, grad_scale, _F32)
+    spec = ffi.new("fastnn_dense_layer[]", len(layers))
+    for s, (fan_in, fan_out, w_off, b_off, act, slope) in zip(spec, layers):
+        setattr(s, "in", fan_in)  # "in" is a Python keyword
+        s.out, s.w_offset, s.b_offset = fan_out, w_off, b_off
+        s.act, s.slope = ck.activation_code(act), slope
+    opt = ffi.new("fastnn_optimizer *")
+    opt.kind = _OPT_CODES[optimizer]
+    for key, value in hyper.items():
+        setattr(opt, key, value)
+    keep = [_fp(s) if s is not None else _NULL for s in states]
+    for i, p in enumerate(keep):
+        opt.state[i] = p
+    opt.step = step
+    opt.mu_product = mu_product
+    n_done = ffi.new("int64_t *")
+    is_labels = loss == "softmax_xent"
+    rc = lib.fastnn_dense_stack_epoch(
+        _fp(params), _fp(grads), params.shape[0], spec, len(layers), opt, _LOSS_CODES[loss],
+        _fp(X), _ip(targets) if is_labels else _NULL, _NULL if is_labels else _fp(targets),
+        X.shape[0], batch_size, l2, loss_scale, grad_scale, _fp(workspace), workspace.shape[0],
+        ffi.from_buffer(_F64, batch_losses), ffi.from_buffer(_I64, batch_correct), n_done)
+    if rc:
+        _fail("dense_stack_epoch", rc)
+    return int(n_done[0]), int(opt.step), float(opt.mu_product)

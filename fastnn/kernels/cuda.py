@@ -19,10 +19,12 @@ outside [0, c) makes ``softmax_xent_forward`` return NaN and is ignored by
 """
 
 import math
+import sys
 
 import numpy as np
 
 from . import _checks as ck
+from . import reference as _reference
 from .reference import nadam_mu  # noqa: F401 - public, shared with every backend
 
 try:
@@ -886,6 +888,34 @@ def scale(x, s):
     xd = st.out(x)
     _scale_kernel[_blocks(xd.shape[0]), _TPB](xd, _f(s))
     st.finish()
+
+
+@cuda.jit
+def _axpy_kernel(y, x, alpha):
+    for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
+        y[i] = y[i] + alpha * x[i]
+
+
+def axpy(y, x, alpha):
+    """y += alpha * x in place."""
+    ck.prepare_axpy(y, x, _F32)
+    alpha = ck.check_scalar("alpha", alpha)
+    st = _Staging()
+    yd = st.out(y)
+    _axpy_kernel[_blocks(yd.shape[0]), _TPB](yd, st.inp(x), _f(alpha))
+    st.finish()
+
+
+def dense_stack_epoch(params, grads, states, workspace, X, targets, batch_losses,
+                      batch_correct, *, layers, loss, batch_size, optimizer, hyper, step,
+                      mu_product=1.0, l2=0.0, loss_scale=1.0, grad_scale=1.0):
+    """One training epoch of a dense stack (see reference): the reference loop
+    over this backend's kernels, on device arrays when given them."""
+    return _reference.run_dense_stack_epoch(
+        sys.modules[__name__], params, grads, states, workspace, X, targets, batch_losses,
+        batch_correct, layers=layers, loss=loss, batch_size=batch_size, optimizer=optimizer,
+        hyper=hyper, step=step, mu_product=mu_product, l2=l2, loss_scale=loss_scale,
+        grad_scale=grad_scale)
 
 
 def clip(x, lo, hi):

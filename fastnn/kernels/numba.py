@@ -24,6 +24,7 @@ tile is still in registers.  The packing buffers are allocated once per call.
 """
 
 import math
+import sys
 
 import numba  # absolute import: the real numba, not this module
 import numpy as np
@@ -32,6 +33,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import _checks as ck
+from . import reference as _reference
 
 name = "numba"
 
@@ -713,6 +715,33 @@ def clip(x, lo, hi):
     if lo > hi:
         raise ValueError(f"lo: must be <= hi, got lo={lo}, hi={hi}")
     _clip(x, np.float32(lo), np.float32(hi))
+
+
+@njit(cache=True, parallel=True)
+def _axpy(y, x, alpha):
+    for i in prange(y.size):
+        y[i] += alpha * x[i]
+
+
+def axpy(y, x, alpha):
+    """y += alpha * x in place."""
+    x = ck.prepare_axpy(y, x, _F32)
+    _axpy(y, x, np.float32(ck.check_scalar("alpha", alpha)))
+
+
+def dense_stack_epoch(params, grads, states, workspace, X, targets, batch_losses,
+                      batch_correct, *, layers, loss, batch_size, optimizer, hyper, step,
+                      mu_product=1.0, l2=0.0, loss_scale=1.0, grad_scale=1.0):
+    """One training epoch of a dense stack (see reference).
+
+    # TODO: a fused @njit epoch loop; this runs the reference loop over this
+    # backend's kernels, so Python is still on the per-batch path.
+    """
+    return _reference.run_dense_stack_epoch(
+        sys.modules[__name__], params, grads, states, workspace, X, targets, batch_losses,
+        batch_correct, layers=layers, loss=loss, batch_size=batch_size, optimizer=optimizer,
+        hyper=hyper, step=step, mu_product=mu_product, l2=l2, loss_scale=loss_scale,
+        grad_scale=grad_scale)
 
 
 # ---- compilation -------------------------------------------------------------

@@ -462,6 +462,12 @@ def scale(x, s):
     x *= x.dtype.type(ck.check_scalar("s", s))
 
 
+def axpy(y, x, alpha):
+    """y += alpha * x in place over flat buffers (y may not overlap x)."""
+    x = ck.prepare_axpy(y, x, _dt(y))
+    y += y.dtype.type(ck.check_scalar("alpha", alpha)) * x
+
+
 def clip(x, lo, hi):
     """x = min(max(x, lo), hi) in place (gradient clipping by value)."""
     ck.prepare_flat("x", x, _dt(x))
@@ -469,3 +475,156 @@ def clip(x, lo, hi):
     if lo > hi:
         raise ValueError(f"lo: must be <= hi, got lo={lo}, hi={hi}")
     np.clip(x, lo, hi, out=x)
+
+
+# ---- a whole epoch of a dense stack -----------------------------------------------
+
+def dense_stack_epoch(params, grads, states, workspace, X, targets, batch_losses,
+                      batch_correct, *, layers, loss, batch_size, optimizer, hyper, step,
+                      mu_product=1.0, l2=0.0, loss_scale=1.0, grad_scale=1.0):
+    """Train a stack of dense layers for one epoch of mini-batches.
+
+    The trainer's inner loop as one kernel, so that backends can run it
+    without returning to Python per batch.  For each batch
+    ``X[i*batch_size : (i+1)*batch_size]`` (the last may be shorter):
+    forward through every layer (``dense_forward``), the loss forward,
+    the loss backward, every layer backward (``dense_backward``, the first
+    without dX), then one optimizer update over the flat buffers.
+
+    Parameters
+    ----------
+    params, grads : 1-D float32
+        The model's flat buffers; ``grads`` is overwritten each batch.
+    states : tuple
+        The optimizer kernel's state buffers in its argument order (None
+        where unused), e.g. ``(m, v)`` for adam.
+    workspace : 1-D float32
+        At least ``dense_stack_workspace(layers, batch_size)`` floats.
+    X : (n, layers[0].in)
+    targets : int labels (n,) for "softmax_xent"; (n, out) floats otherwise.
+    batch_losses : float64 (n_batches,), batch_correct : int64 (n_batches,)
+        Outputs: each batch's mean loss (before its update) and number of
+        correctly classified samples (argmax, or logit > 0 against target >
+        0.5 for one output; 0 for mse/mae).
+    layers : sequence of (in, out, w_offset, b_offset, activation, negative_slope)
+        W (in, out) lives at params[w_offset:], b (out,) at params[b_offset:]
+        (b_offset -1: no bias); gradients at the same offsets in grads.
+    loss : "softmax_xent", "bce", "mse" or "mae"
+    optimizer : the name of an optimizer kernel ("sgd", "adam", ...)
+    hyper : dict of that kernel's keyword arguments other than step and
+        mu_product.
+    step : optimizer steps taken before this epoch.
+    mu_product : NAdam's running product before this epoch.
+    l2 : scikit-learn's MLP penalty alpha: each batch of m samples adds
+        ``l2 / (2 m) * sum(W**2)`` over the weights (not the biases) to its
+        loss and ``l2 / m * W`` to dW.  (The optimizer's weight_decay is
+        torch's, over the whole buffer.)
+    loss_scale, grad_scale : the recorded loss is ``loss_scale * loss`` (+
+        the l2 term) and the loss gradient is multiplied by ``grad_scale``
+        (scikit-learn's squared error is half the MSE and its multilabel
+        log-loss a sum, not a mean).
+
+    Returns
+    -------
+    (n_done, step, mu_product) : batches run, and the optimizer counters
+    after them.  A batch whose loss is not finite stops the epoch before its
+    backward pass; it is counted in n_done and its loss recorded.
+    """
+    import sys
+
+    return run_dense_stack_epoch(sys.modules[__name__], params, grads, states, workspace, X,
+                                 targets, batch_losses, batch_correct, layers=layers, loss=loss,
+                                 batch_size=batch_size, optimizer=optimizer, hyper=hyper,
+                                 step=step, mu_product=mu_product, l2=l2, loss_scale=loss_scale,
+                                 grad_scale=grad_scale)
+
+
+def dense_stack_workspace(layers, batch_size):
+    """Floats of workspace dense_stack_epoch needs: every layer's output for
+    one batch, plus two gradient buffers of the widest layer."""
+    widest = max(max(layer[0], layer[1]) for layer in layers)
+    return batch_size * (sum(layer[1] for layer in layers) + 2 * widest)
+
+
+def run_dense_stack_epoch(k, params, grads, states, workspace, X, targets, batch_losses,
+                          batch_correct, *, layers, loss, batch_size, optimizer, hyper, step,
+                          mu_product=1.0, l2=0.0, loss_scale=1.0, grad_scale=1.0):
+    """dense_stack_epoch written with backend `k`'s kernels (its specification;
+    backends without a fused version use it as it is)."""
+    X, targets, layers, n_batches, hyper = ck.prepare_dense_stack_epoch(
+        params, grads, states, workspace, X, targets, batch_losses, batch_correct, layers,
+        loss, batch_size, optimizer, hyper, step, l2, loss_scale, grad_scale, _dt(params))
+    n, bs = X.shape[0], batch_size
+    widest = max(max(layer[0], layer[1]) for layer in layers)
+    acts, offset = [], 0
+    for layer in layers:
+        acts.append(offset)
+        offset += bs * layer[1]
+    g_off = (offset, offset + bs * widest)
+    views = [(params[w:w + fi * fo].reshape(fi, fo), grads[w:w + fi * fo].reshape(fi, fo),
+              None if b < 0 else params[b:b + fo], None if b < 0 else grads[b:b + fo])
+             for fi, fo, w, b, _, _ in layers]
+    update = getattr(k, optimizer)
+    step_kw = {} if optimizer == "rmsprop" else {"step": None}
+    n_out = layers[-1][1]
+    t_host = k.to_numpy(targets)  # for counting correct answers (no copy on the host)
+    for i in range(n_batches):
+        lo, hi = i * bs, min((i + 1) * bs, n)
+        m = hi - lo
+        xb, tb = X[lo:hi], targets[lo:hi]
+        Ys = [workspace[a:a + m * layer[1]].reshape(m, layer[1]) for a, layer in zip(acts, layers)]
+        g = [workspace[o:o + m * widest] for o in g_off]
+        inp = xb
+        for (W, _, b, _), layer, Y in zip(views, layers, Ys):
+            k.dense_forward(Y, inp, W, b, activation=layer[4], negative_slope=layer[5])
+            inp = Y
+        out, dout = Ys[-1], g[0][:m * n_out].reshape(m, n_out)
+        if loss == "softmax_xent":
+            value = k.softmax_xent_forward(dout, out, tb)
+        else:
+            value = getattr(k, loss + "_forward")(out, tb)
+        value *= loss_scale
+        if l2:
+            value += 0.5 * l2 / m * sum(k.sum_squares(W.reshape(-1)) for W, _, _, _ in views)
+        batch_losses[i] = value
+        batch_correct[i] = count_correct(k.to_numpy(out), t_host[lo:hi], loss)
+        if not np.isfinite(value):
+            return i + 1, step, mu_product
+        if loss == "softmax_xent":
+            k.softmax_xent_backward(dout, dout, tb)
+        else:
+            getattr(k, loss + "_backward")(dout, out, tb)
+        if grad_scale != 1.0:
+            k.scale(dout.reshape(-1), grad_scale)
+        cur = 0
+        for j in range(len(layers) - 1, -1, -1):
+            fi, fo = layers[j][0], layers[j][1]
+            dY = g[cur][:m * fo].reshape(m, fo)
+            dX = g[1 - cur][:m * fi].reshape(m, fi) if j > 0 else None
+            W, dW, _, db = views[j]
+            k.dense_backward(dX, dW, db, dY, dY, Ys[j - 1] if j > 0 else xb, W, Ys[j],
+                             activation=layers[j][4], negative_slope=layers[j][5])
+            if l2:
+                k.axpy(dW.reshape(-1), W.reshape(-1), l2 / m)
+            cur = 1 - cur
+        step += 1
+        if optimizer == "nadam":
+            mu_product *= nadam_mu(step, hyper["beta1"], hyper["momentum_decay"])
+            update(params, grads, *states, step=step, mu_product=mu_product, **hyper)
+        else:
+            if step_kw:
+                step_kw["step"] = step
+            update(params, grads, *states, **step_kw, **hyper)
+    return n_batches, step, mu_product
+
+
+def count_correct(out, target, loss):
+    """Correctly classified samples in a batch of outputs (host arrays)."""
+    if loss in ("mse", "mae"):
+        return 0
+    if loss == "softmax_xent":
+        return int(np.sum(out.argmax(axis=1) == target))
+    target = np.asarray(target)
+    if out.shape[1] == 1:
+        return int(np.sum((out[:, 0] > 0) == (target[:, 0] > 0.5)))
+    return int(np.sum(out.argmax(axis=1) == target.argmax(axis=1)))

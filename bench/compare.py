@@ -1,0 +1,609 @@
+"""Side-by-side comparison of fastnn with numpy, PyTorch and scikit-learn.
+
+    python -m bench.compare [--quick] [--threads 1,2] [--sections gemm,adam,train,sklearn]
+                            [--markdown] [--mnist DIR] [--json FILE]
+
+Everything timed runs in this one process, on the same data, at the same
+thread count, interleaved A B A B over several rounds; the table shows the
+median of each and the ratios.  Only peak memory is measured apart, one
+subprocess per framework, because RSS is process-wide.
+
+The environment may set OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, which make
+numpy's OpenBLAS pick a slower kernel on this CPU; OpenBLAS reads them when it
+is loaded, so this script re-executes itself without them before numpy is
+imported (and says so), and prints which OpenBLAS core is in use.
+"""
+
+import os
+import sys
+
+_SLOW_OPENBLAS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+_REEXEC_MARK = "FASTNN_BENCH_UNSET_ENV"
+
+
+def _reexec_without_slow_openblas_env():
+    removed = [f"{key}={os.environ.pop(key)}" for key in _SLOW_OPENBLAS_ENV if key in os.environ]
+    if removed:
+        os.environ[_REEXEC_MARK] = " ".join(removed)
+        sys.stdout.flush()
+        os.execv(sys.executable, [sys.executable, "-m", "bench.compare", *sys.argv[1:]])
+
+
+if __name__ == "__main__":
+    _reexec_without_slow_openblas_env()
+
+# Everything below may load OpenBLAS, so it comes after the re-exec.
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import resource  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from contextlib import ExitStack  # noqa: E402
+
+import numpy as np  # noqa: E402
+import threadpoolctl  # noqa: E402
+
+import fastnn  # noqa: E402
+from bench import workloads as wl  # noqa: E402
+
+torch = None  # the optional comparator, imported by main(): not in fastnn's RSS workers
+
+SECTIONS = ("gemm", "adam", "train", "sklearn")
+FASTNN_BACKENDS = ("c", "numba")
+TRAIN_TARGETS = {32: 5.0, 128: 2.5, 512: 1.3}  # fastnn c vs torch, samples/s
+NUMBA_VS_C = 0.5
+
+
+# ---- timing --------------------------------------------------------------------
+
+def interleaved(fns, rounds, target_s):
+    """Median seconds per call of each function in `fns` (name -> callable).
+
+    Each is warmed up and given a repeat count so that one sample takes about
+    `target_s` (with target_s == 0: one call per sample, no warm-up); then the samples are taken A B C A B C ... for `rounds` rounds,
+    so that drifting machine load hits every contender alike.
+    """
+    counts = dict.fromkeys(fns, 1)
+    for name, fn in fns.items() if target_s > 0 else ():  # long calls: warmed up by the caller
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        counts[name] = max(1, int(target_s / max(time.perf_counter() - t0, 1e-9)))
+    samples = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(counts[name]):
+                fn()
+            samples[name].append((time.perf_counter() - t0) / counts[name])
+    medians = {name: statistics.median(s) for name, s in samples.items()}
+    _SPREADS.append(max((max(s) - min(s)) / statistics.median(s) for s in samples.values())
+                    if rounds > 1 else None)
+    return medians
+
+
+_SPREADS = []  # per comparison: the widest (max - min) / median among its contenders
+
+
+def spread():
+    """The noise of the last comparison, as a table cell."""
+    return f"{100 * _SPREADS[-1]:.0f}%" if _SPREADS and _SPREADS[-1] is not None else "-"
+
+
+class Threads:
+    """Set one thread count for fastnn, numpy's BLAS and torch together."""
+
+    def __init__(self, n):
+        self.n = n
+        self._stack = ExitStack()
+
+    def __enter__(self):
+        fastnn.set_num_threads(self.n)
+        self._stack.enter_context(threadpoolctl.threadpool_limits(self.n, user_api="blas"))
+        if torch is not None:
+            torch.set_num_threads(self.n)
+        return self
+
+    def __exit__(self, *exc):
+        self._stack.close()
+
+
+# ---- results -------------------------------------------------------------------
+
+class Table:
+    """One section's results: rows of cells, printed as text or Markdown."""
+
+    def __init__(self, title, columns, notes=()):
+        self.title, self.columns, self.notes = title, list(columns), list(notes)
+        self.rows = []
+
+    def add(self, *cells):
+        self.rows.append([str(c) for c in cells])
+
+    def render(self, markdown):
+        lines = [f"### {self.title}" if markdown else f"== {self.title} =="]
+        if markdown:
+            lines.append("")
+            lines.append("| " + " | ".join(self.columns) + " |")
+            lines.append("|" + "|".join("---" for _ in self.columns) + "|")
+            lines += ["| " + " | ".join(r) + " |" for r in self.rows]
+        else:
+            widths = [max(len(c), *(len(r[i]) for r in self.rows)) if self.rows else len(c)
+                      for i, c in enumerate(self.columns)]
+            lines.append("  ".join(c.rjust(w) for c, w in zip(self.columns, widths)))
+            lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in self.rows]
+        if self.notes:
+            lines.append("")
+            lines += [f"{'- ' if markdown else '  '}{n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def ratio(a, b):
+    return a / b if a and b else float("nan")
+
+
+def fmt_ratio(r, target=None):
+    if r != r:  # NaN: a contender is missing
+        return "-"
+    text = f"{r:.2f}x"
+    if target is not None:
+        text += " ok" if r >= target else f" (<{target:g}x)"
+    return text
+
+
+def fmt_rate(x, unit):
+    if x is None:
+        return "-"
+    if unit == "samples/s":
+        return f"{x:,.0f}"
+    return f"{x:.1f}" if x < 1000 else f"{x:,.0f}"
+
+
+# ---- machine -------------------------------------------------------------------
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_report(args):
+    lines = []
+    if os.environ.get(_REEXEC_MARK):
+        lines.append(f"re-executed without {os.environ[_REEXEC_MARK]} (they slow numpy's "
+                     "OpenBLAS on this CPU; OpenBLAS reads them at load time)")
+    lines.append(f"CPU: {cpu_model()}, {os.cpu_count()} logical cores, "
+                 f"{len(os.sched_getaffinity(0))} usable")
+    lines.append("load average at start: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+    lines.append(f"threads compared: {', '.join(map(str, args.threads))}")
+    for name in FASTNN_BACKENDS:
+        try:
+            info = fastnn.kernels.get(name).info()
+        except ImportError as exc:
+            info = f"unavailable ({exc})"
+        lines.append(f"fastnn {name}: {info}")
+    versions = [f"python {platform.python_version()}", f"fastnn {fastnn.__version__}",
+                f"numpy {np.__version__}", f"numba {_version('numba')}",
+                f"torch {torch.__version__ if torch is not None else 'not installed'}",
+                f"scikit-learn {_version('sklearn')}",
+                f"threadpoolctl {threadpoolctl.__version__}"]
+    lines.append("versions: " + ", ".join(versions))
+    for lib in threadpoolctl.threadpool_info():
+        lines.append(f"threadpool: {lib.get('user_api')} {lib.get('internal_api')} "
+                     f"{lib.get('version')} core={lib.get('architecture', '-')} "
+                     f"threads={lib.get('num_threads')} "
+                     f"({os.path.basename(lib.get('filepath', ''))})")
+    return lines
+
+
+def _version(module):
+    try:
+        return __import__(module).__version__
+    except ImportError:
+        return "not installed"
+
+
+# ---- gemm ----------------------------------------------------------------------
+
+def section_gemm(args):
+    cases = wl.gemm_cases(full=not args.quick)
+    impls = [f"fastnn-{b}" for b in FASTNN_BACKENDS] + ["numpy"] + (["torch"] if torch else [])
+    table = Table("GEMM, GFLOP/s (C = op(A) op(B), float32)",
+                  ["case (m x n x k)", "threads", *impls, "c/numpy", "numba/numpy", "numba/c",
+                   *(["c/torch"] if torch else []), "spread"],
+                  ["target: c >= 0.9x numpy (OpenBLAS); numba >= 0.5x c",
+                   "dW = X^T dZ (trans_a), dX = dZ W^T (trans_b) of the 784->256 layer"])
+    for n_threads in args.threads:
+        with Threads(n_threads):
+            for case in cases:
+                name, m, n, k, trans_a, trans_b = case
+                A, B = wl.gemm_operands(case)
+                want = wl.gemm_expected(A, B, trans_a, trans_b)
+                fns = _gemm_fns(A, B, m, n, trans_a, trans_b, want, name)
+                secs = interleaved(fns, args.rounds, args.target_s)
+                rate = {impl: wl.gemm_flops(case) / secs[impl] / 1e9 for impl in fns}
+                c, nb, npy = rate.get("fastnn-c"), rate.get("fastnn-numba"), rate["numpy"]
+                row = [f"{name} ({m}x{n}x{k})", n_threads, *(fmt_rate(rate.get(i), "") for i in impls),
+                       fmt_ratio(ratio(c, npy), 0.9), fmt_ratio(ratio(nb, npy)),
+                       fmt_ratio(ratio(nb, c), NUMBA_VS_C)]
+                if torch:
+                    row.append(fmt_ratio(ratio(c, rate["torch"])))
+                table.add(*row, spread())
+                args.results.append({"section": "gemm", "case": name, "threads": n_threads,
+                                     "GFLOP/s": rate})
+    return table
+
+
+def _gemm_fns(A, B, m, n, trans_a, trans_b, want, name):
+    """name -> callable doing this GEMM once, each checked against `want` first."""
+    fns = {}
+    for backend in FASTNN_BACKENDS:
+        k = fastnn.kernels.get(backend)
+        C = np.empty((m, n), np.float32)
+        fns[f"fastnn-{backend}"] = (lambda k=k, C=C: k.gemm(A, B, C, trans_a=trans_a,
+                                                            trans_b=trans_b))
+    opa, opb = (A.T if trans_a else A), (B.T if trans_b else B)
+    Cn = np.empty((m, n), np.float32)
+    fns["numpy"] = lambda: np.matmul(opa, opb, out=Cn)
+    if torch is not None:
+        ta, tb = torch.from_numpy(A), torch.from_numpy(B)
+        ta, tb = (ta.t() if trans_a else ta), (tb.t() if trans_b else tb)
+        Ct = torch.empty((m, n), dtype=torch.float32)
+        fns["torch"] = lambda: torch.mm(ta, tb, out=Ct)
+    for impl, fn in fns.items():
+        out = fn()
+        out = out.numpy() if torch is not None and isinstance(out, torch.Tensor) else out
+        wl.assert_close(out, want, 1e-4, f"{impl} gemm {name}")
+    return fns
+
+
+# ---- fused Adam ----------------------------------------------------------------
+
+def section_adam(args):
+    size = (4 if args.quick else 16) << 20
+    impls = [f"fastnn-{b}" for b in FASTNN_BACKENDS] + (["torch-fused"] if torch else [])
+    table = Table(f"Adam step over {size >> 20}M float32 parameters, GB/s at 28 B/param",
+                  ["threads", *impls, "c/torch", "numba/torch", "numba/c", "spread"],
+                  ["28 B/param: read p, g, m, v (16 B), write p, m, v (12 B); in place, grads fixed",
+                   "target: c >= 0.95x torch.optim.Adam(fused=True); numba >= 0.5x c"])
+    for n_threads in args.threads:
+        with Threads(n_threads):
+            fns = {}
+            for backend in FASTNN_BACKENDS:
+                k = fastnn.kernels.get(backend)
+                wl.check_optimizer(k, "adam")
+                p, g, (m, v) = wl.optimizer_buffers(size, 2)
+                counter = iter(range(1, 1 << 30))
+                fns[f"fastnn-{backend}"] = (
+                    lambda k=k, p=p, g=g, m=m, v=v, c=counter:
+                    k.adam(p, g, m, v, step=next(c), lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8))
+            if torch is not None:
+                _check_torch_adam()
+                fns["torch-fused"] = _torch_adam_step(size)
+            secs = interleaved(fns, args.rounds, args.target_s)
+            rate = {i: 28.0 * size / secs[i] / 1e9 for i in fns}
+            c, nb, tf = rate.get("fastnn-c"), rate.get("fastnn-numba"), rate.get("torch-fused")
+            table.add(n_threads, *(fmt_rate(rate.get(i), "") for i in impls),
+                      fmt_ratio(ratio(c, tf), 0.95), fmt_ratio(ratio(nb, tf)),
+                      fmt_ratio(ratio(nb, c), NUMBA_VS_C), spread())
+            args.results.append({"section": "adam", "size": size, "threads": n_threads,
+                                 "GB/s": rate})
+    return table
+
+
+def _torch_adam_step(size, seed=0):
+    p, g, (m, v) = wl.optimizer_buffers(size, 2, seed)
+    param = torch.nn.Parameter(torch.from_numpy(p))
+    param.grad = torch.from_numpy(g)
+    opt = torch.optim.Adam([param], lr=1e-3, betas=(0.9, 0.999), eps=1e-8, fused=True)
+    opt.step()  # creates the state; then give it our m and v
+    opt.state[param]["exp_avg"].copy_(torch.from_numpy(m))
+    opt.state[param]["exp_avg_sq"].copy_(torch.from_numpy(v))
+    return opt.step
+
+
+def _check_torch_adam(size=4099):
+    """torch's fused Adam does the same update as fastnn's reference (same work)."""
+    from fastnn.kernels import reference
+
+    p, g, (m, v) = wl.optimizer_buffers(size, 2, seed=1)
+    param = torch.nn.Parameter(torch.from_numpy(p.copy()))
+    param.grad = torch.from_numpy(g)
+    opt = torch.optim.Adam([param], lr=1e-3, betas=(0.9, 0.999), eps=1e-8, fused=True)
+    opt.step()
+    reference.adam(p, g, m * 0, v * 0, step=1, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8)
+    wl.assert_close(param.detach().numpy(), p, 1e-5, "torch fused Adam vs reference")
+
+
+# ---- training ------------------------------------------------------------------
+
+def load_train_data(args, n):
+    if args.mnist:
+        X, y = fastnn.datasets.load_mnist(args.mnist, kind="train")
+        X = np.ascontiguousarray(X.reshape(len(X), -1)[:n], dtype=np.float32)
+        return X, np.asarray(y[:n], dtype=np.int64)
+    return wl.synthetic_mnist(n, seed=0)
+
+
+def _torch_mlp(trainer):
+    """torch nn.Sequential with the fastnn model's initial weights."""
+    dense = [layer for layer in trainer.model.layers if hasattr(layer, "weight")]
+    mods = []
+    for i, layer in enumerate(dense):
+        W = np.asarray(layer.weight)
+        lin = torch.nn.Linear(W.shape[0], W.shape[1])
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(W.T.copy()))
+            lin.bias.copy_(torch.from_numpy(np.asarray(layer.bias).copy()))
+        mods.append(lin)
+        if i < len(dense) - 1:
+            mods.append(torch.nn.ReLU())
+    return torch.nn.Sequential(*mods)
+
+
+def _torch_epoch_fn(net, X, y, batch_size):
+    """One epoch of plain eager PyTorch over pre-shuffled tensors (no DataLoader)."""
+    crit = torch.nn.CrossEntropyLoss()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
+    perm = np.random.default_rng(0).permutation(len(X))
+    Xt, yt = torch.from_numpy(X[perm]), torch.from_numpy(y[perm])
+    n = len(Xt)
+
+    def epoch(limit=None):
+        total = 0.0
+        for lo in range(0, limit or n, batch_size):
+            xb, yb = Xt[lo:lo + batch_size], yt[lo:lo + batch_size]
+            opt.zero_grad(set_to_none=True)
+            loss = crit(net(xb), yb)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(xb)
+        return total / n
+
+    return epoch
+
+
+def train_fns(X, y, batch_size, check=True):
+    """name -> callable training one epoch, for fastnn c, numba and torch."""
+    fns = {}
+    trainer = None
+    for backend in FASTNN_BACKENDS:
+        if check:
+            wl.check_model_grads(backend, X[:64], y[:64])
+        trainer = wl.make_trainer(backend, seed=0)
+        fns[f"fastnn-{backend}"] = (
+            lambda t=trainer: t.fit(X, y, epochs=1, batch_size=batch_size, verbose=False))
+        trainer.fit(X[:2 * batch_size], y[:2 * batch_size], epochs=1, batch_size=batch_size,
+                    verbose=False)  # compile / allocate outside the timing
+    if torch is not None:
+        fresh = wl.make_trainer("reference", seed=0)
+        net = _torch_mlp(fresh)
+        if check:
+            with torch.no_grad():
+                got = torch.nn.functional.cross_entropy(net(torch.from_numpy(X[:256])),
+                                                        torch.from_numpy(y[:256])).item()
+            want = fresh.evaluate(X[:256], y[:256])["loss"]
+            assert abs(got - want) <= 1e-4 * abs(want), ("torch MLP loss", got, want)
+        epoch = _torch_epoch_fn(net, X, y, batch_size)
+        epoch(2 * batch_size)
+        fns["torch"] = epoch
+    return fns
+
+
+def section_train(args):
+    n = 10_000 if args.quick else 60_000
+    X, y = load_train_data(args, n)
+    n = len(X)
+    data = f"MNIST from {args.mnist}" if args.mnist else "synthetic MNIST-shaped data"
+    impls = [f"fastnn-{b}" for b in FASTNN_BACKENDS] + (["torch"] if torch else [])
+    table = Table(f"Training MLP 784-256-128-10, Adam lr 1e-3, one epoch of {n:,} samples "
+                  f"({data}), samples/s",
+                  ["batch", "threads", *impls, "c/torch", "target", "numba/torch", "numba/c",
+                   "spread"],
+                  ["fastnn: Trainer.fit(epochs=1) wall time (input validation and the "
+                   "per-epoch shuffle included); torch: eager nn.Sequential, CrossEntropyLoss, "
+                   "Adam(fused=True), slices of a pre-shuffled tensor, loss.item() per batch",
+                   f"target c/torch: {', '.join(f'>= {t:g}x at {b}' for b, t in TRAIN_TARGETS.items())}"
+                   f"; numba >= {NUMBA_VS_C}x c"])
+    for n_threads in args.threads:
+        with Threads(n_threads):
+            for batch_size in wl.TRAIN_BATCHES:
+                fns = train_fns(X, y, batch_size)
+                # one epoch is long enough: no repeats inside a sample
+                secs = interleaved(fns, args.train_rounds, 0.0)
+                rate = {i: n / secs[i] for i in fns}
+                c, nb, tt = rate.get("fastnn-c"), rate.get("fastnn-numba"), rate.get("torch")
+                table.add(batch_size, n_threads, *(fmt_rate(rate.get(i), "samples/s") for i in impls),
+                          fmt_ratio(ratio(c, tt), TRAIN_TARGETS[batch_size]),
+                          f">= {TRAIN_TARGETS[batch_size]:g}x",
+                          fmt_ratio(ratio(nb, tt)), fmt_ratio(ratio(nb, c), NUMBA_VS_C),
+                          spread())
+                args.results.append({"section": "train", "batch": batch_size,
+                                     "threads": n_threads, "samples/s": rate})
+    table.notes.append(_rss_note(args, n))
+    return table
+
+
+def _rss_note(args, n, batch_size=128):
+    """Peak RSS of one epoch per framework, each in its own subprocess."""
+    parts = []
+    for impl in [f"fastnn-{b}" for b in FASTNN_BACKENDS] + (["torch"] if torch else []):
+        cmd = [sys.executable, "-m", "bench.compare", "--rss-worker", impl,
+               "--rss-samples", str(n), "--rss-batch", str(batch_size),
+               "--threads", str(max(args.threads))]
+        if args.mnist:
+            cmd += ["--mnist", args.mnist]
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=900)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            parts.append(f"{impl} {r['peak_kb'] / 1024:.0f} MiB "
+                         f"(+{(r['peak_kb'] - r['base_kb']) / 1024:.0f} over data + imports)")
+            args.results.append({"section": "rss", "impl": impl, **r})
+        except (subprocess.SubprocessError, ValueError, KeyError, IndexError) as exc:
+            parts.append(f"{impl} failed ({exc})")
+    return (f"peak RSS, one epoch at batch {batch_size}, {max(args.threads)} threads, each in "
+            f"its own process: " + "; ".join(parts))
+
+
+def rss_worker(args):
+    """--rss-worker IMPL: train one epoch and print {"base_kb", "peak_kb"} as JSON."""
+    X, y = load_train_data(args, args.rss_samples)
+    fastnn.set_num_threads(args.threads[0])
+    if args.rss_worker == "torch":
+        torch.set_num_threads(args.threads[0])
+        net = _torch_mlp(wl.make_trainer("reference", seed=0))
+        run = _torch_epoch_fn(net, X, y, args.rss_batch)
+    else:
+        trainer = wl.make_trainer(args.rss_worker.split("-", 1)[1], seed=0)
+        run = lambda: trainer.fit(X, y, epochs=1, batch_size=args.rss_batch,  # noqa: E731
+                                  verbose=False)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    run()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"base_kb": base, "peak_kb": peak}))
+
+
+# ---- scikit-learn --------------------------------------------------------------
+
+def section_sklearn(args):
+    try:
+        from fastnn.sklearn import MLPClassifier as FastMLP
+    except ImportError as exc:
+        table = Table("scikit-learn MLPClassifier", ["status"])
+        table.add(f"skipped: fastnn.sklearn.MLPClassifier not importable ({exc})")
+        return table
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    from sklearn.neural_network import MLPClassifier as SkMLP
+
+    X, y = load_digits(return_X_y=True)
+    digits = train_test_split((X / 16.0).astype(np.float32), y, test_size=0.25, random_state=0)
+    n_big = 3_000 if args.quick else 12_000
+    Xb, yb = load_train_data(args, n_big + 2_000)
+    big = (Xb[:n_big], Xb[n_big:], yb[:n_big], yb[n_big:])
+    cases = [("digits 64-256-128-10", digits, 10 if args.quick else 40, 5.0),
+             (f"784-256-128-10, {n_big:,} samples", big, 3 if args.quick else 10, 2.0)]
+    impls = [f"fastnn-{b}" for b in FASTNN_BACKENDS] + ["sklearn"]
+    table = Table("scikit-learn MLPClassifier(hidden_layer_sizes=(256, 128), solver='adam'): "
+                  "fit seconds (test accuracy)",
+                  ["data", "epochs", "batch", "threads", *impls, "speedup c", "target",
+                   "speedup numba", "spread"],
+                  ["same settings for both: learning_rate_init=1e-3, alpha=1e-4, tol=0, "
+                   "n_iter_no_change > max_iter (all epochs run), random_state=0",
+                   "speedup = sklearn fit time / fastnn fit time"])
+    for n_threads in args.threads:
+        with Threads(n_threads):
+            for label, (X_tr, X_te, y_tr, y_te), epochs, target in cases:
+                for batch_size in (32, 200):
+                    params = dict(hidden_layer_sizes=(256, 128), batch_size=batch_size,
+                                  max_iter=epochs, tol=0.0, n_iter_no_change=epochs + 1,
+                                  random_state=0, learning_rate_init=1e-3, alpha=1e-4)
+                    makers = {f"fastnn-{b}": (lambda b=b: FastMLP(backend=b, **params))
+                              for b in FASTNN_BACKENDS}
+                    makers["sklearn"] = lambda: SkMLP(**params)
+                    fitted = {}
+
+                    def fit_fn(name, make):
+                        def fit():
+                            with warnings.catch_warnings():
+                                warnings.simplefilter("ignore")
+                                fitted[name] = make().fit(X_tr, y_tr)
+                        return fit
+
+                    for name in FASTNN_BACKENDS:  # compile outside the timing
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore")
+                            FastMLP(backend=name, **{**params, "max_iter": 1}).fit(
+                                X_tr[:400], y_tr[:400])
+                    fns = {name: fit_fn(name, make) for name, make in makers.items()}
+                    secs = interleaved(fns, args.sklearn_rounds, 0.0)
+                    acc = {}
+                    for name, clf in fitted.items():
+                        assert clf.n_iter_ == epochs, (name, clf.n_iter_)
+                        acc[name] = float(np.mean(clf.predict(X_te) == y_te))
+                    sk = secs["sklearn"]
+                    table.add(label, epochs, batch_size, n_threads,
+                              *(f"{secs[i]:.2f} ({acc[i]:.3f})" for i in impls),
+                              fmt_ratio(ratio(sk, secs["fastnn-c"]), target), f">= {target:g}x",
+                              fmt_ratio(ratio(sk, secs["fastnn-numba"])), spread())
+                    args.results.append({"section": "sklearn", "case": label, "batch": batch_size,
+                                         "threads": n_threads, "fit_s": secs, "accuracy": acc})
+    return table
+
+
+# ---- main ----------------------------------------------------------------------
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds, smaller data")
+    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated subset of {','.join(SECTIONS)}")
+    parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    parser.add_argument("--mnist", metavar="DIR", help="real MNIST IDX files for the training data")
+    parser.add_argument("--json", metavar="FILE", help="also write the raw results as JSON")
+    parser.add_argument("--rss-worker", help=argparse.SUPPRESS)
+    parser.add_argument("--rss-samples", type=int, default=60_000, help=argparse.SUPPRESS)
+    parser.add_argument("--rss-batch", type=int, default=128, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    try:
+        args.threads = [int(t) for t in args.threads.split(",") if t.strip()]
+    except ValueError:
+        parser.error(f"--threads: expected integers like 1,2, got {args.threads!r}")
+    if not args.threads or min(args.threads) < 1:
+        parser.error("--threads: expected integers >= 1")
+    args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = set(args.sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"--sections: unknown {', '.join(sorted(unknown))}; choose from {','.join(SECTIONS)}")
+    args.rounds = 3 if args.quick else 7
+    args.train_rounds = 2 if args.quick else 3
+    args.sklearn_rounds = 1 if args.quick else 2
+    args.target_s = 0.02 if args.quick else 0.05
+    args.results = []
+    return args
+
+
+def _import_torch():
+    global torch
+    try:
+        import torch as module
+    except ImportError:
+        return
+    torch = module
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.rss_worker in (None, "torch"):
+        _import_torch()
+    if args.rss_worker:
+        return rss_worker(args)
+    if torch is None:
+        print("note: PyTorch is not installed; its columns are left out")
+    header = machine_report(args)
+    print("\n".join(("- " if args.markdown else "") + line for line in header), flush=True)
+    started = time.perf_counter()
+    for section in args.sections:
+        table = globals()[f"section_{section}"](args)
+        print("\n" + table.render(args.markdown), flush=True)
+    print("\nspread: the widest (max - min) / median of the timed samples among a row's "
+          "contenders; a large one means the machine was busy (medians resist it, ratios less so)")
+    print(f"\nload average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+          f"took {time.perf_counter() - started:.0f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": header, "results": args.results}, f, indent=1, default=float)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""dense_stack_epoch: a whole training epoch in one kernel call.
+
+Each backend's epoch must follow the reference's trajectory (which is written
+with the per-batch kernels), and the Trainer must give the same result on its
+fused path as on its per-batch Python path.
+"""
+
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn import optim
+from fastnn.kernels import _checks, reference
+
+OPTS = [
+    ("sgd", dict(lr=0.1, momentum=0.9, nesterov=True)),
+    ("adam", dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01)),
+    ("adamw", dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01)),
+    ("rmsprop", dict(lr=1e-3, alpha=0.99, eps=1e-8, momentum=0.5, centered=True)),
+    ("adagrad", dict(lr=0.05, lr_decay=0.01)),
+    ("nadam", dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8)),
+    ("adamax", dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8)),
+]
+LOSSES = ["softmax_xent", "bce", "mse", "mae"]
+
+
+def _stack(model):
+    layers = []
+    for li, layer in enumerate(model.layers):
+        offs = {name: off for i, name, _, off in model._layout if i == li}
+        layers.append((layer.in_features, layer.out_features, offs["weight"], offs["bias"],
+                       layer.activation, layer.negative_slope))
+    return layers
+
+
+def _run(k, loss, opt, hyper, X, t, batch, l2=0.0, loss_scale=1.0, grad_scale=1.0, epochs=2):
+    model = fastnn.Sequential([fastnn.Dense(6, 9, "relu"), fastnn.Dense(9, 7, "tanh"),
+                               fastnn.Dense(7, 3)], seed=0, backend="reference")
+    layers = _stack(model)
+    p, g = model.params.copy(), np.zeros(model.size, np.float32)
+    states = tuple(np.zeros_like(p) for _ in _checks.OPTIMIZER_KERNELS[opt][0])
+    ws = k.empty(reference.dense_stack_workspace(layers, batch))
+    n_batches = -(-len(X) // batch)
+    step, mu, losses, correct = 0, 1.0, [], []
+    for _ in range(epochs):
+        bl, bc = np.zeros(n_batches), np.zeros(n_batches, np.int64)
+        done, step, mu = k.dense_stack_epoch(
+            p, g, states, ws, X, t, bl, bc, layers=layers, loss=loss, batch_size=batch,
+            optimizer=opt, hyper=hyper, step=step, mu_product=mu, l2=l2,
+            loss_scale=loss_scale, grad_scale=grad_scale)
+        assert done == n_batches
+        losses.append(bl)
+        correct.append(bc)
+    return p, np.concatenate(losses), np.concatenate(correct), step, mu
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("opt,hyper", OPTS, ids=[o for o, _ in OPTS])
+def test_epoch_matches_reference(cpu_backend, loss, opt, hyper, rng):
+    n = 53  # 6 full batches of 8 and one of 5
+    X = rng.normal(size=(n, 6)).astype(np.float32)
+    t = rng.integers(0, 3, n) if loss == "softmax_xent" else rng.uniform(0, 1, (n, 3)).astype(np.float32)
+    kw = dict(l2=0.05, loss_scale=0.5, grad_scale=2.0) if opt == "sgd" else {}
+    want = _run(reference, loss, opt, hyper, X, t, 8, **kw)
+    got = _run(cpu_backend, loss, opt, hyper, X, t, 8, **kw)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=2e-6)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got[2], want[2])
+    assert got[3] == want[3] == 14
+    assert got[4] == pytest.approx(want[4], rel=1e-12)
+
+
+def test_epoch_on_cuda_matches_reference(rng):
+    cuda = pytest.importorskip("fastnn.kernels.cuda") if fastnn.kernels.available("cuda") else None
+    if cuda is None:
+        pytest.skip("cuda backend unavailable")
+    X = rng.normal(size=(11, 6)).astype(np.float32)
+    t = rng.integers(0, 3, 11)
+    want = _run(reference, "softmax_xent", "adam", OPTS[1][1], X, t, 4, epochs=1)
+    got = _run(cuda, "softmax_xent", "adam", OPTS[1][1], X, t, 4, epochs=1)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-5)
+
+
+def test_epoch_stops_at_a_non_finite_loss(cpu_backend, rng):
+    X = rng.normal(size=(20, 6)).astype(np.float32)
+    X[13] = np.inf  # batch 3 of 4 (batch size 5) gets a non-finite loss
+    t = rng.uniform(0, 1, (20, 3)).astype(np.float32)
+    model = fastnn.Sequential([fastnn.Dense(6, 3)], seed=0, backend="reference")
+    p, g = model.params.copy(), np.zeros(model.size, np.float32)
+    bl, bc = np.zeros(4), np.zeros(4, np.int64)
+    done, step, _ = cpu_backend.dense_stack_epoch(
+        p, g, (np.zeros_like(p),), np.empty(100, np.float32), X, t, bl, bc, layers=_stack(model),
+        loss="mse", batch_size=5, optimizer="adagrad", hyper=dict(lr=0.1), step=0)
+    assert done == 3 and step == 2 and not np.isfinite(bl[2])
+
+
+def test_epoch_bad_arguments(cpu_backend, rng):
+    model = fastnn.Sequential([fastnn.Dense(4, 3)], seed=0, backend="reference")
+    layers = _stack(model)
+    p, g = model.params.copy(), np.zeros(model.size, np.float32)
+    X, t = rng.normal(size=(10, 4)), rng.integers(0, 3, 10)
+    bl, bc = np.zeros(5), np.zeros(5, np.int64)
+    ok = dict(layers=layers, loss="softmax_xent", batch_size=2, optimizer="sgd",
+              hyper=dict(lr=0.1), step=0)
+    ws = np.empty(reference.dense_stack_workspace(layers, 2), np.float32)
+    cases = [
+        (dict(ok, layers=[(4, 3, p.size - 5, -1, "relu", 0.0)]), "overrun"),
+        (dict(ok, layers=[(4, 3, 0, 16, None, 0.0), (4, 2, 0, -1, None, 0.0)]), "takes 4 inputs"),
+        (dict(ok, optimizer="lbfgs"), "unknown 'lbfgs'"),
+        (dict(ok, hyper=dict(lr=0.1, beta1=0.9)), "takes no beta1"),
+        (dict(ok, hyper={}), "needs lr"),
+        (dict(ok, loss="hinge"), "unknown 'hinge'"),
+        (dict(ok, batch_size=1), r"batch_losses: expected shape \(10,\)"),
+    ]
+    for kwargs, match in cases:
+        with pytest.raises(ValueError, match=match):
+            cpu_backend.dense_stack_epoch(p, g, (None,), ws, X, t, bl, bc, **kwargs)
+    with pytest.raises(ValueError, match="workspace: needs at least"):
+        cpu_backend.dense_stack_epoch(p, g, (None,), ws[:10], X, t, bl, bc, **ok)
+    with pytest.raises(ValueError, match=r"class labels must lie in \[0, 3\)"):
+        cpu_backend.dense_stack_epoch(p, g, (None,), ws, X, t + 1, bl, bc, **ok)
+
+
+@pytest.mark.parametrize("backend_name", ["c", "numba"])
+@pytest.mark.parametrize("opt", [optim.Adam(lr=1e-2), optim.NAdam(), optim.SGD(lr=0.1, momentum=0.9),
+                                 optim.RMSprop(centered=True)], ids=lambda o: type(o).__name__)
+def test_trainer_fused_and_python_paths_agree(backend_name, opt, rng):
+    import copy
+
+    X = rng.normal(size=(100, 8))
+    y = rng.integers(0, 4, 100)
+    runs = []
+    for fused in (True, False):
+        model = fastnn.Sequential([fastnn.Dense(8, 16), fastnn.ReLU(), fastnn.Dense(16, 4)], seed=0)
+        trainer = fastnn.Trainer(model, "softmax_cross_entropy", copy.deepcopy(opt),
+                                 backend=backend_name, fused=fused)
+        assert trainer.fused is fused
+        hist = trainer.fit(X, y, epochs=3, batch_size=16, seed=1, verbose=False,
+                           validation_data=(X[:20], y[:20]))
+        runs.append((hist, model.get_params(), trainer.optimizer.step_count))
+    (h1, p1, s1), (h2, p2, s2) = runs
+    assert s1 == s2 == 21
+    np.testing.assert_allclose(h1.loss, h2.loss, rtol=1e-5)
+    assert h1.accuracy == h2.accuracy
+    np.testing.assert_allclose(p1, p2, rtol=1e-4, atol=1e-6)
+
+
+def test_trainer_fuses_only_what_it_can():
+    dense = [fastnn.Dense(3, 4, "relu"), fastnn.Dense(4, 2)]
+    assert fastnn.Trainer(fastnn.Sequential(dense), "mse", "adam").fused
+    with_softmax = fastnn.Sequential([fastnn.Dense(3, 2), fastnn.Softmax()])
+    assert not fastnn.Trainer(with_softmax, "mse", "adam").fused
+    with pytest.raises(ValueError, match="fused=True needs"):
+        fastnn.Trainer(with_softmax, "mse", "adam", fused=True)
+    with_dropout = fastnn.Sequential([fastnn.Dense(3, 4), fastnn.Dropout(0.5), fastnn.Dense(4, 2)])
+    assert not fastnn.Trainer(with_dropout, "mse", "adam").fused
+
+    class Custom(optim.SGD):
+        def _update(self, params, grads):
+            super()._update(params, grads)
+
+    assert not fastnn.Trainer(fastnn.Sequential([fastnn.Dense(3, 2)]), "mse", Custom()).fused
+
+
+def test_fused_fit_reports_divergence_with_epoch_and_batch(rng):
+    X, y = rng.normal(size=(64, 4)) * 1e3, rng.normal(size=64) * 1e3
+    trainer = fastnn.Trainer(fastnn.Sequential([fastnn.Dense(4, 16, "relu"), fastnn.Dense(16, 1)],
+                                               seed=0), "mse", optim.SGD(lr=10.0))
+    assert trainer.fused
+    with pytest.raises(FloatingPointError, match=r"epoch \d+, batch \d+"):
+        trainer.fit(X, y, epochs=50, batch_size=8, verbose=False)
