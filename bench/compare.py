@@ -465,10 +465,26 @@ def rss_worker(args):
         trainer = wl.make_trainer(args.rss_worker.split("-", 1)[1], seed=0)
         run = lambda: trainer.fit(X, y, epochs=1, batch_size=args.rss_batch,  # noqa: E731
                                   verbose=False)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = _peak_rss_kb()
     run()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"base_kb": base, "peak_kb": peak}))
+    print(json.dumps({"base_kb": base, "peak_kb": _peak_rss_kb()}))
+
+
+def _peak_rss_kb():
+    """This process's peak RSS in KiB.
+
+    VmHWM of /proc/self/status where there is one: getrusage's ru_maxrss
+    also counts the parent's peak (Linux carries the high-water mark of the
+    forked image across exec), so every worker would report the parent's.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 # ---- scikit-learn --------------------------------------------------------------

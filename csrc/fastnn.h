@@ -182,6 +182,56 @@ int fastnn_clip(float *x, int64_t size, float lo, float hi);
 /* y += alpha * x; y must not overlap x. */
 int fastnn_axpy(float *y, const float *x, int64_t size, float alpha);
 
+/* ---- convolution, pooling, batch normalisation (channels-last) ------------ */
+/* Specification: fastnn.kernels.reference.  Images are (n, h, w, c); a
+   window is (kh, kw) with stride (sh, sw) and zero padding (ph, pw) (pooling:
+   none); oh = (h + 2 ph - kh) / sh + 1, ow likewise. */
+
+/* X (n,h,w,c), W (kh,kw,c,oc), b (oc) or NULL, Y (n,oh,ow,oc).
+   cols (n*oh*ow, kh*kw*c) = im2col(X), left for the backward;
+   Y = act(cols W + b). */
+int fastnn_conv2d_forward(float *Y, float *cols, const float *X, const float *W,
+                          const float *b, int64_t n, int64_t h, int64_t w, int64_t c,
+                          int64_t oc, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                          int64_t ph, int64_t pw, int act, float slope);
+/* dZ = dY * act'(Y) (dZ may equal dY); dW = cols^T dZ with cols as the
+   forward left it; db = column sums of dZ (NULL: skipped); dX = col2im(dZ
+   W^T) (NULL: skipped), computed through cols, which is overwritten. */
+int fastnn_conv2d_backward(float *dX, float *dW, float *db, float *dZ, float *cols,
+                           const float *dY, const float *W, const float *Y, int64_t n,
+                           int64_t h, int64_t w, int64_t c, int64_t oc, int64_t kh,
+                           int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                           int act, float slope);
+/* Y (n,oh,ow,c) = window maxima; argmax = flat index y * w + x of each in
+   its image (first in row-major window order on ties). */
+int fastnn_maxpool2d_forward(float *Y, int32_t *argmax, const float *X, int64_t n, int64_t h,
+                             int64_t w, int64_t c, int64_t kh, int64_t kw, int64_t sh,
+                             int64_t sw);
+/* dX (n,h,w,c) = 0, then += dY at argmax; EINVAL on an index outside [0, h*w). */
+int fastnn_maxpool2d_backward(float *dX, const float *dY, const int32_t *argmax, int64_t n,
+                              int64_t h, int64_t w, int64_t c, int64_t kh, int64_t kw,
+                              int64_t sh, int64_t sw);
+int fastnn_avgpool2d_forward(float *Y, const float *X, int64_t n, int64_t h, int64_t w,
+                             int64_t c, int64_t kh, int64_t kw, int64_t sh, int64_t sw);
+/* dX = each dY / (kh kw) spread over its window (overlaps accumulate). */
+int fastnn_avgpool2d_backward(float *dX, const float *dY, int64_t n, int64_t h, int64_t w,
+                              int64_t c, int64_t kh, int64_t kw, int64_t sh, int64_t sw);
+/* X, Y (rows, c); statistics per channel over the rows.  Writes mean,
+   invstd = 1/sqrt(var + eps) (biased var) and Y = (X - mean) invstd gamma +
+   beta; running = (1 - momentum) running + momentum * batch (unbiased var). */
+int fastnn_batchnorm_forward(float *Y, float *mean, float *invstd, float *running_mean,
+                             float *running_var, const float *X, const float *gamma,
+                             const float *beta, int64_t rows, int64_t c, double momentum,
+                             double eps);
+int fastnn_batchnorm_inference(float *Y, const float *X, const float *gamma, const float *beta,
+                               const float *running_mean, const float *running_var,
+                               int64_t rows, int64_t c, double eps);
+/* dbeta = sum dY, dgamma = sum dY xhat, dX = gamma invstd / rows *
+   (rows dY - dbeta - xhat dgamma), xhat = (X - mean) invstd. */
+int fastnn_batchnorm_backward(float *dX, float *dgamma, float *dbeta, const float *dY,
+                              const float *X, const float *gamma, const float *mean,
+                              const float *invstd, int64_t rows, int64_t c);
+
 /* ---- a whole training epoch of a stack of dense layers ------------------- */
 /* The trainer's inner loop in C, so Python is not on the per-batch path.
    The specification is fastnn.kernels.reference.dense_stack_epoch. */

@@ -109,13 +109,14 @@ void pack_a(float *restrict dst, int trans, const float *restrict A, int64_t lda
 {
     for (int64_t ir = 0; ir < mc; ir += mr, dst += mr * kc) {
         int rows = mc - ir < mr ? (int)(mc - ir) : mr;
+        if (rows < mr)          /* edge sliver: zero it whole, one stream */
+            for (int64_t q = 0; q < mr * kc; q++)
+                dst[q] = 0.0f;
         if (trans) {            /* op(A)[i][p] = A[p][i]: contiguous in i */
             for (int64_t p = 0; p < kc; p++) {
                 const float *src = A + p * lda + ir;
                 for (int i = 0; i < rows; i++)
                     dst[p * mr + i] = src[i];
-                for (int i = rows; i < mr; i++)
-                    dst[p * mr + i] = 0.0f;
             }
         } else {                /* op(A)[i][p] = A[i][p]: contiguous in p */
             for (int i = 0; i < rows; i++) {
@@ -123,9 +124,6 @@ void pack_a(float *restrict dst, int trans, const float *restrict A, int64_t lda
                 for (int64_t p = 0; p < kc; p++)
                     dst[p * mr + i] = src[p];
             }
-            for (int i = rows; i < mr; i++)
-                for (int64_t p = 0; p < kc; p++)
-                    dst[p * mr + i] = 0.0f;
         }
     }
 }
@@ -136,21 +134,19 @@ void pack_b(float *restrict dst, int trans, const float *restrict B, int64_t ldb
 {
     for (int64_t jr = 0; jr < nc; jr += nr, dst += nr * kc) {
         int cols = nc - jr < nr ? (int)(nc - jr) : nr;
+        if (cols < nr)          /* edge sliver: zero it whole, one stream */
+            for (int64_t q = 0; q < nr * kc; q++)
+                dst[q] = 0.0f;
         if (trans) {            /* op(B)[p][j] = B[j][p]: contiguous in p */
             const float *src = B + jr * ldb;
-            for (int64_t p = 0; p < kc; p++) {
+            for (int64_t p = 0; p < kc; p++)
                 for (int j = 0; j < cols; j++)
                     dst[p * nr + j] = src[j * ldb + p];
-                for (int j = cols; j < nr; j++)
-                    dst[p * nr + j] = 0.0f;
-            }
         } else {                /* op(B)[p][j] = B[p][j]: contiguous in j */
             for (int64_t p = 0; p < kc; p++) {
                 const float *src = B + p * ldb + jr;
                 for (int j = 0; j < cols; j++)
                     dst[p * nr + j] = src[j];
-                for (int j = cols; j < nr; j++)
-                    dst[p * nr + j] = 0.0f;
             }
         }
     }
@@ -198,23 +194,12 @@ static const float *op_at(const float *X, int trans, int64_t ld, int64_t r, int6
     return trans ? X + c * ld + r : X + r * ld + c;
 }
 
-/* Fraction of the computed tile area that lands in an m x n C. */
-static double tile_fill(int64_t m, int64_t n, int mr, int nr)
-{
-    return (double)m / (double)round_up(m, mr) * (double)n / (double)round_up(n, nr);
-}
-
-/* ct == 0: C (m,n) at C.  ct == 1: the problem is the transposed one and
-   its result (m,n) goes to C^T, i.e. element (i,j) to C[j*ldc + i]; the
-   bias then runs along i.  gemm_driver uses it for thin C (n < NR). */
 static void gemm_serial(const struct gemm_path *P, int ta, int tb,
                         int64_t m, int64_t n, int64_t k, float alpha,
                         const float *A, int64_t lda, const float *B, int64_t ldb,
-                        float beta, float *C, int64_t ldc, int ct,
-                        const fastnn_epilogue *ep)
+                        float beta, float *C, int64_t ldc, const fastnn_epilogue *ep)
 {
     const int mr = P->mr, nr = P->nr;
-    const int64_t rs = ct ? 1 : ldc, cs = ct ? ldc : 1;  /* strides of (i,j) */
     float *pa = align64(tls_pack_a), *pb = align64(tls_pack_b);
     _Alignas(64) float tile[FASTNN_GEMM_MR_MAX * FASTNN_GEMM_NR_MAX];
     const int64_t nc_step = block_step(n, NC, nr);
@@ -238,30 +223,28 @@ static void gemm_serial(const struct gemm_path *P, int ta, int tb,
                     for (int64_t ir = 0; ir < mc; ir += mr) {
                         int mr_e = (int)min64(mr, mc - ir);
                         const float *as = pa + ir * kc;
-                        float *c = C + (ic + ir) * rs + (jc + jr) * cs;
-                        const float *bias = lep && lep->bias
-                            ? lep->bias + (ct ? ic + ir : jc + jr) : NULL;
-                        if (!ct && mr_e == mr && nr_e == nr) {
+                        float *c = C + (ic + ir) * ldc + jc + jr;
+                        const float *bias = lep && lep->bias ? lep->bias + jc + jr : NULL;
+                        if (mr_e == mr && nr_e == nr) {
                             fastnn_epilogue tep;
                             if (lep)
                                 tep = (fastnn_epilogue){bias, lep->act, lep->slope};
                             P->kernel(kc, as, bs, c, ldc, alpha, beta_k, lep ? &tep : NULL);
                             continue;
                         }
-                        /* Edge or transposed tile: full tile into scratch,
-                           valid part out. */
+                        /* Edge tile: full tile into scratch, valid part out. */
                         P->kernel(kc, as, bs, tile, nr, alpha, 0.0f, NULL);
                         for (int i = 0; i < mr_e; i++)
                             for (int j = 0; j < nr_e; j++) {
                                 float v = tile[i * nr + j];
                                 if (beta_k != 0.0f)
-                                    v += beta_k * c[i * rs + j * cs];
+                                    v += beta_k * c[i * ldc + j];
                                 if (lep) {
                                     if (bias)
-                                        v += bias[ct ? i : j];
+                                        v += bias[j];
                                     v = fastnn_act_scalar(lep->act, v, lep->slope);
                                 }
-                                c[i * rs + j * cs] = v;
+                                c[i * ldc + j] = v;
                             }
                     }
                 }
@@ -424,20 +407,6 @@ static void gemm_driver(int ta, int tb, int64_t m, int64_t n, int64_t k, float a
         return;
     }
     const struct gemm_path P = current_path();
-    /* Thin C (e.g. an output layer with 1 or 10 units) fills few of a
-       tile's NR columns; computing C^T = op(B)^T op(A)^T puts the short side
-       on the MR rows instead.  Only when that fills tiles much better: the
-       transposed result leaves through the scratch tile. */
-    int ct = 0;
-    if (tile_fill(n, m, P.mr, P.nr) > 1.5 * tile_fill(m, n, P.mr, P.nr)) {
-        const float *T = A;
-        int64_t tmp = lda, d = m;
-        int tt = ta;
-        A = B; lda = ldb; ta = !tb;
-        B = T; ldb = tmp; tb = !tt;
-        m = n; n = d;
-        ct = 1;
-    }
     const int64_t tiles_m = ceil_div(m, P.mr), tiles_n = ceil_div(n, P.nr);
     int64_t t = fastnn_get_num_threads();
     double madds = (double)m * (double)n * (double)k;
@@ -468,7 +437,7 @@ static void gemm_driver(int ta, int tb, int64_t m, int64_t n, int64_t k, float a
             break;
     }
     if (t <= 1) {
-        gemm_serial(&P, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc, ct, ep);
+        gemm_serial(&P, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc, ep);
         return;
     }
     const int64_t pieces = tm * tn;
@@ -484,12 +453,12 @@ static void gemm_driver(int ta, int tb, int64_t m, int64_t n, int64_t k, float a
         fastnn_epilogue pep, *pepp = NULL;
         if (ep) {
             pep = *ep;
-            pep.bias = ep->bias ? ep->bias + (ct ? i0 : j0) : NULL;
+            pep.bias = ep->bias ? ep->bias + j0 : NULL;
             pepp = &pep;
         }
         gemm_serial(&P, ta, tb, i1 - i0, j1 - j0, k, alpha,
                     op_at(A, ta, lda, i0, 0), lda, op_at(B, tb, ldb, 0, j0), ldb,
-                    beta, ct ? C + j0 * ldc + i0 : C + i0 * ldc + j0, ldc, ct, pepp);
+                    beta, C + i0 * ldc + j0, ldc, pepp);
     }
 }
 

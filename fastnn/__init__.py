@@ -7,6 +7,9 @@ kernel backends in :mod:`fastnn.kernels` (C, Numba, CUDA, numpy reference).
 
 from . import datasets, kernels, losses, metrics, optim
 from .kernels import get_backend, set_backend, set_num_threads
+from .blocks import BatchNorm, Residual
+from .conv import (AvgPool1D, AvgPool2D, Conv1D, Conv2D, Flatten, GlobalAvgPool, MaxPool1D,
+                   MaxPool2D)
 from .layers import (Activation, Dense, Dropout, Identity, LeakyReLU, ReLU, Sigmoid, Sign,
                      Softmax, Softplus, Step, Tanh)
 from .model import Sequential, load
@@ -16,6 +19,8 @@ from .trainer import EarlyStopping, History, Trainer
 __version__ = "0.1.0"
 
 __all__ = [
+    "AvgPool1D", "AvgPool2D", "BatchNorm", "Conv1D", "Conv2D", "Flatten", "GlobalAvgPool",
+    "MaxPool1D", "MaxPool2D", "Residual",
     "Activation", "Dense", "Dropout", "EarlyStopping", "History", "Identity", "LeakyReLU",
     "Perceptron", "ReLU", "Sequential", "Sigmoid", "Sign", "Softmax", "Softplus", "Step", "Tanh", "Trainer",
     "datasets", "get_backend", "kernels", "load", "losses", "metrics", "optim", "set_backend", "set_num_threads",

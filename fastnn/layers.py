@@ -10,6 +10,7 @@ Each layer implements::
 
     build(in_shape) -> out_shape          per-sample shapes, batch axis excluded
     param_shapes() -> [(name, shape)]     tensors it keeps in the flat buffer
+    buffer_shapes() -> [(name, shape, v)] non-trainable state (running statistics)
     init_params(rng, views)               fill its views at model creation
     forward(X, training) -> Y             Y is a buffer the layer owns
     backward(dY, need_dx) -> dX or None   may overwrite dY
@@ -31,6 +32,16 @@ def canonical_activation(activation):
     return name
 
 
+# Layer classes by name, for loading saved models (fastnn.load).
+LAYERS = {}
+
+
+def register(cls):
+    """Class decorator: make a layer class loadable by its name."""
+    LAYERS[cls.__name__] = cls
+    return cls
+
+
 class Layer:
     """Base class; see the module docstring for the protocol."""
 
@@ -49,6 +60,14 @@ class Layer:
     def init_params(self, rng, views):
         pass
 
+    def buffer_shapes(self):
+        """Non-trainable state kept and saved with the model (e.g. running
+        statistics): [(name, shape, initial value)]."""
+        return []
+
+    def bind_buffers(self, views):
+        self.state_buffers = views
+
     def bind(self, params, grads):
         """Receive the views of this layer's tensors (dicts name -> array)."""
         self.params, self.grads = params, grads
@@ -66,6 +85,11 @@ class Layer:
 
     def config(self):
         return {}
+
+    @classmethod
+    def from_config(cls, config):
+        """The layer that ``config()`` describes (used by fastnn.load)."""
+        return cls(**config)
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
@@ -86,11 +110,12 @@ def _fan_init(rng, shape, fan_in, fan_out, scheme):
     if scheme == "glorot_uniform":
         lim = np.sqrt(6.0 / (fan_in + fan_out))
         return rng.uniform(-lim, lim, shape)
-    if scheme == "orthogonal":
-        flat = rng.normal(0.0, 1.0, (max(fan_in, fan_out), min(fan_in, fan_out)))
+    if scheme == "orthogonal":  # of the (everything but the last axis, last axis) matrix
+        rows, cols = int(np.prod(shape[:-1])), shape[-1]
+        flat = rng.normal(0.0, 1.0, (max(rows, cols), min(rows, cols)))
         q, r = np.linalg.qr(flat)
         q *= np.sign(np.diag(r))  # a uniform draw over orthogonal matrices
-        q = q if fan_in >= fan_out else q.T
+        q = q if rows >= cols else q.T
         return q.reshape(shape)
     raise ValueError(f"init: unknown {scheme!r}; expected one of 'auto', {', '.join(INITS)}")
 
@@ -306,5 +331,6 @@ class Dropout(Layer):
         return {"p": self.p}
 
 
-LAYERS = {cls.__name__: cls for cls in (Dense, Identity, Step, Sign, Sigmoid, Tanh, ReLU,
-                                        LeakyReLU, Softplus, Softmax, Dropout, Activation)}
+for _cls in (Dense, Identity, Step, Sign, Sigmoid, Tanh, ReLU, LeakyReLU, Softplus, Softmax,
+             Dropout, Activation):
+    register(_cls)

@@ -15,6 +15,7 @@ import tempfile
 import numpy as np
 
 from . import kernels
+from . import blocks, conv  # noqa: F401 - registers their layers for load()
 from .layers import (LAYERS, Activation, Dense, Layer, LeakyReLU, ReLU, Sigmoid, Sign, Softplus,
                      Step, Tanh)
 
@@ -42,17 +43,22 @@ class Sequential:
         moves the model to its own backend.
     dtype : float32 (default) or float64
         float64 is for gradient checks on the reference backend only.
+    input_shape : tuple or None
+        Per-sample input shape, e.g. (28, 28, 1) for channels-last images.
+        Inferred when the first layer with parameters is a Dense.
 
     Attributes
     ----------
     params, grads : 1-D arrays
         The flat parameter and gradient buffers (device arrays on cuda).
+    buffers : 1-D array
+        Non-trainable state (BatchNorm's running statistics), saved too.
     layers : list of Layer
     input_shape, output_shape : tuple
         Per-sample shapes.
     """
 
-    def __init__(self, layers, seed=None, backend=None, dtype=np.float32):
+    def __init__(self, layers, seed=None, backend=None, dtype=np.float32, input_shape=None):
         layers = list(layers)
         if not layers:
             raise ValueError("layers: a model needs at least one layer")
@@ -64,13 +70,14 @@ class Sequential:
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise TypeError(f"dtype: expected float32 or float64, got {self.dtype}")
-        self.input_shape = self._infer_input_shape()
+        self.input_shape = (tuple(int(s) for s in input_shape) if input_shape is not None
+                            else self._infer_input_shape())
         shape = self.input_shape
         for layer in layers:
             shape = layer.build(shape)
         self.output_shape = tuple(shape)
         for layer, nxt in zip(layers, layers[1:]):  # Dense(...), ReLU(): init for relu
-            if isinstance(layer, Dense) and isinstance(nxt, Activation):
+            if hasattr(layer, "_next_activation") and isinstance(nxt, Activation):
                 layer._next_activation = nxt.activation
 
         # the flat layout: (layer index, name, shape, offset)
@@ -81,15 +88,35 @@ class Sequential:
                 offset = _aligned(offset + int(np.prod(pshape)))
         self.size = offset
         self.n_parameters = sum(int(np.prod(s)) for _, _, s, _ in self._layout)
+        # non-trainable state, laid out the same way in its own buffer
+        self._buffer_layout, offset, buffers = [], 0, []
+        for i, layer in enumerate(layers):
+            for name, bshape, value in layer.buffer_shapes():
+                self._buffer_layout.append((i, name, tuple(bshape), offset))
+                buffers.append((offset, int(np.prod(bshape)), value))
+                offset = _aligned(offset + int(np.prod(bshape)))
+        host_buffers = np.zeros(max(offset, 1), self.dtype)
+        for off, size, value in buffers:
+            host_buffers[off:off + size] = value
 
         rng = np.random.default_rng(seed)
         host = np.zeros(self.size, self.dtype)
         for i, layer in enumerate(layers):
             layer.init_params(rng, self._views(host, i))
+        for layer in self._all_layers():
             if hasattr(layer, "_rng"):
                 layer._rng = np.random.default_rng(rng.integers(2**63))
         self.backend = None
-        self._place(host, kernels.get_backend() if backend is None else backend)
+        self._place(host, kernels.get_backend() if backend is None else backend, host_buffers)
+
+    def _all_layers(self):
+        """Every layer, those inside blocks included."""
+        stack, out = list(self.layers), []
+        while stack:
+            layer = stack.pop(0)
+            out.append(layer)
+            stack[:0] = [child for _, child in getattr(layer, "_children", lambda: [])()]
+        return out
 
     def _infer_input_shape(self):
         for layer in self.layers:
@@ -99,15 +126,16 @@ class Sequential:
                 return layer.input_shape_hint()
             if layer.param_shapes():
                 break
-        raise ValueError("cannot infer the input shape: the first layer with parameters must "
-                         "declare its input size (e.g. Dense(in_features, ...))")
+        raise ValueError("cannot infer the input shape: pass input_shape=(H, W, C) (or (L, C)) "
+                         "when the first layer with parameters is not a Dense")
 
-    def _views(self, flat, layer_index):
+    def _views(self, flat, layer_index, layout=None):
         return {name: flat[off:off + int(np.prod(shape))].reshape(shape)
-                for i, name, shape, off in self._layout if i == layer_index}
+                for i, name, shape, off in (self._layout if layout is None else layout)
+                if i == layer_index}
 
-    def _place(self, host_params, backend):
-        """Put the parameters (a host array) on `backend` and rebind views."""
+    def _place(self, host_params, backend, host_buffers):
+        """Put parameters and buffers (host arrays) on `backend`; rebind views."""
         k = kernels.get(backend)
         if self.dtype != np.float32 and backend != "reference":
             raise TypeError(f"dtype float64 models run on the reference backend only, not {backend!r}")
@@ -115,15 +143,21 @@ class Sequential:
         self.backend = backend
         self.params = k.asarray(host_params, self.dtype)
         self.grads = k.zeros(self.size, self.dtype)
+        self.buffers = k.asarray(host_buffers, self.dtype)
         for i, layer in enumerate(self.layers):
             layer.set_backend(k, self.dtype)
             layer.bind(self._views(self.params, i), self._views(self.grads, i))
+            layer.bind_buffers(self._views(self.buffers, i, self._buffer_layout))
 
     def to(self, backend):
         """Move parameters and buffers to `backend`; returns self."""
         if backend != self.backend:
-            self._place(self.get_params(), backend)
+            self._place(self.get_params(), backend, self.get_buffers())
         return self
+
+    def get_buffers(self):
+        """A host copy of the non-trainable state buffer."""
+        return np.array(self._k.to_numpy(self.buffers), dtype=self.dtype, copy=True)
 
     def get_params(self):
         """A host copy of the flat parameter buffer."""
@@ -137,7 +171,17 @@ class Sequential:
         if isinstance(self.params, np.ndarray):
             self.params[...] = flat  # in place: views held by users stay valid
         else:
-            self._place(flat.astype(self.dtype), self.backend)
+            self.params.copy_to_device(np.ascontiguousarray(flat, self.dtype))
+
+    def set_buffers(self, flat):
+        """Load the non-trainable state (host array like ``get_buffers()``)."""
+        flat = np.asarray(flat)
+        if flat.shape != tuple(self.buffers.shape):
+            raise ValueError(f"flat: expected shape {tuple(self.buffers.shape)}, got {flat.shape}")
+        if isinstance(self.buffers, np.ndarray):
+            self.buffers[...] = flat
+        else:
+            self.buffers.copy_to_device(np.ascontiguousarray(flat, self.dtype))
 
     def dense_stack(self):
         """The model as dense_stack_epoch's layer list, or None.
@@ -207,6 +251,7 @@ class Sequential:
 
     def config(self):
         return {"format": _FORMAT, "seed": self.seed, "size": self.size,
+                "input_shape": list(self.input_shape),
                 "layers": [{"type": type(layer).__name__, "config": layer.config()}
                            for layer in self.layers]}
 
@@ -222,7 +267,8 @@ class Sequential:
         try:
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, architecture=np.array(json.dumps(self.config())),
-                         params=self.get_params().astype(np.float32))
+                         params=self.get_params().astype(np.float32),
+                         buffers=self.get_buffers().astype(np.float32))
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
@@ -248,13 +294,13 @@ def load(path, backend=None):
     try:
         with np.load(path, allow_pickle=False) as archive:
             files = set(archive.files)
-            if files == {"architecture", "params"}:
+            if files == {"architecture", "params", "buffers"}:
                 cfg = json.loads(str(archive["architecture"]))
-                params = archive["params"]
+                params, buffers = archive["params"], archive["buffers"]
     except Exception as exc:  # BadZipFile, EOFError, pickle refusal, truncation, bad JSON
         raise ValueError(f"{path}: not a readable fastnn model ({type(exc).__name__}: {exc})") \
             from exc
-    if files != {"architecture", "params"}:
+    if files != {"architecture", "params", "buffers"}:
         raise ValueError(f"{path}: not a fastnn model (arrays {sorted(files)})")
     if not isinstance(cfg, dict) or cfg.get("format") != _FORMAT:
         raise ValueError(f"{path}: not a fastnn model (format {cfg.get('format') if isinstance(cfg, dict) else None!r})")
@@ -263,12 +309,23 @@ def load(path, backend=None):
         cls = LAYERS.get(spec.get("type"))
         if cls is None:
             raise ValueError(f"{path}: layer {i} has unknown type {spec.get('type')!r}")
-        layers.append(cls(**spec.get("config", {})))
-    model = Sequential(layers, seed=cfg.get("seed"), backend=backend)
+        try:
+            layers.append(cls.from_config(spec.get("config", {})))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: layer {i} ({spec.get('type')}): {exc}") from exc
+    try:
+        model = Sequential(layers, seed=cfg.get("seed"), backend=backend,
+                           input_shape=cfg.get("input_shape"))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: inconsistent architecture: {exc}") from exc
     if params.dtype != np.float32 or params.shape != (model.size,):
         raise ValueError(f"{path}: parameter buffer has shape {params.shape} and dtype "
                          f"{params.dtype}, the architecture needs ({model.size},) float32")
     if not np.all(np.isfinite(params)):
         raise ValueError(f"{path}: parameter buffer holds NaN or Inf")
+    if buffers.shape != tuple(model.buffers.shape):
+        raise ValueError(f"{path}: state buffer has shape {buffers.shape}, the architecture "
+                         f"needs {tuple(model.buffers.shape)}")
     model.set_params(params)
+    model.set_buffers(buffers)
     return model

@@ -141,9 +141,16 @@ class Trainer:
         ``l2 / (2 m) * sum(W**2)`` over the layers' weights (not biases) to
         its loss, and ``l2 / m * W`` to their gradients.  (An optimizer's
         ``weight_decay`` is torch's, over every parameter.)
+    clip_value, clip_norm : float or None
+        Gradient clipping before each update, one pass over the flat gradient
+        buffer each: every gradient to [-clip_value, clip_value], then the
+        whole gradient scaled to global L2 norm <= clip_norm (torch's
+        clip_grad_value_ and clip_grad_norm_).  Training with clipping runs
+        batch by batch.
     """
 
-    def __init__(self, model, loss, optimizer, backend=None, fused=None, l2=0.0):
+    def __init__(self, model, loss, optimizer, backend=None, fused=None, l2=0.0,
+                 clip_value=None, clip_norm=None):
         self.model = model
         self.loss = losses_mod.get(loss)
         self.optimizer = optim_mod.get(optimizer)
@@ -155,12 +162,17 @@ class Trainer:
         self.optimizer.bind(model.size, self._k, model.dtype)
         self._batch_bufs = {}
         self.l2 = _checks.check_scalar("l2", l2, low=0.0)
+        self.clip_value = (None if clip_value is None
+                           else _checks.check_scalar("clip_value", clip_value, low=0.0, low_open=True))
+        self.clip_norm = (None if clip_norm is None
+                          else _checks.check_scalar("clip_norm", clip_norm, low=0.0, low_open=True))
         self._stack = model.dense_stack()
         can_fuse = (self._stack is not None and self.optimizer.fusable
-                    and type(self.loss) in losses_mod.LOSSES.values())
+                    and type(self.loss) in losses_mod.LOSSES.values()
+                    and clip_value is None and clip_norm is None)
         if fused and not can_fuse:
-            raise ValueError("fused=True needs a dense stack model (Dense and activation layers) "
-                             "and one of fastnn's own losses and optimizers")
+            raise ValueError("fused=True needs a dense stack model (Dense and activation layers), "
+                             "one of fastnn's own losses and optimizers, and no clipping")
         self.fused = can_fuse if fused is None else bool(fused)
 
     # ---- one batch ----------------------------------------------------------
@@ -187,8 +199,18 @@ class Trainer:
         if self.l2:
             for layer in self._penalized():
                 k.axpy(layer.weight_grad.reshape(-1), layer.weight.reshape(-1), self.l2 / len(xb))
+        self._clip(model.grads)
         self.optimizer.step(model.params, model.grads)
         return value, out
+
+    def _clip(self, grads):
+        if self.clip_value is not None:
+            self._k.clip(grads, -self.clip_value, self.clip_value)
+        if self.clip_norm is not None:
+            norm = np.sqrt(self._k.sum_squares(grads))
+            coef = self.clip_norm / (norm + 1e-6)
+            if coef < 1.0:
+                self._k.scale(grads, coef)
 
     def _penalized(self):
         return [layer for layer in self.model.layers if hasattr(layer, "weight_grad")]
@@ -252,6 +274,9 @@ class Trainer:
         if early_stopping is not None:
             early_stopping.start(validation_data is not None)
             stoppers.append(early_stopping)
+        for cb in stoppers:
+            if hasattr(cb, "on_fit_start"):  # e.g. learning-rate schedules
+                cb.on_fit_start(self)
 
         n = len(X)
         batch_size = min(int(batch_size), n)
@@ -268,9 +293,10 @@ class Trainer:
                     perm = rng.permutation(n)
                     np.take(X, perm, axis=0, out=Xs)
                     np.take(t, perm, axis=0, out=ts)
+                lr = self.optimizer.lr
                 total, correct = run_epoch(Xs, ts, batch_size, epoch, bar)
                 elapsed = time.perf_counter() - start_time
-                logs = {"loss": total / n}
+                logs = {"loss": total / n, "lr": lr}
                 if self.loss.classification:
                     logs["accuracy"] = correct / n
                 if validation_data is not None:

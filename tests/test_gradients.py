@@ -27,7 +27,7 @@ def _numeric_grads(model, loss, X, t, eps=1e-6):
                 p = flat.copy()
                 p[k] += sign * eps
                 model.set_params(p)
-                grads[k] += sign * loss.forward(model.forward(X), t) / (2 * eps)
+                grads[k] += sign * loss.forward(model.forward(X, training=True), t) / (2 * eps)
     model.set_params(flat)
     return grads
 
@@ -112,3 +112,56 @@ def test_every_backend_matches_reference_gradients(backend, loss_name, rng):
     value, got = _loss_and_grads(model, loss, backend.asarray(X), backend.asarray(t, t.dtype))
     assert value == pytest.approx(want_value, rel=1e-5)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+# ---- convolutional and deeper networks ----------------------------------------------------
+
+def _check_model_gradients(layers, input_shape, n, rng, loss_name="mse", rtol=1e-5, atol=1e-8):
+    loss = losses.get(loss_name)
+    loss.set_backend(fastnn.kernels.get("reference"), np.float64)
+    model = fastnn.Sequential(layers, seed=0, backend="reference", dtype=np.float64,
+                              input_shape=input_shape)
+    X = rng.normal(size=(n,) + tuple(input_shape))
+    y = (rng.integers(0, model.output_shape[-1], n) if loss_name == "softmax_cross_entropy"
+         else rng.normal(size=(n,) + model.output_shape))
+    _, analytic = _loss_and_grads(model, loss, X, y)
+    np.testing.assert_allclose(analytic, _numeric_grads(model, loss, X, y), rtol=rtol, atol=atol)
+    # and the input gradient
+    out = model.forward(X, training=True)
+    loss.forward(out, y)
+    dX = model.backward(loss.backward(), input_grad=True).copy()
+    num = np.zeros_like(X)
+    for idx in list(np.ndindex(X.shape))[:40]:
+        for s in (1, -1):
+            Xp = X.copy()
+            Xp[idx] += s * 1e-6
+            num[idx] += s * loss.forward(model.forward(Xp, training=True), y) / 2e-6
+        np.testing.assert_allclose(dX[idx], num[idx], rtol=rtol, atol=atol)
+
+
+CNN_CASES = {
+    "conv-stride2-pad1": ([fastnn.Conv2D(2, 3, 3, stride=2, padding=1, activation="tanh")], (5, 6, 2)),
+    "conv-kernel>stride": ([fastnn.Conv2D(1, 2, (3, 2), stride=(1, 2))], (5, 5, 1)),
+    "conv-1x1": ([fastnn.Conv2D(3, 2, 1, activation="sigmoid")], (3, 3, 3)),
+    "conv1d": ([fastnn.Conv1D(2, 3, 3, stride=2, padding=1, activation="softplus")], (7, 2)),
+    "maxpool": ([fastnn.Conv2D(1, 2, 2), fastnn.MaxPool2D(2)], (5, 5, 1)),
+    "maxpool-overlap": ([fastnn.MaxPool2D(3, stride=1)], (4, 5, 2)),
+    "avgpool": ([fastnn.AvgPool2D((2, 3), stride=(1, 2))], (4, 7, 2)),
+    "pool1d": ([fastnn.MaxPool1D(2), fastnn.AvgPool1D(2, stride=1)], (9, 2)),
+    "global-flatten": ([fastnn.Conv2D(1, 3, 3), fastnn.GlobalAvgPool(), fastnn.Dense(3, 2)], (4, 4, 1)),
+    "flatten": ([fastnn.Conv2D(1, 2, 3), fastnn.Flatten(), fastnn.Dense(8, 2)], (4, 4, 1)),
+    "batchnorm-dense": ([fastnn.Dense(3, 4), fastnn.BatchNorm(4), fastnn.Dense(4, 2)], (3,)),
+    "batchnorm-conv": ([fastnn.Conv2D(1, 2, 2), fastnn.BatchNorm(2)], (3, 3, 1)),
+    "residual": ([fastnn.Residual(fastnn.Dense(4, 4, "tanh"), fastnn.Dense(4, 4))], (4,)),
+    "residual-proj": ([fastnn.Residual(fastnn.Dense(4, 3, "relu"))], (4,)),
+    "residual-conv-proj": ([fastnn.Residual(fastnn.Conv2D(2, 3, 3, stride=2, padding=1))], (5, 5, 2)),
+}
+
+
+@pytest.mark.parametrize("case", list(CNN_CASES))
+def test_cnn_layer_gradients(case, rng):
+    import copy
+
+    layers, shape = CNN_CASES[case]
+    n = 1 if case == "conv-1x1" else 3  # a batch of 1 too
+    _check_model_gradients(copy.deepcopy(layers), shape, n, rng)

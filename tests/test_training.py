@@ -77,10 +77,11 @@ def test_load_rejects_bad_files(tmp_path):
     np.savez(tmp_path / "foreign.npz", weights=np.zeros(3))
     np.savez(tmp_path / "wrongsize.npz", architecture=np.array(
         '{"format": "fastnn-sequential-1", "layers": [{"type": "Dense", "config": '
-        '{"in_features": 3, "out_features": 2}}]}'), params=np.zeros(5, np.float32))
+        '{"in_features": 3, "out_features": 2}}]}'), params=np.zeros(5, np.float32),
+        buffers=np.zeros(1, np.float32))
     np.savez(tmp_path / "badlayer.npz", architecture=np.array(
         '{"format": "fastnn-sequential-1", "layers": [{"type": "Evil", "config": {}}]}'),
-        params=np.zeros(5, np.float32))
+        params=np.zeros(5, np.float32), buffers=np.zeros(1, np.float32))
     for name, match in [("trunc", "not a readable"), ("text", "not a readable"),
                         ("foreign", "not a fastnn model"), ("wrongsize", "parameter buffer"),
                         ("badlayer", "unknown type 'Evil'")]:
@@ -399,3 +400,26 @@ def test_training_trajectory_matches_pytorch(name, hp):
             topt.step()
             theirs.append(loss.item())
     np.testing.assert_allclose(ours, theirs, rtol=2e-5, atol=1e-6)
+
+
+def test_cuda_trainer_keeps_state_on_the_device():
+    """backend="cuda": parameters, gradients and optimizer state are device
+    arrays; the result equals the reference's training (tiny, simulator-sized)."""
+    if not fastnn.kernels.available("cuda"):
+        pytest.skip("cuda backend unavailable")
+    from fastnn.datasets import logic_gate
+
+    X, y = logic_gate("xor")
+    runs = {}
+    for backend in ("reference", "cuda"):
+        model = fastnn.Sequential([fastnn.Dense(2, 4, "tanh"), fastnn.Dense(4, 2)], seed=0)
+        trainer = fastnn.Trainer(model, "softmax_cross_entropy", optim.Adam(lr=0.05),
+                                 backend=backend)
+        hist = trainer.fit(X, y, epochs=3, batch_size=2, shuffle=False, verbose=False)
+        runs[backend] = (hist.loss, model.get_params(), trainer.predict(X))
+        if backend == "cuda":
+            assert not isinstance(model.params, np.ndarray)
+            assert all(not isinstance(b, np.ndarray) for b in trainer.optimizer.state.values())
+    np.testing.assert_allclose(runs["cuda"][0], runs["reference"][0], rtol=1e-5)
+    np.testing.assert_allclose(runs["cuda"][1], runs["reference"][1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(runs["cuda"][2], runs["reference"][2], rtol=1e-4, atol=1e-5)

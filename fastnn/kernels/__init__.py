@@ -23,6 +23,9 @@ KERNELS = (
     "mse_forward", "mse_backward", "mae_forward", "mae_backward",
     "sgd", "adam", "adamw", "rmsprop", "adagrad", "nadam", "adamax",
     "sum_squares", "scale", "clip", "axpy", "dense_stack_epoch",
+    "conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
+    "avgpool2d_forward", "avgpool2d_backward", "batchnorm_forward", "batchnorm_inference",
+    "batchnorm_backward",
     "empty", "zeros", "asarray", "to_numpy", "info",
 )
 

@@ -486,3 +486,190 @@ def _kernel_defaults(optimizer):
     return {name: p.default for name, p in
             inspect.signature(getattr(reference, optimizer)).parameters.items()
             if p.kind is p.KEYWORD_ONLY and p.default is not p.empty and name != "step"}
+
+
+# ---- convolution, pooling, batch normalisation (channels-last) ----------------------
+
+def _pair(name, value, low):
+    """An int or a pair of ints, each >= low, as a tuple (h, w)."""
+    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer))
+                             or v < low for v in pair):
+        raise ValueError(f"{name}: expected an integer >= {low} or a pair of them, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def conv_output_size(size, kernel, stride, padding):
+    """Output length of a convolution/pooling window along one axis."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def _conv_geometry(X, kh, kw, stride, padding):
+    n, h, w, c = X.shape
+    sh, sw = _pair("stride", stride, 1)
+    ph, pw = _pair("padding", padding, 0)
+    if ph >= kh or pw >= kw:
+        raise ValueError(f"padding: must be smaller than the kernel ({kh}, {kw}), got ({ph}, {pw})")
+    oh, ow = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
+    if oh < 1 or ow < 1:
+        raise ValueError(f"X: input ({h}, {w}) is smaller than the window ({kh}, {kw}) "
+                         f"with padding ({ph}, {pw})")
+    return n, h, w, c, oh, ow, sh, sw, ph, pw
+
+
+def _image(name, X, dtype, dev):
+    X = as_input(name, X, dtype, ndim=4, to_device=dev)
+    if 0 in X.shape:
+        raise ValueError(f"{name}: expected a non-empty (N, H, W, C) array, got shape "
+                         f"{_shape_str(X.shape)}")
+    return X
+
+
+def prepare_conv2d_forward(Y, X, W, b, cols, stride, padding, activation, negative_slope,
+                           dtype, dev=None):
+    X = _image("X", X, dtype, dev)
+    W = as_input("W", W, dtype, ndim=4, shape=(None, None, X.shape[3], None), to_device=dev)
+    kh, kw, c, oc = W.shape
+    if 0 in W.shape:
+        raise ValueError(f"W: expected a non-empty (KH, KW, C, OC) array, got {_shape_str(W.shape)}")
+    n, h, w, c, oh, ow, sh, sw, ph, pw = _conv_geometry(X, kh, kw, stride, padding)
+    if b is not None:
+        b = as_input("b", b, dtype, ndim=1, shape=(oc,), to_device=dev)
+    check_output("Y", Y, dtype, (n, oh, ow, oc))
+    check_output("cols", cols, dtype, (n * oh * ow, kh * kw * c))
+    check_no_alias("Y", Y, {"X": X, "W": W, "b": b})
+    check_no_alias("cols", cols, {"X": X, "W": W, "b": b, "Y": Y})
+    geom = (n, h, w, c, oh, ow, oc, kh, kw, sh, sw, ph, pw)
+    return (X, W, b, geom, activation_code(activation),
+            check_scalar("negative_slope", negative_slope, low=0.0))
+
+
+def prepare_conv2d_backward(dX, dW, db, dZ, dY, X, W, Y, cols, stride, padding, activation,
+                            negative_slope, dtype, dev=None):
+    X = _image("X", X, dtype, dev)
+    W = as_input("W", W, dtype, ndim=4, shape=(None, None, X.shape[3], None), to_device=dev)
+    kh, kw, c, oc = W.shape
+    n, h, w, c, oh, ow, sh, sw, ph, pw = _conv_geometry(X, kh, kw, stride, padding)
+    Y = as_input("Y", Y, dtype, ndim=4, shape=(n, oh, ow, oc), to_device=dev)
+    check_output("dZ", dZ, dtype, (n, oh, ow, oc))
+    if dZ is dY or (hasattr(dY, "shape") and same_array(dZ, dY)):
+        dY = dZ
+    else:
+        dY = as_input("dY", dY, dtype, ndim=4, shape=(n, oh, ow, oc), to_device=dev)
+    check_output("cols", cols, dtype, (n * oh * ow, kh * kw * c))
+    check_output("dW", dW, dtype, (kh, kw, c, oc))
+    inputs = {"dY": dY, "X": X, "W": W, "Y": Y}
+    check_no_alias("dZ", dZ, inputs, inplace_ok=("dY",))
+    check_no_alias("cols", cols, dict(inputs, dZ=dZ))
+    check_no_alias("dW", dW, dict(inputs, dZ=dZ, cols=cols))
+    if db is not None:
+        check_output("db", db, dtype, (oc,))
+        check_no_alias("db", db, dict(inputs, dZ=dZ, cols=cols, dW=dW))
+    if dX is not None:
+        check_output("dX", dX, dtype, (n, h, w, c))
+        check_no_alias("dX", dX, dict(inputs, dZ=dZ, cols=cols, dW=dW, db=db))
+    geom = (n, h, w, c, oh, ow, oc, kh, kw, sh, sw, ph, pw)
+    return (dY, X, W, Y, geom, activation_code(activation),
+            check_scalar("negative_slope", negative_slope, low=0.0))
+
+
+def _pool_geometry(X, pool, stride):
+    kh, kw = _pair("pool", pool, 1)
+    sh, sw = _pair("stride", (kh, kw) if stride is None else stride, 1)
+    n, h, w, c, oh, ow, sh, sw, _, _ = _conv_geometry(X, kh, kw, (sh, sw), 0)
+    return n, h, w, c, oh, ow, kh, kw, sh, sw
+
+
+def prepare_pool_forward(Y, X, argmax, pool, stride, dtype, dev=None):
+    """maxpool2d (argmax given) and avgpool2d (argmax None) forward."""
+    X = _image("X", X, dtype, dev)
+    geom = _pool_geometry(X, pool, stride)
+    n, h, w, c, oh, ow = geom[:6]
+    check_output("Y", Y, dtype, (n, oh, ow, c))
+    check_no_alias("Y", Y, {"X": X})
+    if argmax is not None:
+        check_output("argmax", argmax, np.int32, (n, oh, ow, c))
+        check_no_alias("argmax", argmax, {"X": X, "Y": Y})
+    return X, geom
+
+
+def prepare_pool_backward(dX, dY, argmax, pool, stride, dtype, dev=None):
+    """dX is (N, H, W, C) and fixes the geometry; dY (N, OH, OW, C)."""
+    if dX is None or len(getattr(dX, "shape", ())) != 4 or 0 in dX.shape:
+        raise ValueError("dX: expected a non-empty (N, H, W, C) output array")
+    check_output("dX", dX, dtype, tuple(dX.shape))
+    geom = _pool_geometry(dX, pool, stride)
+    n, h, w, c, oh, ow = geom[:6]
+    dY = as_input("dY", dY, dtype, ndim=4, shape=(n, oh, ow, c), to_device=dev)
+    inputs = {"dY": dY}
+    if argmax is not None:
+        argmax = as_input("argmax", argmax, np.int32, ndim=4, shape=(n, oh, ow, c), to_device=dev)
+        if not _is_device(argmax) and (argmax.min() < 0 or argmax.max() >= h * w):
+            raise ValueError(f"argmax: indices must lie in [0, {h * w})")
+        inputs["argmax"] = argmax
+    check_no_alias("dX", dX, inputs)
+    return dY, argmax, geom
+
+
+def _channels(name, x, c, dtype, dev, out=False):
+    if out:
+        return check_output(name, x, dtype, (c,))
+    return as_input(name, x, dtype, ndim=1, shape=(c,), to_device=dev)
+
+
+def prepare_batchnorm_forward(Y, X, gamma, beta, mean, invstd, running_mean, running_var,
+                              momentum, eps, dtype, dev=None):
+    X = as_input("X", X, dtype, to_device=dev)
+    if len(X.shape) < 2 or 0 in X.shape:
+        raise ValueError(f"X: expected a non-empty array (..., C), got {_shape_str(X.shape)}")
+    c = X.shape[-1]
+    rows = math.prod(X.shape[:-1])
+    if mean is not None and rows < 2:
+        raise ValueError("X: batch statistics need at least 2 values per channel")
+    gamma = _channels("gamma", gamma, c, dtype, dev)
+    beta = _channels("beta", beta, c, dtype, dev)
+    check_output("Y", Y, dtype, tuple(X.shape))
+    check_no_alias("Y", Y, {"X": X, "gamma": gamma, "beta": beta})
+    outs = {"Y": Y}
+    for name, buf in (("mean", mean), ("invstd", invstd), ("running_mean", running_mean),
+                      ("running_var", running_var)):
+        if buf is None:
+            raise TypeError(f"{name}: expected an array, got None")
+        _channels(name, buf, c, dtype, dev, out=True)
+        check_no_alias(name, buf, dict(outs, X=X, gamma=gamma, beta=beta))
+        outs[name] = buf
+    return (X, gamma, beta, rows, c, check_scalar("momentum", momentum, 0.0, 1.0),
+            check_scalar("eps", eps, low=0.0, low_open=True))
+
+
+def prepare_batchnorm_inference(Y, X, gamma, beta, running_mean, running_var, eps, dtype,
+                                dev=None):
+    X = as_input("X", X, dtype, to_device=dev)
+    if len(X.shape) < 2 or 0 in X.shape:
+        raise ValueError(f"X: expected a non-empty array (..., C), got {_shape_str(X.shape)}")
+    c = X.shape[-1]
+    args = [_channels(name, v, c, dtype, dev) for name, v in
+            (("gamma", gamma), ("beta", beta), ("running_mean", running_mean),
+             ("running_var", running_var))]
+    check_output("Y", Y, dtype, tuple(X.shape))
+    check_no_alias("Y", Y, dict(zip(("gamma", "beta", "running_mean", "running_var"), args), X=X))
+    return (X, *args, math.prod(X.shape[:-1]), c,
+            check_scalar("eps", eps, low=0.0, low_open=True))
+
+
+def prepare_batchnorm_backward(dX, dgamma, dbeta, dY, X, gamma, mean, invstd, dtype, dev=None):
+    X = as_input("X", X, dtype, to_device=dev)
+    if len(X.shape) < 2 or 0 in X.shape:
+        raise ValueError(f"X: expected a non-empty array (..., C), got {_shape_str(X.shape)}")
+    c = X.shape[-1]
+    dY = as_input("dY", dY, dtype, ndim=len(X.shape), shape=tuple(X.shape), to_device=dev)
+    gamma, mean, invstd = (_channels(name, v, c, dtype, dev) for name, v in
+                           (("gamma", gamma), ("mean", mean), ("invstd", invstd)))
+    inputs = {"dY": dY, "X": X, "gamma": gamma, "mean": mean, "invstd": invstd}
+    check_output("dX", dX, dtype, tuple(X.shape))
+    check_no_alias("dX", dX, inputs)
+    for name, buf in (("dgamma", dgamma), ("dbeta", dbeta)):
+        _channels(name, buf, c, dtype, dev, out=True)
+        check_no_alias(name, buf, dict(inputs, dX=dX))
+    check_no_alias("dbeta", dbeta, {"dgamma": dgamma})
+    return dY, X, gamma, mean, invstd, math.prod(X.shape[:-1]), c

@@ -392,3 +392,105 @@ def dense_stack_epoch(params, grads, states, workspace, X, targets, batch_losses
     if rc:
         _fail("dense_stack_epoch", rc)
     return int(n_done[0]), int(opt.step), float(opt.mu_product)
+
+
+# ---- convolution, pooling, batch normalisation (channels-last) ------------------------
+
+def conv2d_forward(Y, X, W, b, cols, *, stride=(1, 1), padding=(0, 0), activation="identity",
+                   negative_slope=0.01):
+    """Y = act(im2col(X) @ W + b); ``cols`` is left holding im2col(X)."""
+    X, W, b, g, code, slope = ck.prepare_conv2d_forward(Y, X, W, b, cols, stride, padding,
+                                                        activation, negative_slope, _F32)
+    n, h, w, c, oh, ow, oc, kh, kw, sh, sw, ph, pw = g
+    rc = lib.fastnn_conv2d_forward(_fp(Y), _fp(cols), _fp(X), _fp(W), _fp_or_null(b), n, h, w,
+                                   c, oc, kh, kw, sh, sw, ph, pw, code, slope)
+    if rc:
+        _fail("conv2d_forward", rc)
+    return Y
+
+
+def conv2d_backward(dX, dW, db, dZ, dY, X, W, Y, cols, *, stride=(1, 1), padding=(0, 0),
+                    activation="identity", negative_slope=0.01):
+    """Backward of ``conv2d_forward``; dZ may be dY; db and dX may be None;
+    ``cols`` is overwritten."""
+    dY, X, W, Y, g, code, slope = ck.prepare_conv2d_backward(
+        dX, dW, db, dZ, dY, X, W, Y, cols, stride, padding, activation, negative_slope, _F32)
+    n, h, w, c, oh, ow, oc, kh, kw, sh, sw, ph, pw = g
+    rc = lib.fastnn_conv2d_backward(_fp_or_null(dX), _fp(dW), _fp_or_null(db), _fp(dZ),
+                                    _fp(cols), _fp(dY), _fp(W), _fp(Y), n, h, w, c, oc, kh, kw,
+                                    sh, sw, ph, pw, code, slope)
+    if rc:
+        _fail("conv2d_backward", rc)
+
+
+def maxpool2d_forward(Y, X, argmax, *, pool, stride=None):
+    """Window maxima of X into Y, their flat h * W + w indices into argmax."""
+    X, (n, h, w, c, oh, ow, kh, kw, sh, sw) = ck.prepare_pool_forward(Y, X, argmax, pool,
+                                                                       stride, _F32)
+    rc = lib.fastnn_maxpool2d_forward(_fp(Y), _ip(argmax), _fp(X), n, h, w, c, kh, kw, sh, sw)
+    if rc:
+        _fail("maxpool2d_forward", rc)
+    return Y
+
+
+def maxpool2d_backward(dX, dY, argmax, *, pool, stride=None):
+    """dX = 0, then each dY added at its argmax."""
+    dY, argmax, (n, h, w, c, oh, ow, kh, kw, sh, sw) = ck.prepare_pool_backward(
+        dX, dY, argmax, pool, stride, _F32)
+    rc = lib.fastnn_maxpool2d_backward(_fp(dX), _fp(dY), _ip(argmax), n, h, w, c, kh, kw, sh,
+                                       sw)
+    if rc:
+        _fail("maxpool2d_backward", rc)
+
+
+def avgpool2d_forward(Y, X, *, pool, stride=None):
+    """Window means of X into Y (summed in double)."""
+    X, (n, h, w, c, oh, ow, kh, kw, sh, sw) = ck.prepare_pool_forward(Y, X, None, pool, stride,
+                                                                       _F32)
+    rc = lib.fastnn_avgpool2d_forward(_fp(Y), _fp(X), n, h, w, c, kh, kw, sh, sw)
+    if rc:
+        _fail("avgpool2d_forward", rc)
+    return Y
+
+
+def avgpool2d_backward(dX, dY, *, pool, stride=None):
+    """dX: each dY / (KH*KW) added over its window."""
+    dY, _, (n, h, w, c, oh, ow, kh, kw, sh, sw) = ck.prepare_pool_backward(dX, dY, None, pool,
+                                                                          stride, _F32)
+    rc = lib.fastnn_avgpool2d_backward(_fp(dX), _fp(dY), n, h, w, c, kh, kw, sh, sw)
+    if rc:
+        _fail("avgpool2d_backward", rc)
+
+
+def batchnorm_forward(Y, X, gamma, beta, mean, invstd, running_mean, running_var, *,
+                      momentum=0.1, eps=1e-5):
+    """Training-mode batch norm over the last axis; statistics in double."""
+    X, gamma, beta, rows, c, momentum, eps = ck.prepare_batchnorm_forward(
+        Y, X, gamma, beta, mean, invstd, running_mean, running_var, momentum, eps, _F32)
+    rc = lib.fastnn_batchnorm_forward(_fp(Y), _fp(mean), _fp(invstd), _fp(running_mean),
+                                      _fp(running_var), _fp(X), _fp(gamma), _fp(beta), rows, c,
+                                      momentum, eps)
+    if rc:
+        _fail("batchnorm_forward", rc)
+    return Y
+
+
+def batchnorm_inference(Y, X, gamma, beta, running_mean, running_var, *, eps=1e-5):
+    """Evaluation-mode batch norm with the running statistics."""
+    X, gamma, beta, rm, rv, rows, c, eps = ck.prepare_batchnorm_inference(
+        Y, X, gamma, beta, running_mean, running_var, eps, _F32)
+    rc = lib.fastnn_batchnorm_inference(_fp(Y), _fp(X), _fp(gamma), _fp(beta), _fp(rm),
+                                        _fp(rv), rows, c, eps)
+    if rc:
+        _fail("batchnorm_inference", rc)
+    return Y
+
+
+def batchnorm_backward(dX, dgamma, dbeta, dY, X, gamma, mean, invstd):
+    """Backward of ``batchnorm_forward`` from X and the saved mean and invstd."""
+    dY, X, gamma, mean, invstd, rows, c = ck.prepare_batchnorm_backward(
+        dX, dgamma, dbeta, dY, X, gamma, mean, invstd, _F32)
+    rc = lib.fastnn_batchnorm_backward(_fp(dX), _fp(dgamma), _fp(dbeta), _fp(dY), _fp(X),
+                                       _fp(gamma), _fp(mean), _fp(invstd), rows, c)
+    if rc:
+        _fail("batchnorm_backward", rc)

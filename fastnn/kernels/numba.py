@@ -20,11 +20,16 @@ products along k, from panels of op(A) and op(B) packed k-contiguous
 (``_pack``), with the accumulators in a stack array that LLVM keeps in
 vector registers.  Packing pads edge tiles with zeros, so the micro-kernel is
 branch-free; the epilogue (alpha, beta, bias, activation) is applied while the
-tile is still in registers.  The packing buffers are allocated once per call.
+tile is still in registers.  The packing buffers are allocated once per call
+of ``gemm``; the fused epoch allocates them once per epoch.
+
+dense_stack_epoch.  One ``@njit`` loop over the mini-batches, made of the
+same kernels as the per-call functions (the same rounding points, so the
+trajectory is the per-batch one); its scratch (packing buffers, column sums)
+is allocated once per epoch, nothing per batch.
 """
 
 import math
-import sys
 
 import numba  # absolute import: the real numba, not this module
 import numpy as np
@@ -33,7 +38,6 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import _checks as ck
-from . import reference as _reference
 
 name = "numba"
 
@@ -325,16 +329,25 @@ def _pack(dst, src, trans, r0, p0, kc):
                     dst[s, t, p] = src[r, p0 + p]
 
 
+@njit(cache=True)
+def _panel_floats(rows, k, tile):
+    """Floats of a packed op(A) (tile _MR) or op(B) (tile _NR) with `rows`
+    rows (columns of C for B) and depth k."""
+    return (rows + tile - 1) // tile * tile * min(k, _KC)
+
+
 @njit(cache=True, parallel=True)
-def _gemm(C, A, B, trans_a, trans_b, alpha, beta, bias, code, slope):
-    """C = act(alpha op(A) op(B) + beta C + bias); see _micro_tile."""
+def _gemm_packed(C, A, B, trans_a, trans_b, alpha, beta, bias, code, slope, ap_buf, bp_buf):
+    """C = act(alpha op(A) op(B) + beta C + bias); see _micro_tile.  ap_buf and
+    bp_buf are scratch of at least _panel_floats(m, k, _MR) and
+    _panel_floats(n, k, _NR) floats."""
     m, n = C.shape
     k = A.shape[0] if trans_a else A.shape[1]
     kcmax = min(k, _KC)
     mstrips = (m + _MR - 1) // _MR
     nstrips = (n + _NR - 1) // _NR
-    ap = np.empty((mstrips, _MR, kcmax), dtype=np.float32)
-    bp = np.empty((nstrips, _NR, kcmax), dtype=np.float32)
+    ap = ap_buf[:mstrips * _MR * kcmax].reshape((mstrips, _MR, kcmax))
+    bp = bp_buf[:nstrips * _NR * kcmax].reshape((nstrips, _NR, kcmax))
     for p0 in range(0, k, _KC):
         kc = min(_KC, k - p0)
         # op(B) is (k, n): its columns are the rows of B.T
@@ -346,6 +359,16 @@ def _gemm(C, A, B, trans_a, trans_b, alpha, beta, bias, code, slope):
             for is_ in range(mstrips):
                 _micro_tile(C, is_ * _MR, js * _NR, ap[is_], bp[js], kc, alpha, beta,
                             first, last, bias, code, slope)
+
+
+@njit(cache=True)
+def _gemm(C, A, B, trans_a, trans_b, alpha, beta, bias, code, slope):
+    """_gemm_packed with its packing buffers allocated for this call."""
+    m, n = C.shape
+    k = A.shape[0] if trans_a else A.shape[1]
+    _gemm_packed(C, A, B, trans_a, trans_b, alpha, beta, bias, code, slope,
+                 np.empty(_panel_floats(m, k, _MR), dtype=np.float32),
+                 np.empty(_panel_floats(n, k, _NR), dtype=np.float32))
 
 
 def gemm(A, B, C, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
@@ -366,12 +389,14 @@ def dense_forward(Y, X, W, b, *, activation="identity", negative_slope=0.01):
 
 
 @njit(cache=True)
-def _dense_dz(dz, db, dy, y, code, slope):
-    """dz = dy * act'(y); db = column sums of dz (if db.size), in float64."""
+def _dense_dz(dz, db, dy, y, code, slope, sums):
+    """dz = dy * act'(y); db = column sums of dz (if db.size), in float64
+    (sums: float64 scratch of at least c)."""
     n, c = y.shape
     _grad_span(dz.reshape(-1), dy.reshape(-1), y.reshape(-1), 0, n * c, code, slope)
     if db.size > 0:
-        sums = np.zeros(c, dtype=np.float64)
+        for j in range(c):
+            sums[j] = 0.0
         for r in range(n):
             for j in range(c):
                 sums[j] += dz[r, j]
@@ -388,7 +413,8 @@ def dense_backward(dX, dW, db, dZ, dY, X, W, Y, *, activation="identity",
     """
     dY, X, W, Y, n, fan_in, fan_out, code, slope = ck.prepare_dense_backward(
         dX, dW, db, dZ, dY, X, W, Y, activation, negative_slope, _F32)
-    _dense_dz(dZ, _NO_BUF if db is None else db, dY, Y, code, slope)
+    _dense_dz(dZ, _NO_BUF if db is None else db, dY, Y, code, slope,
+              np.empty(fan_out, dtype=np.float64))
     _gemm(dW, X, dZ, True, False, 1.0, 0.0, _NO_BIAS, 0, 0.0)
     if dX is not None:
         _gemm(dX, dZ, W, False, True, 1.0, 0.0, _NO_BIAS, 0, 0.0)
@@ -510,8 +536,10 @@ def mae_backward(dY, Y, T):
 
 # ---- optimizer updates -----------------------------------------------------
 # One fused pass each over flat buffers; the per-step scalars (bias
-# corrections, step sizes) are computed once in Python float64.  Equations:
-# see the reference docstrings (torch.optim).
+# corrections, step sizes) are computed once per step in float64 by the small
+# helpers below, which the per-call functions and the fused epoch share.
+# Equations: see the reference docstrings (torch.optim).  Powers take a float
+# exponent so that they call libm's pow, as Python's float ** int does.
 
 @njit(cache=True, parallel=True)
 def _sgd(p, g, buf, lr, momentum, dampening, nesterov, weight_decay, first):
@@ -547,14 +575,22 @@ def _adam(p, g, m, v, decay, l2, beta1, beta2, inv_sqrt_bc2, eps, step_size):
         p[i] = w - step_size * mi / (math.sqrt(vi) * inv_sqrt_bc2 + eps)
 
 
+@njit(cache=True)
+def _adam_scalars(t, lr, beta1, beta2, weight_decay, decoupled):
+    """(decay, l2, 1 / sqrt(bc2), step size) of Adam(W) step t, in torch's
+    form: denom = sqrt(v) / sqrt(bc2) + eps;  p -= (lr / bc1) m / denom."""
+    bc1, bc2 = 1.0 - beta1 ** np.float64(t), 1.0 - beta2 ** np.float64(t)
+    decay, l2 = (1.0 - lr * weight_decay, 0.0) if decoupled else (1.0, weight_decay)
+    return decay, l2, 1.0 / math.sqrt(bc2), lr / bc1
+
+
 def _adam_step(params, grads, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled):
     grads, size = ck.prepare_update(params, grads, {"m": m, "v": v}, _F32)
     t = ck.check_step(step)
-    lr, beta1, beta2, eps, wd = (float(s) for s in (lr, beta1, beta2, eps, weight_decay))
-    # torch's form: denom = sqrt(v) / sqrt(bc2) + eps;  p -= (lr / bc1) m / denom
-    bc1, bc2 = 1.0 - beta1 ** t, 1.0 - beta2 ** t
-    decay, l2 = (1.0 - lr * wd, 0.0) if decoupled else (1.0, wd)
-    _adam(params, grads, m, v, decay, l2, beta1, beta2, 1.0 / math.sqrt(bc2), eps, lr / bc1)
+    beta1, beta2 = float(beta1), float(beta2)
+    decay, l2, inv_sqrt_bc2, step_size = _adam_scalars(t, float(lr), beta1, beta2,
+                                                       float(weight_decay), decoupled)
+    _adam(params, grads, m, v, decay, l2, beta1, beta2, inv_sqrt_bc2, float(eps), step_size)
 
 
 def adam(params, grads, m, v, *, step, lr, beta1, beta2, eps, weight_decay=0.0):
@@ -613,13 +649,34 @@ def adagrad(params, grads, sum_sq, *, step, lr, lr_decay=0.0, weight_decay=0.0, 
     """torch.optim.Adagrad."""
     grads, size = ck.prepare_update(params, grads, {"sum_sq": sum_sq}, _F32)
     t = ck.check_step(step)
-    clr = float(lr) / (1.0 + (t - 1) * float(lr_decay))
-    _adagrad(params, grads, sum_sq, clr, float(weight_decay), float(eps))
+    _adagrad(params, grads, sum_sq, _adagrad_lr(t, float(lr), float(lr_decay)),
+             float(weight_decay), float(eps))
+
+
+@njit(cache=True)
+def _adagrad_lr(t, lr, lr_decay):
+    """Adagrad's decayed learning rate at step t."""
+    return lr / (1.0 + (t - 1) * lr_decay)
+
+
+@njit(cache=True)
+def _nadam_mu(t, beta1, momentum_decay):
+    return beta1 * (1.0 - 0.5 * 0.96 ** (t * momentum_decay))
 
 
 def nadam_mu(step, beta1, momentum_decay):
     """mu_t of NAdam's momentum schedule: beta1 * (1 - 0.5 * 0.96^(t * psi))."""
-    return beta1 * (1.0 - 0.5 * 0.96 ** (step * momentum_decay))
+    return float(_nadam_mu(float(step), float(beta1), float(momentum_decay)))
+
+
+@njit(cache=True)
+def _nadam_scalars(t, lr, beta1, beta2, momentum_decay, mu_product):
+    """(bc2, grad coefficient, average coefficient) of NAdam step t, with
+    mu_product = mu_1 ... mu_t."""
+    mu = _nadam_mu(np.float64(t), beta1, momentum_decay)
+    mu_next = _nadam_mu(np.float64(t + 1), beta1, momentum_decay)
+    return (1.0 - beta2 ** np.float64(t), lr * (1.0 - mu) / (1.0 - mu_product),
+            lr * mu_next / (1.0 - mu_product * mu_next))
 
 
 @njit(cache=True, parallel=True)
@@ -639,12 +696,10 @@ def nadam(params, grads, m, v, *, step, lr, beta1, beta2, eps, weight_decay=0.0,
     mu_1 * ... * mu_t, kept by the caller."""
     grads, size = ck.prepare_update(params, grads, {"m": m, "v": v}, _F32)
     t = ck.check_step(step)
-    lr, beta1, beta2, mu_product = float(lr), float(beta1), float(beta2), float(mu_product)
-    mu = nadam_mu(t, beta1, momentum_decay)
-    mu_next = nadam_mu(t + 1, beta1, momentum_decay)
-    _nadam(params, grads, m, v, float(weight_decay), beta1, beta2, 1.0 - beta2 ** t,
-           float(eps), lr * (1.0 - mu) / (1.0 - mu_product),
-           lr * mu_next / (1.0 - mu_product * mu_next))
+    beta1, beta2 = float(beta1), float(beta2)
+    bc2, c_grad, c_avg = _nadam_scalars(t, float(lr), beta1, beta2, float(momentum_decay),
+                                        float(mu_product))
+    _nadam(params, grads, m, v, float(weight_decay), beta1, beta2, bc2, float(eps), c_grad, c_avg)
 
 
 @njit(cache=True, parallel=True)
@@ -665,7 +720,43 @@ def adamax(params, grads, m, u, *, step, lr, beta1, beta2, eps, weight_decay=0.0
     t = ck.check_step(step)
     beta1 = float(beta1)
     _adamax(params, grads, m, u, float(weight_decay), beta1, float(beta2), float(eps),
-            float(lr) / (1.0 - beta1 ** t))
+            _adamax_step_size(t, float(lr), beta1))
+
+
+@njit(cache=True)
+def _adamax_step_size(t, lr, beta1):
+    return lr / (1.0 - beta1 ** np.float64(t))
+
+
+# The fused epoch's optimizer: its index in _OPTIMIZERS and its
+# hyperparameters packed in a float64 array in _HYPER order (unused ones 0).
+_OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad", "nadam", "adamax")
+_HYPER = ("lr", "momentum", "dampening", "nesterov", "weight_decay", "beta1", "beta2", "eps",
+          "alpha", "centered", "lr_decay", "momentum_decay")
+
+
+@njit(cache=True)
+def _optimizer_step(kind, p, g, s0, s1, s2, h, t, mu_product):
+    """Step t of optimizer `kind` with state buffers s0, s1, s2 (as the
+    kernel takes them; empty where unused); returns NAdam's mu_product."""
+    lr, momentum, dampening, nesterov, wd = h[0], h[1], h[2], h[3] != 0.0, h[4]
+    beta1, beta2, eps, alpha, centered = h[5], h[6], h[7], h[8], h[9] != 0.0
+    if kind == 0:
+        _sgd(p, g, s0, lr, momentum, dampening, nesterov, wd, t == 1)
+    elif kind == 1 or kind == 2:
+        decay, l2, inv_sqrt_bc2, step_size = _adam_scalars(t, lr, beta1, beta2, wd, kind == 2)
+        _adam(p, g, s0, s1, decay, l2, beta1, beta2, inv_sqrt_bc2, eps, step_size)
+    elif kind == 3:
+        _rmsprop(p, g, s0, s1, s2, lr, alpha, eps, wd, momentum, centered)
+    elif kind == 4:
+        _adagrad(p, g, s0, _adagrad_lr(t, lr, h[10]), wd, eps)
+    elif kind == 5:
+        mu_product *= _nadam_mu(np.float64(t), beta1, h[11])
+        bc2, c_grad, c_avg = _nadam_scalars(t, lr, beta1, beta2, h[11], mu_product)
+        _nadam(p, g, s0, s1, wd, beta1, beta2, bc2, eps, c_grad, c_avg)
+    else:
+        _adamax(p, g, s0, s1, wd, beta1, beta2, eps, _adamax_step_size(t, lr, beta1))
+    return mu_product
 
 
 # ---- flat-buffer utilities -------------------------------------------------
@@ -729,19 +820,147 @@ def axpy(y, x, alpha):
     _axpy(y, x, np.float32(ck.check_scalar("alpha", alpha)))
 
 
+# ---- a whole epoch of a dense stack ---------------------------------------------
+
+_EPOCH_LOSSES = {"softmax_xent": -1, "bce": 0, "mse": 1, "mae": 2}  # else _pointwise_loss kinds
+_NO_LABELS = np.empty(0, dtype=np.int32)
+_NO_TARGETS = np.empty((0, 1), dtype=_F32)
+
+
+@njit(cache=True)
+def _count_correct(out, labels, t, loss):
+    """reference.count_correct for a batch out (m, c) against labels (m,) or
+    flat targets t (m * c)."""
+    m, c = out.shape
+    if loss == 1 or loss == 2:
+        return 0
+    correct = 0
+    for i in range(m):
+        if loss == 0 and c == 1:
+            correct += (out[i, 0] > 0) == (t[i] > 0.5)
+        elif loss < 0:
+            correct += np.argmax(out[i]) == labels[i]
+        else:
+            correct += np.argmax(out[i]) == np.argmax(t[i * c:(i + 1) * c])
+    return correct
+
+
+@njit(cache=True)
+def _dense_stack_epoch(params, grads, s0, s1, s2, ws, X, labels, T, batch_losses,
+                       batch_correct, layers, slopes, loss, bs, opt, hyper, step, mu_product,
+                       l2, loss_scale, grad_scale):
+    """reference.run_dense_stack_epoch over this module's kernels, in the
+    order and with the workspace layout of csrc/train.c:
+    Y_0 | ... | Y_last | G_0 | G_1, each for bs rows.  layers: int64 rows
+    (in, out, w_offset, b_offset, activation code), slopes their negative
+    slopes; loss: -1 softmax_xent (labels) or a _pointwise_loss kind (T);
+    opt, hyper: see _optimizer_step.  Returns (n_done, step, mu_product)."""
+    n_layers = layers.shape[0]
+    n, n_in, c = X.shape[0], layers[0, 0], layers[n_layers - 1, 1]
+    # Everything that is not a view is allocated here, once per epoch.
+    y_off = np.empty(n_layers, dtype=np.int64)
+    widest, off, ap_size, bp_size = 0, 0, 0, 0
+    for l in range(n_layers):
+        fi, fo = layers[l, 0], layers[l, 1]
+        widest = max(widest, fi, fo)
+        y_off[l] = off
+        off += bs * fo
+        # panels of the layer's three gemms: Y = X W, dW = X^T dZ, dX = dZ W^T
+        ap_size = max(ap_size, _panel_floats(bs, fi, _MR), _panel_floats(fi, bs, _MR),
+                      _panel_floats(bs, fo, _MR))
+        bp_size = max(bp_size, _panel_floats(fo, fi, _NR), _panel_floats(fo, bs, _NR),
+                      _panel_floats(fi, fo, _NR))
+    g_off = (off, off + bs * widest)
+    ap = np.empty(ap_size, dtype=np.float32)
+    bp = np.empty(bp_size, dtype=np.float32)
+    sums = np.empty(widest, dtype=np.float64)
+    no_bias = params[:0]
+    x_flat, t_flat = X.reshape(-1), T.reshape(-1)
+    n_batches = (n + bs - 1) // bs
+    for bi in range(n_batches):
+        lo = bi * bs
+        m = min(bs, n - lo)
+        xb = x_flat[lo * n_in:(lo + m) * n_in].reshape((m, n_in))
+        lb, tb = labels[lo:lo + m], t_flat[lo * c:(lo + m) * c]  # the unused one is empty
+
+        inp = xb
+        for l in range(n_layers):
+            fi, fo, w, b = layers[l, 0], layers[l, 1], layers[l, 2], layers[l, 3]
+            y = ws[y_off[l]:y_off[l] + m * fo].reshape((m, fo))
+            _gemm_packed(y, inp, params[w:w + fi * fo].reshape((fi, fo)), False, False, 1.0,
+                         0.0, params[b:b + fo] if b >= 0 else no_bias, layers[l, 4], slopes[l],
+                         ap, bp)
+            inp = y
+        out = inp
+        dout = ws[g_off[0]:g_off[0] + m * c].reshape((m, c))
+
+        if loss < 0:
+            value = _softmax_xent_forward(dout, out, lb)
+        else:
+            value = _pointwise_loss(loss, out.reshape(-1), tb)
+        value *= loss_scale
+        if l2 != 0.0:
+            sq = 0.0
+            for l in range(n_layers):
+                w = layers[l, 2]
+                sq += _sum_squares(params[w:w + layers[l, 0] * layers[l, 1]])
+            value += 0.5 * l2 / m * sq
+        batch_losses[bi] = value
+        batch_correct[bi] = _count_correct(out, lb, tb, loss)
+        if not math.isfinite(value):
+            return bi + 1, step, mu_product
+        if loss < 0:
+            _softmax_xent_backward(dout, dout, lb)
+        else:
+            _pointwise_loss_backward(loss, dout.reshape(-1), out.reshape(-1), tb)
+        if grad_scale != 1.0:
+            _scale(dout.reshape(-1), np.float32(grad_scale))
+
+        # backward: dZ in place over dY, dX into the other gradient buffer
+        cur = 0
+        for l in range(n_layers - 1, -1, -1):
+            fi, fo, w, b = layers[l, 0], layers[l, 1], layers[l, 2], layers[l, 3]
+            dy = ws[g_off[cur]:g_off[cur] + m * fo].reshape((m, fo))
+            x_l = ws[y_off[l - 1]:y_off[l - 1] + m * fi].reshape((m, fi)) if l > 0 else xb
+            W, dW = params[w:w + fi * fo], grads[w:w + fi * fo]
+            _dense_dz(dy, grads[b:b + fo] if b >= 0 else no_bias, dy,
+                      ws[y_off[l]:y_off[l] + m * fo].reshape((m, fo)), layers[l, 4], slopes[l],
+                      sums)
+            _gemm_packed(dW.reshape((fi, fo)), x_l, dy, True, False, 1.0, 0.0, no_bias, 0, 0.0,
+                         ap, bp)
+            if l > 0:
+                dx = ws[g_off[1 - cur]:g_off[1 - cur] + m * fi].reshape((m, fi))
+                _gemm_packed(dx, dy, W.reshape((fi, fo)), False, True, 1.0, 0.0, no_bias, 0,
+                             0.0, ap, bp)
+            if l2 != 0.0:
+                _axpy(dW, W, np.float32(l2 / m))
+            cur = 1 - cur
+        step += 1
+        mu_product = _optimizer_step(opt, params, grads, s0, s1, s2, hyper, step, mu_product)
+    return n_batches, step, mu_product
+
+
 def dense_stack_epoch(params, grads, states, workspace, X, targets, batch_losses,
                       batch_correct, *, layers, loss, batch_size, optimizer, hyper, step,
                       mu_product=1.0, l2=0.0, loss_scale=1.0, grad_scale=1.0):
-    """One training epoch of a dense stack (see reference).
-
-    # TODO: a fused @njit epoch loop; this runs the reference loop over this
-    # backend's kernels, so Python is still on the per-batch path.
-    """
-    return _reference.run_dense_stack_epoch(
-        sys.modules[__name__], params, grads, states, workspace, X, targets, batch_losses,
-        batch_correct, layers=layers, loss=loss, batch_size=batch_size, optimizer=optimizer,
-        hyper=hyper, step=step, mu_product=mu_product, l2=l2, loss_scale=loss_scale,
-        grad_scale=grad_scale)
+    """One training epoch of a dense stack in one compiled call (see reference)."""
+    X, targets, layers, n_batches, hyper = ck.prepare_dense_stack_epoch(
+        params, grads, states, workspace, X, targets, batch_losses, batch_correct, layers,
+        loss, batch_size, optimizer, hyper, step, l2, loss_scale, grad_scale, _F32)
+    spec = np.array([(fan_in, fan_out, w_off, b_off, ck.activation_code(act))
+                     for fan_in, fan_out, w_off, b_off, act, _ in layers], dtype=np.int64)
+    slopes = np.array([layer[5] for layer in layers], dtype=np.float64)
+    packed = np.zeros(len(_HYPER))
+    for key, value in hyper.items():
+        packed[_HYPER.index(key)] = float(value)
+    s0, s1, s2 = [_NO_BUF if s is None else s for s in states] + [_NO_BUF] * (3 - len(states))
+    is_labels = loss == "softmax_xent"
+    done, step, mu_product = _dense_stack_epoch(
+        params, grads, s0, s1, s2, workspace, X, targets if is_labels else _NO_LABELS,
+        _NO_TARGETS if is_labels else targets, batch_losses, batch_correct, spec, slopes,
+        _EPOCH_LOSSES[loss], int(batch_size), _OPTIMIZERS.index(optimizer), packed, int(step),
+        float(mu_product), float(l2), float(loss_scale), float(grad_scale))
+    return int(done), int(step), float(mu_product)
 
 
 # ---- compilation -------------------------------------------------------------
@@ -778,3 +997,326 @@ def warmup():
     sum_squares(p)
     scale(p, 0.5)
     clip(p, -1.0, 1.0)
+    layers = [(3, 3, 0, -1, "relu", 0.0)]
+    params, grads = np.zeros(9, _F32), np.zeros(9, _F32)
+    dense_stack_epoch(params, grads, (None,), np.empty(18, _F32), x, labels, np.empty(1),
+                      np.empty(1, np.int64), layers=layers, loss="softmax_xent", batch_size=2,
+                      optimizer="sgd", hyper=dict(lr=0.1), step=0)
+
+
+# ---- convolution (channels-last) ---------------------------------------------
+# conv2d is im2col + the gemm above: the forward's epilogue adds the bias and
+# applies the activation; the backward is dense_backward's dz / dW / dX on the
+# cols matrix, and col2im folds dcols back into the image.
+
+@njit(cache=True, parallel=True)
+def _im2col(cols, x, kh, kw, sh, sw, ph, pw, oh, ow):
+    """cols[(img, oy, ox), (i, j, ch)] = x[img, oy sh + i - ph, ox sw + j - pw, ch],
+    0 in the padding.  Threads own rows of cols: no races."""
+    n, h, w, c = x.shape
+    for row in prange(n * oh):
+        img, oy = row // oh, row % oh
+        for ox in range(ow):
+            r = row * ow + ox
+            for i in range(kh):
+                y = oy * sh + i - ph
+                for j in range(kw):
+                    xx = ox * sw + j - pw
+                    q = (i * kw + j) * c
+                    if 0 <= y < h and 0 <= xx < w:
+                        for ch in range(c):
+                            cols[r, q + ch] = x[img, y, xx, ch]
+                    else:
+                        for ch in range(c):
+                            cols[r, q + ch] = 0.0
+
+
+@njit(cache=True, parallel=True)
+def _col2im(dx, cols, kh, kw, sh, sw, ph, pw, oh, ow):
+    """dx = the adjoint of _im2col applied to cols.  A gather: each thread owns
+    image rows (img, y) of dx and sums the window entries that land on them,
+    so no two threads write one element and a batch of 1 still runs parallel."""
+    n, h, w, c = dx.shape
+    for row in prange(n * h):
+        img, y = row // h, row % h
+        for xx in range(w):
+            for ch in range(c):
+                dx[img, y, xx, ch] = 0.0
+        for i in range(kh):
+            t = y + ph - i  # = oy * sh for the output rows whose window row i is y
+            if t < 0 or t % sh != 0 or t // sh >= oh:
+                continue
+            r0 = (img * oh + t // sh) * ow
+            for ox in range(ow):
+                for j in range(kw):
+                    xx = ox * sw + j - pw
+                    if 0 <= xx < w:
+                        q = (i * kw + j) * c
+                        for ch in range(c):
+                            dx[img, y, xx, ch] += cols[r0 + ox, q + ch]
+
+
+def conv2d_forward(Y, X, W, b, cols, *, stride=(1, 1), padding=(0, 0), activation="identity",
+                   negative_slope=0.01):
+    """Y = act(im2col(X) @ W + b), channels-last; ``cols`` keeps im2col(X).  See reference."""
+    X, W, b, g, code, slope = ck.prepare_conv2d_forward(Y, X, W, b, cols, stride, padding,
+                                                        activation, negative_slope, _F32)
+    n, h, w, c, oh, ow, oc, kh, kw, sh, sw, ph, pw = g
+    _im2col(cols, X, kh, kw, sh, sw, ph, pw, oh, ow)
+    dense_forward(Y.reshape(n * oh * ow, oc), cols, W.reshape(kh * kw * c, oc), b,
+                  activation=activation, negative_slope=negative_slope)
+    return Y
+
+
+def conv2d_backward(dX, dW, db, dZ, dY, X, W, Y, cols, *, stride=(1, 1), padding=(0, 0),
+                    activation="identity", negative_slope=0.01):
+    """dZ = dY act'(Y), dW = cols.T @ dZ, db = sums of dZ, dX = col2im(dZ @ W.T)
+    (``cols`` is overwritten with dZ @ W.T when dX is given).  See reference."""
+    dY, X, W, Y, g, code, slope = ck.prepare_conv2d_backward(
+        dX, dW, db, dZ, dY, X, W, Y, cols, stride, padding, activation, negative_slope, _F32)
+    n, h, w, c, oh, ow, oc, kh, kw, sh, sw, ph, pw = g
+    m, k = n * oh * ow, kh * kw * c
+    z, W2 = dZ.reshape(m, oc), W.reshape(k, oc)
+    # dense_backward's dX would overwrite cols while its dW still reads it: gemm after.
+    dense_backward(None, dW.reshape(k, oc), db, z, dY.reshape(m, oc), cols, W2, Y.reshape(m, oc),
+                   activation=activation, negative_slope=negative_slope)
+    if dX is not None:
+        gemm(z, W2, cols, trans_b=True)
+        _col2im(dX, cols, kh, kw, sh, sw, ph, pw, oh, ow)
+
+
+# ---- pooling -----------------------------------------------------------------
+# Threads own rows of the output (forward) or of dX (backward); the innermost
+# loop runs over the contiguous channel axis, so it vectorises.
+
+@njit(cache=True, parallel=True)
+def _maxpool_forward(y, am, x, kh, kw, sh, sw):
+    """y = window maxima, am = flat y*W + x index of the first maximum in
+    row-major window order; NaN wins (as np.argmax), the first NaN."""
+    n, h, w, c = x.shape
+    oh, ow = y.shape[1], y.shape[2]
+    for row in prange(n * oh):
+        img, oy = row // oh, row % oh
+        for ox in range(ow):
+            for i in range(kh):
+                yy = oy * sh + i
+                for j in range(kw):
+                    xx = ox * sw + j
+                    flat = yy * w + xx
+                    if i == 0 and j == 0:
+                        for ch in range(c):
+                            y[img, oy, ox, ch] = x[img, yy, xx, ch]
+                            am[img, oy, ox, ch] = flat
+                    else:
+                        for ch in range(c):
+                            v, best = x[img, yy, xx, ch], y[img, oy, ox, ch]
+                            if v > best or (v != v and best == best):
+                                y[img, oy, ox, ch] = v
+                                am[img, oy, ox, ch] = flat
+
+
+@njit(cache=True, parallel=True)
+def _maxpool_backward(dx, dy, am):
+    """dx (n, h*w, c) = 0, then dy scattered to am.  Overlapping windows
+    of one image may hit one element, so threads own whole images."""
+    n, hw, c = dx.shape
+    oh, ow = dy.shape[1], dy.shape[2]
+    for img in prange(n):
+        for p in range(hw):
+            for ch in range(c):
+                dx[img, p, ch] = 0.0
+        for oy in range(oh):
+            for ox in range(ow):
+                for ch in range(c):
+                    dx[img, am[img, oy, ox, ch], ch] += dy[img, oy, ox, ch]
+
+
+@njit(cache=True, parallel=True)
+def _avgpool_forward(y, x, kh, kw, sh, sw):
+    n, h, w, c = x.shape
+    oh, ow = y.shape[1], y.shape[2]
+    for row in prange(n * oh):
+        img, oy = row // oh, row % oh
+        acc = np.empty(c, dtype=np.float64)
+        for ox in range(ow):
+            acc[:] = 0.0
+            for i in range(kh):
+                for j in range(kw):
+                    for ch in range(c):
+                        acc[ch] += x[img, oy * sh + i, ox * sw + j, ch]
+            for ch in range(c):
+                y[img, oy, ox, ch] = acc[ch] / (kh * kw)
+
+
+@njit(cache=True, parallel=True)
+def _avgpool_backward(dx, dy, kh, kw, sh, sw):
+    """A gather over the windows that cover each dx row (img, yy), in float64."""
+    n, h, w, c = dx.shape
+    oh, ow = dy.shape[1], dy.shape[2]
+    for row in prange(n * h):
+        img, yy = row // h, row % h
+        acc = np.zeros((w, c), dtype=np.float64)
+        # windows oy with oy sh <= yy < oy sh + kh
+        for oy in range(max(0, (yy - kh + sh) // sh), min(oh - 1, yy // sh) + 1):
+            for ox in range(ow):
+                for j in range(kw):
+                    for ch in range(c):
+                        acc[ox * sw + j, ch] += dy[img, oy, ox, ch]
+        for xx in range(w):
+            for ch in range(c):
+                dx[img, yy, xx, ch] = acc[xx, ch] / (kh * kw)
+
+
+def maxpool2d_forward(Y, X, argmax, *, pool, stride=None):
+    """Max pooling, channels-last, no padding; argmax for the backward.  See reference."""
+    X, (n, h, w, c, oh, ow, kh, kw, sh, sw) = ck.prepare_pool_forward(Y, X, argmax, pool,
+                                                                       stride, _F32)
+    _maxpool_forward(Y, argmax, X, kh, kw, sh, sw)
+    return Y
+
+
+def maxpool2d_backward(dX, dY, argmax, *, pool, stride=None):
+    """dX = 0, then each dY added at its argmax.  See reference."""
+    dY, argmax, (n, h, w, c, oh, ow, kh, kw, sh, sw) = ck.prepare_pool_backward(
+        dX, dY, argmax, pool, stride, _F32)
+    _maxpool_backward(dX.reshape(n, h * w, c), dY, argmax)
+
+
+def avgpool2d_forward(Y, X, *, pool, stride=None):
+    """Average pooling, channels-last, no padding.  See reference."""
+    X, (n, h, w, c, oh, ow, kh, kw, sh, sw) = ck.prepare_pool_forward(Y, X, None, pool, stride,
+                                                                       _F32)
+    _avgpool_forward(Y, X, kh, kw, sh, sw)
+    return Y
+
+
+def avgpool2d_backward(dX, dY, *, pool, stride=None):
+    """dX: each dY / (KH*KW) added over its window.  See reference."""
+    dY, _, (n, h, w, c, oh, ow, kh, kw, sh, sw) = ck.prepare_pool_backward(dX, dY, None, pool,
+                                                                          stride, _F32)
+    _avgpool_backward(dX, dY, kh, kw, sh, sw)
+
+
+# ---- batch normalisation -----------------------------------------------------
+# Per-channel sums over the rows of X (rows, C) in float64: each thread sums a
+# chunk of rows into its own row of `part`, then the chunks are added in a
+# fixed order (deterministic for a given thread count).
+
+@njit(cache=True, parallel=True)
+def _channel_sums(a, b, shift, scale, kind, nchunks):
+    """(2, C) float64 sums over rows: kind 0, d = a - shift: sum d, sum d^2;
+    kind 1: sum a, sum a (b - shift) scale."""
+    rows, c = a.shape
+    part = np.zeros((nchunks, 2, c), dtype=np.float64)
+    for k in prange(nchunks):
+        s0, s1 = part[k, 0], part[k, 1]
+        for r in range(k * rows // nchunks, (k + 1) * rows // nchunks):
+            if kind == 0:
+                for ch in range(c):
+                    d = np.float64(a[r, ch]) - shift[ch]
+                    s0[ch] += d
+                    s1[ch] += d * d
+            else:
+                for ch in range(c):
+                    g = np.float64(a[r, ch])
+                    s0[ch] += g
+                    s1[ch] += g * ((np.float64(b[r, ch]) - shift[ch]) * scale[ch])
+    return part.sum(axis=0)
+
+
+@njit(cache=True, parallel=True)
+def _batchnorm_forward(y, x, gamma, beta, mean, invstd, rm, rv, momentum, eps, nchunks):
+    rows, c = x.shape
+    # Shifted by the first row, so the one-pass variance does not cancel.
+    shift = x[0].astype(np.float64)
+    s = _channel_sums(x, x, shift, shift, 0, nchunks)
+    mu = np.empty(c, dtype=np.float64)
+    scale = np.empty(c, dtype=np.float64)
+    for ch in range(c):
+        d = s[0, ch] / rows
+        var = max(s[1, ch] / rows - d * d, 0.0)
+        mu[ch] = shift[ch] + d
+        istd = 1.0 / math.sqrt(var + eps)
+        mean[ch] = mu[ch]
+        invstd[ch] = istd
+        scale[ch] = istd * gamma[ch]
+        rm[ch] = (1.0 - momentum) * rm[ch] + momentum * mu[ch]
+        rv[ch] = (1.0 - momentum) * rv[ch] + momentum * var * rows / (rows - 1)
+    for r in prange(rows):
+        for ch in range(c):
+            y[r, ch] = (x[r, ch] - mu[ch]) * scale[ch] + beta[ch]
+
+
+@njit(cache=True, parallel=True)
+def _batchnorm_inference(y, x, gamma, beta, rm, rv, eps):
+    rows, c = x.shape
+    scale = np.empty(c, dtype=np.float64)
+    for ch in range(c):
+        scale[ch] = gamma[ch] / math.sqrt(np.float64(rv[ch]) + eps)
+    for r in prange(rows):
+        for ch in range(c):
+            y[r, ch] = (x[r, ch] - np.float64(rm[ch])) * scale[ch] + beta[ch]
+
+
+@njit(cache=True, parallel=True)
+def _batchnorm_backward(dx, dgamma, dbeta, dy, x, gamma, mean, invstd, nchunks):
+    rows, c = x.shape
+    mu, istd = mean.astype(np.float64), invstd.astype(np.float64)
+    s = _channel_sums(dy, x, mu, istd, 1, nchunks)
+    k0 = np.empty(c, dtype=np.float64)
+    for ch in range(c):
+        dbeta[ch] = s[0, ch]
+        dgamma[ch] = s[1, ch]
+        k0[ch] = gamma[ch] * istd[ch] / rows
+    # dX = gamma invstd / M (M dY - dbeta - xhat dgamma), from the float64 sums
+    for r in prange(rows):
+        for ch in range(c):
+            xhat = (x[r, ch] - mu[ch]) * istd[ch]
+            dx[r, ch] = k0[ch] * (rows * np.float64(dy[r, ch]) - s[0, ch] - xhat * s[1, ch])
+
+
+def batchnorm_forward(Y, X, gamma, beta, mean, invstd, running_mean, running_var, *,
+                      momentum=0.1, eps=1e-5):
+    """Training-mode batch norm over the last axis; torch's running-stat update.  See reference."""
+    X, gamma, beta, rows, c, momentum, eps = ck.prepare_batchnorm_forward(
+        Y, X, gamma, beta, mean, invstd, running_mean, running_var, momentum, eps, _F32)
+    _batchnorm_forward(Y.reshape(rows, c), X.reshape(rows, c), gamma, beta, mean, invstd,
+                       running_mean, running_var, float(momentum), float(eps),
+                       _chunks(rows * c))
+    return Y
+
+
+def batchnorm_inference(Y, X, gamma, beta, running_mean, running_var, *, eps=1e-5):
+    """Evaluation-mode batch norm with the running statistics.  See reference."""
+    X, gamma, beta, rm, rv, rows, c, eps = ck.prepare_batchnorm_inference(
+        Y, X, gamma, beta, running_mean, running_var, eps, _F32)
+    _batchnorm_inference(Y.reshape(rows, c), X.reshape(rows, c), gamma, beta, rm, rv, float(eps))
+    return Y
+
+
+def batchnorm_backward(dX, dgamma, dbeta, dY, X, gamma, mean, invstd):
+    """Backward of training-mode ``batchnorm_forward``.  See reference."""
+    dY, X, gamma, mean, invstd, rows, c = ck.prepare_batchnorm_backward(
+        dX, dgamma, dbeta, dY, X, gamma, mean, invstd, _F32)
+    _batchnorm_backward(dX.reshape(rows, c), dgamma, dbeta, dY.reshape(rows, c),
+                        X.reshape(rows, c), gamma, mean, invstd, _chunks(rows * c))
+
+
+def _warmup_cnn():
+    """Compile (or load from the disk cache) the conv, pooling and batch-norm
+    kernels on tiny inputs (``warmup`` covers the dense ones)."""
+    x = np.linspace(-1.0, 1.0, 32, dtype=_F32).reshape(1, 4, 4, 2)
+    w = np.ones((3, 3, 2, 2), dtype=_F32)
+    y, cols = np.empty((1, 2, 2, 2), _F32), np.empty((4, 18), _F32)
+    conv2d_forward(y, x, w, w[0, 0, 0], cols, activation="relu")
+    conv2d_backward(np.empty_like(x), np.empty_like(w), np.empty(2, _F32), np.empty_like(y), y,
+                    x, w, y, cols, activation="relu")
+    am = np.empty((1, 2, 2, 2), np.int32)
+    maxpool2d_forward(y, x, am, pool=2)
+    maxpool2d_backward(np.empty_like(x), y, am, pool=2)
+    avgpool2d_forward(y, x, pool=2)
+    avgpool2d_backward(np.empty_like(x), y, pool=2)
+    c2, c3, c4 = np.ones(2, _F32), np.ones(2, _F32), np.ones(2, _F32)
+    batchnorm_forward(np.empty_like(x), x, c2, c2, c3, c4, np.zeros(2, _F32), np.ones(2, _F32))
+    batchnorm_inference(np.empty_like(x), x, c2, c2, c3, c4)
+    batchnorm_backward(np.empty_like(x), np.empty(2, _F32), np.empty(2, _F32), x, x, c2, c3, c4)

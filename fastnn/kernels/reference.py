@@ -628,3 +628,191 @@ def count_correct(out, target, loss):
     if out.shape[1] == 1:
         return int(np.sum((out[:, 0] > 0) == (target[:, 0] > 0.5)))
     return int(np.sum(out.argmax(axis=1) == target.argmax(axis=1)))
+
+
+# ---- convolution (channels-last) ----------------------------------------------------
+
+def _im2col(X, kh, kw, sh, sw, ph, pw, oh, ow):
+    """Rows (n, oh, ow), columns (kh, kw, c): every window of the padded X."""
+    n, h, w, c = X.shape
+    Xp = np.pad(X, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    cols = np.empty((n, oh, ow, kh, kw, c), X.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, :, i, j, :] = Xp[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+    return cols.reshape(n * oh * ow, kh * kw * c)
+
+
+def _col2im(dcols, shape, kh, kw, sh, sw, ph, pw, oh, ow):
+    """The adjoint of _im2col: every window's gradient added back into place."""
+    n, h, w, c = shape
+    dXp = np.zeros((n, h + 2 * ph, w + 2 * pw, c), dcols.dtype)
+    d = dcols.reshape(n, oh, ow, kh, kw, c)
+    for i in range(kh):
+        for j in range(kw):
+            dXp[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] += d[:, :, :, i, j, :]
+    return dXp[:, ph:ph + h, pw:pw + w]
+
+
+def conv2d_forward(Y, X, W, b, cols, *, stride=(1, 1), padding=(0, 0), activation="identity",
+                   negative_slope=0.01):
+    """2-D convolution (cross-correlation, as torch's) of channels-last images.
+
+    X (N, H, W, C), W (KH, KW, C, OC), b (OC,) or None, Y (N, OH, OW, OC)
+    with OH = (H + 2 ph - KH) // sh + 1 (likewise OW); zero padding.
+    Y = act(im2col(X) @ W.reshape(KH*KW*C, OC) + b): ``cols`` (N*OH*OW,
+    KH*KW*C) is the caller's workspace, left holding im2col(X) for
+    ``conv2d_backward``.  stride and padding are ints or (h, w) pairs.
+    """
+    dt = _dt(Y)
+    X, W, b, g, code, slope = ck.prepare_conv2d_forward(Y, X, W, b, cols, stride, padding,
+                                                        activation, negative_slope, dt)
+    n, h, w, c, oh, ow, oc, kh, kw, sh, sw, ph, pw = g
+    cols[...] = _im2col(X, kh, kw, sh, sw, ph, pw, oh, ow)
+    Z = (cols.astype(np.float64) @ W.reshape(kh * kw * c, oc).astype(np.float64)).astype(dt)
+    if b is not None:
+        Z += b
+    Y[...] = _act(Z, code, slope).reshape(n, oh, ow, oc)
+    return Y
+
+
+def conv2d_backward(dX, dW, db, dZ, dY, X, W, Y, cols, *, stride=(1, 1), padding=(0, 0),
+                    activation="identity", negative_slope=0.01):
+    """Backward of ``conv2d_forward`` from its X, output Y and ``cols``.
+
+    dZ = dY * act'(Y) (dZ may be dY); dW (KH, KW, C, OC) = cols.T @ dZ, with
+    cols holding im2col(X) as conv2d_forward left it; db (OC,) = sums of dZ
+    (None: skipped); dX (N, H, W, C) = col2im(dZ @ W.T) (None: skipped).
+    ``cols`` is overwritten (it holds dZ @ W.T afterwards when dX is given).
+    """
+    dt = _dt(dW)
+    dY, X, W, Y, g, code, slope = ck.prepare_conv2d_backward(
+        dX, dW, db, dZ, dY, X, W, Y, cols, stride, padding, activation, negative_slope, dt)
+    n, h, w, c, oh, ow, oc, kh, kw, sh, sw, ph, pw = g
+    dZ[...] = dY * _act_grad(Y, code, slope)
+    z = dZ.reshape(n * oh * ow, oc).astype(np.float64)
+    dW[...] = (cols.T.astype(np.float64) @ z).reshape(kh, kw, c, oc)
+    if db is not None:
+        db[...] = z.sum(axis=0)
+    if dX is not None:
+        cols[...] = z @ W.reshape(kh * kw * c, oc).T.astype(np.float64)
+        dX[...] = _col2im(cols.astype(np.float64), (n, h, w, c), kh, kw, sh, sw, ph, pw, oh, ow)
+
+
+# ---- pooling --------------------------------------------------------------------------
+
+def _windows(X, kh, kw, sh, sw, oh, ow):
+    """(N, OH, OW, KH*KW, C): every pooling window, row-major inside."""
+    n, h, w, c = X.shape
+    win = np.empty((n, oh, ow, kh, kw, c), X.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            win[:, :, :, i, j, :] = X[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+    return win.reshape(n, oh, ow, kh * kw, c)
+
+
+def maxpool2d_forward(Y, X, argmax, *, pool, stride=None):
+    """Max pooling of channels-last images, no padding.
+
+    X (N, H, W, C) -> Y (N, OH, OW, C); ``argmax`` (int32, like Y) receives
+    the flat index h * W + w of each maximum in its image (the first in
+    row-major window order on ties), for the backward.  stride defaults to
+    the pool size; pool and stride are ints or (h, w) pairs.
+    """
+    dt = _dt(Y)
+    X, (n, h, w, c, oh, ow, kh, kw, sh, sw) = ck.prepare_pool_forward(Y, X, argmax, pool,
+                                                                       stride, dt)
+    win = _windows(X, kh, kw, sh, sw, oh, ow)
+    idx = win.argmax(axis=3)
+    Y[...] = np.take_along_axis(win, idx[:, :, :, None, :], axis=3)[:, :, :, 0, :]
+    rows = np.arange(oh)[None, :, None, None] * sh + idx // kw
+    colsn = np.arange(ow)[None, None, :, None] * sw + idx % kw
+    argmax[...] = rows * w + colsn
+    return Y
+
+
+def maxpool2d_backward(dX, dY, argmax, *, pool, stride=None):
+    """dX (N, H, W, C) = 0, then each dY added at its argmax (overlapping
+    windows accumulate)."""
+    dt = _dt(dX)
+    dY, argmax, (n, h, w, c, oh, ow, kh, kw, sh, sw) = ck.prepare_pool_backward(
+        dX, dY, argmax, pool, stride, dt)
+    flat = np.zeros((n, h * w, c), np.float64)
+    nn_, cc = np.arange(n)[:, None, None, None], np.arange(c)[None, None, None, :]
+    np.add.at(flat, (np.broadcast_to(nn_, argmax.shape), argmax, np.broadcast_to(cc, argmax.shape)),
+              dY)
+    dX[...] = flat.reshape(n, h, w, c)
+
+
+def avgpool2d_forward(Y, X, *, pool, stride=None):
+    """Average pooling of channels-last images, no padding (see maxpool2d)."""
+    dt = _dt(Y)
+    X, (n, h, w, c, oh, ow, kh, kw, sh, sw) = ck.prepare_pool_forward(Y, X, None, pool, stride, dt)
+    Y[...] = _windows(X.astype(np.float64), kh, kw, sh, sw, oh, ow).mean(axis=3)
+    return Y
+
+
+def avgpool2d_backward(dX, dY, *, pool, stride=None):
+    """dX (N, H, W, C): each dY / (KH*KW) added over its window."""
+    dt = _dt(dX)
+    dY, _, (n, h, w, c, oh, ow, kh, kw, sh, sw) = ck.prepare_pool_backward(dX, dY, None, pool,
+                                                                          stride, dt)
+    acc = np.zeros((n, h, w, c), np.float64)
+    share = dY.astype(np.float64) / (kh * kw)
+    for i in range(kh):
+        for j in range(kw):
+            acc[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] += share
+    dX[...] = acc
+
+
+# ---- batch normalisation --------------------------------------------------------------
+
+def batchnorm_forward(Y, X, gamma, beta, mean, invstd, running_mean, running_var, *,
+                      momentum=0.1, eps=1e-5):
+    """Batch normalisation in training mode over the last axis of X (..., C).
+
+    Statistics over all other axes (M values per channel): mean and invstd =
+    1 / sqrt(var + eps) with the biased variance are written to ``mean`` and
+    ``invstd`` (C,) for the backward; Y = (X - mean) * invstd * gamma + beta.
+    The running statistics are updated as torch.nn.BatchNorm does:
+    running = (1 - momentum) * running + momentum * batch, with the unbiased
+    variance var * M / (M - 1).
+    """
+    dt = _dt(Y)
+    X, gamma, beta, rows, c, momentum, eps = ck.prepare_batchnorm_forward(
+        Y, X, gamma, beta, mean, invstd, running_mean, running_var, momentum, eps, dt)
+    x = X.reshape(rows, c).astype(np.float64)
+    mu = x.mean(axis=0)
+    var = x.var(axis=0)
+    istd = 1.0 / np.sqrt(var + eps)
+    mean[...], invstd[...] = mu, istd
+    Y[...] = ((x - mu) * (istd * gamma) + beta).reshape(X.shape)
+    running_mean[...] = (1 - momentum) * running_mean + momentum * mu
+    running_var[...] = (1 - momentum) * running_var + momentum * var * rows / (rows - 1)
+    return Y
+
+
+def batchnorm_inference(Y, X, gamma, beta, running_mean, running_var, *, eps=1e-5):
+    """Batch normalisation in evaluation mode: the running statistics."""
+    dt = _dt(Y)
+    X, gamma, beta, rm, rv, rows, c, eps = ck.prepare_batchnorm_inference(
+        Y, X, gamma, beta, running_mean, running_var, eps, dt)
+    scale_ = gamma / np.sqrt(rv.astype(np.float64) + eps)
+    Y[...] = ((X.reshape(rows, c) - rm) * scale_ + beta).reshape(X.shape)
+    return Y
+
+
+def batchnorm_backward(dX, dgamma, dbeta, dY, X, gamma, mean, invstd):
+    """Backward of ``batchnorm_forward`` (training mode) from X and the saved
+    mean and invstd: with xhat = (X - mean) * invstd and M values per
+    channel, dbeta = sum(dY), dgamma = sum(dY * xhat),
+    dX = gamma * invstd / M * (M dY - dbeta - xhat * dgamma)."""
+    dt = _dt(dX)
+    dY, X, gamma, mean, invstd, rows, c = ck.prepare_batchnorm_backward(
+        dX, dgamma, dbeta, dY, X, gamma, mean, invstd, dt)
+    x = X.reshape(rows, c).astype(np.float64)
+    g = dY.reshape(rows, c).astype(np.float64)
+    xhat = (x - mean) * invstd
+    db_, dg_ = g.sum(axis=0), (g * xhat).sum(axis=0)
+    dbeta[...], dgamma[...] = db_, dg_
+    dX[...] = (gamma * invstd / rows * (rows * g - db_ - xhat * dg_)).reshape(X.shape)

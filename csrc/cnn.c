@@ -1,0 +1,556 @@
+/*
+ * cnn.c -- convolution, pooling and batch normalisation on channels-last
+ * images (n, h, w, c); the specification is fastnn/kernels/reference.py.
+ *
+ * What these kernels promise, beyond fastnn.h:
+ *   - Arguments (sizes, NULLs, and maxpool's argmax indices) are checked
+ *     before anything is written; nothing is allocated (small per-channel
+ *     blocks live on the stack).
+ *   - Convolution is im2col + the project's gemm: the forward is
+ *     fastnn_dense_forward on cols (bias and activation in the gemm
+ *     epilogue), the backward fastnn_dense_backward for dZ, dW and db, then
+ *     fastnn_gemm for dZ W^T and col2im.  Channels-last makes every window
+ *     row (kw pixels x c channels) one contiguous run of X, so im2col and
+ *     col2im move whole runs.
+ *   - Threads never write the same element: im2col and pooling forwards
+ *     split output rows; col2im and maxpool backward scatter into dX, so
+ *     they split images; avgpool backward gathers, so it splits input rows;
+ *     batch-norm sums are OpenMP array reductions into per-thread copies.
+ *   - Batch-norm statistics and sums, and average pooling, accumulate in
+ *     double; the mean and variance take two passes (no cancellation).
+ *     Maxpool propagates NaN (the first NaN of a window wins, as np.argmax).
+ */
+#include <stdint.h>
+#include <string.h>
+#include <math.h>
+#include "fastnn.h"
+
+/* Below this many floats of work a kernel stays on the calling thread. */
+#define PAR_MIN (1 << 15)
+/* Channels per block of the double accumulators on the stack. */
+#define CB 128
+/* Rows per span of the batch-norm row loops. */
+#define BN_SPAN 256
+
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+/* PAR_FOR(i, count, wide, stmt): run stmt for i in [0, count), shared by the
+   team in contiguous blocks when `wide` and more than one thread is set;
+   small work never opens a parallel region (that costs about a microsecond
+   even under a false if() clause). */
+#define PRAGMA_(x) _Pragma(#x)
+#define PAR_FOR(i, count, wide, stmt)                                          \
+    do {                                                                       \
+        const int64_t count_ = (count);                                        \
+        const int threads_ = fastnn_get_num_threads();                        \
+        if (!(wide) || threads_ < 2 || count_ < 2) {                           \
+            for (int64_t i = 0; i < count_; i++)                               \
+                stmt;                                                          \
+        } else {                                                               \
+            PRAGMA_(omp parallel for num_threads(threads_) schedule(static))   \
+            for (int64_t i = 0; i < count_; i++)                               \
+                stmt;                                                          \
+        }                                                                      \
+    } while (0)
+
+/* ---- window geometry ----------------------------------------------------------- */
+
+typedef struct {
+    int64_t n, h, w, c, kh, kw, sh, sw, ph, pw, oh, ow;
+} geom;
+
+/* Fills g; 0 if the sizes are invalid (padding must be smaller than the
+   window, as the Python checks require, so every window overlaps X). */
+static int make_geom(geom *g, int64_t n, int64_t h, int64_t w, int64_t c, int64_t kh,
+                     int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw)
+{
+    if (n < 1 || h < 1 || w < 1 || c < 1 || kh < 1 || kw < 1 || sh < 1 || sw < 1
+        || ph < 0 || pw < 0 || ph >= kh || pw >= kw)
+        return 0;
+    if (h + 2 * ph < kh || w + 2 * pw < kw)
+        return 0;
+    *g = (geom){n, h, w, c, kh, kw, sh, sw, ph, pw,
+                (h + 2 * ph - kh) / sh + 1, (w + 2 * pw - kw) / sw + 1};
+    return 1;
+}
+
+/* The window columns [*jlo, *jhi) of output column ox that fall inside X. */
+static inline void window_cols(const geom *g, int64_t ox, int64_t *jlo, int64_t *jhi)
+{
+    const int64_t x0 = ox * g->sw - g->pw;
+    *jlo = max64(0, -x0);
+    *jhi = max64(*jlo, min64(g->kw, g->w - x0));
+}
+
+/* ---- convolution ----------------------------------------------------------------- */
+
+/* cols rows (img, oy, 0..ow) = the windows of output row oy: for each
+   kernel row i, the run of kw*c values X[img, iy, x0 .. x0+kw, :], zero
+   outside the image. */
+static void im2col_row(float *cols, const float *X, const geom *g, int64_t img, int64_t oy)
+{
+    const int64_t c = g->c, run = g->kw * c, K = g->kh * run;
+    float *dst = cols + (img * g->oh + oy) * g->ow * K;
+    for (int64_t ox = 0; ox < g->ow; ox++, dst += K) {
+        int64_t jlo, jhi;
+        window_cols(g, ox, &jlo, &jhi);
+        const int64_t x0 = ox * g->sw - g->pw;
+        for (int64_t i = 0; i < g->kh; i++) {
+            float *d = dst + i * run;
+            const int64_t iy = oy * g->sh - g->ph + i;
+            if (iy < 0 || iy >= g->h) {
+                memset(d, 0, (size_t)run * sizeof *d);
+                continue;
+            }
+            const float *s = X + ((img * g->h + iy) * g->w + x0 + jlo) * c;
+            for (int64_t k = 0; k < jlo * c; k++)
+                d[k] = 0.0f;
+            for (int64_t k = 0; k < (jhi - jlo) * c; k++)
+                d[jlo * c + k] = s[k];
+            for (int64_t k = jhi * c; k < run; k++)
+                d[k] = 0.0f;
+        }
+    }
+}
+
+/* dX image img = the sum of its windows' rows of cols (the adjoint of
+   im2col).  Windows overlap, so one thread owns a whole image. */
+static void col2im_image(float *dX, const float *cols, const geom *g, int64_t img)
+{
+    const int64_t c = g->c, run = g->kw * c, K = g->kh * run;
+    float *dx = dX + img * g->h * g->w * c;
+    memset(dx, 0, (size_t)(g->h * g->w * c) * sizeof *dx);
+    const float *src = cols + img * g->oh * g->ow * K;
+    for (int64_t oy = 0; oy < g->oh; oy++)
+        for (int64_t ox = 0; ox < g->ow; ox++, src += K) {
+            int64_t jlo, jhi;
+            window_cols(g, ox, &jlo, &jhi);
+            const int64_t x0 = ox * g->sw - g->pw;
+            for (int64_t i = 0; i < g->kh; i++) {
+                const int64_t iy = oy * g->sh - g->ph + i;
+                if (iy < 0 || iy >= g->h)
+                    continue;
+                float *d = dx + (iy * g->w + x0 + jlo) * c;
+                const float *s = src + i * run + jlo * c;
+#pragma omp simd
+                for (int64_t k = 0; k < (jhi - jlo) * c; k++)
+                    d[k] += s[k];
+            }
+        }
+}
+
+static int conv_geom(geom *g, int64_t n, int64_t h, int64_t w, int64_t c, int64_t oc,
+                     int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                     int act)
+{
+    return oc >= 1 && act >= FASTNN_ACT_IDENTITY && act <= FASTNN_ACT_SOFTPLUS
+           && make_geom(g, n, h, w, c, kh, kw, sh, sw, ph, pw);
+}
+
+/* X (n,h,w,c), W (kh,kw,c,oc) = the (kh*kw*c, oc) matrix, b (oc) or NULL,
+   cols (n*oh*ow, kh*kw*c), Y (n,oh,ow,oc). */
+int fastnn_conv2d_forward(float *Y, float *cols, const float *X, const float *W,
+                          const float *b, int64_t n, int64_t h, int64_t w, int64_t c,
+                          int64_t oc, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                          int64_t ph, int64_t pw, int act, float slope)
+{
+    geom g;
+    if (!Y || !cols || !X || !W || !conv_geom(&g, n, h, w, c, oc, kh, kw, sh, sw, ph, pw, act))
+        return FASTNN_EINVAL;
+    const int64_t rows = n * g.oh * g.ow, K = kh * kw * c;
+    if (kh == 1 && kw == 1 && sh == 1 && sw == 1) {
+        /* 1x1, stride 1 (so no padding): im2col(X) is X itself.  The copy is
+           still made because the backward has no X, only cols. */
+        const int64_t span = 1 << 14, total = rows * K;
+        PAR_FOR(s, (total + span - 1) / span, total > PAR_MIN,
+                memcpy(cols + s * span, X + s * span,
+                       (size_t)min64(span, total - s * span) * sizeof *cols));
+    } else {
+        PAR_FOR(r, n * g.oh, rows * K > PAR_MIN, im2col_row(cols, X, &g, r / g.oh, r % g.oh));
+    }
+    return fastnn_dense_forward(Y, cols, W, b, rows, K, oc, act, slope);
+}
+
+/* dY, Y, dZ (n,oh,ow,oc), cols (n*oh*ow, kh*kw*c), W and dW (kh,kw,c,oc),
+   db (oc) or NULL, dX (n,h,w,c) or NULL. */
+int fastnn_conv2d_backward(float *dX, float *dW, float *db, float *dZ, float *cols,
+                           const float *dY, const float *W, const float *Y, int64_t n,
+                           int64_t h, int64_t w, int64_t c, int64_t oc, int64_t kh,
+                           int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                           int act, float slope)
+{
+    geom g;
+    if (!dW || !dZ || !cols || !dY || !W || !Y
+        || !conv_geom(&g, n, h, w, c, oc, kh, kw, sh, sw, ph, pw, act))
+        return FASTNN_EINVAL;
+    const int64_t rows = n * g.oh * g.ow, K = kh * kw * c;
+    int rc = fastnn_dense_backward(NULL, dW, db, dZ, dY, cols, W, Y, rows, K, oc, act, slope);
+    if (rc != FASTNN_OK || !dX)
+        return rc;
+    /* cols = dZ W^T: op(B) = W^T (oc, K) read from W (K, oc). */
+    rc = fastnn_gemm(0, 1, rows, K, oc, 1.0f, dZ, oc, W, oc, 0.0f, cols, K);
+    if (rc != FASTNN_OK)
+        return rc;
+    PAR_FOR(img, n, rows * K > PAR_MIN, col2im_image(dX, cols, &g, img));
+    return FASTNN_OK;
+}
+
+/* ---- pooling ------------------------------------------------------------------- */
+
+static int pool_geom(geom *g, int64_t n, int64_t h, int64_t w, int64_t c, int64_t kh,
+                     int64_t kw, int64_t sh, int64_t sw)
+{
+    return make_geom(g, n, h, w, c, kh, kw, sh, sw, 0, 0);
+}
+
+/* Output row (img, oy): each window's maximum over the channels at once,
+   scanned in row-major window order; a later value wins only if larger, or
+   if it is NaN and the best is not (np.argmax's rule). */
+static void maxpool_row(float *Y, int32_t *argmax, const float *X, const geom *g,
+                        int64_t img, int64_t oy)
+{
+    const int64_t c = g->c, o = (img * g->oh + oy) * g->ow * c;
+    const float *x = X + img * g->h * g->w * c;
+    for (int64_t ox = 0; ox < g->ow; ox++) {
+        float *y = Y + o + ox * c;
+        int32_t *am = argmax + o + ox * c;
+        const int64_t p0 = oy * g->sh * g->w + ox * g->sw;
+        for (int64_t ch = 0; ch < c; ch++) {
+            y[ch] = x[p0 * c + ch];
+            am[ch] = (int32_t)p0;
+        }
+        for (int64_t i = 0; i < g->kh; i++)
+            for (int64_t j = i == 0; j < g->kw; j++) {
+                const int64_t p = p0 + i * g->w + j;
+                const float *xs = x + p * c;
+#pragma omp simd
+                for (int64_t ch = 0; ch < c; ch++) {
+                    const float v = xs[ch], best = y[ch];
+                    const int take = v > best || (v != v && best == best);
+                    y[ch] = take ? v : best;
+                    am[ch] = take ? (int32_t)p : am[ch];
+                }
+            }
+    }
+}
+
+/* X (n,h,w,c), Y and argmax (n,oh,ow,c). */
+int fastnn_maxpool2d_forward(float *Y, int32_t *argmax, const float *X, int64_t n, int64_t h,
+                             int64_t w, int64_t c, int64_t kh, int64_t kw, int64_t sh,
+                             int64_t sw)
+{
+    geom g;
+    if (!Y || !argmax || !X || !pool_geom(&g, n, h, w, c, kh, kw, sh, sw) || h * w > INT32_MAX)
+        return FASTNN_EINVAL;
+    PAR_FOR(r, n * g.oh, n * g.oh * g.ow * c * kh * kw > PAR_MIN,
+            maxpool_row(Y, argmax, X, &g, r / g.oh, r % g.oh));
+    return FASTNN_OK;
+}
+
+/* 1 if every index of argmax[lo, hi) lies in [0, hw). */
+static int indices_valid(const int32_t *argmax, int64_t lo, int64_t hi, int64_t hw)
+{
+    int bad = 0;
+#pragma omp simd reduction(| : bad)
+    for (int64_t k = lo; k < hi; k++)
+        bad |= argmax[k] < 0 || argmax[k] >= hw;
+    return !bad;
+}
+
+/* dX image img = 0, then each dY of the image added at its argmax. */
+static void maxpool_back_image(float *dX, const float *dY, const int32_t *argmax,
+                               const geom *g, int64_t img)
+{
+    const int64_t c = g->c, hwc = g->h * g->w * c, per = g->oh * g->ow * c;
+    float *dx = dX + img * hwc;
+    memset(dx, 0, (size_t)hwc * sizeof *dx);
+    const float *dy = dY + img * per;
+    const int32_t *am = argmax + img * per;
+    for (int64_t o = 0; o < per; o += c)
+        for (int64_t ch = 0; ch < c; ch++)
+            dx[(int64_t)am[o + ch] * c + ch] += dy[o + ch];
+}
+
+/* dY and argmax (n,oh,ow,c), dX (n,h,w,c). */
+int fastnn_maxpool2d_backward(float *dX, const float *dY, const int32_t *argmax, int64_t n,
+                              int64_t h, int64_t w, int64_t c, int64_t kh, int64_t kw,
+                              int64_t sh, int64_t sw)
+{
+    geom g;
+    if (!dX || !dY || !argmax || !pool_geom(&g, n, h, w, c, kh, kw, sh, sw))
+        return FASTNN_EINVAL;
+    const int64_t total = n * g.oh * g.ow * c;
+    if (!indices_valid(argmax, 0, total, h * w))
+        return FASTNN_EINVAL;
+    PAR_FOR(img, n, total + n * h * w * c > PAR_MIN,
+            maxpool_back_image(dX, dY, argmax, &g, img));
+    return FASTNN_OK;
+}
+
+/* Output row (img, oy): window means, summed in double CB channels at a time. */
+static void avgpool_row(float *Y, const float *X, const geom *g, int64_t img, int64_t oy)
+{
+    const int64_t c = g->c;
+    const double inv = 1.0 / (double)(g->kh * g->kw);
+    const float *x = X + img * g->h * g->w * c;
+    for (int64_t ox = 0; ox < g->ow; ox++) {
+        float *y = Y + ((img * g->oh + oy) * g->ow + ox) * c;
+        const int64_t p0 = oy * g->sh * g->w + ox * g->sw;
+        for (int64_t c0 = 0; c0 < c; c0 += CB) {
+            const int64_t cb = min64(CB, c - c0);
+            double acc[CB] = {0};
+            for (int64_t i = 0; i < g->kh; i++)
+                for (int64_t j = 0; j < g->kw; j++) {
+                    const float *xs = x + (p0 + i * g->w + j) * c + c0;
+#pragma omp simd
+                    for (int64_t k = 0; k < cb; k++)
+                        acc[k] += xs[k];
+                }
+            for (int64_t k = 0; k < cb; k++)
+                y[c0 + k] = (float)(acc[k] * inv);
+        }
+    }
+}
+
+/* X (n,h,w,c), Y (n,oh,ow,c). */
+int fastnn_avgpool2d_forward(float *Y, const float *X, int64_t n, int64_t h, int64_t w,
+                             int64_t c, int64_t kh, int64_t kw, int64_t sh, int64_t sw)
+{
+    geom g;
+    if (!Y || !X || !pool_geom(&g, n, h, w, c, kh, kw, sh, sw))
+        return FASTNN_EINVAL;
+    PAR_FOR(r, n * g.oh, n * g.oh * g.ow * c * kh * kw > PAR_MIN,
+            avgpool_row(Y, X, &g, r / g.oh, r % g.oh));
+    return FASTNN_OK;
+}
+
+/* The outputs [*lo, *hi) along one axis whose windows (size k, stride s)
+   cover input position x. */
+static inline void covering(int64_t x, int64_t k, int64_t s, int64_t out,
+                            int64_t *lo, int64_t *hi)
+{
+    *lo = x >= k ? (x - k) / s + 1 : 0;
+    *hi = max64(*lo, min64(out, x / s + 1));
+}
+
+/* Input row (img, iy) of dX: each pixel gathers dY / (kh kw) of the
+   windows covering it, in double, so no two threads write one element. */
+static void avgpool_back_row(float *dX, const float *dY, const geom *g, int64_t img,
+                             int64_t iy)
+{
+    const int64_t c = g->c;
+    const double inv = 1.0 / (double)(g->kh * g->kw);
+    const float *dy = dY + img * g->oh * g->ow * c;
+    int64_t ylo, yhi;
+    covering(iy, g->kh, g->sh, g->oh, &ylo, &yhi);
+    for (int64_t ix = 0; ix < g->w; ix++) {
+        float *dx = dX + ((img * g->h + iy) * g->w + ix) * c;
+        int64_t xlo, xhi;
+        covering(ix, g->kw, g->sw, g->ow, &xlo, &xhi);
+        for (int64_t c0 = 0; c0 < c; c0 += CB) {
+            const int64_t cb = min64(CB, c - c0);
+            double acc[CB] = {0};
+            for (int64_t oy = ylo; oy < yhi; oy++)
+                for (int64_t ox = xlo; ox < xhi; ox++) {
+                    const float *s = dy + (oy * g->ow + ox) * c + c0;
+#pragma omp simd
+                    for (int64_t k = 0; k < cb; k++)
+                        acc[k] += s[k];
+                }
+            for (int64_t k = 0; k < cb; k++)
+                dx[c0 + k] = (float)(acc[k] * inv);
+        }
+    }
+}
+
+/* dY (n,oh,ow,c), dX (n,h,w,c). */
+int fastnn_avgpool2d_backward(float *dX, const float *dY, int64_t n, int64_t h, int64_t w,
+                              int64_t c, int64_t kh, int64_t kw, int64_t sh, int64_t sw)
+{
+    geom g;
+    if (!dX || !dY || !pool_geom(&g, n, h, w, c, kh, kw, sh, sw))
+        return FASTNN_EINVAL;
+    PAR_FOR(r, n * h, n * h * w * c > PAR_MIN, avgpool_back_row(dX, dY, &g, r / h, r % h));
+    return FASTNN_OK;
+}
+
+/* ---- batch normalisation ---------------------------------------------------------
+   Every kernel walks the channels in blocks of CB: per-block statistics and
+   coefficients sit in stack arrays, and each pass over the rows of a block
+   is parallel over row spans.  Sums are OpenMP array reductions (each
+   thread its own copy, combined after the loop), so no two threads add
+   into one accumulator. */
+
+enum sum_kind {
+    SUM_X,          /* s1 += x                                  */
+    SUM_SQDEV,      /* s1 += (x - m)^2                          */
+    SUM_GRADS       /* s1 += dy,  s2 += dy (x - m)   (A = dY)   */
+};
+
+/* Channel sums over rows [lo, hi) of channels [c0, c0 + cb) of X (rows, c). */
+static void sums_span(double *s1, double *s2, enum sum_kind kind, const float *X,
+                      const float *A, const double *m, int64_t c, int64_t c0, int64_t cb,
+                      int64_t lo, int64_t hi)
+{
+    for (int64_t r = lo; r < hi; r++) {
+        const float *x = X + r * c + c0, *a = A + r * c + c0;
+        if (kind == SUM_X) {
+#pragma omp simd
+            for (int64_t k = 0; k < cb; k++)
+                s1[k] += x[k];
+        } else if (kind == SUM_SQDEV) {
+#pragma omp simd
+            for (int64_t k = 0; k < cb; k++) {
+                const double d = x[k] - m[k];
+                s1[k] += d * d;
+            }
+        } else {
+#pragma omp simd
+            for (int64_t k = 0; k < cb; k++) {
+                s1[k] += a[k];
+                s2[k] += a[k] * (x[k] - m[k]);
+            }
+        }
+    }
+}
+
+static void channel_sums(double *s1, double *s2, enum sum_kind kind, const float *X,
+                         const float *A, const double *m, int64_t rows, int64_t c,
+                         int64_t c0, int64_t cb)
+{
+    double a1[CB] = {0}, a2[CB] = {0};
+    const int threads = fastnn_get_num_threads();
+    if (threads < 2 || rows * cb <= PAR_MIN) {
+        sums_span(a1, a2, kind, X, A, m, c, c0, cb, 0, rows);
+    } else {
+#pragma omp parallel for reduction(+ : a1, a2) num_threads(threads) schedule(static)
+        for (int64_t lo = 0; lo < rows; lo += BN_SPAN)
+            sums_span(a1, a2, kind, X, A, m, c, c0, cb, lo, min64(lo + BN_SPAN, rows));
+    }
+    for (int64_t k = 0; k < cb; k++) {
+        s1[k] = a1[k];
+        s2[k] = a2[k];
+    }
+}
+
+/* Y = (X - center) scale + shift over rows [lo, hi), channels [c0, c0+cb). */
+static void affine_span(float *Y, const float *X, const float *center, const float *scale,
+                        const float *shift, int64_t c, int64_t c0, int64_t cb, int64_t lo,
+                        int64_t hi)
+{
+    for (int64_t r = lo; r < hi; r++) {
+        const float *x = X + r * c + c0;
+        float *y = Y + r * c + c0;
+#pragma omp simd
+        for (int64_t k = 0; k < cb; k++)
+            y[k] = (x[k] - center[k]) * scale[k] + shift[k];
+    }
+}
+
+static void affine(float *Y, const float *X, const float *center, const float *scale,
+                   const float *shift, int64_t rows, int64_t c, int64_t c0, int64_t cb)
+{
+    const int64_t spans = (rows + BN_SPAN - 1) / BN_SPAN;
+    PAR_FOR(s, spans, rows * cb > PAR_MIN,
+            affine_span(Y, X, center, scale, shift, c, c0, cb, s * BN_SPAN,
+                        min64((s + 1) * BN_SPAN, rows)));
+}
+
+/* X, Y (rows,c); gamma, beta, mean, invstd, running_mean, running_var (c). */
+int fastnn_batchnorm_forward(float *Y, float *mean, float *invstd, float *running_mean,
+                             float *running_var, const float *X, const float *gamma,
+                             const float *beta, int64_t rows, int64_t c, double momentum,
+                             double eps)
+{
+    if (!Y || !mean || !invstd || !running_mean || !running_var || !X || !gamma || !beta
+        || rows < 2 || c < 1 || !(eps > 0.0) || !(momentum >= 0.0 && momentum <= 1.0))
+        return FASTNN_EINVAL;
+    for (int64_t c0 = 0; c0 < c; c0 += CB) {
+        const int64_t cb = min64(CB, c - c0);
+        double mu[CB], var[CB], unused[CB];
+        float center[CB], scale[CB];
+        channel_sums(mu, unused, SUM_X, X, X, NULL, rows, c, c0, cb);
+        for (int64_t k = 0; k < cb; k++)
+            mu[k] /= (double)rows;
+        channel_sums(var, unused, SUM_SQDEV, X, X, mu, rows, c, c0, cb);
+        for (int64_t k = 0; k < cb; k++) {
+            const int64_t j = c0 + k;
+            var[k] /= (double)rows;
+            const double istd = 1.0 / sqrt(var[k] + eps);
+            mean[j] = center[k] = (float)mu[k];
+            invstd[j] = (float)istd;
+            scale[k] = (float)(istd * gamma[j]);
+            running_mean[j] = (float)((1.0 - momentum) * running_mean[j] + momentum * mu[k]);
+            running_var[j] = (float)((1.0 - momentum) * running_var[j]
+                                     + momentum * var[k] * (double)rows / (double)(rows - 1));
+        }
+        affine(Y, X, center, scale, beta + c0, rows, c, c0, cb);
+    }
+    return FASTNN_OK;
+}
+
+/* X, Y (rows,c); gamma, beta, running_mean, running_var (c). */
+int fastnn_batchnorm_inference(float *Y, const float *X, const float *gamma, const float *beta,
+                               const float *running_mean, const float *running_var,
+                               int64_t rows, int64_t c, double eps)
+{
+    if (!Y || !X || !gamma || !beta || !running_mean || !running_var || rows < 1 || c < 1
+        || !(eps > 0.0))
+        return FASTNN_EINVAL;
+    for (int64_t c0 = 0; c0 < c; c0 += CB) {
+        const int64_t cb = min64(CB, c - c0);
+        float scale[CB];
+        for (int64_t k = 0; k < cb; k++)
+            scale[k] = (float)(gamma[c0 + k] / sqrt((double)running_var[c0 + k] + eps));
+        affine(Y, X, running_mean + c0, scale, beta + c0, rows, c, c0, cb);
+    }
+    return FASTNN_OK;
+}
+
+/* dX = a (dY - dbeta / M - (X - mean) g) over rows [lo, hi) of a channel
+   block, with a = gamma invstd and g = dgamma invstd / M per channel. */
+static void bn_backward_span(float *dX, const float *dY, const float *X, const float *mean,
+                             const float *a, const float *mb, const float *g, int64_t c,
+                             int64_t c0, int64_t cb, int64_t lo, int64_t hi)
+{
+    for (int64_t r = lo; r < hi; r++) {
+        const float *x = X + r * c + c0, *dy = dY + r * c + c0;
+        float *dx = dX + r * c + c0;
+#pragma omp simd
+        for (int64_t k = 0; k < cb; k++)
+            dx[k] = a[k] * (dy[k] - mb[k] - (x[k] - mean[k]) * g[k]);
+    }
+}
+
+/* dY, X, dX (rows,c); gamma, mean, invstd, dgamma, dbeta (c). */
+int fastnn_batchnorm_backward(float *dX, float *dgamma, float *dbeta, const float *dY,
+                              const float *X, const float *gamma, const float *mean,
+                              const float *invstd, int64_t rows, int64_t c)
+{
+    if (!dX || !dgamma || !dbeta || !dY || !X || !gamma || !mean || !invstd || rows < 1
+        || c < 1)
+        return FASTNN_EINVAL;
+    const int64_t spans = (rows + BN_SPAN - 1) / BN_SPAN;
+    for (int64_t c0 = 0; c0 < c; c0 += CB) {
+        const int64_t cb = min64(CB, c - c0);
+        double m[CB], sdy[CB], sdyx[CB];
+        float a[CB], mb[CB], g[CB];
+        for (int64_t k = 0; k < cb; k++)
+            m[k] = mean[c0 + k];
+        channel_sums(sdy, sdyx, SUM_GRADS, X, dY, m, rows, c, c0, cb);
+        for (int64_t k = 0; k < cb; k++) {
+            const int64_t j = c0 + k;
+            const double dg = sdyx[k] * invstd[j];
+            dbeta[j] = (float)sdy[k];
+            dgamma[j] = (float)dg;
+            a[k] = (float)((double)gamma[j] * invstd[j]);
+            mb[k] = (float)(sdy[k] / (double)rows);
+            g[k] = (float)(dg * invstd[j] / (double)rows);
+        }
+        PAR_FOR(s, spans, rows * cb > PAR_MIN,
+                bn_backward_span(dX, dY, X, mean + c0, a, mb, g, c, c0, cb, s * BN_SPAN,
+                                 min64((s + 1) * BN_SPAN, rows)));
+    }
+    return FASTNN_OK;
+}
