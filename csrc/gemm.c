@@ -16,6 +16,9 @@
  * epilogue (bias, activation) runs on the last k block while the tile is in
  * registers.
  *
+ * Products with m == 1 or n == 1 skip packing (one multiply-add per matrix
+ * element does not pay for it) and run as dot products or axpys.
+ *
  * Threads: C is cut into one rectangle per thread along tile boundaries
  * (split over n when m is small, e.g. a 32-row batch), and each thread runs
  * the five loops on its own rectangle: no synchronisation and no shared

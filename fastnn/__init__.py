@@ -5,7 +5,7 @@ parameter buffer; :class:`Trainer` drives mini-batch training through the
 kernel backends in :mod:`fastnn.kernels` (C, Numba, CUDA, numpy reference).
 """
 
-from . import datasets, kernels, losses, metrics, optim
+from . import datasets, kernels, losses, metrics, optim, schedules
 from .kernels import get_backend, set_backend, set_num_threads
 from .blocks import BatchNorm, Residual
 from .conv import (AvgPool1D, AvgPool2D, Conv1D, Conv2D, Flatten, GlobalAvgPool, MaxPool1D,
@@ -23,5 +23,5 @@ __all__ = [
     "MaxPool1D", "MaxPool2D", "Residual",
     "Activation", "Dense", "Dropout", "EarlyStopping", "History", "Identity", "LeakyReLU",
     "Perceptron", "ReLU", "Sequential", "Sigmoid", "Sign", "Softmax", "Softplus", "Step", "Tanh", "Trainer",
-    "datasets", "get_backend", "kernels", "load", "losses", "metrics", "optim", "set_backend", "set_num_threads",
+    "datasets", "get_backend", "kernels", "load", "losses", "metrics", "optim", "schedules", "set_backend", "set_num_threads",
 ]

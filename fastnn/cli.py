@@ -36,8 +36,11 @@ def build_parser():
                             "--data-path; csv: a CSV file (--data-path) whose last column is "
                             "the class label")
     train.add_argument("--data-path", help="folder with the MNIST IDX files, or the CSV file")
+    train.add_argument("--model", choices=("mlp", "cnn"), default="mlp",
+                       help="mlp: dense layers (--layers); cnn: a small convolutional network "
+                            "(conv-batchnorm-conv-pool-dense) for the image datasets")
     train.add_argument("--layers", type=_hidden_sizes, default=[256],
-                       help="hidden layer sizes, comma-separated (e.g. 256,128)")
+                       help="hidden layer sizes of the mlp, comma-separated (e.g. 256,128)")
     train.add_argument("--activation", default="relu",
                        choices=("relu", "leaky_relu", "tanh", "sigmoid", "softplus", "identity"),
                        help="activation of the hidden layers")
@@ -60,6 +63,22 @@ def build_parser():
     train.add_argument("--save", metavar="PATH", help="save the trained model (.npz) here")
     train.add_argument("--quiet", action="store_true", help="print only the final report")
     return parser
+
+
+def small_cnn(input_shape, n_classes, activation="relu"):
+    """conv3x3(16)-batchnorm-conv3x3(32)-maxpool2 (twice more on large
+    images: conv3x3(64)-maxpool2), then dense(64) and the logits."""
+    import fastnn
+
+    h, w, c = input_shape
+    layers = [fastnn.Conv2D(c, 16, 3, padding=1, activation=activation), fastnn.BatchNorm(16),
+              fastnn.Conv2D(16, 32, 3, padding=1, activation=activation), fastnn.MaxPool2D(2)]
+    h, w, ch = h // 2, w // 2, 32
+    if min(h, w) >= 8:
+        layers += [fastnn.Conv2D(32, 64, 3, padding=1, activation=activation), fastnn.MaxPool2D(2)]
+        h, w, ch = h // 2, w // 2, 64
+    return layers + [fastnn.Flatten(), fastnn.Dense(h * w * ch, 64, activation),
+                     fastnn.Dense(64, n_classes)]
 
 
 def _load(args):
@@ -98,17 +117,27 @@ def train(args):
         raise SystemExit(f"fastnn: the test set has classes not seen in training: {sorted(unknown)}")
     yte_idx = np.array([lookup[c] for c in yte.tolist()])
 
-    sizes = [Xtr.shape[1]] + args.layers
-    layers = [fastnn.Dense(a, b, args.activation) for a, b in zip(sizes, sizes[1:])]
-    layers.append(fastnn.Dense(sizes[-1], len(classes)))
-    model = fastnn.Sequential(layers, seed=args.seed)
+    if args.model == "cnn":
+        side = {"digits": 8, "mnist": 28}.get(args.dataset)
+        if side is None:
+            raise SystemExit("fastnn: --model cnn needs an image dataset (digits or mnist)")
+        Xtr, Xte = (X.reshape(-1, side, side, 1) for X in (Xtr, Xte))
+        model = fastnn.Sequential(small_cnn((side, side, 1), len(classes), args.activation),
+                                  seed=args.seed, input_shape=(side, side, 1))
+        shape_text = f"cnn on {side}x{side}x1"
+    else:
+        sizes = [Xtr.shape[1]] + args.layers
+        layers = [fastnn.Dense(a, b, args.activation) for a, b in zip(sizes, sizes[1:])]
+        layers.append(fastnn.Dense(sizes[-1], len(classes)))
+        model = fastnn.Sequential(layers, seed=args.seed)
+        shape_text = "-".join(map(str, sizes + [len(classes)]))
     extra = {"momentum": args.momentum} if args.optimizer == "sgd" else {}
     opt = optim.get(args.optimizer, lr=args.lr, weight_decay=args.weight_decay, **extra)
     trainer = fastnn.Trainer(model, "softmax_cross_entropy", opt)
     info = fastnn.kernels.get(model.backend).info()
     if not args.quiet:
         print(f"fastnn {fastnn.__version__}: {args.dataset}, {len(Xtr)} train / {len(Xte)} test, "
-              f"{len(classes)} classes; model {'-'.join(map(str, sizes + [len(classes)]))} "
+              f"{len(classes)} classes; model {shape_text} "
               f"({model.n_parameters} parameters); {opt!r}; backend {info}")
     trainer.fit(Xtr, ytr_idx, epochs=args.epochs, batch_size=args.batch_size,
                 validation_split=args.val_size, seed=args.seed, verbose=not args.quiet)
