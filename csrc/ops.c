@@ -140,6 +140,7 @@ static inline void act_backward_loop(float *dX, const float *dY, const float *Y,
 }
 
 /* Y = act(X) over [lo, hi); Y may be X. */
+FASTNN_CLONES
 static void act_forward_span(float *Y, const float *X, int64_t lo, int64_t hi, int act,
                              float slope)
 {
@@ -161,6 +162,7 @@ static void act_forward_span(float *Y, const float *X, int64_t lo, int64_t hi, i
 }
 
 /* dX = dY * act'(Y) over [lo, hi); dX may be dY. */
+FASTNN_CLONES
 static void act_backward_span(float *dX, const float *dY, const float *Y, int64_t lo,
                               int64_t hi, int act, float slope)
 {
@@ -206,6 +208,7 @@ int fastnn_activation_backward(float *dX, const float *dY, const float *Y, int64
 
 /* db[lo, hi) = column sums of dZ (n,c) in double, DB_BLOCK columns per pass
    so the accumulators stay on the stack and rows are read contiguously. */
+FASTNN_CLONES
 static void column_sums_span(float *db, const float *dZ, int64_t n, int64_t c,
                              int64_t lo, int64_t hi)
 {
@@ -270,6 +273,7 @@ static double softmax_row(float *y, const float *x, int64_t c)
     return (double)mx + log(s);
 }
 
+FASTNN_CLONES
 static void softmax_rows(float *Y, const float *X, int64_t c, int64_t lo, int64_t hi)
 {
     for (int64_t i = lo; i < hi; i++)
@@ -277,6 +281,7 @@ static void softmax_rows(float *Y, const float *X, int64_t c, int64_t lo, int64_
 }
 
 /* dX = Y * (dY - rowsum(dY * Y)) over rows [lo, hi); dX may be dY. */
+FASTNN_CLONES
 static void softmax_backward_rows(float *dX, const float *dY, const float *Y, int64_t c,
                                   int64_t lo, int64_t hi)
 {
@@ -327,6 +332,7 @@ static int labels_valid(const int32_t *labels, int64_t n, int64_t c)
 }
 
 /* P = softmax(Z) over rows [lo, hi); returns the rows' summed cross-entropy. */
+FASTNN_CLONES
 static double xent_rows(float *P, const float *Z, const int32_t *labels, int64_t c,
                         int64_t lo, int64_t hi)
 {
@@ -337,6 +343,7 @@ static double xent_rows(float *P, const float *Z, const int32_t *labels, int64_t
 }
 
 /* dZ = (P - onehot) / n over rows [lo, hi); dZ may be P. */
+FASTNN_CLONES
 static void xent_backward_rows(float *dZ, const float *P, const int32_t *labels, int64_t c,
                                float nf, int64_t lo, int64_t hi)
 {
@@ -379,6 +386,7 @@ int fastnn_softmax_xent_backward(float *dZ, const float *P, const int32_t *label
 /* Pointwise losses: a span function for the sum of the loss terms (in
    double) and one for the gradient; the gradients may be in place. */
 
+FASTNN_CLONES
 static double bce_sum(const float *Z, const float *T, int64_t lo, int64_t hi)
 {
     double total = 0.0;
@@ -390,6 +398,7 @@ static double bce_sum(const float *Z, const float *T, int64_t lo, int64_t hi)
     return total;
 }
 
+FASTNN_CLONES
 static void bce_grad(float *dZ, const float *Z, const float *T, float nf, int64_t lo,
                      int64_t hi)
 {
@@ -398,6 +407,7 @@ static void bce_grad(float *dZ, const float *Z, const float *T, float nf, int64_
         dZ[i] = (fastnn_act_scalar(FASTNN_ACT_SIGMOID, Z[i], 0.0f) - T[i]) / nf;
 }
 
+FASTNN_CLONES
 static double mse_sum(const float *Y, const float *T, int64_t lo, int64_t hi)
 {
     double total = 0.0;
@@ -409,6 +419,7 @@ static double mse_sum(const float *Y, const float *T, int64_t lo, int64_t hi)
     return total;
 }
 
+FASTNN_CLONES
 static void mse_grad(float *dY, const float *Y, const float *T, float nf, int64_t lo,
                      int64_t hi)
 {
@@ -417,6 +428,7 @@ static void mse_grad(float *dY, const float *Y, const float *T, float nf, int64_
         dY[i] = 2.0f * (Y[i] - T[i]) / nf;
 }
 
+FASTNN_CLONES
 static double mae_sum(const float *Y, const float *T, int64_t lo, int64_t hi)
 {
     double total = 0.0;
@@ -426,6 +438,7 @@ static double mae_sum(const float *Y, const float *T, int64_t lo, int64_t hi)
     return total;
 }
 
+FASTNN_CLONES
 static void mae_grad(float *dY, const float *Y, const float *T, float nf, int64_t lo,
                      int64_t hi)
 {
@@ -506,6 +519,7 @@ static inline float l2_grad(float g, float p, float wd)
 
 struct sgd_k { float lr, mom, damp1, wd; int use_mom, first, nesterov; };
 
+FASTNN_CLONES
 static void sgd_span(float *params, const float *grads, float *buf, struct sgd_k k,
                      int64_t lo, int64_t hi)
 {
@@ -539,6 +553,7 @@ int fastnn_sgd(float *params, const float *grads, float *momentum_buf,
    shrink = 1 - lr * wd (AdamW). */
 struct adam_k { float step_size, bc2_sqrt, b1, c1, b2, c2, eps, l2, shrink; };
 
+FASTNN_CLONES
 static void adam_span(float *params, const float *grads, float *m, float *v,
                       struct adam_k k, int64_t lo, int64_t hi)
 {
@@ -590,6 +605,7 @@ int fastnn_adamw(float *params, const float *grads, float *m, float *v,
 
 struct rmsprop_k { float lr, a, c, eps, wd, mom; int use_mom, centered; };
 
+FASTNN_CLONES
 static void rmsprop_span(float *params, const float *grads, float *square_avg,
                          float *buf, float *grad_avg, struct rmsprop_k k,
                          int64_t lo, int64_t hi)
@@ -634,6 +650,7 @@ int fastnn_rmsprop(float *params, const float *grads, float *square_avg,
 
 struct adagrad_k { float clr, wd, eps; };
 
+FASTNN_CLONES
 static void adagrad_span(float *params, const float *grads, float *sum_sq,
                          struct adagrad_k k, int64_t lo, int64_t hi)
 {
@@ -662,6 +679,7 @@ int fastnn_adagrad(float *params, const float *grads, float *sum_sq,
 /* k_grad and k_avg are the step sizes of torch's two addcdiv_ calls. */
 struct nadam_k { float k_grad, k_avg, bc2, b1, c1, b2, c2, wd, eps; };
 
+FASTNN_CLONES
 static void nadam_span(float *params, const float *grads, float *m, float *v,
                        struct nadam_k k, int64_t lo, int64_t hi)
 {
@@ -704,6 +722,7 @@ int fastnn_nadam(float *params, const float *grads, float *m, float *v,
 
 struct adamax_k { float clr, b1, c1, b2, wd, eps; };
 
+FASTNN_CLONES
 static void adamax_span(float *params, const float *grads, float *m, float *u,
                         struct adamax_k k, int64_t lo, int64_t hi)
 {
@@ -734,6 +753,7 @@ int fastnn_adamax(float *params, const float *grads, float *m, float *u,
 
 /* ---- flat-buffer utilities ------------------------------------------------------ */
 
+FASTNN_CLONES
 static double sum_squares_span(const float *x, int64_t lo, int64_t hi)
 {
     double total = 0.0;
@@ -745,6 +765,7 @@ static double sum_squares_span(const float *x, int64_t lo, int64_t hi)
     return total;
 }
 
+FASTNN_CLONES
 static void scale_span(float *x, float s, int64_t lo, int64_t hi)
 {
 #pragma omp simd
@@ -752,6 +773,7 @@ static void scale_span(float *x, float s, int64_t lo, int64_t hi)
         x[i] *= s;
 }
 
+FASTNN_CLONES
 static void clip_span(float *x, float lo_v, float hi_v, int64_t lo, int64_t hi)
 {
 #pragma omp simd
@@ -788,6 +810,7 @@ int fastnn_clip(float *x, int64_t size, float lo_v, float hi_v)
     return FASTNN_OK;
 }
 
+FASTNN_CLONES
 static void axpy_span(float *y, const float *x, float alpha, int64_t lo, int64_t hi)
 {
 #pragma omp simd

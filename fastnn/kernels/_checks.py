@@ -66,20 +66,19 @@ def _is_device(x):
 
 def overlaps(a, b):
     """True if the memory of arrays a and b overlaps."""
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return np.shares_memory(a, b)  # bounds first, exact for strided views
     na, nb = _nbytes(a), _nbytes(b)
     if na == 0 or nb == 0:
         return False
-    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and not (
-            a.flags.c_contiguous and b.flags.c_contiguous):
-        return np.shares_memory(a, b)  # exact for interleaved strided views
     pa, pb = _pointer(a), _pointer(b)
     return pa < pb + nb and pb < pa + na
 
 
 def same_array(a, b):
     """True if a and b are the same buffer with the same shape (in place)."""
-    return a is b or (tuple(a.shape) == tuple(b.shape) and _pointer(a) == _pointer(b)
-                      and np.dtype(a.dtype) == np.dtype(b.dtype))
+    return a is b or (tuple(a.shape) == tuple(b.shape) and np.dtype(a.dtype) == np.dtype(b.dtype)
+                      and overlaps(a, b) and _pointer(a) == _pointer(b))
 
 
 def _shape_str(shape):
