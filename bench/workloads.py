@@ -94,13 +94,6 @@ def make_trainer(backend, seed=0, sizes=MLP_SIZES, lr=1e-3):
                           fastnn.optim.Adam(lr=lr), backend=backend)
 
 
-def mlp_flops_per_sample(sizes=MLP_SIZES):
-    """Forward + backward multiply-adds x 2 per sample (the first layer needs no dX)."""
-    fwd = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
-    bwd = 2 * fwd - sizes[0] * sizes[1]
-    return 2.0 * (fwd + bwd)
-
-
 # ---- checks ------------------------------------------------------------------
 
 def assert_close(got, want, rel=1e-4, what="result"):

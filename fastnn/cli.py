@@ -51,6 +51,9 @@ def build_parser():
     train.add_argument("--momentum", type=float, default=0.9, help="momentum (sgd only)")
     train.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay")
     train.add_argument("--epochs", type=int, default=40, help="passes over the training set")
+    train.add_argument("--schedule", choices=("none", "cosine", "step", "plateau"), default=None,
+                       help="learning-rate schedule over the epochs (default: cosine for the "
+                            "cnn, none for the mlp); step halves it every epochs/4")
     train.add_argument("--batch-size", type=int, default=32, help="mini-batch size")
     train.add_argument("--test-size", type=float, default=0.25,
                        help="fraction held out for the test (digits and csv)")
@@ -103,7 +106,7 @@ def _load(args):
 
 def train(args):
     import fastnn
-    from fastnn import metrics, optim
+    from fastnn import metrics, optim, schedules
 
     if args.threads is not None:
         fastnn.set_num_threads(args.threads)
@@ -139,8 +142,13 @@ def train(args):
         print(f"fastnn {fastnn.__version__}: {args.dataset}, {len(Xtr)} train / {len(Xte)} test, "
               f"{len(classes)} classes; model {shape_text} "
               f"({model.n_parameters} parameters); {opt!r}; backend {info}")
+    schedule = args.schedule or ("cosine" if args.model == "cnn" else "none")
+    callbacks = {"none": [], "cosine": [schedules.CosineAnnealingLR(max(args.epochs, 1))],
+                 "step": [schedules.StepLR(max(args.epochs // 4, 1), gamma=0.5)],
+                 "plateau": [schedules.ReduceLROnPlateau(patience=3)]}[schedule]
     trainer.fit(Xtr, ytr_idx, epochs=args.epochs, batch_size=args.batch_size,
-                validation_split=args.val_size, seed=args.seed, verbose=not args.quiet)
+                validation_split=args.val_size, seed=args.seed, verbose=not args.quiet,
+                callbacks=callbacks)
 
     pred = trainer.predict(Xte).argmax(axis=1)
     print(f"test accuracy: {metrics.accuracy(yte_idx, pred):.4f}")

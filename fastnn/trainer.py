@@ -296,12 +296,13 @@ class Trainer:
                 lr = self.optimizer.lr
                 total, correct = run_epoch(Xs, ts, batch_size, epoch, bar)
                 elapsed = time.perf_counter() - start_time
-                logs = {"loss": total / n, "lr": lr}
+                logs = {"loss": total / n}
                 if self.loss.classification:
                     logs["accuracy"] = correct / n
                 if validation_data is not None:
                     logs.update({"val_" + k: v for k, v in self._evaluate(Xv, tv).items()})
                 logs["samples_per_s"] = n / elapsed if elapsed > 0 else float("inf")
+                logs["lr"] = lr
                 history.append(logs)
                 if verbose:
                     self._report(bar, epoch, epochs, logs)

@@ -55,3 +55,16 @@ def test_help_explains_every_option():
 def test_missing_mnist_path_is_a_clear_error():
     with pytest.raises(SystemExit, match="--data-path"):
         cli.main(["train", "--dataset", "mnist"])
+
+
+def test_train_cnn_reaches_98_percent_on_digits(capsys):
+    assert cli.main(["train", "--model", "cnn", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert float(re.search(r"test accuracy: ([\d.]+)", out).group(1)) >= 0.98
+
+
+def test_cnn_needs_an_image_dataset(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("1,2,0\n3,4,1\n5,6,0\n7,8,1\n1,1,0\n2,2,1\n3,3,0\n4,4,1\n")
+    with pytest.raises(SystemExit, match="image dataset"):
+        cli.main(["train", "--model", "cnn", "--dataset", "csv", "--data-path", str(path)])

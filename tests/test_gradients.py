@@ -165,3 +165,27 @@ def test_cnn_layer_gradients(case, rng):
     layers, shape = CNN_CASES[case]
     n = 1 if case == "conv-1x1" else 3  # a batch of 1 too
     _check_model_gradients(copy.deepcopy(layers), shape, n, rng)
+
+
+def test_every_backend_matches_reference_cnn_gradients(backend, rng):
+    def layers():
+        return [fastnn.Conv2D(2, 4, 3, padding=1, activation="relu"), fastnn.BatchNorm(4),
+                fastnn.MaxPool2D(2),
+                fastnn.Residual(fastnn.Conv2D(4, 6, 3, stride=2, padding=1, activation="tanh")),
+                fastnn.GlobalAvgPool(), fastnn.Dense(6, 3)]
+
+    shape = (6, 5, 2)
+    ref_model = fastnn.Sequential(layers(), seed=3, backend="reference", dtype=np.float64,
+                                  input_shape=shape)
+    model = fastnn.Sequential(layers(), seed=3, backend=backend.__name__.rsplit(".", 1)[1],
+                              input_shape=shape)
+    ref_loss, loss = losses.SoftmaxCrossEntropy(), losses.SoftmaxCrossEntropy()
+    ref_loss.set_backend(fastnn.kernels.get("reference"), np.float64)
+    loss.set_backend(backend, np.float32)
+    X = rng.normal(size=(5,) + shape)
+    y = rng.integers(0, 3, 5)
+    want_value, want = _loss_and_grads(ref_model, ref_loss, X, y)
+    value, got = _loss_and_grads(model, loss, backend.asarray(X), backend.asarray(y, np.int32))
+    assert value == pytest.approx(want_value, rel=1e-5)
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(model.get_buffers(), ref_model.get_buffers(), rtol=1e-5, atol=1e-6)

@@ -621,8 +621,8 @@ def prepare_batchnorm_forward(Y, X, gamma, beta, mean, invstd, running_mean, run
     X = as_input("X", X, dtype, to_device=dev)
     if len(X.shape) < 2 or 0 in X.shape:
         raise ValueError(f"X: expected a non-empty array (..., C), got {_shape_str(X.shape)}")
-    c = X.shape[-1]
-    rows = math.prod(X.shape[:-1])
+    c = tuple(X.shape)[-1]  # tuple(): the CUDA simulator's shapes refuse negative indices
+    rows = math.prod(tuple(X.shape)[:-1])
     if mean is not None and rows < 2:
         raise ValueError("X: batch statistics need at least 2 values per channel")
     gamma = _channels("gamma", gamma, c, dtype, dev)
@@ -646,13 +646,13 @@ def prepare_batchnorm_inference(Y, X, gamma, beta, running_mean, running_var, ep
     X = as_input("X", X, dtype, to_device=dev)
     if len(X.shape) < 2 or 0 in X.shape:
         raise ValueError(f"X: expected a non-empty array (..., C), got {_shape_str(X.shape)}")
-    c = X.shape[-1]
+    c = tuple(X.shape)[-1]  # tuple(): the CUDA simulator's shapes refuse negative indices
     args = [_channels(name, v, c, dtype, dev) for name, v in
             (("gamma", gamma), ("beta", beta), ("running_mean", running_mean),
              ("running_var", running_var))]
     check_output("Y", Y, dtype, tuple(X.shape))
     check_no_alias("Y", Y, dict(zip(("gamma", "beta", "running_mean", "running_var"), args), X=X))
-    return (X, *args, math.prod(X.shape[:-1]), c,
+    return (X, *args, math.prod(tuple(X.shape)[:-1]), c,
             check_scalar("eps", eps, low=0.0, low_open=True))
 
 
@@ -660,7 +660,7 @@ def prepare_batchnorm_backward(dX, dgamma, dbeta, dY, X, gamma, mean, invstd, dt
     X = as_input("X", X, dtype, to_device=dev)
     if len(X.shape) < 2 or 0 in X.shape:
         raise ValueError(f"X: expected a non-empty array (..., C), got {_shape_str(X.shape)}")
-    c = X.shape[-1]
+    c = tuple(X.shape)[-1]  # tuple(): the CUDA simulator's shapes refuse negative indices
     dY = as_input("dY", dY, dtype, ndim=len(X.shape), shape=tuple(X.shape), to_device=dev)
     gamma, mean, invstd = (_channels(name, v, c, dtype, dev) for name, v in
                            (("gamma", gamma), ("mean", mean), ("invstd", invstd)))
@@ -671,4 +671,4 @@ def prepare_batchnorm_backward(dX, dgamma, dbeta, dY, X, gamma, mean, invstd, dt
         _channels(name, buf, c, dtype, dev, out=True)
         check_no_alias(name, buf, dict(inputs, dX=dX))
     check_no_alias("dbeta", dbeta, {"dgamma": dgamma})
-    return dY, X, gamma, mean, invstd, math.prod(X.shape[:-1]), c
+    return dY, X, gamma, mean, invstd, math.prod(tuple(X.shape)[:-1]), c

@@ -419,16 +419,6 @@ def softmax_backward(dX, dY, Y):
 
 # ---- dense layer -----------------------------------------------------------------
 
-@cuda.jit
-def _column_sum_kernel(db, dZ):
-    n, c = dZ.shape
-    for j in range(cuda.grid(1), c, cuda.gridsize(1)):  # consecutive threads, columns
-        s = 0.0
-        for r in range(n):
-            s += dZ[r, j]
-        db[j] = s
-
-
 def dense_forward(Y, X, W, b, *, activation="identity", negative_slope=0.01):
     """Y = act(X @ W + b): X (n, in), W (in, out), b (out,) or None, Y (n, out).
 
@@ -460,7 +450,7 @@ def dense_backward(dX, dW, db, dZ, dY, X, W, Y, *, activation="identity",
     _launch_activation_backward(dZ_d, st.inp(dY), st.inp(Y), code, slope)
     _launch_gemm(st.inp(X), dZ_d, dW_d, True, False, 1.0, 0.0)
     if db is not None:
-        _column_sum_kernel[_blocks(fan_out), _TPB](db_d, dZ_d)
+        _channel_reduce(_SUM, db_d, None, dZ_d)
     if dX is not None:
         _launch_gemm(dZ_d, st.inp(W), dX_d, False, True, 1.0, 0.0)
     st.finish()
@@ -927,4 +917,401 @@ def clip(x, lo, hi):
     st = _Staging()
     xd = st.out(x)
     _clip_kernel[_blocks(xd.shape[0]), _TPB](xd, _f(lo), _f(hi))
+    st.finish()
+
+
+# ---- convolution (channels-last) -------------------------------------------------
+# im2col + the tiled gemm above (bias and activation in its store), and for
+# the backward dense_backward's pieces on the cols matrix.  col2im is a gather:
+# one thread per dX element sums the cols entries of the windows covering it.
+# No atomics and no zero-fill pass, every element written once, and the sum
+# order is fixed (deterministic); the price is kh*kw index tests per element.
+
+@cuda.jit
+def _im2col_kernel(cols, X, kh, kw, sh, sw, ph, pw, oh, ow):
+    """cols[(img, oy, ox), (i, j, ch)] = X[img, oy sh + i - ph, ox sw + j - pw, ch]
+    (0 in the padding); consecutive threads take consecutive channels."""
+    n, h, w, c = X.shape
+    k = cols.shape[1]
+    for e in range(cuda.grid(1), cols.shape[0] * k, cuda.gridsize(1)):
+        r = e // k
+        q = e - r * k
+        ij = q // c
+        ch = q - ij * c
+        i = ij // kw
+        j = ij - i * kw
+        img = r // (oh * ow)
+        o = r - img * (oh * ow)
+        oy = o // ow
+        y = oy * sh + i - ph
+        x = (o - oy * ow) * sw + j - pw
+        if 0 <= y < h and 0 <= x < w:
+            cols[r, q] = X[img, y, x, ch]
+        else:
+            cols[r, q] = float32(0.0)
+
+
+@cuda.jit
+def _col2im_kernel(dX, cols, kh, kw, sh, sw, ph, pw, oh, ow):
+    n, h, w, c = dX.shape
+    for e in range(cuda.grid(1), n * h * w * c, cuda.gridsize(1)):
+        ch = e % c
+        p = e // c
+        x = p % w
+        p //= w
+        y = p % h
+        img = p // h
+        acc = float32(0.0)
+        for i in range(kh):
+            t = y + ph - i  # = oy * sh for the windows whose row i is y
+            if t >= 0 and t % sh == 0 and t // sh < oh:
+                r0 = (img * oh + t // sh) * ow
+                for j in range(kw):
+                    u = x + pw - j
+                    if u >= 0 and u % sw == 0 and u // sw < ow:
+                        acc += cols[r0 + u // sw, (i * kw + j) * c + ch]
+        dX[img, y, x, ch] = acc
+
+
+def conv2d_forward(Y, X, W, b, cols, *, stride=(1, 1), padding=(0, 0), activation="identity",
+                   negative_slope=0.01):
+    """2-D convolution (cross-correlation) of channels-last images.
+
+    X (N, H, W, C), W (KH, KW, C, OC), b (OC,) or None, Y (N, OH, OW, OC):
+    Y = act(im2col(X) @ W.reshape(KH*KW*C, OC) + b), and ``cols`` (N*OH*OW,
+    KH*KW*C) is left holding im2col(X) for ``conv2d_backward``.  See reference.
+    """
+    X, W, b, g, code, slope = ck.prepare_conv2d_forward(Y, X, W, b, cols, stride, padding,
+                                                        activation, negative_slope, _F32)
+    n, h, w, c, oh, ow, oc, kh, kw, sh, sw, ph, pw = g
+    st = _Staging()
+    Y_d, cols_d = st.out(Y), st.out(cols)
+    _im2col_kernel[_blocks(cols_d.size), _TPB](cols_d, st.inp(X), kh, kw, sh, sw, ph, pw, oh, ow)
+    _launch_gemm(cols_d, st.inp(W).reshape(kh * kw * c, oc), Y_d.reshape(n * oh * ow, oc),
+                 False, False, 1.0, 0.0, bias=st.inp(b), code=code, slope=slope)
+    st.finish()
+    return Y
+
+
+def conv2d_backward(dX, dW, db, dZ, dY, X, W, Y, cols, *, stride=(1, 1), padding=(0, 0),
+                    activation="identity", negative_slope=0.01):
+    """Backward of ``conv2d_forward`` from its X, output Y and ``cols``.
+
+    dZ = dY * act'(Y) (dZ may be dY); dW = cols.T @ dZ; db = sums of dZ (None:
+    skipped); dX = col2im(dZ @ W.T) (None: skipped), which overwrites ``cols``.
+    """
+    dY, X, W, Y, g, code, slope = ck.prepare_conv2d_backward(
+        dX, dW, db, dZ, dY, X, W, Y, cols, stride, padding, activation, negative_slope, _F32)
+    n, h, w, c, oh, ow, oc, kh, kw, sh, sw, ph, pw = g
+    m, k = n * oh * ow, kh * kw * c
+    st = _Staging()
+    dZ_d, dW_d, db_d, dX_d, cols_d = st.out(dZ), st.out(dW), st.out(db), st.out(dX), st.out(cols)
+    z = dZ_d.reshape(m, oc)
+    _launch_activation_backward(dZ_d, st.inp(dY), st.inp(Y), code, slope)
+    _launch_gemm(cols_d, z, dW_d.reshape(k, oc), True, False, 1.0, 0.0)
+    if db is not None:
+        _channel_reduce(_SUM, db_d, None, z)
+    if dX is not None:
+        _launch_gemm(z, st.inp(W).reshape(k, oc), cols_d, False, True, 1.0, 0.0)
+        _col2im_kernel[_blocks(dX_d.size), _TPB](dX_d, cols_d, kh, kw, sh, sw, ph, pw, oh, ow)
+    st.finish()
+
+
+# ---- pooling ---------------------------------------------------------------------
+# One thread per output element (forward) or per dX element (avg backward);
+# consecutive threads take consecutive channels, so accesses coalesce.
+
+@cuda.jit(device=True)
+def _unflatten(e, oh, ow, c):
+    """(img, oy, ox, ch) of flat index e into an (n, oh, ow, c) array."""
+    ch = e % c
+    p = e // c
+    ox = p % ow
+    p //= ow
+    return p // oh, p % oh, ox, ch
+
+
+@cuda.jit
+def _maxpool_forward_kernel(Y, argmax, X, kh, kw, sh, sw):
+    """Window max and the flat index y*W + x of its first occurrence in
+    row-major window order; NaN wins (as np.argmax), the first NaN."""
+    n, oh, ow, c = Y.shape
+    w = X.shape[2]
+    for e in range(cuda.grid(1), n * oh * ow * c, cuda.gridsize(1)):
+        img, oy, ox, ch = _unflatten(e, oh, ow, c)
+        y0 = oy * sh
+        x0 = ox * sw
+        best = X[img, y0, x0, ch]
+        arg = y0 * w + x0
+        for i in range(kh):
+            for j in range(kw):
+                v = X[img, y0 + i, x0 + j, ch]
+                if v > best or (v != v and best == best):
+                    best = v
+                    arg = (y0 + i) * w + x0 + j
+        Y[img, oy, ox, ch] = best
+        argmax[img, oy, ox, ch] = arg
+
+
+@cuda.jit
+def _zero_kernel(x):
+    for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+        x[i] = float32(0.0)
+
+
+@cuda.jit
+def _maxpool_backward_kernel(dX, dY, argmax):
+    """dX (n, h*w, c) += dY at argmax.  Overlapping windows (stride < pool)
+    may hit one element from several threads: atomic adds.  A scatter rather
+    than a gather, so any argmax in range is honoured, as the reference does."""
+    n, oh, ow, c = dY.shape
+    for e in range(cuda.grid(1), n * oh * ow * c, cuda.gridsize(1)):
+        img, oy, ox, ch = _unflatten(e, oh, ow, c)
+        cuda.atomic.add(dX, (img, argmax[img, oy, ox, ch], ch), dY[img, oy, ox, ch])
+
+
+@cuda.jit
+def _avgpool_forward_kernel(Y, X, kh, kw, sh, sw):
+    n, oh, ow, c = Y.shape
+    for e in range(cuda.grid(1), n * oh * ow * c, cuda.gridsize(1)):
+        img, oy, ox, ch = _unflatten(e, oh, ow, c)
+        acc = float32(0.0)
+        for i in range(kh):
+            for j in range(kw):
+                acc += X[img, oy * sh + i, ox * sw + j, ch]
+        Y[img, oy, ox, ch] = acc / float32(kh * kw)
+
+
+@cuda.jit
+def _avgpool_backward_kernel(dX, dY, kh, kw, sh, sw):
+    """A gather: each dX element sums dY over the windows that cover it."""
+    n, h, w, c = dX.shape
+    oh, ow = dY.shape[1], dY.shape[2]
+    for e in range(cuda.grid(1), n * h * w * c, cuda.gridsize(1)):
+        img, y, x, ch = _unflatten(e, h, w, c)
+        acc = float32(0.0)
+        # windows oy with oy sh <= y < oy sh + kh, likewise ox
+        for oy in range(max(0, (y - kh + sh) // sh), min(oh - 1, y // sh) + 1):
+            for ox in range(max(0, (x - kw + sw) // sw), min(ow - 1, x // sw) + 1):
+                acc += dY[img, oy, ox, ch]
+        dX[img, y, x, ch] = acc / float32(kh * kw)
+
+
+def maxpool2d_forward(Y, X, argmax, *, pool, stride=None):
+    """Max pooling of channels-last images, no padding; ``argmax`` (int32)
+    receives the flat index h * W + w of each maximum.  See reference."""
+    X, (n, h, w, c, oh, ow, kh, kw, sh, sw) = ck.prepare_pool_forward(Y, X, argmax, pool,
+                                                                       stride, _F32)
+    st = _Staging()
+    Y_d, am_d = st.out(Y), st.out(argmax)
+    _maxpool_forward_kernel[_blocks(Y_d.size), _TPB](Y_d, am_d, st.inp(X), kh, kw, sh, sw)
+    st.finish()
+    return Y
+
+
+def maxpool2d_backward(dX, dY, argmax, *, pool, stride=None):
+    """dX = 0, then each dY added at its argmax.  See reference."""
+    dY, argmax, (n, h, w, c, oh, ow, kh, kw, sh, sw) = ck.prepare_pool_backward(
+        dX, dY, argmax, pool, stride, _F32)
+    st = _Staging()
+    dX_d = st.out(dX)
+    _zero_kernel[_blocks(dX_d.size), _TPB](_flat(dX_d))
+    _maxpool_backward_kernel[_blocks(n * oh * ow * c), _TPB](
+        dX_d.reshape(n, h * w, c), st.inp(dY), st.inp(argmax))
+    st.finish()
+
+
+def avgpool2d_forward(Y, X, *, pool, stride=None):
+    """Average pooling of channels-last images, no padding.  See reference."""
+    X, (n, h, w, c, oh, ow, kh, kw, sh, sw) = ck.prepare_pool_forward(Y, X, None, pool, stride,
+                                                                       _F32)
+    st = _Staging()
+    Y_d = st.out(Y)
+    _avgpool_forward_kernel[_blocks(Y_d.size), _TPB](Y_d, st.inp(X), kh, kw, sh, sw)
+    st.finish()
+    return Y
+
+
+def avgpool2d_backward(dX, dY, *, pool, stride=None):
+    """dX: each dY / (KH*KW) added over its window.  See reference."""
+    dY, _, (n, h, w, c, oh, ow, kh, kw, sh, sw) = ck.prepare_pool_backward(dX, dY, None, pool,
+                                                                          stride, _F32)
+    st = _Staging()
+    dX_d = st.out(dX)
+    _avgpool_backward_kernel[_blocks(dX_d.size), _TPB](dX_d, st.inp(dY), kh, kw, sh, sw)
+    st.finish()
+
+
+# ---- per-channel reductions and batch normalisation ----------------------------------
+# Sums over the rows of a (rows, C) array, in float64, without atomics and in a
+# fixed order.  A block covers G = min(C, TPB) channels with TPB // G row lanes
+# (so a block reads whole contiguous rows when C is small) and a slice of the
+# rows; each block writes its partial sums to part[:, slice, channel], and a
+# second kernel, one thread per channel, adds the slices in order.
+
+_SUM, _CENTRED, _GRAD = 0, 1, 2  # what _channel_partials_kernel sums
+_MAX_SLICES = 64                 # row slices (grid.y) of the partial sums
+
+
+@cuda.jit
+def _channel_partials_kernel(part, kind, A, B, shift, scale):
+    """part[0/1, blockIdx.y, ch]: kind _SUM: sum A; _CENTRED, d = A - shift:
+    sum d, sum d^2; _GRAD: sum A, sum A (B - shift) scale."""
+    s0 = cuda.shared.array(_TPB, float64)
+    s1 = cuda.shared.array(_TPB, float64)
+    rows, c = A.shape
+    t = cuda.threadIdx.x
+    g = min(c, _TPB)
+    lanes = _TPB // g
+    ch = cuda.blockIdx.x * g + t % g
+    lane = t // g
+    a0 = 0.0
+    a1 = 0.0
+    if lane < lanes and ch < c:
+        for r in range(cuda.blockIdx.y * lanes + lane, rows, cuda.gridDim.y * lanes):
+            v = float64(A[r, ch])
+            if kind == _CENTRED:
+                v -= float64(shift[ch])
+                a1 += v * v
+            elif kind == _GRAD:
+                a1 += v * (float64(B[r, ch]) - float64(shift[ch])) * float64(scale[ch])
+            a0 += v
+    s0[t] = a0
+    s1[t] = a1
+    cuda.syncthreads()
+    if t < g and ch < c:  # lane 0 adds the other lanes of its channel, in order
+        for q in range(1, lanes):
+            a0 += s0[t + q * g]
+            a1 += s1[t + q * g]
+        part[0, cuda.blockIdx.y, ch] = a0
+        part[1, cuda.blockIdx.y, ch] = a1
+
+
+@cuda.jit(device=True)
+def _slices_total(part, q, ch):
+    s = 0.0
+    for k in range(part.shape[1]):
+        s += part[q, k, ch]
+    return s
+
+
+@cuda.jit
+def _sum_finish_kernel(out0, out1, part, both):
+    """out0 = the first sums, and out1 the second if ``both``."""
+    for ch in range(cuda.grid(1), out0.shape[0], cuda.gridsize(1)):
+        out0[ch] = _slices_total(part, 0, ch)
+        if both:
+            out1[ch] = _slices_total(part, 1, ch)
+
+
+def _partials(kind, A, B=None, shift=None, scale=None):
+    """The (2, slices, C) partial sums of ``_channel_partials_kernel``."""
+    rows, c = A.shape
+    g = min(c, _TPB)
+    lanes = _TPB // g
+    slices = max(1, min(_MAX_SLICES, rows // (8 * lanes)))
+    part = cuda.device_array((2, slices, c), np.float64)
+    dummy = _dummy()
+    _channel_partials_kernel[(-(-c // g), slices), _TPB](
+        part, kind, A, dummy if B is None else B, dummy if shift is None else shift,
+        dummy if scale is None else scale)
+    return part
+
+
+def _channel_reduce(kind, out0, out1, A, B=None, shift=None, scale=None):
+    """out0[ch] (and out1[ch] unless None) = the float64 sums of ``_partials``."""
+    part = _partials(kind, A, B, shift, scale)
+    _sum_finish_kernel[_blocks(out0.shape[0]), _TPB](out0, _dummy() if out1 is None else out1,
+                                                     part, out1 is not None)
+
+
+@cuda.jit
+def _batchnorm_stats_kernel(mean, invstd, rm, rv, part, shift, rows, momentum, eps):
+    """mean, invstd and torch's running update from the shifted sums."""
+    for ch in range(cuda.grid(1), mean.shape[0], cuda.gridsize(1)):
+        d = _slices_total(part, 0, ch) / rows
+        var = max(_slices_total(part, 1, ch) / rows - d * d, 0.0)
+        mu = float64(shift[ch]) + d
+        mean[ch] = mu
+        invstd[ch] = 1.0 / math.sqrt(var + eps)
+        rm[ch] = (1.0 - momentum) * rm[ch] + momentum * mu
+        rv[ch] = (1.0 - momentum) * rv[ch] + momentum * var * rows / (rows - 1)
+
+
+@cuda.jit
+def _batchnorm_apply_kernel(Y, X, center, spread, gamma, beta, eps, spread_is_var):
+    """Y = (X - center) * gamma / s + beta per channel, s = sqrt(spread + eps)
+    if spread_is_var (inference: running stats) else 1 / spread (invstd)."""
+    c = center.shape[0]
+    for e in range(cuda.grid(1), Y.shape[0], cuda.gridsize(1)):
+        ch = e % c
+        if spread_is_var:
+            scale = gamma[ch] / math.sqrt(spread[ch] + eps)
+        else:
+            scale = gamma[ch] * spread[ch]
+        Y[e] = (X[e] - center[ch]) * scale + beta[ch]
+
+
+@cuda.jit
+def _batchnorm_backward_kernel(dX, dY, X, gamma, mean, invstd, dgamma, dbeta, rows):
+    """dX = gamma invstd (dY - dbeta / M - xhat dgamma / M)."""
+    c = mean.shape[0]
+    for e in range(cuda.grid(1), dX.shape[0], cuda.gridsize(1)):
+        ch = e % c
+        xhat = (X[e] - mean[ch]) * invstd[ch]
+        dX[e] = gamma[ch] * invstd[ch] * (dY[e] - dbeta[ch] / rows - xhat * dgamma[ch] / rows)
+
+
+def batchnorm_forward(Y, X, gamma, beta, mean, invstd, running_mean, running_var, *,
+                      momentum=0.1, eps=1e-5):
+    """Batch normalisation in training mode over the last axis of X (..., C).
+
+    Per-channel mean and biased variance in float64 (shifted by the first
+    row, so the one-pass variance does not cancel); ``mean`` and ``invstd``
+    are kept for the backward; the running statistics follow torch
+    (unbiased variance).  See reference.
+    """
+    X, gamma, beta, rows, c, momentum, eps = ck.prepare_batchnorm_forward(
+        Y, X, gamma, beta, mean, invstd, running_mean, running_var, momentum, eps, _F32)
+    st = _Staging()
+    Y_d, mean_d, invstd_d = st.out(Y), st.out(mean), st.out(invstd)
+    rm_d, rv_d = st.out(running_mean), st.out(running_var)
+    x = st.inp(X).reshape(rows, c)
+    part = _partials(_CENTRED, x, shift=x[0])
+    _batchnorm_stats_kernel[_blocks(c), _TPB](mean_d, invstd_d, rm_d, rv_d, part, x[0],
+                                              float(rows), momentum, eps)
+    _batchnorm_apply_kernel[_blocks(rows * c), _TPB](_flat(Y_d), _flat(x), mean_d, invstd_d,
+                                                     st.inp(gamma), st.inp(beta), _f(eps),
+                                                     False)
+    st.finish()
+    return Y
+
+
+def batchnorm_inference(Y, X, gamma, beta, running_mean, running_var, *, eps=1e-5):
+    """Batch normalisation in evaluation mode: the running statistics."""
+    X, gamma, beta, rm, rv, rows, c, eps = ck.prepare_batchnorm_inference(
+        Y, X, gamma, beta, running_mean, running_var, eps, _F32)
+    st = _Staging()
+    Y_d = st.out(Y)
+    _batchnorm_apply_kernel[_blocks(rows * c), _TPB](_flat(Y_d), _flat(st.inp(X)), st.inp(rm),
+                                                     st.inp(rv), st.inp(gamma), st.inp(beta),
+                                                     _f(eps), True)
+    st.finish()
+    return Y
+
+
+def batchnorm_backward(dX, dgamma, dbeta, dY, X, gamma, mean, invstd):
+    """Backward of ``batchnorm_forward`` (training mode) from X and the saved
+    mean and invstd: dbeta = sum(dY), dgamma = sum(dY * xhat) (float64 sums),
+    dX = gamma * invstd / M * (M dY - dbeta - xhat * dgamma)."""
+    dY, X, gamma, mean, invstd, rows, c = ck.prepare_batchnorm_backward(
+        dX, dgamma, dbeta, dY, X, gamma, mean, invstd, _F32)
+    st = _Staging()
+    dX_d, dgamma_d, dbeta_d = st.out(dX), st.out(dgamma), st.out(dbeta)
+    dy, x = st.inp(dY).reshape(rows, c), st.inp(X).reshape(rows, c)
+    mean_d, invstd_d = st.inp(mean), st.inp(invstd)
+    _channel_reduce(_GRAD, dbeta_d, dgamma_d, dy, x, mean_d, invstd_d)
+    _batchnorm_backward_kernel[_blocks(rows * c), _TPB](
+        _flat(dX_d), _flat(dy), _flat(x), st.inp(gamma), mean_d, invstd_d, dgamma_d, dbeta_d,
+        _f(rows))
     st.finish()

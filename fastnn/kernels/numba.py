@@ -20,8 +20,11 @@ products along k, from panels of op(A) and op(B) packed k-contiguous
 (``_pack``), with the accumulators in a stack array that LLVM keeps in
 vector registers.  Packing pads edge tiles with zeros, so the micro-kernel is
 branch-free; the epilogue (alpha, beta, bias, activation) is applied while the
-tile is still in registers.  The packing buffers are allocated once per call
-of ``gemm``; the fused epoch allocates them once per epoch.
+tile is still in registers.  For small k (up to _SMALL_K, e.g. dW = X.T dZ
+over a mini-batch) and B not transposed, C is instead built row by row from
+k rank-1 updates vectorised along the row.  The packing buffers are
+allocated once per call of ``gemm``; the fused epoch allocates them once per
+epoch.
 
 dense_stack_epoch.  One ``@njit`` loop over the mini-batches, made of the
 same kernels as the per-call functions (the same rounding points, so the
@@ -50,6 +53,9 @@ _NO_BUF = np.empty(0, dtype=_F32)
 # gemm blocking: MR x NR register tile, KC the depth of one packed panel
 # (an MR x KC panel of A and an NR x KC panel of B fill half of L1).
 _MR, _NR, _KC = 4, 4, 512
+# Up to this depth (k = the batch size in dW = X.T dZ) gemm updates rows of C
+# instead: a tile's MR*NR horizontal sums would cost more than its FMAs.
+_SMALL_K = 64
 
 
 def info():
@@ -329,6 +335,24 @@ def _pack(dst, src, trans, r0, p0, kc):
                     dst[s, t, p] = src[r, p0 + p]
 
 
+@njit(cache=True, fastmath=_EXACT)
+def _gemm_row(C, i, A, B, trans_a, alpha, beta, bias, code, slope):
+    """Row i of C = act(alpha op(A) B + beta C + bias) as k rank-1 updates
+    of the row, vectorised along it (B (k, n) not transposed)."""
+    n, k = C.shape[1], B.shape[0]
+    c = C[i]
+    for j in range(n):
+        c[j] = 0.0 if beta == 0.0 else beta * c[j]  # beta == 0 never reads C
+    for p in range(k):
+        a = np.float32(alpha * (A[p, i] if trans_a else A[i, p]))  # float32 FMAs below
+        for j in range(n):
+            c[j] += a * B[p, j]
+    if bias.size > 0:
+        for j in range(n):
+            c[j] += bias[j]
+    _act_span(c, c, 0, n, code, slope)
+
+
 @njit(cache=True)
 def _panel_floats(rows, k, tile):
     """Floats of a packed op(A) (tile _MR) or op(B) (tile _NR) with `rows`
@@ -337,12 +361,16 @@ def _panel_floats(rows, k, tile):
 
 
 @njit(cache=True, parallel=True)
-def _gemm_packed(C, A, B, trans_a, trans_b, alpha, beta, bias, code, slope, ap_buf, bp_buf):
+def _gemm_ws(C, A, B, trans_a, trans_b, alpha, beta, bias, code, slope, ap_buf, bp_buf):
     """C = act(alpha op(A) op(B) + beta C + bias); see _micro_tile.  ap_buf and
     bp_buf are scratch of at least _panel_floats(m, k, _MR) and
     _panel_floats(n, k, _NR) floats."""
     m, n = C.shape
     k = A.shape[0] if trans_a else A.shape[1]
+    if k <= _SMALL_K and not trans_b:
+        for i in prange(m):
+            _gemm_row(C, i, A, B, trans_a, alpha, beta, bias, code, slope)
+        return
     kcmax = min(k, _KC)
     mstrips = (m + _MR - 1) // _MR
     nstrips = (n + _NR - 1) // _NR
@@ -363,10 +391,10 @@ def _gemm_packed(C, A, B, trans_a, trans_b, alpha, beta, bias, code, slope, ap_b
 
 @njit(cache=True)
 def _gemm(C, A, B, trans_a, trans_b, alpha, beta, bias, code, slope):
-    """_gemm_packed with its packing buffers allocated for this call."""
+    """_gemm_ws with its packing buffers allocated for this call."""
     m, n = C.shape
     k = A.shape[0] if trans_a else A.shape[1]
-    _gemm_packed(C, A, B, trans_a, trans_b, alpha, beta, bias, code, slope,
+    _gemm_ws(C, A, B, trans_a, trans_b, alpha, beta, bias, code, slope,
                  np.empty(_panel_floats(m, k, _MR), dtype=np.float32),
                  np.empty(_panel_floats(n, k, _NR), dtype=np.float32))
 
@@ -887,7 +915,7 @@ def _dense_stack_epoch(params, grads, s0, s1, s2, ws, X, labels, T, batch_losses
         for l in range(n_layers):
             fi, fo, w, b = layers[l, 0], layers[l, 1], layers[l, 2], layers[l, 3]
             y = ws[y_off[l]:y_off[l] + m * fo].reshape((m, fo))
-            _gemm_packed(y, inp, params[w:w + fi * fo].reshape((fi, fo)), False, False, 1.0,
+            _gemm_ws(y, inp, params[w:w + fi * fo].reshape((fi, fo)), False, False, 1.0,
                          0.0, params[b:b + fo] if b >= 0 else no_bias, layers[l, 4], slopes[l],
                          ap, bp)
             inp = y
@@ -926,11 +954,11 @@ def _dense_stack_epoch(params, grads, s0, s1, s2, ws, X, labels, T, batch_losses
             _dense_dz(dy, grads[b:b + fo] if b >= 0 else no_bias, dy,
                       ws[y_off[l]:y_off[l] + m * fo].reshape((m, fo)), layers[l, 4], slopes[l],
                       sums)
-            _gemm_packed(dW.reshape((fi, fo)), x_l, dy, True, False, 1.0, 0.0, no_bias, 0, 0.0,
+            _gemm_ws(dW.reshape((fi, fo)), x_l, dy, True, False, 1.0, 0.0, no_bias, 0, 0.0,
                          ap, bp)
             if l > 0:
                 dx = ws[g_off[1 - cur]:g_off[1 - cur] + m * fi].reshape((m, fi))
-                _gemm_packed(dx, dy, W.reshape((fi, fo)), False, True, 1.0, 0.0, no_bias, 0,
+                _gemm_ws(dx, dy, W.reshape((fi, fo)), False, True, 1.0, 0.0, no_bias, 0,
                              0.0, ap, bp)
             if l2 != 0.0:
                 _axpy(dW, W, np.float32(l2 / m))
@@ -1002,6 +1030,7 @@ def warmup():
     dense_stack_epoch(params, grads, (None,), np.empty(18, _F32), x, labels, np.empty(1),
                       np.empty(1, np.int64), layers=layers, loss="softmax_xent", batch_size=2,
                       optimizer="sgd", hyper=dict(lr=0.1), step=0)
+    _warmup_cnn()
 
 
 # ---- convolution (channels-last) ---------------------------------------------
@@ -1059,8 +1088,8 @@ def _col2im(dx, cols, kh, kw, sh, sw, ph, pw, oh, ow):
 def conv2d_forward(Y, X, W, b, cols, *, stride=(1, 1), padding=(0, 0), activation="identity",
                    negative_slope=0.01):
     """Y = act(im2col(X) @ W + b), channels-last; ``cols`` keeps im2col(X).  See reference."""
-    X, W, b, g, code, slope = ck.prepare_conv2d_forward(Y, X, W, b, cols, stride, padding,
-                                                        activation, negative_slope, _F32)
+    X, W, b, g, _, _ = ck.prepare_conv2d_forward(Y, X, W, b, cols, stride, padding, activation,
+                                                 negative_slope, _F32)
     n, h, w, c, oh, ow, oc, kh, kw, sh, sw, ph, pw = g
     _im2col(cols, X, kh, kw, sh, sw, ph, pw, oh, ow)
     dense_forward(Y.reshape(n * oh * ow, oc), cols, W.reshape(kh * kw * c, oc), b,
@@ -1072,7 +1101,7 @@ def conv2d_backward(dX, dW, db, dZ, dY, X, W, Y, cols, *, stride=(1, 1), padding
                     activation="identity", negative_slope=0.01):
     """dZ = dY act'(Y), dW = cols.T @ dZ, db = sums of dZ, dX = col2im(dZ @ W.T)
     (``cols`` is overwritten with dZ @ W.T when dX is given).  See reference."""
-    dY, X, W, Y, g, code, slope = ck.prepare_conv2d_backward(
+    dY, X, W, Y, g, _, _ = ck.prepare_conv2d_backward(
         dX, dW, db, dZ, dY, X, W, Y, cols, stride, padding, activation, negative_slope, _F32)
     n, h, w, c, oh, ow, oc, kh, kw, sh, sw, ph, pw = g
     m, k = n * oh * ow, kh * kw * c

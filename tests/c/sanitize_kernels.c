@@ -114,6 +114,79 @@ static void gemm_cases(void) {
     BAD(fastnn_gemm(0, 0, 1, 1, 1, 1.0f, NULL, 1, &f, 1, 0.0f, &f, 1));
 }
 
+/* Convolution, pooling and batch norm on odd shapes: 1x1, stride > 1,
+   padding, kernel larger than the stride, batch 1, channels past the
+   kernels' 128-channel blocks; optional outputs NULL, dZ == dY. */
+static void cnn_cases(void) {
+    /* n, h, w, c, oc, kh, kw, sh, sw, ph, pw */
+    const int64_t conv[][11] = {{1, 3, 3, 1, 1, 1, 1, 1, 1, 0, 0}, {2, 5, 4, 3, 2, 3, 3, 1, 1, 1, 1},
+                                {1, 6, 7, 2, 3, 3, 2, 2, 1, 1, 0}, {3, 9, 11, 5, 7, 3, 3, 2, 2, 1, 1},
+                                {2, 8, 8, 3, 4, 5, 5, 3, 3, 2, 2}, {2, 7, 7, 17, 33, 1, 1, 2, 2, 0, 0},
+                                {1, 5, 6, 4, 3, 1, 1, 1, 1, 0, 0}, {4, 28, 28, 3, 16, 3, 3, 1, 1, 1, 1},
+                                {1, 2, 9, 2, 2, 2, 4, 1, 3, 1, 3}};
+    for (size_t ci = 0; ci < sizeof conv / sizeof *conv; ci++) {
+        const int64_t *d = conv[ci];
+        int64_t n = d[0], h = d[1], w = d[2], c = d[3], oc = d[4], kh = d[5], kw = d[6];
+        int64_t sh = d[7], sw = d[8], ph = d[9], pw = d[10];
+        int64_t oh = (h + 2 * ph - kh) / sh + 1, ow = (w + 2 * pw - kw) / sw + 1;
+        int64_t M = n * oh * ow, K = kh * kw * c;
+        float *X = rnd(n * h * w * c), *W = rnd(K * oc), *b = rnd(oc), *Y = rnd(M * oc), *cols = rnd(M * K);
+        float *dY = rnd(M * oc), *dZ = rnd(M * oc), *dW = rnd(K * oc), *db = rnd(oc), *dX = rnd(n * h * w * c);
+        const int acts[] = {0, 5, 4};
+        for (int a = 0; a < 3; a++) {
+            OK(fastnn_conv2d_forward(Y, cols, X, W, b, n, h, w, c, oc, kh, kw, sh, sw, ph, pw, acts[a], 0.1f));
+            OK(fastnn_conv2d_backward(dX, dW, db, dZ, cols, dY, W, Y, n, h, w, c, oc, kh, kw, sh, sw, ph, pw, acts[a], 0.1f));
+        }
+        OK(fastnn_conv2d_forward(Y, cols, X, W, NULL, n, h, w, c, oc, kh, kw, sh, sw, ph, pw, 6, 0.1f));
+        OK(fastnn_conv2d_backward(NULL, dW, NULL, dY, cols, dY, W, Y, n, h, w, c, oc, kh, kw, sh, sw, ph, pw, 6, 0.1f));
+        BAD(fastnn_conv2d_forward(Y, cols, X, W, b, n, h, w, c, oc, kh, kw, sh, sw, kh, pw, 0, 0.1f));
+        BAD(fastnn_conv2d_backward(dX, dW, db, dZ, NULL, dY, W, Y, n, h, w, c, oc, kh, kw, sh, sw, ph, pw, 0, 0.1f));
+        free(X); free(W); free(b); free(Y); free(cols); free(dY); free(dZ); free(dW); free(db); free(dX);
+    }
+    /* n, h, w, c, kh, kw, sh, sw */
+    const int64_t pool[][8] = {{1, 4, 4, 1, 2, 2, 2, 2}, {2, 7, 6, 3, 3, 3, 2, 2}, {3, 9, 13, 5, 2, 3, 1, 2},
+                               {8, 28, 28, 16, 2, 2, 2, 2}, {1, 5, 5, 300, 1, 1, 1, 1}, {2, 9, 9, 130, 3, 3, 2, 2},
+                               {1, 3, 8, 2, 3, 2, 5, 3}};
+    for (size_t pi = 0; pi < sizeof pool / sizeof *pool; pi++) {
+        const int64_t *d = pool[pi];
+        int64_t n = d[0], h = d[1], w = d[2], c = d[3], kh = d[4], kw = d[5], sh = d[6], sw = d[7];
+        int64_t oh = (h - kh) / sh + 1, ow = (w - kw) / sw + 1, out = n * oh * ow * c;
+        float *X = rnd(n * h * w * c), *Y = rnd(out), *dY = rnd(out), *dX = rnd(n * h * w * c);
+        int32_t *am = malloc((size_t)out * sizeof *am);
+        OK(fastnn_maxpool2d_forward(Y, am, X, n, h, w, c, kh, kw, sh, sw));
+        OK(fastnn_maxpool2d_backward(dX, dY, am, n, h, w, c, kh, kw, sh, sw));
+        OK(fastnn_avgpool2d_forward(Y, X, n, h, w, c, kh, kw, sh, sw));
+        OK(fastnn_avgpool2d_backward(dX, dY, n, h, w, c, kh, kw, sh, sw));
+        am[out - 1] = (int32_t)(h * w); BAD(fastnn_maxpool2d_backward(dX, dY, am, n, h, w, c, kh, kw, sh, sw));
+        am[out - 1] = -1; BAD(fastnn_maxpool2d_backward(dX, dY, am, n, h, w, c, kh, kw, sh, sw));
+        BAD(fastnn_maxpool2d_forward(Y, am, X, n, h, w, c, h + 1, kw, sh, sw));
+        BAD(fastnn_avgpool2d_forward(Y, X, n, h, w, c, kh, kw, 0, sw));
+        BAD(fastnn_avgpool2d_backward(dX, NULL, n, h, w, c, kh, kw, sh, sw));
+        free(X); free(Y); free(dY); free(dX); free(am);
+    }
+    const int64_t bn[][2] = {{2, 1}, {7, 3}, {1000, 130}, {50000, 3}, {300, 257}};
+    for (size_t bi = 0; bi < sizeof bn / sizeof *bn; bi++) {
+        int64_t rows = bn[bi][0], c = bn[bi][1];
+        float *X = rnd(rows * c), *Y = rnd(rows * c), *dY = rnd(rows * c), *dX = rnd(rows * c);
+        float *g = rnd(c), *be = rnd(c), *mu = rnd(c), *is = rnd(c), *rm = rnd(c), *rv = rnd(c), *dg = rnd(c), *db = rnd(c);
+        for (int64_t j = 0; j < c; j++) rv[j] = 1.0f;
+        OK(fastnn_batchnorm_forward(Y, mu, is, rm, rv, X, g, be, rows, c, 0.1, 1e-5));
+        OK(fastnn_batchnorm_inference(Y, X, g, be, rm, rv, rows, c, 1e-5));
+        OK(fastnn_batchnorm_inference(Y, X, g, be, rm, rv, 1, c, 1e-5));
+        OK(fastnn_batchnorm_backward(dX, dg, db, dY, X, g, mu, is, rows, c));
+        BAD(fastnn_batchnorm_forward(Y, mu, is, rm, rv, X, g, be, 1, c, 0.1, 1e-5));
+        BAD(fastnn_batchnorm_forward(Y, mu, is, rm, rv, X, g, be, rows, c, 0.1, 0.0));
+        BAD(fastnn_batchnorm_inference(Y, X, g, NULL, rm, rv, rows, c, 1e-5));
+        BAD(fastnn_batchnorm_backward(dX, dg, db, dY, X, g, mu, is, rows, 0));
+        free(X); free(Y); free(dY); free(dX); free(g); free(be); free(mu); free(is); free(rm); free(rv); free(dg); free(db);
+    }
+    float f = 1.0f;
+    BAD(fastnn_conv2d_forward(&f, &f, &f, &f, NULL, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0.0f));
+    BAD(fastnn_conv2d_forward(&f, &f, &f, &f, NULL, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 8, 0.0f));
+    BAD(fastnn_conv2d_forward(&f, &f, &f, &f, NULL, 1, 1, 1, 1, 1, 2, 1, 1, 1, 0, 0, 0, 0.0f));
+    BAD(fastnn_conv2d_backward(&f, &f, NULL, &f, &f, &f, &f, &f, 1, 1, 1, 1, 0, 1, 1, 1, 1, 0, 0, 0, 0.0f));
+}
+
 int main(void) {
     int best = fastnn_simd_best();
     for (int path = 0; path <= best; path++) {
@@ -121,6 +194,13 @@ int main(void) {
         for (int th = 1; th <= 2; th++) {
             fastnn_set_num_threads(th);
             gemm_cases();
+        }
+    }
+    for (int path = 0; path <= best; path++) {
+        if (fastnn_set_simd_path(path) != FASTNN_OK) continue;
+        for (int th = 1; th <= 2; th++) {
+            fastnn_set_num_threads(th);
+            cnn_cases();
         }
     }
     fastnn_set_simd_path(best);
