@@ -18,6 +18,10 @@ void fastnn_set_num_threads(int n)
 
 int fastnn_get_num_threads(void)
 {
+    /* A kernel called by one thread of a team (the threaded training epoch
+       splits a batch over threads) runs serially on that thread. */
+    if (omp_in_parallel())
+        return 1;
     if (g_threads > 0)
         return g_threads;
     int n = omp_get_max_threads();

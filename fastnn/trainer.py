@@ -43,9 +43,25 @@ def check_X(X, input_shape, dtype=np.float32):
                          if len(want) > 1 else
                          f"X: expected {want[0]} features, got {arr.shape[1]}")
     arr = np.ascontiguousarray(arr, dtype=dtype)
-    if not np.all(np.isfinite(arr)):
+    if not _all_finite(arr):
         raise ValueError("X: contains NaN or Inf")
     return arr
+
+
+def _all_finite(arr):
+    """No NaN or Inf in arr, without a temporary the size of arr: a float64
+    sum of float32 values cannot overflow (3.4e38 * 2**63 < 1.8e308), so it
+    is finite exactly when every value is; other dtypes get the full test
+    when their sum is not finite."""
+    if arr.dtype.kind != "f":
+        return True
+    with np.errstate(invalid="ignore", over="ignore"):
+        total = np.sum(arr, dtype=np.float64)
+    if np.isfinite(total):
+        return True
+    if arr.dtype == np.float32:
+        return False  # a non-finite sum of float32 values: one of them is
+    return bool(np.all(np.isfinite(arr)))  # wider values may just overflow the sum
 
 
 def _check_finite(value, epoch, batch):
@@ -331,11 +347,10 @@ class Trainer:
     def _fused_epoch(self, n, batch_size):
         """An epoch function running dense_stack_epoch; its buffers are
         allocated here, once per fit."""
-        from .kernels import reference
-
         k, opt, model = self._k, self.optimizer, self.model
         n_batches = -(-n // batch_size)
-        workspace = k.empty(reference.dense_stack_workspace(self._stack, batch_size), model.dtype)
+        workspace = k.empty(k.dense_stack_workspace(self._stack, batch_size, model.size),
+                            model.dtype)
         batch_losses = np.empty(n_batches)
         batch_correct = np.empty(n_batches, np.int64)
         sizes = np.full(n_batches, batch_size, np.float64)

@@ -39,7 +39,7 @@ def _run(k, loss, opt, hyper, X, t, batch, l2=0.0, loss_scale=1.0, grad_scale=1.
     layers = _stack(model)
     p, g = model.params.copy(), np.zeros(model.size, np.float32)
     states = tuple(np.zeros_like(p) for _ in _checks.OPTIMIZER_KERNELS[opt][0])
-    ws = k.empty(reference.dense_stack_workspace(layers, batch))
+    ws = k.empty(k.dense_stack_workspace(layers, batch, model.size))
     n_batches = -(-len(X) // batch)
     step, mu, losses, correct = 0, 1.0, [], []
     for _ in range(epochs):
@@ -102,7 +102,7 @@ def test_epoch_bad_arguments(cpu_backend, rng):
     bl, bc = np.zeros(5), np.zeros(5, np.int64)
     ok = dict(layers=layers, loss="softmax_xent", batch_size=2, optimizer="sgd",
               hyper=dict(lr=0.1), step=0)
-    ws = np.empty(reference.dense_stack_workspace(layers, 2), np.float32)
+    ws = np.empty(reference.dense_stack_workspace(layers, 2, model.size), np.float32)
     cases = [
         (dict(ok, layers=[(4, 3, p.size - 5, -1, "relu", 0.0)]), "overrun"),
         (dict(ok, layers=[(4, 3, 0, 16, None, 0.0), (4, 2, 0, -1, None, 0.0)]), "takes 4 inputs"),
@@ -169,3 +169,26 @@ def test_fused_fit_reports_divergence_with_epoch_and_batch(rng):
     assert trainer.fused
     with pytest.raises(FloatingPointError, match=r"epoch \d+, batch \d+"):
         trainer.fit(X, y, epochs=50, batch_size=8, verbose=False)
+
+
+@pytest.mark.parametrize("n,batch", [(53, 24), (49, 24), (64, 16)])
+@pytest.mark.parametrize("opt,hyper", [OPTS[1], OPTS[0], OPTS[5]], ids=["adam", "sgd", "nadam"])
+def test_c_epoch_split_over_threads_matches_reference(n, batch, opt, hyper, rng):
+    """The c backend splits each batch over its threads (here 2; the last
+    batches of 5 and 1 rows leave a thread with few or none)."""
+    from fastnn.kernels import c
+
+    X = rng.normal(size=(n, 6)).astype(np.float32)
+    t = rng.integers(0, 3, n)
+    kw = dict(l2=0.05, loss_scale=0.5, grad_scale=2.0)
+    want = _run(reference, "softmax_xent", opt, hyper, X, t, batch, **kw)
+    before = c.info()["threads"]
+    try:
+        c.set_num_threads(2)
+        got = _run(c, "softmax_xent", opt, hyper, X, t, batch, **kw)
+    finally:
+        c.set_num_threads(before)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=2e-6)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got[2], want[2])
+    assert got[3] == want[3] and got[4] == pytest.approx(want[4], rel=1e-12)

@@ -423,3 +423,20 @@ def test_cuda_trainer_keeps_state_on_the_device():
     np.testing.assert_allclose(runs["cuda"][0], runs["reference"][0], rtol=1e-5)
     np.testing.assert_allclose(runs["cuda"][1], runs["reference"][1], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(runs["cuda"][2], runs["reference"][2], rtol=1e-4, atol=1e-5)
+
+
+def test_finite_check_of_inputs():
+    from fastnn.trainer import _all_finite
+
+    x = np.random.default_rng(0).random((50, 7), dtype=np.float32)
+    assert _all_finite(x) and _all_finite(np.full((3, 3), 3e38, np.float32))
+    for bad in (np.nan, np.inf, -np.inf):
+        y = x.copy()
+        y[3, 4] = bad
+        assert not _all_finite(y)
+        assert not _all_finite(y.astype(np.float64))
+    y = x.copy()
+    y[0, 0], y[1, 1] = np.inf, -np.inf  # their sum is NaN; each alone is Inf
+    assert not _all_finite(y)
+    assert _all_finite(np.array([[1e308, 1e308]]))  # float64: the sum overflows, the values don't
+    assert _all_finite(np.arange(6).reshape(2, 3))

@@ -22,7 +22,7 @@ KERNELS = (
     "softmax_xent_forward", "softmax_xent_backward", "bce_forward", "bce_backward",
     "mse_forward", "mse_backward", "mae_forward", "mae_backward",
     "sgd", "adam", "adamw", "rmsprop", "adagrad", "nadam", "adamax",
-    "sum_squares", "scale", "clip", "axpy", "dense_stack_epoch",
+    "sum_squares", "scale", "clip", "axpy", "dense_stack_epoch", "dense_stack_workspace",
     "conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
     "avgpool2d_forward", "avgpool2d_backward", "batchnorm_forward", "batchnorm_inference",
     "batchnorm_backward",

@@ -361,6 +361,25 @@ _I64 = ffi.typeof("int64_t[]")
 _F64 = ffi.typeof("double[]")
 
 
+def dense_stack_workspace(layers, batch_size, n_params):
+    """Floats of workspace dense_stack_epoch needs here: with the current
+    thread count, each thread's share of a batch plus its own n_params
+    gradient buffer (the epoch splits every batch over the threads)."""
+    spec = _layer_spec([(fi, fo, w, b, "identity", 0.0) for fi, fo, w, b, *_ in layers])
+    threads = max(1, lib.fastnn_get_num_threads())
+    return max(int(lib.fastnn_dense_stack_workspace(spec, len(layers), batch_size, n_params, t))
+               for t in (1, threads))
+
+
+def _layer_spec(layers):
+    spec = ffi.new("fastnn_dense_layer[]", len(layers))
+    for s, (fan_in, fan_out, w_off, b_off, act, slope) in zip(spec, layers):
+        setattr(s, "in", fan_in)  # "in" is a Python keyword
+        s.out, s.w_offset, s.b_offset = fan_out, w_off, b_off
+        s.act, s.slope = ck.activation_code(act), slope
+    return spec
+
+
 def dense_stack_epoch(params, grads, states, workspace, X, targets, batch_losses,
                       batch_correct, *, layers, loss, batch_size, optimizer, hyper, step,
                       mu_product=1.0, l2=0.0, loss_scale=1.0, grad_scale=1.0):
@@ -368,11 +387,7 @@ def dense_stack_epoch(params, grads, states, workspace, X, targets, batch_losses
     X, targets, layers, n_batches, hyper = ck.prepare_dense_stack_epoch(
         params, grads, states, workspace, X, targets, batch_losses, batch_correct, layers,
         loss, batch_size, optimizer, hyper, step, l2, loss_scale, grad_scale, _F32)
-    spec = ffi.new("fastnn_dense_layer[]", len(layers))
-    for s, (fan_in, fan_out, w_off, b_off, act, slope) in zip(spec, layers):
-        setattr(s, "in", fan_in)  # "in" is a Python keyword
-        s.out, s.w_offset, s.b_offset = fan_out, w_off, b_off
-        s.act, s.slope = ck.activation_code(act), slope
+    spec = _layer_spec(layers)
     opt = ffi.new("fastnn_optimizer *")
     opt.kind = _OPT_CODES[optimizer]
     for key, value in hyper.items():

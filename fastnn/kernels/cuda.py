@@ -25,7 +25,7 @@ import numpy as np
 
 from . import _checks as ck
 from . import reference as _reference
-from .reference import nadam_mu  # noqa: F401 - public, shared with every backend
+from .reference import dense_stack_workspace, nadam_mu  # noqa: F401 - shared by every backend
 
 try:
     from numba import cuda, float32, float64

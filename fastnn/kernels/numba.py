@@ -41,6 +41,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import _checks as ck
+from .reference import dense_stack_workspace  # noqa: F401 - same layout as the reference
 
 name = "numba"
 

@@ -187,7 +187,56 @@ static void cnn_cases(void) {
     BAD(fastnn_conv2d_backward(&f, &f, NULL, &f, &f, &f, &f, &f, 1, 1, 1, 1, 0, 1, 1, 1, 1, 0, 0, 0, 0.0f));
 }
 
+/* The training epoch: exact-size workspaces for 1 and 2 threads, odd sizes,
+   a last batch smaller than the thread count, every loss and optimizer. */
+static void epoch_cases(void) {
+    const int64_t dims[][3] = {{6, 9, 3}, {17, 33, 1}, {5, 2, 7}};
+    const int64_t sizes[][2] = {{53, 24}, {49, 24}, {1, 1}, {40, 16}, {7, 100}};
+    for (size_t di = 0; di < sizeof dims / sizeof *dims; di++)
+        for (size_t si = 0; si < sizeof sizes / sizeof *sizes; si++)
+            for (int loss = 0; loss < 4; loss++) {
+                const int64_t in = dims[di][0], hid = dims[di][1], out = dims[di][2];
+                const int64_t n = sizes[si][0], batch = sizes[si][1];
+                fastnn_dense_layer L[2] = {{in, hid, 0, in * hid, FASTNN_ACT_TANH, 0.0f},
+                                           {hid, out, in * hid + hid, -1, FASTNN_ACT_IDENTITY, 0.0f}};
+                const int64_t n_params = in * hid + hid + hid * out;
+                const int threads = fastnn_get_num_threads();
+                const int64_t need = fastnn_dense_stack_workspace(L, 2, batch, n_params, threads);
+                float *params = rnd(n_params), *grads = rnd(n_params), *ws = rnd(need);
+                float *m = calloc((size_t)n_params, 4), *v = calloc((size_t)n_params, 4);
+                float *X = rnd(n * in), *T = rnd(n * out);
+                int32_t *labels = malloc((size_t)n * sizeof *labels);
+                for (int64_t i = 0; i < n; i++) labels[i] = (int32_t)(rand() % out);
+                const int64_t nb = (n + batch - 1) / batch;
+                double *bl = malloc((size_t)nb * sizeof *bl);
+                int64_t *bc = malloc((size_t)nb * sizeof *bc), done;
+                fastnn_optimizer opt = {0};
+                opt.kind = (int)((di + si + (size_t)loss) % 7);
+                opt.lr = 1e-3; opt.beta1 = 0.9; opt.beta2 = 0.999; opt.eps = 1e-8; opt.alpha = 0.99;
+                opt.momentum = opt.kind == FASTNN_OPT_SGD || opt.kind == FASTNN_OPT_RMSPROP ? 0.5 : 0.0;
+                opt.centered = 1; opt.momentum_decay = 4e-3; opt.mu_product = 1.0;
+                float *gavg = calloc((size_t)n_params, 4);
+                opt.state[0] = m; opt.state[1] = v; opt.state[2] = gavg;
+                OK(fastnn_dense_stack_epoch(params, grads, n_params, L, 2, &opt, loss, X,
+                                            loss == 0 ? labels : NULL, loss == 0 ? NULL : T, n,
+                                            batch, 0.01, 1.0, 1.0, ws, need, bl, bc, &done));
+                if (done != nb) { fails++; printf("epoch: %lld of %lld batches\n", (long long)done, (long long)nb); }
+                labels[n - 1] = (int32_t)out;
+                if (loss == 0)
+                    BAD(fastnn_dense_stack_epoch(params, grads, n_params, L, 2, &opt, loss, X, labels,
+                                                 NULL, n, batch, 0.0, 1.0, 1.0, ws, need, bl, bc, &done));
+                BAD(fastnn_dense_stack_epoch(params, grads, n_params - 1, L, 2, &opt, 1, X, NULL, T,
+                                             n, batch, 0.0, 1.0, 1.0, ws, need, bl, bc, &done));
+                free(params); free(grads); free(ws); free(m); free(v); free(gavg); free(X); free(T);
+                free(labels); free(bl); free(bc);
+            }
+}
+
 int main(void) {
+    for (int th = 1; th <= 2; th++) {
+        fastnn_set_num_threads(th);
+        epoch_cases();
+    }
     int best = fastnn_simd_best();
     for (int path = 0; path <= best; path++) {
         if (fastnn_set_simd_path(path) != FASTNN_OK) continue;  /* e.g. AVX2 on a CPU without it */
