@@ -1,6 +1,6 @@
 """Side-by-side comparison of fastnn with numpy, PyTorch and scikit-learn.
 
-    python -m bench.compare [--quick] [--threads 1,2] [--sections gemm,adam,train,sklearn]
+    python -m bench.compare [--quick] [--threads 1,2] [--sections gemm,adam,conv,train,sklearn]
                             [--markdown] [--mnist DIR] [--json FILE]
 
 Everything timed runs in this one process, on the same data, at the same
@@ -51,10 +51,11 @@ from bench import workloads as wl  # noqa: E402
 
 torch = None  # the optional comparator, imported by main(): not in fastnn's RSS workers
 
-SECTIONS = ("gemm", "adam", "train", "sklearn")
+SECTIONS = ("gemm", "adam", "conv", "train", "sklearn")
 FASTNN_BACKENDS = ("c", "numba")
 TRAIN_TARGETS = {32: 5.0, 128: 2.5, 512: 1.3}  # fastnn c vs torch, samples/s
 NUMBA_VS_C = 0.5
+CONV_TARGET = 1.0  # fastnn c vs torch, conv forward + backward
 
 
 # ---- timing --------------------------------------------------------------------
@@ -321,6 +322,71 @@ def _check_torch_adam(size=4099):
     opt.step()
     reference.adam(p, g, m * 0, v * 0, step=1, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8)
     wl.assert_close(param.detach().numpy(), p, 1e-5, "torch fused Adam vs reference")
+
+
+# ---- convolution ---------------------------------------------------------------
+
+def section_conv(args):
+    impls = [f"fastnn-{b}" for b in FASTNN_BACKENDS] + (["torch"] if torch else [])
+    table = Table("Conv2d 3x3, stride 1, padding 1, bias, ReLU, batch 128: forward + backward, "
+                  "ms per step",
+                  ["layer (H x W x C -> OC)", "dX", "threads", *impls, "c GFLOP/s", "c/torch",
+                   "numba/torch", "numba/c", "spread"],
+                  ["fastnn: conv2d_forward + conv2d_backward, channels-last (N, H, W, C), "
+                   "weights (3, 3, C, OC); torch: NCHW tensors, F.relu(F.conv2d(...)) then "
+                   "torch.autograd.grad of a fixed upstream gradient; same threads",
+                   "dX no: the input gradient is skipped (fastnn dX=None, torch input without "
+                   "requires_grad), as a first layer needs none",
+                   "ratios are speed ratios (time of the other / time of the first named); "
+                   "GFLOP/s counts 2 M K OC per GEMM (M = N*H*W, K = 9 C): forward, dW, dX",
+                   f"target: c >= {CONV_TARGET:g}x torch; numba >= {NUMBA_VS_C}x c"])
+    for n_threads in args.threads:
+        with Threads(n_threads):
+            for case, with_dx in wl.conv_runs():
+                data = wl.conv_data(case)
+                want = wl.conv_expected(case, data, with_dx)
+                fns = {}
+                for backend in FASTNN_BACKENDS:
+                    k = fastnn.kernels.get(backend)
+                    wl.check_conv(k, case, data, with_dx, want)
+                    fns[f"fastnn-{backend}"] = wl.conv_step(k, case, data, with_dx)[0]
+                if torch is not None:
+                    fns["torch"] = _torch_conv_step(case, data, with_dx, want)
+                secs = interleaved(fns, args.rounds, args.target_s)
+                c, nb, tt = (secs.get(i) for i in ("fastnn-c", "fastnn-numba", "torch"))
+                table.add(case[0], "yes" if with_dx else "no", n_threads,
+                          *(f"{1e3 * secs[i]:.2f}" if i in secs else "-" for i in impls),
+                          fmt_rate(wl.conv_flops(case, with_dx) / c / 1e9, ""),
+                          fmt_ratio(ratio(tt, c), CONV_TARGET), fmt_ratio(ratio(tt, nb)),
+                          fmt_ratio(ratio(c, nb), NUMBA_VS_C), spread())
+                args.results.append({"section": "conv", "case": case[0], "dX": with_dx,
+                                     "threads": n_threads, "seconds": secs})
+    return table
+
+
+def _torch_conv_step(case, data, with_dx, want):
+    """The same step in torch (NCHW), checked once against the reference's `want`."""
+    F = torch.nn.functional
+    X, W, b, dY = data
+    nchw = (0, 3, 1, 2)
+    x = torch.from_numpy(np.ascontiguousarray(X.transpose(nchw))).requires_grad_(with_dx)
+    w = torch.from_numpy(np.ascontiguousarray(W.transpose(3, 2, 0, 1))).requires_grad_()
+    bias = torch.from_numpy(b.copy()).requires_grad_()
+    g = torch.from_numpy(np.ascontiguousarray(dY.transpose(nchw)))
+    inputs = (w, bias, x) if with_dx else (w, bias)
+
+    def step():
+        y = F.relu(F.conv2d(x, w, bias, stride=1, padding=wl.CONV_PADDING))
+        return (y, *torch.autograd.grad(y, inputs, g))
+
+    y, dw, db, *dx = step()
+    got = {"Y": y.detach().numpy().transpose(0, 2, 3, 1), "dW": dw.numpy().transpose(2, 3, 1, 0),
+           "db": db.numpy()}
+    if with_dx:
+        got["dX"] = dx[0].numpy().transpose(0, 2, 3, 1)
+    for name, ref in want.items():
+        wl.assert_close(got[name], ref, 1e-4, f"torch conv {case[0]} {name}")
+    return step
 
 
 # ---- training ------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Kernel benchmarks, per backend: GEMM on the MLP's training shapes and squares
-(GFLOP/s), the fused dense layer, activations and optimizer updates (GB/s),
-softmax cross-entropy.  Each checks its result against numpy / the reference
+(GFLOP/s), the fused dense layer, the small-image conv layers (forward +
+backward, GFLOP/s), activations and optimizer updates (GB/s), softmax
+cross-entropy.  Each checks its result against numpy / the reference
 backend before it is timed."""
 
 import numpy as np
@@ -77,6 +78,22 @@ def test_dense_backward_relu(benchmark, backend, n):
         wl.assert_close(k.to_numpy(got), want, 1e-4, f"{k.name} dense_backward {name}")
     benchmark(run)
     wl.record(benchmark, k, {"GFLOP/s": 4.0 * n * 784 * 256 / 1e9})
+
+
+@pytest.mark.parametrize("case,with_dx", wl.conv_runs(),
+                         ids=[f"{c[0]}-{'dX' if dx else 'no_dX'}" for c, dx in wl.conv_runs()])
+def test_conv2d_forward_backward(benchmark, backend, case, with_dx):
+    k = backend
+    data = wl.conv_data(case)
+    wl.check_conv(k, case, data, with_dx)
+    run = wl.conv_step(k, case, data, with_dx)[0]
+
+    def timed():
+        run()
+        wl.sync(k)
+
+    benchmark(timed)
+    wl.record(benchmark, k, {"GFLOP/s": wl.conv_flops(case, with_dx) / 1e9})
 
 
 @pytest.mark.parametrize("direction", ["forward", "backward"])

@@ -1,6 +1,6 @@
 """The work fastnn's benchmarks measure, defined once for ``pytest bench/`` and
 ``python -m bench.compare``: the GEMM shapes of the MLP 784-256-128-10, the
-synthetic MNIST-shaped data, the model, the optimizer calls with the bytes
+small-image convolution layers, the synthetic MNIST-shaped data, the model, the optimizer calls with the bytes
 each moves per parameter, and the correctness checks every benchmark runs
 before it is timed (a fast but wrong kernel must fail, not win).
 """
@@ -49,6 +49,87 @@ def gemm_expected(A, B, trans_a, trans_b):
     a = A.T if trans_a else A
     b = B.T if trans_b else B
     return a.astype(np.float64) @ b.astype(np.float64)
+
+
+# ---- convolution -------------------------------------------------------------
+
+def conv_cases():
+    """(name, n, h, w, c, oc): 3x3 convolutions, stride 1, padding 1, bias, ReLU.
+
+    The two layers of a small-image CNN at batch 128: 28x28x1 -> 32 filters
+    (an MNIST first layer) and 14x14x32 -> 64 (after a 2x2 pool).
+    """
+    return [("28x28x1->32", 128, 28, 28, 1, 32), ("14x14x32->64", 128, 14, 14, 32, 64)]
+
+
+CONV_KERNEL = 3
+CONV_PADDING = 1
+
+
+def conv_runs():
+    """(case, with_dx) to measure: every layer with its input gradient, and the
+    first layer (C = 1) also without, as a network's first layer needs none."""
+    return [(case, with_dx) for case in conv_cases() for with_dx in (True, False)
+            if with_dx or case[4] == 1]
+
+
+def conv_data(case, seed=0):
+    """X (N, H, W, C) in [0, 1), W (3, 3, C, OC), b (OC,), dY (N, H, W, OC): float32."""
+    _, n, h, w, c, oc = case
+    rng = np.random.default_rng(seed)
+    k = CONV_KERNEL
+    X = rng.random((n, h, w, c), dtype=np.float32)
+    W = rng.standard_normal((k, k, c, oc), dtype=np.float32) * np.float32((k * k * c) ** -0.5)
+    b = rng.standard_normal(oc, dtype=np.float32) * np.float32(0.1)
+    dY = rng.standard_normal((n, h, w, oc), dtype=np.float32)
+    return X, W, b, dY
+
+
+def conv_flops(case, with_dx=True):
+    """2 M K OC per GEMM (M = N*OH*OW, K = 9 C): forward, dW and, with dX, dZ W^T."""
+    _, n, h, w, c, oc = case
+    gemm = 2.0 * n * h * w * CONV_KERNEL * CONV_KERNEL * c * oc
+    return gemm * (3 if with_dx else 2)
+
+
+def conv_step(k, case, data, with_dx=True):
+    """(run, outputs) on backend module `k`: run() is one conv2d_forward + conv2d_backward
+    (bias, ReLU; the upstream gradient dY is fixed, dZ a buffer of its own);
+    outputs maps "Y", "dW", "db" and, with dX, "dX" to the backend's arrays."""
+    _, n, h, w, c, oc = case
+    X, W, b, dY = (k.asarray(a) for a in data)
+    cols = k.empty((n * h * w, CONV_KERNEL * CONV_KERNEL * c))
+    out = {"Y": k.empty((n, h, w, oc)), "dW": k.empty(W.shape), "db": k.empty((oc,))}
+    if with_dx:
+        out["dX"] = k.empty(X.shape)
+    dZ = k.empty((n, h, w, oc))
+    conv = dict(stride=1, padding=CONV_PADDING, activation="relu")
+
+    def run():
+        k.conv2d_forward(out["Y"], X, W, b, cols, **conv)
+        k.conv2d_backward(out.get("dX"), out["dW"], out["db"], dZ, dY, X, W, out["Y"], cols,
+                          **conv)
+
+    return run, out
+
+
+def conv_expected(case, data, with_dx=True):
+    """The reference backend's Y, dW, db (and dX) for `conv_step`."""
+    from fastnn.kernels import reference
+
+    run, out = conv_step(reference, case, data, with_dx)
+    run()
+    return out
+
+
+def check_conv(k, case, data, with_dx=True, want=None, rel=1e-4):
+    """One forward + backward on backend module `k` equals the reference's."""
+    want = conv_expected(case, data, with_dx) if want is None else want
+    run, out = conv_step(k, case, data, with_dx)
+    run()
+    sync(k)
+    for name, ref in want.items():
+        assert_close(k.to_numpy(out[name]), ref, rel, f"{k.name} conv {case[0]} {name}")
 
 
 # ---- data and model ----------------------------------------------------------

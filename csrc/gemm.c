@@ -16,8 +16,8 @@
  * epilogue (bias, activation) runs on the last k block while the tile is in
  * registers.
  *
- * Products with m == 1 or n == 1 skip packing (one multiply-add per matrix
- * element does not pay for it) and run as dot products or axpys.
+ * Products with n == 1 skip packing (one multiply-add per matrix element
+ * does not pay for it) and run as dot products.
  *
  * Threads: C is cut into one rectangle per thread along tile boundaries
  * (split over n when m is small, e.g. a 32-row batch), and each thread runs
@@ -359,7 +359,8 @@ static void gemv_run(const struct gemv_args *g)
     }
 }
 
-/* C (m,n) with m == 1 or n == 1 as a gemv, split over y between threads. */
+/* C (m,n) with m == 1 or n == 1 as a gemv, split over y between threads
+   (called for n == 1; see gemm_driver). */
 static void gemv_driver(int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha,
                         const float *A, int64_t lda, const float *B, int64_t ldb,
                         float beta, float *C, int64_t ldc, const fastnn_epilogue *ep)
@@ -405,7 +406,12 @@ static void gemm_driver(int ta, int tb, int64_t m, int64_t n, int64_t k, float a
                         const float *A, int64_t lda, const float *B, int64_t ldb,
                         float beta, float *C, int64_t ldc, const fastnn_epilogue *ep)
 {
-    if (m == 1 || n == 1) {
+    /* n == 1 only: a row of C then sums in the same order whatever m is.
+       m == 1 stays on the micro-kernel, so that a sample's output does not
+       depend on the size of its batch (predict(X)[i] == predict(X[i:i+1]),
+       which scikit-learn's estimator checks demand) -- at the price of
+       packing for single-row products. */
+    if (n == 1) {
         gemv_driver(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc, ep);
         return;
     }

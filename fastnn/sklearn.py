@@ -15,6 +15,7 @@ schedules.  So the same settings give scikit-learn's training trajectory up
 to float32 rounding.  What differs is listed in the class docstrings.
 """
 
+import copy
 import numbers
 import warnings
 
@@ -35,6 +36,7 @@ from . import losses as losses_mod
 from . import optim as optim_mod
 from .layers import Dense
 from .model import Sequential
+from .schedules import Schedule
 from .trainer import Trainer
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
@@ -84,7 +86,7 @@ class _BaseMLP(BaseEstimator):
         "solver": [StrOptions({"lbfgs", "sgd", "adam"})],
         "alpha": [Interval(numbers.Real, 0, None, closed="left")],
         "batch_size": [StrOptions({"auto"}), Interval(numbers.Integral, 1, None, closed="left")],
-        "learning_rate": [StrOptions({"constant", "invscaling", "adaptive"})],
+        "learning_rate": [StrOptions({"constant", "invscaling", "adaptive"}), Schedule],
         "learning_rate_init": [Interval(numbers.Real, 0, None, closed="neither")],
         "power_t": [Interval(numbers.Real, 0, None, closed="left")],
         "max_iter": [Interval(numbers.Integral, 1, None, closed="left")],
@@ -249,6 +251,10 @@ class _BaseMLP(BaseEstimator):
         else:
             optimizer = optim_mod.Adam(lr=self.learning_rate_init,
                                        betas=(self.beta_1, self.beta_2), eps=self.epsilon)
+        self._schedule = None
+        if isinstance(self.learning_rate, Schedule):  # a copy: fit leaves parameters alone
+            self._schedule = copy.deepcopy(self.learning_rate)
+            optimizer.lr = self._schedule.start(self.learning_rate_init)
         return Trainer(self._model, objective, optimizer, backend=self._model.backend,
                        l2=float(self.alpha))
 
@@ -312,7 +318,9 @@ class _BaseMLP(BaseEstimator):
             print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
         self._update_no_improvement_count()
         optimizer = self._trainer.optimizer
-        if self.solver == "sgd" and self.learning_rate == "invscaling":
+        if getattr(self, "_schedule", None) is not None:
+            optimizer.lr = self._schedule.next({"loss": self.loss_})
+        elif self.solver == "sgd" and self.learning_rate == "invscaling":
             optimizer.set_lr(self.learning_rate_init / (self.t_ + 1) ** self.power_t)
         if self._no_improvement_count > self.n_iter_no_change:
             what = "Validation score" if self.early_stopping else "Training loss"
@@ -412,11 +420,14 @@ _PARAMETERS = """
         intercepts), n the batch size.
     batch_size : int or "auto", default="auto"
         ``min(200, n_samples)`` for "auto"; clipped to n_samples.
-    learning_rate : {"constant", "invscaling", "adaptive"}, default="constant"
+    learning_rate : {"constant", "invscaling", "adaptive"} or Schedule, default="constant"
         Schedule for solver="sgd": invscaling sets ``lr = learning_rate_init
         / (t_ + 1) ** power_t`` at the end of every epoch (t_ = samples seen);
         adaptive divides lr by 5 whenever `n_iter_no_change` epochs in a row
-        did not improve by `tol`, and stops once lr <= 1e-6.
+        did not improve by `tol`, and stops once lr <= 1e-6.  A
+        ``fastnn.schedules`` object (StepLR, CosineAnnealingLR, ...; either
+        solver) sets the rate of every epoch from ``learning_rate_init``
+        (a copy of it is used, so the parameter itself is not changed).
     learning_rate_init : float, default=0.001
     power_t : float, default=0.5
     max_iter : int, default=200

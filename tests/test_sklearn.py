@@ -315,3 +315,19 @@ def test_bad_parameters():
         MLPClassifier(hidden_layer_sizes=(4, 0)).fit(X, y)
     with pytest.raises(ValueError, match="backend"):
         MLPRegressor(backend="tpu").fit(X, y)
+
+
+def test_schedule_as_learning_rate():
+    from fastnn import schedules
+    from fastnn.sklearn import MLPClassifier
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(60, 4)).astype(np.float32), rng.integers(0, 2, 60)
+    sched = schedules.StepLR(2, gamma=0.5)
+    for solver in ("adam", "sgd"):
+        clf = MLPClassifier((5,), solver=solver, learning_rate=sched, learning_rate_init=0.1,
+                            max_iter=5, random_state=0, tol=0, n_iter_no_change=100)
+        with pytest.warns(Warning):  # max_iter reached
+            clf.fit(X, y)
+        assert clf._trainer.optimizer.lr == pytest.approx(0.1 * 0.5 ** 2)  # epochs 4, 5 -> 6th's rate
+        assert sched.base_lr is None and sched.epoch == 0  # the parameter is untouched

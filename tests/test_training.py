@@ -440,3 +440,16 @@ def test_finite_check_of_inputs():
     assert not _all_finite(y)
     assert _all_finite(np.array([[1e308, 1e308]]))  # float64: the sum overflows, the values don't
     assert _all_finite(np.arange(6).reshape(2, 3))
+
+
+@pytest.mark.parametrize("backend_name", ["c", "numba"])
+def test_predictions_do_not_depend_on_the_batch(backend_name):
+    """A sample's output is the same alone as inside a batch (bit for bit)."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(37, 20)).astype(np.float32)
+    model = fastnn.Sequential([fastnn.Dense(20, 33, "relu"), fastnn.Dense(33, 7, "tanh"),
+                               fastnn.Dense(7, 1)], seed=0, backend=backend_name)
+    full = model.predict(X)
+    for i in (0, 5, 36):
+        np.testing.assert_array_equal(model.predict(X[i:i + 1]), full[i:i + 1])
+    np.testing.assert_array_equal(model.predict(X[3:20]), full[3:20])

@@ -41,7 +41,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import _checks as ck
-from .reference import dense_stack_workspace  # noqa: F401 - same layout as the reference
+from .reference import (asarray, dense_stack_workspace, empty,  # noqa: F401 - as the reference
+                        to_numpy, zeros)
 
 name = "numba"
 
@@ -74,24 +75,8 @@ def set_num_threads(n):
 
 # ---- arrays ------------------------------------------------------------------
 
-def empty(shape, dtype=np.float32):
-    """An uninitialised backend array."""
-    return np.empty(shape, dtype=dtype)
-
-
-def zeros(shape, dtype=np.float32):
-    """A zero-filled backend array."""
-    return np.zeros(shape, dtype=dtype)
-
-
-def asarray(x, dtype=np.float32):
-    """x as a C-contiguous backend array of `dtype` (no copy if it already is)."""
-    return np.ascontiguousarray(x, dtype=dtype)
-
-
-def to_numpy(x):
-    """A host numpy array with the content of backend array x."""
-    return np.asarray(x)
+# Host numpy arrays, as on the reference backend: empty, zeros, asarray,
+# to_numpy are the reference's (imported above).
 
 
 # ---- activations: the one scalar definition every kernel uses ------------------
