@@ -15,6 +15,7 @@ one C call; a non-zero C return code (which the checks should make
 impossible) raises RuntimeError.
 """
 
+import os
 from functools import partial
 
 import numpy as np
@@ -22,6 +23,17 @@ import numpy as np
 from . import _checks as ck
 from . import default_num_threads as _default_num_threads
 from .reference import asarray, empty, nadam_mu, to_numpy, zeros  # noqa: F401 - same on host
+
+# GNU OpenMP's threads spin for ~300,000 iterations at every barrier before
+# they sleep.  With more runnable threads than cores (a shared machine,
+# another library's pool) a spinning thread holds the core the late thread
+# needs, and the epoch's per-batch barriers cost whole time slices.  Measured
+# (2 threads, MLP 784-256-128-10, batch 32, one other busy process): default
+# 9k samples/s, spin 10000: 21k, 3000: 32k, 1000: 48k; on a quiet machine
+# 1000 costs at most ~10% (65-80k, within the noise).  libgomp reads this
+# once, when it is loaded; an explicit OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 try:
     from fastnn._ckernels import ffi, lib
