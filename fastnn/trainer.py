@@ -297,7 +297,7 @@ class Trainer:
         n = len(X)
         batch_size = min(int(batch_size), n)
         rng = np.random.default_rng(seed)
-        Xs, ts = (np.empty_like(X), np.empty_like(t)) if shuffle else (X, t)
+        Xs, ts = (self._shuffle_buffer("X", X), self._shuffle_buffer("t", t)) if shuffle else (X, t)
         n_batches = -(-n // batch_size)
         run_epoch = (self._fused_epoch(n, batch_size) if self.fused else self._python_epoch)
         history = History()
@@ -307,8 +307,10 @@ class Trainer:
                 start_time = time.perf_counter()
                 if shuffle:
                     perm = rng.permutation(n)
-                    np.take(X, perm, axis=0, out=Xs)
-                    np.take(t, perm, axis=0, out=ts)
+                    # mode="clip": perm is valid, and the default "raise" buffers the
+                    # whole gather (measured 2x slower on 60,000 x 784)
+                    np.take(X, perm, axis=0, out=Xs, mode="clip")
+                    np.take(t, perm, axis=0, out=ts, mode="clip")
                 lr = self.optimizer.lr
                 total, correct = run_epoch(Xs, ts, batch_size, epoch, bar)
                 elapsed = time.perf_counter() - start_time
@@ -328,6 +330,14 @@ class Trainer:
             if bar is not None:
                 bar.close()
         return history
+
+    def _shuffle_buffer(self, key, like):
+        """The array an epoch's shuffled copy goes to, kept across fits (a
+        fresh one per fit costs its page faults every call)."""
+        buf = self._batch_bufs.get(("shuffle", key))
+        if buf is None or buf.shape != like.shape or buf.dtype != like.dtype:
+            buf = self._batch_bufs[("shuffle", key)] = np.empty_like(like)
+        return buf
 
     def _python_epoch(self, X, t, batch_size, epoch, bar):
         """One epoch batch by batch from Python; returns (sum of losses
