@@ -76,13 +76,13 @@ void fastnn_tile_act(float *c, int64_t ldc, int mr, int nr, int act, float slope
             c[i * ldc + j] = fastnn_act_scalar(act, c[i * ldc + j], slope);
 }
 
-void fastnn_ukernel_generic(int64_t kc, const float *a, const float *b,
+void fastnn_ukernel_generic(int64_t kc, const float *a, const float *b, int64_t ldb,
                             float *c, int64_t ldc, float alpha, float beta,
                             const fastnn_epilogue *ep)
 {
     enum { R = FASTNN_GENERIC_MR, S = FASTNN_GENERIC_NR };
     float acc[R][S] = {{0.0f}};
-    for (int64_t p = 0; p < kc; p++, a += R, b += S)
+    for (int64_t p = 0; p < kc; p++, a += R, b += ldb)
         for (int i = 0; i < R; i++)
             for (int j = 0; j < S; j++)
                 acc[i][j] += a[i] * b[j];
@@ -179,6 +179,10 @@ static void pack_b_any(float *dst, int trans, const float *B, int64_t ldb,
 
 /* ---- the five loops, on one thread ---------------------------------------- */
 
+/* Up to this many rows of C, a non-transposed B is read in place instead of
+   packed (a training batch of 32 split over two threads: 16 rows). */
+#define DIRECT_B_MAX_M 64
+
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 static int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -208,6 +212,7 @@ static void gemm_serial(const struct gemm_path *P, int ta, int tb,
     const int64_t nc_step = block_step(n, NC, nr);
     const int64_t kc_step = block_step(k, KC, 1);
     const int64_t mc_step = block_step(m, MC, mr);
+    const int direct_b = !tb && m <= DIRECT_B_MAX_M;
 
     for (int64_t jc = 0; jc < n; jc += nc_step) {
         int64_t nc = min64(nc_step, n - jc);
@@ -216,13 +221,21 @@ static void gemm_serial(const struct gemm_path *P, int ta, int tb,
             int first = pc == 0, last = pc + kc == k;
             float beta_k = first ? beta : 1.0f;
             const fastnn_epilogue *lep = last ? ep : NULL;
-            pack_b_any(pb, tb, op_at(B, tb, ldb, pc, jc), ldb, kc, nc, nr);
+            /* Few rows of C: packing B would cost as much as using it, so
+               full-width slivers of a row-major B are read in place (same
+               values, same order: the result does not change); only the
+               ragged last sliver is packed, zero-padded. */
+            const int64_t full = direct_b ? nc / nr * nr : 0;
+            if (full < nc)
+                pack_b_any(pb, tb, op_at(B, tb, ldb, pc, jc + full), ldb, kc, nc - full, nr);
             for (int64_t ic = 0; ic < m; ic += mc_step) {
                 int64_t mc = min64(mc_step, m - ic);
                 pack_a_any(pa, ta, op_at(A, ta, lda, ic, pc), lda, mc, kc, mr);
                 for (int64_t jr = 0; jr < nc; jr += nr) {
                     int nr_e = (int)min64(nr, nc - jr);
-                    const float *bs = pb + jr * kc;
+                    const int in_place = jr < full;
+                    const float *bs = in_place ? B + pc * ldb + jc + jr : pb + (jr - full) * kc;
+                    const int64_t bstride = in_place ? ldb : nr;
                     for (int64_t ir = 0; ir < mc; ir += mr) {
                         int mr_e = (int)min64(mr, mc - ir);
                         const float *as = pa + ir * kc;
@@ -232,11 +245,12 @@ static void gemm_serial(const struct gemm_path *P, int ta, int tb,
                             fastnn_epilogue tep;
                             if (lep)
                                 tep = (fastnn_epilogue){bias, lep->act, lep->slope};
-                            P->kernel(kc, as, bs, c, ldc, alpha, beta_k, lep ? &tep : NULL);
+                            P->kernel(kc, as, bs, bstride, c, ldc, alpha, beta_k,
+                                      lep ? &tep : NULL);
                             continue;
                         }
                         /* Edge tile: full tile into scratch, valid part out. */
-                        P->kernel(kc, as, bs, tile, nr, alpha, 0.0f, NULL);
+                        P->kernel(kc, as, bs, bstride, tile, nr, alpha, 0.0f, NULL);
                         for (int i = 0; i < mr_e; i++)
                             for (int j = 0; j < nr_e; j++) {
                                 float v = tile[i * nr + j];

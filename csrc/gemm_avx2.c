@@ -15,7 +15,7 @@
 
 __attribute__((target("avx2,fma")))
 void fastnn_ukernel_avx2(int64_t kc, const float *a, const float *b,
-                         float *c, int64_t ldc, float alpha, float beta,
+                         int64_t ldb, float *c, int64_t ldc, float alpha, float beta,
                          const fastnn_epilogue *ep)
 {
     __m256 acc[MR][2];
@@ -37,7 +37,7 @@ void fastnn_ukernel_avx2(int64_t kc, const float *a, const float *b,
             acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]);
         }
         a += MR;
-        b += NR;
+        b += ldb;
     }
 
     const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);

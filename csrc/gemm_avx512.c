@@ -15,7 +15,7 @@
 
 __attribute__((target("avx512f,avx512vl,fma")))
 void fastnn_ukernel_avx512(int64_t kc, const float *a, const float *b,
-                           float *c, int64_t ldc, float alpha, float beta,
+                           int64_t ldb, float *c, int64_t ldc, float alpha, float beta,
                            const fastnn_epilogue *ep)
 {
     __m512 acc[MR][2];
@@ -37,7 +37,7 @@ void fastnn_ukernel_avx512(int64_t kc, const float *a, const float *b,
             acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
         }
         a += MR;
-        b += NR;
+        b += ldb;
     }
 
     const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);

@@ -2,7 +2,9 @@
  * gemm_kernels.h -- the gemm micro-kernel interface and blocking constants.
  *
  * A micro-kernel computes one full MR x NR tile of C from a packed sliver of
- * A (kc x MR, column p at a + p*MR) and one of B (kc x NR, row p at b + p*NR):
+ * A (kc x MR, column p at a + p*MR) and one of B (kc x NR, row p at
+ * b + p*ldb: ldb = NR for a packed sliver, or B's own leading dimension when
+ * gemm.c reads a full-width sliver of a row-major B in place):
  *
  *     C = alpha * a b + beta * C,   then, if ep: C = act(C + ep->bias)
  *
@@ -42,20 +44,20 @@ typedef struct {
     float slope;        /* leaky_relu */
 } fastnn_epilogue;
 
-typedef void (*fastnn_ukernel)(int64_t kc, const float *a, const float *b,
+typedef void (*fastnn_ukernel)(int64_t kc, const float *a, const float *b, int64_t ldb,
                                float *c, int64_t ldc, float alpha, float beta,
                                const fastnn_epilogue *ep);
 
 void fastnn_ukernel_generic(int64_t kc, const float *a, const float *b,
-                            float *c, int64_t ldc, float alpha, float beta,
+                            int64_t ldb, float *c, int64_t ldc, float alpha, float beta,
                             const fastnn_epilogue *ep);
 #if defined(__x86_64__) && defined(__GNUC__)
 #define FASTNN_HAVE_X86_KERNELS 1
 void fastnn_ukernel_avx2(int64_t kc, const float *a, const float *b,
-                         float *c, int64_t ldc, float alpha, float beta,
+                         int64_t ldb, float *c, int64_t ldc, float alpha, float beta,
                          const fastnn_epilogue *ep);
 void fastnn_ukernel_avx512(int64_t kc, const float *a, const float *b,
-                           float *c, int64_t ldc, float alpha, float beta,
+                           int64_t ldb, float *c, int64_t ldc, float alpha, float beta,
                            const fastnn_epilogue *ep);
 #endif
 
