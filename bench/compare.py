@@ -31,6 +31,14 @@ def _reexec_without_slow_openblas_env():
 
 if __name__ == "__main__":
     _reexec_without_slow_openblas_env()
+    # One OpenMP spin policy for every contender, set before any library
+    # loads its libgomp (torch ships its own copy): fastnn's c backend
+    # asks for GOMP_SPINCOUNT=1000 when it is imported, which would
+    # otherwise reach only the copies loaded after it, and torch's pool,
+    # spinning ~300,000 iterations after each of its calls, would take the
+    # second core from the contender timed next in this one process.
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 # Everything below may load OpenBLAS, so it comes after the re-exec.
 import argparse  # noqa: E402
@@ -178,6 +186,8 @@ def cpu_model():
 
 def machine_report(args):
     lines = []
+    lines.append(f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')} "
+                 f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')} (the same for every contender)")
     if os.environ.get(_REEXEC_MARK):
         lines.append(f"re-executed without {os.environ[_REEXEC_MARK]} (they slow numpy's "
                      "OpenBLAS on this CPU; OpenBLAS reads them at load time)")
