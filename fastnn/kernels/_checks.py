@@ -362,6 +362,27 @@ def prepare_update(params, grads, states, dtype, dev=None):
     return grads, size
 
 
+def prepare_sgd(params, grads, momentum_buf, step, momentum, dtype, dev=None):
+    """sgd: prepare_update, the step, and the buffer momentum needs."""
+    grads, size = prepare_update(params, grads, {"momentum_buf": momentum_buf}, dtype, dev)
+    if momentum != 0.0 and momentum_buf is None:
+        raise ValueError("momentum_buf: required when momentum != 0")
+    return grads, size, check_step(step)
+
+
+def prepare_rmsprop(params, grads, square_avg, momentum_buf, grad_avg, momentum, centered,
+                    dtype, dev=None):
+    """rmsprop: prepare_update and the buffers momentum and centered need."""
+    grads, size = prepare_update(params, grads, {"square_avg": square_avg,
+                                                 "momentum_buf": momentum_buf,
+                                                 "grad_avg": grad_avg}, dtype, dev)
+    if momentum != 0.0 and momentum_buf is None:
+        raise ValueError("momentum_buf: required when momentum != 0")
+    if centered and grad_avg is None:
+        raise ValueError("grad_avg: required when centered")
+    return grads, size
+
+
 def prepare_axpy(y, x, dtype, dev=None):
     prepare_flat("y", y, dtype)
     x = as_input("x", x, dtype, ndim=1, shape=tuple(y.shape), to_device=dev)

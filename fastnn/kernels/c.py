@@ -243,10 +243,7 @@ def mae_backward(dY, Y, T):
 def sgd(params, grads, momentum_buf, *, step, lr, momentum=0.0, dampening=0.0,
         nesterov=False, weight_decay=0.0):
     """torch.optim.SGD; ``momentum_buf`` may be None when momentum == 0."""
-    grads, size = ck.prepare_update(params, grads, {"momentum_buf": momentum_buf}, _F32)
-    step = ck.check_step(step)
-    if momentum != 0.0 and momentum_buf is None:
-        raise ValueError("momentum_buf: required when momentum != 0")
+    grads, size, step = ck.prepare_sgd(params, grads, momentum_buf, step, momentum, _F32)
     rc = lib.fastnn_sgd(_fp(params), _fp(grads), _fp_or_null(momentum_buf), size, step, lr,
                         momentum, dampening, 1 if nesterov else 0, weight_decay)
     if rc:
@@ -277,13 +274,8 @@ def rmsprop(params, grads, square_avg, momentum_buf, grad_avg, *, lr, alpha, eps
             weight_decay=0.0, momentum=0.0, centered=False):
     """torch.optim.RMSprop; ``momentum_buf`` may be None when momentum == 0,
     ``grad_avg`` when not centered."""
-    grads, size = ck.prepare_update(
-        params, grads, {"square_avg": square_avg, "momentum_buf": momentum_buf,
-                        "grad_avg": grad_avg}, _F32)
-    if momentum != 0.0 and momentum_buf is None:
-        raise ValueError("momentum_buf: required when momentum != 0")
-    if centered and grad_avg is None:
-        raise ValueError("grad_avg: required when centered")
+    grads, size = ck.prepare_rmsprop(params, grads, square_avg, momentum_buf, grad_avg, momentum,
+                                     centered, _F32)
     rc = lib.fastnn_rmsprop(_fp(params), _fp(grads), _fp(square_avg),
                             _fp_or_null(momentum_buf), _fp_or_null(grad_avg), size, lr, alpha,
                             eps, weight_decay, momentum, 1 if centered else 0)

@@ -641,10 +641,7 @@ def sgd(params, grads, momentum_buf, *, step, lr, momentum=0.0, dampening=0.0,
 
     ``momentum_buf`` may be None when momentum == 0.
     """
-    grads, size = ck.prepare_update(params, grads, {"momentum_buf": momentum_buf}, _F32)
-    step = ck.check_step(step)
-    if momentum != 0.0 and momentum_buf is None:
-        raise ValueError("momentum_buf: required when momentum != 0")
+    grads, size, step = ck.prepare_sgd(params, grads, momentum_buf, step, momentum, _F32)
     _run_update(_sgd_kernel, params, grads, [momentum_buf], _f(lr), _f(weight_decay),
                 _f(momentum), _f(1 - dampening), step == 1, bool(nesterov))
 
@@ -737,13 +734,8 @@ def rmsprop(params, grads, square_avg, momentum_buf, grad_avg, *, lr, alpha, eps
     ``momentum_buf`` may be None when momentum == 0, ``grad_avg`` when not
     centered.
     """
-    grads, size = ck.prepare_update(
-        params, grads, {"square_avg": square_avg, "momentum_buf": momentum_buf,
-                        "grad_avg": grad_avg}, _F32)
-    if momentum != 0.0 and momentum_buf is None:
-        raise ValueError("momentum_buf: required when momentum != 0")
-    if centered and grad_avg is None:
-        raise ValueError("grad_avg: required when centered")
+    grads, size = ck.prepare_rmsprop(params, grads, square_avg, momentum_buf, grad_avg, momentum,
+                                     centered, _F32)
     _run_update(_rmsprop_kernel, params, grads, [square_avg, momentum_buf, grad_avg], _f(lr),
                 _f(alpha), _f(1 - alpha), _f(eps), _f(weight_decay), _f(momentum),
                 bool(centered))

@@ -569,10 +569,7 @@ def _sgd(p, g, buf, lr, momentum, dampening, nesterov, weight_decay, first):
 def sgd(params, grads, momentum_buf, *, step, lr, momentum=0.0, dampening=0.0,
         nesterov=False, weight_decay=0.0):
     """torch.optim.SGD; ``momentum_buf`` may be None when momentum == 0."""
-    grads, size = ck.prepare_update(params, grads, {"momentum_buf": momentum_buf}, _F32)
-    step = ck.check_step(step)
-    if momentum != 0.0 and momentum_buf is None:
-        raise ValueError("momentum_buf: required when momentum != 0")
+    grads, size, step = ck.prepare_sgd(params, grads, momentum_buf, step, momentum, _F32)
     _sgd(params, grads, _NO_BUF if momentum_buf is None else momentum_buf, float(lr),
          float(momentum), float(dampening), bool(nesterov), float(weight_decay), step == 1)
 
@@ -638,13 +635,8 @@ def rmsprop(params, grads, square_avg, momentum_buf, grad_avg, *, lr, alpha, eps
             weight_decay=0.0, momentum=0.0, centered=False):
     """torch.optim.RMSprop; ``momentum_buf`` may be None when momentum == 0,
     ``grad_avg`` when not centered."""
-    grads, size = ck.prepare_update(
-        params, grads, {"square_avg": square_avg, "momentum_buf": momentum_buf,
-                        "grad_avg": grad_avg}, _F32)
-    if momentum != 0.0 and momentum_buf is None:
-        raise ValueError("momentum_buf: required when momentum != 0")
-    if centered and grad_avg is None:
-        raise ValueError("grad_avg: required when centered")
+    grads, size = ck.prepare_rmsprop(params, grads, square_avg, momentum_buf, grad_avg, momentum,
+                                     centered, _F32)
     _rmsprop(params, grads, square_avg, _NO_BUF if momentum_buf is None else momentum_buf,
              _NO_BUF if grad_avg is None else grad_avg, float(lr), float(alpha), float(eps),
              float(weight_decay), float(momentum), bool(centered))

@@ -294,10 +294,7 @@ def sgd(params, grads, momentum_buf, *, step, lr, momentum=0.0, dampening=0.0,
     ``momentum_buf`` may be None when momentum == 0.
     """
     dt = _dt(params)
-    grads, size = ck.prepare_update(params, grads, {"momentum_buf": momentum_buf}, dt)
-    step = ck.check_step(step)
-    if momentum != 0.0 and momentum_buf is None:
-        raise ValueError("momentum_buf: required when momentum != 0")
+    grads, size, step = ck.prepare_sgd(params, grads, momentum_buf, step, momentum, dt)
     g = grads + weight_decay * params if weight_decay != 0.0 else grads.copy()
     if momentum != 0.0:
         if step == 1:
@@ -358,13 +355,8 @@ def rmsprop(params, grads, square_avg, momentum_buf, grad_avg, *, lr, alpha, eps
     centered.
     """
     dt = _dt(params)
-    grads, size = ck.prepare_update(
-        params, grads, {"square_avg": square_avg, "momentum_buf": momentum_buf,
-                        "grad_avg": grad_avg}, dt)
-    if momentum != 0.0 and momentum_buf is None:
-        raise ValueError("momentum_buf: required when momentum != 0")
-    if centered and grad_avg is None:
-        raise ValueError("grad_avg: required when centered")
+    grads, size = ck.prepare_rmsprop(params, grads, square_avg, momentum_buf, grad_avg, momentum,
+                                     centered, dt)
     g = grads + weight_decay * params if weight_decay != 0.0 else grads
     square_avg[...] = alpha * square_avg + (1 - alpha) * g * g
     if centered:
