@@ -19,6 +19,7 @@ checks only use ``shape``, ``dtype``, contiguity and the data pointer from the
 array interface.
 """
 
+import functools
 import math
 
 import numpy as np
@@ -497,6 +498,7 @@ def prepare_dense_stack_epoch(params, grads, states, workspace, X, targets, batc
     return X, targets, norm, n_batches, hyper
 
 
+@functools.lru_cache(maxsize=None)
 def _kernel_defaults(optimizer):
     """The keyword defaults of an optimizer kernel, read from the reference."""
     import inspect
