@@ -106,6 +106,45 @@ void fastnn_ukernel_generic(int64_t kc, const float *a, const float *b, int64_t 
    columns: sliver s, row p at dst + s*nr*kc + p*nr.  Rows/columns past the
    edge are zero.  always_inline + constant mr/nr lets the compiler unroll. */
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+/* One full 8-row sliver of a non-transposed A: dst[p*8 + i] = A[i*lda + p],
+   8 x 8 blocks transposed in registers (the scalar gather below costs more
+   than the multiply on tall products such as a convolution's im2col).  Only
+   the AVX-512 path packs 8-row slivers, so AVX2 is there. */
+__attribute__((target("avx2")))
+static void pack_a8_rows(float *restrict dst, const float *restrict A, int64_t lda, int64_t kc)
+{
+    int64_t p = 0;
+    for (; p + 8 <= kc; p += 8) {
+        __m256 r0 = _mm256_loadu_ps(A + 0 * lda + p), r1 = _mm256_loadu_ps(A + 1 * lda + p);
+        __m256 r2 = _mm256_loadu_ps(A + 2 * lda + p), r3 = _mm256_loadu_ps(A + 3 * lda + p);
+        __m256 r4 = _mm256_loadu_ps(A + 4 * lda + p), r5 = _mm256_loadu_ps(A + 5 * lda + p);
+        __m256 r6 = _mm256_loadu_ps(A + 6 * lda + p), r7 = _mm256_loadu_ps(A + 7 * lda + p);
+        __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+        __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+        __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+        __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+        __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+        __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+        __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+        __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+        _mm256_storeu_ps(dst + (p + 0) * 8, _mm256_permute2f128_ps(s0, s4, 0x20));
+        _mm256_storeu_ps(dst + (p + 1) * 8, _mm256_permute2f128_ps(s1, s5, 0x20));
+        _mm256_storeu_ps(dst + (p + 2) * 8, _mm256_permute2f128_ps(s2, s6, 0x20));
+        _mm256_storeu_ps(dst + (p + 3) * 8, _mm256_permute2f128_ps(s3, s7, 0x20));
+        _mm256_storeu_ps(dst + (p + 4) * 8, _mm256_permute2f128_ps(s0, s4, 0x31));
+        _mm256_storeu_ps(dst + (p + 5) * 8, _mm256_permute2f128_ps(s1, s5, 0x31));
+        _mm256_storeu_ps(dst + (p + 6) * 8, _mm256_permute2f128_ps(s2, s6, 0x31));
+        _mm256_storeu_ps(dst + (p + 7) * 8, _mm256_permute2f128_ps(s3, s7, 0x31));
+    }
+    for (; p < kc; p++)
+        for (int i = 0; i < 8; i++)
+            dst[p * 8 + i] = A[i * lda + p];
+}
+#define HAVE_PACK_A8 1
+#endif
+
 static inline __attribute__((always_inline))
 void pack_a(float *restrict dst, int trans, const float *restrict A, int64_t lda,
             int64_t mc, int64_t kc, int mr)
@@ -122,6 +161,12 @@ void pack_a(float *restrict dst, int trans, const float *restrict A, int64_t lda
                     dst[p * mr + i] = src[i];
             }
         } else {                /* op(A)[i][p] = A[i][p]: contiguous in p */
+#ifdef HAVE_PACK_A8
+            if (mr == 8 && rows == 8) {
+                pack_a8_rows(dst, A + ir * lda, lda, kc);
+                continue;
+            }
+#endif
             for (int i = 0; i < rows; i++) {
                 const float *src = A + (ir + i) * lda;
                 for (int64_t p = 0; p < kc; p++)
