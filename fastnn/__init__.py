@@ -22,6 +22,7 @@ __all__ = [
     "AvgPool1D", "AvgPool2D", "BatchNorm", "Conv1D", "Conv2D", "Flatten", "GlobalAvgPool",
     "MaxPool1D", "MaxPool2D", "Residual",
     "Activation", "Dense", "Dropout", "EarlyStopping", "History", "Identity", "LeakyReLU",
-    "Perceptron", "ReLU", "Sequential", "Sigmoid", "Sign", "Softmax", "Softplus", "Step", "Tanh", "Trainer",
-    "datasets", "get_backend", "kernels", "load", "losses", "metrics", "optim", "schedules", "set_backend", "set_num_threads",
+    "Perceptron", "ReLU", "Sequential", "Sigmoid", "Sign", "Softmax", "Softplus", "Step", "Tanh",
+    "Trainer", "datasets", "get_backend", "kernels", "load", "losses", "metrics", "optim",
+    "schedules", "set_backend", "set_num_threads",
 ]

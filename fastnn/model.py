@@ -303,7 +303,8 @@ def load(path, backend=None):
     if files != {"architecture", "params", "buffers"}:
         raise ValueError(f"{path}: not a fastnn model (arrays {sorted(files)})")
     if not isinstance(cfg, dict) or cfg.get("format") != _FORMAT:
-        raise ValueError(f"{path}: not a fastnn model (format {cfg.get('format') if isinstance(cfg, dict) else None!r})")
+        found = cfg.get("format") if isinstance(cfg, dict) else None
+        raise ValueError(f"{path}: not a fastnn model (format {found!r})")
     layers = []
     for i, spec in enumerate(cfg.get("layers", [])):
         cls = LAYERS.get(spec.get("type"))

@@ -278,7 +278,7 @@ class _BaseMLP(BaseEstimator):
         else:
             if self.batch_size > n:
                 warnings.warn("Got `batch_size` less than 1 or larger than sample size. "
-                              "It is going to be clipped")
+                              "It is going to be clipped", stacklevel=3)
             batch_size = int(np.clip(self.batch_size, 1, n))
         self.n_iter_ = 0
         T = self._fit_targets(Y)
@@ -303,7 +303,8 @@ class _BaseMLP(BaseEstimator):
             self._val = None
         if not incremental and not stopped and self.n_iter_ == self.max_iter:
             warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached "
-                          "and the optimization hasn't converged yet.", ConvergenceWarning)
+                          "and the optimization hasn't converged yet.", ConvergenceWarning,
+                          stacklevel=3)
         if self.early_stopping:
             self._model.set_params(self._best_params)
         self._sync_attributes()

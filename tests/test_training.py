@@ -5,7 +5,6 @@ import pytest
 
 import fastnn
 from fastnn import optim
-from fastnn.kernels import reference
 
 
 def digits_split():
