@@ -6,6 +6,7 @@ the test accuracy, precision/recall/F1 and the confusion matrix.
 """
 
 import argparse
+import os
 import sys
 
 import numpy as np
@@ -170,8 +171,12 @@ def train(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if args.command == "train":
-        return train(args)
+    try:
+        if args.command == "train":
+            return train(args)
+    except BrokenPipeError:  # e.g. `fastnn train | head`: the reader left, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return 2
 
 
