@@ -187,33 +187,36 @@ struct epoch {
     int stop;
 };
 
+/* The part [*a, *b) of layer l's weights inside [lo, hi); 0 if empty. */
+static int weights_within(const struct epoch *e, int l, int64_t lo, int64_t hi,
+                          int64_t *a, int64_t *b)
+{
+    const int64_t w0 = e->layers[l].w_offset, w1 = w0 + e->layers[l].in * e->layers[l].out;
+    *a = w0 > lo ? w0 : lo;
+    *b = w1 < hi ? w1 : hi;
+    return *a < *b;
+}
+
 /* Sum of squares of the weights inside params[lo, hi) (the l2 term). */
 static double weight_squares(const struct epoch *e, int64_t lo, int64_t hi)
 {
-    double total = 0.0;
-    for (int l = 0; l < e->n_layers; l++) {
-        int64_t a = e->layers[l].w_offset, b = a + e->layers[l].in * e->layers[l].out;
-        a = a > lo ? a : lo;
-        b = b < hi ? b : hi;
-        if (a < b) {
-            double sq;
+    double total = 0.0, sq;
+    int64_t a, b;
+    for (int l = 0; l < e->n_layers; l++)
+        if (weights_within(e, l, lo, hi, &a, &b)) {
             fastnn_sum_squares(&sq, e->params + a, b - a);
             total += sq;
         }
-    }
     return total;
 }
 
 /* dW += l2 / m * W for the weights inside [lo, hi). */
 static void weight_decay_l2(const struct epoch *e, int64_t lo, int64_t hi, float coef)
 {
-    for (int l = 0; l < e->n_layers; l++) {
-        int64_t a = e->layers[l].w_offset, b = a + e->layers[l].in * e->layers[l].out;
-        a = a > lo ? a : lo;
-        b = b < hi ? b : hi;
-        if (a < b)
+    int64_t a, b;
+    for (int l = 0; l < e->n_layers; l++)
+        if (weights_within(e, l, lo, hi, &a, &b))
             fastnn_axpy(e->grads + a, e->params + a, b - a, coef);
-    }
 }
 
 /* Forward, loss and backward of rows [r0, r0 + m_t) of a batch of m rows,

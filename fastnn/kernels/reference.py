@@ -632,11 +632,7 @@ def _im2col(X, kh, kw, sh, sw, ph, pw, oh, ow):
     """Rows (n, oh, ow), columns (kh, kw, c): every window of the padded X."""
     n, h, w, c = X.shape
     Xp = np.pad(X, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
-    cols = np.empty((n, oh, ow, kh, kw, c), X.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            cols[:, :, :, i, j, :] = Xp[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
-    return cols.reshape(n * oh * ow, kh * kw * c)
+    return _windows(Xp, kh, kw, sh, sw, oh, ow).reshape(n * oh * ow, kh * kw * c)
 
 
 def _col2im(dcols, shape, kh, kw, sh, sw, ph, pw, oh, ow):
