@@ -254,13 +254,11 @@ typedef struct {
     double mu_product;    /* NAdam's running product; in and out               */
 } fastnn_optimizer;
 
-/* Floats of workspace an epoch needs with `threads` threads: per thread,
-   the outputs and two gradient buffers of its share of a batch (ceil(batch
-   / threads) rows: rows * (sum of outs + 2 * widest)), plus n_params
-   partial gradients for every thread but the first.  With threads == 1:
-   batch * (sum of outs + 2 * widest).  -1 for invalid arguments. */
+/* Floats of workspace an epoch needs: every layer's outputs and their
+   gradients for a full batch, 2 * batch * (sum of outs), whatever the
+   thread count.  -1 for invalid arguments. */
 int64_t fastnn_dense_stack_workspace(const fastnn_dense_layer *layers, int n_layers,
-                                     int64_t batch, int64_t n_params, int threads);
+                                     int64_t batch);
 
 /* For each batch of `batch` rows of X (n, layers[0].in) -- the last may be
    shorter --: forward, loss (targets: labels (n) for softmax_xent, else T
@@ -270,12 +268,15 @@ int64_t fastnn_dense_stack_workspace(const fastnn_dense_layer *layers, int n_lay
    *n_done = batches run; a batch with a non-finite loss ends the epoch
    before its update.  l2 adds l2 / m * W to dW (weights only) and
    grad_scale scales the loss gradient (scikit-learn's conventions).
-   With several threads (as many as fastnn_get_num_threads() and the
-   workspace allow) each batch is split over them by rows: every thread runs
-   the forward and backward of its rows with single-threaded kernels into
-   its own gradient buffer, then the buffers are summed and the update runs
-   on one slice of the parameters per thread; one parallel region per epoch.
-   The trajectory equals the single-threaded one up to float32 rounding. */
+   Layers' parameter ranges must not overlap; parameters no layer owns are
+   updated with whatever grads holds there (as the reference does).
+   With several threads (fastnn_get_num_threads(), fewer for small
+   batches; one parallel region per epoch) each thread runs the forward,
+   loss, dZ and dX of a share of the batch's rows, then, after a barrier per
+   layer, computes its rows of that layer's dW over the whole batch and
+   updates exactly those parameters: no partial gradients to sum.  The
+   trajectory equals the single-threaded one up to float32 rounding (each
+   thread scales its rows' loss gradient by its own row count). */
 int fastnn_dense_stack_epoch(float *params, float *grads, int64_t n_params,
                              const fastnn_dense_layer *layers, int n_layers,
                              fastnn_optimizer *opt, int loss,

@@ -413,10 +413,12 @@ OPTIMIZER_KERNELS = {
 
 def prepare_dense_stack_epoch(params, grads, states, workspace, X, targets, batch_losses,
                               batch_correct, layers, loss, batch_size, optimizer, hyper, step,
-                              l2, loss_scale, grad_scale, dtype, dev=None):
+                              l2, loss_scale, grad_scale, dtype, dev=None, workspace_need=None):
     """Checks of dense_stack_epoch; returns X, targets, the layers as tuples
     (in, out, w_offset, b_offset, activation name, slope), the batch count and
-    the hyperparameters with the kernel's defaults filled in."""
+    the hyperparameters with the kernel's defaults filled in.
+    ``workspace_need(layers, batch_size)``: the backend's workspace size when
+    it differs from the reference's layout."""
     if optimizer not in OPTIMIZER_KERNELS:
         raise ValueError(f"optimizer: unknown {optimizer!r}; expected one of "
                          f"{', '.join(OPTIMIZER_KERNELS)}")
@@ -467,6 +469,13 @@ def prepare_dense_stack_epoch(params, grads, states, workspace, X, targets, batc
         activation_code(act)
         norm.append((fan_in, fan_out, w_off, b_off, "identity" if act is None else act,
                      check_scalar("negative_slope", slope, low=0.0)))
+    ranges = sorted([(w, w + fi * fo, f"layers[{i}] weights")
+                     for i, (fi, fo, w, _, _, _) in enumerate(norm)]
+                    + [(b, b + fo, f"layers[{i}] bias")
+                       for i, (_, fo, _, b, _, _) in enumerate(norm) if b != -1])
+    for (_, end, first), (start, _, second) in zip(ranges, ranges[1:]):
+        if start < end:
+            raise ValueError(f"layers: {first} and {second} overlap in params")
     X = as_input("X", X, dtype, ndim=2, shape=(None, norm[0][0]), to_device=dev)
     n = X.shape[0]
     if n == 0:
@@ -479,8 +488,11 @@ def prepare_dense_stack_epoch(params, grads, states, workspace, X, targets, batc
         targets = as_input("targets", targets, dtype, ndim=2, shape=(n, norm[-1][1]),
                            to_device=dev)
     n_batches = -(-n // batch_size)
-    widest = max(max(layer[0], layer[1]) for layer in norm)
-    need = batch_size * (sum(layer[1] for layer in norm) + 2 * widest)
+    if workspace_need is None:
+        widest = max(max(layer[0], layer[1]) for layer in norm)
+        need = batch_size * (sum(layer[1] for layer in norm) + 2 * widest)
+    else:
+        need = workspace_need(norm, batch_size)
     if workspace is None or len(getattr(workspace, "shape", ())) != 1 or workspace.shape[0] < need:
         raise ValueError(f"workspace: needs at least {need} floats "
                          f"(dense_stack_workspace), got "

@@ -366,13 +366,11 @@ _F64 = ffi.typeof("double[]")
 
 
 def dense_stack_workspace(layers, batch_size, n_params):
-    """Floats of workspace dense_stack_epoch needs here: with the current
-    thread count, each thread's share of a batch plus its own n_params
-    gradient buffer (the epoch splits every batch over the threads)."""
+    """Floats of workspace dense_stack_epoch needs here: every layer's
+    outputs and their gradients for a full batch, whatever the thread count
+    (n_params is not needed: threads share one gradient buffer)."""
     spec = _layer_spec([(fi, fo, w, b, "identity", 0.0) for fi, fo, w, b, *_ in layers])
-    threads = max(1, lib.fastnn_get_num_threads())
-    return max(int(lib.fastnn_dense_stack_workspace(spec, len(layers), batch_size, n_params, t))
-               for t in (1, threads))
+    return int(lib.fastnn_dense_stack_workspace(spec, len(layers), batch_size))
 
 
 def _layer_spec(layers):
@@ -390,7 +388,8 @@ def dense_stack_epoch(params, grads, states, workspace, X, targets, batch_losses
     """One training epoch of a dense stack, entirely in C (see reference)."""
     X, targets, layers, n_batches, hyper = ck.prepare_dense_stack_epoch(
         params, grads, states, workspace, X, targets, batch_losses, batch_correct, layers,
-        loss, batch_size, optimizer, hyper, step, l2, loss_scale, grad_scale, _F32)
+        loss, batch_size, optimizer, hyper, step, l2, loss_scale, grad_scale, _F32,
+        workspace_need=lambda norm, bs: dense_stack_workspace(norm, bs, 0))
     spec = _layer_spec(layers)
     opt = ffi.new("fastnn_optimizer *")
     opt.kind = _OPT_CODES[optimizer]

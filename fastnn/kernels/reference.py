@@ -492,8 +492,7 @@ def dense_stack_epoch(params, grads, states, workspace, X, targets, batch_losses
         where unused), e.g. ``(m, v)`` for adam.
     workspace : 1-D float32
         At least ``dense_stack_workspace(layers, batch_size, params.size)`` floats
-        of the same backend (at least the single-threaded amount: more lets
-        the c backend split each batch over its threads).
+        of the same backend (each backend lays it out its own way).
     X : (n, layers[0].in)
     targets : int labels (n,) for "softmax_xent"; (n, out) floats otherwise.
     batch_losses : float64 (n_batches,), batch_correct : int64 (n_batches,)
@@ -536,8 +535,8 @@ def dense_stack_epoch(params, grads, states, workspace, X, targets, batch_losses
 def dense_stack_workspace(layers, batch_size, n_params):
     """Floats of workspace dense_stack_epoch needs on this backend: every
     layer's output for one batch, plus two gradient buffers of the widest
-    layer.  (The c backend also asks for per-thread gradient buffers of
-    n_params floats, to split batches over threads.)"""
+    layer.  (The c backend keeps every layer's gradient as well, which its
+    threads share.)"""
     widest = max(max(layer[0], layer[1]) for layer in layers)
     return batch_size * (sum(layer[1] for layer in layers) + 2 * widest)
 

@@ -190,7 +190,8 @@ static void cnn_cases(void) {
 /* The training epoch: exact-size workspaces for 1 and 2 threads, odd sizes,
    a last batch smaller than the thread count, every loss and optimizer. */
 static void epoch_cases(void) {
-    const int64_t dims[][3] = {{6, 9, 3}, {17, 33, 1}, {5, 2, 7}};
+    /* the last two are wide enough for the epoch to use two threads */
+    const int64_t dims[][3] = {{6, 9, 3}, {17, 33, 1}, {5, 2, 7}, {70, 130, 9}, {300, 40, 1}};
     const int64_t sizes[][2] = {{53, 24}, {49, 24}, {1, 1}, {40, 16}, {7, 100}};
     for (size_t di = 0; di < sizeof dims / sizeof *dims; di++)
         for (size_t si = 0; si < sizeof sizes / sizeof *sizes; si++)
@@ -200,8 +201,7 @@ static void epoch_cases(void) {
                 fastnn_dense_layer L[2] = {{in, hid, 0, in * hid, FASTNN_ACT_TANH, 0.0f},
                                            {hid, out, in * hid + hid, -1, FASTNN_ACT_IDENTITY, 0.0f}};
                 const int64_t n_params = in * hid + hid + hid * out;
-                const int threads = fastnn_get_num_threads();
-                const int64_t need = fastnn_dense_stack_workspace(L, 2, batch, n_params, threads);
+                const int64_t need = fastnn_dense_stack_workspace(L, 2, batch);
                 float *params = rnd(n_params), *grads = rnd(n_params), *ws = rnd(need);
                 float *m = calloc((size_t)n_params, 4), *v = calloc((size_t)n_params, 4);
                 float *X = rnd(n * in), *T = rnd(n * out);
