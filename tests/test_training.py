@@ -439,6 +439,10 @@ def test_finite_check_of_inputs():
     assert not _all_finite(y)
     assert _all_finite(np.array([[1e308, 1e308]]))  # float64: the sum overflows, the values don't
     assert _all_finite(np.arange(6).reshape(2, 3))
+    z = np.full((5, 3), 3e38, np.float32)  # the sum overflows: checked 2 rows at a time
+    assert _all_finite(z, rows=2)
+    z[4, 2] = np.nan
+    assert not _all_finite(z, rows=2)
 
 
 @pytest.mark.parametrize("backend_name", ["c", "numba"])
