@@ -254,11 +254,12 @@ typedef struct {
     double mu_product;    /* NAdam's running product; in and out               */
 } fastnn_optimizer;
 
-/* Floats of workspace an epoch needs: every layer's outputs and their
-   gradients for a full batch, 2 * batch * (sum of outs), whatever the
-   thread count.  -1 for invalid arguments. */
+/* Floats of workspace an epoch needs with `threads` threads: every layer's
+   outputs and their gradients for a full batch, 2 * batch * (sum of outs),
+   and with several threads two partial-product buffers of batch * (widest
+   out) per thread.  -1 for invalid arguments. */
 int64_t fastnn_dense_stack_workspace(const fastnn_dense_layer *layers, int n_layers,
-                                     int64_t batch);
+                                     int64_t batch, int threads);
 
 /* For each batch of `batch` rows of X (n, layers[0].in) -- the last may be
    shorter --: forward, loss (targets: labels (n) for softmax_xent, else T
@@ -271,12 +272,14 @@ int64_t fastnn_dense_stack_workspace(const fastnn_dense_layer *layers, int n_lay
    Layers' parameter ranges must not overlap; parameters no layer owns are
    updated with whatever grads holds there (as the reference does).
    With several threads (fastnn_get_num_threads(), fewer for small
-   batches; one parallel region per epoch) each thread runs the forward,
-   loss, dZ and dX of a share of the batch's rows, then, after a barrier per
-   layer, computes its rows of that layer's dW over the whole batch and
-   updates exactly those parameters: no partial gradients to sum.  The
-   trajectory equals the single-threaded one up to float32 rounding (each
-   thread scales its rows' loss gradient by its own row count). */
+   batches or a workspace sized for fewer; one parallel region per epoch)
+   each thread owns a contiguous part of every feature dimension: its rows
+   of each W, its entries of each b, and only it reads or writes them.  A
+   layer's forward sums the threads' partial products; its backward gives
+   each thread its rows of dW over the whole batch and its columns of dX,
+   and the thread updates its parameters at once.  No gradient is summed
+   across threads; the trajectory equals the single-threaded one up to
+   float32 rounding (the order of the forward's sums differs). */
 int fastnn_dense_stack_epoch(float *params, float *grads, int64_t n_params,
                              const fastnn_dense_layer *layers, int n_layers,
                              fastnn_optimizer *opt, int loss,

@@ -27,14 +27,16 @@
 #define MAX_LAYERS 1024
 
 int64_t fastnn_dense_stack_workspace(const fastnn_dense_layer *layers, int n_layers,
-                                     int64_t batch)
+                                     int64_t batch, int threads)
 {
-    if (!layers || n_layers < 1 || batch < 1)
+    if (!layers || n_layers < 1 || batch < 1 || threads < 1)
         return -1;
-    int64_t outs = 0;
-    for (int l = 0; l < n_layers; l++)
+    int64_t outs = 0, widest = 0;
+    for (int l = 0; l < n_layers; l++) {
         outs += layers[l].out;
-    return 2 * batch * outs;
+        widest = layers[l].out > widest ? layers[l].out : widest;
+    }
+    return 2 * batch * outs + (threads > 1 ? 2 * (int64_t)threads * batch * widest : 0);
 }
 
 /* Every size and offset describes memory inside the caller's buffers. */
@@ -164,8 +166,9 @@ struct epoch {
     const float *T;
     int64_t n, batch;
     double l2, loss_scale, grad_scale;
-    float *Y, *D;                 /* the workspace's two halves */
+    float *Y, *D, *P;             /* the workspace: outputs, gradients, partials */
     int64_t *row_off;             /* layer l's rows start at Y/D + batch * row_off[l] */
+    int64_t widest_out;           /* a partial buffer's width */
     const int64_t *gaps;          /* [lo, hi) pairs of params no layer owns */
     int n_gaps;
     double *batch_loss;
@@ -180,55 +183,123 @@ struct epoch {
     double mu_product;
 };
 
-/* Part t of T of [0, size): balanced, contiguous. */
-static int64_t part_lo(int64_t size, int t, int T) { return size * t / T; }
-
-/* Thread t's rows of layer l's weights, as a range of the flat buffer. */
-static void weight_part(const struct epoch *e, int l, int t, int64_t *a, int64_t *b)
+/* Thread t's part [*lo, *hi) of a feature dimension d: contiguous, in
+   multiples of 16 floats (64 bytes) so that threads never write the same
+   cache line of a row; may be empty. */
+static void part(int64_t d, int t, int T, int64_t *lo, int64_t *hi)
 {
-    const fastnn_dense_layer *L = &e->layers[l];
-    *a = L->w_offset + part_lo(L->in, t, e->threads) * L->out;
-    *b = L->w_offset + part_lo(L->in, t + 1, e->threads) * L->out;
+    const int64_t per = ((d + T - 1) / T + 15) / 16 * 16;
+    *lo = per * t < d ? per * t : d;
+    *hi = *lo + per < d ? *lo + per : d;
 }
 
-/* Sum of squares of thread t's weights (its part of the l2 term). */
+/* Sum of squares of thread t's weights (its part of the l2 term): its
+   rows of every W. */
 static double weight_squares(const struct epoch *e, int t)
 {
     double total = 0.0, sq;
-    int64_t a, b;
     for (int l = 0; l < e->n_layers; l++) {
-        weight_part(e, l, t, &a, &b);
-        if (b > a) {
-            fastnn_sum_squares(&sq, e->params + a, b - a);
+        const fastnn_dense_layer *L = &e->layers[l];
+        int64_t k0, k1;
+        part(L->in, t, e->threads, &k0, &k1);
+        if (k1 > k0) {
+            fastnn_sum_squares(&sq, e->params + L->w_offset + k0 * L->out, (k1 - k0) * L->out);
             total += sq;
         }
     }
     return total;
 }
 
-/* Forward and loss of rows [r, r + m_t) of the batch starting at sample
-   lo (m rows in all): outputs into Y, the loss gradient (scaled to this
-   batch's mean) into the last layer's D rows. */
-static int forward_rows(struct epoch *e, int t, int64_t lo, int64_t r, int64_t m_t, int64_t m)
+/* Y[:, j0:j1] = b[j0:j1] + the sum of the partial products (m rows). */
+FASTNN_CLONES
+static void sum_partials(float *Y, int64_t ldy, const float *const *P, int np, int64_t ldp,
+                         const float *b, int64_t m, int64_t j0, int64_t j1)
 {
-    const fastnn_dense_layer *layers = e->layers;
+    for (int64_t i = 0; i < m; i++) {
+        float *y = Y + i * ldy;
+#pragma omp simd
+        for (int64_t j = j0; j < j1; j++)
+            y[j] = b ? b[j] : 0.0f;
+        for (int q = 0; q < np; q++) {
+            const float *p = P[q] + i * ldp;
+#pragma omp simd
+            for (int64_t j = j0; j < j1; j++)
+                y[j] += p[j];
+        }
+    }
+}
+
+/* The activation (forward, or its derivative into D in place) of columns
+   [j0, j1) of m rows of width w. */
+static int act_columns(float *D, const float *Y, int64_t m, int64_t w, int64_t j0, int64_t j1,
+                       const fastnn_dense_layer *L, int backward)
+{
+    int rc = FASTNN_OK;
+    if (j1 <= j0)
+        return rc;
+    const int whole = j0 == 0 && j1 == w;  /* then one call over all rows */
+    const int64_t rows = whole ? 1 : m, len = whole ? m * w : j1 - j0;
+    for (int64_t i = 0; i < rows && rc == FASTNN_OK; i++) {
+        float *d = D + i * w + j0;
+        const float *y = Y + i * w + j0;
+        rc = backward ? fastnn_activation_backward(d, d, y, len, L->act, L->slope)
+                      : fastnn_activation_forward(d, y, len, L->act, L->slope);
+    }
+    return rc;
+}
+
+/* Layer l's forward for the m rows of the batch.  One thread: the fused
+   dense_forward.  Several: thread t multiplies its columns of the input by
+   its rows of W into its partial buffer; after a barrier it sums the
+   partials of its part of the output columns (its input columns of the
+   next layer) and applies bias and activation.  A thread reads and writes
+   only its own rows of W. */
+static int forward_layer(struct epoch *e, int l, int t, const float *in, int64_t m)
+{
+    const fastnn_dense_layer *L = &e->layers[l];
+    const int T = e->threads;
+    const float *W = e->params + L->w_offset, *b = L->b_offset >= 0 ? e->params + L->b_offset : NULL;
+    float *Y = e->Y + e->batch * e->row_off[l];
+    if (T == 1)
+        return fastnn_dense_forward(Y, in, W, b, m, L->in, L->out, L->act, L->slope);
+    const int64_t psize = e->batch * e->widest_out;
+    float *mine = e->P + (2 * (int64_t)t + (l & 1)) * psize;
+    int64_t k0, k1, j0, j1;
+    int rc = FASTNN_OK;
+    part(L->in, t, T, &k0, &k1);
+    if (k1 > k0)
+        rc = fastnn_gemm(0, 0, m, L->out, k1 - k0, 1.0f, in + k0, L->in, W + k0 * L->out, L->out,
+                         0.0f, mine, L->out);
+#pragma omp barrier
+    const float *parts[MAX_THREADS];
+    int np = 0;
+    for (int q = 0; q < T; q++) {
+        int64_t a, z;
+        part(L->in, q, T, &a, &z);
+        if (z > a)
+            parts[np++] = e->P + (2 * (int64_t)q + (l & 1)) * psize;
+    }
+    part(L->out, t, T, &j0, &j1);
+    if (j1 > j0) {
+        sum_partials(Y, L->out, parts, np, L->out, b, m, j0, j1);
+        if (rc == FASTNN_OK)
+            rc = act_columns(Y, Y, m, L->out, j0, j1, L, 0);
+    }
+    return rc;
+}
+
+/* The loss of rows [r, r + m_t) of the batch starting at sample lo (m rows
+   in all): its value and correct answers into this thread's parts, the
+   loss gradient (scaled to the batch's mean) into the last layer's D. */
+static int loss_rows(struct epoch *e, int t, int64_t lo, int64_t r, int64_t m_t, int64_t m)
+{
     const int nl = e->n_layers, loss = e->loss;
-    const int64_t c = layers[nl - 1].out, B = e->batch;
+    const int64_t c = e->layers[nl - 1].out, B = e->batch;
     const int32_t *lb = e->labels ? e->labels + lo + r : NULL;
     const float *tb = e->T ? e->T + (lo + r) * c : NULL;
-    const float *inp = e->X + (lo + r) * layers[0].in;
-    int rc;
-    for (int l = 0; l < nl; l++) {
-        const fastnn_dense_layer *L = &layers[l];
-        float *Y = e->Y + B * e->row_off[l] + r * L->out;
-        rc = fastnn_dense_forward(Y, inp, e->params + L->w_offset,
-                                  L->b_offset >= 0 ? e->params + L->b_offset : NULL,
-                                  m_t, L->in, L->out, L->act, L->slope);
-        if (rc) return rc;
-        inp = Y;
-    }
-    const float *out = inp;
+    const float *out = e->Y + B * e->row_off[nl - 1] + r * c;
     float *dout = e->D + B * e->row_off[nl - 1] + r * c, value = 0.0f;
+    int rc;
     switch (loss) {
     case FASTNN_LOSS_SOFTMAX_XENT:
         rc = fastnn_softmax_xent_forward(&value, dout, out, lb, m_t, c);
@@ -254,45 +325,35 @@ static int forward_rows(struct epoch *e, int t, int64_t lo, int64_t r, int64_t m
     return FASTNN_OK;
 }
 
-/* dZ = dY * act'(Y) in place over layer l's D rows [r, r + m_t), then
-   (l > 0) dX = dZ W^T into layer l-1's D rows, with W not yet updated. */
-static int backward_rows(struct epoch *e, int l, int64_t r, int64_t m_t)
+/* Layer l's backward, thread t's share, once every column of dZ is in D
+   (see epoch_thread): its rows of dW over the whole batch (+ l2), its
+   columns of dX (from its rows of W, before their update), its columns of
+   db, then the update of exactly those parameters. */
+static int backward_layer(struct epoch *e, int l, int t, const float *in, int64_t m,
+                          const fastnn_optimizer *o)
 {
     const fastnn_dense_layer *L = &e->layers[l];
     const int64_t B = e->batch;
-    float *dZ = e->D + B * e->row_off[l] + r * L->out;
-    int rc = fastnn_activation_backward(dZ, dZ, e->Y + B * e->row_off[l] + r * L->out,
-                                        m_t * L->out, L->act, L->slope);
-    if (rc == FASTNN_OK && l > 0)
-        rc = fastnn_gemm(0, 1, m_t, L->in, L->out, 1.0f, dZ, L->out, e->params + L->w_offset,
-                         L->out, 0.0f, e->D + B * e->row_off[l - 1] + r * L->in, L->in);
-    return rc;
-}
-
-/* Thread t's part of layer l's gradient over all m rows of the batch (its
-   rows of dW, its columns of db), the l2 term, and the update of exactly
-   those parameters. */
-static int update_part(struct epoch *e, int l, int t, int64_t lo, int64_t m,
-                       const fastnn_optimizer *o)
-{
-    const fastnn_dense_layer *L = &e->layers[l];
-    const int64_t B = e->batch;
-    const float *dZ = e->D + B * e->row_off[l];
-    const float *Xl = l > 0 ? e->Y + B * e->row_off[l - 1] : e->X + lo * L->in;
-    const int64_t i0 = part_lo(L->in, t, e->threads), i1 = part_lo(L->in, t + 1, e->threads);
+    const float *dZ = e->D + B * e->row_off[l], *W = e->params + L->w_offset;
+    int64_t k0, k1, j0, j1;
     int rc = FASTNN_OK;
-    if (i1 > i0) {
-        const int64_t a = L->w_offset + i0 * L->out, b = L->w_offset + i1 * L->out;
-        /* dW[i0:i1] = X[:, i0:i1]^T dZ */
-        rc = fastnn_gemm(1, 0, i1 - i0, L->out, m, 1.0f, Xl + i0, L->in, dZ, L->out, 0.0f,
+    part(L->in, t, e->threads, &k0, &k1);
+    if (k1 > k0) {
+        const int64_t a = L->w_offset + k0 * L->out, z = L->w_offset + k1 * L->out;
+        /* dW[k0:k1] = X[:, k0:k1]^T dZ */
+        rc = fastnn_gemm(1, 0, k1 - k0, L->out, m, 1.0f, in + k0, L->in, dZ, L->out, 0.0f,
                          e->grads + a, L->out);
+        /* dX[:, k0:k1] = dZ W[k0:k1]^T: the previous layer's dY */
+        if (rc == FASTNN_OK && l > 0)
+            rc = fastnn_gemm(0, 1, m, k1 - k0, L->out, 1.0f, dZ, L->out, W + k0 * L->out,
+                             L->out, 0.0f, e->D + B * e->row_off[l - 1] + k0, L->in);
         if (rc) return rc;
         if (e->l2 != 0.0)
-            fastnn_axpy(e->grads + a, e->params + a, b - a, (float)(e->l2 / (double)m));
-        rc = optimizer_apply(e->params, e->grads, o, a, b);
+            fastnn_axpy(e->grads + a, e->params + a, z - a, (float)(e->l2 / (double)m));
+        rc = optimizer_apply(e->params, e->grads, o, a, z);
         if (rc) return rc;
     }
-    const int64_t j0 = part_lo(L->out, t, e->threads), j1 = part_lo(L->out, t + 1, e->threads);
+    part(L->out, t, e->threads, &j0, &j1);
     if (L->b_offset >= 0 && j1 > j0) {
         fastnn_column_sums(e->grads + L->b_offset, dZ, m, L->out, j0, j1);
         rc = optimizer_apply(e->params, e->grads, o, L->b_offset + j0, L->b_offset + j1);
@@ -303,72 +364,83 @@ static int update_part(struct epoch *e, int l, int t, int64_t lo, int64_t m,
 /* The epoch as run by thread t of e->threads (also outside any parallel
    region with one thread: the barriers are then no-ops).
 
-   Per batch: each thread runs the forward, the loss and, layer by layer
-   from the last, dZ and dX of its share of the rows; after each layer's
-   barrier it computes its rows of that layer's dW (over every row of the
-   batch, so no partial gradients to sum) and updates those parameters at
-   once, while they are in its cache.  A layer's W is read for dX before
-   the barrier and updated only after it; the forward of the next batch
-   waits for every update. */
+   Threads own feature ranges (part()): thread t owns rows part(in) of each
+   W and entries part(out) of each b, and only it reads or writes them --
+   a weight written by one core and read by another costs a cache-line
+   transfer each batch, which made a row-split forward's sliced update 2-3x
+   slower on two cores.  Per batch:
+     forward, per layer: partial products over t's input columns, barrier,
+       t's output columns summed (+ bias, activation);
+     barrier; the loss of t's rows; barrier; every thread reads the batch's
+       loss and takes the same stop/continue decision;
+     backward, per layer from the last: dZ = dY * act'(Y) for t's columns,
+       barrier, then backward_layer (t's rows of dW and columns of dX -- the
+       columns of the next dZ that t owns -- and its update). */
 static void epoch_thread(struct epoch *e, int t)
 {
     const int T = e->threads, nl = e->n_layers;
-    const int64_t n_batches = (e->n + e->batch - 1) / e->batch;
+    const int64_t n_batches = (e->n + e->batch - 1) / e->batch, B = e->batch;
     fastnn_optimizer o = *e->opt;  /* every thread advances its own copy alike */
     int err = FASTNN_OK, stop = 0;  /* err: this thread's first kernel error */
 
     for (int64_t bi = 0; bi < n_batches && !stop; bi++) {
-        const int64_t lo = bi * e->batch, m = lo + e->batch <= e->n ? e->batch : e->n - lo;
+        const int64_t lo = bi * B, m = lo + B <= e->n ? B : e->n - lo;
         const int64_t base = m / T, extra = m % T;
         const int64_t m_t = base + (t < extra), r = t * base + (t < extra ? t : extra);
+        const float *x = e->X + lo * e->layers[0].in;
+        for (int l = 0; l < nl; l++) {
+            const int rc = forward_layer(e, l, t, l > 0 ? e->Y + B * e->row_off[l - 1] : x, m);
+            if (rc && !err) err = rc;
+        }
+#pragma omp barrier
         e->loss_part[t] = 0.0;
         e->correct_part[t] = 0;
         if (m_t > 0 && !err)
-            err = forward_rows(e, t, lo, r, m_t, m);
+            err = loss_rows(e, t, lo, r, m_t, m);
         e->sq_part[t] = e->l2 != 0.0 ? weight_squares(e, t) : 0.0;
-
-        for (int l = nl - 1; l >= 0; l--) {
-            if (m_t > 0 && !err)
-                err = backward_rows(e, l, r, m_t);
-            if (l == nl - 1)
-                e->rc[t] = err;  /* read by all after the barrier, rewritten
-                                    only after the batch's last barrier */
+        e->rc[t] = err;  /* read by all after the barrier, rewritten only
+                            after the next batch's barriers */
 #pragma omp barrier
-            if (l == nl - 1) {
-                /* every thread sums the same parts in the same order, so
-                   all take the same decision without another barrier */
-                double total = 0.0, sq = 0.0;
-                int64_t correct = 0;
-                for (int i = 0; i < T; i++) {
-                    total += e->loss_part[i];
-                    sq += e->sq_part[i];
-                    correct += e->correct_part[i];
-                    if (e->rc[i] != FASTNN_OK) stop = 1;
-                }
-                total = total / (double)m * e->loss_scale + 0.5 * e->l2 / (double)m * sq;
-                if (t == 0 && !stop) {
-                    e->batch_loss[bi] = total;
-                    e->batch_correct[bi] = correct;
-                    *e->n_done = bi + 1;
-                }
-                if (stop || !isfinite(total)) {
-                    stop = 1;  /* a non-finite loss is no error: the caller sees it */
-                    break;
-                }
-                optimizer_advance(&o);
+        {
+            /* every thread sums the same parts in the same order, so all
+               take the same decision */
+            double total = 0.0, sq = 0.0;
+            int64_t correct = 0;
+            for (int i = 0; i < T; i++) {
+                total += e->loss_part[i];
+                sq += e->sq_part[i];
+                correct += e->correct_part[i];
+                if (e->rc[i] != FASTNN_OK) stop = 1;
             }
-            const int rc = update_part(e, l, t, lo, m, &o);
+            total = total / (double)m * e->loss_scale + 0.5 * e->l2 / (double)m * sq;
+            if (t == 0 && !stop) {
+                e->batch_loss[bi] = total;
+                e->batch_correct[bi] = correct;
+                *e->n_done = bi + 1;
+            }
+            if (stop || !isfinite(total)) {
+                stop = 1;  /* a non-finite loss is no error: the caller sees it */
+                break;
+            }
+            optimizer_advance(&o);
+        }
+        for (int l = nl - 1; l >= 0; l--) {
+            const fastnn_dense_layer *L = &e->layers[l];
+            int64_t j0, j1;
+            part(L->out, t, T, &j0, &j1);
+            int rc = act_columns(e->D + B * e->row_off[l], e->Y + B * e->row_off[l], m, L->out,
+                                 j0, j1, L, 1);
+#pragma omp barrier
+            if (rc == FASTNN_OK)
+                rc = backward_layer(e, l, t, l > 0 ? e->Y + B * e->row_off[l - 1] : x, m, &o);
             if (rc && !err) err = rc;
         }
-        if (!stop) {
-            if (t == 0)  /* alignment gaps and parameters outside the stack */
-                for (int i = 0; i < e->n_gaps; i++) {
-                    const int rc = optimizer_apply(e->params, e->grads, &o, e->gaps[2 * i],
-                                                   e->gaps[2 * i + 1]);
-                    if (rc && !err) err = rc;
-                }
-#pragma omp barrier
-        }
+        if (t == 0)  /* alignment gaps and parameters outside the stack */
+            for (int i = 0; i < e->n_gaps; i++) {
+                const int rc = optimizer_apply(e->params, e->grads, &o, e->gaps[2 * i],
+                                               e->gaps[2 * i + 1]);
+                if (rc && !err) err = rc;
+            }
     }
     if (e->rc[t] != err)  /* (after a stop, err is what was published) */
         e->rc[t] = err;
@@ -436,7 +508,7 @@ int fastnn_dense_stack_epoch(float *params, float *grads, int64_t n_params,
     int n_gaps;
     if (!stack_valid(n_params, layers, n_layers) || !optimizer_valid(opt) ||
         !find_gaps(layers, n_layers, n_params, gaps, &n_gaps) ||
-        fastnn_dense_stack_workspace(layers, n_layers, batch) > workspace_size)
+        fastnn_dense_stack_workspace(layers, n_layers, batch, 1) > workspace_size)
         return FASTNN_EINVAL;
     const int64_t c = layers[n_layers - 1].out;
     if (loss == FASTNN_LOSS_SOFTMAX_XENT)
@@ -447,15 +519,18 @@ int fastnn_dense_stack_epoch(float *params, float *grads, int64_t n_params,
     /* As many threads as asked for and worth it: a batch's forward should
        be >= 32k multiply-adds per thread, or the barriers cost more than
        the split saves. */
-    int64_t macs = 0, row_off[MAX_LAYERS], outs = 0;
+    int64_t macs = 0, row_off[MAX_LAYERS], outs = 0, widest_out = 0;
     for (int l = 0; l < n_layers; l++) {
         macs += layers[l].in * layers[l].out;
         row_off[l] = outs;
         outs += layers[l].out;
+        widest_out = layers[l].out > widest_out ? layers[l].out : widest_out;
     }
     int threads = fastnn_get_num_threads();
     if (threads > MAX_THREADS) threads = MAX_THREADS;
-    while (threads > 1 && batch * macs < (int64_t)threads * 32768)
+    while (threads > 1 && (batch * macs < (int64_t)threads * 32768 ||
+                           fastnn_dense_stack_workspace(layers, n_layers, batch, threads)
+                               > workspace_size))
         threads--;
 
     struct epoch e = {
@@ -464,7 +539,8 @@ int fastnn_dense_stack_epoch(float *params, float *grads, int64_t n_params,
         .labels = loss == FASTNN_LOSS_SOFTMAX_XENT ? labels : NULL,
         .T = loss == FASTNN_LOSS_SOFTMAX_XENT ? NULL : T, .n = n, .batch = batch, .l2 = l2,
         .loss_scale = loss_scale, .grad_scale = grad_scale, .Y = workspace,
-        .D = workspace + batch * outs, .row_off = row_off, .gaps = gaps, .n_gaps = n_gaps,
+        .D = workspace + batch * outs, .P = workspace + 2 * batch * outs, .row_off = row_off,
+        .widest_out = widest_out, .gaps = gaps, .n_gaps = n_gaps,
         .batch_loss = batch_loss, .batch_correct = batch_correct, .n_done = n_done,
         .threads = threads};
     *n_done = 0;
@@ -481,7 +557,7 @@ int fastnn_dense_stack_epoch(float *params, float *grads, int64_t n_params,
                 team_ok = 0;  /* every thread writes the same value */
         }
     }
-    if (!team_ok) {
+    if (!team_ok) {  /* (a 1-thread epoch uses no partial buffers) */
         e.threads = 1;
         epoch_thread(&e, 0);
     }

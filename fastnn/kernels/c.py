@@ -366,11 +366,20 @@ _F64 = ffi.typeof("double[]")
 
 
 def dense_stack_workspace(layers, batch_size, n_params):
-    """Floats of workspace dense_stack_epoch needs here: every layer's
-    outputs and their gradients for a full batch, whatever the thread count
-    (n_params is not needed: threads share one gradient buffer)."""
+    """Floats of workspace dense_stack_epoch needs here with the current
+    thread count: every layer's outputs and their gradients for a full
+    batch, and with several threads their partial products (n_params does
+    not matter: threads share the gradient buffer)."""
     spec = _layer_spec([(fi, fo, w, b, "identity", 0.0) for fi, fo, w, b, *_ in layers])
-    return int(lib.fastnn_dense_stack_workspace(spec, len(layers), batch_size))
+    threads = max(1, lib.fastnn_get_num_threads())
+    return int(lib.fastnn_dense_stack_workspace(spec, len(layers), batch_size, threads))
+
+
+def _one_thread_workspace(layers, batch_size):
+    """The least workspace the epoch runs with (on one thread; a larger one
+    lets it use more)."""
+    spec = _layer_spec([(fi, fo, w, b, "identity", 0.0) for fi, fo, w, b, *_ in layers])
+    return int(lib.fastnn_dense_stack_workspace(spec, len(layers), batch_size, 1))
 
 
 def _layer_spec(layers):
@@ -389,7 +398,7 @@ def dense_stack_epoch(params, grads, states, workspace, X, targets, batch_losses
     X, targets, layers, n_batches, hyper = ck.prepare_dense_stack_epoch(
         params, grads, states, workspace, X, targets, batch_losses, batch_correct, layers,
         loss, batch_size, optimizer, hyper, step, l2, loss_scale, grad_scale, _F32,
-        workspace_need=lambda norm, bs: dense_stack_workspace(norm, bs, 0))
+        workspace_need=_one_thread_workspace)
     spec = _layer_spec(layers)
     opt = ffi.new("fastnn_optimizer *")
     opt.kind = _OPT_CODES[optimizer]

@@ -201,7 +201,8 @@ static void epoch_cases(void) {
                 fastnn_dense_layer L[2] = {{in, hid, 0, in * hid, FASTNN_ACT_TANH, 0.0f},
                                            {hid, out, in * hid + hid, -1, FASTNN_ACT_IDENTITY, 0.0f}};
                 const int64_t n_params = in * hid + hid + hid * out;
-                const int64_t need = fastnn_dense_stack_workspace(L, 2, batch);
+                const int threads = fastnn_get_num_threads();
+                const int64_t need = fastnn_dense_stack_workspace(L, 2, batch, threads);
                 float *params = rnd(n_params), *grads = rnd(n_params), *ws = rnd(need);
                 float *m = calloc((size_t)n_params, 4), *v = calloc((size_t)n_params, 4);
                 float *X = rnd(n * in), *T = rnd(n * out);
