@@ -116,6 +116,28 @@ def test_gemm_shapes_and_transposes(backend, ref, rng, trans_a, trans_b):
         _gemm_case(backend, ref, rng, m, n, k, trans_a, trans_b, 1.0, 0.0)
 
 
+@pytest.mark.parametrize("path", ["generic", "avx2", "avx512"])
+def test_c_gemm_every_simd_path(ref, rng, path):
+    """Each micro-kernel and packing routine the c backend can pick (forced
+    here; the default is the best the CPU has), on shapes with full and
+    ragged tiles, the in-place B of few-row products and all transposes."""
+    from fastnn.kernels import c
+
+    best = c.info()["simd"]
+    try:
+        c.set_simd_path(path)
+    except ValueError:
+        pytest.skip(f"this CPU has no {path}")
+    try:
+        for m, n, k in [(1, 33, 9), (8, 32, 16), (16, 64, 40), (33, 70, 257), (70, 128, 65)]:
+            for trans_a in (False, True):
+                for trans_b in (False, True):
+                    _gemm_case(c, ref, rng, m, n, k, trans_a, trans_b, 1.0, 0.0)
+            _gemm_case(c, ref, rng, m, n, k, False, True, -0.5, 1.5)
+    finally:
+        c.set_simd_path(best)
+
+
 @pytest.mark.parametrize("alpha,beta", [(1.0, 1.0), (0.5, -2.0), (-1.5, 0.0), (0.0, 0.75),
                                         (2.0, 1.0)])
 def test_gemm_alpha_beta(backend, ref, rng, alpha, beta):
