@@ -71,6 +71,12 @@ static inline float fastnn_act_scalar(int act, float x, float slope)
     }
 }
 
+/* While on != 0, every kernel called by this thread runs on it alone
+   (fastnn_get_num_threads() returns 1), as inside a parallel region: for
+   a training epoch that found a batch too small to split.  Returns the
+   previous setting, to restore (runtime.c). */
+int fastnn_run_serial(int on);
+
 /* db[lo:hi] = column sums of dZ (n, c) over columns [lo, hi) (ops.c;
    accumulated in double, serial). */
 void fastnn_column_sums(float *db, const float *dZ, int64_t n, int64_t c, int64_t lo,

@@ -6,8 +6,10 @@
  */
 #include <omp.h>
 #include "fastnn.h"
+#include "internal.h"
 
 static int g_threads = 0;       /* 0: not yet set -> omp_get_max_threads() */
+static _Thread_local int tl_serial = 0;  /* see fastnn_run_serial (internal.h) */
 static int g_simd = -1;         /* -1: not yet chosen -> fastnn_simd_best() */
 
 void fastnn_set_num_threads(int n)
@@ -20,12 +22,19 @@ int fastnn_get_num_threads(void)
 {
     /* A kernel called by one thread of a team (the threaded training epoch
        splits a batch over threads) runs serially on that thread. */
-    if (omp_in_parallel())
+    if (tl_serial || omp_in_parallel())
         return 1;
     if (g_threads > 0)
         return g_threads;
     int n = omp_get_max_threads();
     return n > 0 ? n : 1;
+}
+
+int fastnn_run_serial(int on)
+{
+    const int before = tl_serial;
+    tl_serial = on;
+    return before;
 }
 
 static int simd_supported(int path)

@@ -183,9 +183,9 @@ def test_c_epoch_split_over_threads_matches_reference(n, batch, opt, hyper, rng)
     a batch is too small to pay for the barriers)."""
     from fastnn.kernels import c
 
-    X = rng.normal(size=(n, 300)).astype(np.float32)
+    X = rng.normal(size=(n, 700)).astype(np.float32)
     t = rng.integers(0, 3, n)
-    kw = dict(l2=0.05, loss_scale=0.5, grad_scale=2.0, sizes=(300, 120, 7, 3))
+    kw = dict(l2=0.05, loss_scale=0.5, grad_scale=2.0, sizes=(700, 400, 7, 3))
     want = _run(reference, "softmax_xent", opt, hyper, X, t, batch, **kw)
     before = c.info()["threads"]
     try:
@@ -198,9 +198,9 @@ def test_c_epoch_split_over_threads_matches_reference(n, batch, opt, hyper, rng)
     one, got = runs
     # Two threads sum each forward product in two parts: float32 rounding
     # apart from one thread, like the reference.  The losses are the tight
-    # check: with 37k parameters a few Adam/NAdam updates m / sqrt(v) of
+    # check: with 283k parameters a few Adam/NAdam updates m / sqrt(v) of
     # gradients at rounding level differ by up to ~lr / 50 (another
-    # summation order), and SGD with momentum carries a 300-wide layer's
+    # summation order), and SGD with momentum carries a 700-wide layer's
     # rounding to ~5e-5.
     atol = 1e-4 if opt == "sgd" else 1e-3
     for other in (one, want):
@@ -264,9 +264,9 @@ def test_c_epoch_on_two_threads_is_deterministic(rng):
     and gives the small layers' columns all to the first."""
     from fastnn.kernels import c
 
-    X = rng.normal(size=(49, 300)).astype(np.float32)
+    X = rng.normal(size=(49, 700)).astype(np.float32)
     t = rng.integers(0, 3, 49)
-    kw = dict(l2=0.05, grad_scale=2.0, sizes=(300, 120, 7, 3), epochs=1)
+    kw = dict(l2=0.05, grad_scale=2.0, sizes=(700, 400, 7, 3), epochs=1)
     hyper = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8)
     before = c.info()["threads"]
     try:

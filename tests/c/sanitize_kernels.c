@@ -190,8 +190,9 @@ static void cnn_cases(void) {
 /* The training epoch: exact-size workspaces for 1 and 2 threads, odd sizes,
    a last batch smaller than the thread count, every loss and optimizer. */
 static void epoch_cases(void) {
-    /* the last two are wide enough for the epoch to use two threads */
-    const int64_t dims[][3] = {{6, 9, 3}, {17, 33, 1}, {5, 2, 7}, {70, 130, 9}, {300, 40, 1}};
+    /* the last two are wide enough for the epoch to use two threads at the
+       batches of 16 and 24 */
+    const int64_t dims[][3] = {{6, 9, 3}, {17, 33, 1}, {5, 2, 7}, {700, 390, 9}, {1200, 220, 1}};
     const int64_t sizes[][2] = {{53, 24}, {49, 24}, {1, 1}, {40, 16}, {7, 100}};
     for (size_t di = 0; di < sizeof dims / sizeof *dims; di++)
         for (size_t si = 0; si < sizeof sizes / sizeof *sizes; si++)
