@@ -256,14 +256,18 @@ typedef struct {
 
 /* Floats of workspace an epoch needs with `threads` threads: every layer's
    outputs and their gradients for a full batch, 2 * batch * (sum of outs),
-   and with several threads two partial-product buffers of batch * (widest
-   out) per thread.  -1 for invalid arguments. */
+   a gathered batch, batch * (in of the first + out of the last + 1), and
+   with several threads two partial-product buffers of batch * (widest out)
+   per thread.  -1 for invalid arguments. */
 int64_t fastnn_dense_stack_workspace(const fastnn_dense_layer *layers, int n_layers,
                                      int64_t batch, int threads);
 
-/* For each batch of `batch` rows of X (n, layers[0].in) -- the last may be
-   shorter --: forward, loss (targets: labels (n) for softmax_xent, else T
-   (n, out)), backward, optimizer update over all n_params.
+/* For each batch of `batch` samples -- the last may be shorter --: forward,
+   loss (targets: labels (n) for softmax_xent, else T (n, out)), backward,
+   optimizer update over all n_params.  The samples are the rows of X (n,
+   layers[0].in) in order, or with order != NULL the n_order rows order[0],
+   order[1], ... (each in [0, n); a shuffle without a shuffled copy of X:
+   each batch's rows are gathered into the workspace).
    batch_loss[i] = loss_scale * loss + l2 / (2 m) * sum(W^2);
    batch_correct[i] = correctly classified samples (0 for mse/mae).
    *n_done = batches run; a batch with a non-finite loss ends the epoch
@@ -284,7 +288,8 @@ int fastnn_dense_stack_epoch(float *params, float *grads, int64_t n_params,
                              const fastnn_dense_layer *layers, int n_layers,
                              fastnn_optimizer *opt, int loss,
                              const float *X, const int32_t *labels, const float *T,
-                             int64_t n, int64_t batch, double l2, double loss_scale,
+                             int64_t n, const int64_t *order, int64_t n_order,
+                             int64_t batch, double l2, double loss_scale,
                              double grad_scale, float *workspace, int64_t workspace_size,
                              double *batch_loss, int64_t *batch_correct, int64_t *n_done);
 

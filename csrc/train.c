@@ -36,7 +36,9 @@ int64_t fastnn_dense_stack_workspace(const fastnn_dense_layer *layers, int n_lay
         outs += layers[l].out;
         widest = layers[l].out > widest ? layers[l].out : widest;
     }
-    return 2 * batch * outs + (threads > 1 ? 2 * (int64_t)threads * batch * widest : 0);
+    const int64_t gathered = batch * (layers[0].in + layers[n_layers - 1].out + 1);
+    return 2 * batch * outs + gathered
+           + (threads > 1 ? 2 * (int64_t)threads * batch * widest : 0);
 }
 
 /* Every size and offset describes memory inside the caller's buffers. */
@@ -166,7 +168,10 @@ struct epoch {
     const float *T;
     int64_t n, batch;
     double l2, loss_scale, grad_scale;
+    const int64_t *order;         /* sample order[i] is X's row; NULL: i */
     float *Y, *D, *P;             /* the workspace: outputs, gradients, partials */
+    float *Xb, *Tb;               /* ... a batch's gathered rows of X and T */
+    int32_t *Lb;                  /* ... and labels (with order only) */
     int64_t *row_off;             /* layer l's rows start at Y/D + batch * row_off[l] */
     int64_t widest_out;           /* a partial buffer's width */
     const int64_t *gaps;          /* [lo, hi) pairs of params no layer owns */
@@ -297,6 +302,18 @@ static int loss_rows(struct epoch *e, int t, int64_t lo, int64_t r, int64_t m_t,
     const int64_t c = e->layers[nl - 1].out, B = e->batch;
     const int32_t *lb = e->labels ? e->labels + lo + r : NULL;
     const float *tb = e->T ? e->T + (lo + r) * c : NULL;
+    if (e->order) {  /* this thread's rows of the batch's targets, gathered */
+        const int64_t *idx = e->order + lo + r;
+        if (e->labels) {
+            for (int64_t i = 0; i < m_t; i++)
+                e->Lb[r + i] = e->labels[idx[i]];
+            lb = e->Lb + r;
+        } else {
+            for (int64_t i = 0; i < m_t; i++)
+                memcpy(e->Tb + (r + i) * c, e->T + idx[i] * c, (size_t)c * sizeof(float));
+            tb = e->Tb + r * c;
+        }
+    }
     const float *out = e->Y + B * e->row_off[nl - 1] + r * c;
     float *dout = e->D + B * e->row_off[nl - 1] + r * c, value = 0.0f;
     int rc;
@@ -387,7 +404,18 @@ static void epoch_thread(struct epoch *e, int t)
         const int64_t lo = bi * B, m = lo + B <= e->n ? B : e->n - lo;
         const int64_t base = m / T, extra = m % T;
         const int64_t m_t = base + (t < extra), r = t * base + (t < extra ? t : extra);
-        const float *x = e->X + lo * e->layers[0].in;
+        const int64_t n_in = e->layers[0].in;
+        const float *x = e->X + lo * n_in;
+        if (e->order) {
+            /* the batch's rows of X, gathered: each thread copies the
+               columns it multiplies (its part of the first layer's input) */
+            int64_t k0, k1;
+            part(n_in, t, T, &k0, &k1);
+            for (int64_t i = 0; i < m && k1 > k0; i++)
+                memcpy(e->Xb + i * n_in + k0, e->X + e->order[lo + i] * n_in + k0,
+                       (size_t)(k1 - k0) * sizeof(float));
+            x = e->Xb;
+        }
         for (int l = 0; l < nl; l++) {
             const int rc = forward_layer(e, l, t, l > 0 ? e->Y + B * e->row_off[l - 1] : x, m);
             if (rc && !err) err = rc;
@@ -493,7 +521,8 @@ int fastnn_dense_stack_epoch(float *params, float *grads, int64_t n_params,
                              const fastnn_dense_layer *layers, int n_layers,
                              fastnn_optimizer *opt, int loss,
                              const float *X, const int32_t *labels, const float *T,
-                             int64_t n, int64_t batch, double l2, double loss_scale,
+                             int64_t n, const int64_t *order, int64_t n_order,
+                             int64_t batch, double l2, double loss_scale,
                              double grad_scale, float *workspace, int64_t workspace_size,
                              double *batch_loss, int64_t *batch_correct, int64_t *n_done)
 {
@@ -515,6 +544,13 @@ int fastnn_dense_stack_epoch(float *params, float *grads, int64_t n_params,
         for (int64_t i = 0; i < n; i++)
             if (labels[i] < 0 || labels[i] >= c)
                 return FASTNN_EINVAL;
+    if (order) {
+        if (n_order < 1)
+            return FASTNN_EINVAL;
+        for (int64_t i = 0; i < n_order; i++)
+            if (order[i] < 0 || order[i] >= n)
+                return FASTNN_EINVAL;
+    }
 
     /* As many threads as asked for and worth it: a batch's forward should
        be >= 2M multiply-adds per thread, or the 2 * layers + 2 barriers and
@@ -539,9 +575,13 @@ int fastnn_dense_stack_epoch(float *params, float *grads, int64_t n_params,
         .params = params, .grads = grads, .n_params = n_params, .layers = layers,
         .n_layers = n_layers, .opt = opt, .loss = loss, .X = X,
         .labels = loss == FASTNN_LOSS_SOFTMAX_XENT ? labels : NULL,
-        .T = loss == FASTNN_LOSS_SOFTMAX_XENT ? NULL : T, .n = n, .batch = batch, .l2 = l2,
+        .T = loss == FASTNN_LOSS_SOFTMAX_XENT ? NULL : T, .n = order ? n_order : n,
+        .order = order, .batch = batch, .l2 = l2,
         .loss_scale = loss_scale, .grad_scale = grad_scale, .Y = workspace,
-        .D = workspace + batch * outs, .P = workspace + 2 * batch * outs, .row_off = row_off,
+        .D = workspace + batch * outs, .Xb = workspace + 2 * batch * outs,
+        .Tb = workspace + 2 * batch * outs + batch * layers[0].in,
+        .Lb = (int32_t *)(workspace + 2 * batch * outs + batch * (layers[0].in + c)),
+        .P = workspace + 2 * batch * outs + batch * (layers[0].in + c + 1), .row_off = row_off,
         .widest_out = widest_out, .gaps = gaps, .n_gaps = n_gaps,
         .batch_loss = batch_loss, .batch_correct = batch_correct, .n_done = n_done,
         .threads = threads};

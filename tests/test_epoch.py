@@ -10,6 +10,7 @@ import pytest
 
 import fastnn
 from fastnn import optim
+from fastnn import kernels
 from fastnn.kernels import _checks, reference
 
 OPTS = [
@@ -34,7 +35,7 @@ def _stack(model):
 
 
 def _run(k, loss, opt, hyper, X, t, batch, l2=0.0, loss_scale=1.0, grad_scale=1.0, epochs=2,
-         sizes=(6, 9, 7, 3)):
+         sizes=(6, 9, 7, 3), order=None):
     acts = ["relu", "tanh", None]
     model = fastnn.Sequential([fastnn.Dense(a, b, act) for a, b, act in
                                zip(sizes, sizes[1:], acts)], seed=0, backend="reference")
@@ -42,14 +43,14 @@ def _run(k, loss, opt, hyper, X, t, batch, l2=0.0, loss_scale=1.0, grad_scale=1.
     p, g = model.params.copy(), np.zeros(model.size, np.float32)
     states = tuple(np.zeros_like(p) for _ in _checks.OPTIMIZER_KERNELS[opt][0])
     ws = k.empty(k.dense_stack_workspace(layers, batch, model.size))
-    n_batches = -(-len(X) // batch)
+    n_batches = -(-(len(X) if order is None else len(order)) // batch)
     step, mu, losses, correct = 0, 1.0, [], []
     for _ in range(epochs):
         bl, bc = np.zeros(n_batches), np.zeros(n_batches, np.int64)
         done, step, mu = k.dense_stack_epoch(
             p, g, states, ws, X, t, bl, bc, layers=layers, loss=loss, batch_size=batch,
             optimizer=opt, hyper=hyper, step=step, mu_product=mu, l2=l2,
-            loss_scale=loss_scale, grad_scale=grad_scale)
+            loss_scale=loss_scale, grad_scale=grad_scale, order=order)
         assert done == n_batches
         losses.append(bl)
         correct.append(bc)
@@ -277,3 +278,68 @@ def test_c_epoch_on_two_threads_is_deterministic(rng):
     for got in runs[1:]:
         np.testing.assert_array_equal(got[0], runs[0][0])
         np.testing.assert_array_equal(got[1], runs[0][1])
+
+
+def _order_case(k, loss, rng, sizes, threads=1, n=60, keep=50, batch=16, epochs=2):
+    """(epochs over X with order, epochs over the copy X[order])."""
+    from fastnn.kernels import c
+
+    X = rng.normal(size=(n, sizes[0])).astype(np.float32)
+    t = (rng.integers(0, 3, n) if loss == "softmax_xent"
+         else rng.uniform(0, 1, (n, 3)).astype(np.float32))
+    # shuffled, with repeats and rows left out
+    order = np.concatenate([rng.permutation(n)[:keep], [7, 7, 0]])
+    hyper = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8)
+    kw = dict(sizes=sizes, l2=0.05)
+    before = c.info()["threads"]
+    try:
+        c.set_num_threads(threads)
+        got = _run(k, loss, "adam", hyper, X, t, batch, order=order, epochs=epochs, **kw)
+        want = _run(k, loss, "adam", hyper, X[order], t[order], batch, epochs=epochs, **kw)
+    finally:
+        c.set_num_threads(before)
+    assert got[3] == want[3] == epochs * -(-(keep + 3) // batch)
+    return got, want
+
+
+@pytest.mark.parametrize("loss", ["softmax_xent", "mse"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_epoch_in_a_given_order_equals_the_gathered_copy(cpu_backend, loss, threads, rng):
+    """order picks the epoch's rows without a shuffled copy of X: the same
+    trajectory, bit for bit, as the epoch over X[order] (layers wide enough
+    for the c backend to use both threads)."""
+    got, want = _order_case(cpu_backend, loss, rng, (700, 400, 7, 3), threads)
+    for a, b in zip(got[:3], want[:3]):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["reference", "cuda"])
+def test_epoch_order_on_the_reference_and_cuda(name, loss="mse", rng=None):
+    k = pytest.importorskip("fastnn.kernels." + name)
+    if name == "cuda" and not kernels.available("cuda"):
+        pytest.skip("no cuda (simulator) here")
+    got, want = _order_case(k, loss, np.random.default_rng(3), (6, 9, 7, 3), n=10, keep=1,
+                            batch=4, epochs=1)  # the simulator is slow
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-6)
+
+
+def test_epoch_order_bad_arguments(cpu_backend, rng):
+    model = fastnn.Sequential([fastnn.Dense(4, 3)], seed=0, backend="reference")
+    layers = _stack(model)
+    p, g = model.params.copy(), np.zeros(model.size, np.float32)
+    X, t = rng.normal(size=(10, 4)), rng.integers(0, 3, 10)
+    ws = np.empty(cpu_backend.dense_stack_workspace(layers, 2, model.size), np.float32)
+    ok = dict(layers=layers, loss="softmax_xent", batch_size=2, optimizer="sgd",
+              hyper=dict(lr=0.1), step=0)
+    bl, bc = np.zeros(5), np.zeros(5, np.int64)
+    for order, match in [(np.array([0, 10]), r"order: row indices must lie in \[0, 10\)"),
+                         (np.array([-1, 2]), r"order: row indices must lie in \[0, 10\)"),
+                         (np.zeros((2, 2), np.int64), "1-D array of row indices"),
+                         (np.array([0.0, 1.0]), "1-D array of row indices"),
+                         (np.zeros(0, np.int64), "1-D array of row indices")]:
+        with pytest.raises(ValueError, match=match):
+            cpu_backend.dense_stack_epoch(p, g, (None,), ws, X, t, bl[:1], bc[:1], order=order,
+                                          **ok)
+    with pytest.raises(ValueError, match=r"batch_losses: expected shape \(2,\)"):
+        cpu_backend.dense_stack_epoch(p, g, (None,), ws, X, t, bl, bc, order=np.arange(3), **ok)

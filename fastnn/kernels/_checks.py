@@ -413,10 +413,12 @@ OPTIMIZER_KERNELS = {
 
 def prepare_dense_stack_epoch(params, grads, states, workspace, X, targets, batch_losses,
                               batch_correct, layers, loss, batch_size, optimizer, hyper, step,
-                              l2, loss_scale, grad_scale, dtype, dev=None, workspace_need=None):
+                              l2, loss_scale, grad_scale, dtype, dev=None, workspace_need=None,
+                              order=None):
     """Checks of dense_stack_epoch; returns X, targets, the layers as tuples
-    (in, out, w_offset, b_offset, activation name, slope), the batch count and
-    the hyperparameters with the kernel's defaults filled in.
+    (in, out, w_offset, b_offset, activation name, slope), the batch count,
+    the hyperparameters with the kernel's defaults filled in and order (a
+    host int64 array, or None).
     ``workspace_need(layers, batch_size)``: the backend's workspace size when
     it differs from the reference's layout."""
     if optimizer not in OPTIMIZER_KERNELS:
@@ -487,7 +489,15 @@ def prepare_dense_stack_epoch(params, grads, states, workspace, X, targets, batc
     else:
         targets = as_input("targets", targets, dtype, ndim=2, shape=(n, norm[-1][1]),
                            to_device=dev)
-    n_batches = -(-n // batch_size)
+    if order is not None:
+        order = np.asarray(order)
+        if order.ndim != 1 or order.dtype.kind not in "iu" or order.size == 0:
+            raise ValueError(f"order: expected a non-empty 1-D array of row indices, got "
+                             f"{order.dtype} of shape {order.shape}")
+        if order.min() < 0 or order.max() >= n:
+            raise ValueError(f"order: row indices must lie in [0, {n})")
+        order = np.ascontiguousarray(order, dtype=np.int64)
+    n_batches = -(-(n if order is None else order.size) // batch_size)
     if workspace_need is None:
         widest = max(max(layer[0], layer[1]) for layer in norm)
         need = batch_size * (sum(layer[1] for layer in norm) + 2 * widest)
@@ -507,7 +517,7 @@ def prepare_dense_stack_epoch(params, grads, states, workspace, X, targets, batc
     for name in hyper_names:
         if name in hyper and name not in ("nesterov", "centered"):
             check_scalar(name, hyper[name])
-    return X, targets, norm, n_batches, hyper
+    return X, targets, norm, n_batches, hyper, order
 
 
 @functools.lru_cache(maxsize=None)

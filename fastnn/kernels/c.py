@@ -393,12 +393,12 @@ def _layer_spec(layers):
 
 def dense_stack_epoch(params, grads, states, workspace, X, targets, batch_losses,
                       batch_correct, *, layers, loss, batch_size, optimizer, hyper, step,
-                      mu_product=1.0, l2=0.0, loss_scale=1.0, grad_scale=1.0):
+                      mu_product=1.0, l2=0.0, loss_scale=1.0, grad_scale=1.0, order=None):
     """One training epoch of a dense stack, entirely in C (see reference)."""
-    X, targets, layers, n_batches, hyper = ck.prepare_dense_stack_epoch(
+    X, targets, layers, n_batches, hyper, order = ck.prepare_dense_stack_epoch(
         params, grads, states, workspace, X, targets, batch_losses, batch_correct, layers,
         loss, batch_size, optimizer, hyper, step, l2, loss_scale, grad_scale, _F32,
-        workspace_need=_one_thread_workspace)
+        workspace_need=_one_thread_workspace, order=order)
     spec = _layer_spec(layers)
     opt = ffi.new("fastnn_optimizer *")
     opt.kind = _OPT_CODES[optimizer]
@@ -414,7 +414,9 @@ def dense_stack_epoch(params, grads, states, workspace, X, targets, batch_losses
     rc = lib.fastnn_dense_stack_epoch(
         _fp(params), _fp(grads), params.shape[0], spec, len(layers), opt, _LOSS_CODES[loss],
         _fp(X), _ip(targets) if is_labels else _NULL, _NULL if is_labels else _fp(targets),
-        X.shape[0], batch_size, l2, loss_scale, grad_scale, _fp(workspace), workspace.shape[0],
+        X.shape[0], _NULL if order is None else ffi.from_buffer(_I64, order),
+        0 if order is None else order.size, batch_size, l2, loss_scale, grad_scale,
+        _fp(workspace), workspace.shape[0],
         ffi.from_buffer(_F64, batch_losses), ffi.from_buffer(_I64, batch_correct), n_done)
     if rc:
         _fail("dense_stack_epoch", rc)

@@ -890,14 +890,15 @@ def axpy(y, x, alpha):
 
 def dense_stack_epoch(params, grads, states, workspace, X, targets, batch_losses,
                       batch_correct, *, layers, loss, batch_size, optimizer, hyper, step,
-                      mu_product=1.0, l2=0.0, loss_scale=1.0, grad_scale=1.0):
+                      mu_product=1.0, l2=0.0, loss_scale=1.0, grad_scale=1.0, order=None):
     """One training epoch of a dense stack (see reference): the reference loop
-    over this backend's kernels, on device arrays when given them."""
+    over this backend's kernels, on device arrays when given them (rows
+    picked by `order` are gathered on the host)."""
     return _reference.run_dense_stack_epoch(
         sys.modules[__name__], params, grads, states, workspace, X, targets, batch_losses,
         batch_correct, layers=layers, loss=loss, batch_size=batch_size, optimizer=optimizer,
         hyper=hyper, step=step, mu_product=mu_product, l2=l2, loss_scale=loss_scale,
-        grad_scale=grad_scale)
+        grad_scale=grad_scale, order=order)
 
 
 def clip(x, lo, hi):

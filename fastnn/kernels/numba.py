@@ -831,6 +831,7 @@ def axpy(y, x, alpha):
 _EPOCH_LOSSES = {"softmax_xent": -1, "bce": 0, "mse": 1, "mae": 2}  # else _pointwise_loss kinds
 _NO_LABELS = np.empty(0, dtype=np.int32)
 _NO_TARGETS = np.empty((0, 1), dtype=_F32)
+_NO_ORDER = np.empty(0, dtype=np.int64)
 
 
 @njit(cache=True)
@@ -852,7 +853,7 @@ def _count_correct(out, labels, t, loss):
 
 
 @njit(cache=True)
-def _dense_stack_epoch(params, grads, s0, s1, s2, ws, X, labels, T, batch_losses,
+def _dense_stack_epoch(params, grads, s0, s1, s2, ws, X, labels, T, order, batch_losses,
                        batch_correct, layers, slopes, loss, bs, opt, hyper, step, mu_product,
                        l2, loss_scale, grad_scale):
     """reference.run_dense_stack_epoch over this module's kernels, in the
@@ -860,9 +861,14 @@ def _dense_stack_epoch(params, grads, s0, s1, s2, ws, X, labels, T, batch_losses
     Y_0 | ... | Y_last | G_0 | G_1, each for bs rows.  layers: int64 rows
     (in, out, w_offset, b_offset, activation code), slopes their negative
     slopes; loss: -1 softmax_xent (labels) or a _pointwise_loss kind (T);
-    opt, hyper: see _optimizer_step.  Returns (n_done, step, mu_product)."""
+    opt, hyper: see _optimizer_step; order: the samples' rows of X (empty:
+    X in its order), each batch gathered into buffers of its own.
+    Returns (n_done, step, mu_product)."""
     n_layers = layers.shape[0]
     n, n_in, c = X.shape[0], layers[0, 0], layers[n_layers - 1, 1]
+    gather = order.shape[0] > 0
+    if gather:
+        n = order.shape[0]
     # Everything that is not a view is allocated here, once per epoch.
     y_off = np.empty(n_layers, dtype=np.int64)
     widest, off, ap_size, bp_size = 0, 0, 0, 0
@@ -882,12 +888,26 @@ def _dense_stack_epoch(params, grads, s0, s1, s2, ws, X, labels, T, batch_losses
     sums = np.empty(widest, dtype=np.float64)
     no_bias = params[:0]
     x_flat, t_flat = X.reshape(-1), T.reshape(-1)
+    xg = np.empty((bs if gather else 0) * n_in, dtype=np.float32)
+    lg = np.empty(bs if gather else 0, dtype=labels.dtype)
+    tg = np.empty((bs if gather and T.shape[0] > 0 else 0) * c, dtype=np.float32)
     n_batches = (n + bs - 1) // bs
     for bi in range(n_batches):
         lo = bi * bs
         m = min(bs, n - lo)
-        xb = x_flat[lo * n_in:(lo + m) * n_in].reshape((m, n_in))
-        lb, tb = labels[lo:lo + m], t_flat[lo * c:(lo + m) * c]  # the unused one is empty
+        if gather:
+            for i in range(m):
+                row = order[lo + i]
+                xg[i * n_in:(i + 1) * n_in] = x_flat[row * n_in:(row + 1) * n_in]
+                if labels.shape[0] > 0:
+                    lg[i] = labels[row]
+                else:
+                    tg[i * c:(i + 1) * c] = t_flat[row * c:(row + 1) * c]
+            xb = xg[:m * n_in].reshape((m, n_in))
+            lb, tb = lg[:m if labels.shape[0] > 0 else 0], tg[:m * c]
+        else:
+            xb = x_flat[lo * n_in:(lo + m) * n_in].reshape((m, n_in))
+            lb, tb = labels[lo:lo + m], t_flat[lo * c:(lo + m) * c]  # the unused one is empty
 
         inp = xb
         for l in range(n_layers):
@@ -948,11 +968,12 @@ def _dense_stack_epoch(params, grads, s0, s1, s2, ws, X, labels, T, batch_losses
 
 def dense_stack_epoch(params, grads, states, workspace, X, targets, batch_losses,
                       batch_correct, *, layers, loss, batch_size, optimizer, hyper, step,
-                      mu_product=1.0, l2=0.0, loss_scale=1.0, grad_scale=1.0):
+                      mu_product=1.0, l2=0.0, loss_scale=1.0, grad_scale=1.0, order=None):
     """One training epoch of a dense stack in one compiled call (see reference)."""
-    X, targets, layers, n_batches, hyper = ck.prepare_dense_stack_epoch(
+    X, targets, layers, n_batches, hyper, order = ck.prepare_dense_stack_epoch(
         params, grads, states, workspace, X, targets, batch_losses, batch_correct, layers,
-        loss, batch_size, optimizer, hyper, step, l2, loss_scale, grad_scale, _F32)
+        loss, batch_size, optimizer, hyper, step, l2, loss_scale, grad_scale, _F32,
+        order=order)
     spec = np.array([(fan_in, fan_out, w_off, b_off, ck.activation_code(act))
                      for fan_in, fan_out, w_off, b_off, act, _ in layers], dtype=np.int64)
     slopes = np.array([layer[5] for layer in layers], dtype=np.float64)
@@ -963,7 +984,8 @@ def dense_stack_epoch(params, grads, states, workspace, X, targets, batch_losses
     is_labels = loss == "softmax_xent"
     done, step, mu_product = _dense_stack_epoch(
         params, grads, s0, s1, s2, workspace, X, targets if is_labels else _NO_LABELS,
-        _NO_TARGETS if is_labels else targets, batch_losses, batch_correct, spec, slopes,
+        _NO_TARGETS if is_labels else targets, _NO_ORDER if order is None else order,
+        batch_losses, batch_correct, spec, slopes,
         _EPOCH_LOSSES[loss], int(batch_size), _OPTIMIZERS.index(optimizer), packed, int(step),
         float(mu_product), float(l2), float(loss_scale), float(grad_scale))
     return int(done), int(step), float(mu_product)

@@ -473,12 +473,13 @@ def clip(x, lo, hi):
 
 def dense_stack_epoch(params, grads, states, workspace, X, targets, batch_losses,
                       batch_correct, *, layers, loss, batch_size, optimizer, hyper, step,
-                      mu_product=1.0, l2=0.0, loss_scale=1.0, grad_scale=1.0):
+                      mu_product=1.0, l2=0.0, loss_scale=1.0, grad_scale=1.0, order=None):
     """Train a stack of dense layers for one epoch of mini-batches.
 
     The trainer's inner loop as one kernel, so that backends can run it
     without returning to Python per batch.  For each batch
-    ``X[i*batch_size : (i+1)*batch_size]`` (the last may be shorter):
+    ``X[i*batch_size : (i+1)*batch_size]`` (the last may be shorter), or
+    with ``order`` ``X[order[i*batch_size : (i+1)*batch_size]]``:
     forward through every layer (``dense_forward``), the loss forward,
     the loss backward, every layer backward (``dense_backward``, the first
     without dX), then one optimizer update over the flat buffers.
@@ -516,6 +517,11 @@ def dense_stack_epoch(params, grads, states, workspace, X, targets, batch_losses
         the l2 term) and the loss gradient is multiplied by ``grad_scale``
         (scikit-learn's squared error is half the MSE and its multilabel
         log-loss a sum, not a mean).
+    order : None or 1-D integer array of row indices into X and targets
+        (each in [0, n), repeats allowed): the epoch's samples in this
+        order, n_batches counted from its length.  A shuffled epoch without
+        a shuffled copy of X (the c backend gathers each batch's rows into
+        its workspace; on cuda the rows are gathered on the host).
 
     Returns
     -------
@@ -529,7 +535,7 @@ def dense_stack_epoch(params, grads, states, workspace, X, targets, batch_losses
                                  targets, batch_losses, batch_correct, layers=layers, loss=loss,
                                  batch_size=batch_size, optimizer=optimizer, hyper=hyper,
                                  step=step, mu_product=mu_product, l2=l2, loss_scale=loss_scale,
-                                 grad_scale=grad_scale)
+                                 grad_scale=grad_scale, order=order)
 
 
 def dense_stack_workspace(layers, batch_size, n_params):
@@ -543,12 +549,15 @@ def dense_stack_workspace(layers, batch_size, n_params):
 
 def run_dense_stack_epoch(k, params, grads, states, workspace, X, targets, batch_losses,
                           batch_correct, *, layers, loss, batch_size, optimizer, hyper, step,
-                          mu_product=1.0, l2=0.0, loss_scale=1.0, grad_scale=1.0):
+                          mu_product=1.0, l2=0.0, loss_scale=1.0, grad_scale=1.0, order=None):
     """dense_stack_epoch written with backend `k`'s kernels (its specification;
     backends without a fused version use it as it is)."""
-    X, targets, layers, n_batches, hyper = ck.prepare_dense_stack_epoch(
+    X, targets, layers, n_batches, hyper, order = ck.prepare_dense_stack_epoch(
         params, grads, states, workspace, X, targets, batch_losses, batch_correct, layers,
-        loss, batch_size, optimizer, hyper, step, l2, loss_scale, grad_scale, _dt(params))
+        loss, batch_size, optimizer, hyper, step, l2, loss_scale, grad_scale, _dt(params),
+        order=order)
+    if order is not None:  # the spec: the same epoch over the gathered rows
+        X, targets = (k.asarray(k.to_numpy(a)[order], a.dtype) for a in (X, targets))
     n, bs = X.shape[0], batch_size
     widest = max(max(layer[0], layer[1]) for layer in layers)
     acts, offset = [], 0

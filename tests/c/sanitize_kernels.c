@@ -210,8 +210,9 @@ static void epoch_cases(void) {
                 int32_t *labels = malloc((size_t)n * sizeof *labels);
                 for (int64_t i = 0; i < n; i++) labels[i] = (int32_t)(rand() % out);
                 const int64_t nb = (n + batch - 1) / batch;
-                double *bl = malloc((size_t)nb * sizeof *bl);
-                int64_t *bc = malloc((size_t)nb * sizeof *bc), done;
+                const int64_t nb_max = (n + 2 + batch - 1) / batch;  /* the gathered epoch's */
+                double *bl = malloc((size_t)nb_max * sizeof *bl);
+                int64_t *bc = malloc((size_t)nb_max * sizeof *bc), done;
                 fastnn_optimizer opt = {0};
                 opt.kind = (int)((di + si + (size_t)loss) % 7);
                 opt.lr = 1e-3; opt.beta1 = 0.9; opt.beta2 = 0.999; opt.eps = 1e-8; opt.alpha = 0.99;
@@ -221,14 +222,30 @@ static void epoch_cases(void) {
                 opt.state[0] = m; opt.state[1] = v; opt.state[2] = gavg;
                 OK(fastnn_dense_stack_epoch(params, grads, n_params, L, 2, &opt, loss, X,
                                             loss == 0 ? labels : NULL, loss == 0 ? NULL : T, n,
-                                            batch, 0.01, 1.0, 1.0, ws, need, bl, bc, &done));
+                                            NULL, 0, batch, 0.01, 1.0, 1.0, ws, need, bl, bc, &done));
                 if (done != nb) { fails++; printf("epoch: %lld of %lld batches\n", (long long)done, (long long)nb); }
+                /* a gathered epoch: rows in reverse order, the first one twice more */
+                int64_t *order = malloc((size_t)(n + 2) * sizeof *order);
+                for (int64_t i = 0; i < n; i++) order[i] = n - 1 - i;
+                order[n] = order[n + 1] = 0;
+                OK(fastnn_dense_stack_epoch(params, grads, n_params, L, 2, &opt, loss, X,
+                                            loss == 0 ? labels : NULL, loss == 0 ? NULL : T, n,
+                                            order, n + 2, batch, 0.01, 1.0, 1.0, ws, need, bl, bc,
+                                            &done));
+                order[n + 1] = n;  /* out of range */
+                BAD(fastnn_dense_stack_epoch(params, grads, n_params, L, 2, &opt, loss, X,
+                                             loss == 0 ? labels : NULL, loss == 0 ? NULL : T, n,
+                                             order, n + 2, batch, 0.0, 1.0, 1.0, ws, need, bl, bc,
+                                             &done));
+                free(order);
                 labels[n - 1] = (int32_t)out;
                 if (loss == 0)
                     BAD(fastnn_dense_stack_epoch(params, grads, n_params, L, 2, &opt, loss, X, labels,
-                                                 NULL, n, batch, 0.0, 1.0, 1.0, ws, need, bl, bc, &done));
+                                                 NULL, n, NULL, 0, batch, 0.0, 1.0, 1.0, ws, need, bl,
+                                                 bc, &done));
                 BAD(fastnn_dense_stack_epoch(params, grads, n_params - 1, L, 2, &opt, 1, X, NULL, T,
-                                             n, batch, 0.0, 1.0, 1.0, ws, need, bl, bc, &done));
+                                             n, NULL, 0, batch, 0.0, 1.0, 1.0, ws, need, bl, bc,
+                                             &done));
                 free(params); free(grads); free(ws); free(m); free(v); free(gavg); free(X); free(T);
                 free(labels); free(bl); free(bc);
             }
