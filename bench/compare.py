@@ -39,6 +39,12 @@ if __name__ == "__main__":
     # second core from the contender timed next in this one process.
     if "OMP_WAIT_POLICY" not in os.environ:
         os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+    # OpenBLAS's threads (numpy, scipy) likewise spin 2^28 cycles (~0.1 s)
+    # after each call unless told otherwise; 2^16 is about GOMP's 1000 spins.
+    # Left at the default, they took the second core from the contender
+    # timed after numpy: fastnn's 2-thread gemm measured 0.44-0.6x numpy in
+    # this process and 1.7-1.9x its 1-thread rate on its own.
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "16")
 
 # Everything below may load OpenBLAS, so it comes after the re-exec.
 import argparse  # noqa: E402
@@ -187,7 +193,9 @@ def cpu_model():
 def machine_report(args):
     lines = []
     lines.append(f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')} "
-                 f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')} (the same for every contender)")
+                 f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')} "
+                 f"OPENBLAS_THREAD_TIMEOUT={os.environ.get('OPENBLAS_THREAD_TIMEOUT')} "
+                 "(the same for every contender)")
     if os.environ.get(_REEXEC_MARK):
         lines.append(f"re-executed without {os.environ[_REEXEC_MARK]} (they slow numpy's "
                      "OpenBLAS on this CPU; OpenBLAS reads them at load time)")
