@@ -251,10 +251,51 @@ static void epoch_cases(void) {
             }
 }
 
+/* Three layers wide enough for two threads: the feature split of every
+   layer (a 9-wide hidden layer and 3 outputs all on the first thread), a
+   last batch of one row, the in-kernel gather of an order, and a bias-less
+   layer; exact-size workspaces. */
+static void deep_epoch_cases(void) {
+    const int64_t in = 700, h1 = 390, h2 = 9, out = 3, n = 49, batch = 24;
+    const int64_t w1 = in * h1, w2 = h1 * h2;
+    fastnn_dense_layer L[3] = {{in, h1, 0, w1, FASTNN_ACT_RELU, 0.0f},
+                               {h1, h2, w1 + h1, -1, FASTNN_ACT_TANH, 0.0f},
+                               {h2, out, w1 + h1 + w2, w1 + h1 + w2 + h2 * out,
+                                FASTNN_ACT_IDENTITY, 0.0f}};
+    const int64_t n_params = w1 + h1 + w2 + h2 * out + out + 5;  /* 5 owned by no layer */
+    for (int loss = 0; loss < 4; loss++)
+        for (int ordered = 0; ordered < 2; ordered++) {
+            const int64_t need = fastnn_dense_stack_workspace(L, 3, batch, fastnn_get_num_threads());
+            float *params = rnd(n_params), *grads = rnd(n_params), *ws = rnd(need);
+            float *m = calloc((size_t)n_params, 4), *v = calloc((size_t)n_params, 4);
+            float *X = rnd(n * in), *T = rnd(n * out);
+            int32_t *labels = malloc((size_t)n * sizeof *labels);
+            int64_t *order = malloc((size_t)n * sizeof *order);
+            for (int64_t i = 0; i < n; i++) {
+                labels[i] = (int32_t)(rand() % out);
+                order[i] = (i * 17) % n;
+            }
+            double bl[3];
+            int64_t bc[3], done;
+            fastnn_optimizer opt = {0};
+            opt.kind = FASTNN_OPT_ADAM;
+            opt.lr = 1e-3; opt.beta1 = 0.9; opt.beta2 = 0.999; opt.eps = 1e-8; opt.mu_product = 1.0;
+            opt.state[0] = m; opt.state[1] = v;
+            OK(fastnn_dense_stack_epoch(params, grads, n_params, L, 3, &opt, loss, X,
+                                        loss == 0 ? labels : NULL, loss == 0 ? NULL : T, n,
+                                        ordered ? order : NULL, ordered ? n : 0, batch, 0.01,
+                                        1.0, 1.0, ws, need, bl, bc, &done));
+            if (done != 3) { fails++; printf("deep epoch: %lld of 3 batches\n", (long long)done); }
+            free(params); free(grads); free(ws); free(m); free(v); free(X); free(T);
+            free(labels); free(order);
+        }
+}
+
 int main(void) {
     for (int th = 1; th <= 2; th++) {
         fastnn_set_num_threads(th);
         epoch_cases();
+        deep_epoch_cases();
     }
     int best = fastnn_simd_best();
     for (int path = 0; path <= best; path++) {
