@@ -7,12 +7,14 @@
  * batch.  Its specification is fastnn.kernels.reference.dense_stack_epoch;
  * the tests run both on the same data and compare the trajectories.
  *
- * Workspace layout (floats): every layer's outputs for a full batch of B
- * rows, then as much again for their gradients:
- *   Y_0 (B, out_0) | Y_1 (B, out_1) | ... | D_0 (B, out_0) | D_1 | ...
+ * Workspace layout (floats), for a full batch of B rows (a shorter last
+ * batch uses the leading rows):
+ *   Y_0 (B, out_0) | Y_1 | ... | D_0 (B, out_0) | D_1 | ...    outputs, gradients
+ *   | Xb (B, in_0) | Tb (B, out_last) | Lb (B int32)            a gathered batch
+ *   | P[t][parity] (B, widest out), 2 per thread                partial products
  * The loss gradient goes into D_last; layer l's backward turns D_l into dZ
- * in place and writes dX into D_(l-1).  Thread t owns rows [r, r + m_t) of
- * each; a shorter last batch uses the leading rows.
+ * in place and writes dX into D_(l-1).  Which thread writes what is told
+ * at epoch_thread.
  */
 #include <math.h>
 #include <stddef.h>
@@ -300,9 +302,12 @@ static int loss_rows(struct epoch *e, int t, int64_t lo, int64_t r, int64_t m_t,
 {
     const int nl = e->n_layers, loss = e->loss;
     const int64_t c = e->layers[nl - 1].out, B = e->batch;
-    const int32_t *lb = e->labels ? e->labels + lo + r : NULL;
-    const float *tb = e->T ? e->T + (lo + r) * c : NULL;
-    if (e->order) {  /* this thread's rows of the batch's targets, gathered */
+    const int32_t *lb = NULL;
+    const float *tb = NULL;
+    if (!e->order) {
+        lb = e->labels ? e->labels + lo + r : NULL;
+        tb = e->T ? e->T + (lo + r) * c : NULL;
+    } else {  /* this thread's rows of the batch's targets, gathered */
         const int64_t *idx = e->order + lo + r;
         if (e->labels) {
             for (int64_t i = 0; i < m_t; i++)
@@ -405,8 +410,10 @@ static void epoch_thread(struct epoch *e, int t)
         const int64_t base = m / T, extra = m % T;
         const int64_t m_t = base + (t < extra), r = t * base + (t < extra ? t : extra);
         const int64_t n_in = e->layers[0].in;
-        const float *x = e->X + lo * n_in;
-        if (e->order) {
+        const float *x = e->Xb;
+        if (!e->order) {
+            x = e->X + lo * n_in;
+        } else {
             /* the batch's rows of X, gathered: each thread copies the
                columns it multiplies (its part of the first layer's input) */
             int64_t k0, k1;
@@ -414,7 +421,6 @@ static void epoch_thread(struct epoch *e, int t)
             for (int64_t i = 0; i < m && k1 > k0; i++)
                 memcpy(e->Xb + i * n_in + k0, e->X + e->order[lo + i] * n_in + k0,
                        (size_t)(k1 - k0) * sizeof(float));
-            x = e->Xb;
         }
         for (int l = 0; l < nl; l++) {
             const int rc = forward_layer(e, l, t, l > 0 ? e->Y + B * e->row_off[l - 1] : x, m);
