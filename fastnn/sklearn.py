@@ -26,7 +26,6 @@ from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import check_random_state, column_or_1d
-from sklearn.utils import shuffle as sk_shuffle
 from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -287,8 +286,13 @@ class _BaseMLP(BaseEstimator):
         stopped = False
         try:
             for _ in range(1 if incremental else self.max_iter):
-                if self.shuffle:  # sklearn's permutations from rs, hence its batches
-                    order = sk_shuffle(order, random_state=rs)
+                if self.shuffle:
+                    # sklearn's permutation from rs, hence its batches: what
+                    # sklearn.utils.shuffle(order, random_state=rs) computes,
+                    # without its argument validation (~0.5 ms an epoch)
+                    perm = np.arange(n)
+                    rs.shuffle(perm)
+                    order = order[perm]
                     np.take(X, order, axis=0, out=Xs)
                     np.take(T, order, axis=0, out=Ts)
                 history = self._trainer.fit(Xs, Ts, epochs=1, batch_size=batch_size,

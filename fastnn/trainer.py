@@ -387,7 +387,8 @@ class Trainer:
                 opt.mu_product = mu
             if bar is not None:
                 bar.update(done)
-            for b in range(done):
+            if not np.isfinite(batch_losses[:done]).all():  # the first bad one says where
+                b = int(np.argmin(np.isfinite(batch_losses[:done])))
                 _check_finite(batch_losses[b], epoch, b)
             return float(batch_losses @ sizes), int(batch_correct.sum())
 
