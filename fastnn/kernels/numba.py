@@ -856,9 +856,9 @@ def _count_correct(out, labels, t, loss):
 def _dense_stack_epoch(params, grads, s0, s1, s2, ws, X, labels, T, order, batch_losses,
                        batch_correct, layers, slopes, loss, bs, opt, hyper, step, mu_product,
                        l2, loss_scale, grad_scale):
-    """reference.run_dense_stack_epoch over this module's kernels, in the
-    order and with the workspace layout of csrc/train.c:
-    Y_0 | ... | Y_last | G_0 | G_1, each for bs rows.  layers: int64 rows
+    """reference.run_dense_stack_epoch over this module's kernels, in its
+    order and with its workspace layout: Y_0 | ... | Y_last | G_0 | G_1,
+    each for bs rows.  layers: int64 rows
     (in, out, w_offset, b_offset, activation code), slopes their negative
     slopes; loss: -1 softmax_xent (labels) or a _pointwise_loss kind (T);
     opt, hyper: see _optimizer_step; order: the samples' rows of X (empty:

@@ -541,8 +541,9 @@ def dense_stack_epoch(params, grads, states, workspace, X, targets, batch_losses
 def dense_stack_workspace(layers, batch_size, n_params):
     """Floats of workspace dense_stack_epoch needs on this backend: every
     layer's output for one batch, plus two gradient buffers of the widest
-    layer.  (The c backend keeps every layer's gradient as well, which its
-    threads share.)"""
+    layer.  (The c backend lays its workspace out otherwise and asks for
+    more: every layer's gradient, a gathered batch and, with several
+    threads, partial products; see csrc/train.c.)"""
     widest = max(max(layer[0], layer[1]) for layer in layers)
     return batch_size * (sum(layer[1] for layer in layers) + 2 * widest)
 
