@@ -280,9 +280,9 @@ class _BaseMLP(BaseEstimator):
                               "It is going to be clipped", stacklevel=3)
             batch_size = int(np.clip(self.batch_size, 1, n))
         self.n_iter_ = 0
-        T = self._fit_targets(Y)
+        run_epoch = self._trainer._epochs_in_order(
+            X, self._trainer._targets(self._fit_targets(Y), n), batch_size)
         order = np.arange(n)
-        Xs, Ts = (np.empty_like(X), np.empty_like(T)) if self.shuffle else (X, T)
         stopped = False
         try:
             for _ in range(1 if incremental else self.max_iter):
@@ -293,11 +293,7 @@ class _BaseMLP(BaseEstimator):
                     perm = np.arange(n)
                     rs.shuffle(perm)
                     order = order[perm]
-                    np.take(X, order, axis=0, out=Xs)
-                    np.take(T, order, axis=0, out=Ts)
-                history = self._trainer.fit(Xs, Ts, epochs=1, batch_size=batch_size,
-                                            shuffle=False, verbose=False)
-                stopped = self._end_of_epoch(history.history["loss"][-1])
+                stopped = self._end_of_epoch(run_epoch(order if self.shuffle else None))
                 if stopped:
                     break
         except FloatingPointError as exc:

@@ -337,6 +337,35 @@ class Trainer:
                 bar.close()
         return history
 
+    def _epochs_in_order(self, X, t, batch_size):
+        """For fastnn.sklearn, which draws scikit-learn's epoch permutations
+        itself: a function run(order) that trains one epoch over the rows
+        ``order`` of X (None: in order) and returns its mean loss.  X is
+        validated once by the caller (C-contiguous, the model's dtype) and t
+        comes from _targets; on the fused path the rows are gathered batch
+        by batch, with no copy of X per epoch."""
+        n = len(X)
+        if self.fused and not self._device:
+            epoch_fn = self._fused_epoch(n, batch_size)
+
+            def run(order):
+                total, _ = epoch_fn(X, t, batch_size, 0, None, order)
+                return total / n
+        else:
+            Xs, ts = self._shuffle_buffer("X", X), self._shuffle_buffer("t", t)
+
+            def run(order):
+                if order is None:
+                    Xo, to = X, t
+                else:
+                    Xo, to = Xs, ts
+                    np.take(X, order, axis=0, out=Xs, mode="clip")
+                    np.take(t, order, axis=0, out=ts, mode="clip")
+                epoch = self._fused_epoch(n, batch_size) if self.fused else self._python_epoch
+                total, _ = epoch(Xo, to, batch_size, 0, None)
+                return total / n
+        return run
+
     def _shuffle_buffer(self, key, like):
         """The array an epoch's shuffled copy goes to, kept across fits (a
         fresh one per fit costs its page faults every call)."""
