@@ -288,29 +288,37 @@ int fastnn_maxpool2d_backward(float *dX, const float *dY, const int32_t *argmax,
     return FASTNN_OK;
 }
 
-/* Output row (img, oy): window means, summed in double CB channels at a time. */
+/* out[0:c] = scale * the sum of the c-vectors of pixels [y0, y1) x [x0, x1)
+   of one channels-last image of width w, in double, CB channels at a time:
+   the one sum of both average-pooling passes (a window's mean forward; the
+   windows covering a pixel backward). */
+static void scaled_pixel_sum(float *out, const float *img, int64_t w, int64_t c, int64_t y0,
+                             int64_t y1, int64_t x0, int64_t x1, double scale)
+{
+    for (int64_t c0 = 0; c0 < c; c0 += CB) {
+        const int64_t cb = min64(CB, c - c0);
+        double acc[CB] = {0};
+        for (int64_t y = y0; y < y1; y++)
+            for (int64_t x = x0; x < x1; x++) {
+                const float *s = img + (y * w + x) * c + c0;
+#pragma omp simd
+                for (int64_t k = 0; k < cb; k++)
+                    acc[k] += s[k];
+            }
+        for (int64_t k = 0; k < cb; k++)
+            out[c0 + k] = (float)(acc[k] * scale);
+    }
+}
+
+/* Output row (img, oy): window means. */
 static void avgpool_row(float *Y, const float *X, const geom *g, int64_t img, int64_t oy)
 {
     const int64_t c = g->c;
     const double inv = 1.0 / (double)(g->kh * g->kw);
     const float *x = X + img * g->h * g->w * c;
-    for (int64_t ox = 0; ox < g->ow; ox++) {
-        float *y = Y + ((img * g->oh + oy) * g->ow + ox) * c;
-        const int64_t p0 = oy * g->sh * g->w + ox * g->sw;
-        for (int64_t c0 = 0; c0 < c; c0 += CB) {
-            const int64_t cb = min64(CB, c - c0);
-            double acc[CB] = {0};
-            for (int64_t i = 0; i < g->kh; i++)
-                for (int64_t j = 0; j < g->kw; j++) {
-                    const float *xs = x + (p0 + i * g->w + j) * c + c0;
-#pragma omp simd
-                    for (int64_t k = 0; k < cb; k++)
-                        acc[k] += xs[k];
-                }
-            for (int64_t k = 0; k < cb; k++)
-                y[c0 + k] = (float)(acc[k] * inv);
-        }
-    }
+    for (int64_t ox = 0; ox < g->ow; ox++)
+        scaled_pixel_sum(Y + ((img * g->oh + oy) * g->ow + ox) * c, x, g->w, c, oy * g->sh,
+                         oy * g->sh + g->kh, ox * g->sw, ox * g->sw + g->kw, inv);
 }
 
 /* X (n,h,w,c), Y (n,oh,ow,c). */
@@ -345,22 +353,10 @@ static void avgpool_back_row(float *dX, const float *dY, const geom *g, int64_t 
     int64_t ylo, yhi;
     covering(iy, g->kh, g->sh, g->oh, &ylo, &yhi);
     for (int64_t ix = 0; ix < g->w; ix++) {
-        float *dx = dX + ((img * g->h + iy) * g->w + ix) * c;
         int64_t xlo, xhi;
         covering(ix, g->kw, g->sw, g->ow, &xlo, &xhi);
-        for (int64_t c0 = 0; c0 < c; c0 += CB) {
-            const int64_t cb = min64(CB, c - c0);
-            double acc[CB] = {0};
-            for (int64_t oy = ylo; oy < yhi; oy++)
-                for (int64_t ox = xlo; ox < xhi; ox++) {
-                    const float *s = dy + (oy * g->ow + ox) * c + c0;
-#pragma omp simd
-                    for (int64_t k = 0; k < cb; k++)
-                        acc[k] += s[k];
-                }
-            for (int64_t k = 0; k < cb; k++)
-                dx[c0 + k] = (float)(acc[k] * inv);
-        }
+        scaled_pixel_sum(dX + ((img * g->h + iy) * g->w + ix) * c, dy, g->ow, c, ylo, yhi, xlo,
+                         xhi, inv);
     }
 }
 
