@@ -298,10 +298,7 @@ class Trainer:
         rng = np.random.default_rng(seed)
         # The fused epoch on the host takes the shuffle as an order of rows
         # and gathers each batch itself: no shuffled copy of X.
-        by_order = shuffle and self.fused and not self._device
-        copy = shuffle and not by_order
-        Xs, ts = (self._shuffle_buffer("X", X), self._shuffle_buffer("t", t)) if copy else (X, t)
-        order = None
+        by_order = self.fused and not self._device
         n_batches = -(-n // batch_size)
         run_epoch = (self._fused_epoch(n, batch_size) if self.fused else self._python_epoch)
         history = History()
@@ -309,16 +306,11 @@ class Trainer:
         try:
             for epoch in range(epochs):
                 start_time = time.perf_counter()
-                if by_order:
-                    order = rng.permutation(n)
-                elif copy:
-                    perm = rng.permutation(n)
-                    # mode="clip": perm is valid, and the default "raise" buffers the
-                    # whole gather (measured 2x slower on 60,000 x 784)
-                    np.take(X, perm, axis=0, out=Xs, mode="clip")
-                    np.take(t, perm, axis=0, out=ts, mode="clip")
+                order = rng.permutation(n) if shuffle else None
+                Xs, ts = (X, t) if by_order else self._rows_in_order(X, t, order)
                 lr = self.optimizer.lr
-                total, correct = run_epoch(Xs, ts, batch_size, epoch, bar, order)
+                total, correct = run_epoch(Xs, ts, batch_size, epoch, bar,
+                                           order if by_order else None)
                 elapsed = time.perf_counter() - start_time
                 logs = {"loss": total / n}
                 if self.loss.classification:
@@ -345,26 +337,26 @@ class Trainer:
         comes from _targets; on the fused path the rows are gathered batch
         by batch, with no copy of X per epoch."""
         n = len(X)
-        if self.fused and not self._device:
-            epoch_fn = self._fused_epoch(n, batch_size)
+        epoch_fn = self._fused_epoch(n, batch_size) if self.fused else self._python_epoch
+        by_order = self.fused and not self._device
 
-            def run(order):
-                total, _ = epoch_fn(X, t, batch_size, 0, None, order)
-                return total / n
-        else:
-            Xs, ts = self._shuffle_buffer("X", X), self._shuffle_buffer("t", t)
-
-            def run(order):
-                if order is None:
-                    Xo, to = X, t
-                else:
-                    Xo, to = Xs, ts
-                    np.take(X, order, axis=0, out=Xs, mode="clip")
-                    np.take(t, order, axis=0, out=ts, mode="clip")
-                epoch = self._fused_epoch(n, batch_size) if self.fused else self._python_epoch
-                total, _ = epoch(Xo, to, batch_size, 0, None)
-                return total / n
+        def run(order):
+            Xo, to = (X, t) if by_order else self._rows_in_order(X, t, order)
+            total, _ = epoch_fn(Xo, to, batch_size, 0, None, order if by_order else None)
+            return total / n
         return run
+
+    def _rows_in_order(self, X, t, order):
+        """(X, t) with their rows in `order`, copied into the shuffle buffers;
+        X and t themselves when order is None."""
+        if order is None:
+            return X, t
+        Xs, ts = self._shuffle_buffer("X", X), self._shuffle_buffer("t", t)
+        # mode="clip": order is valid, and the default "raise" buffers the
+        # whole gather (measured 2x slower on 60,000 x 784)
+        np.take(X, order, axis=0, out=Xs, mode="clip")
+        np.take(t, order, axis=0, out=ts, mode="clip")
+        return Xs, ts
 
     def _shuffle_buffer(self, key, like):
         """The array an epoch's shuffled copy goes to, kept across fits (a

@@ -370,16 +370,14 @@ def dense_stack_workspace(layers, batch_size, n_params):
     thread count: every layer's outputs and their gradients for a full
     batch, and with several threads their partial products (n_params does
     not matter: threads share the gradient buffer)."""
+    return _workspace(layers, batch_size, max(1, lib.fastnn_get_num_threads()))
+
+
+def _workspace(layers, batch_size, threads):
+    """csrc's workspace size for `threads` threads (1: the least the epoch
+    runs with; a larger workspace lets it use more)."""
     spec = _layer_spec([(fi, fo, w, b, "identity", 0.0) for fi, fo, w, b, *_ in layers])
-    threads = max(1, lib.fastnn_get_num_threads())
     return int(lib.fastnn_dense_stack_workspace(spec, len(layers), batch_size, threads))
-
-
-def _one_thread_workspace(layers, batch_size):
-    """The least workspace the epoch runs with (on one thread; a larger one
-    lets it use more)."""
-    spec = _layer_spec([(fi, fo, w, b, "identity", 0.0) for fi, fo, w, b, *_ in layers])
-    return int(lib.fastnn_dense_stack_workspace(spec, len(layers), batch_size, 1))
 
 
 def _layer_spec(layers):
@@ -398,7 +396,7 @@ def dense_stack_epoch(params, grads, states, workspace, X, targets, batch_losses
     X, targets, layers, n_batches, hyper, order = ck.prepare_dense_stack_epoch(
         params, grads, states, workspace, X, targets, batch_losses, batch_correct, layers,
         loss, batch_size, optimizer, hyper, step, l2, loss_scale, grad_scale, _F32,
-        workspace_need=_one_thread_workspace, order=order)
+        workspace_need=lambda norm, bs: _workspace(norm, bs, 1), order=order)
     spec = _layer_spec(layers)
     opt = ffi.new("fastnn_optimizer *")
     opt.kind = _OPT_CODES[optimizer]
