@@ -554,16 +554,53 @@ def mae_backward(dY, Y, T):
 # helpers below, which the per-call functions and the fused epoch share.
 # Equations: see the reference docstrings (torch.optim).  Powers take a float
 # exponent so that they call libm's pow, as Python's float ** int does.
+#
+# The per-element math is float32, as the c backend's (the scalars are rounded
+# to float32 once per step; in float64 the divisions and square roots ran at
+# half the lanes).  Each update is a serial "span" loop compiled with
+# error_model="numpy" over slices starting at 0: with Python's error model a
+# division carries a zero check, and with indices from `lo` a wraparound
+# check, and either stops LLVM from vectorising the loop.  Adam over 235k
+# parameters, 1 thread: 234 -> 99 us (c: 97 us).  An update runs on the
+# calling thread below 2 * _CHUNK elements (a prange launch costs more than it
+# saves there), else in spans of at least _CHUNK dealt out by prange.
+
+@njit(cache=True)
+def _spans(size):
+    """Spans of at least _CHUNK elements an update over `size` elements is
+    cut into (prange deals them to the threads in contiguous blocks)."""
+    return max(1, size // _CHUNK)
+
+
+@njit(cache=True, fastmath=_EXACT, error_model="numpy", inline="always")
+def _l2_grad(g, p, wd):
+    """grad + L2 weight decay; skipped when wd == 0, so a non-finite p does
+    not leak into g (as the reference and torch)."""
+    return g + wd * p if wd != 0.0 else g
+
+
+@njit(cache=True, fastmath=_EXACT, error_model="numpy")
+def _sgd_span(p, g, buf, lo, hi, k, nesterov, first):
+    lr, mom, damp1, wd = k
+    p, g, buf = p[lo:hi], g[lo:hi], buf[lo:hi]
+    for i in range(p.size):
+        d = _l2_grad(g[i], p[i], wd)
+        if mom != 0.0:
+            b = d if first else mom * buf[i] + damp1 * d
+            buf[i] = b
+            d = d + mom * b if nesterov else b
+        p[i] -= lr * d
+
 
 @njit(cache=True, parallel=True)
 def _sgd(p, g, buf, lr, momentum, dampening, nesterov, weight_decay, first):
-    for i in prange(p.size):
-        d = g[i] + weight_decay * p[i]
-        if momentum != 0.0:
-            b = d if first else momentum * buf[i] + (1.0 - dampening) * d
-            buf[i] = b
-            d = d + momentum * b if nesterov else b
-        p[i] -= lr * d
+    f, n, s = np.float32, p.size, _spans(p.size)
+    k = (f(lr), f(momentum), f(1.0 - dampening), f(weight_decay))
+    if s == 1:
+        _sgd_span(p, g, buf, 0, n, k, nesterov, first)
+        return
+    for c in prange(s):
+        _sgd_span(p, g, buf, c * n // s, (c + 1) * n // s, k, nesterov, first)
 
 
 def sgd(params, grads, momentum_buf, *, step, lr, momentum=0.0, dampening=0.0,
@@ -574,16 +611,31 @@ def sgd(params, grads, momentum_buf, *, step, lr, momentum=0.0, dampening=0.0,
          float(momentum), float(dampening), bool(nesterov), float(weight_decay), step == 1)
 
 
-@njit(cache=True, parallel=True)
-def _adam(p, g, m, v, decay, l2, beta1, beta2, inv_sqrt_bc2, eps, step_size):
-    for i in prange(p.size):
+@njit(cache=True, fastmath=_EXACT, error_model="numpy")
+def _adam_span(p, g, m, v, lo, hi, k):
+    decay, l2, b1, c1, b2, c2, inv_sqrt_bc2, eps, step_size = k
+    p, g, m, v = p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi]
+    for i in range(p.size):
         w = p[i] * decay
-        d = g[i] + l2 * w
-        mi = beta1 * m[i] + (1.0 - beta1) * d
-        vi = beta2 * v[i] + (1.0 - beta2) * d * d
+        d = _l2_grad(g[i], w, l2)
+        mi = b1 * m[i] + c1 * d
+        vi = b2 * v[i] + c2 * (d * d)
         m[i] = mi
         v[i] = vi
-        p[i] = w - step_size * mi / (math.sqrt(vi) * inv_sqrt_bc2 + eps)
+        # torch: denom = sqrt(v) / sqrt(bc2) + eps;  p -= (lr / bc1) * m / denom
+        p[i] = w - step_size * (mi / (math.sqrt(vi) * inv_sqrt_bc2 + eps))
+
+
+@njit(cache=True, parallel=True)
+def _adam(p, g, m, v, decay, l2, beta1, beta2, inv_sqrt_bc2, eps, step_size):
+    f, n, s = np.float32, p.size, _spans(p.size)
+    k = (f(decay), f(l2), f(beta1), f(1.0 - beta1), f(beta2), f(1.0 - beta2),
+         f(inv_sqrt_bc2), f(eps), f(step_size))
+    if s == 1:
+        _adam_span(p, g, m, v, 0, n, k)
+        return
+    for c in prange(s):
+        _adam_span(p, g, m, v, c * n // s, (c + 1) * n // s, k)
 
 
 @njit(cache=True)
@@ -614,21 +666,34 @@ def adamw(params, grads, m, v, *, step, lr, beta1, beta2, eps, weight_decay=0.0)
     _adam_step(params, grads, m, v, step, lr, beta1, beta2, eps, weight_decay, True)
 
 
-@njit(cache=True, parallel=True)
-def _rmsprop(p, g, sq, buf, ga, lr, alpha, eps, weight_decay, momentum, centered):
-    for i in prange(p.size):
-        d = g[i] + weight_decay * p[i]
-        s = alpha * sq[i] + (1.0 - alpha) * d * d
+@njit(cache=True, fastmath=_EXACT, error_model="numpy")
+def _rmsprop_span(p, g, sq, buf, ga, lo, hi, k, centered):
+    lr, a, c, eps, wd, mom = k
+    p, g, sq, buf, ga = p[lo:hi], g[lo:hi], sq[lo:hi], buf[lo:hi], ga[lo:hi]
+    for i in range(p.size):
+        d = _l2_grad(g[i], p[i], wd)
+        s = a * sq[i] + c * (d * d)
         sq[i] = s
         if centered:
-            a = alpha * ga[i] + (1.0 - alpha) * d
-            ga[i] = a
-            s -= a * a
+            avg = a * ga[i] + c * d
+            ga[i] = avg
+            s -= avg * avg
         step = d / (math.sqrt(s) + eps)
-        if momentum > 0.0:
-            step += momentum * buf[i]
+        if mom > 0.0:
+            step += mom * buf[i]
             buf[i] = step
         p[i] -= lr * step
+
+
+@njit(cache=True, parallel=True)
+def _rmsprop(p, g, sq, buf, ga, lr, alpha, eps, weight_decay, momentum, centered):
+    f, n, s = np.float32, p.size, _spans(p.size)
+    k = (f(lr), f(alpha), f(1.0 - alpha), f(eps), f(weight_decay), f(momentum))
+    if s == 1:
+        _rmsprop_span(p, g, sq, buf, ga, 0, n, k, centered)
+        return
+    for c in prange(s):
+        _rmsprop_span(p, g, sq, buf, ga, c * n // s, (c + 1) * n // s, k, centered)
 
 
 def rmsprop(params, grads, square_avg, momentum_buf, grad_avg, *, lr, alpha, eps,
@@ -642,13 +707,26 @@ def rmsprop(params, grads, square_avg, momentum_buf, grad_avg, *, lr, alpha, eps
              float(weight_decay), float(momentum), bool(centered))
 
 
-@njit(cache=True, parallel=True)
-def _adagrad(p, g, sum_sq, clr, weight_decay, eps):
-    for i in prange(p.size):
-        d = g[i] + weight_decay * p[i]
+@njit(cache=True, fastmath=_EXACT, error_model="numpy")
+def _adagrad_span(p, g, sum_sq, lo, hi, k):
+    clr, wd, eps = k
+    p, g, sum_sq = p[lo:hi], g[lo:hi], sum_sq[lo:hi]
+    for i in range(p.size):
+        d = _l2_grad(g[i], p[i], wd)
         s = sum_sq[i] + d * d
         sum_sq[i] = s
-        p[i] -= clr * d / (math.sqrt(s) + eps)
+        p[i] -= clr * (d / (math.sqrt(s) + eps))
+
+
+@njit(cache=True, parallel=True)
+def _adagrad(p, g, sum_sq, clr, weight_decay, eps):
+    f, n, s = np.float32, p.size, _spans(p.size)
+    k = (f(clr), f(weight_decay), f(eps))
+    if s == 1:
+        _adagrad_span(p, g, sum_sq, 0, n, k)
+        return
+    for c in prange(s):
+        _adagrad_span(p, g, sum_sq, c * n // s, (c + 1) * n // s, k)
 
 
 def adagrad(params, grads, sum_sq, *, step, lr, lr_decay=0.0, weight_decay=0.0, eps=1e-10):
@@ -685,15 +763,32 @@ def _nadam_scalars(t, lr, beta1, beta2, momentum_decay, mu_product):
             lr * mu_next / (1.0 - mu_product * mu_next))
 
 
-@njit(cache=True, parallel=True)
-def _nadam(p, g, m, v, weight_decay, beta1, beta2, bc2, eps, c_grad, c_avg):
-    for i in prange(p.size):
-        d = g[i] + weight_decay * p[i]
-        mi = beta1 * m[i] + (1.0 - beta1) * d
-        vi = beta2 * v[i] + (1.0 - beta2) * d * d
+@njit(cache=True, fastmath=_EXACT, error_model="numpy")
+def _nadam_span(p, g, m, v, lo, hi, k):
+    wd, b1, c1, b2, c2, inv_bc2, eps, c_grad, c_avg = k
+    p, g, m, v = p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi]
+    for i in range(p.size):
+        d = _l2_grad(g[i], p[i], wd)
+        mi = b1 * m[i] + c1 * d
+        vi = b2 * v[i] + c2 * (d * d)
         m[i] = mi
         v[i] = vi
-        p[i] -= (c_grad * d + c_avg * mi) / (math.sqrt(vi / bc2) + eps)
+        # one division for torch's two addcdiv_ (as the c backend)
+        inv_denom = np.float32(1.0) / (math.sqrt(vi * inv_bc2) + eps)
+        w = p[i] - c_grad * (d * inv_denom)
+        p[i] = w - c_avg * (mi * inv_denom)
+
+
+@njit(cache=True, parallel=True)
+def _nadam(p, g, m, v, weight_decay, beta1, beta2, bc2, eps, c_grad, c_avg):
+    f, n, s = np.float32, p.size, _spans(p.size)
+    k = (f(weight_decay), f(beta1), f(1.0 - beta1), f(beta2), f(1.0 - beta2), f(1.0 / bc2),
+         f(eps), f(c_grad), f(c_avg))
+    if s == 1:
+        _nadam_span(p, g, m, v, 0, n, k)
+        return
+    for c in prange(s):
+        _nadam_span(p, g, m, v, c * n // s, (c + 1) * n // s, k)
 
 
 def nadam(params, grads, m, v, *, step, lr, beta1, beta2, eps, weight_decay=0.0,
@@ -708,16 +803,29 @@ def nadam(params, grads, m, v, *, step, lr, beta1, beta2, eps, weight_decay=0.0,
     _nadam(params, grads, m, v, float(weight_decay), beta1, beta2, bc2, float(eps), c_grad, c_avg)
 
 
-@njit(cache=True, parallel=True)
-def _adamax(p, g, m, u, weight_decay, beta1, beta2, eps, step_size):
-    for i in prange(p.size):
-        d = g[i] + weight_decay * p[i]
-        mi = beta1 * m[i] + (1.0 - beta1) * d
-        decayed, fresh = beta2 * u[i], abs(d) + eps
+@njit(cache=True, fastmath=_EXACT, error_model="numpy")
+def _adamax_span(p, g, m, u, lo, hi, k):
+    wd, b1, c1, b2, eps, step_size = k
+    p, g, m, u = p[lo:hi], g[lo:hi], m[lo:hi], u[lo:hi]
+    for i in range(p.size):
+        d = _l2_grad(g[i], p[i], wd)
+        mi = b1 * m[i] + c1 * d
+        decayed, fresh = b2 * u[i], abs(d) + eps
         ui = decayed if decayed > fresh or decayed != decayed else fresh  # NaN wins
         m[i] = mi
         u[i] = ui
-        p[i] -= step_size * mi / ui
+        p[i] -= step_size * (mi / ui)
+
+
+@njit(cache=True, parallel=True)
+def _adamax(p, g, m, u, weight_decay, beta1, beta2, eps, step_size):
+    f, n, s = np.float32, p.size, _spans(p.size)
+    k = (f(weight_decay), f(beta1), f(1.0 - beta1), f(beta2), f(eps), f(step_size))
+    if s == 1:
+        _adamax_span(p, g, m, u, 0, n, k)
+        return
+    for c in prange(s):
+        _adamax_span(p, g, m, u, c * n // s, (c + 1) * n // s, k)
 
 
 def adamax(params, grads, m, u, *, step, lr, beta1, beta2, eps, weight_decay=0.0):
