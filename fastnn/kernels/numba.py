@@ -14,17 +14,14 @@ reference.  Losses and ``sum_squares`` accumulate in float64.  Elementwise
 math mixes float32 arrays with float64 scalars, so it runs in float64 and
 rounds once on store.
 
-gemm.  Numba turns off LLVM's SLP vectoriser, so the micro-kernel is written
-for the loop vectoriser: it computes an MR x NR tile of C as MR*NR dot
-products along k, from panels of op(A) and op(B) packed k-contiguous
-(``_pack``), with the accumulators in a stack array that LLVM keeps in
-vector registers.  Packing pads edge tiles with zeros, so the micro-kernel is
-branch-free; the epilogue (alpha, beta, bias, activation) is applied while the
-tile is still in registers.  For small k (up to _SMALL_K, e.g. dW = X.T dZ
-over a mini-batch) and B not transposed, C is instead built row by row from
-k rank-1 updates vectorised along the row.  The packing buffers are
-allocated once per call of ``gemm``; the fused epoch allocates them once per
-epoch.
+gemm.  BLIS-style: op(A) and op(B) are packed into slivers of MR rows and NR
+columns (zero-padded at the edges, so the micro-kernel is branch-free), and
+an MR x NR micro-kernel written as LLVM vector IR (``_micro_kernel``; numba
+compiles the same loop in Python to scalar code) accumulates each tile in
+registers; the epilogue (alpha, beta, bias, activation) is applied to the
+tile on the last panel of k.  Threads split the columns of C.  The packing
+buffers are allocated once per call of ``gemm``; the fused epoch allocates
+them once per epoch.
 
 dense_stack_epoch.  One ``@njit`` loop over the mini-batches, made of the
 same kernels as the per-call functions (the same rounding points, so the
@@ -38,6 +35,7 @@ import numba  # absolute import: the real numba, not this module
 import numpy as np
 from numba import njit, prange, types
 from numba.core import cgutils
+from llvmlite import ir
 from numba.extending import intrinsic
 
 from . import _checks as ck
@@ -52,17 +50,10 @@ _REDUCE = {"contract", "reassoc"}  # lets LLVM vectorise sums
 _NO_BIAS = np.empty(0, dtype=_F32)
 _NO_BUF = np.empty(0, dtype=_F32)
 
-# gemm blocking: MR x NR register tile, KC the depth of one packed panel
-# (an MR x KC panel of A and an NR x KC panel of B fill half of L1).
-_MR, _NR, _KC = 4, 4, 512
-# Up to this depth (k = the batch size in dW = X.T dZ) gemm updates rows of C
-# instead: a tile's MR*NR horizontal sums would cost more than its FMAs.
-_SMALL_K = 64
-
 
 def info():
     """What this backend is: a dict with at least 'backend' and 'threads'."""
-    return {"backend": name, "threads": numba.get_num_threads(), "simd": "llvm",
+    return {"backend": name, "threads": numba.get_num_threads(), "simd": f"llvm, {_W}-float vectors",
             "numba": numba.__version__}
 
 
@@ -253,10 +244,31 @@ def softmax_backward(dX, dY, Y):
 
 # ---- matrix multiply -------------------------------------------------------
 
+def _vector_floats():
+    """float32 lanes of the widest vector register of the CPU numba compiles
+    for (NUMBA_CPU_FEATURES if set, else the host's)."""
+    features = numba.config.CPU_FEATURES
+    if features is None:
+        import llvmlite.binding as ll
+        features = ll.get_host_cpu_features().flatten()
+    if "+avx512f" in features:
+        return 16
+    return 8 if "+avx" in features else 4
+
+
+# gemm blocking (BLIS): an MR x NR register tile (NR = two vectors: 16
+# accumulators of 16 floats with AVX-512, 12 of 8 with AVX/AVX2), KC the depth
+# of a packed panel, MC the rows of C per packed block of op(A).
+_W = _vector_floats()
+_MR, _NR = (8 if _W == 16 else 6), 2 * _W
+_KC, _MC = 256, 192
+_NV = _NR // _W
+
+
 @intrinsic
 def _register_tile(typingctx):
-    """A float32[MR*NR] scratch array on the stack.  Unlike np.empty it cannot
-    alias the panels, so LLVM promotes it to registers."""
+    """A float32[MR*NR] scratch array on the stack (the micro-kernel's
+    output tile; it cannot alias C, the bias or the panels)."""
     arrty = types.Array(types.float32, 1, "C")
 
     def codegen(context, builder, sig, args):
@@ -272,107 +284,228 @@ def _register_tile(typingctx):
     return arrty(), codegen
 
 
-@njit(cache=True, fastmath=_REDUCE)
-def _micro_tile(C, i0, j0, ap, bp, kc, alpha, beta, first, last, bias, code, slope):
-    """C[i0:i0+MR, j0:j0+NR] (clipped to C) from panels ap (MR, >=kc) and
-    bp (NR, >=kc).  first: apply beta (beta == 0 never reads C), else
-    accumulate; last: add bias (if any) and apply the activation."""
-    acc = _register_tile()
-    for t in range(_MR * _NR):
-        acc[t] = 0.0
-    for p in range(kc):  # vectorised along p: MR*NR vector accumulators
+@intrinsic
+def _micro_kernel(typingctx, ap, a_off, bp, b_off, ldb, kc, out, o_off, ldo, alpha, accumulate):
+    """out[o_off + i ldo + j] (+)= alpha * sum over p < kc of
+    ap[a_off + p MR + i] bp[b_off + p ldb + j], for the MR x NR tile: the
+    product of a packed sliver of op(A) (MR floats per p) and a sliver of
+    op(B) (NR floats per p, ldb apart: packed, or B itself), added to `out`
+    if accumulate, else stored.  `out` is C (full tiles) or a tile buffer.
+
+    Written as LLVM vector IR -- MR*NV vector accumulators, NV vector loads
+    of B and MR broadcasts of A per step, one fused multiply-add each --
+    because numba compiles with LLVM's SLP vectoriser off and fully unrolls
+    small constant loops before the loop vectoriser sees them: the same loop
+    in Python compiled to scalar FMAs (5 GFLOP/s against ~115 for this one,
+    in L1).  <W x float> is the widest register (_vector_floats); elsewhere
+    LLVM splits it, correct but slower."""
+    sig = types.void(ap, a_off, bp, b_off, ldb, kc, out, o_off, ldo, alpha, accumulate)
+
+    def codegen(context, builder, sig, args):
+        ap_v, a_off_v, bp_v, b_off_v, ldb_v, kc_v, out_v, o_off_v, ldo_v, alpha_v, acc_v = args
+        f32, i64, i32 = ir.FloatType(), ir.IntType(64), ir.IntType(32)
+        vec = ir.VectorType(f32, _W)
+        vptr = vec.as_pointer()
+
+        def data(k, value, offset):
+            return builder.gep(context.make_array(sig.args[k])(context, builder, value).data,
+                               [offset])
+
+        def at(ptr, index, lanes):  # pointer to element `index` as a vector pointer
+            return builder.bitcast(builder.gep(ptr, [index]), vptr) if lanes else \
+                builder.gep(ptr, [index])
+
+        def const(v):
+            return ir.Constant(i64, v)
+
+        a_ptr, b_ptr, o_ptr = data(0, ap_v, a_off_v), data(2, bp_v, b_off_v), data(6, out_v, o_off_v)
+        fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fmuladd.v{_W}f32")
+        undef = ir.Constant(vec, ir.Undefined)
+        zeros = ir.Constant(ir.VectorType(i32, _W), [0] * _W)
+
+        def splat(x):
+            return builder.shuffle_vector(builder.insert_element(undef, x, ir.Constant(i32, 0)),
+                                          undef, zeros)
+
+        accs = [[cgutils.alloca_once_value(builder, ir.Constant(vec, [0.0] * _W))
+                 for _ in range(_NV)] for _ in range(_MR)]
+        with cgutils.for_range(builder, kc_v) as loop:
+            b_row = builder.mul(loop.index, ldb_v)
+            b = [builder.load(at(b_ptr, builder.add(b_row, const(v * _W)), True), align=4)
+                 for v in range(_NV)]
+            a_row = builder.mul(loop.index, const(_MR))
+            for i in range(_MR):
+                a = splat(builder.load(at(a_ptr, builder.add(a_row, const(i)), False)))
+                for v in range(_NV):
+                    builder.store(builder.call(fma, [a, b[v], builder.load(accs[i][v])]),
+                                  accs[i][v])
+        scale = splat(context.cast(builder, alpha_v, sig.args[9], types.float32))
+        add = builder.icmp_unsigned("!=", context.cast(builder, acc_v, sig.args[10], types.uint8),
+                                    ir.Constant(ir.IntType(8), 0))
         for i in range(_MR):
-            a = ap[i, p]
-            for j in range(_NR):
-                acc[i * _NR + j] += a * bp[j, p]
+            row = builder.mul(const(i), ldo_v)
+            for v in range(_NV):
+                dst = at(o_ptr, builder.add(row, const(v * _W)), True)
+                value = builder.fmul(scale, builder.load(accs[i][v]))
+                with builder.if_then(add):
+                    builder.store(builder.fadd(value, builder.load(dst, align=4)), dst, align=4)
+                with builder.if_then(builder.not_(add)):
+                    builder.store(value, dst, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True, error_model="numpy")
+def _pack_a(dst, A, trans, i0, mc, p0, kc, s):
+    """Sliver s of the packed block op(A)[i0:i0+mc, p0:p0+kc]:
+    dst[(s kc + p) MR + t] = op(A)[i0 + s MR + t, p0 + p], zero past mc;
+    op(A) is A.T if trans."""
+    base = s * kc * _MR
+    rows = min(_MR, mc - s * _MR)
+    r0 = i0 + s * _MR
+    for p in range(kc):
+        d = base + p * _MR
+        for t in range(rows):
+            dst[d + t] = A[p0 + p, r0 + t] if trans else A[r0 + t, p0 + p]
+        for t in range(rows, _MR):
+            dst[d + t] = 0.0
+
+
+@njit(cache=True, error_model="numpy")
+def _pack_b(dst, B, trans, n, p0, kc, s):
+    """Sliver s of the packed panel op(B)[p0:p0+kc, :]:
+    dst[(s kc + p) NR + t] = op(B)[p0 + p, s NR + t], zero past n;
+    op(B) is B.T if trans."""
+    base = s * kc * _NR
+    cols = min(_NR, n - s * _NR)
+    j0 = s * _NR
+    for p in range(kc):
+        d = base + p * _NR
+        if trans:
+            for t in range(cols):
+                dst[d + t] = B[j0 + t, p0 + p]
+        else:
+            row = B[p0 + p]
+            for t in range(cols):
+                dst[d + t] = row[j0 + t]
+        for t in range(cols, _NR):
+            dst[d + t] = 0.0
+
+
+@njit(cache=True, error_model="numpy")
+def _edge_tile(C, i0, j0, tile, accumulate):
+    """C[i0:i0+MR, j0:j0+NR] clipped to C (+)= the tile buffer."""
     m, n = C.shape
-    for i in range(_MR):  # constant indices into acc, so it stays in registers
-        for j in range(_NR):
-            if i0 + i < m and j0 + j < n:
-                v = alpha * acc[i * _NR + j]
-                if not first:
-                    v += C[i0 + i, j0 + j]
-                elif beta != 0.0:
-                    v += beta * C[i0 + i, j0 + j]
-                if last:
-                    if bias.size > 0:
-                        v += bias[j0 + j]
-                    v = _act(code, v, slope)
-                C[i0 + i, j0 + j] = v
+    nr = min(_NR, n - j0)
+    for i in range(min(_MR, m - i0)):
+        c = C[i0 + i, j0:j0 + nr]
+        t = tile[i * _NR:i * _NR + nr]
+        if accumulate:
+            for j in range(nr):
+                c[j] += t[j]
+        else:
+            for j in range(nr):
+                c[j] = t[j]
 
 
-@njit(cache=True, parallel=True)
-def _pack(dst, src, trans, r0, p0, kc):
-    """dst[s, t, p] = op(src)[s*T + t + r0, p0 + p] for p < kc, zero-padded
-    rows; op(src) is src.T if trans.  dst is (strips, T, KC)."""
-    strips, tile = dst.shape[0], dst.shape[1]
-    rows = src.shape[1] if trans else src.shape[0]
-    for s in prange(strips):
-        for t in range(tile):
-            r = s * tile + t + r0
-            if r >= rows:
-                for p in range(kc):
-                    dst[s, t, p] = 0.0
-            elif trans:
-                for p in range(kc):
-                    dst[s, t, p] = src[p0 + p, r]
-            else:
-                for p in range(kc):
-                    dst[s, t, p] = src[r, p0 + p]
-
-
-@njit(cache=True, fastmath=_EXACT)
-def _gemm_row(C, i, A, B, trans_a, alpha, beta, bias, code, slope):
-    """Row i of C = act(alpha op(A) B + beta C + bias) as k rank-1 updates
-    of the row, vectorised along it (B (k, n) not transposed)."""
-    n, k = C.shape[1], B.shape[0]
-    c = C[i]
-    for j in range(n):
-        c[j] = 0.0 if beta == 0.0 else beta * c[j]  # beta == 0 never reads C
-    for p in range(k):
-        a = np.float32(alpha * (A[p, i] if trans_a else A[i, p]))  # float32 FMAs below
-        for j in range(n):
-            c[j] += a * B[p, j]
-    if bias.size > 0:
-        for j in range(n):
-            c[j] += bias[j]
-    _act_span(c, c, 0, n, code, slope)
+@njit(cache=True, error_model="numpy")
+def _finish_tile(C, i0, j0, bias, code, slope):
+    """Bias (if any) and activation over C[i0:i0+MR, j0:j0+NR] clipped to C."""
+    m, n = C.shape
+    nr = min(_NR, n - j0)
+    for i in range(min(_MR, m - i0)):
+        c = C[i0 + i, j0:j0 + nr]
+        if bias.size > 0:
+            bj = bias[j0:j0 + nr]
+            for j in range(nr):
+                c[j] += bj[j]
+        if code != 0:
+            _act_span(c, c, 0, nr, code, slope)
 
 
 @njit(cache=True)
-def _panel_floats(rows, k, tile):
-    """Floats of a packed op(A) (tile _MR) or op(B) (tile _NR) with `rows`
-    rows (columns of C for B) and depth k."""
-    return (rows + tile - 1) // tile * tile * min(k, _KC)
+def _block_rows(m, kc):
+    """Rows of op(A) per packed block at depth kc: MC at full depth, more
+    when k is short (dW over a mini-batch), so that a block is about MC x KC
+    floats and a thin product is not cut into many parallel launches."""
+    return min(m, max(_MC, _MC * _KC // max(kc, 1) // _MR * _MR))
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
+def _pack_floats(m, n, k):
+    """Floats of the two packing buffers of an (m x k) (k x n) product:
+    one block of op(A) (_block_rows x KC), one KC x n panel of op(B)."""
+    kc = min(k, _KC)
+    return ((_block_rows(m, kc) + _MR - 1) // _MR * _MR * kc, (n + _NR - 1) // _NR * _NR * kc)
+
+
+# Up to this many rows of C, the full-width slivers of a non-transposed B are
+# read in place: packing B (all of it, once per call) costs more than the
+# few row slivers of A gain from it.
+_DIRECT_B_MAX_M = 64
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
 def _gemm_ws(C, A, B, trans_a, trans_b, alpha, beta, bias, code, slope, ap_buf, bp_buf):
-    """C = act(alpha op(A) op(B) + beta C + bias); see _micro_tile.  ap_buf and
-    bp_buf are scratch of at least _panel_floats(m, k, _MR) and
-    _panel_floats(n, k, _NR) floats."""
+    """C = act(alpha op(A) op(B) + beta C + bias), C (m, n) with unit column
+    stride; ap_buf and bp_buf are scratch of at least _pack_floats(m, n, k)
+    floats.  BLIS order: per KC panel of k, per MC block of rows, threads
+    split the NR-column slivers of C (each packs its slivers of op(B) on the
+    first block and owns their tiles: no races); the MC block of op(A) is
+    packed first, by the threads when it is large.  beta != 0 scales C first
+    and every panel accumulates; else the first panel stores."""
     m, n = C.shape
     k = A.shape[0] if trans_a else A.shape[1]
-    if k <= _SMALL_K and not trans_b:
-        for i in prange(m):
-            _gemm_row(C, i, A, B, trans_a, alpha, beta, bias, code, slope)
+    if m == 0 or n == 0:
         return
-    kcmax = min(k, _KC)
-    mstrips = (m + _MR - 1) // _MR
-    nstrips = (n + _NR - 1) // _NR
-    ap = ap_buf[:mstrips * _MR * kcmax].reshape((mstrips, _MR, kcmax))
-    bp = bp_buf[:nstrips * _NR * kcmax].reshape((nstrips, _NR, kcmax))
-    for p0 in range(0, k, _KC):
+    if beta != 0.0 and beta != 1.0:
+        b32 = np.float32(beta)
+        for i in range(m):
+            c = C[i]
+            for j in range(n):
+                c[j] *= b32
+    a32 = np.float32(alpha)
+    ldc = C.strides[0] // 4
+    nsl = (n + _NR - 1) // _NR
+    direct_b = not trans_b and m <= _DIRECT_B_MAX_M
+    epilogue = bias.size > 0 or code != 0
+    for p0 in range(0, max(k, 1), _KC):  # k == 0: one empty panel (C = beta C + bias)
         kc = min(_KC, k - p0)
-        # op(B) is (k, n): its columns are the rows of B.T
-        _pack(bp, B, not trans_b, 0, p0, kc)
-        _pack(ap, A, trans_a, 0, p0, kc)
-        first, last = p0 == 0, p0 + kc >= k
-        # Threads split the columns of C: each owns its tiles, no races.
-        for js in prange(nstrips):
-            for is_ in range(mstrips):
-                _micro_tile(C, is_ * _MR, js * _NR, ap[is_], bp[js], kc, alpha, beta,
-                            first, last, bias, code, slope)
+        accumulate = p0 > 0 or beta != 0.0
+        last = p0 + kc >= k
+        mb = _block_rows(m, kc)
+        for i0 in range(0, m, mb):
+            mc = min(mb, m - i0)
+            msl = (mc + _MR - 1) // _MR
+            if mc * kc >= 1 << 14:
+                for s in prange(msl):
+                    _pack_a(ap_buf, A, trans_a, i0, mc, p0, kc, s)
+            else:
+                for s in range(msl):
+                    _pack_a(ap_buf, A, trans_a, i0, mc, p0, kc, s)
+            for js in prange(nsl):
+                tile = _register_tile()  # per thread
+                j0 = js * _NR
+                if direct_b and j0 + _NR <= n:
+                    b_src, b_off, ldb = B.reshape(-1), p0 * n + j0, n
+                else:
+                    if i0 == 0:
+                        _pack_b(bp_buf, B, trans_b, n, p0, kc, js)
+                    b_src, b_off, ldb = bp_buf, js * kc * _NR, _NR
+                full_cols = j0 + _NR <= n
+                for is_ in range(msl):
+                    r0 = i0 + is_ * _MR
+                    if full_cols and r0 + _MR <= m:
+                        _micro_kernel(ap_buf, is_ * kc * _MR, b_src, b_off, ldb, kc, C,
+                                      r0 * ldc + j0, ldc, a32, accumulate)
+                    else:
+                        _micro_kernel(ap_buf, is_ * kc * _MR, b_src, b_off, ldb, kc, tile, 0,
+                                      _NR, a32, False)
+                        _edge_tile(C, r0, j0, tile, accumulate)
+                    if last and epilogue:
+                        _finish_tile(C, r0, j0, bias, code, slope)
 
 
 @njit(cache=True)
@@ -380,9 +513,9 @@ def _gemm(C, A, B, trans_a, trans_b, alpha, beta, bias, code, slope):
     """_gemm_ws with its packing buffers allocated for this call."""
     m, n = C.shape
     k = A.shape[0] if trans_a else A.shape[1]
+    ap_size, bp_size = _pack_floats(m, n, k)
     _gemm_ws(C, A, B, trans_a, trans_b, alpha, beta, bias, code, slope,
-                 np.empty(_panel_floats(m, k, _MR), dtype=np.float32),
-                 np.empty(_panel_floats(n, k, _NR), dtype=np.float32))
+             np.empty(ap_size, dtype=np.float32), np.empty(bp_size, dtype=np.float32))
 
 
 def gemm(A, B, C, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
@@ -986,10 +1119,9 @@ def _dense_stack_epoch(params, grads, s0, s1, s2, ws, X, labels, T, order, batch
         y_off[l] = off
         off += bs * fo
         # panels of the layer's three gemms: Y = X W, dW = X^T dZ, dX = dZ W^T
-        ap_size = max(ap_size, _panel_floats(bs, fi, _MR), _panel_floats(fi, bs, _MR),
-                      _panel_floats(bs, fo, _MR))
-        bp_size = max(bp_size, _panel_floats(fo, fi, _NR), _panel_floats(fo, bs, _NR),
-                      _panel_floats(fi, fo, _NR))
+        for gm, gn, gk in ((bs, fo, fi), (fi, fo, bs), (bs, fi, fo)):
+            a_floats, b_floats = _pack_floats(gm, gn, gk)
+            ap_size, bp_size = max(ap_size, a_floats), max(bp_size, b_floats)
     g_off = (off, off + bs * widest)
     ap = np.empty(ap_size, dtype=np.float32)
     bp = np.empty(bp_size, dtype=np.float32)
