@@ -559,15 +559,22 @@ int fastnn_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
 }
 
 /* X (n,in), W (in,out), b (out) or NULL, Y (n,out): Y = act(X W + b). */
-int fastnn_dense_forward(float *Y, const float *X, const float *W,
-                         const float *b, int64_t n, int64_t in, int64_t out,
-                         int act, float slope)
+int fastnn_dense_forward_ld(float *Y, int64_t ldy, const float *X, int64_t ldx,
+                            const float *W, int64_t ldw, const float *b, int64_t n,
+                            int64_t in, int64_t out, int act, float slope)
 {
-    if (n < 1 || in < 1 || out < 1 || !Y || !X || !W)
+    if (n < 1 || in < 1 || out < 1 || !Y || !X || !W || ldy < out || ldx < in || ldw < out)
         return FASTNN_EINVAL;
     if (act < FASTNN_ACT_IDENTITY || act > FASTNN_ACT_SOFTPLUS)
         return FASTNN_EINVAL;
     fastnn_epilogue ep = {b, act, slope};
-    gemm_driver(0, 0, n, out, in, 1.0f, X, in, W, out, 0.0f, Y, out, &ep);
+    gemm_driver(0, 0, n, out, in, 1.0f, X, ldx, W, ldw, 0.0f, Y, ldy, &ep);
     return FASTNN_OK;
+}
+
+int fastnn_dense_forward(float *Y, const float *X, const float *W,
+                         const float *b, int64_t n, int64_t in, int64_t out,
+                         int act, float slope)
+{
+    return fastnn_dense_forward_ld(Y, out, X, in, W, out, b, n, in, out, act, slope);
 }

@@ -77,6 +77,13 @@ static inline float fastnn_act_scalar(int act, float x, float slope)
    previous setting, to restore (runtime.c). */
 int fastnn_run_serial(int on);
 
+/* fastnn_dense_forward with leading dimensions: Y (n, out) in rows ldy
+   apart, X (n, in) ldx apart, W (in, out) ldw apart, b (out) or NULL --
+   e.g. a block of columns of a wider layer (gemm.c). */
+int fastnn_dense_forward_ld(float *Y, int64_t ldy, const float *X, int64_t ldx,
+                            const float *W, int64_t ldw, const float *b, int64_t n,
+                            int64_t in, int64_t out, int act, float slope);
+
 /* db[lo:hi] = column sums of dZ (n, c) over columns [lo, hi) (ops.c;
    accumulated in double, serial). */
 void fastnn_column_sums(float *db, const float *dZ, int64_t n, int64_t c, int64_t lo,

@@ -255,12 +255,30 @@ static int act_columns(float *D, const float *Y, int64_t m, int64_t w, int64_t j
     return rc;
 }
 
+/* Whether a layer's forward on several threads splits its output columns
+   rather than its input columns.  Splitting the input (partial products,
+   summed) keeps each thread on its own rows of W but writes and re-reads T
+   partial (B, out) products; splitting the output has each thread read
+   every row of W (the other threads' rows, updated by them in the last
+   batch, come over from their cores) but sums nothing.  Per batch the
+   partials move ~T B out floats and the shared W ~in out: split by output
+   from B T >= 2 in (the factor 2: the measured gains were within the
+   noise at B T ~ in, +7-10% at 784-256-128-10 batch 512; bench/NOTES.md
+   19). */
+static int split_outputs(const struct epoch *e, const fastnn_dense_layer *L)
+{
+    return e->batch * e->threads >= 2 * L->in;
+}
+
 /* Layer l's forward for the m rows of the batch.  One thread: the fused
-   dense_forward.  Several: thread t multiplies its columns of the input by
-   its rows of W into its partial buffer; after a barrier it sums the
-   partials of its part of the output columns (its input columns of the
-   next layer) and applies bias and activation.  A thread reads and writes
-   only its own rows of W. */
+   dense_forward.  Several, split by input (split_outputs false): thread t
+   multiplies its columns of the input by its rows of W into its partial
+   buffer; after a barrier it sums the partials of its part of the output
+   columns (its input columns of the next layer) and applies bias and
+   activation.  Split by output: after a barrier (every column of the input
+   written, every row of W updated), thread t computes its part of the
+   output columns whole, bias and activation in the gemm epilogue.  Either
+   way thread t writes only its part of Y's columns. */
 static int forward_layer(struct epoch *e, int l, int t, const float *in, int64_t m)
 {
     const fastnn_dense_layer *L = &e->layers[l];
@@ -269,10 +287,18 @@ static int forward_layer(struct epoch *e, int l, int t, const float *in, int64_t
     float *Y = e->Y + e->batch * e->row_off[l];
     if (T == 1)
         return fastnn_dense_forward(Y, in, W, b, m, L->in, L->out, L->act, L->slope);
-    const int64_t psize = e->batch * e->widest_out;
-    float *mine = e->P + (2 * (int64_t)t + (l & 1)) * psize;
     int64_t k0, k1, j0, j1;
     int rc = FASTNN_OK;
+    if (split_outputs(e, L)) {
+#pragma omp barrier
+        part(L->out, t, T, &j0, &j1);
+        if (j1 > j0)
+            rc = fastnn_dense_forward_ld(Y + j0, L->out, in, L->in, W + j0, L->out,
+                                         b ? b + j0 : NULL, m, L->in, j1 - j0, L->act, L->slope);
+        return rc;
+    }
+    const int64_t psize = e->batch * e->widest_out;
+    float *mine = e->P + (2 * (int64_t)t + (l & 1)) * psize;
     part(L->in, t, T, &k0, &k1);
     if (k1 > k0)
         rc = fastnn_gemm(0, 0, m, L->out, k1 - k0, 1.0f, in + k0, L->in, W + k0 * L->out, L->out,
@@ -391,8 +417,9 @@ static int backward_layer(struct epoch *e, int l, int t, const float *in, int64_
    a weight written by one core and read by another costs a cache-line
    transfer each batch, which made a row-split forward's sliced update 2-3x
    slower on two cores.  Per batch:
-     forward, per layer: partial products over t's input columns, barrier,
-       t's output columns summed (+ bias, activation);
+     forward, per layer (forward_layer): partial products over t's input
+       columns, barrier, t's output columns summed (+ bias, activation); or,
+       for a layer split by output, barrier, t's output columns computed;
      barrier; the loss of t's rows; barrier; every thread reads the batch's
        loss and takes the same stop/continue decision;
      backward, per layer from the last: dZ = dY * act'(Y) for t's columns,

@@ -174,19 +174,27 @@ def test_fused_fit_reports_divergence_with_epoch_and_batch(rng):
         trainer.fit(X, y, epochs=50, batch_size=8, verbose=False)
 
 
-@pytest.mark.parametrize("n,batch", [(53, 24), (49, 24), (64, 16)])
+# Layer sizes for the 2-thread epoch tests: wide enough for the epoch to use
+# both threads (it stays on one when a batch is too small to pay for the
+# barriers).  At batch 24 the two wide layers sum partial products over the
+# threads' input columns and the 7-wide one splits its output columns; at
+# batch 48 the 48- and 40-wide inputs split by output around a 1024-wide
+# layer summed in parts (csrc/train.c split_outputs).
+SPLIT_SIZES = {24: (700, 400, 7, 3), 48: (48, 1024, 40, 3)}
+
+
+@pytest.mark.parametrize("n,batch", [(53, 24), (49, 24), (64, 16), (53, 48)])
 @pytest.mark.parametrize("opt,hyper", [OPTS[1], OPTS[0], OPTS[5]], ids=["adam", "sgd", "nadam"])
 def test_c_epoch_split_over_threads_matches_reference(n, batch, opt, hyper, rng):
     """The c backend splits each batch over its threads (here 2; the last
     batches of 5 and 1 rows leave a thread with few or none: then it only
-    computes its part of dW and updates it).  The layers
-    are wide enough for the epoch to use both threads (it stays on one when
-    a batch is too small to pay for the barriers)."""
+    computes its part of dW and updates it)."""
     from fastnn.kernels import c
 
-    X = rng.normal(size=(n, 700)).astype(np.float32)
+    sizes = SPLIT_SIZES.get(batch, SPLIT_SIZES[24])
+    X = rng.normal(size=(n, sizes[0])).astype(np.float32)
     t = rng.integers(0, 3, n)
-    kw = dict(l2=0.05, loss_scale=0.5, grad_scale=2.0, sizes=(700, 400, 7, 3))
+    kw = dict(l2=0.05, loss_scale=0.5, grad_scale=2.0, sizes=sizes)
     want = _run(reference, "softmax_xent", opt, hyper, X, t, batch, **kw)
     before = c.info()["threads"]
     try:
@@ -258,21 +266,25 @@ def test_epoch_refuses_overlapping_layers(cpu_backend, rng):
             batch_size=2, optimizer="sgd", hyper=dict(lr=0.1), step=0)
 
 
-def test_c_epoch_on_two_threads_is_deterministic(rng):
+@pytest.mark.parametrize("batch", sorted(SPLIT_SIZES))
+def test_c_epoch_on_two_threads_is_deterministic(batch, rng):
     """The same call gives the same bits every time: a race between the
-    threads (one writing a column another owns) shows up as run-to-run
-    differences.  A last batch of one row leaves the second thread no rows
-    and gives the small layers' columns all to the first."""
+    threads (one writing a column another owns, or reading a row of W
+    before its owner has updated it) shows up as run-to-run differences.
+    A last batch of one row leaves the second thread no rows and gives the
+    small layers' columns all to the first."""
     from fastnn.kernels import c
 
-    X = rng.normal(size=(49, 700)).astype(np.float32)
-    t = rng.integers(0, 3, 49)
-    kw = dict(l2=0.05, grad_scale=2.0, sizes=(700, 400, 7, 3), epochs=1)
+    sizes = SPLIT_SIZES[batch]
+    n = 2 * batch + 1
+    X = rng.normal(size=(n, sizes[0])).astype(np.float32)
+    t = rng.integers(0, 3, n)
+    kw = dict(l2=0.05, grad_scale=2.0, sizes=sizes, epochs=1)
     hyper = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8)
     before = c.info()["threads"]
     try:
         c.set_num_threads(2)
-        runs = [_run(c, "softmax_xent", "adam", hyper, X, t, 24, **kw) for _ in range(80)]
+        runs = [_run(c, "softmax_xent", "adam", hyper, X, t, batch, **kw) for _ in range(80)]
     finally:
         c.set_num_threads(before)
     for got in runs[1:]:
@@ -304,11 +316,14 @@ def _order_case(k, loss, rng, sizes, threads=1, n=60, keep=50, batch=16, epochs=
 
 @pytest.mark.parametrize("loss", ["softmax_xent", "mse"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_epoch_in_a_given_order_equals_the_gathered_copy(cpu_backend, loss, threads, rng):
+@pytest.mark.parametrize("batch", [16, 48])
+def test_epoch_in_a_given_order_equals_the_gathered_copy(cpu_backend, loss, threads, batch, rng):
     """order picks the epoch's rows without a shuffled copy of X: the same
     trajectory, bit for bit, as the epoch over X[order] (layers wide enough
-    for the c backend to use both threads)."""
-    got, want = _order_case(cpu_backend, loss, rng, (700, 400, 7, 3), threads)
+    for the c backend to use both threads; at batch 48 the first layer
+    splits by output, so every thread reads rows the others gathered)."""
+    sizes = SPLIT_SIZES.get(batch, SPLIT_SIZES[24])
+    got, want = _order_case(cpu_backend, loss, rng, sizes, threads, batch=batch)
     for a, b in zip(got[:3], want[:3]):
         np.testing.assert_array_equal(a, b)
 
