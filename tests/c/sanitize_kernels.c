@@ -252,11 +252,19 @@ static void epoch_cases(void) {
 }
 
 /* Three layers wide enough for two threads: the feature split of every
-   layer (a 9-wide hidden layer and 3 outputs all on the first thread), a
-   last batch of one row, the in-kernel gather of an order, and a bias-less
-   layer; exact-size workspaces. */
+   layer (a 9-wide hidden layer and 3 outputs all on the first thread), both
+   forward splits (partial sums, output columns), a last batch of one row,
+   the in-kernel gather of an order, and a bias-less layer; exact-size
+   workspaces. */
+static void deep_epoch_case(int64_t in, int64_t h1);
+
 static void deep_epoch_cases(void) {
-    const int64_t in = 700, h1 = 390, h2 = 9, out = 3, n = 49, batch = 24;
+    deep_epoch_case(700, 390);  /* the wide layers sum partial products */
+    deep_epoch_case(20, 6100);  /* the first layer splits by output (ragged parts) */
+}
+
+static void deep_epoch_case(int64_t in, int64_t h1) {
+    const int64_t h2 = 9, out = 3, n = 49, batch = 24;
     const int64_t w1 = in * h1, w2 = h1 * h2;
     fastnn_dense_layer L[3] = {{in, h1, 0, w1, FASTNN_ACT_RELU, 0.0f},
                                {h1, h2, w1 + h1, -1, FASTNN_ACT_TANH, 0.0f},
