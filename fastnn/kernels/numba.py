@@ -357,20 +357,41 @@ def _micro_kernel(typingctx, ap, a_off, bp, b_off, ldb, kc, out, o_off, ldo, alp
     return sig, codegen
 
 
+# The packing loops copy through 1-D slices indexed from 0, one loop per
+# layout: with a 2-D index and the transpose flag in the inner loop they
+# ran at ~0.7 Gfloat/s, which at n = 64 (a conv layer's dW) cost as much
+# as the product; like this 2-3.5 Gfloat/s.
+
 @njit(cache=True, error_model="numpy")
-def _pack_a(dst, A, trans, i0, mc, p0, kc, s):
-    """Sliver s of the packed block op(A)[i0:i0+mc, p0:p0+kc]:
-    dst[(s kc + p) MR + t] = op(A)[i0 + s MR + t, p0 + p], zero past mc;
-    op(A) is A.T if trans."""
-    base = s * kc * _MR
-    rows = min(_MR, mc - s * _MR)
-    r0 = i0 + s * _MR
-    for p in range(kc):
-        d = base + p * _MR
+def _pack_a(dst, A, trans, i0, mc, p0, kc, q, nq):
+    """Part q of nq of the packed block op(A)[i0:i0+mc, p0:p0+kc]:
+    dst[(s kc + p) MR + t] = op(A)[i0 + s MR + t, p0 + p] for its slivers s,
+    zero past mc; op(A) is A.T if trans.  A transposed is copied row by row
+    of A (part q: a range of p), so that the reads stream."""
+    msl = (mc + _MR - 1) // _MR
+    if trans:  # op(A)'s rows are A's columns: row p of A feeds every sliver
+        for p in range(q * kc // nq, (q + 1) * kc // nq):
+            src = A[p0 + p, i0:i0 + mc]
+            for s in range(msl):
+                d = dst[(s * kc + p) * _MR:(s * kc + p + 1) * _MR]
+                rows = min(_MR, mc - s * _MR)
+                for t in range(rows):
+                    d[t] = src[s * _MR + t]
+                for t in range(rows, _MR):
+                    d[t] = 0.0
+        return
+    for s in range(q * msl // nq, (q + 1) * msl // nq):  # each row strided into its sliver
+        base = s * kc * _MR
+        rows = min(_MR, mc - s * _MR)
         for t in range(rows):
-            dst[d + t] = A[p0 + p, r0 + t] if trans else A[r0 + t, p0 + p]
+            src = A[i0 + s * _MR + t, p0:p0 + kc]
+            d = dst[base + t:base + kc * _MR]
+            for p in range(kc):
+                d[p * _MR] = src[p]
         for t in range(rows, _MR):
-            dst[d + t] = 0.0
+            d = dst[base + t:base + kc * _MR]
+            for p in range(kc):
+                d[p * _MR] = 0.0
 
 
 @njit(cache=True, error_model="numpy")
@@ -381,17 +402,23 @@ def _pack_b(dst, B, trans, n, p0, kc, s):
     base = s * kc * _NR
     cols = min(_NR, n - s * _NR)
     j0 = s * _NR
-    for p in range(kc):
-        d = base + p * _NR
-        if trans:
+    if trans:  # op(B)'s columns are B's rows: each strided into the sliver
+        for t in range(cols):
+            src = B[j0 + t, p0:p0 + kc]
+            d = dst[base + t:base + kc * _NR]
+            for p in range(kc):
+                d[p * _NR] = src[p]
+    else:
+        for p in range(kc):
+            src = B[p0 + p, j0:j0 + cols]
+            d = dst[base + p * _NR:base + (p + 1) * _NR]
             for t in range(cols):
-                dst[d + t] = B[j0 + t, p0 + p]
-        else:
-            row = B[p0 + p]
-            for t in range(cols):
-                dst[d + t] = row[j0 + t]
-        for t in range(cols, _NR):
-            dst[d + t] = 0.0
+                d[t] = src[t]
+    if cols < _NR:
+        for p in range(kc):
+            d = dst[base + p * _NR:base + (p + 1) * _NR]
+            for t in range(cols, _NR):
+                d[t] = 0.0
 
 
 @njit(cache=True, error_model="numpy")
@@ -441,6 +468,9 @@ def _pack_floats(m, n, k):
     return ((_block_rows(m, kc) + _MR - 1) // _MR * _MR * kc, (n + _NR - 1) // _NR * _NR * kc)
 
 
+# A large block of op(A) is packed in this many parts, dealt to the threads.
+_PACK_PARTS = 8
+
 # Up to this many rows of C, the full-width slivers of a non-transposed B are
 # read in place: packing B (all of it, once per call) costs more than the
 # few row slivers of A gain from it.
@@ -451,11 +481,11 @@ _DIRECT_B_MAX_M = 64
 def _gemm_ws(C, A, B, trans_a, trans_b, alpha, beta, bias, code, slope, ap_buf, bp_buf):
     """C = act(alpha op(A) op(B) + beta C + bias), C (m, n) with unit column
     stride; ap_buf and bp_buf are scratch of at least _pack_floats(m, n, k)
-    floats.  BLIS order: per KC panel of k, per MC block of rows, threads
-    split the NR-column slivers of C (each packs its slivers of op(B) on the
-    first block and owns their tiles: no races); the MC block of op(A) is
-    packed first, by the threads when it is large.  beta != 0 scales C first
-    and every panel accumulates; else the first panel stores."""
+    floats.  BLIS order: per KC panel of k (op(B) packed on its first
+    block of rows), per block of rows (op(A) packed, by the threads when it
+    is large), the threads split the block's MR x NR tiles of C (each tile
+    is one thread's: no races).  beta != 0 scales C first and every panel
+    accumulates; else the first panel stores."""
     m, n = C.shape
     k = A.shape[0] if trans_a else A.shape[1]
     if m == 0 or n == 0:
@@ -480,32 +510,33 @@ def _gemm_ws(C, A, B, trans_a, trans_b, alpha, beta, bias, code, slope, ap_buf, 
             mc = min(mb, m - i0)
             msl = (mc + _MR - 1) // _MR
             if mc * kc >= 1 << 14:
-                for s in prange(msl):
-                    _pack_a(ap_buf, A, trans_a, i0, mc, p0, kc, s)
+                for q in prange(_PACK_PARTS):
+                    _pack_a(ap_buf, A, trans_a, i0, mc, p0, kc, q, _PACK_PARTS)
             else:
-                for s in range(msl):
-                    _pack_a(ap_buf, A, trans_a, i0, mc, p0, kc, s)
-            for js in prange(nsl):
+                _pack_a(ap_buf, A, trans_a, i0, mc, p0, kc, 0, 1)
+            if i0 == 0:
+                for js in prange(nsl):
+                    if not (direct_b and js * _NR + _NR <= n):
+                        _pack_b(bp_buf, B, trans_b, n, p0, kc, js)
+            # Threads take contiguous runs of the block's tiles, column sliver
+            # by column sliver (each sliver of op(B) stays in cache for its run).
+            for tix in prange(nsl * msl):
                 tile = _register_tile()  # per thread
-                j0 = js * _NR
+                js, is_ = tix // msl, tix % msl
+                j0, r0 = js * _NR, i0 + is_ * _MR
                 if direct_b and j0 + _NR <= n:
                     b_src, b_off, ldb = B.reshape(-1), p0 * n + j0, n
                 else:
-                    if i0 == 0:
-                        _pack_b(bp_buf, B, trans_b, n, p0, kc, js)
                     b_src, b_off, ldb = bp_buf, js * kc * _NR, _NR
-                full_cols = j0 + _NR <= n
-                for is_ in range(msl):
-                    r0 = i0 + is_ * _MR
-                    if full_cols and r0 + _MR <= m:
-                        _micro_kernel(ap_buf, is_ * kc * _MR, b_src, b_off, ldb, kc, C,
-                                      r0 * ldc + j0, ldc, a32, accumulate)
-                    else:
-                        _micro_kernel(ap_buf, is_ * kc * _MR, b_src, b_off, ldb, kc, tile, 0,
-                                      _NR, a32, False)
-                        _edge_tile(C, r0, j0, tile, accumulate)
-                    if last and epilogue:
-                        _finish_tile(C, r0, j0, bias, code, slope)
+                if j0 + _NR <= n and r0 + _MR <= m:
+                    _micro_kernel(ap_buf, is_ * kc * _MR, b_src, b_off, ldb, kc, C,
+                                  r0 * ldc + j0, ldc, a32, accumulate)
+                else:
+                    _micro_kernel(ap_buf, is_ * kc * _MR, b_src, b_off, ldb, kc, tile, 0,
+                                  _NR, a32, False)
+                    _edge_tile(C, r0, j0, tile, accumulate)
+                if last and epilogue:
+                    _finish_tile(C, r0, j0, bias, code, slope)
 
 
 @njit(cache=True)
