@@ -752,7 +752,10 @@ def mae_backward(dY, Y, T):
 # check, and either stops LLVM from vectorising the loop.  Adam over 235k
 # parameters, 1 thread: 234 -> 99 us (c: 97 us).  An update runs on the
 # calling thread below 2 * _CHUNK elements (a prange launch costs more than it
-# saves there), else in spans of at least _CHUNK dealt out by prange.
+# saves there), else in spans of at least _CHUNK dealt out by prange.  Each
+# update repeats that dispatch: one generic dispatcher taking the span
+# function as an argument is not cached on disk by numba (it recompiled in
+# every new process).
 
 @njit(cache=True)
 def _spans(size):
