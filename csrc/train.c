@@ -413,10 +413,11 @@ static int backward_layer(struct epoch *e, int l, int t, const float *in, int64_
    region with one thread: the barriers are then no-ops).
 
    Threads own feature ranges (part()): thread t owns rows part(in) of each
-   W and entries part(out) of each b, and only it reads or writes them --
-   a weight written by one core and read by another costs a cache-line
-   transfer each batch, which made a row-split forward's sliced update 2-3x
-   slower on two cores.  Per batch:
+   W and entries part(out) of each b, and only it writes them; only it
+   reads them too, except in the forward of a layer split by output
+   (split_outputs) -- a weight written by one core and read by another
+   costs a cache-line transfer each batch, which made a row-split forward's
+   sliced update 2-3x slower on two cores.  Per batch:
      forward, per layer (forward_layer): partial products over t's input
        columns, barrier, t's output columns summed (+ bias, activation); or,
        for a layer split by output, barrier, t's output columns computed;
