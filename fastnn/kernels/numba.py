@@ -12,16 +12,18 @@ Numerics.  ``fastmath`` is limited to ``contract`` (FMA) and ``reassoc`` (so
 that LLVM can vectorise reductions): NaN and Inf propagate as in the
 reference.  Losses and ``sum_squares`` accumulate in float64.  Elementwise
 math mixes float32 arrays with float64 scalars, so it runs in float64 and
-rounds once on store.
+rounds once on store -- except the optimizer updates, which run in float32
+as the c backend's do (see their section).
 
 gemm.  BLIS-style: op(A) and op(B) are packed into slivers of MR rows and NR
 columns (zero-padded at the edges, so the micro-kernel is branch-free), and
 an MR x NR micro-kernel written as LLVM vector IR (``_micro_kernel``; numba
 compiles the same loop in Python to scalar code) accumulates each tile in
-registers; the epilogue (alpha, beta, bias, activation) is applied to the
-tile on the last panel of k.  Threads split the columns of C.  The packing
-buffers are allocated once per call of ``gemm``; the fused epoch allocates
-them once per epoch.
+registers and stores or adds alpha times it into C; bias and activation
+follow on the last panel of k, while the tile is in cache.  Threads split
+the tiles of C; small products stay on one thread.  The packing buffers are
+allocated once per call of ``gemm``; the fused epoch allocates them once
+per epoch.
 
 dense_stack_epoch.  One ``@njit`` loop over the mini-batches, made of the
 same kernels as the per-call functions (the same rounding points, so the
