@@ -115,7 +115,8 @@ import numpy as np
 from fastnn.kernels import numba as nb
 assert nb._W == {width}, nb._W
 rng = np.random.default_rng(0)
-for m, n, k in [(1, 33, 9), (7, 5, 3), (13, 40, 300), (70, 129, 65), (250, 30, 20)]:
+for m, n, k in [(1, 33, 9), (7, 5, 3), (13, 40, 300), (70, 129, 65), (250, 30, 20),
+                (210, 100, 120)]:  # the last >= 2M multiply-adds: the threaded loops
     for ta in (False, True):
         for tb in (False, True):
             A = rng.uniform(-1, 1, (k, m) if ta else (m, k)).astype(np.float32)
