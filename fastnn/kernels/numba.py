@@ -55,8 +55,8 @@ _NO_BUF = np.empty(0, dtype=_F32)
 
 def info():
     """What this backend is: a dict with at least 'backend' and 'threads'."""
-    return {"backend": name, "threads": numba.get_num_threads(), "simd": f"llvm, {_W}-float vectors",
-            "numba": numba.__version__}
+    return {"backend": name, "threads": numba.get_num_threads(),
+            "simd": f"llvm, {_W}-float vectors", "numba": numba.__version__}
 
 
 def set_num_threads(n):
@@ -320,7 +320,8 @@ def _micro_kernel(typingctx, ap, a_off, bp, b_off, ldb, kc, out, o_off, ldo, alp
         def const(v):
             return ir.Constant(i64, v)
 
-        a_ptr, b_ptr, o_ptr = data(0, ap_v, a_off_v), data(2, bp_v, b_off_v), data(6, out_v, o_off_v)
+        a_ptr, b_ptr = data(0, ap_v, a_off_v), data(2, bp_v, b_off_v)
+        o_ptr = data(6, out_v, o_off_v)
         fma = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fmuladd.v{_W}f32")
         undef = ir.Constant(vec, ir.Undefined)
@@ -350,10 +351,12 @@ def _micro_kernel(typingctx, ap, a_off, bp, b_off, ldb, kc, out, o_off, ldo, alp
             for v in range(_NV):
                 dst = at(o_ptr, builder.add(row, const(v * _W)), True)
                 value = builder.fmul(scale, builder.load(accs[i][v]))
-                with builder.if_then(add):
-                    builder.store(builder.fadd(value, builder.load(dst, align=4)), dst, align=4)
-                with builder.if_then(builder.not_(add)):
-                    builder.store(value, dst, align=4)
+                with builder.if_else(add) as (then, otherwise):
+                    with then:
+                        builder.store(builder.fadd(value, builder.load(dst, align=4)), dst,
+                                      align=4)
+                    with otherwise:
+                        builder.store(value, dst, align=4)
         return context.get_dummy_value()
 
     return sig, codegen
