@@ -1,0 +1,372 @@
+"""The kernel specification: every kernel and every enumeration, once.
+
+Everything else reads this module: the front that validates arguments
+(:mod:`fastnn.kernels` builds each backend's public functions from
+:data:`KERNELS`), the backends' codes (activation, loss and optimizer
+numbers), the C header's enums (a test parses ``csrc/fastnn.h`` and compares
+them with the tables here), the optimizer classes of :mod:`fastnn.optim`
+(their state buffers, hyperparameters and torch defaults), the CLI's
+choices and the tests' parametrisations.
+
+The calling convention
+----------------------
+A kernel has one public signature, given here (outputs first, inputs next,
+options keyword-only; ``gemm`` keeps the BLAS order).  ``fastnn.kernels
+.get(name)`` returns functions with that signature which check and convert
+every argument once (``_checks``; errors name the argument) and then call
+the backend's implementation with the *same parameters in the same order,
+positionally*, normalised:
+
+* arrays: inputs converted to C-contiguous arrays of the backend's dtype
+  (labels and argmax int32, order int64; device arrays on cuda), outputs
+  checked (exact shape, dtype, contiguity, no overlap with an input);
+  optional arrays may be None;
+* ``activation``: its integer code (:data:`ACTIVATION_CODES`);
+* ``stride``, ``padding``, ``pool``: ``(h, w)`` int pairs (a pooling
+  stride of None becomes the pool size);
+* scalars: Python floats; flags: bools; ``step``: an int >= 1.
+
+An implementation returns the loss (``*_xent_forward``, ``bce/mse/mae
+_forward``) or the sum (``sum_squares``) as a float; every other return value
+is ignored and the front returns the kernel's documented output.  A backend
+that lacks an implementation gets the reference's (host arrays are staged
+for a device backend), so a backend or a kernel can be added one function
+at a time.  The numpy reference (:mod:`fastnn.kernels.reference`) is the
+oracle; its implementations' docstrings are the kernels' documentation.
+
+IEEE semantics (every backend, tested with NaN, +-Inf, +-0, denormals and
++-1e30 in ``tests/test_edge_values.py``): NaN propagates through every
+formula in which it appears, as in the reference's numpy expressions; see
+that file's header for the per-family list.  The C optimizer updates flush
+denormals to zero (documented in the README).
+"""
+
+import enum
+import inspect
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+
+# ---- enumerations -----------------------------------------------------------------
+# The numbers are the C enums' (csrc/fastnn.h); tests/test_spec.py proves it.
+
+class Activation(enum.IntEnum):
+    """enum fastnn_activation.  Derivatives are computed from the output."""
+
+    IDENTITY = 0
+    STEP = 1        # Heaviside: x > 0 ? 1 : 0; derivative 0
+    SIGN = 2        # x > 0 ? 1 : (x < 0 ? -1 : 0); derivative 0
+    SIGMOID = 3
+    TANH = 4
+    RELU = 5
+    LEAKY_RELU = 6  # x > 0 ? x : slope * x (slope > 0)
+    SOFTPLUS = 7    # log(1 + e^x), derivative 1 - e^-y
+
+
+class Loss(enum.IntEnum):
+    """enum fastnn_loss: the losses a whole-epoch kernel computes."""
+
+    SOFTMAX_XENT = 0  # softmax fused with cross-entropy, integer labels
+    BCE = 1           # sigmoid fused with binary cross-entropy, targets in [0, 1]
+    MSE = 2
+    MAE = 3
+
+
+ACTIVATIONS = tuple(a.name.lower() for a in Activation)
+ACTIVATION_CODES = {a.name.lower(): int(a) for a in Activation}
+LOSSES = tuple(x.name.lower() for x in Loss)
+LOSS_CODES = {x.name.lower(): int(x) for x in Loss}
+
+
+def activation_code(activation):
+    """The code of an activation name (None: identity); ValueError otherwise."""
+    if activation is None:
+        return 0
+    try:
+        return ACTIVATION_CODES[activation]
+    except (KeyError, TypeError):
+        raise ValueError(f"activation: unknown {activation!r}; expected one "
+                         f"of {', '.join(ACTIVATIONS)}") from None
+
+
+# ---- optimizers ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Hyper:
+    """One hyperparameter of an optimizer update: its kernel name, torch's
+    default (None: none, the caller must give it), and its valid range."""
+
+    name: str
+    default: object = None
+    low: float = None
+    high: float = None
+    low_open: bool = False
+    flag: bool = False      # a bool (nesterov, centered), not a real number
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """One optimizer: its update kernel and what the update needs.
+
+    ``states``: the kernel's state buffers (each as long as the parameter
+    buffer), in argument order; ``optional`` maps a state to the
+    hyperparameter that must be non-zero for it to be needed (None may be
+    passed otherwise).  ``scalars``: scalar state carried across steps
+    (torch keeps it in the optimizer state), with its initial value; it is
+    advanced by :func:`advance` before each update.  ``torch``: the
+    torch.optim class the equations follow; ``pairs``: torch arguments that
+    bundle two kernel hyperparameters (``betas`` -> beta1, beta2).
+    """
+
+    name: str
+    code: int
+    torch: str
+    states: tuple
+    hyper: tuple
+    optional: dict = field(default_factory=dict)
+    step: bool = True
+    scalars: dict = field(default_factory=dict)
+    pairs: dict = field(default_factory=dict)
+
+    @property
+    def hyper_names(self):
+        return tuple(h.name for h in self.hyper)
+
+    def kernel_defaults(self):
+        """The defaults of the update kernel's keyword options: only
+        weight_decay and the options torch lets you leave out; lr, betas and
+        eps are the caller's (the classes in fastnn.optim carry torch's)."""
+        return {h.name: h.default for h in self.hyper
+                if h.name not in _KERNEL_REQUIRED and h.default is not None}
+
+
+_KERNEL_REQUIRED = ("lr", "beta1", "beta2", "eps", "alpha")
+
+_LR = Hyper("lr", 1e-3, low=0.0)
+_WD = Hyper("weight_decay", 0.0, low=0.0)
+_EPS = Hyper("eps", 1e-8, low=0.0)
+_BETA1 = Hyper("beta1", 0.9, 0.0, 1.0)
+_BETA2 = Hyper("beta2", 0.999, 0.0, 1.0)
+_ADAM_HYPER = (_LR, _BETA1, _BETA2, _EPS, _WD)
+_BETAS = {"betas": ("beta1", "beta2")}
+
+OPTIMIZERS = {o.name: o for o in (
+    OptimizerSpec("sgd", 0, "SGD", ("momentum_buf",),
+                  (_LR, Hyper("momentum", 0.0, low=0.0), Hyper("dampening", 0.0),
+                   Hyper("nesterov", False, flag=True), _WD),
+                  optional={"momentum_buf": "momentum"}),
+    OptimizerSpec("adam", 1, "Adam", ("m", "v"), _ADAM_HYPER, pairs=_BETAS),
+    OptimizerSpec("adamw", 2, "AdamW", ("m", "v"),
+                  (_LR, _BETA1, _BETA2, _EPS, Hyper("weight_decay", 1e-2, low=0.0)),
+                  pairs=_BETAS),
+    OptimizerSpec("rmsprop", 3, "RMSprop", ("square_avg", "momentum_buf", "grad_avg"),
+                  (Hyper("lr", 1e-2, low=0.0), Hyper("alpha", 0.99, 0.0, 1.0), _EPS, _WD,
+                   Hyper("momentum", 0.0, low=0.0), Hyper("centered", False, flag=True)),
+                  optional={"momentum_buf": "momentum", "grad_avg": "centered"}, step=False),
+    OptimizerSpec("adagrad", 4, "Adagrad", ("sum_sq",),
+                  (Hyper("lr", 1e-2, low=0.0), Hyper("lr_decay", 0.0, low=0.0), _WD,
+                   Hyper("eps", 1e-10, low=0.0))),
+    OptimizerSpec("nadam", 5, "NAdam", ("m", "v"),
+                  (Hyper("lr", 2e-3, low=0.0), _BETA1, _BETA2, _EPS, _WD,
+                   Hyper("momentum_decay", 4e-3, low=0.0)),
+                  scalars={"mu_product": 1.0}, pairs=_BETAS),
+    OptimizerSpec("adamax", 6, "Adamax", ("m", "u"),
+                  (Hyper("lr", 2e-3, low=0.0), _BETA1, _BETA2, _EPS, _WD), pairs=_BETAS),
+)}
+
+
+def nadam_mu(step, beta1, momentum_decay):
+    """mu_t of NAdam's momentum schedule: beta1 * (1 - 0.5 * 0.96^(t * psi))."""
+    return beta1 * (1.0 - 0.5 * 0.96 ** (step * momentum_decay))
+
+
+def advance(optimizer, scalars, step, hyper):
+    """The optimizer's scalar state after step `step` (counted from 1):
+    NAdam's mu_product = mu_1 * ... * mu_step.  `scalars` is not changed."""
+    if optimizer == "nadam":
+        return {"mu_product": scalars["mu_product"]
+                * nadam_mu(step, hyper["beta1"], hyper["momentum_decay"])}
+    return scalars
+
+
+def bias_corrections(step, beta1, beta2):
+    """Adam's 1 - beta1^t and 1 - beta2^t (in double, as torch computes them)."""
+    return 1.0 - beta1 ** step, 1.0 - beta2 ** step
+
+
+# ---- the whole-epoch kernel's structures --------------------------------------------
+
+class DenseLayer(NamedTuple):
+    """One layer of a dense stack in params: W (fan_in, fan_out) at
+    w_offset, b (fan_out) at b_offset (-1: no bias); grads has the same
+    layout.  ``activation`` is a name here and its code after validation."""
+
+    fan_in: int
+    fan_out: int
+    w_offset: int
+    b_offset: int
+    activation: object = "identity"
+    negative_slope: float = 0.01
+
+
+@dataclass
+class Epoch:
+    """Everything one training epoch of a dense stack needs: the one
+    argument of ``dense_stack_epoch`` (see the reference for the semantics).
+
+    Buffers: ``params`` and ``grads`` (flat), ``states`` (the optimizer's
+    state buffers in its kernel's order, None where unused), ``workspace``
+    (floats, :func:`epoch_workspace`), ``X`` (n, fan_in of the first layer),
+    ``targets`` (labels (n,) for softmax_xent, else (n, fan_out of the last)),
+    ``batch_losses`` (float64) and ``batch_correct`` (int64), one entry per
+    batch.  ``step`` and the optimizer's scalar state (``mu_product``) are
+    the counters before the epoch; the kernel returns them after.
+    """
+
+    params: object
+    grads: object
+    states: tuple
+    workspace: object
+    X: object
+    targets: object
+    batch_losses: object
+    batch_correct: object
+    layers: tuple = ()
+    loss: str = "softmax_xent"
+    batch_size: int = 32
+    optimizer: str = "adam"
+    hyper: dict = field(default_factory=dict)
+    step: int = 0
+    mu_product: float = 1.0
+    l2: float = 0.0
+    loss_scale: float = 1.0
+    grad_scale: float = 1.0
+    order: object = None
+
+    @property
+    def n_batches(self):
+        rows = self.X.shape[0] if self.order is None else len(self.order)
+        return -(-rows // self.batch_size)
+
+
+def _checked_sum(*terms):
+    """Sum of non-negative int terms, refused past int64 (sizes go to C)."""
+    total = sum(int(t) for t in terms)
+    if total >= 2 ** 63:
+        raise ValueError(f"size overflows int64 ({total})")
+    return total
+
+
+def epoch_layout(layers, batch_size, threads=1):
+    """The workspace of ``dense_stack_epoch`` (floats; one layout for every
+    backend, csrc/train.c's): for a full batch of B rows
+
+        Y_0 (B, out_0) | Y_1 | ... | D_0 (B, out_0) | D_1 | ...   outputs, gradients
+        | Xb (B, in_0) | Tb (B, out_last) | Lb (B int32)          a gathered batch
+        | P (2 * threads, B, widest out), only with threads > 1   partial products
+
+    Returns a dict of offsets (Y and D are lists, one per layer) and "size".
+    The loss gradient goes into D_last; layer l's backward turns D_l into dZ
+    in place and writes dX into D_(l-1).
+    """
+    B = int(batch_size)
+    outs = [int(layer[1]) for layer in layers]
+    y = [_checked_sum(*(B * o for o in outs[:i])) for i in range(len(outs))]
+    total = _checked_sum(*(B * o for o in outs))
+    d = [total + off for off in y]
+    xb = _checked_sum(2 * total)
+    tb = _checked_sum(xb, B * int(layers[0][0]))
+    lb = _checked_sum(tb, B * outs[-1])
+    p = _checked_sum(lb, B)
+    size = p if threads <= 1 else _checked_sum(p, 2 * int(threads) * B * max(outs))
+    return {"Y": y, "D": d, "Xb": xb, "Tb": tb, "Lb": lb, "P": p, "size": size}
+
+
+def epoch_workspace(layers, batch_size, threads=1):
+    """Floats of workspace :func:`epoch_layout` describes."""
+    return epoch_layout(layers, batch_size, threads)["size"]
+
+
+# ---- the kernels ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Kernel:
+    """One kernel: its public signature (a Python parameter list), which
+    parameters are outputs, what the public function returns (the name of an
+    output; "value": the implementation's value, a float; None: nothing),
+    and the validator in _checks that normalises its arguments
+    (``prepare_<name>`` unless given)."""
+
+    name: str
+    signature: str
+    outputs: tuple
+    returns: str = None
+    prepare: str = None
+
+    @property
+    def params(self):
+        """The parameter names, in order (the implementation's signature)."""
+        return tuple(self.python_signature().parameters)
+
+    def python_signature(self):
+        """The public signature as an inspect.Signature."""
+        return inspect.signature(eval(f"lambda {self.signature}: None"))  # noqa: S307 - our text
+
+
+_ACT = "activation, negative_slope=0.01"
+_ACT_ID = 'activation="identity", negative_slope=0.01'
+
+
+def _optimizer_kernel(o):
+    defaults = o.kernel_defaults()
+    opts = ([("step", None)] if o.step else []) + [
+        (h.name, defaults.get(h.name)) for h in o.hyper] + [(name, None) for name in o.scalars]
+    text = ", ".join(name if d is None else f"{name}={d!r}" for name, d in opts)
+    return Kernel(o.name, f"params, grads, {', '.join(o.states)}, *, {text}",
+                  ("params",) + o.states, prepare="prepare_optimizer")
+
+
+_V = "value"
+KERNELS = {k.name: k for k in (
+    Kernel("gemm", "A, B, C, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0", ("C",), "C"),
+    Kernel("dense_forward", f"Y, X, W, b, *, {_ACT_ID}", ("Y",), "Y"),
+    Kernel("dense_backward", f"dX, dW, db, dZ, dY, X, W, Y, *, {_ACT_ID}",
+           ("dX", "dW", "db", "dZ")),
+    Kernel("activation_forward", f"Y, X, *, {_ACT}", ("Y",), "Y"),
+    Kernel("activation_backward", f"dX, dY, Y, *, {_ACT}", ("dX",), "dX"),
+    Kernel("softmax_forward", "Y, X", ("Y",), "Y"),
+    Kernel("softmax_backward", "dX, dY, Y", ("dX",), "dX"),
+    Kernel("softmax_xent_forward", "P, Z, labels", ("P",), _V),
+    Kernel("softmax_xent_backward", "dZ, P, labels", ("dZ",)),
+    Kernel("bce_forward", "Z, T", (), _V, "prepare_pointwise_loss"),
+    Kernel("bce_backward", "dZ, Z, T", ("dZ",), None, "prepare_pointwise_loss_backward"),
+    Kernel("mse_forward", "Y, T", (), _V, "prepare_pointwise_loss"),
+    Kernel("mse_backward", "dY, Y, T", ("dY",), None, "prepare_pointwise_loss_backward"),
+    Kernel("mae_forward", "Y, T", (), _V, "prepare_pointwise_loss"),
+    Kernel("mae_backward", "dY, Y, T", ("dY",), None, "prepare_pointwise_loss_backward"),
+    *(_optimizer_kernel(o) for o in OPTIMIZERS.values()),
+    Kernel("sum_squares", "x", (), _V),
+    Kernel("scale", "x, s", ("x",)),
+    Kernel("clip", "x, lo, hi", ("x",)),
+    Kernel("axpy", "y, x, alpha", ("y",)),
+    Kernel("dense_stack_epoch", "epoch", ("epoch",), _V),
+    Kernel("conv2d_forward", "Y, X, W, b, cols, *, stride=(1, 1), padding=(0, 0), "
+           f"{_ACT_ID}", ("Y", "cols"), "Y"),
+    Kernel("conv2d_backward", "dX, dW, db, dZ, dY, X, W, Y, cols, *, stride=(1, 1), "
+           f"padding=(0, 0), {_ACT_ID}", ("dX", "dW", "db", "dZ", "cols")),
+    Kernel("maxpool2d_forward", "Y, X, argmax, *, pool, stride=None", ("Y", "argmax"), "Y"),
+    Kernel("maxpool2d_backward", "dX, dY, argmax, *, pool, stride=None", ("dX",)),
+    Kernel("avgpool2d_forward", "Y, X, *, pool, stride=None", ("Y",), "Y"),
+    Kernel("avgpool2d_backward", "dX, dY, *, pool, stride=None", ("dX",)),
+    Kernel("batchnorm_forward", "Y, X, gamma, beta, mean, invstd, running_mean, running_var, "
+           "*, momentum=0.1, eps=1e-5", ("Y", "mean", "invstd", "running_mean", "running_var"),
+           "Y"),
+    Kernel("batchnorm_inference", "Y, X, gamma, beta, running_mean, running_var, *, eps=1e-5",
+           ("Y",), "Y"),
+    Kernel("batchnorm_backward", "dX, dgamma, dbeta, dY, X, gamma, mean, invstd",
+           ("dX", "dgamma", "dbeta")),
+)}
+
+# Functions every backend module has besides the kernels (not validated by
+# the front: they take no arrays from the user or check their own).
+RUNTIME = ("info", "empty", "zeros", "asarray", "to_numpy")
