@@ -40,8 +40,8 @@ from numba.core import cgutils
 from llvmlite import ir
 from numba.extending import intrinsic
 
-from . import _checks as ck
-from .reference import (asarray, dense_stack_workspace, empty,  # noqa: F401 - as the reference
+from .. import _checks as ck
+from ..reference import (asarray, dense_stack_workspace, empty,  # noqa: F401 - as the reference
                         to_numpy, zeros)
 
 name = "numba"
