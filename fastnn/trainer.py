@@ -153,9 +153,11 @@ class Trainer:
         the same trajectory.
     l2 : float
         scikit-learn's MLP penalty alpha: each batch of m samples adds
-        ``l2 / (2 m) * sum(W**2)`` over the layers' weights (not biases) to
-        its loss, and ``l2 / m * W`` to their gradients.  (An optimizer's
-        ``weight_decay`` is torch's, over every parameter.)
+        ``l2 / (2 m) * sum(W**2)`` over the weights W of
+        ``model.penalized()`` (Dense and Conv weights, those inside blocks
+        included; not biases) to its loss, and ``l2 / m * W`` to their
+        gradients.  (An optimizer's ``weight_decay`` is torch's, over every
+        parameter.)
     clip_value, clip_norm : float or None
         Gradient clipping before each update, one pass over the flat gradient
         buffer each: every gradient to [-clip_value, clip_value], then the
@@ -208,12 +210,13 @@ class Trainer:
         out = model.forward(self._to_backend("x", xb), training=True)
         value = loss.forward(out, self._to_backend("t", tb))
         if self.l2:
+            penalized = model.penalized()
             value += 0.5 * self.l2 / len(xb) * sum(
-                k.sum_squares(layer.weight.reshape(-1)) for layer in self._penalized())
+                k.sum_squares(W.reshape(-1)) for W, _ in penalized)
         model.backward(loss.backward())
         if self.l2:
-            for layer in self._penalized():
-                k.axpy(layer.weight_grad.reshape(-1), layer.weight.reshape(-1), self.l2 / len(xb))
+            for W, dW in penalized:
+                k.axpy(dW.reshape(-1), W.reshape(-1), self.l2 / len(xb))
         self._clip(model.grads)
         self.optimizer.step(model.params, model.grads)
         return value, out
@@ -226,9 +229,6 @@ class Trainer:
             coef = self.clip_norm / (norm + 1e-6)
             if coef < 1.0:
                 self._k.scale(grads, coef)
-
-    def _penalized(self):
-        return [layer for layer in self.model.layers if hasattr(layer, "weight_grad")]
 
     def train_step(self, X, y):
         """One mini-batch step: forward, loss, backward, update.
