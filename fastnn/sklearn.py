@@ -270,7 +270,6 @@ class _BaseMLP(BaseEstimator):
                 raise ValueError("The validation set is too small. Increase "
                                  "'validation_fraction' or the size of your dataset.")
             self._val = (np.ascontiguousarray(X_val, np.float32), self._decode_targets(Y_val))
-        X = np.ascontiguousarray(X, np.float32)  # once, not per epoch in Trainer.fit
         n = self._n_train = X.shape[0]
         if self.batch_size == "auto":
             batch_size = min(200, n)
@@ -280,8 +279,7 @@ class _BaseMLP(BaseEstimator):
                               "It is going to be clipped", stacklevel=3)
             batch_size = int(np.clip(self.batch_size, 1, n))
         self.n_iter_ = 0
-        run_epoch = self._trainer._epochs_in_order(
-            X, self._trainer._targets(self._fit_targets(Y), n), batch_size)
+        run_epoch = self._trainer.epoch_runner(X, self._fit_targets(Y), batch_size)
         order = np.arange(n)
         stopped = False
         try:

@@ -63,6 +63,13 @@ def _all_finite(arr, rows=8192):
     return all(np.isfinite(flat[i:i + rows]).all() for i in range(0, len(flat), rows))
 
 
+def _check_batch_size(batch_size):
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 1:
+        raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
+    return int(batch_size)
+
+
 def _check_finite(value, epoch, batch):
     if not np.isfinite(value):
         raise FloatingPointError(f"loss became {value} at epoch {epoch + 1}, batch {batch + 1}: "
@@ -267,9 +274,7 @@ class Trainer:
         t = self._targets(y, len(X))
         if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
             raise ValueError(f"epochs: expected an integer >= 0, got {epochs!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-                or batch_size < 1:
-            raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
+        batch_size = _check_batch_size(batch_size)
         if not 0.0 <= validation_split < 1.0:
             raise ValueError(f"validation_split: expected a fraction in [0, 1), got {validation_split}")
         if validation_data is None and validation_split > 0:
@@ -294,7 +299,7 @@ class Trainer:
                 cb.on_fit_start(self)
 
         n = len(X)
-        batch_size = min(int(batch_size), n)
+        batch_size = min(batch_size, n)
         rng = np.random.default_rng(seed)
         # The fused epoch on the host takes the shuffle as an order of rows
         # and gathers each batch itself: no shuffled copy of X.
@@ -329,14 +334,32 @@ class Trainer:
                 bar.close()
         return history
 
-    def _epochs_in_order(self, X, t, batch_size):
-        """For fastnn.sklearn, which draws scikit-learn's epoch permutations
-        itself: a function run(order) that trains one epoch over the rows
-        ``order`` of X (None: in order) and returns its mean loss.  X is
-        validated once by the caller (C-contiguous, the model's dtype) and t
-        comes from _targets; on the fused path the rows are gathered batch
-        by batch, with no copy of X per epoch."""
+    def epoch_runner(self, X, y, batch_size):
+        """Epochs over (X, y) in orders the caller draws (as fastnn.sklearn
+        draws scikit-learn's permutations).
+
+        Parameters
+        ----------
+        X : array-like (n_samples, *model.input_shape)
+        y : array-like
+            Targets as ``fit`` takes them.
+        batch_size : int
+            Clipped to n_samples; the last batch may be smaller.
+
+        Returns
+        -------
+        run : callable
+            ``run(order)`` trains one epoch over the rows ``order`` of X (a
+            permutation of ``range(n_samples)``; None: in order) and returns
+            its mean loss.  X and y are validated and converted once, here;
+            an epoch on the fused path gathers its batches through ``order``,
+            with no copy of X.  A loss that becomes NaN or Inf raises
+            FloatingPointError.
+        """
+        X = check_X(X, self.model.input_shape, self.model.dtype)
+        t = self._targets(y, len(X))
         n = len(X)
+        batch_size = min(_check_batch_size(batch_size), n)
         epoch_fn = self._fused_epoch(n, batch_size) if self.fused else self._python_epoch
         by_order = self.fused and not self._device
 
