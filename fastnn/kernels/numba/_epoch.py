@@ -117,17 +117,17 @@ def _dense_stack_epoch(params, grads, s0, s1, s2, ws, X, labels, T, order, batch
     if gather:
         n = order.shape[0]
     # Everything that is not a view is allocated here, once per epoch.
-    widest, ap_size, bp_size = 0, 0, 0
+    widest_out, ap_size, bp_size = 0, 0, 0
     for l in range(n_layers):
         fi, fo = layers[l, 0], layers[l, 1]
-        widest = max(widest, fo)
+        widest_out = max(widest_out, fo)
         # panels of the layer's three gemms: Y = X W, dW = X^T dZ, dX = dZ W^T
         for gm, gn, gk in ((bs, fo, fi), (fi, fo, bs), (bs, fi, fo)):
             a_floats, b_floats = _pack_floats(gm, gn, gk)
             ap_size, bp_size = max(ap_size, a_floats), max(bp_size, b_floats)
     ap = np.empty(ap_size, dtype=np.float32)
     bp = np.empty(bp_size, dtype=np.float32)
-    sums = np.empty(widest, dtype=np.float64)
+    sums = np.empty(widest_out, dtype=np.float64)
     no_buf = params[:0]  # not _NO_BUF: a global array is a read-only constant in jitted code
     x_flat, t_flat = X.reshape(-1), T.reshape(-1)
     xg, tg = ws[xb_off:xb_off + bs * n_in], ws[tb_off:tb_off + bs * c]
