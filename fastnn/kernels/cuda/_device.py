@@ -1,5 +1,11 @@
 """Device functions shared by the cuda backend's kernels: activations and
-their derivatives, a softmax row, pointwise loss terms and the block-wide sum.
+their derivatives, a softmax row, pointwise loss terms, numpy's NaN-propagating maximum and
+minimum, and the block-wide sum.
+
+IEEE semantics are the reference's numpy expressions: ``max``/``min`` are
+fmaxf/fminf on a GPU (which drop a NaN) and Python's under the simulator
+(which keep or drop it by argument order), so neither is used on data; the
+explicit comparisons below behave the same on both.
 """
 
 import math
@@ -25,6 +31,26 @@ SUM_SQUARES = len(spec.LOSSES)  # not a loss: sum_squares is the loss sum with T
 
 
 @cuda.jit(device=True)
+def maximum(a, b):
+    """np.maximum(a, b): NaN if either is NaN."""
+    return a if a > b or a != a else b
+
+
+@cuda.jit(device=True)
+def minimum(a, b):
+    """np.minimum(a, b): NaN if either is NaN."""
+    return a if a < b or a != a else b
+
+
+@cuda.jit(device=True)
+def sign(x):
+    """np.sign: -1, 0 or 1; NaN stays NaN (as do +-0, as in the C kernels)."""
+    one = float32(1.0)
+    zero = float32(0.0)
+    return one if x > zero else (-one if x < zero else x)
+
+
+@cuda.jit(device=True)
 def act(code, x, slope):
     """act(x) for activation `code` (spec.Activation), in float32."""
     one = float32(1.0)
@@ -32,7 +58,7 @@ def act(code, x, slope):
     if code == STEP:
         return one if x > zero else zero
     if code == SIGN:
-        return one if x > zero else (-one if x < zero else zero)
+        return sign(x)
     if code == SIGMOID:
         # Stable both ways: exp of a non-positive number only.
         e = math.exp(-abs(x))
@@ -40,11 +66,11 @@ def act(code, x, slope):
     if code == TANH:
         return math.tanh(x)
     if code == RELU:
-        return x if x > zero else zero
+        return maximum(x, zero)
     if code == LEAKY_RELU:
         return x if x > zero else x * slope
     if code == SOFTPLUS:
-        return (x if x > zero else zero) + math.log1p(math.exp(-abs(x)))
+        return maximum(x, zero) + math.log1p(math.exp(-abs(x)))
     return x
 
 
@@ -78,7 +104,7 @@ def softmax_row(P, Z, r):
     c = Z.shape[1]
     mx = Z[r, 0]
     for j in range(1, c):
-        mx = max(mx, Z[r, j])
+        mx = maximum(mx, Z[r, j])
     s = 0.0
     for j in range(c):
         e = math.exp(Z[r, j] - mx)
@@ -95,7 +121,7 @@ def loss_term(kind, y, t):
     float64 (the mean is taken on the host)."""
     z = float64(y)
     if kind == BCE:
-        return max(z, 0.0) - z * float64(t) + math.log1p(math.exp(-abs(z)))
+        return maximum(z, 0.0) - z * float64(t) + math.log1p(math.exp(-abs(z)))
     if kind == SUM_SQUARES:
         return z * z
     d = z - float64(t)
@@ -112,8 +138,7 @@ def loss_grad(kind, y, t, size):
     d = y - t
     if kind == MSE:
         return float32(2.0) * d / size
-    zero = float32(0.0)
-    return (float32(1.0) if d > zero else (float32(-1.0) if d < zero else zero)) / size
+    return sign(d) / size
 
 
 @cuda.jit(device=True)

@@ -5,7 +5,7 @@ over a capped grid; the activation kernels run on flattened views."""
 import numpy as np
 from numba import cuda, float32
 
-from ._device import act, act_grad, softmax_row
+from ._device import act, act_grad, maximum, minimum, softmax_row
 from ._launch import TPB, blocks, flat, stages_outputs
 
 
@@ -80,7 +80,7 @@ def _scale_kernel(x, s):
 @cuda.jit
 def _clip_kernel(x, lo, hi):
     for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
-        x[i] = min(max(x[i], lo), hi)
+        x[i] = minimum(maximum(x[i], lo), hi)
 
 
 @cuda.jit

@@ -13,6 +13,7 @@ import math
 import numpy as np
 from numba import cuda, float64
 
+from ._device import maximum
 from ._launch import TPB, blocks, dummy, flat, stages_outputs
 
 SUM, _CENTRED, _GRAD = 0, 1, 2  # what _channel_partials_kernel sums
@@ -92,10 +93,11 @@ def channel_reduce(kind, out0, out1, A, B=None, shift=None, scale=None):
 
 @cuda.jit
 def _batchnorm_stats_kernel(mean, invstd, rm, rv, part, shift, rows, momentum, eps):
-    """mean, invstd and torch's running update from the shifted sums."""
+    """mean, invstd and torch's running update from the shifted sums; the
+    one-pass variance is clamped at 0 (NaN stays NaN, as the reference's)."""
     for ch in range(cuda.grid(1), mean.shape[0], cuda.gridsize(1)):
         d = _slices_total(part, 0, ch) / rows
-        var = max(_slices_total(part, 1, ch) / rows - d * d, 0.0)
+        var = maximum(_slices_total(part, 1, ch) / rows - d * d, 0.0)
         mu = float64(shift[ch]) + d
         mean[ch] = mu
         invstd[ch] = 1.0 / math.sqrt(var + eps)

@@ -13,6 +13,7 @@ import numpy as np
 from numba import cuda, float32
 
 from .. import spec
+from ._device import maximum
 from ._launch import TPB, blocks, dummy, stages_outputs
 
 _f = np.float32
@@ -168,7 +169,7 @@ def _adamax_kernel(params, grads, m, u, weight_decay, beta1, one_m_b1, beta2, ep
         if weight_decay != zero:
             g = g + weight_decay * p
         mi = beta1 * m[i] + one_m_b1 * g
-        ui = max(beta2 * u[i], abs(g) + eps)
+        ui = maximum(beta2 * u[i], abs(g) + eps)
         m[i] = mi
         u[i] = ui
         params[i] = p - step_size * mi / ui
