@@ -1,6 +1,6 @@
 """Device functions shared by the cuda backend's kernels: activations and
-their derivatives, a softmax row, pointwise loss terms, numpy's NaN-propagating maximum and
-minimum, and the block-wide sum.
+their derivatives, a softmax row, pointwise loss terms, numpy's
+NaN-propagating maximum and minimum, and the block-wide sum.
 
 IEEE semantics are the reference's numpy expressions: ``max``/``min`` are
 fmaxf/fminf on a GPU (which drop a NaN) and Python's under the simulator
