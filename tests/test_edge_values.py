@@ -105,7 +105,7 @@ import numpy as np
 import pytest
 
 from fastnn import kernels
-from fastnn.kernels import _checks
+from fastnn.kernels import spec
 
 # invalid / overflow warnings are the point here (numpy scalars in the CUDA simulator)
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -239,7 +239,7 @@ def softmax_rows(c=4):
 # options: scale(inputs) (see assert_same_ieee), signed_zero, float32 (compare
 # as float32), update (optimizer: scale from the old values; ftz on c).
 
-ACTS = _checks.ACTIVATIONS
+ACTS = spec.ACTIVATIONS
 SLOPE = 0.1
 
 
@@ -418,8 +418,8 @@ def _optimizer(kernel, states, hp, step):
     def build(ref, edge):
         a, masks = edge_table({"params": "any", "grads": "any", **states})
         if kernel == "nadam":  # mu_1 ... mu_t, as the caller keeps it
-            a["mu_product"] = np.prod([ref.nadam_mu(t, hp["beta1"], hp.get("momentum_decay",
-                                                                           4e-3))
+            a["mu_product"] = np.prod([spec.nadam_mu(t, hp["beta1"], hp.get("momentum_decay",
+                                                                            4e-3))
                                        for t in range(1, step + 1)])
         return a, masks
 
@@ -430,7 +430,7 @@ def _optimizer(kernel, states, hp, step):
             kw["step"] = step
         if kernel == "nadam":
             kw["mu_product"] = float(a["mu_product"])
-        bufs = [out.get(s) for s in _checks.OPTIMIZER_KERNELS[kernel][0]]
+        bufs = [out.get(s) for s in spec.OPTIMIZERS[kernel].states]
         getattr(k, kernel)(out["params"], a["grads"], *bufs, **kw)
         return out
     return build, run, {"update": True, "signed_zero": False}  # semantics 22
@@ -491,22 +491,7 @@ for _f in ("sum_squares", "scale", "clip", "axpy"):
 # (backend, case) -> (edges, the bug): xfail(strict=True) for those edges, so a
 # fix shows up.  The fixes are in fastnn/kernels/{cuda,numba}.py, not here.
 
-_CUDA_MAX = ("max(beta2 * u, |g| + eps) drops a NaN |g| + eps (Python's max under the "
-             "simulator keeps its first argument; fmaxf on a GPU drops NaN either way)")
 KNOWN = {
-    ("cuda", "activation_forward-relu"): (
-        {"nan"}, "_act relu `x if x > zero else zero` turns NaN into 0"),
-    ("cuda", "activation_forward-sign"): (
-        {"nan"}, "_act sign `... else zero` turns NaN into 0"),
-    ("cuda", "mae_backward"): (
-        {"nan", "+inf", "-inf"}, "_loss_grad mae sign(y - t) `... else zero` turns a NaN "
-        "difference (NaN input, inf - inf) into 0"),
-    ("cuda", "adamax"): ({"nan"}, _CUDA_MAX),
-    ("cuda", "adamax-wd"): ({"nan", "+inf"}, _CUDA_MAX + "; g = grad + wd * p is NaN for "
-                            "p = +-inf, grad = -+inf"),
-    ("cuda", "rmsprop-centered"): (
-        set(EDGES), "math.sqrt(sq - ga * ga) raises ValueError under the simulator for a "
-        "negative variance (the reference: NaN), which fails the whole call"),
     ("numba", "rmsprop-centered"): (
         {"+inf", "-inf", "+0", "-0", "denorm_min", "+1e-40", "-1e-40", "+1e30", "-1e30"},
         "fastmath 'contract' fuses sq - ga * ga into an FMA, so ga * ga beyond float32 is "

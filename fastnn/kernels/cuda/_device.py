@@ -32,14 +32,22 @@ SUM_SQUARES = len(spec.LOSSES)  # not a loss: sum_squares is the loss sum with T
 
 @cuda.jit(device=True)
 def maximum(a, b):
-    """np.maximum(a, b): NaN if either is NaN."""
-    return a if a > b or a != a else b
+    """np.maximum(a, b): NaN if either is NaN; a on a tie (the sign of a
+    zero, as numpy keeps it)."""
+    return a if a >= b or a != a else b
 
 
 @cuda.jit(device=True)
 def minimum(a, b):
-    """np.minimum(a, b): NaN if either is NaN."""
-    return a if a < b or a != a else b
+    """np.minimum(a, b): NaN if either is NaN; a on a tie."""
+    return a if a <= b or a != a else b
+
+
+@cuda.jit(device=True)
+def sqrt(x):
+    """math.sqrt with NaN for x < 0, as on the device and in numpy (the
+    simulator's math.sqrt raises ValueError instead)."""
+    return math.sqrt(x) if x >= float32(0.0) else float32(math.nan)
 
 
 @cuda.jit(device=True)

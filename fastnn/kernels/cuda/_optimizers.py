@@ -13,7 +13,7 @@ import numpy as np
 from numba import cuda, float32
 
 from .. import spec
-from ._device import maximum
+from ._device import maximum, sqrt
 from ._launch import TPB, blocks, dummy, stages_outputs
 
 _f = np.float32
@@ -93,7 +93,7 @@ def _rmsprop_kernel(params, grads, square_avg, buf, grad_avg, lr, alpha, one_m_a
         if centered:
             ga = alpha * grad_avg[i] + one_m_alpha * g
             grad_avg[i] = ga
-            avg = math.sqrt(sq - ga * ga) + eps
+            avg = sqrt(sq - ga * ga) + eps  # a negative variance: NaN, not an error
         else:
             avg = math.sqrt(sq) + eps
         if momentum > zero:
