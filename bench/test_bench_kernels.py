@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from bench import workloads as wl
-from fastnn.kernels import reference
+from fastnn import kernels
+
+reference = kernels.get("reference")
 
 MB = 1 << 20
 

@@ -11,6 +11,9 @@ import sys
 
 import numpy as np
 
+from . import kernels
+from .kernels import spec
+
 
 def _hidden_sizes(text):
     try:
@@ -43,10 +46,11 @@ def build_parser():
     train.add_argument("--layers", type=_hidden_sizes, default=[256],
                        help="hidden layer sizes of the mlp, comma-separated (e.g. 256,128)")
     train.add_argument("--activation", default="relu",
-                       choices=("relu", "leaky_relu", "tanh", "sigmoid", "softplus", "identity"),
+                       # step and sign have derivative 0: nothing to train with
+                       choices=[a for a in spec.ACTIVATIONS if a not in ("step", "sign")],
                        help="activation of the hidden layers")
     train.add_argument("--optimizer", default="adam",
-                       choices=("sgd", "adam", "adamw", "rmsprop", "adagrad", "nadam", "adamax"),
+                       choices=tuple(spec.OPTIMIZERS),
                        help="optimizer (torch.optim's defaults apart from --lr)")
     train.add_argument("--lr", type=float, default=1e-3, help="learning rate")
     train.add_argument("--momentum", type=float, default=0.9, help="momentum (sgd only)")
@@ -60,7 +64,7 @@ def build_parser():
                        help="fraction held out for the test (digits and csv)")
     train.add_argument("--val-size", type=float, default=0.1,
                        help="fraction of the training set used for per-epoch validation")
-    train.add_argument("--backend", choices=("c", "numba", "cuda", "reference"), default=None,
+    train.add_argument("--backend", choices=kernels.BACKENDS, default=None,
                        help="kernel backend (default: c if built, else numba)")
     train.add_argument("--threads", type=int, default=None, help="threads for the C/Numba kernels")
     train.add_argument("--seed", type=int, default=0, help="seed for the split, init and shuffling")

@@ -3,14 +3,23 @@
 An optimizer is built from hyperparameters only (``Adam(lr=1e-3)``); the
 trainer binds it to a model, which allocates its state as flat buffers that
 mirror the model's parameter buffer.  Each step is then one fused kernel call
-over the whole model (see the kernels' docstrings in
-``fastnn/kernels/reference.py`` for the equations).  Ordered by increasing
-complexity, as in tinygrad.
+over the whole model (the equations are in the kernels' docstrings,
+``fastnn/kernels/reference.py``).
+
+Every class here is derived from its entry in ``fastnn.kernels.spec
+.OPTIMIZERS``: the constructor's arguments (torch's names, order and
+defaults; ``betas`` for the beta1/beta2 pair), their valid ranges, the state
+buffers and the scalar state (NAdam's momentum product).  Adding an
+optimizer is a spec entry, its kernels and one line here.
 
 ``lr`` may be changed between steps (learning-rate schedules do).
 """
 
-from .kernels import _checks, reference
+import inspect
+
+import numpy as np
+
+from .kernels import _checks, spec
 
 
 def _betas(betas):
@@ -18,31 +27,74 @@ def _betas(betas):
         b1, b2 = betas
     except (TypeError, ValueError):
         raise ValueError(f"betas: expected a pair (beta1, beta2), got {betas!r}") from None
-    return (_checks.check_scalar("betas[0]", b1, 0.0, 1.0), _checks.check_scalar("betas[1]", b2, 0.0, 1.0))
+    return (_checks.check_scalar("betas[0]", b1, 0.0, 1.0),
+            _checks.check_scalar("betas[1]", b2, 0.0, 1.0))
 
 
 class Optimizer:
-    """Base class: state allocation, step counting, the one kernel call."""
+    """Base class: arguments, state allocation, step counting, the one
+    kernel call.  A subclass names its spec entry in ``kernel``."""
 
-    _state = ()  # names of the state buffers, in the kernel's argument order
+    kernel = None  # the name of the update kernel (a key of spec.OPTIMIZERS)
 
-    def __init__(self, lr, weight_decay):
-        self.lr = _checks.check_scalar("lr", lr, low=0.0)
-        self.weight_decay = _checks.check_scalar("weight_decay", weight_decay, low=0.0)
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if "kernel" in cls.__dict__ and "__init__" not in cls.__dict__:
+            cls.__init__ = _make_init(spec.OPTIMIZERS[cls.kernel])
+
+    @property
+    def spec(self):
+        """This optimizer's entry in the kernel specification."""
+        return spec.OPTIMIZERS[self.kernel]
+
+    def _set(self, values):
+        """Validate and store the hyperparameters (torch's names)."""
+        o = self.spec
+        for torch_name, (first, second) in o.pairs.items():
+            pair = _betas(values.pop(torch_name))
+            setattr(self, torch_name, pair)
+            values[first], values[second] = pair
+        kernel_hyper = {h.name: values.pop(h.name) for h in o.hyper if h.name in values}
+        checked = _checks.check_hyper(o, kernel_hyper)
+        for h in o.hyper:
+            if not any(h.name in pair for pair in o.pairs.values()):
+                setattr(self, h.name, checked[h.name])
+        for name, value in values.items():  # initial fills of state buffers
+            setattr(self, name, _checks.check_scalar(name, value, low=0.0))
+        problem = o.problem(checked)
+        if problem:
+            raise ValueError(problem)
         self.step_count = 0
         self.state = None
         self._k = None
 
+    def _hyper(self):
+        """The kernel's hyperparameters, in spec order."""
+        o = self.spec
+        unpaired = {h.name: getattr(self, h.name, None) for h in o.hyper}
+        for torch_name, names in o.pairs.items():
+            unpaired.update(zip(names, getattr(self, torch_name)))
+        return unpaired
+
     def bind(self, size, kernels_module, dtype="float32"):
-        """Allocate zeroed state buffers of `size` elements on a backend."""
+        """Allocate the state buffers of `size` elements on a backend (zeros,
+        or the initial fill the optimizer was given) and reset the counters."""
+        o, hyper = self.spec, self._hyper()
         self._k = kernels_module
-        self.state = {name: kernels_module.zeros(size, dtype) for name in self._state_buffers()}
+        self.state = {}
+        for name in o.states:
+            needed_by = o.optional.get(name)
+            if needed_by is not None and not hyper[needed_by]:
+                continue
+            fill = next((getattr(self, arg) for arg, (state, _) in o.fills.items()
+                         if state == name), 0.0)
+            self.state[name] = (kernels_module.zeros(size, dtype) if not fill else
+                                kernels_module.asarray(np.full(size, fill, dtype), dtype))
+        for name, initial in o.scalars.items():
+            setattr(self, name, initial)
         self.step_count = 0
         self._size = size
         return self
-
-    def _state_buffers(self):
-        return self._state
 
     def step(self, params, grads):
         """One update of the flat buffer `params` from `grads`."""
@@ -56,19 +108,22 @@ class Optimizer:
         return self.state.get(name)
 
     def kernel_spec(self):
-        """(kernel name, state buffers in its argument order, hyperparameters):
-        what one update calls, and what a fused epoch needs to know."""
-        raise NotImplementedError
+        """(kernel name, state buffers in its argument order (None where
+        unused), hyperparameters): what one update calls, and what a fused
+        epoch needs to know."""
+        return self.kernel, tuple(self.state.get(name) for name in self.spec.states), \
+            self._hyper()
 
     def _update(self, params, grads):
         kernel, states, hyper = self.kernel_spec()
-        if kernel != "rmsprop":  # the one update without a step counter
+        o = self.spec
+        if o.step:
             hyper["step"] = self.step_count
-        if kernel == "nadam":  # torch keeps NAdam's momentum product as state
-            self.mu_product *= reference.nadam_mu(self.step_count, self.betas[0],
-                                                  self.momentum_decay)
-            hyper["mu_product"] = self.mu_product
-        getattr(self._k, kernel)(params, grads, *states, **hyper)
+        scalars = spec.advance(kernel, {name: getattr(self, name) for name in o.scalars},
+                               self.step_count, hyper)
+        for name, value in scalars.items():
+            setattr(self, name, value)
+        getattr(self._k, kernel)(params, grads, *states, **hyper, **scalars)
 
     @property
     def fusable(self):
@@ -78,158 +133,84 @@ class Optimizer:
         return type(self)._update is Optimizer._update
 
     def hyperparameters(self):
-        return {k: v for k, v in vars(self).items()
-                if not k.startswith("_") and k not in ("state", "step_count")}
+        """The constructor's arguments (torch's names) and their values."""
+        names = list(inspect.signature(type(self).__init__).parameters)[1:]
+        return {name: getattr(self, name) for name in names}
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
         return f"{type(self).__name__}({args})"
 
 
+def _make_init(o):
+    """``__init__`` with torch's arguments of spec entry `o` (source
+    generated so that the signature is real for help() and inspect)."""
+    args = []
+    seen = set()
+    for h in o.hyper:
+        pair = next((name for name, names in o.pairs.items() if h.name in names), None)
+        if pair is not None:
+            if pair not in seen:
+                seen.add(pair)
+                defaults = tuple(x.default for x in o.hyper if x.name in o.pairs[pair])
+                args.append(f"{pair}={defaults!r}")
+        else:
+            args.append(f"{h.name}={h.default!r}")
+    args += [f"{name}={default!r}" for name, (_, default) in o.fills.items()]
+    names = [a.split("=")[0] for a in args]
+    src = (f"def __init__(self, {', '.join(args)}):\n"
+           f"    self._set({{{', '.join(f'{n!r}: {n}' for n in names)}}})\n")
+    namespace = {}
+    exec(compile(src, f"<fastnn.optim {o.torch}.__init__>", "exec"), namespace)  # noqa: S102
+    return namespace["__init__"]
+
+
 class SGD(Optimizer):
-    """Stochastic gradient descent with optional (Nesterov) momentum.
+    """torch.optim.SGD: stochastic gradient descent with optional (Nesterov)
+    momentum."""
 
-    torch.optim.SGD(lr=1e-3, momentum=0, dampening=0, weight_decay=0,
-    nesterov=False).
-    """
-
-    def __init__(self, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
-        super().__init__(lr, weight_decay)
-        self.momentum = _checks.check_scalar("momentum", momentum, low=0.0)
-        self.dampening = _checks.check_scalar("dampening", dampening)
-        self.nesterov = bool(nesterov)
-        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
-            raise ValueError("nesterov: requires momentum > 0 and dampening = 0")
-
-    def _state_buffers(self):
-        return ("momentum_buf",) if self.momentum != 0 else ()
-
-    def kernel_spec(self):
-        return "sgd", (self._buf("momentum_buf"),), dict(
-            lr=self.lr, momentum=self.momentum, dampening=self.dampening,
-            nesterov=self.nesterov, weight_decay=self.weight_decay)
+    kernel = "sgd"
 
 
 class Adagrad(Optimizer):
-    """torch.optim.Adagrad(lr=1e-2, lr_decay=0, weight_decay=0,
-    initial_accumulator_value=0, eps=1e-10)."""
+    """torch.optim.Adagrad."""
 
-    _state = ("sum_sq",)
-
-    def __init__(self, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0,
-                 eps=1e-10):
-        super().__init__(lr, weight_decay)
-        self.lr_decay = _checks.check_scalar("lr_decay", lr_decay, low=0.0)
-        self.initial_accumulator_value = _checks.check_scalar(
-            "initial_accumulator_value", initial_accumulator_value, low=0.0)
-        self.eps = _checks.check_scalar("eps", eps, low=0.0)
-
-    def bind(self, size, kernels_module, dtype="float32"):
-        super().bind(size, kernels_module, dtype)
-        if self.initial_accumulator_value:
-            import numpy as np
-
-            self.state["sum_sq"] = kernels_module.asarray(
-                np.full(size, self.initial_accumulator_value, dtype), dtype)
-        return self
-
-    def kernel_spec(self):
-        return "adagrad", (self.state["sum_sq"],), dict(
-            lr=self.lr, lr_decay=self.lr_decay, weight_decay=self.weight_decay, eps=self.eps)
+    kernel = "adagrad"
 
 
 class RMSprop(Optimizer):
-    """torch.optim.RMSprop(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0,
-    momentum=0, centered=False)."""
+    """torch.optim.RMSprop (optionally centered, with momentum)."""
 
-    def __init__(self, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
-                 centered=False):
-        super().__init__(lr, weight_decay)
-        self.alpha = _checks.check_scalar("alpha", alpha, 0.0, 1.0)
-        self.eps = _checks.check_scalar("eps", eps, low=0.0)
-        self.momentum = _checks.check_scalar("momentum", momentum, low=0.0)
-        self.centered = bool(centered)
-
-    def _state_buffers(self):
-        return (("square_avg",) + (("momentum_buf",) if self.momentum > 0 else ())
-                + (("grad_avg",) if self.centered else ()))
-
-    def kernel_spec(self):
-        return "rmsprop", (self.state["square_avg"], self._buf("momentum_buf"),
-                           self._buf("grad_avg")), dict(
-            lr=self.lr, alpha=self.alpha, eps=self.eps, weight_decay=self.weight_decay,
-            momentum=self.momentum, centered=self.centered)
+    kernel = "rmsprop"
 
 
 class Adam(Optimizer):
-    """torch.optim.Adam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0).
+    """torch.optim.Adam.  eps is added to sqrt(v_hat), as in torch
+    (scikit-learn differs)."""
 
-    eps is added to sqrt(v_hat), as in torch (scikit-learn differs).
-    """
-
-    _state = ("m", "v")
-    _kernel = "adam"  # AdamW and Adamax differ only in kernel (and Adamax's state name)
-
-    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        super().__init__(lr, weight_decay)
-        self.betas = _betas(betas)
-        self.eps = _checks.check_scalar("eps", eps, low=0.0)
-
-    def kernel_spec(self):
-        return self._kernel, tuple(self.state[name] for name in self._state), dict(
-            lr=self.lr, beta1=self.betas[0], beta2=self.betas[1], eps=self.eps,
-            weight_decay=self.weight_decay)
+    kernel = "adam"
 
 
-class AdamW(Adam):
-    """torch.optim.AdamW(lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
-    weight_decay=1e-2): decoupled weight decay p *= 1 - lr * weight_decay."""
+class AdamW(Optimizer):
+    """torch.optim.AdamW: decoupled weight decay p *= 1 - lr * weight_decay."""
 
-    _kernel = "adamw"
-
-    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
-        super().__init__(lr, betas, eps, weight_decay)
+    kernel = "adamw"
 
 
-class Adamax(Adam):
-    """torch.optim.Adamax(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0):
-    Adam with the infinity norm."""
+class Adamax(Optimizer):
+    """torch.optim.Adamax: Adam with the infinity norm."""
 
-    _state = ("m", "u")
-    _kernel = "adamax"
-
-    def __init__(self, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        super().__init__(lr, betas, eps, weight_decay)
+    kernel = "adamax"
 
 
-class NAdam(Adam):
-    """torch.optim.NAdam(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
-    momentum_decay=4e-3): Adam with Nesterov momentum."""
+class NAdam(Optimizer):
+    """torch.optim.NAdam: Adam with Nesterov momentum."""
 
-    _kernel = "nadam"
-
-    def __init__(self, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 momentum_decay=4e-3):
-        super().__init__(lr, betas, eps, weight_decay)
-        self.momentum_decay = _checks.check_scalar("momentum_decay", momentum_decay, low=0.0)
-
-    def bind(self, size, kernels_module, dtype="float32"):
-        self.mu_product = 1.0
-        return super().bind(size, kernels_module, dtype)
-
-    def kernel_spec(self):
-        kernel, states, hyper = super().kernel_spec()
-        return kernel, states, dict(hyper, momentum_decay=self.momentum_decay)
+    kernel = "nadam"
 
 
-    def hyperparameters(self):
-        hp = super().hyperparameters()
-        hp.pop("mu_product", None)
-        return hp
-
-
-OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop, "adagrad": Adagrad,
-              "nadam": NAdam, "adamax": Adamax}
+OPTIMIZERS = {cls.kernel: cls for cls in (SGD, Adam, AdamW, RMSprop, Adagrad, NAdam, Adamax)}
+assert set(OPTIMIZERS) == set(spec.OPTIMIZERS), "every optimizer of the spec has a class here"
 
 
 def get(optimizer, **kwargs):

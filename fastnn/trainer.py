@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from . import kernels
-from .kernels import _checks
+from .kernels import _checks, spec
 from . import losses as losses_mod
 from . import optim as optim_mod
 
@@ -387,8 +387,7 @@ class Trainer:
         allocated here, once per fit."""
         k, opt, model = self._k, self.optimizer, self.model
         n_batches = -(-n // batch_size)
-        workspace = k.empty(k.dense_stack_workspace(self._stack, batch_size, model.size),
-                            model.dtype)
+        workspace = k.empty(k.dense_stack_workspace(self._stack, batch_size), model.dtype)
         batch_losses = np.empty(n_batches)
         batch_correct = np.empty(n_batches, np.int64)
         sizes = np.full(n_batches, batch_size, np.float64)
@@ -398,13 +397,13 @@ class Trainer:
             if self._device:  # the whole epoch moves to the device once
                 X, t = self._to_backend("epoch_x", X), self._to_backend("epoch_t", t)
             kernel, states, hyper = opt.kernel_spec()
-            done, opt.step_count, mu = k.dense_stack_epoch(
+            done, opt.step_count, mu = k.dense_stack_epoch(spec.Epoch(
                 model.params, model.grads, states, workspace, X, t, batch_losses, batch_correct,
                 layers=self._stack, loss=self.loss.name, batch_size=batch_size, optimizer=kernel,
                 hyper=hyper, step=opt.step_count, mu_product=getattr(opt, "mu_product", 1.0),
                 l2=self.l2, loss_scale=self.loss.value_scale, grad_scale=self.loss.grad_scale,
-                order=order)
-            if kernel == "nadam":
+                order=order))
+            if "mu_product" in opt.spec.scalars:
                 opt.mu_product = mu
             if bar is not None:
                 bar.update(done)

@@ -7,9 +7,12 @@ Images are channels-last (N, H, W, C); conv weights (KH, KW, C, OC).
 import numpy as np
 import pytest
 
-from fastnn.kernels import _checks, reference
+from fastnn import kernels
+from fastnn.kernels import _checks
 
 from .test_kernels import close, f32, is_cuda
+
+reference = kernels.get("reference")
 
 # (n, h, w, c, oc, kh, kw, stride, padding): 1x1, stride > 1, kernel larger
 # than the stride, padding, a batch of 1, odd sizes

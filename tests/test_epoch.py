@@ -11,7 +11,14 @@ import pytest
 import fastnn
 from fastnn import optim
 from fastnn import kernels
-from fastnn.kernels import _checks, reference
+from fastnn.kernels import spec
+
+REF = kernels.get("reference")
+
+
+def _epoch(k, *args, **kwargs):
+    """One dense_stack_epoch call of backend k; the arguments are spec.Epoch's."""
+    return k.dense_stack_epoch(spec.Epoch(*args, **kwargs))
 
 OPTS = [
     ("sgd", dict(lr=0.1, momentum=0.9, nesterov=True)),
@@ -41,14 +48,13 @@ def _run(k, loss, opt, hyper, X, t, batch, l2=0.0, loss_scale=1.0, grad_scale=1.
                                zip(sizes, sizes[1:], acts)], seed=0, backend="reference")
     layers = _stack(model)
     p, g = model.params.copy(), np.zeros(model.size, np.float32)
-    states = tuple(np.zeros_like(p) for _ in _checks.OPTIMIZER_KERNELS[opt][0])
-    ws = k.empty(k.dense_stack_workspace(layers, batch, model.size))
+    states = tuple(np.zeros_like(p) for _ in spec.OPTIMIZERS[opt].states)
+    ws = k.empty(k.dense_stack_workspace(layers, batch))
     n_batches = -(-(len(X) if order is None else len(order)) // batch)
     step, mu, losses, correct = 0, 1.0, [], []
     for _ in range(epochs):
         bl, bc = np.zeros(n_batches), np.zeros(n_batches, np.int64)
-        done, step, mu = k.dense_stack_epoch(
-            p, g, states, ws, X, t, bl, bc, layers=layers, loss=loss, batch_size=batch,
+        done, step, mu = _epoch(k, p, g, states, ws, X, t, bl, bc, layers=layers, loss=loss, batch_size=batch,
             optimizer=opt, hyper=hyper, step=step, mu_product=mu, l2=l2,
             loss_scale=loss_scale, grad_scale=grad_scale, order=order)
         assert done == n_batches
@@ -64,7 +70,7 @@ def test_epoch_matches_reference(cpu_backend, loss, opt, hyper, rng):
     X = rng.normal(size=(n, 6)).astype(np.float32)
     t = rng.integers(0, 3, n) if loss == "softmax_xent" else rng.uniform(0, 1, (n, 3)).astype(np.float32)
     kw = dict(l2=0.05, loss_scale=0.5, grad_scale=2.0) if opt == "sgd" else {}
-    want = _run(reference, loss, opt, hyper, X, t, 8, **kw)
+    want = _run(REF, loss, opt, hyper, X, t, 8, **kw)
     got = _run(cpu_backend, loss, opt, hyper, X, t, 8, **kw)
     np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=2e-6)
     np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-6)
@@ -79,8 +85,8 @@ def test_epoch_on_cuda_matches_reference(rng):
         pytest.skip("cuda backend unavailable")
     X = rng.normal(size=(11, 6)).astype(np.float32)
     t = rng.integers(0, 3, 11)
-    want = _run(reference, "softmax_xent", "adam", OPTS[1][1], X, t, 4, epochs=1)
-    got = _run(cuda, "softmax_xent", "adam", OPTS[1][1], X, t, 4, epochs=1)
+    want = _run(REF, "softmax_xent", "adam", OPTS[1][1], X, t, 4, epochs=1)
+    got = _run(kernels.get("cuda"), "softmax_xent", "adam", OPTS[1][1], X, t, 4, epochs=1)
     np.testing.assert_allclose(got[1], want[1], rtol=1e-5)
 
 
@@ -91,8 +97,7 @@ def test_epoch_stops_at_a_non_finite_loss(cpu_backend, rng):
     model = fastnn.Sequential([fastnn.Dense(6, 3)], seed=0, backend="reference")
     p, g = model.params.copy(), np.zeros(model.size, np.float32)
     bl, bc = np.zeros(4), np.zeros(4, np.int64)
-    done, step, _ = cpu_backend.dense_stack_epoch(
-        p, g, (np.zeros_like(p),), np.empty(100, np.float32), X, t, bl, bc, layers=_stack(model),
+    done, step, _ = _epoch(cpu_backend, p, g, (np.zeros_like(p),), np.empty(100, np.float32), X, t, bl, bc, layers=_stack(model),
         loss="mse", batch_size=5, optimizer="adagrad", hyper=dict(lr=0.1), step=0)
     assert done == 3 and step == 2 and not np.isfinite(bl[2])
 
@@ -105,7 +110,7 @@ def test_epoch_bad_arguments(cpu_backend, rng):
     bl, bc = np.zeros(5), np.zeros(5, np.int64)
     ok = dict(layers=layers, loss="softmax_xent", batch_size=2, optimizer="sgd",
               hyper=dict(lr=0.1), step=0)
-    ws = np.empty(reference.dense_stack_workspace(layers, 2, model.size), np.float32)
+    ws = np.empty(REF.dense_stack_workspace(layers, 2), np.float32)
     cases = [
         (dict(ok, layers=[(4, 3, p.size - 5, -1, "relu", 0.0)]), "overrun"),
         (dict(ok, layers=[(4, 3, 0, 16, None, 0.0), (4, 2, 0, -1, None, 0.0)]), "takes 4 inputs"),
@@ -117,11 +122,11 @@ def test_epoch_bad_arguments(cpu_backend, rng):
     ]
     for kwargs, match in cases:
         with pytest.raises(ValueError, match=match):
-            cpu_backend.dense_stack_epoch(p, g, (None,), ws, X, t, bl, bc, **kwargs)
+            _epoch(cpu_backend, p, g, (None,), ws, X, t, bl, bc, **kwargs)
     with pytest.raises(ValueError, match="workspace: needs at least"):
-        cpu_backend.dense_stack_epoch(p, g, (None,), ws[:10], X, t, bl, bc, **ok)
-    with pytest.raises(ValueError, match=r"class labels must lie in \[0, 3\)"):
-        cpu_backend.dense_stack_epoch(p, g, (None,), ws, X, t + 1, bl, bc, **ok)
+        _epoch(cpu_backend, p, g, (None,), ws[:10], X, t, bl, bc, **ok)
+    with pytest.raises(ValueError, match=r"targets: must lie in \[0, 3\)"):
+        _epoch(cpu_backend, p, g, (None,), ws, X, t + 1, bl, bc, **ok)
 
 
 @pytest.mark.parametrize("backend_name", ["c", "numba"])
@@ -195,13 +200,13 @@ def test_c_epoch_split_over_threads_matches_reference(n, batch, opt, hyper, rng)
     X = rng.normal(size=(n, sizes[0])).astype(np.float32)
     t = rng.integers(0, 3, n)
     kw = dict(l2=0.05, loss_scale=0.5, grad_scale=2.0, sizes=sizes)
-    want = _run(reference, "softmax_xent", opt, hyper, X, t, batch, **kw)
+    want = _run(REF, "softmax_xent", opt, hyper, X, t, batch, **kw)
     before = c.info()["threads"]
     try:
         runs = []
         for threads in (1, 2):
             c.set_num_threads(threads)
-            runs.append(_run(c, "softmax_xent", opt, hyper, X, t, batch, **kw))
+            runs.append(_run(kernels.get("c"), "softmax_xent", opt, hyper, X, t, batch, **kw))
     finally:
         c.set_num_threads(before)
     one, got = runs
@@ -233,15 +238,15 @@ def test_epoch_updates_parameters_no_layer_owns(cpu_backend, threads, rng):
     X = rng.normal(size=(50, 40)).astype(np.float32)
     t = rng.integers(0, 4, 50)
     results = []
-    for k in (reference, cpu_backend):
+    for k in (REF, cpu_backend):
         p, g = p0.copy(), g0.copy()
         states = (np.zeros_like(p), np.zeros_like(p))
-        ws = k.empty(k.dense_stack_workspace(layers, 10, size))
+        ws = k.empty(k.dense_stack_workspace(layers, 10))
         bl, bc = np.zeros(5), np.zeros(5, np.int64)
         before = c.info()["threads"]
         try:
             c.set_num_threads(threads)
-            k.dense_stack_epoch(p, g, states, ws, X, t, bl, bc, layers=layers,
+            _epoch(k, p, g, states, ws, X, t, bl, bc, layers=layers,
                                 loss="softmax_xent", batch_size=10, optimizer="adam",
                                 hyper=dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8), step=0)
         finally:
@@ -259,8 +264,7 @@ def test_epoch_updates_parameters_no_layer_owns(cpu_backend, threads, rng):
 def test_epoch_refuses_overlapping_layers(cpu_backend, rng):
     layers = [(4, 3, 0, 12, "relu", 0.0), (3, 2, 14, -1, None, 0.0)]  # b0 [12, 15) meets W1
     with pytest.raises(ValueError, match=r"layers\[0\] bias and layers\[1\] weights overlap"):
-        cpu_backend.dense_stack_epoch(
-            np.zeros(20, np.float32), np.zeros(20, np.float32), (None,),
+        _epoch(cpu_backend, np.zeros(20, np.float32), np.zeros(20, np.float32), (None,),
             np.empty(1000, np.float32), rng.normal(size=(4, 4)), np.zeros(4, np.int64),
             np.zeros(2), np.zeros(2, np.int64), layers=layers, loss="softmax_xent",
             batch_size=2, optimizer="sgd", hyper=dict(lr=0.1), step=0)
@@ -284,7 +288,7 @@ def test_c_epoch_on_two_threads_is_deterministic(batch, rng):
     before = c.info()["threads"]
     try:
         c.set_num_threads(2)
-        runs = [_run(c, "softmax_xent", "adam", hyper, X, t, batch, **kw) for _ in range(80)]
+        runs = [_run(kernels.get("c"), "softmax_xent", "adam", hyper, X, t, batch, **kw) for _ in range(80)]
     finally:
         c.set_num_threads(before)
     for got in runs[1:]:
@@ -331,9 +335,9 @@ def test_epoch_in_a_given_order_equals_the_gathered_copy(cpu_backend, loss, thre
 @pytest.mark.parametrize("name", ["reference", "cuda"])
 def test_epoch_order_on_the_reference_and_cuda(name, rng):
     """The reference (the spec) and cuda gather the order's rows on the host."""
-    k = pytest.importorskip("fastnn.kernels." + name)
     if name == "cuda" and not kernels.available("cuda"):
         pytest.skip("no cuda (simulator) here")
+    k = kernels.get(name)
     got, want = _order_case(k, "mse", rng, (6, 9, 7, 3), n=10, keep=1, batch=4,
                             epochs=1)  # the simulator is slow
     np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-6)
@@ -345,7 +349,7 @@ def test_epoch_order_bad_arguments(cpu_backend, rng):
     layers = _stack(model)
     p, g = model.params.copy(), np.zeros(model.size, np.float32)
     X, t = rng.normal(size=(10, 4)), rng.integers(0, 3, 10)
-    ws = np.empty(cpu_backend.dense_stack_workspace(layers, 2, model.size), np.float32)
+    ws = np.empty(cpu_backend.dense_stack_workspace(layers, 2), np.float32)
     ok = dict(layers=layers, loss="softmax_xent", batch_size=2, optimizer="sgd",
               hyper=dict(lr=0.1), step=0)
     bl, bc = np.zeros(5), np.zeros(5, np.int64)
@@ -355,7 +359,7 @@ def test_epoch_order_bad_arguments(cpu_backend, rng):
                          (np.array([0.0, 1.0]), "1-D array of row indices"),
                          (np.zeros(0, np.int64), "1-D array of row indices")]:
         with pytest.raises(ValueError, match=match):
-            cpu_backend.dense_stack_epoch(p, g, (None,), ws, X, t, bl[:1], bc[:1], order=order,
+            _epoch(cpu_backend, p, g, (None,), ws, X, t, bl[:1], bc[:1], order=order,
                                           **ok)
     with pytest.raises(ValueError, match=r"batch_losses: expected shape \(2,\)"):
-        cpu_backend.dense_stack_epoch(p, g, (None,), ws, X, t, bl, bc, order=np.arange(3), **ok)
+        _epoch(cpu_backend, p, g, (None,), ws, X, t, bl, bc, order=np.arange(3), **ok)

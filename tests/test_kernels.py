@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from fastnn import kernels
-from fastnn.kernels import _checks
+from fastnn.kernels import _checks, spec
 
 ACTS = _checks.ACTIVATIONS
 
@@ -41,10 +41,12 @@ def close(got, want, rtol=1e-5, atol=1e-6):
 
 # ---- the API itself --------------------------------------------------------------
 
-def test_every_backend_has_the_reference_signatures(backend, ref):
-    for name in kernels.KERNELS:
-        assert hasattr(backend, name), f"{backend.__name__} lacks {name}"
-        assert inspect.signature(getattr(backend, name)) == inspect.signature(getattr(ref, name)), name
+def test_every_backend_has_the_specification_signatures(backend, ref):
+    for kernel in spec.KERNELS.values():
+        for k in (backend, ref):
+            assert inspect.signature(getattr(k, kernel.name)) == kernel.python_signature()
+    for name in spec.RUNTIME:
+        assert callable(getattr(backend, name)), f"{backend.__name__} lacks {name}"
 
 
 def test_header_functions_are_all_exposed():
@@ -167,8 +169,7 @@ def test_c_gemm_every_simd_path(ref, rng, path):
     """Each micro-kernel and packing routine the c backend can pick (forced
     here; the default is the best the CPU has), on shapes with full and
     ragged tiles, the in-place B of few-row products and all transposes."""
-    from fastnn.kernels import c
-
+    c = kernels.get("c")
     best = c.info()["simd"]
     try:
         c.set_simd_path(path)
@@ -429,7 +430,15 @@ def test_loss_bad_input(backend, rng):
 
 # ---- optimizers --------------------------------------------------------------------
 
-OPTIMIZER_CASES = [
+def _torch_defaults(name, **changes):
+    """An optimizer's hyperparameters at torch's defaults (from the spec)."""
+    return dict({h.name: h.default for h in spec.OPTIMIZERS[name].hyper}, **changes)
+
+
+# Every optimizer of the specification at torch's defaults (a new one is
+# tested without an edit here), then variants that reach its other branches.
+OPTIMIZER_CASES = [(name, o.states, _torch_defaults(name, lr=1e-2))
+                   for name, o in spec.OPTIMIZERS.items()] + [
     ("sgd", ("momentum_buf",), dict(lr=0.1)),
     ("sgd", ("momentum_buf",), dict(lr=0.05, momentum=0.9, weight_decay=0.01)),
     ("sgd", ("momentum_buf",), dict(lr=0.05, momentum=0.9, dampening=0.3)),
@@ -453,15 +462,14 @@ OPTIMIZER_CASES = [
 def _run_optimizer(mod, name, states, hp, params, grads_seq, dtype):
     p = params.astype(dtype)
     bufs = {s: np.zeros_like(p) for s in states}
+    o = spec.OPTIMIZERS[name]
     kwargs = dict(hp)
-    mu_product = 1.0
+    scalars = dict(o.scalars)
     for t, g in enumerate(grads_seq, start=1):
-        if name != "rmsprop":
+        if o.step:
             kwargs["step"] = t
-        if name == "nadam":
-            mu_product *= kernels.get("reference").nadam_mu(t, hp["beta1"], hp.get("momentum_decay", 4e-3))
-            kwargs["mu_product"] = mu_product
-        getattr(mod, name)(p, g.astype(dtype), *[bufs[s] for s in states], **kwargs)
+        scalars = spec.advance(name, scalars, t, dict(o.kernel_defaults(), **hp))
+        getattr(mod, name)(p, g.astype(dtype), *[bufs[s] for s in states], **kwargs, **scalars)
     return p, bufs
 
 
@@ -521,9 +529,9 @@ def test_arrays_round_trip(backend, rng):
 
 def test_cuda_device_arrays(rng):
     """The trainer's path on cuda: device arrays in, device arrays out."""
-    cuda = pytest.importorskip("fastnn.kernels.cuda") if kernels.available("cuda") else None
-    if cuda is None:
+    if not kernels.available("cuda"):
         pytest.skip("cuda backend unavailable")
+    cuda = kernels.get("cuda")
     A, B = f32(rng, 5, 3), f32(rng, 3, 4)
     dA, dB, dC = cuda.asarray(A), cuda.asarray(B), cuda.zeros((5, 4))
     cuda.gemm(dA, dB, dC)

@@ -1,52 +1,157 @@
-"""Kernel backends: one API, four implementations.
+"""Kernel backends: one API (``spec.KERNELS``), four implementations.
 
 ``reference`` (numpy, the oracle), ``c`` (C through cffi), ``numba`` (Numba on
-the CPU) and ``cuda`` (numba.cuda) expose the same functions with the same
-signatures; ``reference`` documents them.  Backends are imported lazily, so
+the CPU) and ``cuda`` (numba.cuda) implement the kernels of
+:mod:`fastnn.kernels.spec`; :func:`get` puts the specification's signatures
+and argument checks in front of them (see :class:`Backend`), and the
+reference's docstrings document them.  Backends are imported lazily, so
 importing fastnn compiles nothing.
 
 The default backend is ``c`` when its extension is built, else ``numba``; the
 ``FASTNN_BACKEND`` environment variable or :func:`set_backend` choose another.
 """
 
+import functools
 import importlib
 import os
+import types
+
+import numpy as np
+
+from . import _checks, spec
 
 BACKENDS = ("c", "numba", "cuda", "reference")
 
-# The kernel names every backend exposes (tests check signatures against
-# reference).
-KERNELS = (
-    "gemm", "dense_forward", "dense_backward",
-    "activation_forward", "activation_backward", "softmax_forward", "softmax_backward",
-    "softmax_xent_forward", "softmax_xent_backward", "bce_forward", "bce_backward",
-    "mse_forward", "mse_backward", "mae_forward", "mae_backward",
-    "sgd", "adam", "adamw", "rmsprop", "adagrad", "nadam", "adamax",
-    "sum_squares", "scale", "clip", "axpy", "dense_stack_epoch", "dense_stack_workspace",
-    "conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
-    "avgpool2d_forward", "avgpool2d_backward", "batchnorm_forward", "batchnorm_inference",
-    "batchnorm_backward",
-    "empty", "zeros", "asarray", "to_numpy", "info",
-)
+# The kernel names every backend exposes, in the specification's order.
+KERNELS = tuple(spec.KERNELS)
 
 _default = None
 _num_threads = None
+_fronts = {}
 
 
 def get(name=None):
-    """Return the backend module `name` (default: the current backend).
+    """The kernels of backend `name` (default: the current backend).
 
-    Raises ValueError for an unknown name and ImportError, with the reason,
-    for a backend that cannot be used on this machine.
+    Returns a :class:`Backend`: the specification's kernels, each checking
+    its arguments before the backend's implementation runs.  Raises
+    ValueError for an unknown name and ImportError, with the reason, for a
+    backend that cannot be used on this machine.
     """
     if name is None:
         name = get_backend()
     if name not in BACKENDS:
         raise ValueError(f"backend: unknown {name!r}; expected one of {', '.join(BACKENDS)}")
-    module = importlib.import_module(f"fastnn.kernels.{name}")
-    if _num_threads is not None and hasattr(module, "set_num_threads"):
-        module.set_num_threads(_num_threads)
-    return module
+    front = _fronts.get(name)
+    if front is None:
+        front = _fronts[name] = Backend(importlib.import_module(f"fastnn.kernels.{name}"))
+    if _num_threads is not None and hasattr(front.module, "set_num_threads"):
+        front.module.set_num_threads(_num_threads)
+    return front
+
+
+class Backend:
+    """One backend's kernels behind the specification's signatures.
+
+    For each kernel of :data:`spec.KERNELS` this object has a function with
+    the public signature that validates and converts its arguments once
+    (``_checks.prepare_<kernel>``, errors naming the argument) and then calls
+    the module's implementation with the normalised arguments in order.  A
+    module without an implementation of a kernel gets the reference's (for a
+    device backend, with its arrays staged through the host), so a backend
+    can be written one kernel at a time.  Other attributes (``info``,
+    ``empty``, ``zeros``, ``asarray``, ``to_numpy``, ``set_num_threads``,
+    ``warmup``, ...) are the module's own.
+    """
+
+    def __init__(self, module):
+        self.module = module
+        self.name = module.name
+        self.__name__ = module.__name__
+        self.impls = types.SimpleNamespace()
+        for kernel in spec.KERNELS.values():
+            impl = getattr(module, kernel.name, None)
+            if impl is None:
+                impl = _reference_impl(kernel, module)
+            setattr(self.impls, kernel.name, impl)
+            setattr(self, kernel.name, _front(kernel, impl, module))
+
+    def __getattr__(self, attr):
+        return getattr(self.module, attr)
+
+    def __repr__(self):
+        return f"<fastnn kernels {self.name!r}>"
+
+    def dense_stack_workspace(self, layers, batch_size):
+        """Floats of workspace ``dense_stack_epoch`` needs here: the
+        specification's layout (spec.epoch_layout) for the threads this
+        backend's epoch may use."""
+        threads = self.module.epoch_threads() if hasattr(self.module, "epoch_threads") else 1
+        return spec.epoch_workspace(layers, batch_size, threads)
+
+
+def _front(kernel, impl, module):
+    """The public function of `kernel`: prepare, then impl (source generated
+    from the specification, like dataclasses' __init__, so that the function
+    has the kernel's real signature and costs one call more than impl)."""
+    if kernel.name in spec.OPTIMIZERS:
+        prepare = functools.partial(_checks.prepare_optimizer, spec.OPTIMIZERS[kernel.name])
+    else:
+        prepare = getattr(_checks, f"prepare_{kernel.name}")
+    args = ", ".join(kernel.params)
+    dtype = module.DTYPE
+    if dtype is None:  # the reference computes in float64 when its outputs are float64
+        arrays = kernel.outputs or kernel.params[:1]
+        dt = f"_compute_dtype({', '.join(arrays)})"
+    else:
+        dt = "_dtype"
+    ret = {"value": "value", None: "None"}.get(kernel.returns, kernel.returns)
+    src = (f"def {kernel.name}({kernel.signature}):\n"
+           f"    value = _impl(*_prepare({args}, {dt}, _dev))\n"
+           f"    return {ret}\n")
+    namespace = {"_impl": impl, "_prepare": prepare, "_dtype": dtype,
+                 "_dev": getattr(module, "to_device", None), "_compute_dtype": _compute_dtype}
+    exec(compile(src, f"<fastnn.kernels front: {kernel.name}>", "exec"), namespace)  # noqa: S102
+    fn = namespace[kernel.name]
+    fn.__doc__ = getattr(_reference_module(), kernel.name).__doc__
+    fn.__qualname__ = f"{module.name}.{kernel.name}"
+    fn.__module__ = module.__name__
+    return fn
+
+
+def _compute_dtype(*arrays):
+    """float64 when any given array is float64 (the reference's gradient
+    checks), else float32; epoch structures by their params."""
+    for a in arrays:
+        a = getattr(a, "params", a)
+        if a is not None and getattr(a, "dtype", None) == np.float64:
+            return np.dtype(np.float64)
+    return np.dtype(np.float32)
+
+
+def _reference_module():
+    return importlib.import_module("fastnn.kernels.reference")
+
+
+def _reference_impl(kernel, module):
+    """The reference's implementation of `kernel` for `module`: as it is on
+    a host backend; on a device backend with every device array copied to
+    the host and the outputs copied back."""
+    impl = getattr(_reference_module(), kernel.name)
+    if not getattr(module, "DEVICE", False):
+        return impl
+    outputs = {i for i, p in enumerate(kernel.params) if p in kernel.outputs}
+
+    def staged(*args):
+        host = [module.to_numpy(a) if _checks._is_device(a) else a for a in args]
+        value = impl(*host)
+        for i in outputs:
+            if _checks._is_device(args[i]):
+                args[i].copy_to_device(host[i])
+        return value
+
+    staged.__name__ = kernel.name
+    return staged
 
 
 def available(name):
@@ -80,9 +185,9 @@ def set_backend(name):
 def set_num_threads(n):
     """Threads used by the C and Numba kernels (default: the available cores)."""
     global _num_threads
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n: expected an integer >= 1, got {n!r}")
-    _num_threads = n
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n < 2 ** 31:
+        raise ValueError(f"n: expected an integer in [1, 2**31), got {n!r}")
+    _num_threads = n = int(n)
     for name in ("c", "numba"):
         if available(name):  # get() applies _num_threads
             get(name)

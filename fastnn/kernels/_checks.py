@@ -17,28 +17,22 @@ Policy
 Arrays may be numpy arrays or, on the cuda backend, numba device arrays: the
 checks only use ``shape``, ``dtype``, contiguity and the data pointer from the
 array interface.
+
+Each ``prepare_<kernel>`` takes the kernel's public arguments (in the order
+of ``spec.KERNELS[kernel].params``), the backend's compute dtype and its
+host-to-device conversion (None on the host), and returns the same arguments
+normalised (see :mod:`fastnn.kernels.spec`): the front in
+``fastnn/kernels/__init__.py`` calls it once, then the backend's
+implementation with what it returns.
 """
 
-import functools
+import dataclasses
 import math
 
 import numpy as np
 
-# Order matches enum fastnn_activation in csrc/fastnn.h.
-ACTIVATIONS = ("identity", "step", "sign", "sigmoid", "tanh", "relu",
-               "leaky_relu", "softplus")
-_ACT_CODES = {name: i for i, name in enumerate(ACTIVATIONS)}
-
-
-def activation_code(activation):
-    """Map an activation name (or None for identity) to its C enum value."""
-    if activation is None:
-        return 0
-    try:
-        return _ACT_CODES[activation]
-    except (KeyError, TypeError):
-        raise ValueError(f"activation: unknown {activation!r}; expected one "
-                         f"of {', '.join(ACTIVATIONS)}") from None
+from . import spec
+from .spec import ACTIVATIONS, activation_code  # noqa: F401 - re-exported for the layers
 
 
 def _pointer(x):
@@ -112,13 +106,18 @@ def as_input(name, x, dtype, ndim=None, shape=None, to_device=None):
     return to_device(x) if to_device is not None else x
 
 
-def as_labels(name, labels, n, to_device=None):
-    """Integer class labels of shape (n,), converted to C-contiguous int32."""
+def as_labels(name, labels, n, classes, to_device=None):
+    """Integer class labels of shape (n,) in [0, classes), as C-contiguous
+    int32.  The range is checked before the narrowing cast, so 2**32 + 1 is
+    refused rather than read as 1.  (Device labels are the caller's.)"""
     labels = as_input(name, labels, np.int32 if _is_device(labels) else np.asarray(labels).dtype,
                       ndim=1, shape=(n,))
     if not _is_device(labels):
         if np.dtype(labels.dtype).kind not in "iu":
             raise TypeError(f"{name}: expected integer class labels, got dtype {labels.dtype}")
+        lo, hi = labels.min(), labels.max()
+        if lo < 0 or hi >= classes:
+            raise ValueError(f"{name}: must lie in [0, {classes}), got values in [{lo}, {hi}]")
         labels = np.ascontiguousarray(labels, dtype=np.int32)
         if to_device is not None:
             labels = to_device(labels)
@@ -192,9 +191,9 @@ def check_step(step):
 
 # ---------------------------------------------------------------------------
 # One preparation function per kernel.  Each validates every argument of the
-# kernel of the same name, converts inputs, and returns what the backends need.
-# `dtype` is the backend's compute dtype; `dev` converts host inputs to device
-# arrays (cuda backend) and is None elsewhere.
+# kernel of the same name, converts inputs, and returns the kernel's
+# arguments normalised, in order.  `dtype` is the backend's compute dtype;
+# `dev` converts host inputs to device arrays (cuda backend), None elsewhere.
 
 def prepare_gemm(A, B, C, trans_a, trans_b, alpha, beta, dtype, dev=None):
     A = as_input("A", A, dtype, ndim=2, to_device=dev)
@@ -208,7 +207,8 @@ def prepare_gemm(A, B, C, trans_a, trans_b, alpha, beta, dtype, dev=None):
         raise ValueError(f"gemm: every dimension must be >= 1, got m={m}, n={n}, k={k}")
     check_output("C", C, dtype, (m, n))
     check_no_alias("C", C, {"A": A, "B": B})
-    return A, B, m, n, k, check_scalar("alpha", alpha), check_scalar("beta", beta)
+    return (A, B, C, bool(trans_a), bool(trans_b), check_scalar("alpha", alpha),
+            check_scalar("beta", beta))
 
 
 def _dense_dims(X, W, dtype, dev):
@@ -222,14 +222,24 @@ def _dense_dims(X, W, dtype, dev):
     return X, W, n, fan_in, fan_out
 
 
+def _activation(activation, negative_slope):
+    return activation_code(activation), check_scalar("negative_slope", negative_slope, low=0.0)
+
+
 def prepare_dense_forward(Y, X, W, b, activation, negative_slope, dtype, dev=None):
     X, W, n, fan_in, fan_out = _dense_dims(X, W, dtype, dev)
     if b is not None:
         b = as_input("b", b, dtype, ndim=1, shape=(fan_out,), to_device=dev)
     check_output("Y", Y, dtype, (n, fan_out))
     check_no_alias("Y", Y, {"X": X, "W": W, "b": b})
-    return (X, W, b, n, fan_in, fan_out, activation_code(activation),
-            check_scalar("negative_slope", negative_slope, low=0.0))
+    return (Y, X, W, b, *_activation(activation, negative_slope))
+
+
+def _in_place_input(out_name, out, in_name, x, dtype, dev, **shape):
+    """Input x, which may be the output `out` itself (in place)."""
+    if out is x or (hasattr(x, "shape") and same_array(out, x)):
+        return out
+    return as_input(in_name, x, dtype, to_device=dev, **shape)
 
 
 def prepare_dense_backward(dX, dW, db, dZ, dY, X, W, Y, activation, negative_slope,
@@ -237,10 +247,7 @@ def prepare_dense_backward(dX, dW, db, dZ, dY, X, W, Y, activation, negative_slo
     X, W, n, fan_in, fan_out = _dense_dims(X, W, dtype, dev)
     Y = as_input("Y", Y, dtype, ndim=2, shape=(n, fan_out), to_device=dev)
     check_output("dZ", dZ, dtype, (n, fan_out))
-    if dZ is dY or (hasattr(dY, "shape") and same_array(dZ, dY)):
-        dY = dZ
-    else:
-        dY = as_input("dY", dY, dtype, ndim=2, shape=(n, fan_out), to_device=dev)
+    dY = _in_place_input("dZ", dZ, "dY", dY, dtype, dev, ndim=2, shape=(n, fan_out))
     check_no_alias("dZ", dZ, {"dY": dY, "X": X, "W": W, "Y": Y}, inplace_ok=("dY",))
     check_output("dW", dW, dtype, (fan_in, fan_out))
     inputs = {"dY": dY, "X": X, "W": W, "Y": Y, "dZ": dZ}
@@ -251,14 +258,13 @@ def prepare_dense_backward(dX, dW, db, dZ, dY, X, W, Y, activation, negative_slo
     if dX is not None:
         check_output("dX", dX, dtype, (n, fan_in))
         check_no_alias("dX", dX, dict(inputs, dW=dW, db=db))
-    return (dY, X, W, Y, n, fan_in, fan_out, activation_code(activation),
-            check_scalar("negative_slope", negative_slope, low=0.0))
+    return (dX, dW, db, dZ, dY, X, W, Y, *_activation(activation, negative_slope))
 
 
-def _elementwise_out(out_name, out, in_name, x, dtype, dev, inplace=True, shape=None):
+def _elementwise_out(out_name, out, in_name, x, dtype, dev, shape=None):
     """An output with the shape of input x (or `shape`); out may be x itself."""
-    if inplace and (out is x or (hasattr(x, "shape") and out is not None
-                                 and hasattr(out, "shape") and same_array(out, x))):
+    if out is x or (hasattr(x, "shape") and out is not None
+                    and hasattr(out, "shape") and same_array(out, x)):
         check_output(out_name, out, dtype, tuple(out.shape))
         return out
     x = as_input(in_name, x, dtype, to_device=dev)
@@ -269,15 +275,14 @@ def _elementwise_out(out_name, out, in_name, x, dtype, dev, inplace=True, shape=
 
 def prepare_activation_forward(Y, X, activation, negative_slope, dtype, dev=None):
     X = _elementwise_out("Y", Y, "X", X, dtype, dev)
-    return X, activation_code(activation), check_scalar("negative_slope", negative_slope, low=0.0)
+    return (Y, X, *_activation(activation, negative_slope))
 
 
 def prepare_activation_backward(dX, dY, Y, activation, negative_slope, dtype, dev=None):
     dY = _elementwise_out("dX", dX, "dY", dY, dtype, dev)
     Y = as_input("Y", Y, dtype, shape=tuple(dY.shape), ndim=len(dY.shape), to_device=dev)
     check_no_alias("dX", dX, {"Y": Y})
-    return dY, Y, activation_code(activation), check_scalar("negative_slope", negative_slope,
-                                                            low=0.0)
+    return (dX, dY, Y, *_activation(activation, negative_slope))
 
 
 def _rows(name, x):
@@ -289,7 +294,8 @@ def _rows(name, x):
 
 def prepare_softmax_forward(Y, X, dtype, dev=None):
     X = _elementwise_out("Y", Y, "X", X, dtype, dev)
-    return (X,) + _rows("X", X)
+    _rows("X", X)
+    return Y, X
 
 
 def prepare_softmax_backward(dX, dY, Y, dtype, dev=None):
@@ -297,49 +303,53 @@ def prepare_softmax_backward(dX, dY, Y, dtype, dev=None):
     n, c = _rows("dY", dY)
     Y = as_input("Y", Y, dtype, ndim=2, shape=(n, c), to_device=dev)
     check_no_alias("dX", dX, {"Y": Y})
-    return dY, Y, n, c
+    return dX, dY, Y
 
 
 def prepare_softmax_xent_forward(P, Z, labels, dtype, dev=None):
     Z = as_input("Z", Z, dtype, ndim=2, to_device=dev)
     n, c = _rows("Z", Z)
-    labels = as_labels("labels", labels, n, to_device=dev)
-    if not _is_device(labels) and (labels.min() < 0 or labels.max() >= c):
-        raise ValueError(f"labels: must lie in [0, {c}), got values in "
-                         f"[{labels.min()}, {labels.max()}]")
+    labels = as_labels("labels", labels, n, c, to_device=dev)
     check_output("P", P, dtype, (n, c))
     check_no_alias("P", P, {"Z": Z, "labels": labels})
-    return Z, labels, n, c
+    return P, Z, labels
 
 
 def prepare_softmax_xent_backward(dZ, P, labels, dtype, dev=None):
     P = _elementwise_out("dZ", dZ, "P", P, dtype, dev)
     n, c = _rows("P", P)
-    labels = as_labels("labels", labels, n, to_device=dev)
-    if not _is_device(labels) and (labels.min() < 0 or labels.max() >= c):
-        raise ValueError(f"labels: must lie in [0, {c}), got values in "
-                         f"[{labels.min()}, {labels.max()}]")
+    labels = as_labels("labels", labels, n, c, to_device=dev)
     check_no_alias("dZ", dZ, {"labels": labels})
-    return P, labels, n, c
+    return dZ, P, labels
 
 
-def prepare_pointwise_loss(Y, T, dtype, dev=None, y_name="Y"):
-    """Forward of bce/mse/mae: Y and T of the same non-empty shape."""
-    Y = as_input(y_name, Y, dtype, to_device=dev)
-    T = as_input("T", T, dtype, ndim=len(Y.shape), shape=tuple(Y.shape), to_device=dev)
-    if _nbytes(Y) == 0:
-        raise ValueError(f"{y_name}: must not be empty")
-    return Y, T
+def _pointwise_loss(y_name):
+    """Forward of bce/mse/mae: Y (Z for bce) and T of the same non-empty shape."""
+    def prepare(Y, T, dtype, dev=None):
+        Y = as_input(y_name, Y, dtype, to_device=dev)
+        T = as_input("T", T, dtype, ndim=len(Y.shape), shape=tuple(Y.shape), to_device=dev)
+        if _nbytes(Y) == 0:
+            raise ValueError(f"{y_name}: must not be empty")
+        return Y, T
+    return prepare
 
 
-def prepare_pointwise_loss_backward(dY, Y, T, dtype, dev=None, y_name="Y"):
+def _pointwise_loss_backward(y_name):
     """Backward of bce/mse/mae: dY has Y's shape and may be Y itself."""
-    Y = _elementwise_out("d" + y_name, dY, y_name, Y, dtype, dev)
-    T = as_input("T", T, dtype, ndim=len(Y.shape), shape=tuple(Y.shape), to_device=dev)
-    if _nbytes(Y) == 0:
-        raise ValueError(f"{y_name}: must not be empty")
-    check_no_alias("d" + y_name, dY, {"T": T})
-    return Y, T
+    def prepare(dY, Y, T, dtype, dev=None):
+        Y = _elementwise_out("d" + y_name, dY, y_name, Y, dtype, dev)
+        T = as_input("T", T, dtype, ndim=len(Y.shape), shape=tuple(Y.shape), to_device=dev)
+        if _nbytes(Y) == 0:
+            raise ValueError(f"{y_name}: must not be empty")
+        check_no_alias("d" + y_name, dY, {"T": T})
+        return dY, Y, T
+    return prepare
+
+
+prepare_bce_forward = _pointwise_loss("Z")
+prepare_bce_backward = _pointwise_loss_backward("Z")
+prepare_mse_forward = prepare_mae_forward = _pointwise_loss("Y")
+prepare_mse_backward = prepare_mae_backward = _pointwise_loss_backward("Y")
 
 
 def prepare_update(params, grads, states, dtype, dev=None):
@@ -360,35 +370,39 @@ def prepare_update(params, grads, states, dtype, dev=None):
         check_output(name, buf, dtype, (size,))
         check_no_alias(name, buf, dict(seen, grads=grads))
         seen[name] = buf
-    return grads, size
+    return grads
 
 
-def prepare_sgd(params, grads, momentum_buf, step, momentum, dtype, dev=None):
-    """sgd: prepare_update, the step, and the buffer momentum needs."""
-    grads, size = prepare_update(params, grads, {"momentum_buf": momentum_buf}, dtype, dev)
-    if momentum != 0.0 and momentum_buf is None:
-        raise ValueError("momentum_buf: required when momentum != 0")
-    return grads, size, check_step(step)
+def check_hyper(opt, hyper):
+    """Every hyperparameter of optimizer `opt` (a spec.OptimizerSpec) within
+    its range, flags as bools; returns them normalised."""
+    out = {}
+    for h in opt.hyper:
+        value = hyper[h.name]
+        out[h.name] = (bool(value) if h.flag else
+                       check_scalar(h.name, value, h.low, h.high, h.low_open))
+    return out
 
 
-def prepare_rmsprop(params, grads, square_avg, momentum_buf, grad_avg, momentum, centered,
-                    dtype, dev=None):
-    """rmsprop: prepare_update and the buffers momentum and centered need."""
-    grads, size = prepare_update(params, grads, {"square_avg": square_avg,
-                                                 "momentum_buf": momentum_buf,
-                                                 "grad_avg": grad_avg}, dtype, dev)
-    if momentum != 0.0 and momentum_buf is None:
-        raise ValueError("momentum_buf: required when momentum != 0")
-    if centered and grad_avg is None:
-        raise ValueError("grad_avg: required when centered")
-    return grads, size
-
-
-def prepare_axpy(y, x, dtype, dev=None):
-    prepare_flat("y", y, dtype)
-    x = as_input("x", x, dtype, ndim=1, shape=tuple(y.shape), to_device=dev)
-    check_no_alias("y", y, {"x": x})
-    return x
+def prepare_optimizer(opt, *args):
+    """Any optimizer update: (params, grads, *states, [step], *hyper,
+    *scalars, dtype, dev) in spec order; a state may be None only where its
+    hyperparameter is zero."""
+    *args, dtype, dev = args
+    n_states = len(opt.states)
+    params, grads, states = args[0], args[1], dict(zip(opt.states, args[2:2 + n_states]))
+    rest = args[2 + n_states:]
+    step = [check_step(rest[0])] if opt.step else []
+    rest = rest[len(step):]
+    hyper = check_hyper(opt, dict(zip(opt.hyper_names, rest)))
+    scalars = [check_scalar(name, v) for name, v in zip(opt.scalars, rest[len(opt.hyper):])]
+    grads = prepare_update(params, grads, states, dtype, dev)
+    for name, buf in states.items():
+        needed_by = opt.optional.get(name)
+        if buf is None and (needed_by is None or hyper[needed_by]):
+            raise ValueError(f"{name}: required" + (f" when {needed_by} != 0" if needed_by
+                                                     else ""))
+    return (params, grads, *states.values(), *step, *hyper.values(), *scalars)
 
 
 def prepare_flat(name, x, dtype):
@@ -397,58 +411,37 @@ def prepare_flat(name, x, dtype):
     return check_output(name, x, dtype, tuple(x.shape))
 
 
-_LOSS_KERNELS = ("softmax_xent", "bce", "mse", "mae")
-# each optimizer kernel's state buffers, in argument order, and its hyperparameters
-OPTIMIZER_KERNELS = {
-    "sgd": (("momentum_buf",), ("lr", "momentum", "dampening", "nesterov", "weight_decay")),
-    "adam": (("m", "v"), ("lr", "beta1", "beta2", "eps", "weight_decay")),
-    "adamw": (("m", "v"), ("lr", "beta1", "beta2", "eps", "weight_decay")),
-    "rmsprop": (("square_avg", "momentum_buf", "grad_avg"),
-                ("lr", "alpha", "eps", "weight_decay", "momentum", "centered")),
-    "adagrad": (("sum_sq",), ("lr", "lr_decay", "weight_decay", "eps")),
-    "nadam": (("m", "v"), ("lr", "beta1", "beta2", "eps", "weight_decay", "momentum_decay")),
-    "adamax": (("m", "u"), ("lr", "beta1", "beta2", "eps", "weight_decay")),
-}
+def prepare_sum_squares(x, dtype, dev=None):
+    return (as_input("x", x, dtype, ndim=1, to_device=dev),)
 
 
-def prepare_dense_stack_epoch(params, grads, states, workspace, X, targets, batch_losses,
-                              batch_correct, layers, loss, batch_size, optimizer, hyper, step,
-                              l2, loss_scale, grad_scale, dtype, dev=None, workspace_need=None,
-                              order=None):
-    """Checks of dense_stack_epoch; returns X, targets, the layers as tuples
-    (in, out, w_offset, b_offset, activation name, slope), the batch count,
-    the hyperparameters with the kernel's defaults filled in and order (a
-    host int64 array, or None).
-    ``workspace_need(layers, batch_size)``: the backend's workspace size when
-    it differs from the reference's layout."""
-    if optimizer not in OPTIMIZER_KERNELS:
-        raise ValueError(f"optimizer: unknown {optimizer!r}; expected one of "
-                         f"{', '.join(OPTIMIZER_KERNELS)}")
-    state_names, hyper_names = OPTIMIZER_KERNELS[optimizer]
-    states = tuple(states)
-    if len(states) != len(state_names):
-        raise ValueError(f"states: {optimizer} takes {len(state_names)} state buffers "
-                         f"({', '.join(state_names)}), got {len(states)}")
-    unknown = set(hyper) - set(hyper_names)
-    if unknown:
-        raise ValueError(f"hyper: {optimizer} takes no {', '.join(sorted(unknown))}")
-    hyper = dict(_kernel_defaults(optimizer), **hyper)
-    missing = [name for name in hyper_names if name not in hyper]
-    if missing:
-        raise ValueError(f"hyper: {optimizer} needs {', '.join(missing)}")
-    grads_in, size = prepare_update(params, grads, dict(zip(state_names, states)), dtype, dev)
-    if grads_in is not grads and not same_array(grads_in, grads):
-        raise TypeError("grads: must be a C-contiguous float32 buffer (it is overwritten)")
-    check_output("grads", grads, dtype, (size,))
-    if loss not in _LOSS_KERNELS:
-        raise ValueError(f"loss: unknown {loss!r}; expected one of {', '.join(_LOSS_KERNELS)}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-            or batch_size < 1:
-        raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
-    check_step(step + 1)
-    check_scalar("l2", l2, low=0.0)
-    check_scalar("loss_scale", loss_scale)
-    check_scalar("grad_scale", grad_scale)
+def prepare_scale(x, s, dtype, dev=None):
+    return prepare_flat("x", x, dtype), check_scalar("s", s)
+
+
+def prepare_clip(x, lo, hi, dtype, dev=None):
+    lo, hi = check_scalar("lo", lo), check_scalar("hi", hi)
+    if lo > hi:
+        raise ValueError(f"lo: must be <= hi, got lo={lo}, hi={hi}")
+    return prepare_flat("x", x, dtype), lo, hi
+
+
+def prepare_axpy(y, x, alpha, dtype, dev=None):
+    prepare_flat("y", y, dtype)
+    x = as_input("x", x, dtype, ndim=1, shape=tuple(y.shape), to_device=dev)
+    check_no_alias("y", y, {"x": x})
+    return y, x, check_scalar("alpha", alpha)
+
+
+def _integer(name, value, low):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def _dense_layers(layers, size):
+    """The layers of an epoch as spec.DenseLayer with activation codes,
+    chained, inside a params buffer of `size` floats and not overlapping."""
     norm = []
     if len(layers) == 0:
         raise ValueError("layers: at least one dense layer")
@@ -461,34 +454,73 @@ def prepare_dense_stack_epoch(params, grads, states, workspace, X, targets, batc
         fan_in, fan_out, w_off, b_off = (int(v) for v in (fan_in, fan_out, w_off, b_off))
         if fan_in < 1 or fan_out < 1:
             raise ValueError(f"layers[{i}]: sizes must be >= 1, got in={fan_in}, out={fan_out}")
-        if i > 0 and fan_in != norm[-1][1]:
+        if i > 0 and fan_in != norm[-1].fan_out:
             raise ValueError(f"layers[{i}]: takes {fan_in} inputs but layers[{i - 1}] gives "
-                             f"{norm[-1][1]}")
+                             f"{norm[-1].fan_out}")
         if not 0 <= w_off <= size - fan_in * fan_out:
             raise ValueError(f"layers[{i}]: weights at {w_off} overrun the {size}-float buffer")
         if b_off != -1 and not 0 <= b_off <= size - fan_out:
             raise ValueError(f"layers[{i}]: bias at {b_off} overruns the {size}-float buffer")
-        activation_code(act)
-        norm.append((fan_in, fan_out, w_off, b_off, "identity" if act is None else act,
-                     check_scalar("negative_slope", slope, low=0.0)))
-    ranges = sorted([(w, w + fi * fo, f"layers[{i}] weights")
-                     for i, (fi, fo, w, _, _, _) in enumerate(norm)]
-                    + [(b, b + fo, f"layers[{i}] bias")
-                       for i, (_, fo, _, b, _, _) in enumerate(norm) if b != -1])
+        norm.append(spec.DenseLayer(fan_in, fan_out, w_off, b_off, *_activation(act, slope)))
+    ranges = sorted([(L.w_offset, L.w_offset + L.fan_in * L.fan_out, f"layers[{i}] weights")
+                     for i, L in enumerate(norm)]
+                    + [(L.b_offset, L.b_offset + L.fan_out, f"layers[{i}] bias")
+                       for i, L in enumerate(norm) if L.b_offset != -1])
     for (_, end, first), (start, _, second) in zip(ranges, ranges[1:]):
         if start < end:
             raise ValueError(f"layers: {first} and {second} overlap in params")
-    X = as_input("X", X, dtype, ndim=2, shape=(None, norm[0][0]), to_device=dev)
+    return tuple(norm)
+
+
+def prepare_dense_stack_epoch(epoch, dtype, dev=None):
+    """Checks of dense_stack_epoch; returns a validated copy of the
+    spec.Epoch: layers as spec.DenseLayer with activation codes, hyper with
+    every hyperparameter of the optimizer, targets and order converted."""
+    if not isinstance(epoch, spec.Epoch):
+        raise TypeError(f"epoch: expected a fastnn.kernels.spec.Epoch, got "
+                        f"{type(epoch).__name__}")
+    e = epoch
+    opt = spec.OPTIMIZERS.get(e.optimizer) if isinstance(e.optimizer, str) else None
+    if opt is None:
+        raise ValueError(f"optimizer: unknown {e.optimizer!r}; expected one of "
+                         f"{', '.join(spec.OPTIMIZERS)}")
+    states = tuple(e.states)
+    if len(states) != len(opt.states):
+        raise ValueError(f"states: {opt.name} takes {len(opt.states)} state buffers "
+                         f"({', '.join(opt.states)}), got {len(states)}")
+    unknown = set(e.hyper) - set(opt.hyper_names)
+    if unknown:
+        raise ValueError(f"hyper: {opt.name} takes no {', '.join(sorted(unknown))}")
+    hyper = dict(opt.kernel_defaults(), **e.hyper)
+    missing = [name for name in opt.hyper_names if name not in hyper]
+    if missing:
+        raise ValueError(f"hyper: {opt.name} needs {', '.join(missing)}")
+    hyper = check_hyper(opt, hyper)
+    grads_in = prepare_update(e.params, e.grads, dict(zip(opt.states, states)), dtype, dev)
+    if grads_in is not e.grads and not same_array(grads_in, e.grads):
+        raise TypeError("grads: must be a C-contiguous float32 buffer (it is overwritten)")
+    size = e.params.shape[0]
+    check_output("grads", e.grads, dtype, (size,))
+    for name, buf in zip(opt.states, states):
+        needed_by = opt.optional.get(name)
+        if buf is None and (needed_by is None or hyper[needed_by]):
+            raise ValueError(f"{name}: required" + (f" when {needed_by} != 0" if needed_by
+                                                     else ""))
+    if e.loss not in spec.LOSSES:
+        raise ValueError(f"loss: unknown {e.loss!r}; expected one of {', '.join(spec.LOSSES)}")
+    batch_size = _integer("batch_size", e.batch_size, 1)
+    step = _integer("step", e.step, 0)
+    layers = _dense_layers(e.layers, size)
+    X = as_input("X", e.X, dtype, ndim=2, shape=(None, layers[0].fan_in), to_device=dev)
     n = X.shape[0]
     if n == 0:
         raise ValueError("X: no samples")
-    if loss == "softmax_xent":
-        targets = as_labels("targets", targets, n, to_device=dev)
-        if not _is_device(targets) and (targets.min() < 0 or targets.max() >= norm[-1][1]):
-            raise ValueError(f"targets: class labels must lie in [0, {norm[-1][1]})")
+    if e.loss == "softmax_xent":
+        targets = as_labels("targets", e.targets, n, layers[-1].fan_out, to_device=dev)
     else:
-        targets = as_input("targets", targets, dtype, ndim=2, shape=(n, norm[-1][1]),
+        targets = as_input("targets", e.targets, dtype, ndim=2, shape=(n, layers[-1].fan_out),
                            to_device=dev)
+    order = e.order
     if order is not None:
         order = np.asarray(order)
         if order.ndim != 1 or order.dtype.kind not in "iu" or order.size == 0:
@@ -497,46 +529,45 @@ def prepare_dense_stack_epoch(params, grads, states, workspace, X, targets, batc
         if order.min() < 0 or order.max() >= n:
             raise ValueError(f"order: row indices must lie in [0, {n})")
         order = np.ascontiguousarray(order, dtype=np.int64)
-    n_batches = -(-(n if order is None else order.size) // batch_size)
-    if workspace_need is None:
-        widest = max(max(layer[0], layer[1]) for layer in norm)
-        need = batch_size * (sum(layer[1] for layer in norm) + 2 * widest)
-    else:
-        need = workspace_need(norm, batch_size)
-    if workspace is None or len(getattr(workspace, "shape", ())) != 1 or workspace.shape[0] < need:
+    e = dataclasses.replace(
+        e, states=states, X=X, targets=targets, layers=layers, batch_size=batch_size,
+        hyper=hyper, step=step, order=order, l2=check_scalar("l2", e.l2, low=0.0),
+        loss_scale=check_scalar("loss_scale", e.loss_scale),
+        grad_scale=check_scalar("grad_scale", e.grad_scale),
+        mu_product=check_scalar("mu_product", e.mu_product))
+    need = spec.epoch_workspace(layers, batch_size)
+    ws = e.workspace
+    if ws is None or len(getattr(ws, "shape", ())) != 1 or ws.shape[0] < need:
         raise ValueError(f"workspace: needs at least {need} floats "
                          f"(dense_stack_workspace), got "
-                         f"{None if workspace is None else tuple(workspace.shape)}")
-    check_output("workspace", workspace, dtype, tuple(workspace.shape))
-    check_output("batch_losses", batch_losses, np.float64, (n_batches,))
-    check_output("batch_correct", batch_correct, np.int64, (n_batches,))
-    for name, arr in (("workspace", workspace), ("params", params), ("grads", grads)):
-        check_no_alias(name, arr, {"X": X, "targets": targets})
-    check_no_alias("workspace", workspace, {"params": params, "grads": grads,
-                                            **dict(zip(state_names, states))})
-    for name in hyper_names:
-        if name in hyper and name not in ("nesterov", "centered"):
-            check_scalar(name, hyper[name])
-    return X, targets, norm, n_batches, hyper, order
-
-
-@functools.lru_cache(maxsize=None)
-def _kernel_defaults(optimizer):
-    """The keyword defaults of an optimizer kernel, read from the reference."""
-    import inspect
-
-    from . import reference
-
-    return {name: p.default for name, p in
-            inspect.signature(getattr(reference, optimizer)).parameters.items()
-            if p.kind is p.KEYWORD_ONLY and p.default is not p.empty and name != "step"}
+                         f"{None if ws is None else tuple(ws.shape)}")
+    check_output("workspace", ws, dtype, tuple(ws.shape))
+    outs = {"batch_losses": check_output("batch_losses", e.batch_losses, np.float64,
+                                         (e.n_batches,)),
+            "batch_correct": check_output("batch_correct", e.batch_correct, np.int64,
+                                          (e.n_batches,))}
+    inputs = {"X": X, "targets": targets}
+    if order is not None:
+        inputs["order"] = order
+    buffers = {"params": e.params, "grads": e.grads, **dict(zip(opt.states, states))}
+    for name, arr in {"workspace": ws, **outs, **buffers}.items():
+        check_no_alias(name, arr, inputs)
+    check_no_alias("workspace", ws, dict(buffers, **outs))
+    for name, arr in outs.items():
+        check_no_alias(name, arr, buffers)
+    check_no_alias("batch_losses", outs["batch_losses"],
+                   {"batch_correct": outs["batch_correct"]})
+    return (e,)
 
 
 # ---- convolution, pooling, batch normalisation (channels-last) ----------------------
 
 def _pair(name, value, low):
     """An int or a pair of ints, each >= low, as a tuple (h, w)."""
-    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+    try:
+        pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+    except TypeError:
+        pair = ()
     if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer))
                              or v < low for v in pair):
         raise ValueError(f"{name}: expected an integer >= {low} or a pair of them, got {value!r}")
@@ -549,6 +580,7 @@ def conv_output_size(size, kernel, stride, padding):
 
 
 def _conv_geometry(X, kh, kw, stride, padding):
+    """(stride, padding) pairs of a window (kh, kw) over images X."""
     n, h, w, c = X.shape
     sh, sw = _pair("stride", stride, 1)
     ph, pw = _pair("padding", padding, 0)
@@ -558,7 +590,7 @@ def _conv_geometry(X, kh, kw, stride, padding):
     if oh < 1 or ow < 1:
         raise ValueError(f"X: input ({h}, {w}) is smaller than the window ({kh}, {kw}) "
                          f"with padding ({ph}, {pw})")
-    return n, h, w, c, oh, ow, sh, sw, ph, pw
+    return (sh, sw), (ph, pw), oh, ow
 
 
 def _image(name, X, dtype, dev):
@@ -569,37 +601,39 @@ def _image(name, X, dtype, dev):
     return X
 
 
+def _conv_weights(X, W, dtype, dev):
+    W = as_input("W", W, dtype, ndim=4, shape=(None, None, X.shape[3], None), to_device=dev)
+    if 0 in W.shape:
+        raise ValueError(f"W: expected a non-empty (KH, KW, C, OC) array, got {_shape_str(W.shape)}")
+    return W
+
+
 def prepare_conv2d_forward(Y, X, W, b, cols, stride, padding, activation, negative_slope,
                            dtype, dev=None):
     X = _image("X", X, dtype, dev)
-    W = as_input("W", W, dtype, ndim=4, shape=(None, None, X.shape[3], None), to_device=dev)
+    W = _conv_weights(X, W, dtype, dev)
     kh, kw, c, oc = W.shape
-    if 0 in W.shape:
-        raise ValueError(f"W: expected a non-empty (KH, KW, C, OC) array, got {_shape_str(W.shape)}")
-    n, h, w, c, oh, ow, sh, sw, ph, pw = _conv_geometry(X, kh, kw, stride, padding)
+    stride, padding, oh, ow = _conv_geometry(X, kh, kw, stride, padding)
+    n = X.shape[0]
     if b is not None:
         b = as_input("b", b, dtype, ndim=1, shape=(oc,), to_device=dev)
     check_output("Y", Y, dtype, (n, oh, ow, oc))
     check_output("cols", cols, dtype, (n * oh * ow, kh * kw * c))
     check_no_alias("Y", Y, {"X": X, "W": W, "b": b})
     check_no_alias("cols", cols, {"X": X, "W": W, "b": b, "Y": Y})
-    geom = (n, h, w, c, oh, ow, oc, kh, kw, sh, sw, ph, pw)
-    return (X, W, b, geom, activation_code(activation),
-            check_scalar("negative_slope", negative_slope, low=0.0))
+    return (Y, X, W, b, cols, stride, padding, *_activation(activation, negative_slope))
 
 
 def prepare_conv2d_backward(dX, dW, db, dZ, dY, X, W, Y, cols, stride, padding, activation,
                             negative_slope, dtype, dev=None):
     X = _image("X", X, dtype, dev)
-    W = as_input("W", W, dtype, ndim=4, shape=(None, None, X.shape[3], None), to_device=dev)
+    W = _conv_weights(X, W, dtype, dev)
     kh, kw, c, oc = W.shape
-    n, h, w, c, oh, ow, sh, sw, ph, pw = _conv_geometry(X, kh, kw, stride, padding)
+    stride, padding, oh, ow = _conv_geometry(X, kh, kw, stride, padding)
+    n, h, w = X.shape[:3]
     Y = as_input("Y", Y, dtype, ndim=4, shape=(n, oh, ow, oc), to_device=dev)
     check_output("dZ", dZ, dtype, (n, oh, ow, oc))
-    if dZ is dY or (hasattr(dY, "shape") and same_array(dZ, dY)):
-        dY = dZ
-    else:
-        dY = as_input("dY", dY, dtype, ndim=4, shape=(n, oh, ow, oc), to_device=dev)
+    dY = _in_place_input("dZ", dZ, "dY", dY, dtype, dev, ndim=4, shape=(n, oh, ow, oc))
     check_output("cols", cols, dtype, (n * oh * ow, kh * kw * c))
     check_output("dW", dW, dtype, (kh, kw, c, oc))
     inputs = {"dY": dY, "X": X, "W": W, "Y": Y}
@@ -612,38 +646,36 @@ def prepare_conv2d_backward(dX, dW, db, dZ, dY, X, W, Y, cols, stride, padding, 
     if dX is not None:
         check_output("dX", dX, dtype, (n, h, w, c))
         check_no_alias("dX", dX, dict(inputs, dZ=dZ, cols=cols, dW=dW, db=db))
-    geom = (n, h, w, c, oh, ow, oc, kh, kw, sh, sw, ph, pw)
-    return (dY, X, W, Y, geom, activation_code(activation),
-            check_scalar("negative_slope", negative_slope, low=0.0))
+    return (dX, dW, db, dZ, dY, X, W, Y, cols, stride, padding,
+            *_activation(activation, negative_slope))
 
 
 def _pool_geometry(X, pool, stride):
-    kh, kw = _pair("pool", pool, 1)
-    sh, sw = _pair("stride", (kh, kw) if stride is None else stride, 1)
-    n, h, w, c, oh, ow, sh, sw, _, _ = _conv_geometry(X, kh, kw, (sh, sw), 0)
-    return n, h, w, c, oh, ow, kh, kw, sh, sw
+    """(pool, stride) pairs and the output size of a pooling window over X."""
+    pool = _pair("pool", pool, 1)
+    stride, _, oh, ow = _conv_geometry(X, *pool, pool if stride is None else stride, 0)
+    return pool, stride, oh, ow
 
 
-def prepare_pool_forward(Y, X, argmax, pool, stride, dtype, dev=None):
-    """maxpool2d (argmax given) and avgpool2d (argmax None) forward."""
+def _prepare_pool_forward(Y, X, argmax, pool, stride, dtype, dev):
     X = _image("X", X, dtype, dev)
-    geom = _pool_geometry(X, pool, stride)
-    n, h, w, c, oh, ow = geom[:6]
+    pool, stride, oh, ow = _pool_geometry(X, pool, stride)
+    n, _, _, c = X.shape
     check_output("Y", Y, dtype, (n, oh, ow, c))
     check_no_alias("Y", Y, {"X": X})
     if argmax is not None:
         check_output("argmax", argmax, np.int32, (n, oh, ow, c))
         check_no_alias("argmax", argmax, {"X": X, "Y": Y})
-    return X, geom
+    return X, pool, stride
 
 
-def prepare_pool_backward(dX, dY, argmax, pool, stride, dtype, dev=None):
+def _prepare_pool_backward(dX, dY, argmax, pool, stride, dtype, dev):
     """dX is (N, H, W, C) and fixes the geometry; dY (N, OH, OW, C)."""
     if dX is None or len(getattr(dX, "shape", ())) != 4 or 0 in dX.shape:
         raise ValueError("dX: expected a non-empty (N, H, W, C) output array")
     check_output("dX", dX, dtype, tuple(dX.shape))
-    geom = _pool_geometry(dX, pool, stride)
-    n, h, w, c, oh, ow = geom[:6]
+    pool, stride, oh, ow = _pool_geometry(dX, pool, stride)
+    n, h, w, c = dX.shape
     dY = as_input("dY", dY, dtype, ndim=4, shape=(n, oh, ow, c), to_device=dev)
     inputs = {"dY": dY}
     if argmax is not None:
@@ -652,7 +684,31 @@ def prepare_pool_backward(dX, dY, argmax, pool, stride, dtype, dev=None):
             raise ValueError(f"argmax: indices must lie in [0, {h * w})")
         inputs["argmax"] = argmax
     check_no_alias("dX", dX, inputs)
-    return dY, argmax, geom
+    return dY, argmax, pool, stride
+
+
+def prepare_maxpool2d_forward(Y, X, argmax, pool, stride, dtype, dev=None):
+    if argmax is None:
+        raise TypeError("argmax: expected an output array, got None")
+    X, pool, stride = _prepare_pool_forward(Y, X, argmax, pool, stride, dtype, dev)
+    return Y, X, argmax, pool, stride
+
+
+def prepare_maxpool2d_backward(dX, dY, argmax, pool, stride, dtype, dev=None):
+    if argmax is None:
+        raise TypeError("argmax: expected an array, got None")
+    dY, argmax, pool, stride = _prepare_pool_backward(dX, dY, argmax, pool, stride, dtype, dev)
+    return dX, dY, argmax, pool, stride
+
+
+def prepare_avgpool2d_forward(Y, X, pool, stride, dtype, dev=None):
+    X, pool, stride = _prepare_pool_forward(Y, X, None, pool, stride, dtype, dev)
+    return Y, X, pool, stride
+
+
+def prepare_avgpool2d_backward(dX, dY, pool, stride, dtype, dev=None):
+    dY, _, pool, stride = _prepare_pool_backward(dX, dY, None, pool, stride, dtype, dev)
+    return dX, dY, pool, stride
 
 
 def _channels(name, x, c, dtype, dev, out=False):
@@ -661,14 +717,19 @@ def _channels(name, x, c, dtype, dev, out=False):
     return as_input(name, x, dtype, ndim=1, shape=(c,), to_device=dev)
 
 
-def prepare_batchnorm_forward(Y, X, gamma, beta, mean, invstd, running_mean, running_var,
-                              momentum, eps, dtype, dev=None):
+def _features(X, dtype, dev):
+    """X (..., C) non-empty, and its rows and channels."""
     X = as_input("X", X, dtype, to_device=dev)
     if len(X.shape) < 2 or 0 in X.shape:
         raise ValueError(f"X: expected a non-empty array (..., C), got {_shape_str(X.shape)}")
-    c = tuple(X.shape)[-1]  # tuple(): the CUDA simulator's shapes refuse negative indices
-    rows = math.prod(tuple(X.shape)[:-1])
-    if mean is not None and rows < 2:
+    shape = tuple(X.shape)  # tuple(): the CUDA simulator's shapes refuse negative indices
+    return X, math.prod(shape[:-1]), shape[-1]
+
+
+def prepare_batchnorm_forward(Y, X, gamma, beta, mean, invstd, running_mean, running_var,
+                              momentum, eps, dtype, dev=None):
+    X, rows, c = _features(X, dtype, dev)
+    if rows < 2:
         raise ValueError("X: batch statistics need at least 2 values per channel")
     gamma = _channels("gamma", gamma, c, dtype, dev)
     beta = _channels("beta", beta, c, dtype, dev)
@@ -682,30 +743,24 @@ def prepare_batchnorm_forward(Y, X, gamma, beta, mean, invstd, running_mean, run
         _channels(name, buf, c, dtype, dev, out=True)
         check_no_alias(name, buf, dict(outs, X=X, gamma=gamma, beta=beta))
         outs[name] = buf
-    return (X, gamma, beta, rows, c, check_scalar("momentum", momentum, 0.0, 1.0),
+    return (Y, X, gamma, beta, mean, invstd, running_mean, running_var,
+            check_scalar("momentum", momentum, 0.0, 1.0),
             check_scalar("eps", eps, low=0.0, low_open=True))
 
 
 def prepare_batchnorm_inference(Y, X, gamma, beta, running_mean, running_var, eps, dtype,
                                 dev=None):
-    X = as_input("X", X, dtype, to_device=dev)
-    if len(X.shape) < 2 or 0 in X.shape:
-        raise ValueError(f"X: expected a non-empty array (..., C), got {_shape_str(X.shape)}")
-    c = tuple(X.shape)[-1]  # tuple(): the CUDA simulator's shapes refuse negative indices
+    X, rows, c = _features(X, dtype, dev)
     args = [_channels(name, v, c, dtype, dev) for name, v in
             (("gamma", gamma), ("beta", beta), ("running_mean", running_mean),
              ("running_var", running_var))]
     check_output("Y", Y, dtype, tuple(X.shape))
     check_no_alias("Y", Y, dict(zip(("gamma", "beta", "running_mean", "running_var"), args), X=X))
-    return (X, *args, math.prod(tuple(X.shape)[:-1]), c,
-            check_scalar("eps", eps, low=0.0, low_open=True))
+    return (Y, X, *args, check_scalar("eps", eps, low=0.0, low_open=True))
 
 
 def prepare_batchnorm_backward(dX, dgamma, dbeta, dY, X, gamma, mean, invstd, dtype, dev=None):
-    X = as_input("X", X, dtype, to_device=dev)
-    if len(X.shape) < 2 or 0 in X.shape:
-        raise ValueError(f"X: expected a non-empty array (..., C), got {_shape_str(X.shape)}")
-    c = tuple(X.shape)[-1]  # tuple(): the CUDA simulator's shapes refuse negative indices
+    X, rows, c = _features(X, dtype, dev)
     dY = as_input("dY", dY, dtype, ndim=len(X.shape), shape=tuple(X.shape), to_device=dev)
     gamma, mean, invstd = (_channels(name, v, c, dtype, dev) for name, v in
                            (("gamma", gamma), ("mean", mean), ("invstd", invstd)))
@@ -716,4 +771,4 @@ def prepare_batchnorm_backward(dX, dgamma, dbeta, dY, X, gamma, mean, invstd, dt
         _channels(name, buf, c, dtype, dev, out=True)
         check_no_alias(name, buf, dict(inputs, dX=dX))
     check_no_alias("dbeta", dbeta, {"dgamma": dgamma})
-    return dY, X, gamma, mean, invstd, math.prod(tuple(X.shape)[:-1]), c
+    return dX, dgamma, dbeta, dY, X, gamma, mean, invstd

@@ -4,36 +4,30 @@ Each function here is the plain transcription of the kernel's equations and
 the oracle every other backend (``c``, ``numba``, ``cuda``) is tested against.
 It is slow on purpose: no fusion, no blocking, nothing clever.
 
-All backends share the signatures below (a test enforces it).  Outputs come
-first, inputs next, options are keyword-only; the one exception is ``gemm``,
+The signatures are the specification's (:mod:`fastnn.kernels.spec`): these
+functions are the implementations, called by the front in
+:mod:`fastnn.kernels` with validated, normalised arguments (activation
+codes, (h, w) pairs, floats), and their docstrings document the public
+kernels.  Outputs come first, inputs next; the one exception is ``gemm``,
 which keeps the BLAS order ``(A, B, C)``.  Outputs are written in place and
 must have the exact shape, the backend's dtype and be C-contiguous; inputs of
 another dtype or layout are converted (copied).  Some kernels may run in place
 (an output that *is* one named input): each docstring says which.
 
-The reference computes in the dtype of the output array when that is float64
+The reference computes in the dtype of the output arrays when that is float64
 (so gradient checks by finite differences are exact enough), otherwise in
 float32, like the other backends.  Losses return a Python float.
 """
 
+import sys
+
 import numpy as np
 
-from . import _checks as ck
+from . import spec
+from .spec import Activation as A, nadam_mu  # noqa: F401 - nadam_mu: for the reference's readers
 
 name = "reference"
-
-_F32 = np.dtype(np.float32)
-
-
-def _dt(*outs):
-    for o in outs:
-        if o is not None and np.dtype(o.dtype) == np.float64:
-            return np.dtype(np.float64)
-    return _F32
-
-
-def _dt_in(x):
-    return np.dtype(np.float64) if np.asarray(x).dtype == np.float64 else _F32
+DTYPE = None  # the outputs' dtype: float32, or float64 for gradient checks
 
 
 def info():
@@ -67,14 +61,12 @@ def to_numpy(x):
 
 # ---- matrix multiply -------------------------------------------------------
 
-def gemm(A, B, C, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
+def gemm(A, B, C, trans_a, trans_b, alpha, beta):
     """C = alpha * op(A) @ op(B) + beta * C, in place; returns C.
 
     op(A) is A, or A.T if ``trans_a``; likewise B.  Any m, n, k >= 1.  With
     ``beta == 0`` the old content of C is never read (it may hold NaN).
     """
-    dt = _dt(C)
-    A, B, m, n, k, alpha, beta = ck.prepare_gemm(A, B, C, trans_a, trans_b, alpha, beta, dt)
     opa = A.T if trans_a else A
     opb = B.T if trans_b else B
     prod = alpha * (opa.astype(np.float64) @ opb.astype(np.float64))
@@ -87,74 +79,70 @@ def gemm(A, B, C, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
 # ---- activations -----------------------------------------------------------
 
 def _act(x, code, slope):
-    """act(x) for activation `code` (see _checks.ACTIVATIONS)."""
-    if code == 0:
+    """act(x) for activation `code` (spec.Activation)."""
+    if code == A.IDENTITY:
         return x.copy()
-    if code == 1:
+    if code == A.STEP:
         return (x > 0).astype(x.dtype)
-    if code == 2:
+    if code == A.SIGN:
         return np.sign(x)
-    if code == 3:
+    if code == A.SIGMOID:
         # Stable both ways: exp of a non-positive number only.
         e = np.exp(-np.abs(x))
         return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype)
-    if code == 4:
+    if code == A.TANH:
         return np.tanh(x)
-    if code == 5:
+    if code == A.RELU:
         return np.maximum(x, 0)
-    if code == 6:
+    if code == A.LEAKY_RELU:
         return np.where(x > 0, x, x * x.dtype.type(slope))
+    assert code == A.SOFTPLUS
     return (np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))).astype(x.dtype)
 
 
 def _act_grad(y, code, slope):
     """act'(x) expressed through the output y = act(x)."""
     one = y.dtype.type(1)
-    if code == 0:
+    if code == A.IDENTITY:
         return np.ones_like(y)
-    if code in (1, 2):
+    if code in (A.STEP, A.SIGN):
         return np.zeros_like(y)
-    if code == 3:
+    if code == A.SIGMOID:
         return y * (one - y)
-    if code == 4:
+    if code == A.TANH:
         return one - y * y
-    if code == 5:
+    if code == A.RELU:
         return (y > 0).astype(y.dtype)
-    if code == 6:
+    if code == A.LEAKY_RELU:
         return np.where(y > 0, one, y.dtype.type(slope))
+    assert code == A.SOFTPLUS
     # softplus: y = log(1 + e^x)  =>  sigmoid(x) = 1 - e^-y
     return -np.expm1(-y)
 
 
-def activation_forward(Y, X, *, activation, negative_slope=0.01):
+def activation_forward(Y, X, activation, negative_slope):
     """Y = act(X) elementwise; Y may be X (in place).
 
     Activations: identity, step (x > 0), sign, sigmoid, tanh, relu,
     leaky_relu (slope ``negative_slope`` for x < 0), softplus.
     """
-    dt = _dt(Y)
-    X, code, slope = ck.prepare_activation_forward(Y, X, activation, negative_slope, dt)
-    Y[...] = _act(X, code, slope)
+    Y[...] = _act(X, activation, negative_slope)
     return Y
 
 
-def activation_backward(dX, dY, Y, *, activation, negative_slope=0.01):
+def activation_backward(dX, dY, Y, activation, negative_slope):
     """dX = dY * act'(x), computed from the cached output Y = act(x).
 
     dX may be dY (in place).  step and sign have derivative 0 everywhere it
     exists.  leaky_relu's derivative is read from the sign of Y, which needs
     ``negative_slope > 0``.
     """
-    dt = _dt(dX)
-    dY, Y, code, slope = ck.prepare_activation_backward(dX, dY, Y, activation, negative_slope, dt)
-    dX[...] = dY * _act_grad(Y, code, slope)
+    dX[...] = dY * _act_grad(Y, activation, negative_slope)
     return dX
 
 
 def softmax_forward(Y, X):
     """Row-wise softmax of X (n, c) into Y; Y may be X.  Stable: max-shifted."""
-    dt = _dt(Y)
-    X, n, c = ck.prepare_softmax_forward(Y, X, dt)
     e = np.exp(X - X.max(axis=1, keepdims=True))
     Y[...] = e / e.sum(axis=1, keepdims=True)
     return Y
@@ -162,28 +150,22 @@ def softmax_forward(Y, X):
 
 def softmax_backward(dX, dY, Y):
     """dX = Y * (dY - rowsum(dY * Y)) for Y = softmax(X); dX may be dY."""
-    dt = _dt(dX)
-    dY, Y, n, c = ck.prepare_softmax_backward(dX, dY, Y, dt)
     dX[...] = Y * (dY - (dY * Y).sum(axis=1, keepdims=True))
     return dX
 
 
 # ---- dense layer -----------------------------------------------------------
 
-def dense_forward(Y, X, W, b, *, activation="identity", negative_slope=0.01):
+def dense_forward(Y, X, W, b, activation, negative_slope):
     """Y = act(X @ W + b): X (n, in), W (in, out), b (out,) or None, Y (n, out)."""
-    dt = _dt(Y)
-    X, W, b, n, fan_in, fan_out, code, slope = ck.prepare_dense_forward(
-        Y, X, W, b, activation, negative_slope, dt)
-    Z = (X.astype(np.float64) @ W.astype(np.float64)).astype(dt)
+    Z = (X.astype(np.float64) @ W.astype(np.float64)).astype(Y.dtype)
     if b is not None:
         Z += b
-    Y[...] = _act(Z, code, slope)
+    Y[...] = _act(Z, activation, negative_slope)
     return Y
 
 
-def dense_backward(dX, dW, db, dZ, dY, X, W, Y, *, activation="identity",
-                   negative_slope=0.01):
+def dense_backward(dX, dW, db, dZ, dY, X, W, Y, activation, negative_slope):
     """Backward of ``dense_forward`` from its cached input X and output Y.
 
     dZ (n, out) = dY * act'(Y); dZ may be dY (in place).
@@ -191,10 +173,7 @@ def dense_backward(dX, dW, db, dZ, dY, X, W, Y, *, activation="identity",
     dX (n, in) = dZ @ W.T, skipped if None (a first layer needs no dX).
     Every output is overwritten, never accumulated.
     """
-    dt = _dt(dW)
-    dY, X, W, Y, n, fan_in, fan_out, code, slope = ck.prepare_dense_backward(
-        dX, dW, db, dZ, dY, X, W, Y, activation, negative_slope, dt)
-    dZ[...] = dY * _act_grad(Y, code, slope)
+    dZ[...] = dY * _act_grad(Y, activation, negative_slope)
     z64 = dZ.astype(np.float64)
     dW[...] = X.T.astype(np.float64) @ z64
     if db is not None:
@@ -211,8 +190,7 @@ def softmax_xent_forward(P, Z, labels):
     Writes P = softmax(Z) and returns mean_i(logsumexp(Z_i) - Z[i, labels_i])
     (stable for any logits), as torch.nn.CrossEntropyLoss.
     """
-    dt = _dt(P)
-    Z, labels, n, c = ck.prepare_softmax_xent_forward(P, Z, labels, dt)
+    n = Z.shape[0]
     z64 = Z.astype(np.float64)
     zmax = z64.max(axis=1, keepdims=True)
     e = np.exp(z64 - zmax)
@@ -224,8 +202,7 @@ def softmax_xent_forward(P, Z, labels):
 
 def softmax_xent_backward(dZ, P, labels):
     """dZ = (P - onehot(labels)) / n; dZ may be P (in place)."""
-    dt = _dt(dZ)
-    P, labels, n, c = ck.prepare_softmax_xent_backward(dZ, P, labels, dt)
+    n = P.shape[0]
     g = P.copy()
     g[np.arange(n), labels] -= 1
     dZ[...] = g / n
@@ -237,41 +214,32 @@ def bce_forward(Z, T):
     Returns mean(max(z, 0) - z t + log1p(exp(-|z|))), stable for any |z|, as
     torch.nn.BCEWithLogitsLoss.
     """
-    Z, T = ck.prepare_pointwise_loss(Z, T, _dt_in(Z), y_name="Z")
     z, t = Z.astype(np.float64), T.astype(np.float64)
     return float(np.mean(np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z)))))
 
 
 def bce_backward(dZ, Z, T):
     """dZ = (sigmoid(Z) - T) / Z.size; dZ may be Z (in place)."""
-    dt = _dt(dZ)
-    Z, T = ck.prepare_pointwise_loss_backward(dZ, Z, T, dt, y_name="Z")
-    dZ[...] = (_act(Z, 3, 0.0) - T) / Z.size
+    dZ[...] = (_act(Z, A.SIGMOID, 0.0) - T) / Z.size
 
 
 def mse_forward(Y, T):
     """Mean over all elements of (Y - T)^2, as torch.nn.MSELoss."""
-    Y, T = ck.prepare_pointwise_loss(Y, T, _dt_in(Y))
     return float(np.mean((Y.astype(np.float64) - T) ** 2))
 
 
 def mse_backward(dY, Y, T):
     """dY = 2 (Y - T) / Y.size; dY may be Y (in place)."""
-    dt = _dt(dY)
-    Y, T = ck.prepare_pointwise_loss_backward(dY, Y, T, dt)
     dY[...] = 2 * (Y - T) / Y.size
 
 
 def mae_forward(Y, T):
     """Mean over all elements of |Y - T|, as torch.nn.L1Loss."""
-    Y, T = ck.prepare_pointwise_loss(Y, T, _dt_in(Y))
     return float(np.mean(np.abs(Y.astype(np.float64) - T)))
 
 
 def mae_backward(dY, Y, T):
     """dY = sign(Y - T) / Y.size (0 where Y == T); dY may be Y (in place)."""
-    dt = _dt(dY)
-    Y, T = ck.prepare_pointwise_loss_backward(dY, Y, T, dt)
     dY[...] = np.sign(Y - T) / Y.size
 
 
@@ -280,8 +248,7 @@ def mae_backward(dY, Y, T):
 # (single-tensor, maximize=False, differentiable=False).  `step` counts from 1.
 # params and state buffers are updated in place; grads is only read.
 
-def sgd(params, grads, momentum_buf, *, step, lr, momentum=0.0, dampening=0.0,
-        nesterov=False, weight_decay=0.0):
+def sgd(params, grads, momentum_buf, step, lr, momentum, dampening, nesterov, weight_decay):
     """torch.optim.SGD::
 
         g = grad + weight_decay * p
@@ -293,8 +260,6 @@ def sgd(params, grads, momentum_buf, *, step, lr, momentum=0.0, dampening=0.0,
 
     ``momentum_buf`` may be None when momentum == 0.
     """
-    dt = _dt(params)
-    grads, size, step = ck.prepare_sgd(params, grads, momentum_buf, step, momentum, dt)
     g = grads + weight_decay * params if weight_decay != 0.0 else grads.copy()
     if momentum != 0.0:
         if step == 1:
@@ -305,7 +270,7 @@ def sgd(params, grads, momentum_buf, *, step, lr, momentum=0.0, dampening=0.0,
     params -= lr * g
 
 
-def adam(params, grads, m, v, *, step, lr, beta1, beta2, eps, weight_decay=0.0):
+def adam(params, grads, m, v, step, lr, beta1, beta2, eps, weight_decay):
     """torch.optim.Adam (amsgrad=False)::
 
         g = grad + weight_decay * p
@@ -319,15 +284,12 @@ def adam(params, grads, m, v, *, step, lr, beta1, beta2, eps, weight_decay=0.0):
     _adam(params, grads, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled=False)
 
 
-def adamw(params, grads, m, v, *, step, lr, beta1, beta2, eps, weight_decay=0.0):
+def adamw(params, grads, m, v, step, lr, beta1, beta2, eps, weight_decay):
     """torch.optim.AdamW: p = p * (1 - lr * weight_decay), then Adam without L2."""
     _adam(params, grads, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled=True)
 
 
-def _adam(params, grads, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled):
-    dt = _dt(params)
-    grads, size = ck.prepare_update(params, grads, {"m": m, "v": v}, dt)
-    t = ck.check_step(step)
+def _adam(params, grads, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled):
     if decoupled:
         params *= 1 - lr * weight_decay
         g = grads
@@ -335,13 +297,12 @@ def _adam(params, grads, m, v, step, lr, beta1, beta2, eps, weight_decay, decoup
         g = grads + weight_decay * params if weight_decay != 0.0 else grads
     m[...] = beta1 * m + (1 - beta1) * g
     v[...] = beta2 * v + (1 - beta2) * g * g
-    bc1 = 1 - beta1 ** t
-    bc2 = 1 - beta2 ** t
+    bc1, bc2 = spec.bias_corrections(t, beta1, beta2)
     params -= (lr / bc1) * m / (np.sqrt(v / bc2) + eps)
 
 
-def rmsprop(params, grads, square_avg, momentum_buf, grad_avg, *, lr, alpha, eps,
-            weight_decay=0.0, momentum=0.0, centered=False):
+def rmsprop(params, grads, square_avg, momentum_buf, grad_avg, lr, alpha, eps, weight_decay,
+            momentum, centered):
     """torch.optim.RMSprop::
 
         g = grad + weight_decay * p
@@ -354,9 +315,6 @@ def rmsprop(params, grads, square_avg, momentum_buf, grad_avg, *, lr, alpha, eps
     ``momentum_buf`` may be None when momentum == 0, ``grad_avg`` when not
     centered.
     """
-    dt = _dt(params)
-    grads, size = ck.prepare_rmsprop(params, grads, square_avg, momentum_buf, grad_avg, momentum,
-                                     centered, dt)
     g = grads + weight_decay * params if weight_decay != 0.0 else grads
     square_avg[...] = alpha * square_avg + (1 - alpha) * g * g
     if centered:
@@ -371,7 +329,7 @@ def rmsprop(params, grads, square_avg, momentum_buf, grad_avg, *, lr, alpha, eps
         params -= lr * g / avg
 
 
-def adagrad(params, grads, sum_sq, *, step, lr, lr_decay=0.0, weight_decay=0.0, eps=1e-10):
+def adagrad(params, grads, sum_sq, step, lr, lr_decay, weight_decay, eps):
     """torch.optim.Adagrad::
 
         g = grad + weight_decay * p
@@ -381,22 +339,14 @@ def adagrad(params, grads, sum_sq, *, step, lr, lr_decay=0.0, weight_decay=0.0, 
 
     (initial_accumulator_value is the caller's initial fill of ``sum_sq``.)
     """
-    dt = _dt(params)
-    grads, size = ck.prepare_update(params, grads, {"sum_sq": sum_sq}, dt)
-    t = ck.check_step(step)
     g = grads + weight_decay * params if weight_decay != 0.0 else grads
-    clr = lr / (1 + (t - 1) * lr_decay)
+    clr = lr / (1 + (step - 1) * lr_decay)
     sum_sq += g * g
     params -= clr * g / (np.sqrt(sum_sq) + eps)
 
 
-def nadam_mu(step, beta1, momentum_decay):
-    """mu_t of NAdam's momentum schedule: beta1 * (1 - 0.5 * 0.96^(t * psi))."""
-    return beta1 * (1.0 - 0.5 * 0.96 ** (step * momentum_decay))
-
-
-def nadam(params, grads, m, v, *, step, lr, beta1, beta2, eps, weight_decay=0.0,
-          momentum_decay=4e-3, mu_product):
+def nadam(params, grads, m, v, step, lr, beta1, beta2, eps, weight_decay, momentum_decay,
+          mu_product):
     """torch.optim.NAdam (decoupled_weight_decay=False)::
 
         g = grad + weight_decay * p
@@ -410,9 +360,7 @@ def nadam(params, grads, m, v, *, step, lr, beta1, beta2, eps, weight_decay=0.0,
     ``mu_product`` is mu_1 * ... * mu_t (this step's mu included), which the
     caller keeps, as torch keeps it in the optimizer state.
     """
-    dt = _dt(params)
-    grads, size = ck.prepare_update(params, grads, {"m": m, "v": v}, dt)
-    t = ck.check_step(step)
+    t = step
     g = grads + weight_decay * params if weight_decay != 0.0 else grads
     mu = nadam_mu(t, beta1, momentum_decay)
     mu_next = nadam_mu(t + 1, beta1, momentum_decay)
@@ -423,7 +371,7 @@ def nadam(params, grads, m, v, *, step, lr, beta1, beta2, eps, weight_decay=0.0,
     params -= (lr * mu_next / (1 - mu_product * mu_next)) * m / denom
 
 
-def adamax(params, grads, m, u, *, step, lr, beta1, beta2, eps, weight_decay=0.0):
+def adamax(params, grads, m, u, step, lr, beta1, beta2, eps, weight_decay):
     """torch.optim.Adamax::
 
         g = grad + weight_decay * p
@@ -431,49 +379,37 @@ def adamax(params, grads, m, u, *, step, lr, beta1, beta2, eps, weight_decay=0.0
         u = max(beta2 * u, |g| + eps)
         p = p - lr / (1 - beta1^t) * m / u
     """
-    dt = _dt(params)
-    grads, size = ck.prepare_update(params, grads, {"m": m, "u": u}, dt)
-    t = ck.check_step(step)
     g = grads + weight_decay * params if weight_decay != 0.0 else grads
     m[...] = beta1 * m + (1 - beta1) * g
     u[...] = np.maximum(beta2 * u, np.abs(g) + eps)
-    params -= (lr / (1 - beta1 ** t)) * m / u
+    params -= (lr / (1 - beta1 ** step)) * m / u
 
 
 # ---- flat-buffer utilities -------------------------------------------------
 
 def sum_squares(x):
     """sum(x^2) over a flat buffer, accumulated in float64; returns a float."""
-    x = ck.as_input("x", x, _dt_in(x), ndim=1)
     return float(np.sum(x.astype(np.float64) ** 2))
 
 
 def scale(x, s):
     """x *= s in place (gradient clipping by norm)."""
-    ck.prepare_flat("x", x, _dt(x))
-    x *= x.dtype.type(ck.check_scalar("s", s))
+    x *= x.dtype.type(s)
 
 
 def axpy(y, x, alpha):
     """y += alpha * x in place over flat buffers (y may not overlap x)."""
-    x = ck.prepare_axpy(y, x, _dt(y))
-    y += y.dtype.type(ck.check_scalar("alpha", alpha)) * x
+    y += y.dtype.type(alpha) * x
 
 
 def clip(x, lo, hi):
     """x = min(max(x, lo), hi) in place (gradient clipping by value)."""
-    ck.prepare_flat("x", x, _dt(x))
-    lo, hi = ck.check_scalar("lo", lo), ck.check_scalar("hi", hi)
-    if lo > hi:
-        raise ValueError(f"lo: must be <= hi, got lo={lo}, hi={hi}")
     np.clip(x, lo, hi, out=x)
 
 
 # ---- a whole epoch of a dense stack -----------------------------------------------
 
-def dense_stack_epoch(params, grads, states, workspace, X, targets, batch_losses,
-                      batch_correct, *, layers, loss, batch_size, optimizer, hyper, step,
-                      mu_product=1.0, l2=0.0, loss_scale=1.0, grad_scale=1.0, order=None):
+def dense_stack_epoch(epoch):
     """Train a stack of dense layers for one epoch of mini-batches.
 
     The trainer's inner loop as one kernel, so that backends can run it
@@ -484,16 +420,17 @@ def dense_stack_epoch(params, grads, states, workspace, X, targets, batch_losses
     the loss backward, every layer backward (``dense_backward``, the first
     without dX), then one optimizer update over the flat buffers.
 
-    Parameters
-    ----------
+    ``epoch`` is one :class:`fastnn.kernels.spec.Epoch`; its fields:
+
     params, grads : 1-D float32
         The model's flat buffers; ``grads`` is overwritten each batch.
     states : tuple
         The optimizer kernel's state buffers in its argument order (None
         where unused), e.g. ``(m, v)`` for adam.
     workspace : 1-D float32
-        At least ``dense_stack_workspace(layers, batch_size, params.size)`` floats
-        of the same backend (each backend lays it out its own way).
+        At least ``dense_stack_workspace(layers, batch_size)`` floats of the
+        backend, laid out as ``spec.epoch_layout`` says (one layout for every
+        backend; a larger workspace lets the c backend use more threads).
     X : (n, layers[0].in)
     targets : int labels (n,) for "softmax_xent"; (n, out) floats otherwise.
     batch_losses : float64 (n_batches,), batch_correct : int64 (n_batches,)
@@ -505,8 +442,8 @@ def dense_stack_epoch(params, grads, states, workspace, X, targets, batch_losses
         (b_offset -1: no bias); gradients at the same offsets in grads.
     loss : "softmax_xent", "bce", "mse" or "mae"
     optimizer : the name of an optimizer kernel ("sgd", "adam", ...)
-    hyper : dict of that kernel's keyword arguments other than step and
-        mu_product.
+    hyper : dict of that kernel's hyperparameters (spec.OPTIMIZERS[name]
+        .hyper_names; weight_decay and the flags may be left out).
     step : optimizer steps taken before this epoch.
     mu_product : NAdam's running product before this epoch.
     l2 : scikit-learn's MLP penalty alpha: each batch of m samples adds
@@ -529,98 +466,70 @@ def dense_stack_epoch(params, grads, states, workspace, X, targets, batch_losses
     after them.  A batch whose loss is not finite stops the epoch before its
     backward pass; it is counted in n_done and its loss recorded.
     """
-    import sys
-
-    return run_dense_stack_epoch(sys.modules[__name__], params, grads, states, workspace, X,
-                                 targets, batch_losses, batch_correct, layers=layers, loss=loss,
-                                 batch_size=batch_size, optimizer=optimizer, hyper=hyper,
-                                 step=step, mu_product=mu_product, l2=l2, loss_scale=loss_scale,
-                                 grad_scale=grad_scale, order=order)
+    return run_dense_stack_epoch(sys.modules[__name__], epoch)
 
 
-def dense_stack_workspace(layers, batch_size, n_params):
-    """Floats of workspace dense_stack_epoch needs on this backend: every
-    layer's output for one batch, plus two gradient buffers of the widest
-    layer.  (The c backend lays its workspace out otherwise and asks for
-    more: every layer's gradient, a gathered batch and, with several
-    threads, partial products; see csrc/train.c.)"""
-    widest = max(max(layer[0], layer[1]) for layer in layers)
-    return batch_size * (sum(layer[1] for layer in layers) + 2 * widest)
-
-
-def run_dense_stack_epoch(k, params, grads, states, workspace, X, targets, batch_losses,
-                          batch_correct, *, layers, loss, batch_size, optimizer, hyper, step,
-                          mu_product=1.0, l2=0.0, loss_scale=1.0, grad_scale=1.0, order=None):
-    """dense_stack_epoch written with backend `k`'s kernels (its specification;
-    backends without a fused version use it as it is)."""
-    X, targets, layers, n_batches, hyper, order = ck.prepare_dense_stack_epoch(
-        params, grads, states, workspace, X, targets, batch_losses, batch_correct, layers,
-        loss, batch_size, optimizer, hyper, step, l2, loss_scale, grad_scale, _dt(params),
-        order=order)
-    if order is not None:  # the spec: the same epoch over the gathered rows
-        X, targets = (k.asarray(k.to_numpy(a)[order], a.dtype) for a in (X, targets))
-    n, bs = X.shape[0], batch_size
-    widest = max(max(layer[0], layer[1]) for layer in layers)
-    acts, offset = [], 0
-    for layer in layers:
-        acts.append(offset)
-        offset += bs * layer[1]
-    g_off = (offset, offset + bs * widest)
-    views = [(params[w:w + fi * fo].reshape(fi, fo), grads[w:w + fi * fo].reshape(fi, fo),
-              None if b < 0 else params[b:b + fo], None if b < 0 else grads[b:b + fo])
-             for fi, fo, w, b, _, _ in layers]
-    update = getattr(k, optimizer)
-    step_kw = {} if optimizer == "rmsprop" else {"step": None}
-    n_out = layers[-1][1]
+def run_dense_stack_epoch(k, epoch):
+    """dense_stack_epoch written with the kernel implementations of `k` (a
+    backend module, or a Backend's ``impls``) on a validated spec.Epoch: the
+    specification of the fused versions, and the epoch of backends without
+    one."""
+    e = epoch
+    X, targets = e.X, e.targets
+    if e.order is not None:  # the spec: the same epoch over the gathered rows
+        X, targets = (k.asarray(k.to_numpy(a)[e.order], a.dtype) for a in (X, targets))
+    n, bs, layers, ws = X.shape[0], e.batch_size, e.layers, e.workspace
+    at = spec.epoch_layout(layers, bs)
+    views = [(e.params[L.w_offset:L.w_offset + L.fan_in * L.fan_out].reshape(L.fan_in, L.fan_out),
+              e.grads[L.w_offset:L.w_offset + L.fan_in * L.fan_out].reshape(L.fan_in, L.fan_out),
+              None if L.b_offset < 0 else e.params[L.b_offset:L.b_offset + L.fan_out],
+              None if L.b_offset < 0 else e.grads[L.b_offset:L.b_offset + L.fan_out])
+             for L in layers]
+    opt = spec.OPTIMIZERS[e.optimizer]
+    update = getattr(k, e.optimizer)
+    scalars = {name: getattr(e, name) for name in opt.scalars}
+    step = e.step
     t_host = k.to_numpy(targets)  # for counting correct answers (no copy on the host)
-    for i in range(n_batches):
+    for i in range(e.n_batches):
         lo, hi = i * bs, min((i + 1) * bs, n)
         m = hi - lo
         xb, tb = X[lo:hi], targets[lo:hi]
-        Ys = [workspace[a:a + m * layer[1]].reshape(m, layer[1]) for a, layer in zip(acts, layers)]
-        g = [workspace[o:o + m * widest] for o in g_off]
+        Ys = [ws[a:a + m * L.fan_out].reshape(m, L.fan_out) for a, L in zip(at["Y"], layers)]
+        Ds = [ws[a:a + m * L.fan_out].reshape(m, L.fan_out) for a, L in zip(at["D"], layers)]
         inp = xb
-        for (W, _, b, _), layer, Y in zip(views, layers, Ys):
-            k.dense_forward(Y, inp, W, b, activation=layer[4], negative_slope=layer[5])
+        for (W, _, b, _), L, Y in zip(views, layers, Ys):
+            k.dense_forward(Y, inp, W, b, L.activation, L.negative_slope)
             inp = Y
-        out, dout = Ys[-1], g[0][:m * n_out].reshape(m, n_out)
-        if loss == "softmax_xent":
+        out, dout = Ys[-1], Ds[-1]
+        if e.loss == "softmax_xent":
             value = k.softmax_xent_forward(dout, out, tb)
         else:
-            value = getattr(k, loss + "_forward")(out, tb)
-        value *= loss_scale
-        if l2:
-            value += 0.5 * l2 / m * sum(k.sum_squares(W.reshape(-1)) for W, _, _, _ in views)
-        batch_losses[i] = value
-        batch_correct[i] = count_correct(k.to_numpy(out), t_host[lo:hi], loss)
+            value = getattr(k, e.loss + "_forward")(out, tb)
+        value *= e.loss_scale
+        if e.l2:
+            value += 0.5 * e.l2 / m * sum(k.sum_squares(W.reshape(-1)) for W, _, _, _ in views)
+        e.batch_losses[i] = value
+        e.batch_correct[i] = count_correct(k.to_numpy(out), t_host[lo:hi], e.loss)
         if not np.isfinite(value):
-            return i + 1, step, mu_product
-        if loss == "softmax_xent":
+            return i + 1, step, scalars.get("mu_product", e.mu_product)
+        if e.loss == "softmax_xent":
             k.softmax_xent_backward(dout, dout, tb)
         else:
-            getattr(k, loss + "_backward")(dout, out, tb)
-        if grad_scale != 1.0:
-            k.scale(dout.reshape(-1), grad_scale)
-        cur = 0
+            getattr(k, e.loss + "_backward")(dout, out, tb)
+        if e.grad_scale != 1.0:
+            k.scale(dout.reshape(-1), e.grad_scale)
         for j in range(len(layers) - 1, -1, -1):
-            fi, fo = layers[j][0], layers[j][1]
-            dY = g[cur][:m * fo].reshape(m, fo)
-            dX = g[1 - cur][:m * fi].reshape(m, fi) if j > 0 else None
-            W, dW, _, db = views[j]
-            k.dense_backward(dX, dW, db, dY, dY, Ys[j - 1] if j > 0 else xb, W, Ys[j],
-                             activation=layers[j][4], negative_slope=layers[j][5])
-            if l2:
-                k.axpy(dW.reshape(-1), W.reshape(-1), l2 / m)
-            cur = 1 - cur
+            L, (W, dW, _, db) = layers[j], views[j]
+            k.dense_backward(Ds[j - 1] if j > 0 else None, dW, db, Ds[j], Ds[j],
+                             Ys[j - 1] if j > 0 else xb, W, Ys[j], L.activation,
+                             L.negative_slope)
+            if e.l2:
+                k.axpy(dW.reshape(-1), W.reshape(-1), e.l2 / m)
         step += 1
-        if optimizer == "nadam":
-            mu_product *= nadam_mu(step, hyper["beta1"], hyper["momentum_decay"])
-            update(params, grads, *states, step=step, mu_product=mu_product, **hyper)
-        else:
-            if step_kw:
-                step_kw["step"] = step
-            update(params, grads, *states, **step_kw, **hyper)
-    return n_batches, step, mu_product
+        scalars = spec.advance(e.optimizer, scalars, step, e.hyper)
+        update(e.params, e.grads, *e.states, *([step] if opt.step else []),
+               *e.hyper.values(), *scalars.values())
+    return e.n_batches, step, scalars.get("mu_product", e.mu_product)
 
 
 def count_correct(out, target, loss):
@@ -655,8 +564,7 @@ def _col2im(dcols, shape, kh, kw, sh, sw, ph, pw, oh, ow):
     return dXp[:, ph:ph + h, pw:pw + w]
 
 
-def conv2d_forward(Y, X, W, b, cols, *, stride=(1, 1), padding=(0, 0), activation="identity",
-                   negative_slope=0.01):
+def conv2d_forward(Y, X, W, b, cols, stride, padding, activation, negative_slope):
     """2-D convolution (cross-correlation, as torch's) of channels-last images.
 
     X (N, H, W, C), W (KH, KW, C, OC), b (OC,) or None, Y (N, OH, OW, OC)
@@ -665,20 +573,19 @@ def conv2d_forward(Y, X, W, b, cols, *, stride=(1, 1), padding=(0, 0), activatio
     KH*KW*C) is the caller's workspace, left holding im2col(X) for
     ``conv2d_backward``.  stride and padding are ints or (h, w) pairs.
     """
-    dt = _dt(Y)
-    X, W, b, g, code, slope = ck.prepare_conv2d_forward(Y, X, W, b, cols, stride, padding,
-                                                        activation, negative_slope, dt)
-    n, h, w, c, oh, ow, oc, kh, kw, sh, sw, ph, pw = g
+    n, oh, ow, oc = Y.shape
+    kh, kw, c, _ = W.shape
+    (sh, sw), (ph, pw) = stride, padding
     cols[...] = _im2col(X, kh, kw, sh, sw, ph, pw, oh, ow)
-    Z = (cols.astype(np.float64) @ W.reshape(kh * kw * c, oc).astype(np.float64)).astype(dt)
+    Z = (cols.astype(np.float64) @ W.reshape(kh * kw * c, oc).astype(np.float64)).astype(Y.dtype)
     if b is not None:
         Z += b
-    Y[...] = _act(Z, code, slope).reshape(n, oh, ow, oc)
+    Y[...] = _act(Z, activation, negative_slope).reshape(n, oh, ow, oc)
     return Y
 
 
-def conv2d_backward(dX, dW, db, dZ, dY, X, W, Y, cols, *, stride=(1, 1), padding=(0, 0),
-                    activation="identity", negative_slope=0.01):
+def conv2d_backward(dX, dW, db, dZ, dY, X, W, Y, cols, stride, padding, activation,
+                    negative_slope):
     """Backward of ``conv2d_forward`` from its X, output Y and ``cols``.
 
     dZ = dY * act'(Y) (dZ may be dY); dW (KH, KW, C, OC) = cols.T @ dZ, with
@@ -686,11 +593,11 @@ def conv2d_backward(dX, dW, db, dZ, dY, X, W, Y, cols, *, stride=(1, 1), padding
     (None: skipped); dX (N, H, W, C) = col2im(dZ @ W.T) (None: skipped).
     ``cols`` is overwritten (it holds dZ @ W.T afterwards when dX is given).
     """
-    dt = _dt(dW)
-    dY, X, W, Y, g, code, slope = ck.prepare_conv2d_backward(
-        dX, dW, db, dZ, dY, X, W, Y, cols, stride, padding, activation, negative_slope, dt)
-    n, h, w, c, oh, ow, oc, kh, kw, sh, sw, ph, pw = g
-    dZ[...] = dY * _act_grad(Y, code, slope)
+    n, h, w, c = X.shape
+    _, oh, ow, oc = Y.shape
+    kh, kw = W.shape[:2]
+    (sh, sw), (ph, pw) = stride, padding
+    dZ[...] = dY * _act_grad(Y, activation, negative_slope)
     z = dZ.reshape(n * oh * ow, oc).astype(np.float64)
     dW[...] = (cols.T.astype(np.float64) @ z).reshape(kh, kw, c, oc)
     if db is not None:
@@ -712,7 +619,7 @@ def _windows(X, kh, kw, sh, sw, oh, ow):
     return win.reshape(n, oh, ow, kh * kw, c)
 
 
-def maxpool2d_forward(Y, X, argmax, *, pool, stride=None):
+def maxpool2d_forward(Y, X, argmax, pool, stride):
     """Max pooling of channels-last images, no padding.
 
     X (N, H, W, C) -> Y (N, OH, OW, C); ``argmax`` (int32, like Y) receives
@@ -720,9 +627,9 @@ def maxpool2d_forward(Y, X, argmax, *, pool, stride=None):
     row-major window order on ties), for the backward.  stride defaults to
     the pool size; pool and stride are ints or (h, w) pairs.
     """
-    dt = _dt(Y)
-    X, (n, h, w, c, oh, ow, kh, kw, sh, sw) = ck.prepare_pool_forward(Y, X, argmax, pool,
-                                                                       stride, dt)
+    n, h, w, c = X.shape
+    _, oh, ow, _ = Y.shape
+    (kh, kw), (sh, sw) = pool, stride
     win = _windows(X, kh, kw, sh, sw, oh, ow)
     idx = win.argmax(axis=3)
     Y[...] = np.take_along_axis(win, idx[:, :, :, None, :], axis=3)[:, :, :, 0, :]
@@ -732,12 +639,10 @@ def maxpool2d_forward(Y, X, argmax, *, pool, stride=None):
     return Y
 
 
-def maxpool2d_backward(dX, dY, argmax, *, pool, stride=None):
+def maxpool2d_backward(dX, dY, argmax, pool, stride):
     """dX (N, H, W, C) = 0, then each dY added at its argmax (overlapping
     windows accumulate)."""
-    dt = _dt(dX)
-    dY, argmax, (n, h, w, c, oh, ow, kh, kw, sh, sw) = ck.prepare_pool_backward(
-        dX, dY, argmax, pool, stride, dt)
+    n, h, w, c = dX.shape
     flat = np.zeros((n, h * w, c), np.float64)
     nn_, cc = np.arange(n)[:, None, None, None], np.arange(c)[None, None, None, :]
     np.add.at(flat, (np.broadcast_to(nn_, argmax.shape), argmax, np.broadcast_to(cc, argmax.shape)),
@@ -745,19 +650,19 @@ def maxpool2d_backward(dX, dY, argmax, *, pool, stride=None):
     dX[...] = flat.reshape(n, h, w, c)
 
 
-def avgpool2d_forward(Y, X, *, pool, stride=None):
+def avgpool2d_forward(Y, X, pool, stride):
     """Average pooling of channels-last images, no padding (see maxpool2d)."""
-    dt = _dt(Y)
-    X, (n, h, w, c, oh, ow, kh, kw, sh, sw) = ck.prepare_pool_forward(Y, X, None, pool, stride, dt)
+    _, oh, ow, _ = Y.shape
+    (kh, kw), (sh, sw) = pool, stride
     Y[...] = _windows(X.astype(np.float64), kh, kw, sh, sw, oh, ow).mean(axis=3)
     return Y
 
 
-def avgpool2d_backward(dX, dY, *, pool, stride=None):
+def avgpool2d_backward(dX, dY, pool, stride):
     """dX (N, H, W, C): each dY / (KH*KW) added over its window."""
-    dt = _dt(dX)
-    dY, _, (n, h, w, c, oh, ow, kh, kw, sh, sw) = ck.prepare_pool_backward(dX, dY, None, pool,
-                                                                          stride, dt)
+    n, h, w, c = dX.shape
+    _, oh, ow, _ = dY.shape
+    (kh, kw), (sh, sw) = pool, stride
     acc = np.zeros((n, h, w, c), np.float64)
     share = dY.astype(np.float64) / (kh * kw)
     for i in range(kh):
@@ -768,8 +673,8 @@ def avgpool2d_backward(dX, dY, *, pool, stride=None):
 
 # ---- batch normalisation --------------------------------------------------------------
 
-def batchnorm_forward(Y, X, gamma, beta, mean, invstd, running_mean, running_var, *,
-                      momentum=0.1, eps=1e-5):
+def batchnorm_forward(Y, X, gamma, beta, mean, invstd, running_mean, running_var, momentum,
+                      eps):
     """Batch normalisation in training mode over the last axis of X (..., C).
 
     Statistics over all other axes (M values per channel): mean and invstd =
@@ -779,9 +684,8 @@ def batchnorm_forward(Y, X, gamma, beta, mean, invstd, running_mean, running_var
     running = (1 - momentum) * running + momentum * batch, with the unbiased
     variance var * M / (M - 1).
     """
-    dt = _dt(Y)
-    X, gamma, beta, rows, c, momentum, eps = ck.prepare_batchnorm_forward(
-        Y, X, gamma, beta, mean, invstd, running_mean, running_var, momentum, eps, dt)
+    c = X.shape[-1]
+    rows = X.size // c
     x = X.reshape(rows, c).astype(np.float64)
     mu = x.mean(axis=0)
     var = x.var(axis=0)
@@ -793,11 +697,10 @@ def batchnorm_forward(Y, X, gamma, beta, mean, invstd, running_mean, running_var
     return Y
 
 
-def batchnorm_inference(Y, X, gamma, beta, running_mean, running_var, *, eps=1e-5):
+def batchnorm_inference(Y, X, gamma, beta, running_mean, running_var, eps):
     """Batch normalisation in evaluation mode: the running statistics."""
-    dt = _dt(Y)
-    X, gamma, beta, rm, rv, rows, c, eps = ck.prepare_batchnorm_inference(
-        Y, X, gamma, beta, running_mean, running_var, eps, dt)
+    c = X.shape[-1]
+    rows, rm, rv = X.size // c, running_mean, running_var
     scale_ = gamma / np.sqrt(rv.astype(np.float64) + eps)
     Y[...] = ((X.reshape(rows, c) - rm) * scale_ + beta).reshape(X.shape)
     return Y
@@ -808,9 +711,8 @@ def batchnorm_backward(dX, dgamma, dbeta, dY, X, gamma, mean, invstd):
     mean and invstd: with xhat = (X - mean) * invstd and M values per
     channel, dbeta = sum(dY), dgamma = sum(dY * xhat),
     dX = gamma * invstd / M * (M dY - dbeta - xhat * dgamma)."""
-    dt = _dt(dX)
-    dY, X, gamma, mean, invstd, rows, c = ck.prepare_batchnorm_backward(
-        dX, dgamma, dbeta, dY, X, gamma, mean, invstd, dt)
+    c = X.shape[-1]
+    rows = X.size // c
     x = X.reshape(rows, c).astype(np.float64)
     g = dY.reshape(rows, c).astype(np.float64)
     xhat = (x - mean) * invstd

@@ -94,7 +94,8 @@ def activation_code(activation):
 @dataclass(frozen=True)
 class Hyper:
     """One hyperparameter of an optimizer update: its kernel name, torch's
-    default (None: none, the caller must give it), and its valid range."""
+    default, its valid range, and whether the update kernel requires it
+    (else the kernel's keyword option defaults to torch's default)."""
 
     name: str
     default: object = None
@@ -102,6 +103,7 @@ class Hyper:
     high: float = None
     low_open: bool = False
     flag: bool = False      # a bool (nesterov, centered), not a real number
+    required: bool = False
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,11 @@ class OptimizerSpec:
     (torch keeps it in the optimizer state), with its initial value; it is
     advanced by :func:`advance` before each update.  ``torch``: the
     torch.optim class the equations follow; ``pairs``: torch arguments that
-    bundle two kernel hyperparameters (``betas`` -> beta1, beta2).
+    bundle two kernel hyperparameters (``betas`` -> beta1, beta2);
+    ``fills``: torch arguments that set a state buffer's initial value,
+    with their default (Adagrad's initial_accumulator_value); ``rules``:
+    (message, predicate of the hyperparameters) pairs a valid setting
+    satisfies.
     """
 
     name: str
@@ -127,26 +133,28 @@ class OptimizerSpec:
     step: bool = True
     scalars: dict = field(default_factory=dict)
     pairs: dict = field(default_factory=dict)
+    fills: dict = field(default_factory=dict)
+    rules: tuple = ()
 
     @property
     def hyper_names(self):
         return tuple(h.name for h in self.hyper)
 
+    def problem(self, hyper):
+        """The message of the first rule `hyper` breaks, or None."""
+        return next((message for message, ok in self.rules if not ok(hyper)), None)
+
     def kernel_defaults(self):
-        """The defaults of the update kernel's keyword options: only
-        weight_decay and the options torch lets you leave out; lr, betas and
-        eps are the caller's (the classes in fastnn.optim carry torch's)."""
-        return {h.name: h.default for h in self.hyper
-                if h.name not in _KERNEL_REQUIRED and h.default is not None}
+        """The defaults of the update kernel's keyword options (the
+        hyperparameters it does not require)."""
+        return {h.name: h.default for h in self.hyper if not h.required}
 
 
-_KERNEL_REQUIRED = ("lr", "beta1", "beta2", "eps", "alpha")
-
-_LR = Hyper("lr", 1e-3, low=0.0)
+_LR = Hyper("lr", 1e-3, low=0.0, required=True)
 _WD = Hyper("weight_decay", 0.0, low=0.0)
-_EPS = Hyper("eps", 1e-8, low=0.0)
-_BETA1 = Hyper("beta1", 0.9, 0.0, 1.0)
-_BETA2 = Hyper("beta2", 0.999, 0.0, 1.0)
+_EPS = Hyper("eps", 1e-8, low=0.0, required=True)
+_BETA1 = Hyper("beta1", 0.9, 0.0, 1.0, required=True)
+_BETA2 = Hyper("beta2", 0.999, 0.0, 1.0, required=True)
 _ADAM_HYPER = (_LR, _BETA1, _BETA2, _EPS, _WD)
 _BETAS = {"betas": ("beta1", "beta2")}
 
@@ -154,24 +162,29 @@ OPTIMIZERS = {o.name: o for o in (
     OptimizerSpec("sgd", 0, "SGD", ("momentum_buf",),
                   (_LR, Hyper("momentum", 0.0, low=0.0), Hyper("dampening", 0.0),
                    Hyper("nesterov", False, flag=True), _WD),
-                  optional={"momentum_buf": "momentum"}),
+                  optional={"momentum_buf": "momentum"},
+                  rules=(("nesterov: requires momentum > 0 and dampening = 0",
+                          lambda h: not h["nesterov"] or (h["momentum"] > 0
+                                                          and h["dampening"] == 0)),)),
     OptimizerSpec("adam", 1, "Adam", ("m", "v"), _ADAM_HYPER, pairs=_BETAS),
     OptimizerSpec("adamw", 2, "AdamW", ("m", "v"),
                   (_LR, _BETA1, _BETA2, _EPS, Hyper("weight_decay", 1e-2, low=0.0)),
                   pairs=_BETAS),
     OptimizerSpec("rmsprop", 3, "RMSprop", ("square_avg", "momentum_buf", "grad_avg"),
-                  (Hyper("lr", 1e-2, low=0.0), Hyper("alpha", 0.99, 0.0, 1.0), _EPS, _WD,
+                  (Hyper("lr", 1e-2, low=0.0, required=True),
+                   Hyper("alpha", 0.99, 0.0, 1.0, required=True), _EPS, _WD,
                    Hyper("momentum", 0.0, low=0.0), Hyper("centered", False, flag=True)),
                   optional={"momentum_buf": "momentum", "grad_avg": "centered"}, step=False),
     OptimizerSpec("adagrad", 4, "Adagrad", ("sum_sq",),
-                  (Hyper("lr", 1e-2, low=0.0), Hyper("lr_decay", 0.0, low=0.0), _WD,
-                   Hyper("eps", 1e-10, low=0.0))),
+                  (Hyper("lr", 1e-2, low=0.0, required=True), Hyper("lr_decay", 0.0, low=0.0), _WD,
+                   Hyper("eps", 1e-10, low=0.0)),
+                  fills={"initial_accumulator_value": ("sum_sq", 0.0)}),
     OptimizerSpec("nadam", 5, "NAdam", ("m", "v"),
-                  (Hyper("lr", 2e-3, low=0.0), _BETA1, _BETA2, _EPS, _WD,
+                  (Hyper("lr", 2e-3, low=0.0, required=True), _BETA1, _BETA2, _EPS, _WD,
                    Hyper("momentum_decay", 4e-3, low=0.0)),
                   scalars={"mu_product": 1.0}, pairs=_BETAS),
     OptimizerSpec("adamax", 6, "Adamax", ("m", "u"),
-                  (Hyper("lr", 2e-3, low=0.0), _BETA1, _BETA2, _EPS, _WD), pairs=_BETAS),
+                  (Hyper("lr", 2e-3, low=0.0, required=True), _BETA1, _BETA2, _EPS, _WD), pairs=_BETAS),
 )}
 
 
@@ -293,15 +306,14 @@ def epoch_workspace(layers, batch_size, threads=1):
 class Kernel:
     """One kernel: its public signature (a Python parameter list), which
     parameters are outputs, what the public function returns (the name of an
-    output; "value": the implementation's value, a float; None: nothing),
-    and the validator in _checks that normalises its arguments
-    (``prepare_<name>`` unless given)."""
+    output; "value": the implementation's value, a float; None: nothing).
+    Its arguments are normalised by ``_checks.prepare_<name>`` (the
+    optimizers': ``_checks.prepare_optimizer``)."""
 
     name: str
     signature: str
     outputs: tuple
     returns: str = None
-    prepare: str = None
 
     @property
     def params(self):
@@ -323,7 +335,7 @@ def _optimizer_kernel(o):
         (h.name, defaults.get(h.name)) for h in o.hyper] + [(name, None) for name in o.scalars]
     text = ", ".join(name if d is None else f"{name}={d!r}" for name, d in opts)
     return Kernel(o.name, f"params, grads, {', '.join(o.states)}, *, {text}",
-                  ("params",) + o.states, prepare="prepare_optimizer")
+                  ("params",) + o.states)
 
 
 _V = "value"
@@ -338,12 +350,12 @@ KERNELS = {k.name: k for k in (
     Kernel("softmax_backward", "dX, dY, Y", ("dX",), "dX"),
     Kernel("softmax_xent_forward", "P, Z, labels", ("P",), _V),
     Kernel("softmax_xent_backward", "dZ, P, labels", ("dZ",)),
-    Kernel("bce_forward", "Z, T", (), _V, "prepare_pointwise_loss"),
-    Kernel("bce_backward", "dZ, Z, T", ("dZ",), None, "prepare_pointwise_loss_backward"),
-    Kernel("mse_forward", "Y, T", (), _V, "prepare_pointwise_loss"),
-    Kernel("mse_backward", "dY, Y, T", ("dY",), None, "prepare_pointwise_loss_backward"),
-    Kernel("mae_forward", "Y, T", (), _V, "prepare_pointwise_loss"),
-    Kernel("mae_backward", "dY, Y, T", ("dY",), None, "prepare_pointwise_loss_backward"),
+    Kernel("bce_forward", "Z, T", (), _V),
+    Kernel("bce_backward", "dZ, Z, T", ("dZ",)),
+    Kernel("mse_forward", "Y, T", (), _V),
+    Kernel("mse_backward", "dY, Y, T", ("dY",)),
+    Kernel("mae_forward", "Y, T", (), _V),
+    Kernel("mae_backward", "dY, Y, T", ("dY",)),
     *(_optimizer_kernel(o) for o in OPTIMIZERS.values()),
     Kernel("sum_squares", "x", (), _V),
     Kernel("scale", "x, s", ("x",)),
