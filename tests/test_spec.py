@@ -39,16 +39,6 @@ def test_c_enums_are_the_spec():
         name.upper(): o.code for name, o in spec.OPTIMIZERS.items()}
 
 
-def test_cffi_cdef_is_the_header_region():
-    from fastnn._ckernels import lib
-
-    cdef = _build_ckernels.read_cdef()
-    assert cdef in _header()  # the region itself, not a copy
-    declared = re.findall(r"\b(fastnn_\w+)\s*\(", cdef)
-    assert len(declared) >= 30
-    assert [fn for fn in declared if not hasattr(lib, fn)] == []
-
-
 # ---- the epoch's structures -----------------------------------------------------
 
 def test_c_layer_struct_takes_a_dense_layer():

@@ -50,7 +50,6 @@ _C_ARRAYS = {cname: ffi.typeof(cname[:-2] + "[]")
              for cname in ("float *", "double *", "int32_t *", "int64_t *")}
 
 _SIMD_NAMES = ("generic", "avx2", "avx512")   # index = enum fastnn_simd
-_INT_MAX = 2 ** 31 - 1
 
 
 def _c_array(array, x):
@@ -100,8 +99,8 @@ def info():
 
 def set_num_threads(n):
     """Number of OpenMP threads the C kernels use (an integer >= 1)."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= _INT_MAX:
-        raise ValueError(f"n: expected an integer in [1, {_INT_MAX}], got {n!r}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n < 2 ** 31:
+        raise ValueError(f"n: expected an integer in [1, 2**31) (a C int), got {n!r}")
     lib.fastnn_set_num_threads(int(n))
 
 
