@@ -746,7 +746,9 @@ static void adamax_span(float *params, const float *grads, float *m, float *u,
         const float g = l2_grad(grads[i], params[i], k.wd);
         const float mi = k.b1 * m[i] + k.c1 * g;
         const float decayed = k.b2 * u[i], bound = fabsf(g) + k.eps;
-        const float ui = decayed > bound ? decayed : bound;
+        /* max propagating NaN from either side, as np.maximum (a NaN in u
+           was dropped by the plain ternary) */
+        const float ui = (decayed > bound || decayed != decayed) ? decayed : bound;
         m[i] = mi;
         u[i] = ui;
         params[i] -= k.clr * (mi / ui);

@@ -132,16 +132,21 @@ class Residual(Layer):
                 return Conv2D(c, oc, 1, stride=(sh, sw))
         raise ValueError(f"Residual: no projection from {in_shape} to {out_shape}; pass one")
 
-    def _children(self):
-        named = [(str(i), layer) for i, layer in enumerate(self.layers)]
-        return named + ([("proj", self.projection)] if self.projection is not None else [])
+    def children(self):
+        """The block's layers, then the projection if there is one."""
+        return self.layers + ([self.projection] if self.projection is not None else [])
+
+    def _named(self):
+        """children() with the key that prefixes their tensor names."""
+        keys = [str(i) for i in range(len(self.layers))] + ["proj"]
+        return list(zip(keys, self.children()))
 
     def param_shapes(self):
-        return [(f"{key}.{name}", shape) for key, layer in self._children()
+        return [(f"{key}.{name}", shape) for key, layer in self._named()
                 for name, shape in layer.param_shapes()]
 
     def buffer_shapes(self):
-        return [(f"{key}.{name}", shape, value) for key, layer in self._children()
+        return [(f"{key}.{name}", shape, value) for key, layer in self._named()
                 for name, shape, value in layer.buffer_shapes()]
 
     @staticmethod
@@ -150,21 +155,21 @@ class Residual(Layer):
         return {name[len(prefix):]: v for name, v in views.items() if name.startswith(prefix)}
 
     def init_params(self, rng, views):
-        for key, layer in self._children():
+        for key, layer in self._named():
             layer.init_params(rng, self._split(views, key))
 
     def bind(self, params, grads):
         super().bind(params, grads)
-        for key, layer in self._children():
+        for key, layer in self._named():
             layer.bind(self._split(params, key), self._split(grads, key))
 
     def bind_buffers(self, views):
-        for key, layer in self._children():
+        for key, layer in self._named():
             layer.bind_buffers(self._split(views, key))
 
     def set_backend(self, module, dtype=np.float32):
         super().set_backend(module, dtype)
-        for _, layer in self._children():
+        for layer in self.children():
             layer.set_backend(module, dtype)
 
     def forward(self, X, training=False):

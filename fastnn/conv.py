@@ -90,6 +90,9 @@ class Conv2D(Layer):
         self.weight, self.bias = params["weight"], params["bias"]
         self.weight_grad, self.bias_grad = grads["weight"], grads["bias"]
 
+    def penalized(self):
+        return [(self.weight, self.weight_grad)]
+
     def _kernel_args(self):
         return dict(stride=self.stride, padding=self.padding, activation=self.activation,
                     negative_slope=self.negative_slope)

@@ -15,6 +15,12 @@ Each layer implements::
     forward(X, training) -> Y             Y is a buffer the layer owns
     backward(dY, need_dx) -> dX or None   may overwrite dY
     config() -> dict                      JSON-able constructor arguments
+    children() -> [Layer]                 the layers a block holds; default []
+    penalized() -> [(W, dW)]              weights the L2 penalty applies to; default []
+
+A block passes build, bind and the rest on to its children itself; the model
+finds nested layers only through ``children()`` (:meth:`fastnn.Sequential.walk`),
+which is how the L2 penalty and dropout seeding reach inside blocks.
 """
 
 import numpy as np
@@ -85,6 +91,34 @@ class Layer:
 
     def config(self):
         return {}
+
+    def children(self):
+        """The layers this layer contains.
+
+        Returns
+        -------
+        list of Layer
+            Direct children only (a block's own layers, not theirs); empty
+            for a layer that holds no others.
+        """
+        return []
+
+    def penalized(self):
+        """The tensors the L2 penalty applies to.
+
+        The penalty is scikit-learn's MLP ``alpha``, ``Trainer(l2=...)``:
+        ``l2 / (2 m) * sum(weight**2)`` added to the loss of a batch of m
+        samples and ``l2 / m * weight`` to ``weight_grad``.
+
+        Returns
+        -------
+        list of (array, array)
+            (weight, weight_grad) pairs of views into the model's parameter
+            and gradient buffers: the weights of this layer itself (not its
+            children's, not biases or normalisation parameters); empty by
+            default.
+        """
+        return []
 
     @classmethod
     def from_config(cls, config):
@@ -187,6 +221,9 @@ class Dense(Layer):
         super().bind(params, grads)
         self.weight, self.bias = params["weight"], params["bias"]
         self.weight_grad, self.bias_grad = grads["weight"], grads["bias"]
+
+    def penalized(self):
+        return [(self.weight, self.weight_grad)]
 
     def forward(self, X, training=False):
         Y = self._buffer("Y", (X.shape[0], self.out_features))

@@ -103,20 +103,37 @@ class Sequential:
         host = np.zeros(self.size, self.dtype)
         for i, layer in enumerate(layers):
             layer.init_params(rng, self._views(host, i))
-        for layer in self._all_layers():
+        for layer in self.walk():
             if hasattr(layer, "_rng"):
                 layer._rng = np.random.default_rng(rng.integers(2**63))
         self.backend = None
         self._place(host, kernels.get_backend() if backend is None else backend, host_buffers)
 
-    def _all_layers(self):
-        """Every layer, those inside blocks included."""
-        stack, out = list(self.layers), []
+    def walk(self):
+        """Every layer of the model, those inside blocks included.
+
+        Yields
+        ------
+        Layer
+            Depth first in model order: each layer, then (recursively) its
+            ``children()``.
+        """
+        stack = self.layers[::-1]
         while stack:
-            layer = stack.pop(0)
-            out.append(layer)
-            stack[:0] = [child for _, child in getattr(layer, "_children", lambda: [])()]
-        return out
+            layer = stack.pop()
+            yield layer
+            stack += layer.children()[::-1]
+
+    def penalized(self):
+        """The (weight, weight_grad) pairs of every layer, nested ones included.
+
+        Returns
+        -------
+        list of (array, array)
+            ``layer.penalized()`` over :meth:`walk`: what the Trainer's
+            ``l2`` applies to.
+        """
+        return [pair for layer in self.walk() for pair in layer.penalized()]
 
     def _infer_input_shape(self):
         for layer in self.layers:

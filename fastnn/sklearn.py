@@ -58,22 +58,6 @@ _ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "
 # not torch's weight_decay (every parameter).
 
 
-class _SGD(optim_mod.SGD):
-    """torch's SGD; with the momentum rescaled on learning-rate changes (see set_lr)."""
-
-    def set_lr(self, lr):
-        """Change the learning rate the way sklearn's SGD sees it.
-
-        sklearn keeps the velocity v = -lr * buf with the lr of the steps that
-        built it; torch's buffer is multiplied by the current lr.  Scaling the
-        buffer by old / new keeps lr * buf, so the next steps equal sklearn's.
-        """
-        buf = self._buf("momentum_buf")
-        if buf is not None and lr > 0 and lr != self.lr:
-            self._k.scale(buf, self.lr / lr)
-        self.lr = lr
-
-
 # ---- the estimators ---------------------------------------------------------------
 
 class _BaseMLP(BaseEstimator):
@@ -232,12 +216,12 @@ class _BaseMLP(BaseEstimator):
     def _sync_attributes(self):
         """coefs_ / intercepts_: views into the model's buffer on host backends
         (writing them changes the model), host copies on cuda."""
-        k = self._model._k
         dense = [layer for layer in self._model.layers if isinstance(layer, Dense)]
         if isinstance(self._model.params, np.ndarray):
             self.coefs_ = [layer.weight for layer in dense]
             self.intercepts_ = [layer.bias for layer in dense]
         else:
+            k = kernels.get(self._model.backend)
             self.coefs_ = [k.to_numpy(layer.weight) for layer in dense]
             self.intercepts_ = [k.to_numpy(layer.bias) for layer in dense]
 
@@ -245,8 +229,8 @@ class _BaseMLP(BaseEstimator):
         base, value_scale, grad_scale = self._loss_parts()
         objective = type(base)(value_scale=value_scale, grad_scale=grad_scale)
         if self.solver == "sgd":
-            optimizer = _SGD(lr=self.learning_rate_init, momentum=self.momentum,
-                             nesterov=bool(self.nesterovs_momentum and self.momentum > 0))
+            optimizer = optim_mod.SGD(lr=self.learning_rate_init, momentum=self.momentum,
+                                      nesterov=bool(self.nesterovs_momentum and self.momentum > 0))
         else:
             optimizer = optim_mod.Adam(lr=self.learning_rate_init,
                                        betas=(self.beta_1, self.beta_2), eps=self.epsilon)
@@ -270,7 +254,6 @@ class _BaseMLP(BaseEstimator):
                 raise ValueError("The validation set is too small. Increase "
                                  "'validation_fraction' or the size of your dataset.")
             self._val = (np.ascontiguousarray(X_val, np.float32), self._decode_targets(Y_val))
-        X = np.ascontiguousarray(X, np.float32)  # once, not per epoch in Trainer.fit
         n = self._n_train = X.shape[0]
         if self.batch_size == "auto":
             batch_size = min(200, n)
@@ -280,8 +263,7 @@ class _BaseMLP(BaseEstimator):
                               "It is going to be clipped", stacklevel=3)
             batch_size = int(np.clip(self.batch_size, 1, n))
         self.n_iter_ = 0
-        run_epoch = self._trainer._epochs_in_order(
-            X, self._trainer._targets(self._fit_targets(Y), n), batch_size)
+        run_epoch = self._trainer.epoch_runner(X, self._fit_targets(Y), batch_size)
         order = np.arange(n)
         stopped = False
         try:
@@ -322,14 +304,14 @@ class _BaseMLP(BaseEstimator):
         if getattr(self, "_schedule", None) is not None:
             optimizer.lr = self._schedule.next({"loss": self.loss_})
         elif self.solver == "sgd" and self.learning_rate == "invscaling":
-            optimizer.set_lr(self.learning_rate_init / (self.t_ + 1) ** self.power_t)
+            self._set_sgd_lr(self.learning_rate_init / (self.t_ + 1) ** self.power_t)
         if self._no_improvement_count > self.n_iter_no_change:
             what = "Validation score" if self.early_stopping else "Training loss"
             msg = (f"{what} did not improve more than tol={self.tol:f} for "
                    f"{self.n_iter_no_change} consecutive epochs.")
             if self.solver == "sgd" and self.learning_rate == "adaptive" \
                     and optimizer.lr > 1e-6:
-                optimizer.set_lr(optimizer.lr / 5.0)
+                self._set_sgd_lr(optimizer.lr / 5.0)
                 self._no_improvement_count = 0
                 if self.verbose:
                     print(msg + " Setting learning rate to %f" % optimizer.lr)
@@ -339,6 +321,20 @@ class _BaseMLP(BaseEstimator):
                              and self.solver == "sgd" else "") + " Stopping.")
             return True
         return False
+
+    def _set_sgd_lr(self, lr):
+        """Change SGD's learning rate the way scikit-learn's SGD sees it.
+
+        sklearn keeps the velocity v = -lr * buf with the lr of the steps that
+        built it; fastnn's (torch's) momentum buffer is multiplied by the
+        current lr.  Scaling the buffer by old / new keeps lr * buf, so the
+        next steps equal sklearn's.
+        """
+        optimizer = self._trainer.optimizer
+        buf = optimizer.state.get("momentum_buf")
+        if buf is not None and lr > 0 and lr != optimizer.lr:
+            kernels.get(self._trainer.backend).scale(buf, optimizer.lr / lr)
+        optimizer.lr = lr
 
     def _update_no_improvement_count(self):
         if self.early_stopping:

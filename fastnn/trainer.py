@@ -63,6 +63,13 @@ def _all_finite(arr, rows=8192):
     return all(np.isfinite(flat[i:i + rows]).all() for i in range(0, len(flat), rows))
 
 
+def _check_batch_size(batch_size):
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 1:
+        raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
+    return int(batch_size)
+
+
 def _check_finite(value, epoch, batch):
     if not np.isfinite(value):
         raise FloatingPointError(f"loss became {value} at epoch {epoch + 1}, batch {batch + 1}: "
@@ -153,9 +160,11 @@ class Trainer:
         the same trajectory.
     l2 : float
         scikit-learn's MLP penalty alpha: each batch of m samples adds
-        ``l2 / (2 m) * sum(W**2)`` over the layers' weights (not biases) to
-        its loss, and ``l2 / m * W`` to their gradients.  (An optimizer's
-        ``weight_decay`` is torch's, over every parameter.)
+        ``l2 / (2 m) * sum(W**2)`` over the weights W of
+        ``model.penalized()`` (Dense and Conv weights, those inside blocks
+        included; not biases) to its loss, and ``l2 / m * W`` to their
+        gradients.  (An optimizer's ``weight_decay`` is torch's, over every
+        parameter.)
     clip_value, clip_norm : float or None
         Gradient clipping before each update, one pass over the flat gradient
         buffer each: every gradient to [-clip_value, clip_value], then the
@@ -208,12 +217,13 @@ class Trainer:
         out = model.forward(self._to_backend("x", xb), training=True)
         value = loss.forward(out, self._to_backend("t", tb))
         if self.l2:
+            penalized = model.penalized()
             value += 0.5 * self.l2 / len(xb) * sum(
-                k.sum_squares(layer.weight.reshape(-1)) for layer in self._penalized())
+                k.sum_squares(W.reshape(-1)) for W, _ in penalized)
         model.backward(loss.backward())
         if self.l2:
-            for layer in self._penalized():
-                k.axpy(layer.weight_grad.reshape(-1), layer.weight.reshape(-1), self.l2 / len(xb))
+            for W, dW in penalized:
+                k.axpy(dW.reshape(-1), W.reshape(-1), self.l2 / len(xb))
         self._clip(model.grads)
         self.optimizer.step(model.params, model.grads)
         return value, out
@@ -226,9 +236,6 @@ class Trainer:
             coef = self.clip_norm / (norm + 1e-6)
             if coef < 1.0:
                 self._k.scale(grads, coef)
-
-    def _penalized(self):
-        return [layer for layer in self.model.layers if hasattr(layer, "weight_grad")]
 
     def train_step(self, X, y):
         """One mini-batch step: forward, loss, backward, update.
@@ -267,9 +274,7 @@ class Trainer:
         t = self._targets(y, len(X))
         if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
             raise ValueError(f"epochs: expected an integer >= 0, got {epochs!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-                or batch_size < 1:
-            raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
+        batch_size = _check_batch_size(batch_size)
         if not 0.0 <= validation_split < 1.0:
             raise ValueError(f"validation_split: expected a fraction in [0, 1), got {validation_split}")
         if validation_data is None and validation_split > 0:
@@ -294,7 +299,7 @@ class Trainer:
                 cb.on_fit_start(self)
 
         n = len(X)
-        batch_size = min(int(batch_size), n)
+        batch_size = min(batch_size, n)
         rng = np.random.default_rng(seed)
         # The fused epoch on the host takes the shuffle as an order of rows
         # and gathers each batch itself: no shuffled copy of X.
@@ -329,14 +334,32 @@ class Trainer:
                 bar.close()
         return history
 
-    def _epochs_in_order(self, X, t, batch_size):
-        """For fastnn.sklearn, which draws scikit-learn's epoch permutations
-        itself: a function run(order) that trains one epoch over the rows
-        ``order`` of X (None: in order) and returns its mean loss.  X is
-        validated once by the caller (C-contiguous, the model's dtype) and t
-        comes from _targets; on the fused path the rows are gathered batch
-        by batch, with no copy of X per epoch."""
+    def epoch_runner(self, X, y, batch_size):
+        """Epochs over (X, y) in orders the caller draws (as fastnn.sklearn
+        draws scikit-learn's permutations).
+
+        Parameters
+        ----------
+        X : array-like (n_samples, *model.input_shape)
+        y : array-like
+            Targets as ``fit`` takes them.
+        batch_size : int
+            Clipped to n_samples; the last batch may be smaller.
+
+        Returns
+        -------
+        run : callable
+            ``run(order)`` trains one epoch over the rows ``order`` of X (a
+            permutation of ``range(n_samples)``; None: in order) and returns
+            its mean loss.  X and y are validated and converted once, here;
+            an epoch on the fused path gathers its batches through ``order``,
+            with no copy of X.  A loss that becomes NaN or Inf raises
+            FloatingPointError.
+        """
+        X = check_X(X, self.model.input_shape, self.model.dtype)
+        t = self._targets(y, len(X))
         n = len(X)
+        batch_size = min(_check_batch_size(batch_size), n)
         epoch_fn = self._fused_epoch(n, batch_size) if self.fused else self._python_epoch
         by_order = self.fused and not self._device
 

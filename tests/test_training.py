@@ -174,6 +174,33 @@ def test_train_step_returns_loss_before_update():
     assert trainer.evaluate(X, y)["loss"] < before
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_epoch_runner_is_fit_with_the_callers_permutations(fused):
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(50, 4)), rng.integers(0, 3, 50)
+
+    def trainer():
+        model = fastnn.Sequential([fastnn.Dense(4, 6, "tanh"), fastnn.Dense(6, 3)], seed=0)
+        return fastnn.Trainer(model, "softmax_cross_entropy", optim.SGD(lr=0.1, momentum=0.9),
+                              fused=fused, l2=0.1)
+
+    by_fit = trainer()
+    history = by_fit.fit(X, y, epochs=3, batch_size=16, seed=4, verbose=False)
+    by_order = trainer()
+    run = by_order.epoch_runner(X, y, 16)
+    perms = np.random.default_rng(4)  # fit's own draws
+    losses = [run(perms.permutation(50)) for _ in range(3)]
+    np.testing.assert_array_equal(by_order.model.get_params(), by_fit.model.get_params())
+    np.testing.assert_allclose(losses, history.loss, rtol=1e-12)
+    run(None)  # in order
+    with pytest.raises(ValueError, match="features"):
+        by_order.epoch_runner(X[:, :3], y, 16)
+    with pytest.raises(ValueError, match="different lengths"):
+        by_order.epoch_runner(X, y[:-1], 16)
+    with pytest.raises(ValueError, match="batch_size"):
+        by_order.epoch_runner(X, y, 0)
+
+
 def test_fit_options_validation_and_early_stopping(capsys):
     Xtr, Xte, ytr, yte = digits_split()
     trainer = fastnn.Trainer(fastnn.Sequential([fastnn.Dense(64, 32, "relu"), fastnn.Dense(32, 10)],
