@@ -547,7 +547,8 @@ def prepare_dense_stack_epoch(epoch, dtype):
         inputs["order"] = order
     buffers = {"params": e.params, "grads": e.grads, **dict(zip(opt.states, states))}
     for name, arr in {"workspace": ws, **outs, **buffers}.items():
-        check_no_alias(name, arr, inputs)
+        if arr is not None:  # (an unused optimizer state)
+            check_no_alias(name, arr, inputs)
     check_no_alias("workspace", ws, dict(buffers, **outs))
     for name, arr in outs.items():
         check_no_alias(name, arr, buffers)
