@@ -112,51 +112,6 @@ def _gemm_case(backend, ref, rng, m, n, k, trans_a, trans_b, alpha, beta):
     close(C, want, rtol=1e-4, atol=3e-6 * k * max(1.0, abs(alpha)) + 1e-6)
 
 
-_NUMBA_WIDTH_CHECK = """
-import numpy as np
-from fastnn.kernels import numba as nb
-assert nb._W == {width}, nb._W
-rng = np.random.default_rng(0)
-for m, n, k in [(1, 33, 9), (7, 5, 3), (13, 40, 300), (70, 129, 65), (250, 30, 20),
-                (210, 100, 120)]:  # the last >= 2M multiply-adds: the threaded loops
-    for ta in (False, True):
-        for tb in (False, True):
-            A = rng.uniform(-1, 1, (k, m) if ta else (m, k)).astype(np.float32)
-            B = rng.uniform(-1, 1, (n, k) if tb else (k, n)).astype(np.float32)
-            C = rng.uniform(-1, 1, (m, n)).astype(np.float32)
-            want = -0.5 * ((A.T if ta else A).astype(np.float64) @ (B.T if tb else B)) + 1.5 * C
-            nb.gemm(A, B, C, trans_a=ta, trans_b=tb, alpha=-0.5, beta=1.5)
-            assert np.allclose(C, want, rtol=1e-4, atol=3e-6 * k), (m, n, k, ta, tb)
-    X, W, b = (rng.uniform(-1, 1, s).astype(np.float32) for s in ((m, k), (k, n), n))
-    Y = np.empty((m, n), np.float32)
-    nb.dense_forward(Y, X, W, b, activation="relu")
-    assert np.allclose(Y, np.maximum(X.astype(np.float64) @ W + b, 0), rtol=1e-4, atol=3e-6 * k)
-print("ok")
-"""
-
-
-@pytest.mark.parametrize("width,env", [
-    (8, {"NUMBA_CPU_NAME": "haswell",
-         "NUMBA_CPU_FEATURES": "+avx,+avx2,+fma,+sse,+sse2,+sse3,+ssse3,+sse4.1,+sse4.2"}),
-    (4, {"NUMBA_CPU_NAME": "generic"}),
-])
-def test_numba_gemm_every_vector_width(tmp_path, width, env):
-    """The numba micro-kernel is vector IR sized by the CPU numba compiles for
-    (16 floats with AVX-512, 8 with AVX, else 4); the host tests run one of
-    them, so the others are compiled here for a narrower CPU, in a child
-    process with its own cache, on ragged tiles, several panels of k, every
-    transpose, alpha/beta and the bias + activation epilogue."""
-    import os
-    import subprocess
-    import sys
-
-    pytest.importorskip("numba")
-    full_env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), **env)
-    run = subprocess.run([sys.executable, "-c", _NUMBA_WIDTH_CHECK.format(width=width)],
-                         capture_output=True, text=True, env=full_env, timeout=600)
-    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]
-
-
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
 def test_gemm_shapes_and_transposes(backend, ref, rng, trans_a, trans_b):

@@ -1,0 +1,121 @@
+"""The Numba backend: every kernel of spec.KERNELS compiled for the CPU.
+
+The implementations follow the backend contract (fastnn/kernels/spec.py):
+the front, ``fastnn.kernels.get("numba")``, validates every argument and
+calls them positionally with normalised arguments (float32 arrays, the
+activation's code, (h, w) pairs, Python floats); the reference documents
+the kernels.  One file per area, as csrc/: ``_gemm`` (the vector-IR
+micro-kernel, gemm and the dense layer), ``_elementwise`` (activations,
+softmax, flat-buffer utilities), ``_losses``, ``_optimizers``, ``_epoch``
+(dense_stack_epoch), ``_conv`` (convolution and pooling), ``_norm`` (batch
+norm); ``_common`` holds what they share.
+
+Nothing is compiled at import time: kernels are compiled on first call and
+cached on disk (``cache=True``, in ``__pycache__``); :func:`warmup` compiles
+all of them at once (benchmarks call it so that timings exclude compilation).
+
+Numerics.  ``fastmath`` is limited to ``contract`` (FMA) and ``reassoc`` (so
+that LLVM can vectorise reductions): NaN and Inf propagate as in the
+reference.  Losses and ``sum_squares`` accumulate in float64.  Elementwise
+math mixes float32 arrays with float64 scalars, so it runs in float64 and
+rounds once on store -- except the optimizer updates, which run in float32
+as the c backend's do (see ``_optimizers``).
+"""
+
+import numba  # absolute import: the real numba, not this package
+import numpy as np
+
+from .. import spec
+from ..reference import asarray, empty, to_numpy, zeros  # noqa: F401 - host arrays, as the reference
+from ._conv import (avgpool2d_backward, avgpool2d_forward, conv2d_backward,  # noqa: F401
+                    conv2d_forward, maxpool2d_backward, maxpool2d_forward)
+from ._elementwise import (activation_backward, activation_forward, axpy, clip,  # noqa: F401
+                           scale, softmax_backward, softmax_forward, sum_squares)
+from ._epoch import dense_stack_epoch  # noqa: F401
+from ._gemm import _W, dense_backward, dense_forward, gemm  # noqa: F401
+from ._losses import (bce_backward, bce_forward, mae_backward, mae_forward,  # noqa: F401
+                      mse_backward, mse_forward, softmax_xent_backward, softmax_xent_forward)
+from ._norm import batchnorm_backward, batchnorm_forward, batchnorm_inference  # noqa: F401
+from ._optimizers import adagrad, adam, adamax, adamw, nadam, rmsprop, sgd  # noqa: F401
+
+name = "numba"
+DTYPE = np.float32
+
+
+def info():
+    """What this backend is: a dict with at least 'backend' and 'threads'."""
+    return {"backend": name, "threads": numba.get_num_threads(),
+            "simd": f"llvm, {_W}-float vectors", "numba": numba.__version__}
+
+
+def set_num_threads(n):
+    """Threads used by the parallel kernels (clamped to NUMBA_NUM_THREADS)."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n: expected an integer >= 1, got {n!r}")
+    numba.set_num_threads(min(int(n), numba.config.NUMBA_NUM_THREADS))
+
+
+def warmup():
+    """Compile (or load from the disk cache) every kernel on tiny inputs,
+    with the argument types the front passes."""
+    f32 = np.float32
+    relu, tanh = int(spec.Activation.RELU), int(spec.Activation.TANH)
+    x = np.linspace(-1.0, 1.0, 6, dtype=f32).reshape(2, 3)
+    w = np.ones((3, 3), dtype=f32)
+    out = np.empty_like(x)
+    labels = np.array([0, 2], dtype=np.int32)
+    gemm(x, w, out, False, False, 1.0, 0.0)
+    dense_forward(out, x, w, w[0], relu, 0.01)
+    dense_backward(np.empty_like(x), np.empty_like(w), np.empty(3, f32), np.empty_like(x), x, x,
+                   w, out, relu, 0.01)
+    activation_forward(out, x, tanh, 0.01)
+    activation_backward(out, x, x, tanh, 0.01)
+    softmax_forward(out, x)
+    softmax_backward(out, x, x)
+    softmax_xent_forward(out, x, labels)
+    softmax_xent_backward(out, x, labels)
+    for forward, backward in ((bce_forward, bce_backward), (mse_forward, mse_backward),
+                              (mae_forward, mae_backward)):
+        forward(x, x)
+        backward(out, x, x)
+    p, g = np.zeros(4, f32), np.ones(4, f32)
+    s1, s2, s3 = np.zeros(4, f32), np.zeros(4, f32), np.zeros(4, f32)
+    sgd(p, g, s1, 1, 0.1, 0.9, 0.0, False, 0.0)
+    adam(p, g, s1, s2, 1, 0.1, 0.9, 0.999, 1e-8, 0.0)
+    adamw(p, g, s1, s2, 1, 0.1, 0.9, 0.999, 1e-8, 0.0)
+    rmsprop(p, g, s1, s2, s3, 0.1, 0.99, 1e-8, 0.0, 0.9, True)
+    adagrad(p, g, s1, 1, 0.1, 0.0, 0.0, 1e-10)
+    nadam(p, g, s1, s2, 1, 0.1, 0.9, 0.999, 1e-8, 0.0, 4e-3, spec.nadam_mu(1, 0.9, 4e-3))
+    adamax(p, g, s1, s2, 1, 0.1, 0.9, 0.999, 1e-8, 0.0)
+    sum_squares(p)
+    scale(p, 0.5)
+    clip(p, -1.0, 1.0)
+    axpy(p, g, 0.5)
+    layers = (spec.DenseLayer(3, 3, 0, -1, relu, 0.0),)
+    hyper = {h.name: h.default for h in spec.OPTIMIZERS["sgd"].hyper}
+    dense_stack_epoch(spec.Epoch(
+        np.zeros(9, f32), np.zeros(9, f32), (None,),
+        np.empty(spec.epoch_workspace(layers, 2, 1), f32), x, labels, np.empty(1),
+        np.empty(1, np.int64), layers, "softmax_xent", 2, "sgd", dict(hyper, lr=0.1), 0))
+    _warmup_cnn()
+
+
+def _warmup_cnn():
+    """The conv, pooling and batch-norm kernels of ``warmup``."""
+    f32, relu = np.float32, int(spec.Activation.RELU)
+    x = np.linspace(-1.0, 1.0, 32, dtype=f32).reshape(1, 4, 4, 2)
+    w = np.ones((3, 3, 2, 2), dtype=f32)
+    y, cols = np.empty((1, 2, 2, 2), f32), np.empty((4, 18), f32)
+    conv2d_forward(y, x, w, w[0, 0, 0], cols, (1, 1), (0, 0), relu, 0.01)
+    conv2d_backward(np.empty_like(x), np.empty_like(w), np.empty(2, f32), np.empty_like(y), y,
+                    x, w, y, cols, (1, 1), (0, 0), relu, 0.01)
+    am = np.empty((1, 2, 2, 2), np.int32)
+    maxpool2d_forward(y, x, am, (2, 2), (2, 2))
+    maxpool2d_backward(np.empty_like(x), y, am, (2, 2), (2, 2))
+    avgpool2d_forward(y, x, (2, 2), (2, 2))
+    avgpool2d_backward(np.empty_like(x), y, (2, 2), (2, 2))
+    c2, c3, c4 = np.ones(2, f32), np.ones(2, f32), np.ones(2, f32)
+    batchnorm_forward(np.empty_like(x), x, c2, c2, c3, c4, np.zeros(2, f32), np.ones(2, f32),
+                      0.1, 1e-5)
+    batchnorm_inference(np.empty_like(x), x, c2, c2, c3, c4, 1e-5)
+    batchnorm_backward(np.empty_like(x), np.empty(2, f32), np.empty(2, f32), x, x, c2, c3, c4)

@@ -1,0 +1,80 @@
+"""Tests of the numba backend's own machinery, beyond the kernels' results
+(tests/test_kernels.py checks those on every backend): the micro-kernel at
+every vector width and numba's disk cache.  Each runs in a child process
+with a cache directory of its own."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("numba")
+
+
+def _run(script, tmp_path, **env):
+    full_env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), **env)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=full_env, timeout=600)
+
+
+_WIDTH_CHECK = """
+import numpy as np
+from fastnn import kernels
+from fastnn.kernels.numba import _gemm
+assert _gemm._W == {width}, _gemm._W
+nb = kernels.get("numba")
+rng = np.random.default_rng(0)
+for m, n, k in [(1, 33, 9), (7, 5, 3), (13, 40, 300), (70, 129, 65), (250, 30, 20),
+                (210, 100, 120)]:  # the last >= 2M multiply-adds: the threaded loops
+    for ta in (False, True):
+        for tb in (False, True):
+            A = rng.uniform(-1, 1, (k, m) if ta else (m, k)).astype(np.float32)
+            B = rng.uniform(-1, 1, (n, k) if tb else (k, n)).astype(np.float32)
+            C = rng.uniform(-1, 1, (m, n)).astype(np.float32)
+            want = -0.5 * ((A.T if ta else A).astype(np.float64) @ (B.T if tb else B)) + 1.5 * C
+            nb.gemm(A, B, C, trans_a=ta, trans_b=tb, alpha=-0.5, beta=1.5)
+            assert np.allclose(C, want, rtol=1e-4, atol=3e-6 * k), (m, n, k, ta, tb)
+    X, W, b = (rng.uniform(-1, 1, s).astype(np.float32) for s in ((m, k), (k, n), n))
+    Y = np.empty((m, n), np.float32)
+    nb.dense_forward(Y, X, W, b, activation="relu")
+    assert np.allclose(Y, np.maximum(X.astype(np.float64) @ W + b, 0), rtol=1e-4, atol=3e-6 * k)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("width,env", [
+    (8, {"NUMBA_CPU_NAME": "haswell",
+         "NUMBA_CPU_FEATURES": "+avx,+avx2,+fma,+sse,+sse2,+sse3,+ssse3,+sse4.1,+sse4.2"}),
+    (4, {"NUMBA_CPU_NAME": "generic"}),
+])
+def test_numba_gemm_every_vector_width(tmp_path, width, env):
+    """The numba micro-kernel is vector IR sized by the CPU numba compiles for
+    (16 floats with AVX-512, 8 with AVX, else 4); the host tests run one of
+    them, so the others are compiled here for a narrower CPU, in a child
+    process with its own cache, on ragged tiles, several panels of k, every
+    transpose, alpha/beta and the bias + activation epilogue."""
+    run = _run(_WIDTH_CHECK.format(width=width), tmp_path, **env)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]
+
+
+_CACHE_CHECK = """
+import numpy as np
+from fastnn.kernels import numba as nb
+from fastnn.kernels.numba import _elementwise, _optimizers
+p, g, m, v = (np.full(4, 0.5, np.float32) for _ in range(4))
+nb.adam(p, g, m, v, 1, 1e-3, 0.9, 0.999, 1e-8, 0.0)
+nb.activation_forward(p, g, 5, 0.01)
+print(sum(_optimizers._adam.stats.cache_hits.values()),
+      sum(_elementwise._activation_forward.stats.cache_hits.values()))
+"""
+
+
+def test_numba_kernels_load_from_the_disk_cache(tmp_path):
+    """A second process loads the compiled kernels from numba's disk cache
+    instead of compiling them again (a jitted function taking another as an
+    argument, for example, is never cached: see _optimizers)."""
+    first, second = _run(_CACHE_CHECK, tmp_path), _run(_CACHE_CHECK, tmp_path)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr[-3000:]
+    assert first.stdout.split() == ["0", "0"], first.stdout
+    assert second.stdout.split() == ["1", "1"], second.stdout
