@@ -24,6 +24,7 @@
 #include <string.h>
 #include <math.h>
 #include "fastnn.h"
+#include "internal.h"
 
 /* Below this many floats of work a kernel stays on the calling thread. */
 #define PAR_MIN (1 << 15)
@@ -58,20 +59,30 @@ static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
 typedef struct {
     int64_t n, h, w, c, kh, kw, sh, sw, ph, pw, oh, ow;
+    int64_t in_size;     /* n h w c: the floats of an input (or its gradient) */
+    int64_t out_pixels;  /* n oh ow: the rows of cols */
+    int64_t window;      /* kh kw */
 } geom;
 
 /* Fills g; 0 if the sizes are invalid (padding must be smaller than the
-   window, as the Python checks require, so every window overlaps X). */
+   window, as the Python checks require, so every window overlaps X) or a
+   padded extent or size product overflows int64. */
 static int make_geom(geom *g, int64_t n, int64_t h, int64_t w, int64_t c, int64_t kh,
                      int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw)
 {
+    int64_t hp, wp;  /* the padded image */
     if (n < 1 || h < 1 || w < 1 || c < 1 || kh < 1 || kw < 1 || sh < 1 || sw < 1
         || ph < 0 || pw < 0 || ph >= kh || pw >= kw)
         return 0;
-    if (h + 2 * ph < kh || w + 2 * pw < kw)
+    if (!fastnn_add(&hp, h, ph) || !fastnn_add(&hp, hp, ph) || !fastnn_add(&wp, w, pw)
+        || !fastnn_add(&wp, wp, pw) || hp < kh || wp < kw)
         return 0;
-    *g = (geom){n, h, w, c, kh, kw, sh, sw, ph, pw,
-                (h + 2 * ph - kh) / sh + 1, (w + 2 * pw - kw) / sw + 1};
+    const int64_t oh = (hp - kh) / sh + 1, ow = (wp - kw) / sw + 1;
+    int64_t in_size, out_pixels, window;
+    if (!fastnn_product(&in_size, n, h, w, c) || !fastnn_product(&out_pixels, n, oh, ow)
+        || !fastnn_product(&window, kh, kw))
+        return 0;
+    *g = (geom){n, h, w, c, kh, kw, sh, sw, ph, pw, oh, ow, in_size, out_pixels, window};
     return 1;
 }
 
@@ -140,12 +151,18 @@ static void col2im_image(float *dX, const float *cols, const geom *g, int64_t im
         }
 }
 
-static int conv_geom(geom *g, int64_t n, int64_t h, int64_t w, int64_t c, int64_t oc,
-                     int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
-                     int act)
+/* make_geom, and *K = kh kw c (the rows of W); 0 also if W (K, oc), cols
+   (n oh ow, K) or Y (n oh ow, oc) has more elements than int64 counts. */
+static int conv_geom(geom *g, int64_t *K, int64_t n, int64_t h, int64_t w, int64_t c,
+                     int64_t oc, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
+                     int64_t pw, int act)
 {
+    int64_t size;
     return oc >= 1 && act >= FASTNN_ACT_IDENTITY && act <= FASTNN_ACT_SOFTPLUS
-           && make_geom(g, n, h, w, c, kh, kw, sh, sw, ph, pw);
+           && make_geom(g, n, h, w, c, kh, kw, sh, sw, ph, pw)
+           && fastnn_product(K, g->window, c) && fastnn_product(&size, *K, oc)
+           && fastnn_product(&size, g->out_pixels, *K)
+           && fastnn_product(&size, g->out_pixels, oc);
 }
 
 /* X (n,h,w,c), W (kh,kw,c,oc) = the (kh*kw*c, oc) matrix, b (oc) or NULL,
@@ -156,9 +173,11 @@ int fastnn_conv2d_forward(float *Y, float *cols, const float *X, const float *W,
                           int64_t ph, int64_t pw, int act, float slope)
 {
     geom g;
-    if (!Y || !cols || !X || !W || !conv_geom(&g, n, h, w, c, oc, kh, kw, sh, sw, ph, pw, act))
+    int64_t K;
+    if (!Y || !cols || !X || !W
+        || !conv_geom(&g, &K, n, h, w, c, oc, kh, kw, sh, sw, ph, pw, act))
         return FASTNN_EINVAL;
-    const int64_t rows = n * g.oh * g.ow, K = kh * kw * c;
+    const int64_t rows = g.out_pixels;
     if (kh == 1 && kw == 1 && sh == 1 && sw == 1) {
         /* 1x1, stride 1 (so no padding): im2col(X) is X itself.  The copy is
            still made because the backward has no X, only cols. */
@@ -181,10 +200,11 @@ int fastnn_conv2d_backward(float *dX, float *dW, float *db, float *dZ, float *co
                            int act, float slope)
 {
     geom g;
+    int64_t K;
     if (!dW || !dZ || !cols || !dY || !W || !Y
-        || !conv_geom(&g, n, h, w, c, oc, kh, kw, sh, sw, ph, pw, act))
+        || !conv_geom(&g, &K, n, h, w, c, oc, kh, kw, sh, sw, ph, pw, act))
         return FASTNN_EINVAL;
-    const int64_t rows = n * g.oh * g.ow, K = kh * kw * c;
+    const int64_t rows = g.out_pixels;
     int rc = fastnn_dense_backward(NULL, dW, db, dZ, dY, cols, W, Y, rows, K, oc, act, slope);
     if (rc != FASTNN_OK || !dX)
         return rc;
@@ -198,10 +218,20 @@ int fastnn_conv2d_backward(float *dX, float *dW, float *db, float *dZ, float *co
 
 /* ---- pooling ------------------------------------------------------------------- */
 
-static int pool_geom(geom *g, int64_t n, int64_t h, int64_t w, int64_t c, int64_t kh,
-                     int64_t kw, int64_t sh, int64_t sw)
+/* make_geom without padding, and *out = n oh ow c (the floats of Y); 0 also
+   if that overflows. */
+static int pool_geom(geom *g, int64_t *out, int64_t n, int64_t h, int64_t w, int64_t c,
+                     int64_t kh, int64_t kw, int64_t sh, int64_t sw)
 {
-    return make_geom(g, n, h, w, c, kh, kw, sh, sw, 0, 0);
+    return make_geom(g, n, h, w, c, kh, kw, sh, sw, 0, 0)
+           && fastnn_product(out, g->out_pixels, c);
+}
+
+/* A pooling kernel's work: an output's window per output float (in double:
+   a threshold, and the product can pass int64 where no buffer does). */
+static double pool_work(const geom *g, int64_t out)
+{
+    return (double)out * (double)g->window;
 }
 
 /* Output row (img, oy): each window's maximum over the channels at once,
@@ -241,9 +271,12 @@ int fastnn_maxpool2d_forward(float *Y, int32_t *argmax, const float *X, int64_t 
                              int64_t sw)
 {
     geom g;
-    if (!Y || !argmax || !X || !pool_geom(&g, n, h, w, c, kh, kw, sh, sw) || h * w > INT32_MAX)
+    int64_t out;
+    /* argmax holds an index y * w + x of the image: h w must fit in int32 */
+    if (!Y || !argmax || !X || !pool_geom(&g, &out, n, h, w, c, kh, kw, sh, sw)
+        || h > INT32_MAX / w)
         return FASTNN_EINVAL;
-    PAR_FOR(r, n * g.oh, n * g.oh * g.ow * c * kh * kw > PAR_MIN,
+    PAR_FOR(r, n * g.oh, pool_work(&g, out) > PAR_MIN,
             maxpool_row(Y, argmax, X, &g, r / g.oh, r % g.oh));
     return FASTNN_OK;
 }
@@ -278,12 +311,11 @@ int fastnn_maxpool2d_backward(float *dX, const float *dY, const int32_t *argmax,
                               int64_t sh, int64_t sw)
 {
     geom g;
-    if (!dX || !dY || !argmax || !pool_geom(&g, n, h, w, c, kh, kw, sh, sw))
+    int64_t total;
+    if (!dX || !dY || !argmax || !pool_geom(&g, &total, n, h, w, c, kh, kw, sh, sw)
+        || !indices_valid(argmax, 0, total, h * w))
         return FASTNN_EINVAL;
-    const int64_t total = n * g.oh * g.ow * c;
-    if (!indices_valid(argmax, 0, total, h * w))
-        return FASTNN_EINVAL;
-    PAR_FOR(img, n, total + n * h * w * c > PAR_MIN,
+    PAR_FOR(img, n, (double)total + (double)g.in_size > PAR_MIN,
             maxpool_back_image(dX, dY, argmax, &g, img));
     return FASTNN_OK;
 }
@@ -314,7 +346,7 @@ static void scaled_pixel_sum(float *out, const float *img, int64_t w, int64_t c,
 static void avgpool_row(float *Y, const float *X, const geom *g, int64_t img, int64_t oy)
 {
     const int64_t c = g->c;
-    const double inv = 1.0 / (double)(g->kh * g->kw);
+    const double inv = 1.0 / (double)g->window;
     const float *x = X + img * g->h * g->w * c;
     for (int64_t ox = 0; ox < g->ow; ox++)
         scaled_pixel_sum(Y + ((img * g->oh + oy) * g->ow + ox) * c, x, g->w, c, oy * g->sh,
@@ -326,9 +358,10 @@ int fastnn_avgpool2d_forward(float *Y, const float *X, int64_t n, int64_t h, int
                              int64_t c, int64_t kh, int64_t kw, int64_t sh, int64_t sw)
 {
     geom g;
-    if (!Y || !X || !pool_geom(&g, n, h, w, c, kh, kw, sh, sw))
+    int64_t out;
+    if (!Y || !X || !pool_geom(&g, &out, n, h, w, c, kh, kw, sh, sw))
         return FASTNN_EINVAL;
-    PAR_FOR(r, n * g.oh, n * g.oh * g.ow * c * kh * kw > PAR_MIN,
+    PAR_FOR(r, n * g.oh, pool_work(&g, out) > PAR_MIN,
             avgpool_row(Y, X, &g, r / g.oh, r % g.oh));
     return FASTNN_OK;
 }
@@ -348,7 +381,7 @@ static void avgpool_back_row(float *dX, const float *dY, const geom *g, int64_t 
                              int64_t iy)
 {
     const int64_t c = g->c;
-    const double inv = 1.0 / (double)(g->kh * g->kw);
+    const double inv = 1.0 / (double)g->window;
     const float *dy = dY + img * g->oh * g->ow * c;
     int64_t ylo, yhi;
     covering(iy, g->kh, g->sh, g->oh, &ylo, &yhi);
@@ -365,9 +398,10 @@ int fastnn_avgpool2d_backward(float *dX, const float *dY, int64_t n, int64_t h, 
                               int64_t c, int64_t kh, int64_t kw, int64_t sh, int64_t sw)
 {
     geom g;
-    if (!dX || !dY || !pool_geom(&g, n, h, w, c, kh, kw, sh, sw))
+    int64_t out;
+    if (!dX || !dY || !pool_geom(&g, &out, n, h, w, c, kh, kw, sh, sw))
         return FASTNN_EINVAL;
-    PAR_FOR(r, n * h, n * h * w * c > PAR_MIN, avgpool_back_row(dX, dY, &g, r / h, r % h));
+    PAR_FOR(r, n * h, g.in_size > PAR_MIN, avgpool_back_row(dX, dY, &g, r / h, r % h));
     return FASTNN_OK;
 }
 
@@ -459,8 +493,10 @@ int fastnn_batchnorm_forward(float *Y, float *mean, float *invstd, float *runnin
                              const float *beta, int64_t rows, int64_t c, double momentum,
                              double eps)
 {
+    int64_t size;
     if (!Y || !mean || !invstd || !running_mean || !running_var || !X || !gamma || !beta
-        || rows < 2 || c < 1 || !(eps > 0.0) || !(momentum >= 0.0 && momentum <= 1.0))
+        || rows < 2 || c < 1 || !fastnn_product(&size, rows, c) || !(eps > 0.0)
+        || !(momentum >= 0.0 && momentum <= 1.0))
         return FASTNN_EINVAL;
     for (int64_t c0 = 0; c0 < c; c0 += CB) {
         const int64_t cb = min64(CB, c - c0);
@@ -491,8 +527,9 @@ int fastnn_batchnorm_inference(float *Y, const float *X, const float *gamma, con
                                const float *running_mean, const float *running_var,
                                int64_t rows, int64_t c, double eps)
 {
+    int64_t size;
     if (!Y || !X || !gamma || !beta || !running_mean || !running_var || rows < 1 || c < 1
-        || !(eps > 0.0))
+        || !fastnn_product(&size, rows, c) || !(eps > 0.0))
         return FASTNN_EINVAL;
     for (int64_t c0 = 0; c0 < c; c0 += CB) {
         const int64_t cb = min64(CB, c - c0);
@@ -524,8 +561,9 @@ int fastnn_batchnorm_backward(float *dX, float *dgamma, float *dbeta, const floa
                               const float *X, const float *gamma, const float *mean,
                               const float *invstd, int64_t rows, int64_t c)
 {
+    int64_t size;
     if (!dX || !dgamma || !dbeta || !dY || !X || !gamma || !mean || !invstd || rows < 1
-        || c < 1)
+        || c < 1 || !fastnn_product(&size, rows, c))
         return FASTNN_EINVAL;
     const int64_t spans = (rows + BN_SPAN - 1) / BN_SPAN;
     for (int64_t c0 = 0; c0 < c; c0 += CB) {

@@ -14,8 +14,12 @@
  *     accumulated into.
  *   - Every function returns FASTNN_OK (0) or a negative error code; a call
  *     with invalid sizes or a NULL required pointer does nothing and returns
- *     FASTNN_EINVAL.  Sizes must describe the buffers passed: the Python
- *     wrappers check that before any call.
+ *     FASTNN_EINVAL, and so does one whose sizes multiply (a buffer's
+ *     element count, a padded image) past int64.  Sizes must describe the
+ *     buffers passed: the Python front (fastnn.kernels) checks that before
+ *     any call.
+ *   - The enums below are fastnn.kernels.spec's (tests/test_spec.py parses
+ *     them and compares).
  *   - Scalars that feed bias corrections are double, as in torch.optim,
  *     which computes them in Python floats.
  */
@@ -27,7 +31,7 @@
 #define FASTNN_OK 0
 #define FASTNN_EINVAL (-1)
 
-/* Activation codes; the order matches fastnn.kernels._checks.ACTIVATIONS. */
+/* Activation codes: spec.Activation. */
 enum fastnn_activation {
     FASTNN_ACT_IDENTITY = 0,
     FASTNN_ACT_STEP = 1,       /* Heaviside: x > 0 ? 1 : 0; derivative 0   */
@@ -46,7 +50,7 @@ enum fastnn_simd {
     FASTNN_SIMD_AVX512 = 2     /* AVX-512F   */
 };
 
-/* Losses of fastnn_dense_stack_epoch. */
+/* Losses of fastnn_dense_stack_epoch: spec.Loss. */
 enum fastnn_loss {
     FASTNN_LOSS_SOFTMAX_XENT = 0,
     FASTNN_LOSS_BCE = 1,
@@ -54,7 +58,7 @@ enum fastnn_loss {
     FASTNN_LOSS_MAE = 3
 };
 
-/* Optimizers of fastnn_dense_stack_epoch. */
+/* Optimizers of fastnn_dense_stack_epoch: spec.OPTIMIZERS[name].code. */
 enum fastnn_optimizer_kind {
     FASTNN_OPT_SGD = 0,
     FASTNN_OPT_ADAM = 1,
@@ -235,6 +239,9 @@ int fastnn_batchnorm_backward(float *dX, float *dgamma, float *dbeta, const floa
 /* ---- a whole training epoch of a stack of dense layers ------------------- */
 /* The trainer's inner loop in C, so Python is not on the per-batch path.
    The specification is fastnn.kernels.reference.dense_stack_epoch. */
+
+/* One layer: the fields in the order of spec.DenseLayer (fastnn.kernels.c
+   builds the array from those tuples). */
 typedef struct {
     int64_t in, out;      /* features in and out                              */
     int64_t w_offset;     /* W (in,out) at params + w_offset, dW at grads + w_offset */
@@ -243,26 +250,23 @@ typedef struct {
     float slope;          /* leaky_relu's negative slope                       */
 } fastnn_dense_layer;
 
+/* The optimizer update after each batch: the hyperparameters are named as
+   in spec.OPTIMIZERS (those the kind does not use are ignored). */
 typedef struct {
     int kind;             /* enum fastnn_optimizer_kind                        */
     double lr, beta1, beta2, eps, weight_decay;
     double momentum, dampening, alpha, lr_decay, momentum_decay;
     int nesterov, centered;
-    float *state[3];      /* the update kernel's state buffers, in its argument
-                             order (NULL where unused), each n_params floats    */
+    float *state[3];      /* += the update kernel's state buffers, in its
+                             argument order (NULL where unused), n_params each */
     int64_t step;         /* in: steps taken before; out: after the epoch      */
     double mu_product;    /* NAdam's running product; in and out               */
 } fastnn_optimizer;
 
-/* Floats of workspace an epoch needs with `threads` threads: every layer's
-   outputs and their gradients for a full batch, 2 * batch * (sum of outs),
-   a gathered batch, batch * (in of the first + out of the last + 1), and
-   with several threads two partial-product buffers of batch * (widest out)
-   per thread.  -1 for invalid arguments. */
-int64_t fastnn_dense_stack_workspace(const fastnn_dense_layer *layers, int n_layers,
-                                     int64_t batch, int threads);
+/* One epoch's arguments (spec.Epoch).  `=` outputs are overwritten, `+=`
+   buffers updated in place.
 
-/* For each batch of `batch` samples -- the last may be shorter --: forward,
+   For each batch of `batch` samples -- the last may be shorter --: forward,
    loss (targets: labels (n) for softmax_xent, else T (n, out)), backward,
    optimizer update over all n_params.  The samples are the rows of X (n,
    layers[0].in) in order, or with order != NULL the n_order rows order[0],
@@ -270,11 +274,18 @@ int64_t fastnn_dense_stack_workspace(const fastnn_dense_layer *layers, int n_lay
    each batch's rows are gathered into the workspace).
    batch_loss[i] = loss_scale * loss + l2 / (2 m) * sum(W^2);
    batch_correct[i] = correctly classified samples (0 for mse/mae).
-   *n_done = batches run; a batch with a non-finite loss ends the epoch
+   n_done = batches run; a batch with a non-finite loss ends the epoch
    before its update.  l2 adds l2 / m * W to dW (weights only) and
    grad_scale scales the loss gradient (scikit-learn's conventions).
    Layers' parameter ranges must not overlap; parameters no layer owns are
    updated with whatever grads holds there (as the reference does).
+
+   The workspace (floats; spec.epoch_layout), for a full batch of B rows:
+     Y_0 (B, out_0) | Y_1 | ... | D_0 (B, out_0) | D_1 | ...   outputs, gradients
+     | Xb (B, in_0) | Tb (B, out_last) | Lb (B int32)          a gathered batch
+     | P (2 * threads, B, widest out), only with threads > 1   partial products
+   fastnn_dense_stack_workspace gives its size.
+
    With several threads (fastnn_get_num_threads(), fewer for small
    batches or a workspace sized for fewer; one parallel region per epoch)
    each thread owns a contiguous part of every feature dimension: its rows
@@ -284,14 +295,37 @@ int64_t fastnn_dense_stack_workspace(const fastnn_dense_layer *layers, int n_lay
    and the thread updates its parameters at once.  No gradient is summed
    across threads; the trajectory equals the single-threaded one up to
    float32 rounding (the order of the forward's sums differs). */
-int fastnn_dense_stack_epoch(float *params, float *grads, int64_t n_params,
-                             const fastnn_dense_layer *layers, int n_layers,
-                             fastnn_optimizer *opt, int loss,
-                             const float *X, const int32_t *labels, const float *T,
-                             int64_t n, const int64_t *order, int64_t n_order,
-                             int64_t batch, double l2, double loss_scale,
-                             double grad_scale, float *workspace, int64_t workspace_size,
-                             double *batch_loss, int64_t *batch_correct, int64_t *n_done);
+typedef struct {
+    float *params;                    /* += (n_params) */
+    float *grads;                     /* =  (n_params), each batch's gradient */
+    int64_t n_params;
+    const fastnn_dense_layer *layers; /* (n_layers) */
+    int n_layers;
+    fastnn_optimizer opt;             /* += its states, step and mu_product */
+    int loss;                         /* enum fastnn_loss */
+    const float *X;                   /* (n, layers[0].in) */
+    const int32_t *labels;            /* (n) in [0, out_last): softmax_xent */
+    const float *T;                   /* (n, out_last): the other losses */
+    int64_t n;
+    const int64_t *order;             /* (n_order) or NULL */
+    int64_t n_order;
+    int64_t batch;
+    double l2, loss_scale, grad_scale;
+    float *workspace;                 /* = (workspace_size) */
+    int64_t workspace_size;
+    double *batch_loss;               /* = (n_batches) */
+    int64_t *batch_correct;           /* = (n_batches) */
+    int64_t n_done;                   /* = */
+} fastnn_epoch;
+
+/* Floats of workspace an epoch needs with `threads` threads (the layout
+   above; spec.epoch_workspace).  -1 for invalid arguments or a size past
+   int64. */
+int64_t fastnn_dense_stack_workspace(const fastnn_dense_layer *layers, int n_layers,
+                                     int64_t batch, int threads);
+
+/* The epoch; every argument is checked first (EINVAL: nothing written). */
+int fastnn_dense_stack_epoch(fastnn_epoch *epoch);
 
 /* CDEF END */
 

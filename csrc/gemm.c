@@ -240,7 +240,8 @@ static void pack_b_any(float *dst, int trans, const float *B, int64_t ldb,
    packed (a training batch of 32 split over two threads: 16 rows). */
 #define DIRECT_B_MAX_M 64
 
-static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+/* (a + b - 1) / b without the sum, which can pass int64 for a near it. */
+static int64_t ceil_div(int64_t a, int64_t b) { return a / b + (a % b != 0); }
 static int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
@@ -549,9 +550,14 @@ int fastnn_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
                 const float *B, int64_t ldb,
                 float beta, float *C, int64_t ldc)
 {
+    int64_t size;
     if (m < 1 || n < 1 || k < 1 || !A || !B || !C)
         return FASTNN_EINVAL;
     if (lda < (trans_a ? m : k) || ldb < (trans_b ? k : n) || ldc < n)
+        return FASTNN_EINVAL;
+    /* A, B and C's rows with their leading dimensions must fit in int64 */
+    if (!fastnn_product(&size, trans_a ? k : m, lda) || !fastnn_product(&size, trans_b ? n : k, ldb)
+        || !fastnn_product(&size, m, ldc))
         return FASTNN_EINVAL;
     gemm_driver(trans_a != 0, trans_b != 0, m, n, k, alpha, A, lda, B, ldb,
                 beta, C, ldc, NULL);
@@ -563,7 +569,11 @@ int fastnn_dense_forward_ld(float *Y, int64_t ldy, const float *X, int64_t ldx,
                             const float *W, int64_t ldw, const float *b, int64_t n,
                             int64_t in, int64_t out, int act, float slope)
 {
+    int64_t size;
     if (n < 1 || in < 1 || out < 1 || !Y || !X || !W || ldy < out || ldx < in || ldw < out)
+        return FASTNN_EINVAL;
+    if (!fastnn_product(&size, n, ldy) || !fastnn_product(&size, n, ldx)
+        || !fastnn_product(&size, in, ldw))
         return FASTNN_EINVAL;
     if (act < FASTNN_ACT_IDENTITY || act > FASTNN_ACT_SOFTPLUS)
         return FASTNN_EINVAL;

@@ -12,6 +12,7 @@
 #define FASTNN_INTERNAL_H
 
 #include <math.h>
+#include <stdint.h>
 #include "fastnn.h"
 
 /* Elementwise loops are compiled for AVX-512, AVX2 and the baseline side by
@@ -44,6 +45,41 @@
 #else
 #define FASTNN_DENORMALS_AS_ZERO(...) do { __VA_ARGS__; } while (0)
 #endif
+
+/* Overflow-checked size arithmetic.  The kernels index a buffer with int64
+   products of the caller's sizes (row i of an (n, c) matrix starts at
+   i * c), so each checks that the element count of every buffer it is
+   given fits in int64 -- then every index below it does too.  Unchecked, a
+   product past int64 is undefined behaviour and in practice wraps to a
+   small or negative number that passes the size checks (a batch of 2^61
+   rows made the epoch's workspace size negative).  Both return 1 and set
+   *r when the result fits, else 0. */
+static inline int fastnn_add(int64_t *r, int64_t a, int64_t b)
+{
+    return !__builtin_add_overflow(a, b, r);
+}
+
+static inline int fastnn_product_of(int64_t *r, const int64_t *factors, int count)
+{
+    int64_t p = 1;
+    for (int i = 0; i < count; i++)
+        if (__builtin_mul_overflow(p, factors[i], &p))
+            return 0;
+    *r = p;
+    return 1;
+}
+
+/* fastnn_product(&r, a, b, ...): r = a * b * ..., 0 on overflow. */
+#define fastnn_product(r, ...)                                                     \
+    fastnn_product_of((r), (const int64_t[]){__VA_ARGS__},                         \
+                      (int)(sizeof((const int64_t[]){__VA_ARGS__}) / sizeof(int64_t)))
+
+/* mu_t of NAdam's momentum schedule, spec.nadam_mu (t in double: the step
+   after the caller's may be past int64). */
+static inline double fastnn_nadam_mu(double t, double beta1, double momentum_decay)
+{
+    return beta1 * (1.0 - 0.5 * pow(0.96, t * momentum_decay));
+}
 
 static inline float fastnn_act_scalar(int act, float x, float slope)
 {

@@ -245,14 +245,16 @@ int fastnn_dense_backward(float *dX, float *dW, float *db, float *dZ,
                           const float *Y, int64_t n, int64_t in, int64_t out,
                           int act, float slope)
 {
+    int64_t n_in, in_out, n_out;
     if (!dW || !dZ || !dY || !X || !W || !Y || n < 1 || in < 1 || out < 1
-        || !valid_act(act))
+        || !valid_act(act) || !fastnn_product(&n_in, n, in) || !fastnn_product(&in_out, in, out)
+        || !fastnn_product(&n_out, n, out))
         return FASTNN_EINVAL;
-    int rc = fastnn_activation_backward(dZ, dY, Y, n * out, act, slope);
+    int rc = fastnn_activation_backward(dZ, dY, Y, n_out, act, slope);
     if (rc != FASTNN_OK)
         return rc;
     if (db)
-        RUN_SPANS(out, DB_BLOCK, n * out > PAR_MIN_CHEAP && out > DB_BLOCK,
+        RUN_SPANS(out, DB_BLOCK, n_out > PAR_MIN_CHEAP && out > DB_BLOCK,
                   column_sums_span(db, dZ, n, out, lo, hi));
     /* dW = X^T dZ: op(A) = X^T is (in, n) read from X (n, in). */
     rc = fastnn_gemm(1, 0, in, out, n, 1.0f, X, in, dZ, out, 0.0f, dW, out);
@@ -314,9 +316,10 @@ static void softmax_backward_rows(float *dX, const float *dY, const float *Y, in
 /* X, Y (n,c). */
 int fastnn_softmax_forward(float *Y, const float *X, int64_t n, int64_t c)
 {
-    if (!Y || !X || n < 1 || c < 1)
+    int64_t size;
+    if (!Y || !X || n < 1 || c < 1 || !fastnn_product(&size, n, c))
         return FASTNN_EINVAL;
-    RUN_SPANS(n, row_span(c), n * c > PAR_MIN_EXP, softmax_rows(Y, X, c, lo, hi));
+    RUN_SPANS(n, row_span(c), size > PAR_MIN_EXP, softmax_rows(Y, X, c, lo, hi));
     return FASTNN_OK;
 }
 
@@ -324,9 +327,10 @@ int fastnn_softmax_forward(float *Y, const float *X, int64_t n, int64_t c)
 int fastnn_softmax_backward(float *dX, const float *dY, const float *Y, int64_t n,
                             int64_t c)
 {
-    if (!dX || !dY || !Y || n < 1 || c < 1)
+    int64_t size;
+    if (!dX || !dY || !Y || n < 1 || c < 1 || !fastnn_product(&size, n, c))
         return FASTNN_EINVAL;
-    RUN_SPANS(n, row_span(c), n * c > PAR_MIN_CHEAP,
+    RUN_SPANS(n, row_span(c), size > PAR_MIN_CHEAP,
               softmax_backward_rows(dX, dY, Y, c, lo, hi));
     return FASTNN_OK;
 }
@@ -374,10 +378,12 @@ static void xent_backward_rows(float *dZ, const float *P, const int32_t *labels,
 int fastnn_softmax_xent_forward(float *loss, float *P, const float *Z,
                                 const int32_t *labels, int64_t n, int64_t c)
 {
-    if (!loss || !P || !Z || !labels || n < 1 || c < 1 || !labels_valid(labels, n, c))
+    int64_t size;
+    if (!loss || !P || !Z || !labels || n < 1 || c < 1 || !fastnn_product(&size, n, c)
+        || !labels_valid(labels, n, c))
         return FASTNN_EINVAL;
     double total;
-    SUM_SPANS(total, n, row_span(c), n * c > PAR_MIN_EXP,
+    SUM_SPANS(total, n, row_span(c), size > PAR_MIN_EXP,
               xent_rows(P, Z, labels, c, lo, hi));
     *loss = (float)(total / (double)n);
     return FASTNN_OK;
@@ -387,9 +393,11 @@ int fastnn_softmax_xent_forward(float *loss, float *P, const float *Z,
 int fastnn_softmax_xent_backward(float *dZ, const float *P, const int32_t *labels,
                                  int64_t n, int64_t c)
 {
-    if (!dZ || !P || !labels || n < 1 || c < 1 || !labels_valid(labels, n, c))
+    int64_t size;
+    if (!dZ || !P || !labels || n < 1 || c < 1 || !fastnn_product(&size, n, c)
+        || !labels_valid(labels, n, c))
         return FASTNN_EINVAL;
-    RUN_SPANS(n, row_span(c), n * c > PAR_MIN_CHEAP,
+    RUN_SPANS(n, row_span(c), size > PAR_MIN_CHEAP,
               xent_backward_rows(dZ, P, labels, c, (float)n, lo, hi));
     return FASTNN_OK;
 }
@@ -709,12 +717,6 @@ static void nadam_span(float *params, const float *grads, float *m, float *v,
     }
 }
 
-/* mu_t of NAdam's momentum schedule (reference.py nadam_mu). */
-static double nadam_mu(int64_t step, double beta1, double momentum_decay)
-{
-    return beta1 * (1.0 - 0.5 * pow(0.96, (double)step * momentum_decay));
-}
-
 int fastnn_nadam(float *params, const float *grads, float *m, float *v,
                  int64_t size, int64_t step, double lr, double beta1,
                  double beta2, double eps, double weight_decay,
@@ -722,8 +724,8 @@ int fastnn_nadam(float *params, const float *grads, float *m, float *v,
 {
     if (!params || !grads || !m || !v || size < 0 || step < 1)
         return FASTNN_EINVAL;
-    const double mu = nadam_mu(step, beta1, momentum_decay);
-    const double mu_next = nadam_mu(step + 1, beta1, momentum_decay);
+    const double mu = fastnn_nadam_mu((double)step, beta1, momentum_decay);
+    const double mu_next = fastnn_nadam_mu((double)step + 1.0, beta1, momentum_decay);
     const struct nadam_k k = {
         (float)(lr * (1.0 - mu) / (1.0 - mu_product)),
         (float)(lr * mu_next / (1.0 - mu_product * mu_next)),

@@ -7,11 +7,13 @@
  * batch.  Its specification is fastnn.kernels.reference.dense_stack_epoch;
  * the tests run both on the same data and compare the trajectories.
  *
- * Workspace layout (floats), for a full batch of B rows (a shorter last
- * batch uses the leading rows):
+ * The arguments are one struct, fastnn_epoch (fastnn.h; spec.Epoch on the
+ * Python side).  Workspace layout (floats; spec.epoch_layout, the same on
+ * every backend), for a full batch of B rows (a shorter last batch uses the
+ * leading rows):
  *   Y_0 (B, out_0) | Y_1 | ... | D_0 (B, out_0) | D_1 | ...    outputs, gradients
  *   | Xb (B, in_0) | Tb (B, out_last) | Lb (B int32)            a gathered batch
- *   | P[t][parity] (B, widest out), 2 per thread                partial products
+ *   | P[t][parity] (B, widest out), 2 per thread, threads > 1   partial products
  * The loss gradient goes into D_last; layer l's backward turns D_l into dZ
  * in place and writes dX into D_(l-1).  Which thread writes what is told
  * at epoch_thread.
@@ -28,19 +30,42 @@
 /* More layers than any dense stack needs; bounds the offset table below. */
 #define MAX_LAYERS 1024
 
+/* Where the parts of the workspace start (floats; Y_0 at 0): the layout
+   above, spec.epoch_layout. */
+struct layout {
+    int64_t D, Xb, Tb, Lb, P, size;
+};
+
+/* Fills w for `threads` threads; 0 for invalid arguments or a size past
+   int64. */
+static int workspace_layout(struct layout *w, const fastnn_dense_layer *layers, int n_layers,
+                            int64_t batch, int threads)
+{
+    if (!layers || n_layers < 1 || batch < 1 || threads < 1)
+        return 0;
+    int64_t outs = 0, widest = 0, part;
+    for (int l = 0; l < n_layers; l++) {
+        if (layers[l].in < 1 || layers[l].out < 1 || !fastnn_add(&outs, outs, layers[l].out))
+            return 0;
+        widest = layers[l].out > widest ? layers[l].out : widest;
+    }
+    if (!fastnn_product(&w->D, batch, outs) || !fastnn_add(&w->Xb, w->D, w->D)
+        || !fastnn_product(&part, batch, layers[0].in) || !fastnn_add(&w->Tb, w->Xb, part)
+        || !fastnn_product(&part, batch, layers[n_layers - 1].out)
+        || !fastnn_add(&w->Lb, w->Tb, part) || !fastnn_add(&w->P, w->Lb, batch))
+        return 0;
+    if (threads == 1) {
+        w->size = w->P;
+        return 1;
+    }
+    return fastnn_product(&part, 2, threads, batch, widest) && fastnn_add(&w->size, w->P, part);
+}
+
 int64_t fastnn_dense_stack_workspace(const fastnn_dense_layer *layers, int n_layers,
                                      int64_t batch, int threads)
 {
-    if (!layers || n_layers < 1 || batch < 1 || threads < 1)
-        return -1;
-    int64_t outs = 0, widest = 0;
-    for (int l = 0; l < n_layers; l++) {
-        outs += layers[l].out;
-        widest = layers[l].out > widest ? layers[l].out : widest;
-    }
-    const int64_t gathered = batch * (layers[0].in + layers[n_layers - 1].out + 1);
-    return 2 * batch * outs + gathered
-           + (threads > 1 ? 2 * (int64_t)threads * batch * widest : 0);
+    struct layout w;
+    return workspace_layout(&w, layers, n_layers, batch, threads) ? w.size : -1;
 }
 
 /* Every size and offset describes memory inside the caller's buffers. */
@@ -60,8 +85,13 @@ static int stack_valid(int64_t n_params, const fastnn_dense_layer *layers, int n
     return 1;
 }
 
-static int optimizer_valid(const fastnn_optimizer *o)
+/* The states the kind needs are there, and its step counter, advanced once
+   per batch, stays >= 1 and in int64. */
+static int optimizer_valid(const fastnn_optimizer *o, int64_t n_batches)
 {
+    int64_t last;
+    if (o->step < 0 || !fastnn_add(&last, o->step, n_batches))
+        return 0;
     switch (o->kind) {
     case FASTNN_OPT_SGD:
         return o->momentum == 0.0 || o->state[0];
@@ -76,17 +106,12 @@ static int optimizer_valid(const fastnn_optimizer *o)
     }
 }
 
-static double nadam_mu(int64_t step, double beta1, double momentum_decay)
-{
-    return beta1 * (1.0 - 0.5 * pow(0.96, (double)step * momentum_decay));
-}
-
 /* Advance the step counters: once per batch, before the update. */
 static void optimizer_advance(fastnn_optimizer *o)
 {
     o->step += 1;
     if (o->kind == FASTNN_OPT_NADAM)
-        o->mu_product *= nadam_mu(o->step, o->beta1, o->momentum_decay);
+        o->mu_product *= fastnn_nadam_mu((double)o->step, o->beta1, o->momentum_decay);
 }
 
 /* The update of params[lo, hi) (an elementwise kernel, so any slice). */
@@ -157,20 +182,11 @@ static int64_t count_correct(const float *out, const int32_t *labels, const floa
 
 #define MAX_THREADS 64
 
-/* What the threads of one epoch share. */
+/* What the threads of one epoch share: the caller's arguments and what
+   the epoch derives from them. */
 struct epoch {
-    float *params, *grads;
-    int64_t n_params;
-    const fastnn_dense_layer *layers;
-    int n_layers;
-    const fastnn_optimizer *opt;
-    int loss;
-    const float *X;
-    const int32_t *labels;
-    const float *T;
-    int64_t n, batch;
-    double l2, loss_scale, grad_scale;
-    const int64_t *order;         /* sample order[i] is X's row; NULL: i */
+    fastnn_epoch *a;
+    int64_t rows;                 /* the epoch's samples: n, or n_order with order */
     float *Y, *D, *P;             /* the workspace: outputs, gradients, partials */
     float *Xb, *Tb;               /* ... a batch's gathered rows of X and T */
     int32_t *Lb;                  /* ... and labels (with order only) */
@@ -178,8 +194,6 @@ struct epoch {
     int64_t widest_out;           /* a partial buffer's width */
     const int64_t *gaps;          /* [lo, hi) pairs of params no layer owns */
     int n_gaps;
-    double *batch_loss;
-    int64_t *batch_correct, *n_done;
     int threads;
     /* per batch, per thread */
     double loss_part[MAX_THREADS], sq_part[MAX_THREADS];
@@ -204,13 +218,14 @@ static void part(int64_t d, int t, int T, int64_t *lo, int64_t *hi)
    rows of every W. */
 static double weight_squares(const struct epoch *e, int t)
 {
+    const fastnn_epoch *a = e->a;
     double total = 0.0, sq;
-    for (int l = 0; l < e->n_layers; l++) {
-        const fastnn_dense_layer *L = &e->layers[l];
+    for (int l = 0; l < a->n_layers; l++) {
+        const fastnn_dense_layer *L = &a->layers[l];
         int64_t k0, k1;
         part(L->in, t, e->threads, &k0, &k1);
         if (k1 > k0) {
-            fastnn_sum_squares(&sq, e->params + L->w_offset + k0 * L->out, (k1 - k0) * L->out);
+            fastnn_sum_squares(&sq, a->params + L->w_offset + k0 * L->out, (k1 - k0) * L->out);
             total += sq;
         }
     }
@@ -267,7 +282,7 @@ static int act_columns(float *D, const float *Y, int64_t m, int64_t w, int64_t j
    19). */
 static int split_outputs(const struct epoch *e, const fastnn_dense_layer *L)
 {
-    return e->batch * e->threads >= 2 * L->in;
+    return e->a->batch * e->threads >= 2 * L->in;
 }
 
 /* Layer l's forward for the m rows of the batch.  One thread: the fused
@@ -281,10 +296,12 @@ static int split_outputs(const struct epoch *e, const fastnn_dense_layer *L)
    way thread t writes only its part of Y's columns. */
 static int forward_layer(struct epoch *e, int l, int t, const float *in, int64_t m)
 {
-    const fastnn_dense_layer *L = &e->layers[l];
+    const fastnn_epoch *a = e->a;
+    const fastnn_dense_layer *L = &a->layers[l];
     const int T = e->threads;
-    const float *W = e->params + L->w_offset, *b = L->b_offset >= 0 ? e->params + L->b_offset : NULL;
-    float *Y = e->Y + e->batch * e->row_off[l];
+    const float *W = a->params + L->w_offset;
+    const float *b = L->b_offset >= 0 ? a->params + L->b_offset : NULL;
+    float *Y = e->Y + a->batch * e->row_off[l];
     if (T == 1)
         return fastnn_dense_forward(Y, in, W, b, m, L->in, L->out, L->act, L->slope);
     int64_t k0, k1, j0, j1;
@@ -297,7 +314,7 @@ static int forward_layer(struct epoch *e, int l, int t, const float *in, int64_t
                                          b ? b + j0 : NULL, m, L->in, j1 - j0, L->act, L->slope);
         return rc;
     }
-    const int64_t psize = e->batch * e->widest_out;
+    const int64_t psize = a->batch * e->widest_out;
     float *mine = e->P + (2 * (int64_t)t + (l & 1)) * psize;
     part(L->in, t, T, &k0, &k1);
     if (k1 > k0)
@@ -307,9 +324,9 @@ static int forward_layer(struct epoch *e, int l, int t, const float *in, int64_t
     const float *parts[MAX_THREADS];
     int np = 0;
     for (int q = 0; q < T; q++) {
-        int64_t a, z;
-        part(L->in, q, T, &a, &z);
-        if (z > a)
+        int64_t q0, q1;
+        part(L->in, q, T, &q0, &q1);
+        if (q1 > q0)
             parts[np++] = e->P + (2 * (int64_t)q + (l & 1)) * psize;
     }
     part(L->out, t, T, &j0, &j1);
@@ -326,22 +343,25 @@ static int forward_layer(struct epoch *e, int l, int t, const float *in, int64_t
    loss gradient (scaled to the batch's mean) into the last layer's D. */
 static int loss_rows(struct epoch *e, int t, int64_t lo, int64_t r, int64_t m_t, int64_t m)
 {
-    const int nl = e->n_layers, loss = e->loss;
-    const int64_t c = e->layers[nl - 1].out, B = e->batch;
-    const int32_t *lb = NULL;
-    const float *tb = NULL;
-    if (!e->order) {
-        lb = e->labels ? e->labels + lo + r : NULL;
-        tb = e->T ? e->T + (lo + r) * c : NULL;
+    const fastnn_epoch *a = e->a;
+    const int nl = a->n_layers, loss = a->loss, labelled = loss == FASTNN_LOSS_SOFTMAX_XENT;
+    const int64_t c = a->layers[nl - 1].out, B = a->batch;
+    const int32_t *lb = NULL;  /* the rows' labels, or */
+    const float *tb = NULL;    /* their targets */
+    if (!a->order) {
+        if (labelled)
+            lb = a->labels + lo + r;
+        else
+            tb = a->T + (lo + r) * c;
     } else {  /* this thread's rows of the batch's targets, gathered */
-        const int64_t *idx = e->order + lo + r;
-        if (e->labels) {
+        const int64_t *idx = a->order + lo + r;
+        if (labelled) {
             for (int64_t i = 0; i < m_t; i++)
-                e->Lb[r + i] = e->labels[idx[i]];
+                e->Lb[r + i] = a->labels[idx[i]];
             lb = e->Lb + r;
         } else {
             for (int64_t i = 0; i < m_t; i++)
-                memcpy(e->Tb + (r + i) * c, e->T + idx[i] * c, (size_t)c * sizeof(float));
+                memcpy(e->Tb + (r + i) * c, a->T + idx[i] * c, (size_t)c * sizeof(float));
             tb = e->Tb + r * c;
         }
     }
@@ -367,7 +387,7 @@ static int loss_rows(struct epoch *e, int t, int64_t lo, int64_t r, int64_t m_t,
     }
     if (rc) return rc;
     /* the kernels average over this thread's rows; the batch averages over m */
-    const double scale = e->grad_scale * (double)m_t / (double)m;
+    const double scale = a->grad_scale * (double)m_t / (double)m;
     if (scale != 1.0)
         fastnn_scale(dout, m_t * c, (float)scale);
     return FASTNN_OK;
@@ -380,31 +400,33 @@ static int loss_rows(struct epoch *e, int t, int64_t lo, int64_t r, int64_t m_t,
 static int backward_layer(struct epoch *e, int l, int t, const float *in, int64_t m,
                           const fastnn_optimizer *o)
 {
-    const fastnn_dense_layer *L = &e->layers[l];
-    const int64_t B = e->batch;
-    const float *dZ = e->D + B * e->row_off[l], *W = e->params + L->w_offset;
+    const fastnn_epoch *a = e->a;
+    const fastnn_dense_layer *L = &a->layers[l];
+    const int64_t B = a->batch;
+    const float *dZ = e->D + B * e->row_off[l], *W = a->params + L->w_offset;
     int64_t k0, k1, j0, j1;
     int rc = FASTNN_OK;
     part(L->in, t, e->threads, &k0, &k1);
     if (k1 > k0) {
-        const int64_t a = L->w_offset + k0 * L->out, z = L->w_offset + k1 * L->out;
+        /* this thread's rows of W: params[p0, p1) */
+        const int64_t p0 = L->w_offset + k0 * L->out, p1 = L->w_offset + k1 * L->out;
         /* dW[k0:k1] = X[:, k0:k1]^T dZ */
         rc = fastnn_gemm(1, 0, k1 - k0, L->out, m, 1.0f, in + k0, L->in, dZ, L->out, 0.0f,
-                         e->grads + a, L->out);
+                         a->grads + p0, L->out);
         /* dX[:, k0:k1] = dZ W[k0:k1]^T: the previous layer's dY */
         if (rc == FASTNN_OK && l > 0)
             rc = fastnn_gemm(0, 1, m, k1 - k0, L->out, 1.0f, dZ, L->out, W + k0 * L->out,
                              L->out, 0.0f, e->D + B * e->row_off[l - 1] + k0, L->in);
         if (rc) return rc;
-        if (e->l2 != 0.0)
-            fastnn_axpy(e->grads + a, e->params + a, z - a, (float)(e->l2 / (double)m));
-        rc = optimizer_apply(e->params, e->grads, o, a, z);
+        if (a->l2 != 0.0)
+            fastnn_axpy(a->grads + p0, a->params + p0, p1 - p0, (float)(a->l2 / (double)m));
+        rc = optimizer_apply(a->params, a->grads, o, p0, p1);
         if (rc) return rc;
     }
     part(L->out, t, e->threads, &j0, &j1);
     if (L->b_offset >= 0 && j1 > j0) {
-        fastnn_column_sums(e->grads + L->b_offset, dZ, m, L->out, j0, j1);
-        rc = optimizer_apply(e->params, e->grads, o, L->b_offset + j0, L->b_offset + j1);
+        fastnn_column_sums(a->grads + L->b_offset, dZ, m, L->out, j0, j1);
+        rc = optimizer_apply(a->params, a->grads, o, L->b_offset + j0, L->b_offset + j1);
     }
     return rc;
 }
@@ -428,26 +450,27 @@ static int backward_layer(struct epoch *e, int l, int t, const float *in, int64_
        columns of the next dZ that t owns -- and its update). */
 static void epoch_thread(struct epoch *e, int t)
 {
-    const int T = e->threads, nl = e->n_layers;
-    const int64_t n_batches = (e->n + e->batch - 1) / e->batch, B = e->batch;
-    fastnn_optimizer o = *e->opt;  /* every thread advances its own copy alike */
+    fastnn_epoch *a = e->a;
+    const int T = e->threads, nl = a->n_layers;
+    const int64_t B = a->batch, n_batches = (e->rows - 1) / B + 1;
+    fastnn_optimizer o = a->opt;  /* every thread advances its own copy alike */
     int err = FASTNN_OK, stop = 0;  /* err: this thread's first kernel error */
 
     for (int64_t bi = 0; bi < n_batches && !stop; bi++) {
-        const int64_t lo = bi * B, m = lo + B <= e->n ? B : e->n - lo;
+        const int64_t lo = bi * B, m = e->rows - lo < B ? e->rows - lo : B;
         const int64_t base = m / T, extra = m % T;
         const int64_t m_t = base + (t < extra), r = t * base + (t < extra ? t : extra);
-        const int64_t n_in = e->layers[0].in;
+        const int64_t n_in = a->layers[0].in;
         const float *x = e->Xb;
-        if (!e->order) {
-            x = e->X + lo * n_in;
+        if (!a->order) {
+            x = a->X + lo * n_in;
         } else {
             /* the batch's rows of X, gathered: each thread copies the
                columns it multiplies (its part of the first layer's input) */
             int64_t k0, k1;
             part(n_in, t, T, &k0, &k1);
             for (int64_t i = 0; i < m && k1 > k0; i++)
-                memcpy(e->Xb + i * n_in + k0, e->X + e->order[lo + i] * n_in + k0,
+                memcpy(e->Xb + i * n_in + k0, a->X + a->order[lo + i] * n_in + k0,
                        (size_t)(k1 - k0) * sizeof(float));
         }
         for (int l = 0; l < nl; l++) {
@@ -459,7 +482,7 @@ static void epoch_thread(struct epoch *e, int t)
         e->correct_part[t] = 0;
         if (m_t > 0 && !err)
             err = loss_rows(e, t, lo, r, m_t, m);
-        e->sq_part[t] = e->l2 != 0.0 ? weight_squares(e, t) : 0.0;
+        e->sq_part[t] = a->l2 != 0.0 ? weight_squares(e, t) : 0.0;
         e->rc[t] = err;  /* read by all after the barrier, rewritten only
                             after the next batch's barriers */
 #pragma omp barrier
@@ -474,11 +497,11 @@ static void epoch_thread(struct epoch *e, int t)
                 correct += e->correct_part[i];
                 if (e->rc[i] != FASTNN_OK) stop = 1;
             }
-            total = total / (double)m * e->loss_scale + 0.5 * e->l2 / (double)m * sq;
+            total = total / (double)m * a->loss_scale + 0.5 * a->l2 / (double)m * sq;
             if (t == 0 && !stop) {
-                e->batch_loss[bi] = total;
-                e->batch_correct[bi] = correct;
-                *e->n_done = bi + 1;
+                a->batch_loss[bi] = total;
+                a->batch_correct[bi] = correct;
+                a->n_done = bi + 1;
             }
             if (stop || !isfinite(total)) {
                 stop = 1;  /* a non-finite loss is no error: the caller sees it */
@@ -487,7 +510,7 @@ static void epoch_thread(struct epoch *e, int t)
             optimizer_advance(&o);
         }
         for (int l = nl - 1; l >= 0; l--) {
-            const fastnn_dense_layer *L = &e->layers[l];
+            const fastnn_dense_layer *L = &a->layers[l];
             int64_t j0, j1;
             part(L->out, t, T, &j0, &j1);
             int rc = act_columns(e->D + B * e->row_off[l], e->Y + B * e->row_off[l], m, L->out,
@@ -499,7 +522,7 @@ static void epoch_thread(struct epoch *e, int t)
         }
         if (t == 0)  /* alignment gaps and parameters outside the stack */
             for (int i = 0; i < e->n_gaps; i++) {
-                const int rc = optimizer_apply(e->params, e->grads, &o, e->gaps[2 * i],
+                const int rc = optimizer_apply(a->params, a->grads, &o, e->gaps[2 * i],
                                                e->gaps[2 * i + 1]);
                 if (rc && !err) err = rc;
             }
@@ -551,75 +574,73 @@ static int find_gaps(const fastnn_dense_layer *layers, int n_layers, int64_t n_p
     return 1;
 }
 
-int fastnn_dense_stack_epoch(float *params, float *grads, int64_t n_params,
-                             const fastnn_dense_layer *layers, int n_layers,
-                             fastnn_optimizer *opt, int loss,
-                             const float *X, const int32_t *labels, const float *T,
-                             int64_t n, const int64_t *order, int64_t n_order,
-                             int64_t batch, double l2, double loss_scale,
-                             double grad_scale, float *workspace, int64_t workspace_size,
-                             double *batch_loss, int64_t *batch_correct, int64_t *n_done)
+/* Every size of a fits in int64 and every index lies in its buffer. */
+static int epoch_valid(const fastnn_epoch *a, const struct layout *w)
 {
-    if (!params || !grads || !layers || !opt || !X || !workspace || !batch_loss ||
-        !batch_correct || !n_done || n_params < 1 || n_layers < 1 || n_layers > MAX_LAYERS ||
-        n < 1 || batch < 1)
-        return FASTNN_EINVAL;
-    if (loss == FASTNN_LOSS_SOFTMAX_XENT ? !labels
-        : (loss < FASTNN_LOSS_BCE || loss > FASTNN_LOSS_MAE || !T))
-        return FASTNN_EINVAL;
+    int64_t size;
+    const int labelled = a->loss == FASTNN_LOSS_SOFTMAX_XENT;
+    if (!a->params || !a->grads || !a->X || !a->workspace || !a->batch_loss
+        || !a->batch_correct || a->n_params < 1 || a->n < 1 || w->size > a->workspace_size)
+        return 0;
+    if (labelled ? !a->labels : (a->loss < FASTNN_LOSS_BCE || a->loss > FASTNN_LOSS_MAE || !a->T))
+        return 0;
+    const int64_t in = a->layers[0].in, c = a->layers[a->n_layers - 1].out;
+    if (!stack_valid(a->n_params, a->layers, a->n_layers) || !fastnn_product(&size, a->n, in)
+        || !fastnn_product(&size, a->n, c))
+        return 0;
+    if (labelled)
+        for (int64_t i = 0; i < a->n; i++)
+            if (a->labels[i] < 0 || a->labels[i] >= c)
+                return 0;
+    if (a->order) {
+        if (a->n_order < 1)
+            return 0;
+        for (int64_t i = 0; i < a->n_order; i++)
+            if (a->order[i] < 0 || a->order[i] >= a->n)
+                return 0;
+    }
+    const int64_t rows = a->order ? a->n_order : a->n;
+    return optimizer_valid(&a->opt, (rows - 1) / a->batch + 1);
+}
+
+int fastnn_dense_stack_epoch(fastnn_epoch *a)
+{
+    struct layout w;
     int64_t gaps[2 * (2 * MAX_LAYERS + 1)];
     int n_gaps;
-    if (!stack_valid(n_params, layers, n_layers) || !optimizer_valid(opt) ||
-        !find_gaps(layers, n_layers, n_params, gaps, &n_gaps) ||
-        fastnn_dense_stack_workspace(layers, n_layers, batch, 1) > workspace_size)
+    /* (the layout checks layers, n_layers and batch) */
+    if (!a || a->n_layers > MAX_LAYERS || !workspace_layout(&w, a->layers, a->n_layers, a->batch, 1)
+        || !epoch_valid(a, &w) || !find_gaps(a->layers, a->n_layers, a->n_params, gaps, &n_gaps))
         return FASTNN_EINVAL;
-    const int64_t c = layers[n_layers - 1].out;
-    if (loss == FASTNN_LOSS_SOFTMAX_XENT)
-        for (int64_t i = 0; i < n; i++)
-            if (labels[i] < 0 || labels[i] >= c)
-                return FASTNN_EINVAL;
-    if (order) {
-        if (n_order < 1)
-            return FASTNN_EINVAL;
-        for (int64_t i = 0; i < n_order; i++)
-            if (order[i] < 0 || order[i] >= n)
-                return FASTNN_EINVAL;
-    }
 
     /* As many threads as asked for and worth it: a batch's forward should
        be >= 2M multiply-adds per thread, or the 2 * layers + 2 barriers and
        the partial sums of a batch cost more than the split saves (measured:
        the digits' 64-256-128-10 at batch 32, 1.6M, ran 13% slower on two
-       threads; 784-256-128-10 at batch 32, 7.5M, 1.7x faster). */
+       threads; 784-256-128-10 at batch 32, 7.5M, 1.7x faster).  (macs <=
+       n_params: the layers do not overlap.) */
     int64_t macs = 0, row_off[MAX_LAYERS], outs = 0, widest_out = 0;
-    for (int l = 0; l < n_layers; l++) {
-        macs += layers[l].in * layers[l].out;
+    for (int l = 0; l < a->n_layers; l++) {
+        const fastnn_dense_layer *L = &a->layers[l];
+        macs += L->in * L->out;
         row_off[l] = outs;
-        outs += layers[l].out;
-        widest_out = layers[l].out > widest_out ? layers[l].out : widest_out;
+        outs += L->out;
+        widest_out = L->out > widest_out ? L->out : widest_out;
     }
     int threads = fastnn_get_num_threads();
     if (threads > MAX_THREADS) threads = MAX_THREADS;
-    while (threads > 1 && (batch * macs < (int64_t)threads * 2097152 ||
-                           fastnn_dense_stack_workspace(layers, n_layers, batch, threads)
-                               > workspace_size))
+    struct layout wt;
+    while (threads > 1 && ((double)a->batch * (double)macs < threads * 2097152.0
+                           || !workspace_layout(&wt, a->layers, a->n_layers, a->batch, threads)
+                           || wt.size > a->workspace_size))
         threads--;
 
+    float *ws = a->workspace;
     struct epoch e = {
-        .params = params, .grads = grads, .n_params = n_params, .layers = layers,
-        .n_layers = n_layers, .opt = opt, .loss = loss, .X = X,
-        .labels = loss == FASTNN_LOSS_SOFTMAX_XENT ? labels : NULL,
-        .T = loss == FASTNN_LOSS_SOFTMAX_XENT ? NULL : T, .n = order ? n_order : n,
-        .order = order, .batch = batch, .l2 = l2,
-        .loss_scale = loss_scale, .grad_scale = grad_scale, .Y = workspace,
-        .D = workspace + batch * outs, .Xb = workspace + 2 * batch * outs,
-        .Tb = workspace + 2 * batch * outs + batch * layers[0].in,
-        .Lb = (int32_t *)(workspace + 2 * batch * outs + batch * (layers[0].in + c)),
-        .P = workspace + 2 * batch * outs + batch * (layers[0].in + c + 1), .row_off = row_off,
-        .widest_out = widest_out, .gaps = gaps, .n_gaps = n_gaps,
-        .batch_loss = batch_loss, .batch_correct = batch_correct, .n_done = n_done,
-        .threads = threads};
-    *n_done = 0;
+        .a = a, .rows = a->order ? a->n_order : a->n, .Y = ws, .D = ws + w.D, .P = ws + w.P,
+        .Xb = ws + w.Xb, .Tb = ws + w.Tb, .Lb = (int32_t *)(ws + w.Lb), .row_off = row_off,
+        .widest_out = widest_out, .gaps = gaps, .n_gaps = n_gaps, .threads = threads};
+    a->n_done = 0;
     int team_ok = threads > 1;
     if (team_ok) {
 #pragma omp parallel num_threads(threads)
@@ -639,8 +660,8 @@ int fastnn_dense_stack_epoch(float *params, float *grads, int64_t n_params,
         epoch_thread(&e, 0);
         fastnn_run_serial(before);
     }
-    opt->step = e.step;
-    opt->mu_product = e.mu_product;
+    a->opt.step = e.step;
+    a->opt.mu_product = e.mu_product;
     for (int i = 0; i < e.threads; i++)
         if (e.rc[i] != FASTNN_OK)
             return e.rc[i];

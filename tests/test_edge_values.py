@@ -13,89 +13,8 @@ belongs to the NaN test), so a failure names (backend, kernel, edge) and
 shows the element's inputs.  ``assert_same_ieee`` is the comparison; KNOWN
 lists today's failures (strict xfails).
 
-Decided IEEE semantics (the reference's; every backend follows them)
---------------------------------------------------------------------
-General
-  1. NaN propagates: an output is NaN exactly where the reference's formula,
-     evaluated in float32 IEEE arithmetic, gives NaN.
-  2. max/min-style operations propagate a NaN from EITHER operand, as numpy's
-     maximum/minimum (relu, adamax's u, clip, softmax's row max) -- not C's
-     fmaxf/fminf, a one-sided ternary, nor Python's max (the CUDA simulator).
-  3. Where the formula is a comparison, NaN compares false and the result
-     follows: step(NaN) = 0, and the derivative masks (y > 0) of relu and
-     leaky_relu treat a NaN y as not positive.
-  4. Overflow gives the correctly signed infinity; inf - inf, 0 * inf and
-     inf / inf give NaN, as the formulas written out in float32 do.  An FMA
-     (contraction) may change rounding but not the class of a result: a
-     product that overflows in the formula must overflow.
-  5. Denormals are kept everywhere (no flush to zero), except inside the c
-     backend's optimizer updates, which run with FTZ + DAZ (csrc/internal.h):
-     there |x| < FLT_MIN (1.18e-38) counts as equal to 0 in both results.
-  6. Zeros have the reference's sign, except where noted (relu and sign of
-     -0, mae's gradient, optimizer updates).
-  7. Finite values agree within float32 rounding: |got - want| <= 1e-5 *
-     max(|want|, scale) + a few denormal ulps, scale being the size of the
-     terms that cancel in the element's formula.
-Activations (forward Y = act(X); backward dX = dY * act'(Y), from Y)
-  8. identity: Y = X bit for bit; dX = dY.
-  9. step: x > 0, so step(NaN) = 0 (arguable; the reference's comparison).
-     sign: NaN -> NaN, +-inf -> +-1, +-0 -> 0.  Backward of both: dY * 0,
-     i.e. NaN for dY = NaN or +-inf, else a zero with dY's sign.
- 10. relu: max(x, 0): relu(NaN) = NaN, relu(-inf) = 0.  Backward: dY where
-     y > 0, else dY * 0 (NaN for dY = NaN or +-inf).
- 11. leaky_relu: x if x > 0 else slope * x: NaN -> NaN, -inf -> -inf.
-     Backward dY * (1 if y > 0 else slope).
- 12. sigmoid, tanh, softplus: NaN -> NaN, saturating at +-inf (sigmoid(-inf)
-     = 0, softplus(-inf) = 0, softplus(inf) = inf); backward from Y: NaN in
-     Y or dY gives NaN, inf * 0 gives NaN.
- 13. The sign of relu(-0) and sign(-0) is not compared: numpy returns +0
-     (np.maximum(-0., 0.), np.sign(-0.)) where the C/numba ternaries keep -0;
-     IEEE leaves the sign of max(-0, +0) unspecified, and an activation's
-     zero only feeds sums (gemm) and the y > 0 masks, which cannot see it.
-Softmax (row-wise, max-shifted)
- 14. A NaN anywhere in a row makes the whole row NaN; so does +inf (inf - inf
-     in the shift; arguably the row should be one-hot, the reference says
-     NaN), and so does an all -inf row; -inf elsewhere gives probability 0.
- 15. Backward Y * (dY - rowsum(dY * Y)): a NaN in Y or dY, or 0 * inf in the
-     row sum, spreads NaN over the row.
-Losses
- 16. Loss values are compared after rounding to float32, the precision the c
-     ABI returns (float *loss); every backend accumulates the mean in float64,
-     so a mean beyond FLT_MAX (mse of +-1e30: 4e60) is inf on c and finite
-     on the reference -- the same float32.
- 17. softmax_xent: NaN or +inf logits give a NaN P row and a NaN loss; -inf
-     off the label gives P = 0, at the label an inf loss.  Backward
-     (P - onehot) / n, from P.
- 18. bce: max(z, 0) - z t + log1p(exp(-|z|)): z = +inf gives NaN for every t,
-     z = -inf gives inf for t > 0 and NaN for t = 0 (arguable: the true loss
-     is 0 or inf; the reference's formula says NaN).  Backward (sigmoid(z) -
-     t) / n: finite for non-NaN z.  Targets are tested in [0, 1] and NaN.
- 19. mse: (y - t)^2 and 2 (y - t) / n: inf - inf = NaN.
- 20. mae: |y - t| and sign(y - t) / n: sign(NaN) = NaN (so y = t = inf gives
-     NaN), sign(0) = 0, the sign of that zero not compared (np.sign(-0.) =
-     +0, as 13).
-Optimizer updates (params and every state buffer checked)
- 21. The reference's formulas in float32: a NaN or inf in a gradient,
-     parameter or state reaches every buffer whose formula reads it.  Weight
-     decay 0 skips the + wd * p term (a non-finite p does not leak into g
-     then, as torch); SGD's first step sets the momentum buffer without
-     reading it.  adamax's u = max(beta2 u, |g| + eps) propagates NaN from
-     either side (2); centered rmsprop's sqrt(sq - ga^2) is NaN for a
-     negative variance.
- 22. Sign of zero not compared: a zero parameter or state comes from
-     underflow or cancellation, whose sign depends on contraction (numba
-     fuses p - lr * g into an FMA: +0 - 0.1 * 1e-45 rounds to -0 where the
-     reference's rounded product gives +0 - +0 = +0) and on DAZ (c); no
-     update reads the sign of a zero (its denominators are sqrt(.) + eps or
-     max(., |g| + eps)).
- 23. Nonnegative states (v, square_avg, sum_sq, u) are tested with their
-     nonnegative edge values and NaN only.
-Flat utilities
- 24. sum_squares (a float64 sum, returned as is): NaN -> NaN, +-inf -> inf,
-     +-1e30 -> 1e60.
- 25. scale x * s and axpy y + alpha x: IEEE products (0 * inf = NaN).
- 26. clip min(max(x, lo), hi): NaN stays NaN (arguable; numpy's clip), +-inf
-     are clipped, -0 stays -0 within [0, 0].
+The semantics enforced, numbered 1-26, are the specification's
+(``fastnn/kernels/spec.py``, "IEEE semantics"); comments here cite them.
 """
 
 import functools
@@ -105,7 +24,7 @@ import numpy as np
 import pytest
 
 from fastnn import kernels
-from fastnn.kernels import _checks
+from fastnn.kernels import spec
 
 # invalid / overflow warnings are the point here (numpy scalars in the CUDA simulator)
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -239,7 +158,7 @@ def softmax_rows(c=4):
 # options: scale(inputs) (see assert_same_ieee), signed_zero, float32 (compare
 # as float32), update (optimizer: scale from the old values; ftz on c).
 
-ACTS = _checks.ACTIVATIONS
+ACTS = spec.ACTIVATIONS
 SLOPE = 0.1
 
 
@@ -418,8 +337,8 @@ def _optimizer(kernel, states, hp, step):
     def build(ref, edge):
         a, masks = edge_table({"params": "any", "grads": "any", **states})
         if kernel == "nadam":  # mu_1 ... mu_t, as the caller keeps it
-            a["mu_product"] = np.prod([ref.nadam_mu(t, hp["beta1"], hp.get("momentum_decay",
-                                                                           4e-3))
+            a["mu_product"] = np.prod([spec.nadam_mu(t, hp["beta1"], hp.get("momentum_decay",
+                                                                            4e-3))
                                        for t in range(1, step + 1)])
         return a, masks
 
@@ -430,7 +349,7 @@ def _optimizer(kernel, states, hp, step):
             kw["step"] = step
         if kernel == "nadam":
             kw["mu_product"] = float(a["mu_product"])
-        bufs = [out.get(s) for s in _checks.OPTIMIZER_KERNELS[kernel][0]]
+        bufs = [out.get(s) for s in spec.OPTIMIZERS[kernel].states]
         getattr(k, kernel)(out["params"], a["grads"], *bufs, **kw)
         return out
     return build, run, {"update": True, "signed_zero": False}  # semantics 22
@@ -491,22 +410,7 @@ for _f in ("sum_squares", "scale", "clip", "axpy"):
 # (backend, case) -> (edges, the bug): xfail(strict=True) for those edges, so a
 # fix shows up.  The fixes are in fastnn/kernels/{cuda,numba}.py, not here.
 
-_CUDA_MAX = ("max(beta2 * u, |g| + eps) drops a NaN |g| + eps (Python's max under the "
-             "simulator keeps its first argument; fmaxf on a GPU drops NaN either way)")
 KNOWN = {
-    ("cuda", "activation_forward-relu"): (
-        {"nan"}, "_act relu `x if x > zero else zero` turns NaN into 0"),
-    ("cuda", "activation_forward-sign"): (
-        {"nan"}, "_act sign `... else zero` turns NaN into 0"),
-    ("cuda", "mae_backward"): (
-        {"nan", "+inf", "-inf"}, "_loss_grad mae sign(y - t) `... else zero` turns a NaN "
-        "difference (NaN input, inf - inf) into 0"),
-    ("cuda", "adamax"): ({"nan"}, _CUDA_MAX),
-    ("cuda", "adamax-wd"): ({"nan", "+inf"}, _CUDA_MAX + "; g = grad + wd * p is NaN for "
-                            "p = +-inf, grad = -+inf"),
-    ("cuda", "rmsprop-centered"): (
-        set(EDGES), "math.sqrt(sq - ga * ga) raises ValueError under the simulator for a "
-        "negative variance (the reference: NaN), which fails the whole call"),
     ("numba", "rmsprop-centered"): (
         {"+inf", "-inf", "+0", "-0", "denorm_min", "+1e-40", "-1e-40", "+1e30", "-1e30"},
         "fastmath 'contract' fuses sq - ga * ga into an FMA, so ga * ga beyond float32 is "

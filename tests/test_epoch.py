@@ -29,6 +29,9 @@ OPTS = [
     ("nadam", dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8)),
     ("adamax", dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8)),
 ]
+# an optimizer of the specification not listed above runs at torch's defaults
+OPTS += [(name, dict({h.name: h.default for h in o.hyper}, lr=1e-2))
+         for name, o in spec.OPTIMIZERS.items() if name not in dict(OPTS)]
 LOSSES = ["softmax_xent", "bce", "mse", "mae"]
 
 

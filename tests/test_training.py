@@ -5,6 +5,7 @@ import pytest
 
 import fastnn
 from fastnn import optim
+from fastnn.kernels import spec
 
 
 def digits_split():
@@ -295,7 +296,9 @@ def test_one_hot_targets_equal_labels():
 
 # ---- optimizers --------------------------------------------------------------------
 
-OPTIMIZERS = [
+# Every optimizer of the specification at torch's defaults but lr (a new one
+# is compared with torch without an edit here), then variants.
+OPTIMIZERS = [(o.torch, dict(lr=1e-2)) for o in spec.OPTIMIZERS.values()] + [
     ("SGD", dict(lr=0.1)), ("SGD", dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)),
     ("SGD", dict(lr=0.05, momentum=0.9, dampening=0.1)),
     ("Adam", dict(lr=1e-2)), ("Adam", dict(lr=1e-2, betas=(0.8, 0.99), weight_decay=0.1)),
@@ -304,6 +307,20 @@ OPTIMIZERS = [
     ("Adagrad", dict(lr=0.1, lr_decay=0.01, initial_accumulator_value=0.1)),
     ("NAdam", dict(lr=1e-2)), ("Adamax", dict(lr=1e-2, weight_decay=0.01)),
 ]
+
+
+def test_optimizer_arguments_are_torchs():
+    """Every optimizer class takes torch's arguments with torch's defaults
+    (read from torch.optim itself)."""
+    import inspect
+
+    torch = pytest.importorskip("torch", reason="PyTorch is the optional parity comparator")
+    for o in spec.OPTIMIZERS.values():
+        ours = inspect.signature(getattr(optim, o.torch)).parameters
+        theirs = inspect.signature(getattr(torch.optim, o.torch)).parameters
+        for name, p in ours.items():
+            assert name in theirs, (o.torch, name)
+            assert theirs[name].default == p.default, (o.torch, name)
 
 
 def test_optimizer_defaults_are_torchs():

@@ -106,17 +106,31 @@ def _front(kernel, impl, module):
     else:
         dt = "_dtype"
     ret = {"value": "value", None: "None"}.get(kernel.returns, kernel.returns)
+    call = f"_prepare({args}, {dt})"
+    if getattr(module, "DEVICE", False) and kernel.name != "dense_stack_epoch":
+        # every check ran on the caller's arrays (overlaps, label ranges);
+        # then host inputs move to the device (the epoch's implementation
+        # moves its own)
+        call = f"_inputs_to_device({call})"
     src = (f"def {kernel.name}({kernel.signature}):\n"
-           f"    value = _impl(*_prepare({args}, {dt}, _dev))\n"
+           f"    value = _impl(*{call})\n"
            f"    return {ret}\n")
+    outputs = [i for i, p in enumerate(kernel.params) if p in kernel.outputs]
     namespace = {"_impl": impl, "_prepare": prepare, "_dtype": dtype,
-                 "_dev": getattr(module, "to_device", None), "_compute_dtype": _compute_dtype}
+                 "_compute_dtype": _compute_dtype,
+                 "_inputs_to_device": functools.partial(_inputs_to_device, module, outputs)}
     exec(compile(src, f"<fastnn.kernels front: {kernel.name}>", "exec"), namespace)  # noqa: S102
     fn = namespace[kernel.name]
     fn.__doc__ = getattr(_reference_module(), kernel.name).__doc__
     fn.__qualname__ = f"{module.name}.{kernel.name}"
     fn.__module__ = module.__name__
     return fn
+
+
+def _inputs_to_device(module, outputs, args):
+    """args with every host array that is not an output copied to the device."""
+    return tuple(module.to_device(a) if i not in outputs and isinstance(a, np.ndarray) else a
+                 for i, a in enumerate(args))
 
 
 def _compute_dtype(*arrays):

@@ -80,11 +80,12 @@ def _shape_str(shape):
     return "(" + ", ".join(str(s) for s in shape) + (",)" if len(shape) == 1 else ")")
 
 
-def as_input(name, x, dtype, ndim=None, shape=None, to_device=None):
+def as_input(name, x, dtype, ndim=None, shape=None):
     """Return x as a C-contiguous array of `dtype`, checking ndim and shape.
 
-    A dimension given as None in `shape` is free.  `to_device`, if given, is
-    applied to host arrays (cuda backend).
+    A dimension given as None in `shape` is free.  Host arrays stay on the
+    host: the front moves them to a device backend after every check, so
+    that overlaps are judged on the caller's arrays.
     """
     if x is None:
         raise TypeError(f"{name}: expected an array, got None")
@@ -102,11 +103,10 @@ def as_input(name, x, dtype, ndim=None, shape=None, to_device=None):
             raise TypeError(f"{name}: device arrays must be C-contiguous {np.dtype(dtype)}, "
                             f"got {dt}")
         return x
-    x = np.asarray(x, dtype=dtype, order="C")  # keeps 0-d arrays 0-d
-    return to_device(x) if to_device is not None else x
+    return np.asarray(x, dtype=dtype, order="C")  # keeps 0-d arrays 0-d
 
 
-def as_labels(name, labels, n, classes, to_device=None):
+def as_labels(name, labels, n, classes):
     """Integer class labels of shape (n,) in [0, classes), as C-contiguous
     int32.  The range is checked before the narrowing cast, so 2**32 + 1 is
     refused rather than read as 1.  (Device labels are the caller's.)"""
@@ -119,8 +119,6 @@ def as_labels(name, labels, n, classes, to_device=None):
         if lo < 0 or hi >= classes:
             raise ValueError(f"{name}: must lie in [0, {classes}), got values in [{lo}, {hi}]")
         labels = np.ascontiguousarray(labels, dtype=np.int32)
-        if to_device is not None:
-            labels = to_device(labels)
     return labels
 
 
@@ -192,12 +190,11 @@ def check_step(step):
 # ---------------------------------------------------------------------------
 # One preparation function per kernel.  Each validates every argument of the
 # kernel of the same name, converts inputs, and returns the kernel's
-# arguments normalised, in order.  `dtype` is the backend's compute dtype;
-# `dev` converts host inputs to device arrays (cuda backend), None elsewhere.
+# arguments normalised, in order.  `dtype` is the backend's compute dtype.
 
-def prepare_gemm(A, B, C, trans_a, trans_b, alpha, beta, dtype, dev=None):
-    A = as_input("A", A, dtype, ndim=2, to_device=dev)
-    B = as_input("B", B, dtype, ndim=2, to_device=dev)
+def prepare_gemm(A, B, C, trans_a, trans_b, alpha, beta, dtype):
+    A = as_input("A", A, dtype, ndim=2)
+    B = as_input("B", B, dtype, ndim=2)
     m, k = (A.shape[1], A.shape[0]) if trans_a else A.shape
     kb, n = (B.shape[1], B.shape[0]) if trans_b else B.shape
     if k != kb:
@@ -211,9 +208,9 @@ def prepare_gemm(A, B, C, trans_a, trans_b, alpha, beta, dtype, dev=None):
             check_scalar("beta", beta))
 
 
-def _dense_dims(X, W, dtype, dev):
-    X = as_input("X", X, dtype, ndim=2, to_device=dev)
-    W = as_input("W", W, dtype, ndim=2, shape=(X.shape[1], None), to_device=dev)
+def _dense_dims(X, W, dtype):
+    X = as_input("X", X, dtype, ndim=2)
+    W = as_input("W", W, dtype, ndim=2, shape=(X.shape[1], None))
     n, fan_in = X.shape
     fan_out = W.shape[1]
     if n == 0 or fan_in == 0 or fan_out == 0:
@@ -226,28 +223,28 @@ def _activation(activation, negative_slope):
     return activation_code(activation), check_scalar("negative_slope", negative_slope, low=0.0)
 
 
-def prepare_dense_forward(Y, X, W, b, activation, negative_slope, dtype, dev=None):
-    X, W, n, fan_in, fan_out = _dense_dims(X, W, dtype, dev)
+def prepare_dense_forward(Y, X, W, b, activation, negative_slope, dtype):
+    X, W, n, fan_in, fan_out = _dense_dims(X, W, dtype)
     if b is not None:
-        b = as_input("b", b, dtype, ndim=1, shape=(fan_out,), to_device=dev)
+        b = as_input("b", b, dtype, ndim=1, shape=(fan_out,))
     check_output("Y", Y, dtype, (n, fan_out))
     check_no_alias("Y", Y, {"X": X, "W": W, "b": b})
     return (Y, X, W, b, *_activation(activation, negative_slope))
 
 
-def _in_place_input(out_name, out, in_name, x, dtype, dev, **shape):
+def _in_place_input(out_name, out, in_name, x, dtype, **shape):
     """Input x, which may be the output `out` itself (in place)."""
     if out is x or (hasattr(x, "shape") and same_array(out, x)):
         return out
-    return as_input(in_name, x, dtype, to_device=dev, **shape)
+    return as_input(in_name, x, dtype, **shape)
 
 
 def prepare_dense_backward(dX, dW, db, dZ, dY, X, W, Y, activation, negative_slope,
-                           dtype, dev=None):
-    X, W, n, fan_in, fan_out = _dense_dims(X, W, dtype, dev)
-    Y = as_input("Y", Y, dtype, ndim=2, shape=(n, fan_out), to_device=dev)
+                           dtype):
+    X, W, n, fan_in, fan_out = _dense_dims(X, W, dtype)
+    Y = as_input("Y", Y, dtype, ndim=2, shape=(n, fan_out))
     check_output("dZ", dZ, dtype, (n, fan_out))
-    dY = _in_place_input("dZ", dZ, "dY", dY, dtype, dev, ndim=2, shape=(n, fan_out))
+    dY = _in_place_input("dZ", dZ, "dY", dY, dtype, ndim=2, shape=(n, fan_out))
     check_no_alias("dZ", dZ, {"dY": dY, "X": X, "W": W, "Y": Y}, inplace_ok=("dY",))
     check_output("dW", dW, dtype, (fan_in, fan_out))
     inputs = {"dY": dY, "X": X, "W": W, "Y": Y, "dZ": dZ}
@@ -261,26 +258,26 @@ def prepare_dense_backward(dX, dW, db, dZ, dY, X, W, Y, activation, negative_slo
     return (dX, dW, db, dZ, dY, X, W, Y, *_activation(activation, negative_slope))
 
 
-def _elementwise_out(out_name, out, in_name, x, dtype, dev, shape=None):
+def _elementwise_out(out_name, out, in_name, x, dtype, shape=None):
     """An output with the shape of input x (or `shape`); out may be x itself."""
     if out is x or (hasattr(x, "shape") and out is not None
                     and hasattr(out, "shape") and same_array(out, x)):
         check_output(out_name, out, dtype, tuple(out.shape))
         return out
-    x = as_input(in_name, x, dtype, to_device=dev)
+    x = as_input(in_name, x, dtype)
     check_output(out_name, out, dtype, tuple(x.shape) if shape is None else shape)
     check_no_alias(out_name, out, {in_name: x})
     return x
 
 
-def prepare_activation_forward(Y, X, activation, negative_slope, dtype, dev=None):
-    X = _elementwise_out("Y", Y, "X", X, dtype, dev)
+def prepare_activation_forward(Y, X, activation, negative_slope, dtype):
+    X = _elementwise_out("Y", Y, "X", X, dtype)
     return (Y, X, *_activation(activation, negative_slope))
 
 
-def prepare_activation_backward(dX, dY, Y, activation, negative_slope, dtype, dev=None):
-    dY = _elementwise_out("dX", dX, "dY", dY, dtype, dev)
-    Y = as_input("Y", Y, dtype, shape=tuple(dY.shape), ndim=len(dY.shape), to_device=dev)
+def prepare_activation_backward(dX, dY, Y, activation, negative_slope, dtype):
+    dY = _elementwise_out("dX", dX, "dY", dY, dtype)
+    Y = as_input("Y", Y, dtype, shape=tuple(dY.shape), ndim=len(dY.shape))
     check_no_alias("dX", dX, {"Y": Y})
     return (dX, dY, Y, *_activation(activation, negative_slope))
 
@@ -292,42 +289,42 @@ def _rows(name, x):
     return x.shape
 
 
-def prepare_softmax_forward(Y, X, dtype, dev=None):
-    X = _elementwise_out("Y", Y, "X", X, dtype, dev)
+def prepare_softmax_forward(Y, X, dtype):
+    X = _elementwise_out("Y", Y, "X", X, dtype)
     _rows("X", X)
     return Y, X
 
 
-def prepare_softmax_backward(dX, dY, Y, dtype, dev=None):
-    dY = _elementwise_out("dX", dX, "dY", dY, dtype, dev)
+def prepare_softmax_backward(dX, dY, Y, dtype):
+    dY = _elementwise_out("dX", dX, "dY", dY, dtype)
     n, c = _rows("dY", dY)
-    Y = as_input("Y", Y, dtype, ndim=2, shape=(n, c), to_device=dev)
+    Y = as_input("Y", Y, dtype, ndim=2, shape=(n, c))
     check_no_alias("dX", dX, {"Y": Y})
     return dX, dY, Y
 
 
-def prepare_softmax_xent_forward(P, Z, labels, dtype, dev=None):
-    Z = as_input("Z", Z, dtype, ndim=2, to_device=dev)
+def prepare_softmax_xent_forward(P, Z, labels, dtype):
+    Z = as_input("Z", Z, dtype, ndim=2)
     n, c = _rows("Z", Z)
-    labels = as_labels("labels", labels, n, c, to_device=dev)
+    labels = as_labels("labels", labels, n, c)
     check_output("P", P, dtype, (n, c))
     check_no_alias("P", P, {"Z": Z, "labels": labels})
     return P, Z, labels
 
 
-def prepare_softmax_xent_backward(dZ, P, labels, dtype, dev=None):
-    P = _elementwise_out("dZ", dZ, "P", P, dtype, dev)
+def prepare_softmax_xent_backward(dZ, P, labels, dtype):
+    P = _elementwise_out("dZ", dZ, "P", P, dtype)
     n, c = _rows("P", P)
-    labels = as_labels("labels", labels, n, c, to_device=dev)
+    labels = as_labels("labels", labels, n, c)
     check_no_alias("dZ", dZ, {"labels": labels})
     return dZ, P, labels
 
 
 def _pointwise_loss(y_name):
     """Forward of bce/mse/mae: Y (Z for bce) and T of the same non-empty shape."""
-    def prepare(Y, T, dtype, dev=None):
-        Y = as_input(y_name, Y, dtype, to_device=dev)
-        T = as_input("T", T, dtype, ndim=len(Y.shape), shape=tuple(Y.shape), to_device=dev)
+    def prepare(Y, T, dtype):
+        Y = as_input(y_name, Y, dtype)
+        T = as_input("T", T, dtype, ndim=len(Y.shape), shape=tuple(Y.shape))
         if _nbytes(Y) == 0:
             raise ValueError(f"{y_name}: must not be empty")
         return Y, T
@@ -336,9 +333,9 @@ def _pointwise_loss(y_name):
 
 def _pointwise_loss_backward(y_name):
     """Backward of bce/mse/mae: dY has Y's shape and may be Y itself."""
-    def prepare(dY, Y, T, dtype, dev=None):
-        Y = _elementwise_out("d" + y_name, dY, y_name, Y, dtype, dev)
-        T = as_input("T", T, dtype, ndim=len(Y.shape), shape=tuple(Y.shape), to_device=dev)
+    def prepare(dY, Y, T, dtype):
+        Y = _elementwise_out("d" + y_name, dY, y_name, Y, dtype)
+        T = as_input("T", T, dtype, ndim=len(Y.shape), shape=tuple(Y.shape))
         if _nbytes(Y) == 0:
             raise ValueError(f"{y_name}: must not be empty")
         check_no_alias("d" + y_name, dY, {"T": T})
@@ -352,7 +349,7 @@ prepare_mse_forward = prepare_mae_forward = _pointwise_loss("Y")
 prepare_mse_backward = prepare_mae_backward = _pointwise_loss_backward("Y")
 
 
-def prepare_update(params, grads, states, dtype, dev=None):
+def prepare_update(params, grads, states, dtype):
     """Optimizer update: params and every state buffer are outputs (1-D, same
     size); grads is an input.  `states` maps names to buffers (None: unused)."""
     if params is None or not hasattr(params, "shape") or len(params.shape) != 1:
@@ -361,7 +358,7 @@ def prepare_update(params, grads, states, dtype, dev=None):
                             _shape_str(getattr(params, "shape", ()))))
     size = params.shape[0]
     check_output("params", params, dtype, (size,))
-    grads = as_input("grads", grads, dtype, ndim=1, shape=(size,), to_device=dev)
+    grads = as_input("grads", grads, dtype, ndim=1, shape=(size,))
     check_no_alias("params", params, {"grads": grads})
     seen = {"params": params}
     for name, buf in states.items():
@@ -386,9 +383,9 @@ def check_hyper(opt, hyper):
 
 def prepare_optimizer(opt, *args):
     """Any optimizer update: (params, grads, *states, [step], *hyper,
-    *scalars, dtype, dev) in spec order; a state may be None only where its
+    *scalars, dtype) in spec order; a state may be None only where its
     hyperparameter is zero."""
-    *args, dtype, dev = args
+    *args, dtype = args
     n_states = len(opt.states)
     params, grads, states = args[0], args[1], dict(zip(opt.states, args[2:2 + n_states]))
     rest = args[2 + n_states:]
@@ -396,7 +393,7 @@ def prepare_optimizer(opt, *args):
     rest = rest[len(step):]
     hyper = check_hyper(opt, dict(zip(opt.hyper_names, rest)))
     scalars = [check_scalar(name, v) for name, v in zip(opt.scalars, rest[len(opt.hyper):])]
-    grads = prepare_update(params, grads, states, dtype, dev)
+    grads = prepare_update(params, grads, states, dtype)
     for name, buf in states.items():
         needed_by = opt.optional.get(name)
         if buf is None and (needed_by is None or hyper[needed_by]):
@@ -411,24 +408,24 @@ def prepare_flat(name, x, dtype):
     return check_output(name, x, dtype, tuple(x.shape))
 
 
-def prepare_sum_squares(x, dtype, dev=None):
-    return (as_input("x", x, dtype, ndim=1, to_device=dev),)
+def prepare_sum_squares(x, dtype):
+    return (as_input("x", x, dtype, ndim=1),)
 
 
-def prepare_scale(x, s, dtype, dev=None):
+def prepare_scale(x, s, dtype):
     return prepare_flat("x", x, dtype), check_scalar("s", s)
 
 
-def prepare_clip(x, lo, hi, dtype, dev=None):
+def prepare_clip(x, lo, hi, dtype):
     lo, hi = check_scalar("lo", lo), check_scalar("hi", hi)
     if lo > hi:
         raise ValueError(f"lo: must be <= hi, got lo={lo}, hi={hi}")
     return prepare_flat("x", x, dtype), lo, hi
 
 
-def prepare_axpy(y, x, alpha, dtype, dev=None):
+def prepare_axpy(y, x, alpha, dtype):
     prepare_flat("y", y, dtype)
-    x = as_input("x", x, dtype, ndim=1, shape=tuple(y.shape), to_device=dev)
+    x = as_input("x", x, dtype, ndim=1, shape=tuple(y.shape))
     check_no_alias("y", y, {"x": x})
     return y, x, check_scalar("alpha", alpha)
 
@@ -472,7 +469,7 @@ def _dense_layers(layers, size):
     return tuple(norm)
 
 
-def prepare_dense_stack_epoch(epoch, dtype, dev=None):
+def prepare_dense_stack_epoch(epoch, dtype):
     """Checks of dense_stack_epoch; returns a validated copy of the
     spec.Epoch: layers as spec.DenseLayer with activation codes, hyper with
     every hyperparameter of the optimizer, targets and order converted."""
@@ -496,7 +493,7 @@ def prepare_dense_stack_epoch(epoch, dtype, dev=None):
     if missing:
         raise ValueError(f"hyper: {opt.name} needs {', '.join(missing)}")
     hyper = check_hyper(opt, hyper)
-    grads_in = prepare_update(e.params, e.grads, dict(zip(opt.states, states)), dtype, dev)
+    grads_in = prepare_update(e.params, e.grads, dict(zip(opt.states, states)), dtype)
     if grads_in is not e.grads and not same_array(grads_in, e.grads):
         raise TypeError("grads: must be a C-contiguous float32 buffer (it is overwritten)")
     size = e.params.shape[0]
@@ -511,15 +508,14 @@ def prepare_dense_stack_epoch(epoch, dtype, dev=None):
     batch_size = _integer("batch_size", e.batch_size, 1)
     step = _integer("step", e.step, 0)
     layers = _dense_layers(e.layers, size)
-    X = as_input("X", e.X, dtype, ndim=2, shape=(None, layers[0].fan_in), to_device=dev)
+    X = as_input("X", e.X, dtype, ndim=2, shape=(None, layers[0].fan_in))
     n = X.shape[0]
     if n == 0:
         raise ValueError("X: no samples")
     if e.loss == "softmax_xent":
-        targets = as_labels("targets", e.targets, n, layers[-1].fan_out, to_device=dev)
+        targets = as_labels("targets", e.targets, n, layers[-1].fan_out)
     else:
-        targets = as_input("targets", e.targets, dtype, ndim=2, shape=(n, layers[-1].fan_out),
-                           to_device=dev)
+        targets = as_input("targets", e.targets, dtype, ndim=2, shape=(n, layers[-1].fan_out))
     order = e.order
     if order is not None:
         order = np.asarray(order)
@@ -551,7 +547,8 @@ def prepare_dense_stack_epoch(epoch, dtype, dev=None):
         inputs["order"] = order
     buffers = {"params": e.params, "grads": e.grads, **dict(zip(opt.states, states))}
     for name, arr in {"workspace": ws, **outs, **buffers}.items():
-        check_no_alias(name, arr, inputs)
+        if arr is not None:  # (an unused optimizer state)
+            check_no_alias(name, arr, inputs)
     check_no_alias("workspace", ws, dict(buffers, **outs))
     for name, arr in outs.items():
         check_no_alias(name, arr, buffers)
@@ -593,30 +590,30 @@ def _conv_geometry(X, kh, kw, stride, padding):
     return (sh, sw), (ph, pw), oh, ow
 
 
-def _image(name, X, dtype, dev):
-    X = as_input(name, X, dtype, ndim=4, to_device=dev)
+def _image(name, X, dtype):
+    X = as_input(name, X, dtype, ndim=4)
     if 0 in X.shape:
         raise ValueError(f"{name}: expected a non-empty (N, H, W, C) array, got shape "
                          f"{_shape_str(X.shape)}")
     return X
 
 
-def _conv_weights(X, W, dtype, dev):
-    W = as_input("W", W, dtype, ndim=4, shape=(None, None, X.shape[3], None), to_device=dev)
+def _conv_weights(X, W, dtype):
+    W = as_input("W", W, dtype, ndim=4, shape=(None, None, X.shape[3], None))
     if 0 in W.shape:
         raise ValueError(f"W: expected a non-empty (KH, KW, C, OC) array, got {_shape_str(W.shape)}")
     return W
 
 
 def prepare_conv2d_forward(Y, X, W, b, cols, stride, padding, activation, negative_slope,
-                           dtype, dev=None):
-    X = _image("X", X, dtype, dev)
-    W = _conv_weights(X, W, dtype, dev)
+                           dtype):
+    X = _image("X", X, dtype)
+    W = _conv_weights(X, W, dtype)
     kh, kw, c, oc = W.shape
     stride, padding, oh, ow = _conv_geometry(X, kh, kw, stride, padding)
     n = X.shape[0]
     if b is not None:
-        b = as_input("b", b, dtype, ndim=1, shape=(oc,), to_device=dev)
+        b = as_input("b", b, dtype, ndim=1, shape=(oc,))
     check_output("Y", Y, dtype, (n, oh, ow, oc))
     check_output("cols", cols, dtype, (n * oh * ow, kh * kw * c))
     check_no_alias("Y", Y, {"X": X, "W": W, "b": b})
@@ -625,15 +622,15 @@ def prepare_conv2d_forward(Y, X, W, b, cols, stride, padding, activation, negati
 
 
 def prepare_conv2d_backward(dX, dW, db, dZ, dY, X, W, Y, cols, stride, padding, activation,
-                            negative_slope, dtype, dev=None):
-    X = _image("X", X, dtype, dev)
-    W = _conv_weights(X, W, dtype, dev)
+                            negative_slope, dtype):
+    X = _image("X", X, dtype)
+    W = _conv_weights(X, W, dtype)
     kh, kw, c, oc = W.shape
     stride, padding, oh, ow = _conv_geometry(X, kh, kw, stride, padding)
     n, h, w = X.shape[:3]
-    Y = as_input("Y", Y, dtype, ndim=4, shape=(n, oh, ow, oc), to_device=dev)
+    Y = as_input("Y", Y, dtype, ndim=4, shape=(n, oh, ow, oc))
     check_output("dZ", dZ, dtype, (n, oh, ow, oc))
-    dY = _in_place_input("dZ", dZ, "dY", dY, dtype, dev, ndim=4, shape=(n, oh, ow, oc))
+    dY = _in_place_input("dZ", dZ, "dY", dY, dtype, ndim=4, shape=(n, oh, ow, oc))
     check_output("cols", cols, dtype, (n * oh * ow, kh * kw * c))
     check_output("dW", dW, dtype, (kh, kw, c, oc))
     inputs = {"dY": dY, "X": X, "W": W, "Y": Y}
@@ -657,8 +654,8 @@ def _pool_geometry(X, pool, stride):
     return pool, stride, oh, ow
 
 
-def _prepare_pool_forward(Y, X, argmax, pool, stride, dtype, dev):
-    X = _image("X", X, dtype, dev)
+def _prepare_pool_forward(Y, X, argmax, pool, stride, dtype):
+    X = _image("X", X, dtype)
     pool, stride, oh, ow = _pool_geometry(X, pool, stride)
     n, _, _, c = X.shape
     check_output("Y", Y, dtype, (n, oh, ow, c))
@@ -669,17 +666,17 @@ def _prepare_pool_forward(Y, X, argmax, pool, stride, dtype, dev):
     return X, pool, stride
 
 
-def _prepare_pool_backward(dX, dY, argmax, pool, stride, dtype, dev):
+def _prepare_pool_backward(dX, dY, argmax, pool, stride, dtype):
     """dX is (N, H, W, C) and fixes the geometry; dY (N, OH, OW, C)."""
     if dX is None or len(getattr(dX, "shape", ())) != 4 or 0 in dX.shape:
         raise ValueError("dX: expected a non-empty (N, H, W, C) output array")
     check_output("dX", dX, dtype, tuple(dX.shape))
     pool, stride, oh, ow = _pool_geometry(dX, pool, stride)
     n, h, w, c = dX.shape
-    dY = as_input("dY", dY, dtype, ndim=4, shape=(n, oh, ow, c), to_device=dev)
+    dY = as_input("dY", dY, dtype, ndim=4, shape=(n, oh, ow, c))
     inputs = {"dY": dY}
     if argmax is not None:
-        argmax = as_input("argmax", argmax, np.int32, ndim=4, shape=(n, oh, ow, c), to_device=dev)
+        argmax = as_input("argmax", argmax, np.int32, ndim=4, shape=(n, oh, ow, c))
         if not _is_device(argmax) and (argmax.min() < 0 or argmax.max() >= h * w):
             raise ValueError(f"argmax: indices must lie in [0, {h * w})")
         inputs["argmax"] = argmax
@@ -687,39 +684,39 @@ def _prepare_pool_backward(dX, dY, argmax, pool, stride, dtype, dev):
     return dY, argmax, pool, stride
 
 
-def prepare_maxpool2d_forward(Y, X, argmax, pool, stride, dtype, dev=None):
+def prepare_maxpool2d_forward(Y, X, argmax, pool, stride, dtype):
     if argmax is None:
         raise TypeError("argmax: expected an output array, got None")
-    X, pool, stride = _prepare_pool_forward(Y, X, argmax, pool, stride, dtype, dev)
+    X, pool, stride = _prepare_pool_forward(Y, X, argmax, pool, stride, dtype)
     return Y, X, argmax, pool, stride
 
 
-def prepare_maxpool2d_backward(dX, dY, argmax, pool, stride, dtype, dev=None):
+def prepare_maxpool2d_backward(dX, dY, argmax, pool, stride, dtype):
     if argmax is None:
         raise TypeError("argmax: expected an array, got None")
-    dY, argmax, pool, stride = _prepare_pool_backward(dX, dY, argmax, pool, stride, dtype, dev)
+    dY, argmax, pool, stride = _prepare_pool_backward(dX, dY, argmax, pool, stride, dtype)
     return dX, dY, argmax, pool, stride
 
 
-def prepare_avgpool2d_forward(Y, X, pool, stride, dtype, dev=None):
-    X, pool, stride = _prepare_pool_forward(Y, X, None, pool, stride, dtype, dev)
+def prepare_avgpool2d_forward(Y, X, pool, stride, dtype):
+    X, pool, stride = _prepare_pool_forward(Y, X, None, pool, stride, dtype)
     return Y, X, pool, stride
 
 
-def prepare_avgpool2d_backward(dX, dY, pool, stride, dtype, dev=None):
-    dY, _, pool, stride = _prepare_pool_backward(dX, dY, None, pool, stride, dtype, dev)
+def prepare_avgpool2d_backward(dX, dY, pool, stride, dtype):
+    dY, _, pool, stride = _prepare_pool_backward(dX, dY, None, pool, stride, dtype)
     return dX, dY, pool, stride
 
 
-def _channels(name, x, c, dtype, dev, out=False):
+def _channels(name, x, c, dtype, out=False):
     if out:
         return check_output(name, x, dtype, (c,))
-    return as_input(name, x, dtype, ndim=1, shape=(c,), to_device=dev)
+    return as_input(name, x, dtype, ndim=1, shape=(c,))
 
 
-def _features(X, dtype, dev):
+def _features(X, dtype):
     """X (..., C) non-empty, and its rows and channels."""
-    X = as_input("X", X, dtype, to_device=dev)
+    X = as_input("X", X, dtype)
     if len(X.shape) < 2 or 0 in X.shape:
         raise ValueError(f"X: expected a non-empty array (..., C), got {_shape_str(X.shape)}")
     shape = tuple(X.shape)  # tuple(): the CUDA simulator's shapes refuse negative indices
@@ -727,12 +724,12 @@ def _features(X, dtype, dev):
 
 
 def prepare_batchnorm_forward(Y, X, gamma, beta, mean, invstd, running_mean, running_var,
-                              momentum, eps, dtype, dev=None):
-    X, rows, c = _features(X, dtype, dev)
+                              momentum, eps, dtype):
+    X, rows, c = _features(X, dtype)
     if rows < 2:
         raise ValueError("X: batch statistics need at least 2 values per channel")
-    gamma = _channels("gamma", gamma, c, dtype, dev)
-    beta = _channels("beta", beta, c, dtype, dev)
+    gamma = _channels("gamma", gamma, c, dtype)
+    beta = _channels("beta", beta, c, dtype)
     check_output("Y", Y, dtype, tuple(X.shape))
     check_no_alias("Y", Y, {"X": X, "gamma": gamma, "beta": beta})
     outs = {"Y": Y}
@@ -740,7 +737,7 @@ def prepare_batchnorm_forward(Y, X, gamma, beta, mean, invstd, running_mean, run
                       ("running_var", running_var)):
         if buf is None:
             raise TypeError(f"{name}: expected an array, got None")
-        _channels(name, buf, c, dtype, dev, out=True)
+        _channels(name, buf, c, dtype, out=True)
         check_no_alias(name, buf, dict(outs, X=X, gamma=gamma, beta=beta))
         outs[name] = buf
     return (Y, X, gamma, beta, mean, invstd, running_mean, running_var,
@@ -748,10 +745,9 @@ def prepare_batchnorm_forward(Y, X, gamma, beta, mean, invstd, running_mean, run
             check_scalar("eps", eps, low=0.0, low_open=True))
 
 
-def prepare_batchnorm_inference(Y, X, gamma, beta, running_mean, running_var, eps, dtype,
-                                dev=None):
-    X, rows, c = _features(X, dtype, dev)
-    args = [_channels(name, v, c, dtype, dev) for name, v in
+def prepare_batchnorm_inference(Y, X, gamma, beta, running_mean, running_var, eps, dtype):
+    X, rows, c = _features(X, dtype)
+    args = [_channels(name, v, c, dtype) for name, v in
             (("gamma", gamma), ("beta", beta), ("running_mean", running_mean),
              ("running_var", running_var))]
     check_output("Y", Y, dtype, tuple(X.shape))
@@ -759,16 +755,16 @@ def prepare_batchnorm_inference(Y, X, gamma, beta, running_mean, running_var, ep
     return (Y, X, *args, check_scalar("eps", eps, low=0.0, low_open=True))
 
 
-def prepare_batchnorm_backward(dX, dgamma, dbeta, dY, X, gamma, mean, invstd, dtype, dev=None):
-    X, rows, c = _features(X, dtype, dev)
-    dY = as_input("dY", dY, dtype, ndim=len(X.shape), shape=tuple(X.shape), to_device=dev)
-    gamma, mean, invstd = (_channels(name, v, c, dtype, dev) for name, v in
+def prepare_batchnorm_backward(dX, dgamma, dbeta, dY, X, gamma, mean, invstd, dtype):
+    X, rows, c = _features(X, dtype)
+    dY = as_input("dY", dY, dtype, ndim=len(X.shape), shape=tuple(X.shape))
+    gamma, mean, invstd = (_channels(name, v, c, dtype) for name, v in
                            (("gamma", gamma), ("mean", mean), ("invstd", invstd)))
     inputs = {"dY": dY, "X": X, "gamma": gamma, "mean": mean, "invstd": invstd}
     check_output("dX", dX, dtype, tuple(X.shape))
     check_no_alias("dX", dX, inputs)
     for name, buf in (("dgamma", dgamma), ("dbeta", dbeta)):
-        _channels(name, buf, c, dtype, dev, out=True)
+        _channels(name, buf, c, dtype, out=True)
         check_no_alias(name, buf, dict(inputs, dX=dX))
     check_no_alias("dbeta", dbeta, {"dgamma": dgamma})
     return dX, dgamma, dbeta, dY, X, gamma, mean, invstd

@@ -1,28 +1,23 @@
 """The ``c`` backend: fastnn's C kernels (csrc/) called through cffi.
 
-Same functions, signatures and semantics as :mod:`fastnn.kernels.reference`,
-which documents each kernel.
-
-Conversion policy (see :mod:`fastnn.kernels._checks`): arrays are host numpy
-arrays and the compute dtype is float32.  Inputs of another dtype or layout
-are converted to C-contiguous float32 (a copy; class labels to int32).
-Outputs are never converted: each must already be a C-contiguous, writable
-float32 array of the exact shape, else TypeError/ValueError is raised before
-any C code runs.  Losses and ``sum_squares`` accumulate in double.
-
-The C calls release the GIL.  Every wrapper is one ``ck.prepare_*`` call and
-one C call; a non-zero C return code (which the checks should make
-impossible) raises RuntimeError.
+The implementations of the kernels in :data:`fastnn.kernels.spec.KERNELS`
+(the front, :mod:`fastnn.kernels`, validates and converts the arguments
+once and then calls them; :mod:`fastnn.kernels.reference` documents each
+kernel).  Each implementation only lists the C function's arguments,
+taking the sizes from the arrays' shapes; :func:`_call` turns every
+argument into its C form by the C parameter's type (:data:`_C_ARRAYS`) and
+checks the return code.  Arrays are passed as pointers to their data, no
+copy; the C calls release the GIL (cffi's API mode).  A non-zero return
+code, which the front's checks should make impossible, raises RuntimeError.
 """
 
 import os
-from functools import partial
 
 import numpy as np
 
-from . import _checks as ck
 from . import default_num_threads as _default_num_threads
-from .reference import asarray, empty, nadam_mu, to_numpy, zeros  # noqa: F401 - same on host
+from . import spec
+from .reference import asarray, empty, to_numpy, zeros  # noqa: F401 - same on the host
 
 # GNU OpenMP's threads spin for ~300,000 iterations at every barrier before
 # they sleep.  With more runnable threads than cores (a shared machine,
@@ -44,22 +39,53 @@ except ImportError as exc:
         "`pip install .`") from exc
 
 name = "c"
+DTYPE = np.float32
 
-_F32 = np.dtype(np.float32)
+# The C pointer types an array is passed for, and the cffi array type its
+# data is viewed as (ffi.from_buffer: no copy; None becomes NULL).  The
+# front gives float32 arrays for float *, labels and argmax as int32 and
+# order as int64; the epoch's batch losses are float64.  Sizes, codes,
+# flags and scalars are passed as they are.
+_C_ARRAYS = {cname: ffi.typeof(cname[:-2] + "[]")
+             for cname in ("float *", "double *", "int32_t *", "int64_t *")}
+
 _SIMD_NAMES = ("generic", "avx2", "avx512")   # index = enum fastnn_simd
-_NULL = ffi.NULL
-# Pointers to array data without copying (read-only arrays are fine too).
-_fp = partial(ffi.from_buffer, ffi.typeof("float[]"))
-_ip = partial(ffi.from_buffer, ffi.typeof("int32_t[]"))
 
 
-def _fp_or_null(x):
-    return _NULL if x is None else _fp(x)
+def _c_array(array, x):
+    """Array x as a C pointer: its data viewed as cffi type `array`; None: NULL."""
+    return ffi.NULL if x is None else ffi.from_buffer(array, x)
 
 
-def _fail(kernel, rc):
-    raise RuntimeError(f"{kernel}: C kernel returned error {rc} (arguments passed the "
-                       "Python checks; this is a bug)")
+_ARRAY_PARAMS = {}  # C function -> its array parameters: ((index, cffi array type), ...)
+
+
+def _array_params(fn):
+    params = _ARRAY_PARAMS.get(fn)
+    if params is None:
+        params = _ARRAY_PARAMS[fn] = tuple((i, _C_ARRAYS[t.cname])
+                                           for i, t in enumerate(ffi.typeof(fn).args)
+                                           if t.cname in _C_ARRAYS)
+    return params
+
+
+def _call(fn, *args):
+    """Call C kernel `fn` with the implementation's arguments in C form."""
+    args = list(args)
+    for i, array in _array_params(fn):
+        args[i] = _c_array(array, args[i])
+    rc = fn(*args)
+    if rc:
+        raise RuntimeError(f"{fn.__name__}: C kernel returned error {rc} (arguments passed "
+                           "the front's checks; this is a bug)")
+
+
+def _value(fn, dtype, *args):
+    """Call a C kernel whose first argument receives one value of `dtype`;
+    return the value."""
+    out = np.empty(1, dtype)
+    _call(fn, out, *args)
+    return float(out[0])
 
 
 # ---- runtime -----------------------------------------------------------------
@@ -73,9 +99,15 @@ def info():
 
 def set_num_threads(n):
     """Number of OpenMP threads the C kernels use (an integer >= 1)."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n: expected an integer >= 1, got {n!r}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n < 2 ** 31:
+        raise ValueError(f"n: expected an integer in [1, 2**31) (a C int), got {n!r}")
     lib.fastnn_set_num_threads(int(n))
+
+
+def epoch_threads():
+    """The threads dense_stack_epoch may use (it takes fewer for small
+    batches, or when the workspace is sized for fewer)."""
+    return lib.fastnn_get_num_threads()
 
 
 def set_simd_path(path):
@@ -90,434 +122,211 @@ def set_simd_path(path):
                          f"(best: {_SIMD_NAMES[lib.fastnn_simd_best()]!r})")
 
 
-# ---- matrix multiply -------------------------------------------------------
-
-def gemm(A, B, C, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
-    """C = alpha * op(A) @ op(B) + beta * C, in place; returns C."""
-    A, B, m, n, k, alpha, beta = ck.prepare_gemm(A, B, C, trans_a, trans_b, alpha, beta, _F32)
-    # Row-major and C-contiguous: each leading dimension is the row length.
-    rc = lib.fastnn_gemm(1 if trans_a else 0, 1 if trans_b else 0, m, n, k, alpha,
-                         _fp(A), A.shape[1], _fp(B), B.shape[1], beta, _fp(C), n)
-    if rc:
-        _fail("gemm", rc)
-    return C
-
-
-# ---- activations -----------------------------------------------------------
-
-def activation_forward(Y, X, *, activation, negative_slope=0.01):
-    """Y = act(X) elementwise; Y may be X (in place)."""
-    X, code, slope = ck.prepare_activation_forward(Y, X, activation, negative_slope, _F32)
-    rc = lib.fastnn_activation_forward(_fp(Y), _fp(X), Y.size, code, slope)
-    if rc:
-        _fail("activation_forward", rc)
-    return Y
-
-
-def activation_backward(dX, dY, Y, *, activation, negative_slope=0.01):
-    """dX = dY * act'(x) from the cached output Y; dX may be dY (in place)."""
-    dY, Y, code, slope = ck.prepare_activation_backward(dX, dY, Y, activation,
-                                                        negative_slope, _F32)
-    rc = lib.fastnn_activation_backward(_fp(dX), _fp(dY), _fp(Y), dX.size, code, slope)
-    if rc:
-        _fail("activation_backward", rc)
-    return dX
-
-
-def softmax_forward(Y, X):
-    """Row-wise softmax of X (n, c) into Y; Y may be X."""
-    X, n, c = ck.prepare_softmax_forward(Y, X, _F32)
-    rc = lib.fastnn_softmax_forward(_fp(Y), _fp(X), n, c)
-    if rc:
-        _fail("softmax_forward", rc)
-    return Y
-
-
-def softmax_backward(dX, dY, Y):
-    """dX = Y * (dY - rowsum(dY * Y)); dX may be dY."""
-    dY, Y, n, c = ck.prepare_softmax_backward(dX, dY, Y, _F32)
-    rc = lib.fastnn_softmax_backward(_fp(dX), _fp(dY), _fp(Y), n, c)
-    if rc:
-        _fail("softmax_backward", rc)
-    return dX
-
-
-# ---- dense layer -----------------------------------------------------------
-
-def dense_forward(Y, X, W, b, *, activation="identity", negative_slope=0.01):
-    """Y = act(X @ W + b): X (n, in), W (in, out), b (out,) or None, Y (n, out)."""
-    X, W, b, n, fan_in, fan_out, code, slope = ck.prepare_dense_forward(
-        Y, X, W, b, activation, negative_slope, _F32)
-    rc = lib.fastnn_dense_forward(_fp(Y), _fp(X), _fp(W), _fp_or_null(b), n, fan_in, fan_out,
-                                  code, slope)
-    if rc:
-        _fail("dense_forward", rc)
-    return Y
-
-
-def dense_backward(dX, dW, db, dZ, dY, X, W, Y, *, activation="identity",
-                   negative_slope=0.01):
-    """Backward of ``dense_forward``; dZ may be dY; db and dX may be None."""
-    dY, X, W, Y, n, fan_in, fan_out, code, slope = ck.prepare_dense_backward(
-        dX, dW, db, dZ, dY, X, W, Y, activation, negative_slope, _F32)
-    rc = lib.fastnn_dense_backward(_fp_or_null(dX), _fp(dW), _fp_or_null(db), _fp(dZ),
-                                   _fp(dY), _fp(X), _fp(W), _fp(Y), n, fan_in, fan_out,
-                                   code, slope)
-    if rc:
-        _fail("dense_backward", rc)
-
-
-# ---- losses ----------------------------------------------------------------
-
-def softmax_xent_forward(P, Z, labels):
-    """Writes P = softmax(Z); returns the mean cross-entropy of the labels."""
-    Z, labels, n, c = ck.prepare_softmax_xent_forward(P, Z, labels, _F32)
-    loss = ffi.new("float *")
-    rc = lib.fastnn_softmax_xent_forward(loss, _fp(P), _fp(Z), _ip(labels), n, c)
-    if rc:
-        _fail("softmax_xent_forward", rc)
-    return float(loss[0])
-
-
-def softmax_xent_backward(dZ, P, labels):
-    """dZ = (P - onehot(labels)) / n; dZ may be P (in place)."""
-    P, labels, n, c = ck.prepare_softmax_xent_backward(dZ, P, labels, _F32)
-    rc = lib.fastnn_softmax_xent_backward(_fp(dZ), _fp(P), _ip(labels), n, c)
-    if rc:
-        _fail("softmax_xent_backward", rc)
-
-
-def _pointwise_loss(kernel, Y, T):
-    loss = ffi.new("float *")
-    rc = kernel(loss, _fp(Y), _fp(T), Y.size)
-    if rc:
-        _fail(kernel.__name__, rc)
-    return float(loss[0])
-
-
-def _pointwise_grad(kernel, dY, Y, T):
-    rc = kernel(_fp(dY), _fp(Y), _fp(T), dY.size)
-    if rc:
-        _fail(kernel.__name__, rc)
-
-
-def bce_forward(Z, T):
-    """Mean binary cross-entropy of sigmoid(Z) against targets T in [0, 1]."""
-    Z, T = ck.prepare_pointwise_loss(Z, T, _F32, y_name="Z")
-    return _pointwise_loss(lib.fastnn_bce_forward, Z, T)
-
-
-def bce_backward(dZ, Z, T):
-    """dZ = (sigmoid(Z) - T) / Z.size; dZ may be Z (in place)."""
-    Z, T = ck.prepare_pointwise_loss_backward(dZ, Z, T, _F32, y_name="Z")
-    _pointwise_grad(lib.fastnn_bce_backward, dZ, Z, T)
-
-
-def mse_forward(Y, T):
-    """Mean over all elements of (Y - T)^2."""
-    Y, T = ck.prepare_pointwise_loss(Y, T, _F32)
-    return _pointwise_loss(lib.fastnn_mse_forward, Y, T)
-
-
-def mse_backward(dY, Y, T):
-    """dY = 2 (Y - T) / Y.size; dY may be Y (in place)."""
-    Y, T = ck.prepare_pointwise_loss_backward(dY, Y, T, _F32)
-    _pointwise_grad(lib.fastnn_mse_backward, dY, Y, T)
-
-
-def mae_forward(Y, T):
-    """Mean over all elements of |Y - T|."""
-    Y, T = ck.prepare_pointwise_loss(Y, T, _F32)
-    return _pointwise_loss(lib.fastnn_mae_forward, Y, T)
-
-
-def mae_backward(dY, Y, T):
-    """dY = sign(Y - T) / Y.size (0 where Y == T); dY may be Y (in place)."""
-    Y, T = ck.prepare_pointwise_loss_backward(dY, Y, T, _F32)
-    _pointwise_grad(lib.fastnn_mae_backward, dY, Y, T)
-
-
-# ---- optimizer updates -----------------------------------------------------
-# torch.optim's equations, one fused C pass each; see reference.py.
-
-def sgd(params, grads, momentum_buf, *, step, lr, momentum=0.0, dampening=0.0,
-        nesterov=False, weight_decay=0.0):
-    """torch.optim.SGD; ``momentum_buf`` may be None when momentum == 0."""
-    grads, size, step = ck.prepare_sgd(params, grads, momentum_buf, step, momentum, _F32)
-    rc = lib.fastnn_sgd(_fp(params), _fp(grads), _fp_or_null(momentum_buf), size, step, lr,
-                        momentum, dampening, 1 if nesterov else 0, weight_decay)
-    if rc:
-        _fail("sgd", rc)
-
-
-def adam(params, grads, m, v, *, step, lr, beta1, beta2, eps, weight_decay=0.0):
-    """torch.optim.Adam (amsgrad=False)."""
-    grads, size = ck.prepare_update(params, grads, {"m": m, "v": v}, _F32)
-    step = ck.check_step(step)
-    rc = lib.fastnn_adam(_fp(params), _fp(grads), _fp(m), _fp(v), size, step, lr, beta1,
-                         beta2, eps, weight_decay)
-    if rc:
-        _fail("adam", rc)
-
-
-def adamw(params, grads, m, v, *, step, lr, beta1, beta2, eps, weight_decay=0.0):
-    """torch.optim.AdamW (decoupled weight decay)."""
-    grads, size = ck.prepare_update(params, grads, {"m": m, "v": v}, _F32)
-    step = ck.check_step(step)
-    rc = lib.fastnn_adamw(_fp(params), _fp(grads), _fp(m), _fp(v), size, step, lr, beta1,
-                          beta2, eps, weight_decay)
-    if rc:
-        _fail("adamw", rc)
-
-
-def rmsprop(params, grads, square_avg, momentum_buf, grad_avg, *, lr, alpha, eps,
-            weight_decay=0.0, momentum=0.0, centered=False):
-    """torch.optim.RMSprop; ``momentum_buf`` may be None when momentum == 0,
-    ``grad_avg`` when not centered."""
-    grads, size = ck.prepare_rmsprop(params, grads, square_avg, momentum_buf, grad_avg, momentum,
-                                     centered, _F32)
-    rc = lib.fastnn_rmsprop(_fp(params), _fp(grads), _fp(square_avg),
-                            _fp_or_null(momentum_buf), _fp_or_null(grad_avg), size, lr, alpha,
-                            eps, weight_decay, momentum, 1 if centered else 0)
-    if rc:
-        _fail("rmsprop", rc)
-
-
-def adagrad(params, grads, sum_sq, *, step, lr, lr_decay=0.0, weight_decay=0.0, eps=1e-10):
-    """torch.optim.Adagrad."""
-    grads, size = ck.prepare_update(params, grads, {"sum_sq": sum_sq}, _F32)
-    step = ck.check_step(step)
-    rc = lib.fastnn_adagrad(_fp(params), _fp(grads), _fp(sum_sq), size, step, lr, lr_decay,
-                            weight_decay, eps)
-    if rc:
-        _fail("adagrad", rc)
-
-
-def nadam(params, grads, m, v, *, step, lr, beta1, beta2, eps, weight_decay=0.0,
-          momentum_decay=4e-3, mu_product):
-    """torch.optim.NAdam; ``mu_product`` = mu_1 * ... * mu_step (see ``nadam_mu``)."""
-    grads, size = ck.prepare_update(params, grads, {"m": m, "v": v}, _F32)
-    step = ck.check_step(step)
-    rc = lib.fastnn_nadam(_fp(params), _fp(grads), _fp(m), _fp(v), size, step, lr, beta1,
-                          beta2, eps, weight_decay, momentum_decay, mu_product)
-    if rc:
-        _fail("nadam", rc)
-
-
-def adamax(params, grads, m, u, *, step, lr, beta1, beta2, eps, weight_decay=0.0):
-    """torch.optim.Adamax."""
-    grads, size = ck.prepare_update(params, grads, {"m": m, "u": u}, _F32)
-    step = ck.check_step(step)
-    rc = lib.fastnn_adamax(_fp(params), _fp(grads), _fp(m), _fp(u), size, step, lr, beta1,
-                           beta2, eps, weight_decay)
-    if rc:
-        _fail("adamax", rc)
-
-
-# ---- flat-buffer utilities -------------------------------------------------
-
-def sum_squares(x):
-    """sum(x^2) over a flat buffer (float32 values), accumulated in double."""
-    x = ck.as_input("x", x, _F32, ndim=1)
-    out = ffi.new("double *")
-    rc = lib.fastnn_sum_squares(out, _fp(x), x.shape[0])
-    if rc:
-        _fail("sum_squares", rc)
-    return float(out[0])
-
-
-def scale(x, s):
-    """x *= s in place."""
-    ck.prepare_flat("x", x, _F32)
-    rc = lib.fastnn_scale(_fp(x), x.shape[0], ck.check_scalar("s", s))
-    if rc:
-        _fail("scale", rc)
-
-
-def clip(x, lo, hi):
-    """x = min(max(x, lo), hi) in place."""
-    ck.prepare_flat("x", x, _F32)
-    lo, hi = ck.check_scalar("lo", lo), ck.check_scalar("hi", hi)
-    if lo > hi:
-        raise ValueError(f"lo: must be <= hi, got lo={lo}, hi={hi}")
-    rc = lib.fastnn_clip(_fp(x), x.shape[0], lo, hi)
-    if rc:
-        _fail("clip", rc)
-
-
 lib.fastnn_set_num_threads(_default_num_threads())
 
 
+# ---- matrix multiply, dense layer ----------------------------------------------
+# Row-major and C-contiguous: each leading dimension is the row length.
+
+def gemm(A, B, C, trans_a, trans_b, alpha, beta):
+    m, n = C.shape
+    _call(lib.fastnn_gemm, trans_a, trans_b, m, n, A.shape[0 if trans_a else 1], alpha,
+          A, A.shape[1], B, B.shape[1], beta, C, n)
+
+
+def dense_forward(Y, X, W, b, activation, negative_slope):
+    _call(lib.fastnn_dense_forward, Y, X, W, b, *X.shape, W.shape[1], activation,
+          negative_slope)
+
+
+def dense_backward(dX, dW, db, dZ, dY, X, W, Y, activation, negative_slope):
+    _call(lib.fastnn_dense_backward, dX, dW, db, dZ, dY, X, W, Y, *X.shape, W.shape[1],
+          activation, negative_slope)
+
+
+# ---- activations, losses (elementwise over any shape, or rows (n, c)) --------
+
+def activation_forward(Y, X, activation, negative_slope):
+    _call(lib.fastnn_activation_forward, Y, X, Y.size, activation, negative_slope)
+
+
+def activation_backward(dX, dY, Y, activation, negative_slope):
+    _call(lib.fastnn_activation_backward, dX, dY, Y, dX.size, activation, negative_slope)
+
+
+def softmax_forward(Y, X):
+    _call(lib.fastnn_softmax_forward, Y, X, *X.shape)
+
+
+def softmax_backward(dX, dY, Y):
+    _call(lib.fastnn_softmax_backward, dX, dY, Y, *dY.shape)
+
+
+def softmax_xent_forward(P, Z, labels):
+    return _value(lib.fastnn_softmax_xent_forward, np.float32, P, Z, labels, *Z.shape)
+
+
+def softmax_xent_backward(dZ, P, labels):
+    _call(lib.fastnn_softmax_xent_backward, dZ, P, labels, *P.shape)
+
+
+def bce_forward(Z, T):
+    return _value(lib.fastnn_bce_forward, np.float32, Z, T, Z.size)
+
+
+def bce_backward(dZ, Z, T):
+    _call(lib.fastnn_bce_backward, dZ, Z, T, Z.size)
+
+
+def mse_forward(Y, T):
+    return _value(lib.fastnn_mse_forward, np.float32, Y, T, Y.size)
+
+
+def mse_backward(dY, Y, T):
+    _call(lib.fastnn_mse_backward, dY, Y, T, Y.size)
+
+
+def mae_forward(Y, T):
+    return _value(lib.fastnn_mae_forward, np.float32, Y, T, Y.size)
+
+
+def mae_backward(dY, Y, T):
+    _call(lib.fastnn_mae_backward, dY, Y, T, Y.size)
+
+
+# ---- optimizer updates: the buffers, their size, then the spec's options ------
+
+def sgd(params, grads, momentum_buf, step, lr, momentum, dampening, nesterov, weight_decay):
+    _call(lib.fastnn_sgd, params, grads, momentum_buf, params.size, step, lr, momentum,
+          dampening, nesterov, weight_decay)
+
+
+def adam(params, grads, m, v, step, lr, beta1, beta2, eps, weight_decay):
+    _call(lib.fastnn_adam, params, grads, m, v, params.size, step, lr, beta1, beta2, eps,
+          weight_decay)
+
+
+def adamw(params, grads, m, v, step, lr, beta1, beta2, eps, weight_decay):
+    _call(lib.fastnn_adamw, params, grads, m, v, params.size, step, lr, beta1, beta2, eps,
+          weight_decay)
+
+
+def rmsprop(params, grads, square_avg, momentum_buf, grad_avg, lr, alpha, eps, weight_decay,
+            momentum, centered):
+    _call(lib.fastnn_rmsprop, params, grads, square_avg, momentum_buf, grad_avg, params.size,
+          lr, alpha, eps, weight_decay, momentum, centered)
+
+
+def adagrad(params, grads, sum_sq, step, lr, lr_decay, weight_decay, eps):
+    _call(lib.fastnn_adagrad, params, grads, sum_sq, params.size, step, lr, lr_decay,
+          weight_decay, eps)
+
+
+def nadam(params, grads, m, v, step, lr, beta1, beta2, eps, weight_decay, momentum_decay,
+          mu_product):
+    _call(lib.fastnn_nadam, params, grads, m, v, params.size, step, lr, beta1, beta2, eps,
+          weight_decay, momentum_decay, mu_product)
+
+
+def adamax(params, grads, m, u, step, lr, beta1, beta2, eps, weight_decay):
+    _call(lib.fastnn_adamax, params, grads, m, u, params.size, step, lr, beta1, beta2, eps,
+          weight_decay)
+
+
+# ---- flat-buffer utilities ---------------------------------------------------
+
+def sum_squares(x):
+    return _value(lib.fastnn_sum_squares, np.float64, x, x.size)
+
+
+def scale(x, s):
+    _call(lib.fastnn_scale, x, x.size, s)
+
+
+def clip(x, lo, hi):
+    _call(lib.fastnn_clip, x, x.size, lo, hi)
+
+
 def axpy(y, x, alpha):
-    """y += alpha * x in place."""
-    x = ck.prepare_axpy(y, x, _F32)
-    rc = lib.fastnn_axpy(_fp(y), _fp(x), y.shape[0], ck.check_scalar("alpha", alpha))
-    if rc:
-        _fail("axpy", rc)
+    _call(lib.fastnn_axpy, y, x, y.size, alpha)
 
 
-# ---- a whole epoch ------------------------------------------------------------------
+# ---- a whole epoch ------------------------------------------------------------
 
-_LOSS_CODES = {"softmax_xent": 0, "bce": 1, "mse": 2, "mae": 3}
-_OPT_CODES = {name: i for i, name in enumerate(
-    ("sgd", "adam", "adamw", "rmsprop", "adagrad", "nadam", "adamax"))}
-_I64 = ffi.typeof("int64_t[]")
-_F64 = ffi.typeof("double[]")
+# The array fields of struct fastnn_epoch: {name: cffi array type}.
+_EPOCH_ARRAYS = {key: _C_ARRAYS[f.type.cname] for key, f in ffi.typeof("fastnn_epoch").fields
+                 if f.type.cname in _C_ARRAYS}
 
 
-def dense_stack_workspace(layers, batch_size, n_params):
-    """Floats of workspace dense_stack_epoch needs here with the current
-    thread count: every layer's outputs and their gradients for a full
-    batch, and with several threads their partial products (n_params does
-    not matter: threads share the gradient buffer)."""
-    return _workspace(layers, batch_size, max(1, lib.fastnn_get_num_threads()))
+def dense_stack_epoch(epoch):
+    """The epoch in one C call: spec.Epoch as the C struct fastnn_epoch."""
+    labelled = epoch.loss == "softmax_xent"
+    arrays = {"params": epoch.params, "grads": epoch.grads, "X": epoch.X,
+              "labels": epoch.targets if labelled else None,
+              "T": None if labelled else epoch.targets, "order": epoch.order,
+              "workspace": epoch.workspace, "batch_loss": epoch.batch_losses,
+              "batch_correct": epoch.batch_correct}
+    # The pointers and the layer array must outlive the call: the struct
+    # only holds their addresses.
+    pointers = {key: _c_array(_EPOCH_ARRAYS[key], a) for key, a in arrays.items()}
+    states = [_c_array(_C_ARRAYS["float *"], s) for s in epoch.states]
+    layers = ffi.new("fastnn_dense_layer[]", list(epoch.layers))  # spec.DenseLayer's order
+    opt = dict(epoch.hyper, kind=spec.OPTIMIZERS[epoch.optimizer].code, state=states,
+               step=epoch.step, mu_product=epoch.mu_product)
+    e = ffi.new("fastnn_epoch *", dict(
+        pointers, n_params=epoch.params.size, layers=layers, n_layers=len(epoch.layers),
+        opt=opt, loss=spec.LOSS_CODES[epoch.loss], n=epoch.X.shape[0],
+        n_order=0 if epoch.order is None else epoch.order.size, batch=epoch.batch_size,
+        l2=epoch.l2, loss_scale=epoch.loss_scale, grad_scale=epoch.grad_scale,
+        workspace_size=epoch.workspace.size))
+    _call(lib.fastnn_dense_stack_epoch, e)
+    return int(e.n_done), int(e.opt.step), float(e.opt.mu_product)
 
 
-def _workspace(layers, batch_size, threads):
-    """csrc's workspace size for `threads` threads (1: the least the epoch
-    runs with; a larger workspace lets it use more)."""
-    spec = _layer_spec([(fi, fo, w, b, "identity", 0.0) for fi, fo, w, b, *_ in layers])
-    return int(lib.fastnn_dense_stack_workspace(spec, len(layers), batch_size, threads))
+# ---- convolution, pooling, batch normalisation (channels-last) ----------------
+# X (n, h, w, c), W (kh, kw, c, oc); stride, padding and pool are (h, w) pairs.
+
+def conv2d_forward(Y, X, W, b, cols, stride, padding, activation, negative_slope):
+    _call(lib.fastnn_conv2d_forward, Y, cols, X, W, b, *X.shape, W.shape[3], *W.shape[:2],
+          *stride, *padding, activation, negative_slope)
 
 
-def _layer_spec(layers):
-    spec = ffi.new("fastnn_dense_layer[]", len(layers))
-    for s, (fan_in, fan_out, w_off, b_off, act, slope) in zip(spec, layers):
-        setattr(s, "in", fan_in)  # "in" is a Python keyword
-        s.out, s.w_offset, s.b_offset = fan_out, w_off, b_off
-        s.act, s.slope = ck.activation_code(act), slope
-    return spec
+def conv2d_backward(dX, dW, db, dZ, dY, X, W, Y, cols, stride, padding, activation,
+                    negative_slope):
+    # (C reads X through cols, as conv2d_forward left it)
+    _call(lib.fastnn_conv2d_backward, dX, dW, db, dZ, cols, dY, W, Y, *X.shape, W.shape[3],
+          *W.shape[:2], *stride, *padding, activation, negative_slope)
 
 
-def dense_stack_epoch(params, grads, states, workspace, X, targets, batch_losses,
-                      batch_correct, *, layers, loss, batch_size, optimizer, hyper, step,
-                      mu_product=1.0, l2=0.0, loss_scale=1.0, grad_scale=1.0, order=None):
-    """One training epoch of a dense stack, entirely in C (see reference)."""
-    X, targets, layers, n_batches, hyper, order = ck.prepare_dense_stack_epoch(
-        params, grads, states, workspace, X, targets, batch_losses, batch_correct, layers,
-        loss, batch_size, optimizer, hyper, step, l2, loss_scale, grad_scale, _F32,
-        workspace_need=lambda norm, bs: _workspace(norm, bs, 1), order=order)
-    spec = _layer_spec(layers)
-    opt = ffi.new("fastnn_optimizer *")
-    opt.kind = _OPT_CODES[optimizer]
-    for key, value in hyper.items():
-        setattr(opt, key, value)
-    keep = [_fp(s) if s is not None else _NULL for s in states]
-    for i, p in enumerate(keep):
-        opt.state[i] = p
-    opt.step = step
-    opt.mu_product = mu_product
-    n_done = ffi.new("int64_t *")
-    is_labels = loss == "softmax_xent"
-    rc = lib.fastnn_dense_stack_epoch(
-        _fp(params), _fp(grads), params.shape[0], spec, len(layers), opt, _LOSS_CODES[loss],
-        _fp(X), _ip(targets) if is_labels else _NULL, _NULL if is_labels else _fp(targets),
-        X.shape[0], _NULL if order is None else ffi.from_buffer(_I64, order),
-        0 if order is None else order.size, batch_size, l2, loss_scale, grad_scale,
-        _fp(workspace), workspace.shape[0],
-        ffi.from_buffer(_F64, batch_losses), ffi.from_buffer(_I64, batch_correct), n_done)
-    if rc:
-        _fail("dense_stack_epoch", rc)
-    return int(n_done[0]), int(opt.step), float(opt.mu_product)
+def maxpool2d_forward(Y, X, argmax, pool, stride):
+    _call(lib.fastnn_maxpool2d_forward, Y, argmax, X, *X.shape, *pool, *stride)
 
 
-# ---- convolution, pooling, batch normalisation (channels-last) ------------------------
-
-def conv2d_forward(Y, X, W, b, cols, *, stride=(1, 1), padding=(0, 0), activation="identity",
-                   negative_slope=0.01):
-    """Y = act(im2col(X) @ W + b); ``cols`` is left holding im2col(X)."""
-    X, W, b, g, code, slope = ck.prepare_conv2d_forward(Y, X, W, b, cols, stride, padding,
-                                                        activation, negative_slope, _F32)
-    n, h, w, c, oh, ow, oc, kh, kw, sh, sw, ph, pw = g
-    rc = lib.fastnn_conv2d_forward(_fp(Y), _fp(cols), _fp(X), _fp(W), _fp_or_null(b), n, h, w,
-                                   c, oc, kh, kw, sh, sw, ph, pw, code, slope)
-    if rc:
-        _fail("conv2d_forward", rc)
-    return Y
+def maxpool2d_backward(dX, dY, argmax, pool, stride):
+    _call(lib.fastnn_maxpool2d_backward, dX, dY, argmax, *dX.shape, *pool, *stride)
 
 
-def conv2d_backward(dX, dW, db, dZ, dY, X, W, Y, cols, *, stride=(1, 1), padding=(0, 0),
-                    activation="identity", negative_slope=0.01):
-    """Backward of ``conv2d_forward``; dZ may be dY; db and dX may be None;
-    ``cols`` is overwritten."""
-    dY, X, W, Y, g, code, slope = ck.prepare_conv2d_backward(
-        dX, dW, db, dZ, dY, X, W, Y, cols, stride, padding, activation, negative_slope, _F32)
-    n, h, w, c, oh, ow, oc, kh, kw, sh, sw, ph, pw = g
-    rc = lib.fastnn_conv2d_backward(_fp_or_null(dX), _fp(dW), _fp_or_null(db), _fp(dZ),
-                                    _fp(cols), _fp(dY), _fp(W), _fp(Y), n, h, w, c, oc, kh, kw,
-                                    sh, sw, ph, pw, code, slope)
-    if rc:
-        _fail("conv2d_backward", rc)
+def avgpool2d_forward(Y, X, pool, stride):
+    _call(lib.fastnn_avgpool2d_forward, Y, X, *X.shape, *pool, *stride)
 
 
-def maxpool2d_forward(Y, X, argmax, *, pool, stride=None):
-    """Window maxima of X into Y, their flat h * W + w indices into argmax."""
-    X, (n, h, w, c, oh, ow, kh, kw, sh, sw) = ck.prepare_pool_forward(Y, X, argmax, pool,
-                                                                       stride, _F32)
-    rc = lib.fastnn_maxpool2d_forward(_fp(Y), _ip(argmax), _fp(X), n, h, w, c, kh, kw, sh, sw)
-    if rc:
-        _fail("maxpool2d_forward", rc)
-    return Y
+def avgpool2d_backward(dX, dY, pool, stride):
+    _call(lib.fastnn_avgpool2d_backward, dX, dY, *dX.shape, *pool, *stride)
 
 
-def maxpool2d_backward(dX, dY, argmax, *, pool, stride=None):
-    """dX = 0, then each dY added at its argmax."""
-    dY, argmax, (n, h, w, c, oh, ow, kh, kw, sh, sw) = ck.prepare_pool_backward(
-        dX, dY, argmax, pool, stride, _F32)
-    rc = lib.fastnn_maxpool2d_backward(_fp(dX), _fp(dY), _ip(argmax), n, h, w, c, kh, kw, sh,
-                                       sw)
-    if rc:
-        _fail("maxpool2d_backward", rc)
+# Batch norm: X (..., c) is (rows, c) for C.
+
+def batchnorm_forward(Y, X, gamma, beta, mean, invstd, running_mean, running_var, momentum,
+                      eps):
+    _call(lib.fastnn_batchnorm_forward, Y, mean, invstd, running_mean, running_var, X, gamma,
+          beta, X.size // gamma.size, gamma.size, momentum, eps)
 
 
-def avgpool2d_forward(Y, X, *, pool, stride=None):
-    """Window means of X into Y (summed in double)."""
-    X, (n, h, w, c, oh, ow, kh, kw, sh, sw) = ck.prepare_pool_forward(Y, X, None, pool, stride,
-                                                                       _F32)
-    rc = lib.fastnn_avgpool2d_forward(_fp(Y), _fp(X), n, h, w, c, kh, kw, sh, sw)
-    if rc:
-        _fail("avgpool2d_forward", rc)
-    return Y
-
-
-def avgpool2d_backward(dX, dY, *, pool, stride=None):
-    """dX: each dY / (KH*KW) added over its window."""
-    dY, _, (n, h, w, c, oh, ow, kh, kw, sh, sw) = ck.prepare_pool_backward(dX, dY, None, pool,
-                                                                          stride, _F32)
-    rc = lib.fastnn_avgpool2d_backward(_fp(dX), _fp(dY), n, h, w, c, kh, kw, sh, sw)
-    if rc:
-        _fail("avgpool2d_backward", rc)
-
-
-def batchnorm_forward(Y, X, gamma, beta, mean, invstd, running_mean, running_var, *,
-                      momentum=0.1, eps=1e-5):
-    """Training-mode batch norm over the last axis; statistics in double."""
-    X, gamma, beta, rows, c, momentum, eps = ck.prepare_batchnorm_forward(
-        Y, X, gamma, beta, mean, invstd, running_mean, running_var, momentum, eps, _F32)
-    rc = lib.fastnn_batchnorm_forward(_fp(Y), _fp(mean), _fp(invstd), _fp(running_mean),
-                                      _fp(running_var), _fp(X), _fp(gamma), _fp(beta), rows, c,
-                                      momentum, eps)
-    if rc:
-        _fail("batchnorm_forward", rc)
-    return Y
-
-
-def batchnorm_inference(Y, X, gamma, beta, running_mean, running_var, *, eps=1e-5):
-    """Evaluation-mode batch norm with the running statistics."""
-    X, gamma, beta, rm, rv, rows, c, eps = ck.prepare_batchnorm_inference(
-        Y, X, gamma, beta, running_mean, running_var, eps, _F32)
-    rc = lib.fastnn_batchnorm_inference(_fp(Y), _fp(X), _fp(gamma), _fp(beta), _fp(rm),
-                                        _fp(rv), rows, c, eps)
-    if rc:
-        _fail("batchnorm_inference", rc)
-    return Y
+def batchnorm_inference(Y, X, gamma, beta, running_mean, running_var, eps):
+    _call(lib.fastnn_batchnorm_inference, Y, X, gamma, beta, running_mean, running_var,
+          X.size // gamma.size, gamma.size, eps)
 
 
 def batchnorm_backward(dX, dgamma, dbeta, dY, X, gamma, mean, invstd):
-    """Backward of ``batchnorm_forward`` from X and the saved mean and invstd."""
-    dY, X, gamma, mean, invstd, rows, c = ck.prepare_batchnorm_backward(
-        dX, dgamma, dbeta, dY, X, gamma, mean, invstd, _F32)
-    rc = lib.fastnn_batchnorm_backward(_fp(dX), _fp(dgamma), _fp(dbeta), _fp(dY), _fp(X),
-                                       _fp(gamma), _fp(mean), _fp(invstd), rows, c)
-    if rc:
-        _fail("batchnorm_backward", rc)
+    _call(lib.fastnn_batchnorm_backward, dX, dgamma, dbeta, dY, X, gamma, mean, invstd,
+          X.size // gamma.size, gamma.size)

@@ -212,7 +212,7 @@ static void epoch_cases(void) {
                 const int64_t nb = (n + batch - 1) / batch;
                 const int64_t nb_max = (n + 2 + batch - 1) / batch;  /* the gathered epoch's */
                 double *bl = malloc((size_t)nb_max * sizeof *bl);
-                int64_t *bc = malloc((size_t)nb_max * sizeof *bc), done;
+                int64_t *bc = malloc((size_t)nb_max * sizeof *bc);
                 fastnn_optimizer opt = {0};
                 opt.kind = (int)((di + si + (size_t)loss) % 7);
                 opt.lr = 1e-3; opt.beta1 = 0.9; opt.beta2 = 0.999; opt.eps = 1e-8; opt.alpha = 0.99;
@@ -220,32 +220,30 @@ static void epoch_cases(void) {
                 opt.centered = 1; opt.momentum_decay = 4e-3; opt.mu_product = 1.0;
                 float *gavg = calloc((size_t)n_params, 4);
                 opt.state[0] = m; opt.state[1] = v; opt.state[2] = gavg;
-                OK(fastnn_dense_stack_epoch(params, grads, n_params, L, 2, &opt, loss, X,
-                                            loss == 0 ? labels : NULL, loss == 0 ? NULL : T, n,
-                                            NULL, 0, batch, 0.01, 1.0, 1.0, ws, need, bl, bc, &done));
-                if (done != nb) { fails++; printf("epoch: %lld of %lld batches\n", (long long)done, (long long)nb); }
+                fastnn_epoch E = {.params = params, .grads = grads, .n_params = n_params, .layers = L,
+                                  .n_layers = 2, .opt = opt, .loss = loss, .X = X,
+                                  .labels = loss == 0 ? labels : NULL, .T = loss == 0 ? NULL : T,
+                                  .n = n, .batch = batch, .l2 = 0.01, .loss_scale = 1.0,
+                                  .grad_scale = 1.0, .workspace = ws, .workspace_size = need,
+                                  .batch_loss = bl, .batch_correct = bc};
+                OK(fastnn_dense_stack_epoch(&E));
+                if (E.n_done != nb) { fails++; printf("epoch: %lld of %lld batches\n", (long long)E.n_done, (long long)nb); }
                 /* a gathered epoch: rows in reverse order, the first one twice more */
                 int64_t *order = malloc((size_t)(n + 2) * sizeof *order);
                 for (int64_t i = 0; i < n; i++) order[i] = n - 1 - i;
                 order[n] = order[n + 1] = 0;
-                OK(fastnn_dense_stack_epoch(params, grads, n_params, L, 2, &opt, loss, X,
-                                            loss == 0 ? labels : NULL, loss == 0 ? NULL : T, n,
-                                            order, n + 2, batch, 0.01, 1.0, 1.0, ws, need, bl, bc,
-                                            &done));
+                E.order = order; E.n_order = n + 2;
+                OK(fastnn_dense_stack_epoch(&E));
+                fastnn_epoch F = E;
                 order[n + 1] = n;  /* out of range */
-                BAD(fastnn_dense_stack_epoch(params, grads, n_params, L, 2, &opt, loss, X,
-                                             loss == 0 ? labels : NULL, loss == 0 ? NULL : T, n,
-                                             order, n + 2, batch, 0.0, 1.0, 1.0, ws, need, bl, bc,
-                                             &done));
+                BAD(fastnn_dense_stack_epoch(&F));
                 free(order);
+                F = E; F.order = NULL; F.n_order = 0;
                 labels[n - 1] = (int32_t)out;
                 if (loss == 0)
-                    BAD(fastnn_dense_stack_epoch(params, grads, n_params, L, 2, &opt, loss, X, labels,
-                                                 NULL, n, NULL, 0, batch, 0.0, 1.0, 1.0, ws, need, bl,
-                                                 bc, &done));
-                BAD(fastnn_dense_stack_epoch(params, grads, n_params - 1, L, 2, &opt, 1, X, NULL, T,
-                                             n, NULL, 0, batch, 0.0, 1.0, 1.0, ws, need, bl, bc,
-                                             &done));
+                    BAD(fastnn_dense_stack_epoch(&F));
+                F.n_params = n_params - 1; F.loss = 1; F.labels = NULL; F.T = T;
+                BAD(fastnn_dense_stack_epoch(&F));
                 free(params); free(grads); free(ws); free(m); free(v); free(gavg); free(X); free(T);
                 free(labels); free(bl); free(bc);
             }
@@ -284,22 +282,95 @@ static void deep_epoch_case(int64_t in, int64_t h1) {
                 order[i] = (i * 17) % n;
             }
             double bl[3];
-            int64_t bc[3], done;
-            fastnn_optimizer opt = {0};
-            opt.kind = FASTNN_OPT_ADAM;
-            opt.lr = 1e-3; opt.beta1 = 0.9; opt.beta2 = 0.999; opt.eps = 1e-8; opt.mu_product = 1.0;
-            opt.state[0] = m; opt.state[1] = v;
-            OK(fastnn_dense_stack_epoch(params, grads, n_params, L, 3, &opt, loss, X,
-                                        loss == 0 ? labels : NULL, loss == 0 ? NULL : T, n,
-                                        ordered ? order : NULL, ordered ? n : 0, batch, 0.01,
-                                        1.0, 1.0, ws, need, bl, bc, &done));
-            if (done != 3) { fails++; printf("deep epoch: %lld of 3 batches\n", (long long)done); }
+            int64_t bc[3];
+            fastnn_epoch E = {.params = params, .grads = grads, .n_params = n_params, .layers = L,
+                              .n_layers = 3, .loss = loss, .X = X,
+                              .labels = loss == 0 ? labels : NULL, .T = loss == 0 ? NULL : T,
+                              .n = n, .order = ordered ? order : NULL, .n_order = ordered ? n : 0,
+                              .batch = batch, .l2 = 0.01, .loss_scale = 1.0, .grad_scale = 1.0,
+                              .workspace = ws, .workspace_size = need, .batch_loss = bl,
+                              .batch_correct = bc};
+            E.opt.kind = FASTNN_OPT_ADAM;
+            E.opt.lr = 1e-3; E.opt.beta1 = 0.9; E.opt.beta2 = 0.999; E.opt.eps = 1e-8;
+            E.opt.mu_product = 1.0; E.opt.state[0] = m; E.opt.state[1] = v;
+            OK(fastnn_dense_stack_epoch(&E));
+            if (E.n_done != 3) { fails++; printf("deep epoch: %lld of 3 batches\n", (long long)E.n_done); }
             free(params); free(grads); free(ws); free(m); free(v); free(X); free(T);
             free(labels); free(order);
         }
 }
 
+/* Sizes whose products or sums pass int64: each call must return EINVAL
+   before it reads or writes anything (every buffer is one float on the
+   heap, so ASan reports any access), and no arithmetic may overflow
+   (UBSan). */
+static void overflow_cases(void) {
+    const int64_t big = (int64_t)1 << 32, max = INT64_MAX;
+    float *f = rnd(1), *g = rnd(1), *h = rnd(1), *u = rnd(1);
+    int32_t *lab = calloc(1, sizeof *lab);
+    float loss;
+    /* a product of two sizes wraps to 0 mod 2^64 */
+    BAD(fastnn_gemm(0, 0, big, 1, 1, 1.0f, f, 1, g, 1, 0.0f, h, big));      /* m ldc */
+    BAD(fastnn_gemm(0, 0, big, 1, 1, 1.0f, f, big, g, 1, 0.0f, h, 1));      /* m lda */
+    BAD(fastnn_gemm(0, 1, 1, big, 1, 1.0f, f, 1, g, big, 0.0f, h, big));    /* n ldb */
+    BAD(fastnn_dense_forward(h, f, g, NULL, big, big, 1, 0, 0.0f));          /* n in */
+    BAD(fastnn_dense_forward(h, f, g, NULL, 1, big, big, 0, 0.0f));          /* in out */
+    BAD(fastnn_dense_backward(NULL, f, NULL, g, g, h, u, u, big, 1, big, 0, 0.0f));
+    BAD(fastnn_dense_backward(NULL, f, NULL, g, g, h, u, u, big, big, 1, 0, 0.0f));
+    BAD(fastnn_softmax_forward(h, f, big, big));
+    BAD(fastnn_softmax_backward(h, f, g, big, big));
+    BAD(fastnn_softmax_xent_forward(&loss, h, f, lab, big, big));
+    BAD(fastnn_softmax_xent_backward(h, f, lab, big, big));
+    /* convolution: a padded height past int64; an image, a window, cols */
+    BAD(fastnn_conv2d_forward(h, u, f, g, NULL, 1, max - 1, 1, 1, 1, 2, 1, 1, 1, 1, 0, 0, 0.0f));
+    BAD(fastnn_conv2d_forward(h, u, f, g, NULL, big, big, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0.0f));
+    BAD(fastnn_conv2d_forward(h, u, f, g, NULL, 1, 1, 1, 1, 1, big, big, 1, 1, big - 1, big - 1, 0,
+                              0.0f));
+    BAD(fastnn_conv2d_forward(h, u, f, g, NULL, 1, 1, 1, big, big, 1, 1, 1, 1, 0, 0, 0, 0.0f));
+    BAD(fastnn_conv2d_backward(NULL, f, NULL, g, u, g, h, h, 1, 1, 1, big, big, 1, 1, 1, 1, 0, 0, 0,
+                               0.0f));
+    BAD(fastnn_conv2d_backward(NULL, f, NULL, g, u, g, h, h, big, big, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0,
+                               0.0f));
+    /* pooling: h w wrapped to 0 used to pass the int32 check of argmax */
+    int32_t *am = calloc(1, sizeof *am);
+    BAD(fastnn_maxpool2d_forward(h, am, f, 1, big, big, 1, 1, 1, 1, 1));
+    BAD(fastnn_maxpool2d_backward(h, f, am, 1, big, big, 1, 1, 1, 1, 1));
+    BAD(fastnn_avgpool2d_forward(h, f, big, big, 1, 1, 1, 1, 1, 1));
+    BAD(fastnn_avgpool2d_backward(h, f, 1, big, 1, big, 1, 1, 1, 1));
+    BAD(fastnn_batchnorm_forward(h, f, g, u, f, g, u, f, big, big, 0.1, 1e-5));
+    BAD(fastnn_batchnorm_inference(h, f, g, u, f, g, big, big, 1e-5));
+    BAD(fastnn_batchnorm_backward(h, f, g, u, f, g, u, f, big, big));
+    /* the epoch's workspace: a batch of 2^61 + 12345 made its size wrap negative */
+    const int64_t batch = ((int64_t)1 << 61) + 12345;
+    fastnn_dense_layer L1[1] = {{1, 1, 0, -1, FASTNN_ACT_IDENTITY, 0.0f}};
+    fastnn_dense_layer L2[2] = {{1, big, 0, -1, 0, 0.0f}, {big, big, 0, -1, 0, 0.0f}};
+    for (int th = 1; th <= 2; th++) {
+        if (fastnn_dense_stack_workspace(L1, 1, batch, th) != -1) { fails++; printf("workspace of batch 2^61 + 12345\n"); }
+        if (fastnn_dense_stack_workspace(L2, 2, big, th) != -1) { fails++; printf("workspace of batch 2^32, out 2^32\n"); }
+    }
+    double bl;
+    int64_t bc;
+    fastnn_epoch E = {.params = f, .grads = g, .n_params = 1, .layers = L1, .n_layers = 1,
+                      .loss = FASTNN_LOSS_MSE, .X = h, .T = u, .n = 1, .batch = batch,
+                      .loss_scale = 1.0, .grad_scale = 1.0, .workspace = h, .workspace_size = 1,
+                      .batch_loss = &bl, .batch_correct = &bc};
+    E.opt.kind = FASTNN_OPT_SGD; E.opt.lr = 0.1;
+    BAD(fastnn_dense_stack_epoch(&E));
+    /* X (n, in) with n in past int64: a layer of 2^32 inputs over 2^32 params */
+    fastnn_dense_layer W[1] = {{big, 1, 0, -1, FASTNN_ACT_IDENTITY, 0.0f}};
+    fastnn_epoch F = E;
+    F.layers = W; F.n_params = big; F.n = big; F.batch = 1; F.workspace_size = max;
+    BAD(fastnn_dense_stack_epoch(&F));
+    /* the step counter would pass int64 */
+    F = E; F.batch = 1; F.opt.step = max;
+    BAD(fastnn_dense_stack_epoch(&F));
+    /* NAdam's next step (step + 1) in double, not int64 */
+    OK(fastnn_nadam(f, g, h, u, 1, max, 2e-3, 0.9, 0.999, 1e-8, 0.0, 4e-3, 0.5));
+    free(f); free(g); free(h); free(u); free(lab); free(am);
+}
+
 int main(void) {
+    overflow_cases();
     for (int th = 1; th <= 2; th++) {
         fastnn_set_num_threads(th);
         epoch_cases();
