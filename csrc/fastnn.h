@@ -66,7 +66,8 @@ enum fastnn_optimizer_kind {
     FASTNN_OPT_RMSPROP = 3,
     FASTNN_OPT_ADAGRAD = 4,
     FASTNN_OPT_NADAM = 5,
-    FASTNN_OPT_ADAMAX = 6
+    FASTNN_OPT_ADAMAX = 6,
+    FASTNN_OPT_RADAM = 7
 };
 
 /* CDEF BEGIN */
@@ -175,6 +176,10 @@ int fastnn_nadam(float *params, const float *grads, float *m, float *v,
 int fastnn_adamax(float *params, const float *grads, float *m, float *u,
                   int64_t size, int64_t step, double lr, double beta1,
                   double beta2, double eps, double weight_decay);
+/* RAdam: Adam's step rectified by r_t once rho_t > 5, momentum SGD before. */
+int fastnn_radam(float *params, const float *grads, float *m, float *v,
+                 int64_t size, int64_t step, double lr, double beta1,
+                 double beta2, double eps, double weight_decay);
 
 /* ---- flat-buffer utilities (gradient clipping) --------------------------- */
 /* *out = sum(x^2), accumulated in double. */

@@ -669,6 +669,44 @@ int fastnn_rmsprop(float *params, const float *grads, float *square_avg,
     return FASTNN_OK;
 }
 
+/* step_size is lr / bc1, times r_t sqrt(bc2) once the rectification holds
+   (adaptive); before that the step is momentum SGD's and v only accumulates. */
+struct radam_k { float step_size, b1, c1, b2, c2, eps, wd; int adaptive; };
+
+FASTNN_CLONES
+static void radam_span(float *params, const float *grads, float *m, float *v,
+                       struct radam_k k, int64_t lo, int64_t hi)
+{
+#pragma omp simd
+    for (int64_t i = lo; i < hi; i++) {
+        const float g = l2_grad(grads[i], params[i], k.wd);
+        const float mi = k.b1 * m[i] + k.c1 * g;
+        const float vi = k.b2 * v[i] + k.c2 * (g * g);
+        m[i] = mi;
+        v[i] = vi;
+        params[i] -= k.step_size * (k.adaptive ? mi / (sqrtf(vi) + k.eps) : mi);
+    }
+}
+
+int fastnn_radam(float *params, const float *grads, float *m, float *v,
+                 int64_t size, int64_t step, double lr, double beta1,
+                 double beta2, double eps, double weight_decay)
+{
+    if (!params || !grads || !m || !v || size < 0 || step < 1)
+        return FASTNN_EINVAL;
+    const double bc1 = 1.0 - pow(beta1, (double)step), bc2 = 1.0 - pow(beta2, (double)step);
+    const double rho_inf = 2.0 / (1.0 - beta2) - 1.0;
+    const double rho_t = rho_inf - 2.0 * (double)step * pow(beta2, (double)step) / bc2;
+    const int adaptive = rho_t > 5.0;
+    const double r = adaptive ? sqrt((rho_t - 4) * (rho_t - 2) * rho_inf
+                                     / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) : 0.0;
+    const struct radam_k k = {(float)(adaptive ? lr / bc1 * r * sqrt(bc2) : lr / bc1),
+                              (float)beta1, (float)(1.0 - beta1), (float)beta2,
+                              (float)(1.0 - beta2), (float)eps, (float)weight_decay, adaptive};
+    UPDATE_SPANS(size, radam_span(params, grads, m, v, k, lo, hi));
+    return FASTNN_OK;
+}
+
 struct adagrad_k { float clr, wd, eps; };
 
 FASTNN_CLONES

@@ -96,6 +96,7 @@ static int optimizer_valid(const fastnn_optimizer *o, int64_t n_batches)
     case FASTNN_OPT_SGD:
         return o->momentum == 0.0 || o->state[0];
     case FASTNN_OPT_ADAM: case FASTNN_OPT_ADAMW: case FASTNN_OPT_NADAM: case FASTNN_OPT_ADAMAX:
+    case FASTNN_OPT_RADAM:
         return o->state[0] && o->state[1];
     case FASTNN_OPT_RMSPROP:
         return o->state[0] && (o->momentum == 0.0 || o->state[1]) && (!o->centered || o->state[2]);
@@ -146,6 +147,9 @@ static int optimizer_apply(float *params, const float *grads, const fastnn_optim
     case FASTNN_OPT_ADAMAX:
         return fastnn_adamax(p, g, s[0], s[1], size, o->step, o->lr, o->beta1, o->beta2,
                              o->eps, o->weight_decay);
+    case FASTNN_OPT_RADAM:
+        return fastnn_radam(p, g, s[0], s[1], size, o->step, o->lr, o->beta1, o->beta2,
+                            o->eps, o->weight_decay);
     default:
         return FASTNN_EINVAL;
     }

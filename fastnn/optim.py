@@ -209,7 +209,15 @@ class NAdam(Optimizer):
     kernel = "nadam"
 
 
-OPTIMIZERS = {cls.kernel: cls for cls in (SGD, Adam, AdamW, RMSprop, Adagrad, NAdam, Adamax)}
+class RAdam(Optimizer):
+    """torch.optim.RAdam: Adam with the variance of its adaptive step
+    rectified (plain momentum steps while too few gradients are averaged)."""
+
+    kernel = "radam"
+
+
+OPTIMIZERS = {cls.kernel: cls for cls in (SGD, Adam, AdamW, RMSprop, Adagrad, NAdam, Adamax,
+                                          RAdam)}
 assert set(OPTIMIZERS) == set(spec.OPTIMIZERS), "every optimizer of the spec has a class here"
 
 

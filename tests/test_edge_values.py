@@ -331,6 +331,15 @@ OPTIMIZERS = [
     ("adamax-wd", "adamax", {"m": "any", "u": "nonneg"},
      dict(lr=2e-3, beta1=0.5, beta2=0.9, eps=1e-8, weight_decay=0.1), 2),
 ]
+# an optimizer of the specification not listed above: torch's defaults with
+# weight decay, at an early step and a later one (RAdam changes formula at
+# step 6), its accumulators nonnegative
+OPTIMIZERS += [(f"{name}-{step}", name, {s: "nonneg" if s in o.nonnegative else "any"
+                                         for s in o.states},
+                dict({h.name: h.default for h in o.hyper}, weight_decay=0.01),
+                step if o.step else None)
+               for name, o in spec.OPTIMIZERS.items()
+               if name not in {case[1] for case in OPTIMIZERS} for step in (2, 10)]
 
 
 def _optimizer(kernel, states, hp, step):

@@ -361,6 +361,18 @@ def _numpy_trajectory(name, hp, w, grads):
                 st["b"] = g.copy() if t == 1 else mom * st["b"] + (1 - hp.get("dampening", 0)) * g
                 g = g + mom * st["b"] if hp.get("nesterov") else st["b"]
             w -= lr * g
+        elif name == "RAdam":
+            st["m"] = b1 * st.get("m", 0) + (1 - b1) * g
+            st["v"] = b2 * st.get("v", 0) + (1 - b2) * g * g
+            m_hat = st["m"] / (1 - b1 ** t)
+            rho_inf = 2 / (1 - b2) - 1
+            rho_t = rho_inf - 2 * t * b2 ** t / (1 - b2 ** t)
+            if rho_t > 5:
+                rect = np.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf
+                               / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+                w -= lr * m_hat * rect * np.sqrt(1 - b2 ** t) / (np.sqrt(st["v"]) + eps)
+            else:
+                w -= lr * m_hat
         elif name in ("Adam", "AdamW", "NAdam", "Adamax"):
             st["m"] = b1 * st.get("m", 0) + (1 - b1) * g
             if name == "Adamax":
@@ -394,6 +406,8 @@ def _numpy_trajectory(name, hp, w, grads):
             st["s"] = st.get("s", hp.get("initial_accumulator_value", 0.0)) + g * g
             clr = lr / (1 + (t - 1) * hp.get("lr_decay", 0))
             w -= clr * g / (np.sqrt(st["s"]) + hp.get("eps", 1e-10))
+        else:
+            raise NotImplementedError(f"no transcription of torch.optim.{name} here")
     return w
 
 
@@ -401,7 +415,7 @@ def _numpy_trajectory(name, hp, w, grads):
 def test_optimizer_classes_follow_torch_equations(name, hp, rng):
     size = 37
     w0 = rng.normal(size=size).astype(np.float32)
-    grads = [rng.normal(size=size).astype(np.float32) for _ in range(5)]
+    grads = [rng.normal(size=size).astype(np.float32) for _ in range(8)]  # RAdam rectifies from step 6
     want = _numpy_trajectory(name, hp, w0, grads)
     for backend in ("c", "numba"):
         k = fastnn.kernels.get(backend)

@@ -233,6 +233,11 @@ def adamax(params, grads, m, u, step, lr, beta1, beta2, eps, weight_decay):
           weight_decay)
 
 
+def radam(params, grads, m, v, step, lr, beta1, beta2, eps, weight_decay):
+    _call(lib.fastnn_radam, params, grads, m, v, params.size, step, lr, beta1, beta2, eps,
+          weight_decay)
+
+
 # ---- flat-buffer utilities ---------------------------------------------------
 
 def sum_squares(x):

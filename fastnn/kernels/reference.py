@@ -387,6 +387,27 @@ def adamax(params, grads, m, u, step, lr, beta1, beta2, eps, weight_decay):
 
 # ---- flat-buffer utilities -------------------------------------------------
 
+def radam(params, grads, m, v, step, lr, beta1, beta2, eps, weight_decay):
+    """torch.optim.RAdam (decoupled_weight_decay=False)::
+
+        g = grad + weight_decay * p
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g^2
+        r = spec.radam_rectification(t, beta2)     (0 while rho_t <= 5)
+        p = p - lr * m / (1 - beta1^t) * r * sqrt(1 - beta2^t) / (sqrt(v) + eps)   if r > 0
+        p = p - lr * m / (1 - beta1^t)                                               else
+    """
+    g = grads + weight_decay * params if weight_decay != 0.0 else grads
+    m[...] = beta1 * m + (1 - beta1) * g
+    v[...] = beta2 * v + (1 - beta2) * g * g
+    bc1, bc2 = spec.bias_corrections(step, beta1, beta2)
+    r = spec.radam_rectification(step, beta2)
+    if r > 0.0:
+        params -= (lr / bc1) * m * r * (np.sqrt(bc2) / (np.sqrt(v) + eps))
+    else:
+        params -= (lr / bc1) * m
+
+
 def sum_squares(x):
     """sum(x^2) over a flat buffer, accumulated in float64; returns a float."""
     return float(np.sum(x.astype(np.float64) ** 2))

@@ -203,7 +203,8 @@ class OptimizerSpec:
     ``fills``: torch arguments that set a state buffer's initial value,
     with their default (Adagrad's initial_accumulator_value); ``rules``:
     (message, predicate of the hyperparameters) pairs a valid setting
-    satisfies.
+    satisfies; ``nonnegative``: the states that can never be negative
+    (accumulated squares and norms).
     """
 
     name: str
@@ -217,6 +218,7 @@ class OptimizerSpec:
     pairs: dict = field(default_factory=dict)
     fills: dict = field(default_factory=dict)
     rules: tuple = ()
+    nonnegative: tuple = ()
 
     @property
     def hyper_names(self):
@@ -248,25 +250,29 @@ OPTIMIZERS = {o.name: o for o in (
                   rules=(("nesterov: requires momentum > 0 and dampening = 0",
                           lambda h: not h["nesterov"] or (h["momentum"] > 0
                                                           and h["dampening"] == 0)),)),
-    OptimizerSpec("adam", 1, "Adam", ("m", "v"), _ADAM_HYPER, pairs=_BETAS),
+    OptimizerSpec("adam", 1, "Adam", ("m", "v"), _ADAM_HYPER, pairs=_BETAS, nonnegative=("v",)),
     OptimizerSpec("adamw", 2, "AdamW", ("m", "v"),
                   (_LR, _BETA1, _BETA2, _EPS, Hyper("weight_decay", 1e-2, low=0.0)),
-                  pairs=_BETAS),
+                  pairs=_BETAS, nonnegative=("v",)),
     OptimizerSpec("rmsprop", 3, "RMSprop", ("square_avg", "momentum_buf", "grad_avg"),
                   (Hyper("lr", 1e-2, low=0.0, required=True),
                    Hyper("alpha", 0.99, 0.0, 1.0, required=True), _EPS, _WD,
                    Hyper("momentum", 0.0, low=0.0), Hyper("centered", False, flag=True)),
-                  optional={"momentum_buf": "momentum", "grad_avg": "centered"}, step=False),
+                  optional={"momentum_buf": "momentum", "grad_avg": "centered"}, step=False,
+                  nonnegative=("square_avg",)),
     OptimizerSpec("adagrad", 4, "Adagrad", ("sum_sq",),
                   (Hyper("lr", 1e-2, low=0.0, required=True), Hyper("lr_decay", 0.0, low=0.0), _WD,
                    Hyper("eps", 1e-10, low=0.0)),
-                  fills={"initial_accumulator_value": ("sum_sq", 0.0)}),
+                  fills={"initial_accumulator_value": ("sum_sq", 0.0)}, nonnegative=("sum_sq",)),
     OptimizerSpec("nadam", 5, "NAdam", ("m", "v"),
                   (Hyper("lr", 2e-3, low=0.0, required=True), _BETA1, _BETA2, _EPS, _WD,
                    Hyper("momentum_decay", 4e-3, low=0.0)),
-                  scalars={"mu_product": 1.0}, pairs=_BETAS),
+                  scalars={"mu_product": 1.0}, pairs=_BETAS, nonnegative=("v",)),
     OptimizerSpec("adamax", 6, "Adamax", ("m", "u"),
-                  (Hyper("lr", 2e-3, low=0.0, required=True), _BETA1, _BETA2, _EPS, _WD), pairs=_BETAS),
+                  (Hyper("lr", 2e-3, low=0.0, required=True), _BETA1, _BETA2, _EPS, _WD), pairs=_BETAS,
+                  nonnegative=("u",)),
+    OptimizerSpec("radam", 7, "RAdam", ("m", "v"), _ADAM_HYPER, pairs=_BETAS,
+                  nonnegative=("v",)),
 )}
 
 
@@ -282,6 +288,17 @@ def advance(optimizer, scalars, step, hyper):
         return {"mu_product": scalars["mu_product"]
                 * nadam_mu(step, hyper["beta1"], hyper["momentum_decay"])}
     return scalars
+
+
+def radam_rectification(step, beta2):
+    """RAdam's r_t: the variance rectification of step t, or 0.0 while the
+    approximated SMA length rho_t <= 5 (then the update is un-adapted
+    momentum SGD), as torch.optim.RAdam computes it."""
+    rho_inf = 2.0 / (1.0 - beta2) - 1.0
+    rho_t = rho_inf - 2.0 * step * beta2 ** step / (1.0 - beta2 ** step)
+    if rho_t <= 5.0:
+        return 0.0
+    return ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
 
 
 def bias_corrections(step, beta1, beta2):

@@ -44,6 +44,8 @@ static int elementwise_and_dense(void) {
                 OK(fastnn_adagrad(x, t, v, s, st, 0.1, 0.01, 0.0, 1e-10));
                 OK(fastnn_nadam(x, t, m, v, s, st, 2e-3, 0.9, 0.999, 1e-8, 0.0, 4e-3, 0.5));
                 OK(fastnn_adamax(x, t, m, v, s, st, 2e-3, 0.9, 0.999, 1e-8, 0.0));
+                /* RAdam's first steps are momentum SGD, step 10 and on adaptive */
+                OK(fastnn_radam(x, t, m, v, s, st * 5, 1e-3, 0.9, 0.999, 1e-8, 0.01));
             }
             OK(fastnn_sum_squares(&ss, x, s)); OK(fastnn_scale(x, s, 0.5f)); OK(fastnn_clip(x, s, -1.0f, 1.0f));
             free(m); free(v); free(b); free(x); free(y); free(dy); free(dx); free(t);
@@ -214,7 +216,7 @@ static void epoch_cases(void) {
                 double *bl = malloc((size_t)nb_max * sizeof *bl);
                 int64_t *bc = malloc((size_t)nb_max * sizeof *bc);
                 fastnn_optimizer opt = {0};
-                opt.kind = (int)((di + si + (size_t)loss) % 7);
+                opt.kind = (int)((di + si + (size_t)loss) % (FASTNN_OPT_RADAM + 1));  /* every kind */
                 opt.lr = 1e-3; opt.beta1 = 0.9; opt.beta2 = 0.999; opt.eps = 1e-8; opt.alpha = 0.99;
                 opt.momentum = opt.kind == FASTNN_OPT_SGD || opt.kind == FASTNN_OPT_RMSPROP ? 0.5 : 0.0;
                 opt.centered = 1; opt.momentum_decay = 4e-3; opt.mu_product = 1.0;

@@ -34,7 +34,7 @@ from ._losses import (bce_backward, bce_forward, mae_backward, mae_forward,  # n
                       mse_backward, mse_forward, softmax_xent_backward, softmax_xent_forward,
                       sum_squares)
 from ._norm import batchnorm_backward, batchnorm_forward, batchnorm_inference  # noqa: F401
-from ._optimizers import adagrad, adam, adamax, adamw, nadam, rmsprop, sgd  # noqa: F401
+from ._optimizers import adagrad, adam, adamax, adamw, nadam, radam, rmsprop, sgd  # noqa: F401
 
 name = "cuda"
 DTYPE = np.float32

@@ -180,3 +180,28 @@ def adamax(params, grads, m, u, step, lr, beta1, beta2, eps, weight_decay):
     bc1, _ = spec.bias_corrections(step, beta1, beta2)
     _run_update(_adamax_kernel, params, grads, [m, u], _f(weight_decay), _f(beta1),
                 _f(1 - beta1), _f(beta2), _f(eps), _f(lr / bc1))
+
+
+@cuda.jit
+def _radam_kernel(params, grads, m, v, weight_decay, beta1, one_m_b1, beta2, one_m_b2, eps,
+                  step_size, adaptive):
+    zero = float32(0.0)
+    for i in range(cuda.grid(1), params.shape[0], cuda.gridsize(1)):
+        p = params[i]
+        g = grads[i]
+        if weight_decay != zero:
+            g = g + weight_decay * p
+        mi = beta1 * m[i] + one_m_b1 * g
+        vi = beta2 * v[i] + one_m_b2 * g * g
+        m[i] = mi
+        v[i] = vi
+        params[i] = p - step_size * (mi / (math.sqrt(vi) + eps) if adaptive else mi)
+
+
+@stages_outputs
+def radam(params, grads, m, v, step, lr, beta1, beta2, eps, weight_decay):
+    bc1, bc2 = spec.bias_corrections(step, beta1, beta2)
+    rect = spec.radam_rectification(step, beta2)
+    step_size = lr / bc1 * rect * math.sqrt(bc2) if rect > 0 else lr / bc1
+    _run_update(_radam_kernel, params, grads, [m, v], _f(weight_decay), _f(beta1),
+                _f(1 - beta1), _f(beta2), _f(1 - beta2), _f(eps), _f(step_size), rect > 0)

@@ -36,7 +36,7 @@ from ._gemm import _W, dense_backward, dense_forward, gemm  # noqa: F401
 from ._losses import (bce_backward, bce_forward, mae_backward, mae_forward,  # noqa: F401
                       mse_backward, mse_forward, softmax_xent_backward, softmax_xent_forward)
 from ._norm import batchnorm_backward, batchnorm_forward, batchnorm_inference  # noqa: F401
-from ._optimizers import adagrad, adam, adamax, adamw, nadam, rmsprop, sgd  # noqa: F401
+from ._optimizers import adagrad, adam, adamax, adamw, nadam, radam, rmsprop, sgd  # noqa: F401
 
 name = "numba"
 DTYPE = np.float32
@@ -87,6 +87,7 @@ def warmup():
     adagrad(p, g, s1, 1, 0.1, 0.0, 0.0, 1e-10)
     nadam(p, g, s1, s2, 1, 0.1, 0.9, 0.999, 1e-8, 0.0, 4e-3, spec.nadam_mu(1, 0.9, 4e-3))
     adamax(p, g, s1, s2, 1, 0.1, 0.9, 0.999, 1e-8, 0.0)
+    radam(p, g, s1, s2, 1, 0.1, 0.9, 0.999, 1e-8, 0.0)
     sum_squares(p)
     scale(p, 0.5)
     clip(p, -1.0, 1.0)

@@ -19,7 +19,7 @@ from ._elementwise import _IDENTITY, _axpy, _scale, _sum_squares
 from ._gemm import _dense_dz, _gemm_ws, _pack_floats
 from ._losses import (_BCE, _MAE, _MSE, _SOFTMAX_XENT, _pointwise_loss,
                       _pointwise_loss_backward, _softmax_xent_backward, _softmax_xent_forward)
-from ._optimizers import _adagrad, _adam, _adamax, _nadam, _rmsprop, _sgd
+from ._optimizers import _adagrad, _adam, _adamax, _nadam, _radam, _rmsprop, _sgd
 
 # Optimizer codes as module globals: numba compiles them in as constants.
 _SGD = spec.OPTIMIZERS["sgd"].code
@@ -28,6 +28,8 @@ _ADAMW = spec.OPTIMIZERS["adamw"].code
 _RMSPROP = spec.OPTIMIZERS["rmsprop"].code
 _ADAGRAD = spec.OPTIMIZERS["adagrad"].code
 _NADAM = spec.OPTIMIZERS["nadam"].code
+_ADAMAX = spec.OPTIMIZERS["adamax"].code
+_RADAM = spec.OPTIMIZERS["radam"].code
 
 # The optimizer's hyperparameters go to the kernel as one tuple of floats in
 # this order (0 for those of other optimizers; flags as 0 / 1).
@@ -40,8 +42,8 @@ _NO_TARGETS = np.empty((0, 1), dtype=np.float32)
 _NO_ORDER = np.empty(0, dtype=np.int64)
 
 
-# Jitted copies of spec.bias_corrections and spec.nadam_mu for the compiled
-# epoch (the per-call updates take the spec's, computed in Python).  Powers
+# Jitted copies of spec.bias_corrections, spec.nadam_mu and
+# spec.radam_rectification for the compiled epoch (the per-call updates take the spec's, computed in Python).  Powers
 # take a float exponent so that they call libm's pow, as Python's float **
 # int does: the same bits either way.
 
@@ -53,6 +55,16 @@ def _bias_corrections(step, beta1, beta2):
 @njit(cache=True)
 def _nadam_mu(step, beta1, momentum_decay):
     return beta1 * (1.0 - 0.5 * 0.96 ** (np.float64(step) * momentum_decay))
+
+
+@njit(cache=True)
+def _radam_rectification(step, beta2):
+    rho_inf = 2.0 / (1.0 - beta2) - 1.0
+    b2t = beta2 ** np.float64(step)
+    rho_t = rho_inf - 2.0 * step * b2t / (1.0 - b2t)
+    if rho_t <= 5.0:
+        return 0.0
+    return ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
 
 
 @njit(cache=True)
@@ -77,8 +89,14 @@ def _optimizer_step(optimizer, p, g, s0, s1, s2, hyper, step, mu_product):
         _nadam(p, g, s0, s1, lr, beta1, beta2, eps, wd, mu,
                _nadam_mu(step + 1, beta1, momentum_decay), mu_product,
                _bias_corrections(step, beta1, beta2)[1])
-    else:
+    elif optimizer == _ADAMAX:
         _adamax(p, g, s0, s1, lr, beta1, beta2, eps, wd, _bias_corrections(step, beta1, beta2)[0])
+    elif optimizer == _RADAM:
+        bc1, bc2 = _bias_corrections(step, beta1, beta2)
+        _radam(p, g, s0, s1, lr, beta1, beta2, eps, wd, bc1, bc2,
+               _radam_rectification(step, beta2))
+    else:
+        raise ValueError("optimizer: unknown code")  # the front validated it
     return mu_product
 
 

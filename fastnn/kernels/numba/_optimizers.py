@@ -254,3 +254,39 @@ def _adamax(p, g, m, u, lr, beta1, beta2, eps, weight_decay, bc1):
 def adamax(params, grads, m, u, step, lr, beta1, beta2, eps, weight_decay):
     _adamax(params, grads, m, u, lr, beta1, beta2, eps, weight_decay,
             spec.bias_corrections(step, beta1, beta2)[0])
+
+
+# ---- radam -----------------------------------------------------------------------
+
+@njit(cache=True, fastmath=_EXACT, error_model="numpy")
+def _radam_span(p, g, m, v, lo, hi, k, adaptive):
+    wd, b1, c1, b2, c2, eps, step_size = k
+    p, g, m, v = p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi]
+    for i in range(p.size):
+        d = _l2_grad(g[i], p[i], wd)
+        mi = b1 * m[i] + c1 * d
+        vi = b2 * v[i] + c2 * (d * d)
+        m[i] = mi
+        v[i] = vi
+        p[i] -= step_size * (mi / (math.sqrt(vi) + eps) if adaptive else mi)
+
+
+@njit(cache=True, parallel=True)
+def _radam(p, g, m, v, lr, beta1, beta2, eps, weight_decay, bc1, bc2, rect):
+    """RAdam step t from bc1, bc2 = 1 - beta^t and rect = r_t (0: not yet
+    rectified, a momentum step)."""
+    adaptive = rect > 0.0
+    step_size = lr / bc1 * rect * math.sqrt(bc2) if adaptive else lr / bc1
+    f, n, s = np.float32, p.size, _spans(p.size)
+    k = (f(weight_decay), f(beta1), f(1.0 - beta1), f(beta2), f(1.0 - beta2), f(eps),
+         f(step_size))
+    if s == 1:
+        _radam_span(p, g, m, v, 0, n, k, adaptive)
+        return
+    for c in prange(s):
+        _radam_span(p, g, m, v, c * n // s, (c + 1) * n // s, k, adaptive)
+
+
+def radam(params, grads, m, v, step, lr, beta1, beta2, eps, weight_decay):
+    _radam(params, grads, m, v, lr, beta1, beta2, eps, weight_decay,
+           *spec.bias_corrections(step, beta1, beta2), spec.radam_rectification(step, beta2))
