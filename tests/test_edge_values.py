@@ -417,14 +417,9 @@ for _f in ("sum_squares", "scale", "clip", "axpy"):
 
 # ---- known failures --------------------------------------------------------------------
 # (backend, case) -> (edges, the bug): xfail(strict=True) for those edges, so a
-# fix shows up.  The fixes are in fastnn/kernels/{cuda,numba}.py, not here.
+# fix shows up.  The fixes belong in the backends, not here.
 
-KNOWN = {
-    ("numba", "rmsprop-centered"): (
-        {"+inf", "-inf", "+0", "-0", "denorm_min", "+1e-40", "-1e-40", "+1e30", "-1e30"},
-        "fastmath 'contract' fuses sq - ga * ga into an FMA, so ga * ga beyond float32 is "
-        "not rounded to inf and inf - inf (the reference's NaN) becomes inf"),
-}
+KNOWN = {}  # none today: every backend follows the semantics
 
 
 # ---- running and checking --------------------------------------------------------------

@@ -13,7 +13,10 @@ import numba  # absolute import: the real numba, not this package
 import numpy as np
 from numba import njit
 
-_EXACT = {"contract"}              # FMA only: same NaN/Inf semantics
+# FMA contraction only: the same NaN and infinities as the formulas written
+# out (spec, IEEE semantics), unless a contracted product would skip an
+# overflow the formula has -- rmsprop's sq - ga * ga, compiled without it.
+_EXACT = {"contract"}
 _REDUCE = {"contract", "reassoc"}  # lets LLVM vectorise sums
 
 # An absent optional array (bias, db, state buffer): empty, so that every

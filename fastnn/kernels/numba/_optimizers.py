@@ -115,7 +115,9 @@ def adamw(params, grads, m, v, step, lr, beta1, beta2, eps, weight_decay):
 
 # ---- rmsprop ---------------------------------------------------------------------
 
-@njit(cache=True, fastmath=_EXACT, error_model="numpy")
+# no contraction: an FMA would compute sq - ga * ga without rounding ga * ga
+# to inf, where the formula's inf - inf is NaN (spec, IEEE semantics 4)
+@njit(cache=True, error_model="numpy")
 def _rmsprop_span(p, g, sq, buf, ga, lo, hi, k, centered):
     lr, a, c, eps, wd, mom = k
     p, g, sq, buf, ga = p[lo:hi], g[lo:hi], sq[lo:hi], buf[lo:hi], ga[lo:hi]
