@@ -11,6 +11,7 @@ copy; the C calls release the GIL (cffi's API mode).  A non-zero return
 code, which the front's checks should make impossible, raises RuntimeError.
 """
 
+import inspect
 import os
 
 import numpy as np
@@ -194,48 +195,27 @@ def mae_backward(dY, Y, T):
     _call(lib.fastnn_mae_backward, dY, Y, T, Y.size)
 
 
-# ---- optimizer updates: the buffers, their size, then the spec's options ------
+# ---- optimizer updates -------------------------------------------------------
+# Every update in csrc/fastnn.h takes the buffers, their size, then the spec's
+# options in order, so its wrapper is derived from the spec: an optimizer
+# whose C kernel is not (yet) in the library runs the reference's.
 
-def sgd(params, grads, momentum_buf, step, lr, momentum, dampening, nesterov, weight_decay):
-    _call(lib.fastnn_sgd, params, grads, momentum_buf, params.size, step, lr, momentum,
-          dampening, nesterov, weight_decay)
+def _update(o):
+    """The implementation of optimizer `o` (a spec.OptimizerSpec): its C kernel."""
+    fn, n_buffers = getattr(lib, "fastnn_" + o.name), 2 + len(o.states)
 
+    def update(*args):
+        _call(fn, *args[:n_buffers], args[0].size, *args[n_buffers:])
 
-def adam(params, grads, m, v, step, lr, beta1, beta2, eps, weight_decay):
-    _call(lib.fastnn_adam, params, grads, m, v, params.size, step, lr, beta1, beta2, eps,
-          weight_decay)
-
-
-def adamw(params, grads, m, v, step, lr, beta1, beta2, eps, weight_decay):
-    _call(lib.fastnn_adamw, params, grads, m, v, params.size, step, lr, beta1, beta2, eps,
-          weight_decay)
-
-
-def rmsprop(params, grads, square_avg, momentum_buf, grad_avg, lr, alpha, eps, weight_decay,
-            momentum, centered):
-    _call(lib.fastnn_rmsprop, params, grads, square_avg, momentum_buf, grad_avg, params.size,
-          lr, alpha, eps, weight_decay, momentum, centered)
+    update.__name__ = update.__qualname__ = o.name
+    update.__signature__ = inspect.Signature(
+        [inspect.Parameter(p, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+         for p in spec.KERNELS[o.name].params])
+    return update
 
 
-def adagrad(params, grads, sum_sq, step, lr, lr_decay, weight_decay, eps):
-    _call(lib.fastnn_adagrad, params, grads, sum_sq, params.size, step, lr, lr_decay,
-          weight_decay, eps)
-
-
-def nadam(params, grads, m, v, step, lr, beta1, beta2, eps, weight_decay, momentum_decay,
-          mu_product):
-    _call(lib.fastnn_nadam, params, grads, m, v, params.size, step, lr, beta1, beta2, eps,
-          weight_decay, momentum_decay, mu_product)
-
-
-def adamax(params, grads, m, u, step, lr, beta1, beta2, eps, weight_decay):
-    _call(lib.fastnn_adamax, params, grads, m, u, params.size, step, lr, beta1, beta2, eps,
-          weight_decay)
-
-
-def radam(params, grads, m, v, step, lr, beta1, beta2, eps, weight_decay):
-    _call(lib.fastnn_radam, params, grads, m, v, params.size, step, lr, beta1, beta2, eps,
-          weight_decay)
+globals().update({name: _update(o) for name, o in spec.OPTIMIZERS.items()
+                  if hasattr(lib, "fastnn_" + name)})
 
 
 # ---- flat-buffer utilities ---------------------------------------------------

@@ -44,6 +44,16 @@ def sgd(params, grads, momentum_buf, step, lr, momentum, dampening, nesterov, we
                 _f(momentum), _f(1 - dampening), step == 1, nesterov)
 
 
+@cuda.jit(device=True)
+def _moments(m, v, i, g, beta1, one_m_b1, beta2, one_m_b2):
+    """The Adam family's moments of element i after gradient g, stored and returned."""
+    mi = beta1 * m[i] + one_m_b1 * g
+    vi = beta2 * v[i] + one_m_b2 * g * g
+    m[i] = mi
+    v[i] = vi
+    return mi, vi
+
+
 @cuda.jit
 def _adam_kernel(params, grads, m, v, decay, weight_decay, beta1, one_m_b1, beta2, one_m_b2,
                  step_size, sqrt_bc2, eps, decoupled):
@@ -55,10 +65,7 @@ def _adam_kernel(params, grads, m, v, decay, weight_decay, beta1, one_m_b1, beta
             p = p * decay
         elif weight_decay != zero:
             g = g + weight_decay * p
-        mi = beta1 * m[i] + one_m_b1 * g
-        vi = beta2 * v[i] + one_m_b2 * g * g
-        m[i] = mi
-        v[i] = vi
+        mi, vi = _moments(m, v, i, g, beta1, one_m_b1, beta2, one_m_b2)
         params[i] = p - step_size * mi / (math.sqrt(vi) / sqrt_bc2 + eps)
 
 
@@ -139,10 +146,7 @@ def _nadam_kernel(params, grads, m, v, weight_decay, beta1, one_m_b1, beta2, one
         g = grads[i]
         if weight_decay != zero:
             g = g + weight_decay * p
-        mi = beta1 * m[i] + one_m_b1 * g
-        vi = beta2 * v[i] + one_m_b2 * g * g
-        m[i] = mi
-        v[i] = vi
+        mi, vi = _moments(m, v, i, g, beta1, one_m_b1, beta2, one_m_b2)
         denom = math.sqrt(vi / bc2) + eps
         p = p - coef_g * g / denom
         params[i] = p - coef_m * mi / denom
@@ -191,10 +195,7 @@ def _radam_kernel(params, grads, m, v, weight_decay, beta1, one_m_b1, beta2, one
         g = grads[i]
         if weight_decay != zero:
             g = g + weight_decay * p
-        mi = beta1 * m[i] + one_m_b1 * g
-        vi = beta2 * v[i] + one_m_b2 * g * g
-        m[i] = mi
-        v[i] = vi
+        mi, vi = _moments(m, v, i, g, beta1, one_m_b1, beta2, one_m_b2)
         params[i] = p - step_size * (mi / (math.sqrt(vi) + eps) if adaptive else mi)
 
 
