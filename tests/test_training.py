@@ -296,9 +296,11 @@ def test_one_hot_targets_equal_labels():
 
 # ---- optimizers --------------------------------------------------------------------
 
-# Every optimizer of the specification at torch's defaults but lr (a new one
-# is compared with torch without an edit here), then variants.
-OPTIMIZERS = [(o.torch, dict(lr=1e-2)) for o in spec.OPTIMIZERS.values()] + [
+# (torch.optim class, arguments, steps of the numpy check): variants, then
+# every optimizer of the specification at torch's defaults with lr and
+# weight decay set (a new one is compared with torch without an edit here),
+# over 8 steps (RAdam rectifies from step 6).
+OPTIMIZERS = [
     ("SGD", dict(lr=0.1)), ("SGD", dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)),
     ("SGD", dict(lr=0.05, momentum=0.9, dampening=0.1)),
     ("Adam", dict(lr=1e-2)), ("Adam", dict(lr=1e-2, betas=(0.8, 0.99), weight_decay=0.1)),
@@ -307,6 +309,9 @@ OPTIMIZERS = [(o.torch, dict(lr=1e-2)) for o in spec.OPTIMIZERS.values()] + [
     ("Adagrad", dict(lr=0.1, lr_decay=0.01, initial_accumulator_value=0.1)),
     ("NAdam", dict(lr=1e-2)), ("Adamax", dict(lr=1e-2, weight_decay=0.01)),
 ]
+OPTIMIZERS = [(name, hp, 5) for name, hp in OPTIMIZERS] + [
+    (o.torch, dict(lr=1e-2, weight_decay=0.01), 8) for o in spec.OPTIMIZERS.values()]
+_IDS = [f"{name}-{i}" for i, (name, _, _) in enumerate(OPTIMIZERS)]
 
 
 def test_optimizer_arguments_are_torchs():
@@ -411,11 +416,11 @@ def _numpy_trajectory(name, hp, w, grads):
     return w
 
 
-@pytest.mark.parametrize("name,hp", OPTIMIZERS, ids=[f"{n}-{i}" for i, (n, _) in enumerate(OPTIMIZERS)])
-def test_optimizer_classes_follow_torch_equations(name, hp, rng):
+@pytest.mark.parametrize("name,hp,steps", OPTIMIZERS, ids=_IDS)
+def test_optimizer_classes_follow_torch_equations(name, hp, steps, rng):
     size = 37
     w0 = rng.normal(size=size).astype(np.float32)
-    grads = [rng.normal(size=size).astype(np.float32) for _ in range(8)]  # RAdam rectifies from step 6
+    grads = [rng.normal(size=size).astype(np.float32) for _ in range(steps)]
     want = _numpy_trajectory(name, hp, w0, grads)
     for backend in ("c", "numba"):
         k = fastnn.kernels.get(backend)
@@ -426,8 +431,8 @@ def test_optimizer_classes_follow_torch_equations(name, hp, rng):
         np.testing.assert_allclose(w, want, rtol=1e-5, atol=1e-6, err_msg=backend)
 
 
-@pytest.mark.parametrize("name,hp", OPTIMIZERS, ids=[f"{n}-{i}" for i, (n, _) in enumerate(OPTIMIZERS)])
-def test_training_trajectory_matches_pytorch(name, hp):
+@pytest.mark.parametrize("name,hp,steps", OPTIMIZERS, ids=_IDS)
+def test_training_trajectory_matches_pytorch(name, hp, steps):
     """Same weights, same batches: the loss trajectory of fastnn and PyTorch
     agree to float32 rounding."""
     torch = pytest.importorskip("torch", reason="PyTorch is the optional parity comparator")

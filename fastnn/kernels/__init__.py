@@ -68,11 +68,15 @@ class Backend:
         self.module = module
         self.name = module.name
         self.__name__ = module.__name__
-        self.impls = types.SimpleNamespace()
+        # the implementations (the module's, else the reference's) and the
+        # module's array functions: what a kernel written with other kernels
+        # (the generic epoch) calls
+        self.impls = types.SimpleNamespace(**{name: getattr(module, name)
+                                              for name in spec.RUNTIME})
         for kernel in spec.KERNELS.values():
             impl = getattr(module, kernel.name, None)
             if impl is None:
-                impl = _reference_impl(kernel, module)
+                impl = _reference_impl(kernel, module, self.impls)
             setattr(self.impls, kernel.name, impl)
             setattr(self, kernel.name, _front(kernel, impl, module))
 
@@ -147,10 +151,13 @@ def _reference_module():
     return importlib.import_module("fastnn.kernels.reference")
 
 
-def _reference_impl(kernel, module):
-    """The reference's implementation of `kernel` for `module`: as it is on
-    a host backend; on a device backend with every device array copied to
-    the host and the outputs copied back."""
+def _reference_impl(kernel, module, impls):
+    """The reference's implementation of `kernel` for `module`: the epoch
+    as the reference's loop over the backend's own kernels (`impls`); any
+    other kernel as it is on a host backend, and on a device backend with
+    every device array copied to the host and the outputs copied back."""
+    if kernel.name == "dense_stack_epoch":
+        return functools.partial(_reference_module().run_dense_stack_epoch, impls)
     impl = getattr(_reference_module(), kernel.name)
     if not getattr(module, "DEVICE", False):
         return impl

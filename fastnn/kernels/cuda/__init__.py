@@ -16,14 +16,13 @@ thread, so use small shapes there).
 The kernels live by area: ``_device`` (device functions they share),
 ``_gemm`` (gemm, dense layer), ``_elementwise`` (activations, softmax,
 scale, clip, axpy), ``_losses``, ``_optimizers``, ``_conv`` (convolution,
-pooling) and ``_norm`` (per-channel sums, batch normalisation).
+pooling) and ``_norm`` (per-channel sums, batch normalisation).  There is
+no fused epoch: ``dense_stack_epoch`` is the reference's loop over these
+kernels (the front's fallback), on device arrays when given them.
 """
-
-import sys
 
 import numpy as np
 
-from .. import reference
 from ._launch import SIMULATOR, TPB, cuda, is_device  # first: it checks for a driver
 from ._conv import (avgpool2d_backward, avgpool2d_forward, conv2d_backward,  # noqa: F401
                     conv2d_forward, maxpool2d_backward, maxpool2d_forward)
@@ -80,12 +79,3 @@ def to_numpy(x):
 def to_device(host_array):
     """A device copy of a host input (the front converts inputs with it)."""
     return cuda.to_device(host_array)
-
-
-# ---- the whole epoch -----------------------------------------------------------
-
-def dense_stack_epoch(epoch):
-    # No fused kernel: the reference's loop over this backend's kernels, on
-    # device arrays when given them (rows picked by `order` are gathered on
-    # the host).
-    return reference.run_dense_stack_epoch(sys.modules[__name__], epoch)
