@@ -124,6 +124,7 @@ Flat utilities
 """
 
 import enum
+import functools
 import inspect
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -220,7 +221,7 @@ class OptimizerSpec:
     rules: tuple = ()
     nonnegative: tuple = ()
 
-    @property
+    @functools.cached_property  # (read on every update's validation)
     def hyper_names(self):
         return tuple(h.name for h in self.hyper)
 
