@@ -28,9 +28,7 @@ def _run_update(kernel, params, grads, states, *scalars):
 def _sgd_kernel(params, grads, buf, lr, weight_decay, momentum, one_m_damp, first, nesterov):
     zero = float32(0.0)
     for i in range(cuda.grid(1), params.shape[0], cuda.gridsize(1)):
-        g = grads[i]
-        if weight_decay != zero:
-            g = g + weight_decay * params[i]
+        g = l2_grad(grads[i], params[i], weight_decay)
         if momentum != zero:
             b = g if first else momentum * buf[i] + one_m_damp * g
             buf[i] = b
@@ -42,6 +40,13 @@ def _sgd_kernel(params, grads, buf, lr, weight_decay, momentum, one_m_damp, firs
 def sgd(params, grads, momentum_buf, step, lr, momentum, dampening, nesterov, weight_decay):
     _run_update(_sgd_kernel, params, grads, [momentum_buf], _f(lr), _f(weight_decay),
                 _f(momentum), _f(1 - dampening), step == 1, nesterov)
+
+
+@cuda.jit(device=True)
+def l2_grad(g, p, weight_decay):
+    """torch's L2 weight decay: g + weight_decay * p, skipped at 0 (so a
+    non-finite p does not leak into g then; spec, IEEE semantics 21)."""
+    return g + weight_decay * p if weight_decay != float32(0.0) else g
 
 
 @cuda.jit(device=True)
@@ -92,9 +97,7 @@ def _rmsprop_kernel(params, grads, square_avg, buf, grad_avg, lr, alpha, one_m_a
     zero = float32(0.0)
     for i in range(cuda.grid(1), params.shape[0], cuda.gridsize(1)):
         p = params[i]
-        g = grads[i]
-        if weight_decay != zero:
-            g = g + weight_decay * p
+        g = l2_grad(grads[i], p, weight_decay)
         sq = alpha * square_avg[i] + one_m_alpha * g * g
         square_avg[i] = sq
         if centered:
@@ -120,12 +123,9 @@ def rmsprop(params, grads, square_avg, momentum_buf, grad_avg, lr, alpha, eps, w
 
 @cuda.jit
 def _adagrad_kernel(params, grads, sum_sq, clr, weight_decay, eps):
-    zero = float32(0.0)
     for i in range(cuda.grid(1), params.shape[0], cuda.gridsize(1)):
         p = params[i]
-        g = grads[i]
-        if weight_decay != zero:
-            g = g + weight_decay * p
+        g = l2_grad(grads[i], p, weight_decay)
         s = sum_sq[i] + g * g
         sum_sq[i] = s
         params[i] = p - clr * g / (math.sqrt(s) + eps)
@@ -140,12 +140,9 @@ def adagrad(params, grads, sum_sq, step, lr, lr_decay, weight_decay, eps):
 @cuda.jit
 def _nadam_kernel(params, grads, m, v, weight_decay, beta1, one_m_b1, beta2, one_m_b2, bc2,
                   eps, coef_g, coef_m):
-    zero = float32(0.0)
     for i in range(cuda.grid(1), params.shape[0], cuda.gridsize(1)):
         p = params[i]
-        g = grads[i]
-        if weight_decay != zero:
-            g = g + weight_decay * p
+        g = l2_grad(grads[i], p, weight_decay)
         mi, vi = _moments(m, v, i, g, beta1, one_m_b1, beta2, one_m_b2)
         denom = math.sqrt(vi / bc2) + eps
         p = p - coef_g * g / denom
@@ -166,12 +163,9 @@ def nadam(params, grads, m, v, step, lr, beta1, beta2, eps, weight_decay, moment
 
 @cuda.jit
 def _adamax_kernel(params, grads, m, u, weight_decay, beta1, one_m_b1, beta2, eps, step_size):
-    zero = float32(0.0)
     for i in range(cuda.grid(1), params.shape[0], cuda.gridsize(1)):
         p = params[i]
-        g = grads[i]
-        if weight_decay != zero:
-            g = g + weight_decay * p
+        g = l2_grad(grads[i], p, weight_decay)
         mi = beta1 * m[i] + one_m_b1 * g
         ui = maximum(beta2 * u[i], abs(g) + eps)
         m[i] = mi
@@ -189,12 +183,9 @@ def adamax(params, grads, m, u, step, lr, beta1, beta2, eps, weight_decay):
 @cuda.jit
 def _radam_kernel(params, grads, m, v, weight_decay, beta1, one_m_b1, beta2, one_m_b2, eps,
                   step_size, adaptive):
-    zero = float32(0.0)
     for i in range(cuda.grid(1), params.shape[0], cuda.gridsize(1)):
         p = params[i]
-        g = grads[i]
-        if weight_decay != zero:
-            g = g + weight_decay * p
+        g = l2_grad(grads[i], p, weight_decay)
         mi, vi = _moments(m, v, i, g, beta1, one_m_b1, beta2, one_m_b2)
         params[i] = p - step_size * (mi / (math.sqrt(vi) + eps) if adaptive else mi)
 
