@@ -24,7 +24,7 @@ import sys
 import numpy as np
 
 from . import spec
-from .spec import Activation as A, nadam_mu  # noqa: F401 - nadam_mu: for the reference's readers
+from .spec import Activation as A, nadam_mu
 
 name = "reference"
 DTYPE = None  # the outputs' dtype: float32, or float64 for gradient checks
