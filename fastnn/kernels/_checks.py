@@ -381,6 +381,16 @@ def check_hyper(opt, hyper):
     return out
 
 
+def check_states_given(opt, states, hyper):
+    """Every state buffer of optimizer `opt` is given (`states`: name ->
+    buffer or None), except an optional one whose hyperparameter is zero."""
+    for name, buf in states.items():
+        needed_by = opt.optional.get(name)
+        if buf is None and (needed_by is None or hyper[needed_by]):
+            raise ValueError(f"{name}: required" + (f" when {needed_by} != 0" if needed_by
+                                                     else ""))
+
+
 def prepare_optimizer(opt, *args):
     """Any optimizer update: (params, grads, *states, [step], *hyper,
     *scalars, dtype) in spec order; a state may be None only where its
@@ -394,11 +404,7 @@ def prepare_optimizer(opt, *args):
     hyper = check_hyper(opt, dict(zip(opt.hyper_names, rest)))
     scalars = [check_scalar(name, v) for name, v in zip(opt.scalars, rest[len(opt.hyper):])]
     grads = prepare_update(params, grads, states, dtype)
-    for name, buf in states.items():
-        needed_by = opt.optional.get(name)
-        if buf is None and (needed_by is None or hyper[needed_by]):
-            raise ValueError(f"{name}: required" + (f" when {needed_by} != 0" if needed_by
-                                                     else ""))
+    check_states_given(opt, states, hyper)
     return (params, grads, *states.values(), *step, *hyper.values(), *scalars)
 
 
@@ -498,11 +504,7 @@ def prepare_dense_stack_epoch(epoch, dtype):
         raise TypeError("grads: must be a C-contiguous float32 buffer (it is overwritten)")
     size = e.params.shape[0]
     check_output("grads", e.grads, dtype, (size,))
-    for name, buf in zip(opt.states, states):
-        needed_by = opt.optional.get(name)
-        if buf is None and (needed_by is None or hyper[needed_by]):
-            raise ValueError(f"{name}: required" + (f" when {needed_by} != 0" if needed_by
-                                                     else ""))
+    check_states_given(opt, dict(zip(opt.states, states)), hyper)
     if e.loss not in spec.LOSSES:
         raise ValueError(f"loss: unknown {e.loss!r}; expected one of {', '.join(spec.LOSSES)}")
     batch_size = _integer("batch_size", e.batch_size, 1)
