@@ -332,6 +332,103 @@ int64_t fastnn_dense_stack_workspace(const fastnn_dense_layer *layers, int n_lay
 /* The epoch; every argument is checked first (EINVAL: nothing written). */
 int fastnn_dense_stack_epoch(fastnn_epoch *epoch);
 
+/* ---- dropout masks from Philox4x32-10 ------------------------------------- */
+/* Y = X * mask over `size` elements (X flat, C order): element e takes word
+   e % 4 of Philox4x32-10 at counter (e/4 low 32 bits, e/4 high, counter
+   low, counter high) and key (seed low, seed high); it is dropped (mask 0)
+   when the word's top 24 bits are < ceil(p * 2^24), kept with mask
+   (float)(1 / (1 - p)) otherwise (fastnn.kernels.reference.dropout_mask).
+   0 <= p < 1; seed, counter >= 0.  The backward recomputes the mask:
+   dX = dY * mask.  Bit-identical on every backend and thread count. */
+int fastnn_dropout_forward(float *Y, const float *X, int64_t size, double p, int64_t seed,
+                           int64_t counter);
+int fastnn_dropout_backward(float *dX, const float *dY, int64_t size, double p, int64_t seed,
+                            int64_t counter);
+
+/* ---- a whole training epoch of any compiled model ------------------------ */
+/* The record kinds of a plan (spec.Op) and the indices of a record's fields
+   (spec.PLAN_FIELDS, int64; spec.PLAN_SCALARS, double).  The semantics of
+   each kind is fastnn.kernels.reference's _record_forward/_record_backward
+   and run_model_epoch; the regions each record touches are
+   spec.record_regions (every one must lie inside its buffer: checked
+   before anything runs). */
+enum fastnn_op {
+    FASTNN_OP_DENSE = 1,
+    FASTNN_OP_CONV2D = 2,
+    FASTNN_OP_MAXPOOL2D = 3,
+    FASTNN_OP_AVGPOOL2D = 4,
+    FASTNN_OP_ACTIVATION = 5,
+    FASTNN_OP_SOFTMAX = 6,
+    FASTNN_OP_BATCHNORM = 7,
+    FASTNN_OP_DROPOUT = 8,
+    FASTNN_OP_ADD = 9,
+    FASTNN_OP_FORK = 10
+};
+
+enum fastnn_plan_field {
+    FASTNN_F_OP = 0,
+    FASTNN_F_X = 1, FASTNN_F_Y = 2, FASTNN_F_DX = 3, FASTNN_F_DY = 4,
+    FASTNN_F_AUX = 5, FASTNN_F_DAUX = 6, FASTNN_F_IAUX = 7,
+    FASTNN_F_PARAM = 8, FASTNN_F_BIAS = 9,
+    FASTNN_F_STAT0 = 10, FASTNN_F_STAT1 = 11,
+    FASTNN_F_H = 12, FASTNN_F_W = 13, FASTNN_F_C = 14,
+    FASTNN_F_OH = 15, FASTNN_F_OW = 16, FASTNN_F_OC = 17,
+    FASTNN_F_KH = 18, FASTNN_F_KW = 19, FASTNN_F_SH = 20, FASTNN_F_SW = 21,
+    FASTNN_F_PH = 22, FASTNN_F_PW = 23,
+    FASTNN_F_ACT = 24,
+    FASTNN_F_SEED = 25, FASTNN_F_COUNTER = 26,
+    FASTNN_PLAN_FIELDS = 27
+};
+
+enum fastnn_plan_scalar {
+    FASTNN_S_SLOPE = 0, FASTNN_S_MOMENTUM = 1, FASTNN_S_EPS = 2, FASTNN_S_P = 3,
+    FASTNN_PLAN_SCALARS = 4
+};
+
+/* One epoch of a compiled model (spec.ModelEpoch).  For each batch of m <=
+   batch rows: every record forward, the loss of the output, every record
+   backward in reverse, l2, clipping, one optimizer update over n_params
+   (reference.model_epoch).  Offsets are in floats of workspace (x, y, dx,
+   dy, aux, daux; x = -1: the batch's input rows, dx = -1: not needed), in
+   int32s of iworkspace (iaux), in floats of params/grads (param, bias) and
+   of buffers (stat0, stat1). */
+typedef struct {
+    float *params;                    /* += (n_params) */
+    float *grads;                     /* =  (n_params) */
+    int64_t n_params;
+    float *buffers;                   /* += (n_buffers): running statistics */
+    int64_t n_buffers;
+    const int64_t *plan;              /* (n_records, FASTNN_PLAN_FIELDS) */
+    const double *plan_scalars;       /* (n_records, FASTNN_PLAN_SCALARS) */
+    int64_t n_records;
+    const int64_t *penalized;         /* (n_penalized, 2): offset, size in params */
+    int64_t n_penalized;
+    fastnn_optimizer opt;             /* += its states, step and mu_product */
+    int loss;                         /* enum fastnn_loss */
+    const float *X;                   /* (n, in_size) */
+    const int32_t *labels;            /* (n): softmax_xent */
+    const float *T;                   /* (n, out_size): the other losses */
+    int64_t n, in_size, out_size;
+    const int64_t *order;             /* (n_order) or NULL */
+    int64_t n_order;
+    int64_t batch;
+    int64_t xb, tb, lb;               /* gathered batch: X rows and T rows in
+                                         workspace, labels in iworkspace */
+    int64_t output, doutput;          /* the model's output and its gradient */
+    double l2, loss_scale, grad_scale;
+    double clip_value, clip_norm;     /* 0: none */
+    float *workspace;                 /* = (workspace_size) */
+    int64_t workspace_size;
+    int32_t *iworkspace;              /* = (iworkspace_size) */
+    int64_t iworkspace_size;
+    double *batch_loss;               /* = (n_batches) */
+    int64_t *batch_correct;           /* = (n_batches) */
+    int64_t n_done;                   /* = */
+} fastnn_model_epoch;
+
+/* The epoch; every argument is checked first (EINVAL: nothing written). */
+int fastnn_model_epoch_run(fastnn_model_epoch *epoch);
+
 /* CDEF END */
 
 #endif /* FASTNN_H */

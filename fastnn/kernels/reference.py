@@ -553,6 +553,293 @@ def run_dense_stack_epoch(k, epoch):
     return e.n_batches, step, scalars.get("mu_product", e.mu_product)
 
 
+# ---- dropout masks from a counter-based generator -----------------------------------------
+
+def philox4x32(counter, key, rounds=spec.PHILOX_ROUNDS):
+    """Philox4x32-R (Salmon et al. 2011, Random123) on arrays: `counter` a
+    (4, ...) and `key` a (2, ...) array of uint32 words (broadcast);
+    returns the (4, ...) uint32 output words."""
+    c = [np.asarray(w, np.uint64) for w in counter]
+    k0, k1 = (np.asarray(w, np.uint64) for w in key)
+    mask = np.uint64(0xFFFFFFFF)
+    m0, m1 = np.uint64(spec.PHILOX_M[0]), np.uint64(spec.PHILOX_M[1])
+    w0, w1 = np.uint64(spec.PHILOX_W[0]), np.uint64(spec.PHILOX_W[1])
+    for r in range(rounds):
+        if r:
+            k0, k1 = (k0 + w0) & mask, (k1 + w1) & mask
+        p0, p1 = m0 * c[0], m1 * c[2]  # < 2^64: no wrap
+        c = [(p1 >> np.uint64(32)) ^ c[1] ^ k0, p1 & mask,
+             (p0 >> np.uint64(32)) ^ c[3] ^ k1, p0 & mask]
+    return np.stack([w.astype(np.uint32) for w in c])
+
+
+def dropout_mask(size, p, seed, counter):
+    """The float32 mask of a dropout call over `size` elements: 0 (dropped)
+    or float32(1 / (1 - p)).  Element e takes word e % 4 of Philox4x32-10
+    at counter (e // 4 low, e // 4 high, counter low, counter high) and key
+    (seed low, seed high), all 32-bit halves; it is dropped when the word's
+    top 24 bits are < ceil(p * 2^24).  The same bits on every backend and
+    for any thread count."""
+    blocks = np.arange(-(-size // 4), dtype=np.uint64)
+    lo32 = np.uint64(0xFFFFFFFF)
+    ctr = (blocks & lo32, blocks >> np.uint64(32),
+           np.uint64(counter & 0xFFFFFFFF), np.uint64(counter >> 32))
+    words = philox4x32(ctr, (np.uint64(seed & 0xFFFFFFFF), np.uint64(seed >> 32)))
+    words = words.T.reshape(-1)[:size]
+    keep = (words >> np.uint32(8)) >= np.uint32(min(spec.dropout_threshold(p), 2 ** 24))
+    return np.where(keep, np.float32(spec.dropout_scale(p)), np.float32(0.0))
+
+
+def dropout_forward(Y, X, p, seed, counter):
+    """Inverted dropout: Y = X * mask (see dropout_mask; X flat in C order),
+    so an element's NaN or inf propagates like a product: NaN * 0 = NaN."""
+    mask = dropout_mask(X.size, p, seed, counter).reshape(X.shape)
+    np.multiply(X, mask, out=Y)
+    return Y
+
+
+def dropout_backward(dX, dY, p, seed, counter):
+    """dX = dY * mask, the forward's mask recomputed (nothing is stored)."""
+    mask = dropout_mask(dY.size, p, seed, counter).reshape(dY.shape)
+    np.multiply(dY, mask, out=dX)
+    return dX
+
+
+# ---- a whole epoch of any compiled model ------------------------------------------------
+
+def model_epoch(epoch):
+    """Train a compiled model (a plan of layer records) for one epoch.
+
+    ``epoch`` is one :class:`fastnn.kernels.spec.ModelEpoch` (fastnn.plan
+    compiles a Sequential into it).  For each batch (rows of X in order, or
+    ``X[order[...]]`` gathered into the workspace at ``xb``), m rows:
+
+    1. every record forward in plan order (training mode: BatchNorm's batch
+       statistics and running averages; Dropout's Philox mask for call
+       ``counter + batch index``);
+    2. the loss of the output at ``output`` against the batch's targets,
+       times ``loss_scale``, plus ``l2 / (2 m) * sum(w^2)`` over the
+       ``penalized`` ranges; recorded in batch_losses / batch_correct; a
+       non-finite value ends the epoch here (counted in n_done);
+    3. the loss gradient (times ``grad_scale``) into ``doutput``, then every
+       record backward in reverse order (each writes its parameters'
+       gradients, overwriting; dx where asked for);
+    4. ``l2 / m * w`` added to the penalized gradients, the gradients
+       clipped to [-clip_value, clip_value] (if clip_value > 0), then scaled
+       by clip_norm / (norm + 1e-6) if that is < 1 (if clip_norm > 0; norm
+       = sqrt(sum_squares(grads))), as the Trainer's batch-by-batch path
+       does; one optimizer update over the whole buffer.
+
+    Returns
+    -------
+    (n_done, step, mu_product), as dense_stack_epoch.
+    """
+    return run_model_epoch(sys.modules[__name__], epoch)
+
+
+def _record_forward(k, e, r, s, xin, m, batch):
+    """Record r (ints) / s (floats) forward over m rows of batch number
+    `batch` of the epoch; xin its input."""
+    ws, P, F, Op = e.workspace, e.params, spec.F, spec.Op
+    op = r[F["op"]]
+    ishape = (m, r[F["h"]], r[F["w"]], r[F["c"]])
+    oshape = (m, r[F["oh"]], r[F["ow"]], r[F["oc"]])
+    isz, osz = int(np.prod(ishape)), int(np.prod(oshape))
+    if op == Op.FORK:
+        return
+    Y = ws[r[F["y"]]:r[F["y"]] + osz]
+    if op == Op.DENSE:
+        fan_in, oc = isz // m, r[F["oc"]]
+        W = P[r[F["param"]]:r[F["param"]] + fan_in * oc].reshape(fan_in, oc)
+        b = None if r[F["bias"]] < 0 else P[r[F["bias"]]:r[F["bias"]] + oc]
+        k.dense_forward(Y.reshape(m, oc), xin.reshape(m, fan_in), W, b, r[F["act"]],
+                        s[spec.S["slope"]])
+    elif op == Op.CONV2D:
+        kh, kw, c, oc = r[F["kh"]], r[F["kw"]], r[F["c"]], r[F["oc"]]
+        W = P[r[F["param"]]:r[F["param"]] + kh * kw * c * oc].reshape(kh, kw, c, oc)
+        b = None if r[F["bias"]] < 0 else P[r[F["bias"]]:r[F["bias"]] + oc]
+        K = kh * kw * c
+        cols = ws[r[F["aux"]]:r[F["aux"]] + osz // oc * K].reshape(osz // oc, K)
+        k.conv2d_forward(Y.reshape(oshape), xin.reshape(ishape), W, b, cols,
+                         (r[F["sh"]], r[F["sw"]]), (r[F["ph"]], r[F["pw"]]), r[F["act"]],
+                         s[spec.S["slope"]])
+    elif op in (Op.MAXPOOL2D, Op.AVGPOOL2D):
+        pool, stride = (r[F["kh"]], r[F["kw"]]), (r[F["sh"]], r[F["sw"]])
+        if op == Op.MAXPOOL2D:
+            am = e.iworkspace[r[F["iaux"]]:r[F["iaux"]] + osz].reshape(oshape)
+            k.maxpool2d_forward(Y.reshape(oshape), xin.reshape(ishape), am, pool, stride)
+        else:
+            k.avgpool2d_forward(Y.reshape(oshape), xin.reshape(ishape), pool, stride)
+    elif op == Op.ACTIVATION:
+        k.activation_forward(Y, xin, r[F["act"]], s[spec.S["slope"]])
+    elif op == Op.SOFTMAX:
+        c = r[F["c"]]
+        k.softmax_forward(Y.reshape(-1, c), xin.reshape(-1, c))
+    elif op == Op.BATCHNORM:
+        c = r[F["c"]]
+        gamma, beta = P[r[F["param"]]:r[F["param"]] + c], P[r[F["bias"]]:r[F["bias"]] + c]
+        rm = e.buffers[r[F["stat0"]]:r[F["stat0"]] + c]
+        rv = e.buffers[r[F["stat1"]]:r[F["stat1"]] + c]
+        mean, invstd = ws[r[F["aux"]]:r[F["aux"]] + c], ws[r[F["aux"]] + c:r[F["aux"]] + 2 * c]
+        k.batchnorm_forward(Y.reshape(-1, c), xin.reshape(-1, c), gamma, beta, mean, invstd,
+                            rm, rv, s[spec.S["momentum"]], s[spec.S["eps"]])
+    elif op == Op.DROPOUT:
+        k.dropout_forward(Y, xin, s[spec.S["p"]], r[F["seed"]], r[F["counter"]] + batch)
+    elif op == Op.ADD:
+        skip = ws[r[F["aux"]]:r[F["aux"]] + osz]
+        _copy_into(k, Y, xin)
+        k.axpy(Y, skip, 1.0)
+    else:
+        raise ValueError(f"plan: unknown op {op}")
+
+
+def _copy_into(k, dst, src):
+    """dst[...] = src on the backend's flat arrays."""
+    if isinstance(dst, np.ndarray):
+        np.copyto(dst, src)
+    else:
+        dst.copy_to_device(src)
+
+
+def _record_backward(k, e, r, s, xin, m, batch):
+    """Record r backward over m rows (its output gradient at dy)."""
+    ws, P, G, F, Op = e.workspace, e.params, e.grads, spec.F, spec.Op
+    op = r[F["op"]]
+    ishape = (m, r[F["h"]], r[F["w"]], r[F["c"]])
+    oshape = (m, r[F["oh"]], r[F["ow"]], r[F["oc"]])
+    isz, osz = int(np.prod(ishape)), int(np.prod(oshape))
+    dY = ws[r[F["dy"]]:r[F["dy"]] + osz]
+    Y = None if op == Op.FORK else ws[r[F["y"]]:r[F["y"]] + osz]
+    dX = None if r[F["dx"]] < 0 else ws[r[F["dx"]]:r[F["dx"]] + isz]
+    if op == Op.DENSE:
+        fan_in, oc = isz // m, r[F["oc"]]
+        W = P[r[F["param"]]:r[F["param"]] + fan_in * oc].reshape(fan_in, oc)
+        dW = G[r[F["param"]]:r[F["param"]] + fan_in * oc].reshape(fan_in, oc)
+        db = None if r[F["bias"]] < 0 else G[r[F["bias"]]:r[F["bias"]] + oc]
+        d2 = dY.reshape(m, oc)
+        k.dense_backward(None if dX is None else dX.reshape(m, fan_in), dW, db, d2, d2,
+                         xin.reshape(m, fan_in), W, Y.reshape(m, oc), r[F["act"]],
+                         s[spec.S["slope"]])
+    elif op == Op.CONV2D:
+        kh, kw, c, oc = r[F["kh"]], r[F["kw"]], r[F["c"]], r[F["oc"]]
+        n_w = kh * kw * c * oc
+        W = P[r[F["param"]]:r[F["param"]] + n_w].reshape(kh, kw, c, oc)
+        dW = G[r[F["param"]]:r[F["param"]] + n_w].reshape(kh, kw, c, oc)
+        db = None if r[F["bias"]] < 0 else G[r[F["bias"]]:r[F["bias"]] + oc]
+        K = kh * kw * c
+        cols = ws[r[F["aux"]]:r[F["aux"]] + osz // oc * K].reshape(osz // oc, K)
+        d4 = dY.reshape(oshape)
+        k.conv2d_backward(None if dX is None else dX.reshape(ishape), dW, db, d4, d4,
+                          xin.reshape(ishape), W, Y.reshape(oshape), cols,
+                          (r[F["sh"]], r[F["sw"]]), (r[F["ph"]], r[F["pw"]]), r[F["act"]],
+                          s[spec.S["slope"]])
+    elif op in (Op.MAXPOOL2D, Op.AVGPOOL2D):
+        if dX is None:
+            return
+        pool, stride = (r[F["kh"]], r[F["kw"]]), (r[F["sh"]], r[F["sw"]])
+        if op == Op.MAXPOOL2D:
+            am = e.iworkspace[r[F["iaux"]]:r[F["iaux"]] + osz].reshape(oshape)
+            k.maxpool2d_backward(dX.reshape(ishape), dY.reshape(oshape), am, pool, stride)
+        else:
+            k.avgpool2d_backward(dX.reshape(ishape), dY.reshape(oshape), pool, stride)
+    elif op == Op.ACTIVATION:
+        if dX is not None:
+            k.activation_backward(dX, dY, Y, r[F["act"]], s[spec.S["slope"]])
+    elif op == Op.SOFTMAX:
+        if dX is not None:
+            c = r[F["c"]]
+            k.softmax_backward(dX.reshape(-1, c), dY.reshape(-1, c), Y.reshape(-1, c))
+    elif op == Op.BATCHNORM:
+        c = r[F["c"]]
+        gamma = P[r[F["param"]]:r[F["param"]] + c]
+        dgamma, dbeta = G[r[F["param"]]:r[F["param"]] + c], G[r[F["bias"]]:r[F["bias"]] + c]
+        mean, invstd = ws[r[F["aux"]]:r[F["aux"]] + c], ws[r[F["aux"]] + c:r[F["aux"]] + 2 * c]
+        # (dx is always given: the compiler gives a first layer a scratch one)
+        k.batchnorm_backward(dX.reshape(-1, c), dgamma, dbeta, dY.reshape(-1, c),
+                             xin.reshape(-1, c), gamma, mean, invstd)
+    elif op == Op.DROPOUT:
+        if dX is not None:
+            k.dropout_backward(dX, dY, s[spec.S["p"]], r[F["seed"]], r[F["counter"]] + batch)
+    elif op == Op.ADD:
+        _copy_into(k, ws[r[F["daux"]]:r[F["daux"]] + osz], dY)
+        if dX is not None and r[F["dx"]] != r[F["dy"]]:
+            _copy_into(k, dX, dY)
+    elif op == Op.FORK:
+        if dX is not None:
+            if r[F["dx"]] != r[F["dy"]]:
+                _copy_into(k, dX, dY)
+            k.axpy(dX, ws[r[F["daux"]]:r[F["daux"]] + osz], 1.0)
+    else:
+        raise ValueError(f"plan: unknown op {op}")
+
+
+def run_model_epoch(k, epoch):
+    """model_epoch written with the kernel implementations of `k` (a
+    backend module, or a Backend's ``impls``) on a validated
+    spec.ModelEpoch: the specification of the compiled versions, and the
+    epoch of backends without one (cuda runs it on device arrays)."""
+    e = epoch
+    X, targets = e.X, e.targets
+    if e.order is not None:  # the spec: the same epoch over the gathered rows
+        X, targets = (k.asarray(k.to_numpy(a)[e.order], a.dtype) for a in (X, targets))
+    n, bs, ws, F = X.shape[0], e.batch_size, e.workspace, spec.F
+    plan = [[int(v) for v in rec] for rec in np.asarray(e.plan)]
+    scal = [[float(v) for v in rec] for rec in np.asarray(e.plan_scalars)]
+    pen = [(int(o), int(sz)) for o, sz in np.asarray(e.penalized).reshape(-1, 2)]
+    opt = spec.OPTIMIZERS[e.optimizer]
+    update = getattr(k, e.optimizer)
+    scalars = {name: getattr(e, name) for name in opt.scalars}
+    step = e.step
+    t_host = k.to_numpy(targets)
+    n_out = e.out_size
+    for i in range(e.n_batches):
+        lo, hi = i * bs, min((i + 1) * bs, n)
+        m = hi - lo
+        xb, tb = X[lo:hi].reshape(-1), targets[lo:hi]
+        inputs = []
+        for r, s in zip(plan, scal):
+            xin = xb if r[F["x"]] == -1 else ws[r[F["x"]]:r[F["x"]] + m * r[F["h"]] * r[F["w"]]
+                                               * r[F["c"]]]
+            inputs.append(xin)
+            _record_forward(k, e, r, s, xin, m, i)
+        out = (xb if e.output == -1 else ws[e.output:e.output + m * n_out]).reshape(m, n_out)
+        dout = ws[e.doutput:e.doutput + m * n_out].reshape(m, n_out)
+        if e.loss == "softmax_xent":
+            value = k.softmax_xent_forward(dout, out, tb)
+        else:
+            value = getattr(k, e.loss + "_forward")(out, tb.reshape(m, n_out))
+        value *= e.loss_scale
+        if e.l2:
+            value += 0.5 * e.l2 / m * sum(k.sum_squares(e.params[o:o + sz]) for o, sz in pen)
+        e.batch_losses[i] = value
+        e.batch_correct[i] = count_correct(k.to_numpy(out), t_host[lo:hi].reshape(
+            (m,) if e.loss == "softmax_xent" else (m, n_out)), e.loss)
+        if not np.isfinite(value):
+            return i + 1, step, scalars.get("mu_product", e.mu_product)
+        if e.loss == "softmax_xent":
+            k.softmax_xent_backward(dout, dout, tb)
+        else:
+            getattr(k, e.loss + "_backward")(dout, out, tb.reshape(m, n_out))
+        if e.grad_scale != 1.0:
+            k.scale(dout.reshape(-1), e.grad_scale)
+        for j in range(len(plan) - 1, -1, -1):
+            _record_backward(k, e, plan[j], scal[j], inputs[j], m, i)
+        if e.l2:
+            for o, sz in pen:
+                k.axpy(e.grads[o:o + sz], e.params[o:o + sz], e.l2 / m)
+        if e.clip_value > 0.0:
+            k.clip(e.grads, -e.clip_value, e.clip_value)
+        if e.clip_norm > 0.0:
+            coef = e.clip_norm / (np.sqrt(k.sum_squares(e.grads)) + 1e-6)
+            if coef < 1.0:
+                k.scale(e.grads, coef)
+        step += 1
+        scalars = spec.advance(e.optimizer, scalars, step, e.hyper)
+        update(e.params, e.grads, *e.states, *([step] if opt.step else []),
+               *e.hyper.values(), *scalars.values())
+    return e.n_batches, step, scalars.get("mu_product", e.mu_product)
+
+
 def count_correct(out, target, loss):
     """Correctly classified samples in a batch of outputs (host arrays)."""
     if loss in ("mse", "mae"):

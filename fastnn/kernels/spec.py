@@ -126,8 +126,11 @@ Flat utilities
 import enum
 import functools
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import NamedTuple
+
+import numpy as np
 
 
 # ---- enumerations -----------------------------------------------------------------
@@ -400,6 +403,168 @@ def epoch_workspace(layers, batch_size, threads=1):
     return epoch_layout(layers, batch_size, threads)["size"]
 
 
+# ---- the compiled epoch of any model: a plan of layer records --------------------------
+
+class Op(enum.IntEnum):
+    """The kinds of record of a model plan (C: ``FASTNN_OP_*``).
+
+    Every record reads its input at workspace offset ``x`` (-1: the batch's
+    input rows) and writes its output at ``y``; backward reads the output
+    gradient at ``dy`` and writes the input gradient at ``dx`` (-1: not
+    needed).  ``dy`` may be overwritten by the backward.  Shapes are per
+    sample: input (h, w, c), output (oh, ow, oc); a batch of m rows is
+    (m, h, w, c) row-major at the offset.
+    """
+
+    DENSE = 1       # y = act(x @ W + b): x (m, c) with c = h*w*c_in flattened; W (c, oc)
+    CONV2D = 2      # conv2d_forward with cols at aux (m*oh*ow, kh*kw*c)
+    MAXPOOL2D = 3   # argmax (m, oh, ow, oc) int32 at iaux
+    AVGPOOL2D = 4   # (GlobalAvgPool: the pool is the whole (h, w))
+    ACTIVATION = 5  # elementwise act over h*w*c
+    SOFTMAX = 6     # row-wise over c (h = w = 1)
+    BATCHNORM = 7   # rows m*h*w, c features; gamma at param, beta at bias; running
+                    # mean/var at stat0/stat1 of the model's buffers; mean, invstd at aux, aux + c
+    DROPOUT = 8     # y = x * mask, mask from philox(seed, counter + batch index, element)
+    ADD = 9         # residual join: y = x + skip (skip at aux); backward dx = dy (may be
+                    # the same offset: no copy), daux = dy (a copy)
+    FORK = 10       # residual split: forward nothing (y = x); backward dx = dy + daux
+
+
+# The int64 fields of a record, in order (C: FASTNN_F_<NAME> indices).
+PLAN_FIELDS = (
+    "op",
+    "x", "y", "dx", "dy",          # float workspace offsets (x, dx: -1 see Op)
+    "aux", "daux", "iaux",         # auxiliary float offsets, int32 workspace offset
+    "param", "bias",               # params/grads offsets (-1: none)
+    "stat0", "stat1",              # model buffers offsets (BatchNorm's running stats)
+    "h", "w", "c", "oh", "ow", "oc",
+    "kh", "kw", "sh", "sw", "ph", "pw",
+    "act",                         # Activation code (DENSE, CONV2D, ACTIVATION)
+    "seed", "counter",             # DROPOUT: the key and the calls before this epoch
+)
+# The float64 fields of a record (C: FASTNN_S_<NAME>).
+PLAN_SCALARS = ("slope", "momentum", "eps", "p")
+F = {name: i for i, name in enumerate(PLAN_FIELDS)}
+S = {name: i for i, name in enumerate(PLAN_SCALARS)}
+
+
+def record_regions(rec, batch):
+    """The buffer regions a record touches for a batch of `batch` rows:
+    a list of (buffer, offset, size), buffer one of "ws" (float workspace),
+    "iws" (int32 workspace), "params" (also grads), "buffers".  Regions with
+    offset -1 (absent) are left out.  The front and the C kernel check
+    every region lies inside its buffer before anything runs."""
+    r = [int(v) for v in rec]
+    op = r[F["op"]]
+    isz = r[F["h"]] * r[F["w"]] * r[F["c"]]
+    osz = r[F["oh"]] * r[F["ow"]] * r[F["oc"]]
+    B = int(batch)
+    out = []
+
+    def add(buf, field, size):
+        if r[F[field]] != -1:
+            out.append((buf, r[F[field]], size))
+
+    add("ws", "x", B * isz)
+    add("ws", "dx", B * isz)
+    if op != Op.FORK:
+        add("ws", "y", B * osz)
+    add("ws", "dy", B * osz)
+    if op in (Op.DENSE, Op.CONV2D):
+        add("params", "param", r[F["kh"]] * r[F["kw"]] * r[F["c"]] * r[F["oc"]]
+            if op == Op.CONV2D else isz * r[F["oc"]])
+        add("params", "bias", r[F["oc"]])
+        if op == Op.CONV2D:
+            add("ws", "aux", B * r[F["oh"]] * r[F["ow"]] * r[F["kh"]] * r[F["kw"]] * r[F["c"]])
+    elif op == Op.MAXPOOL2D:
+        add("iws", "iaux", B * osz)
+    elif op == Op.BATCHNORM:
+        c = r[F["c"]]
+        add("params", "param", c)
+        add("params", "bias", c)
+        add("buffers", "stat0", c)
+        add("buffers", "stat1", c)
+        add("ws", "aux", 2 * c)
+    elif op in (Op.ADD, Op.FORK):
+        add("ws", "aux", B * osz)
+        add("ws", "daux", B * osz)
+    return out
+
+
+def dropout_threshold(p):
+    """Philox words whose top 24 bits are below this are dropped:
+    ceil(p * 2^24) (exact in double), so P(drop) = threshold / 2^24."""
+    return int(math.ceil(float(p) * 16777216.0))
+
+
+def dropout_scale(p):
+    """The kept elements' factor: float32(1 / (1 - p))."""
+    return float(np.float32(1.0 / (1.0 - float(p))))
+
+
+PHILOX_M = (0xD2511F53, 0xCD9E8D57)
+PHILOX_W = (0x9E3779B9, 0xBB67AE85)
+PHILOX_ROUNDS = 10
+
+
+@dataclass
+class ModelEpoch:
+    """Everything one training epoch of any compiled model needs: the one
+    argument of ``model_epoch`` (fastnn.plan builds it; the reference's
+    ``run_model_epoch`` gives the semantics).
+
+    ``plan`` (records, len(PLAN_FIELDS)) int64 and ``plan_scalars``
+    (records, len(PLAN_SCALARS)) float64 are the layer records, run in
+    order forward and in reverse backward.  ``workspace`` (float32) and
+    ``iworkspace`` (int32) hold every activation, gradient and auxiliary
+    buffer at the records' offsets; the batch's gathered input rows are at
+    ``xb`` (B, in_size), targets at ``tb`` (B, out_size) and labels at
+    ``lb`` of iworkspace.  The model's output and its gradient are at
+    ``output`` / ``doutput`` (B, out_size).  ``penalized`` (k, 2) int64 are
+    the (offset, size) ranges of params the l2 term applies to.
+    ``clip_value`` / ``clip_norm``: 0.0 means no clipping.  Other fields as
+    :class:`Epoch`.
+    """
+
+    params: object
+    grads: object
+    buffers: object
+    states: tuple
+    workspace: object
+    iworkspace: object
+    X: object
+    targets: object
+    batch_losses: object
+    batch_correct: object
+    plan: object
+    plan_scalars: object
+    penalized: object
+    in_size: int = 0
+    out_size: int = 0
+    xb: int = 0
+    tb: int = 0
+    lb: int = 0
+    output: int = 0
+    doutput: int = 0
+    loss: str = "softmax_xent"
+    batch_size: int = 32
+    optimizer: str = "adam"
+    hyper: dict = field(default_factory=dict)
+    step: int = 0
+    mu_product: float = 1.0
+    l2: float = 0.0
+    loss_scale: float = 1.0
+    grad_scale: float = 1.0
+    clip_value: float = 0.0
+    clip_norm: float = 0.0
+    order: object = None
+
+    @property
+    def n_batches(self):
+        rows = self.X.shape[0] if self.order is None else len(self.order)
+        return -(-rows // self.batch_size)
+
+
 # ---- the kernels ----------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -462,6 +627,9 @@ KERNELS = {k.name: k for k in (
     Kernel("clip", "x, lo, hi", ("x",)),
     Kernel("axpy", "y, x, alpha", ("y",)),
     Kernel("dense_stack_epoch", "epoch", ("epoch",), _V),
+    Kernel("model_epoch", "epoch", ("epoch",), _V),
+    Kernel("dropout_forward", "Y, X, *, p, seed, counter", ("Y",), "Y"),
+    Kernel("dropout_backward", "dX, dY, *, p, seed, counter", ("dX",), "dX"),
     Kernel("conv2d_forward", "Y, X, W, b, cols, *, stride=(1, 1), padding=(0, 0), "
            f"{_ACT_ID}", ("Y", "cols"), "Y"),
     Kernel("conv2d_backward", "dX, dW, db, dZ, dY, X, W, Y, cols, *, stride=(1, 1), "
