@@ -8,7 +8,9 @@ the kernels.  One file per area, as csrc/: ``_gemm`` (the vector-IR
 micro-kernel, gemm and the dense layer), ``_elementwise`` (activations,
 softmax, flat-buffer utilities), ``_losses``, ``_optimizers``, ``_epoch``
 (dense_stack_epoch), ``_conv`` (convolution and pooling), ``_norm`` (batch
-norm); ``_common`` holds what they share.
+norm), ``_dropout`` (Philox masks), ``_plan`` (model_epoch, the interpreter
+of a compiled model's records over those kernels); ``_common`` holds what
+they share.
 
 Nothing is compiled at import time: kernels are compiled on first call and
 cached on disk (``cache=True``, in ``__pycache__``); :func:`warmup` compiles
@@ -31,12 +33,14 @@ from ._conv import (avgpool2d_backward, avgpool2d_forward, conv2d_backward,  # n
                     conv2d_forward, maxpool2d_backward, maxpool2d_forward)
 from ._elementwise import (activation_backward, activation_forward, axpy, clip,  # noqa: F401
                            scale, softmax_backward, softmax_forward, sum_squares)
+from ._dropout import dropout_backward, dropout_forward  # noqa: F401
 from ._epoch import dense_stack_epoch  # noqa: F401
 from ._gemm import _W, dense_backward, dense_forward, gemm  # noqa: F401
 from ._losses import (bce_backward, bce_forward, mae_backward, mae_forward,  # noqa: F401
                       mse_backward, mse_forward, softmax_xent_backward, softmax_xent_forward)
 from ._norm import batchnorm_backward, batchnorm_forward, batchnorm_inference  # noqa: F401
 from ._optimizers import adagrad, adam, adamax, adamw, nadam, radam, rmsprop, sgd  # noqa: F401
+from ._plan import model_epoch  # noqa: F401
 
 name = "numba"
 DTYPE = np.float32

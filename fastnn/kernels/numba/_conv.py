@@ -5,6 +5,7 @@ bias and applies the activation; the backward is dense_backward's dz / dW /
 dX on the cols matrix, and col2im folds dcols back into the image.
 """
 
+import numba  # absolute import: the real numba, not this package
 import numpy as np
 from numba import njit, prange
 
@@ -132,40 +133,55 @@ def _maxpool_backward(dx, dy, am):
                     dx[img, am[img, oy, ox, ch], ch] += dy[img, oy, ox, ch]
 
 
+# Average pooling sums in float64 into `acc`, scratch of (spans, c) floats
+# (forward) or (spans, w, c) (backward), one row per span of output rows:
+# the per-call wrappers allocate it, the compiled epoch once per epoch.  A
+# span computes its outputs alone, so the spans do not change the result.
+
 @njit(cache=True, parallel=True)
-def _avgpool_forward(y, x, kh, kw, sh, sw):
+def _avgpool_forward(y, x, kh, kw, sh, sw, acc_spans):
     n, h, w, c = x.shape
     oh, ow = y.shape[1], y.shape[2]
-    for row in prange(n * oh):
-        img, oy = row // oh, row % oh
-        acc = np.empty(c, dtype=np.float64)
-        for ox in range(ow):
-            acc[:] = 0.0
-            for i in range(kh):
-                for j in range(kw):
-                    for ch in range(c):
-                        acc[ch] += x[img, oy * sh + i, ox * sw + j, ch]
-            for ch in range(c):
-                y[img, oy, ox, ch] = acc[ch] / (kh * kw)
+    spans = acc_spans.shape[0]
+    for s in prange(spans):
+        acc = acc_spans[s, :c]
+        for row in range(s * (n * oh) // spans, (s + 1) * (n * oh) // spans):
+            img, oy = row // oh, row % oh
+            for ox in range(ow):
+                acc[:] = 0.0
+                for i in range(kh):
+                    for j in range(kw):
+                        for ch in range(c):
+                            acc[ch] += x[img, oy * sh + i, ox * sw + j, ch]
+                for ch in range(c):
+                    y[img, oy, ox, ch] = acc[ch] / (kh * kw)
 
 
 @njit(cache=True, parallel=True)
-def _avgpool_backward(dx, dy, kh, kw, sh, sw):
+def _avgpool_backward(dx, dy, kh, kw, sh, sw, acc_spans):
     """A gather over the windows that cover each dx row (img, yy), in float64."""
     n, h, w, c = dx.shape
     oh, ow = dy.shape[1], dy.shape[2]
-    for row in prange(n * h):
-        img, yy = row // h, row % h
-        acc = np.zeros((w, c), dtype=np.float64)
-        # windows oy with oy sh <= yy < oy sh + kh
-        for oy in range(max(0, (yy - kh + sh) // sh), min(oh - 1, yy // sh) + 1):
-            for ox in range(ow):
-                for j in range(kw):
-                    for ch in range(c):
-                        acc[ox * sw + j, ch] += dy[img, oy, ox, ch]
-        for xx in range(w):
-            for ch in range(c):
-                dx[img, yy, xx, ch] = acc[xx, ch] / (kh * kw)
+    spans = acc_spans.shape[0]
+    for s in prange(spans):
+        acc = acc_spans[s, :w, :c]
+        for row in range(s * (n * h) // spans, (s + 1) * (n * h) // spans):
+            img, yy = row // h, row % h
+            acc[:] = 0.0
+            # windows oy with oy sh <= yy < oy sh + kh
+            for oy in range(max(0, (yy - kh + sh) // sh), min(oh - 1, yy // sh) + 1):
+                for ox in range(ow):
+                    for j in range(kw):
+                        for ch in range(c):
+                            acc[ox * sw + j, ch] += dy[img, oy, ox, ch]
+            for xx in range(w):
+                for ch in range(c):
+                    dx[img, yy, xx, ch] = acc[xx, ch] / (kh * kw)
+
+
+def _pool_spans(rows):
+    """Spans of output rows for the per-call average pooling."""
+    return max(1, min(numba.get_num_threads(), rows))
 
 
 def maxpool2d_forward(Y, X, argmax, pool, stride):
@@ -178,8 +194,11 @@ def maxpool2d_backward(dX, dY, argmax, pool, stride):
 
 
 def avgpool2d_forward(Y, X, pool, stride):
-    _avgpool_forward(Y, X, *pool, *stride)
+    n, oh, _, c = Y.shape
+    _avgpool_forward(Y, X, *pool, *stride, np.empty((_pool_spans(n * oh), c), np.float64))
 
 
 def avgpool2d_backward(dX, dY, pool, stride):
-    _avgpool_backward(dX, dY, *pool, *stride)
+    n, h, w, c = dX.shape
+    _avgpool_backward(dX, dY, *pool, *stride,
+                      np.empty((_pool_spans(n * h), w, c), np.float64))

@@ -16,13 +16,15 @@ from ._common import _chunks
 # fixed order (deterministic for a given thread count).
 
 @njit(cache=True, parallel=True)
-def _channel_sums(a, b, shift, scale, kind, nchunks):
-    """(2, C) float64 sums over rows: kind 0, d = a - shift: sum d, sum d^2;
-    kind 1: sum a, sum a (b - shift) scale."""
+def _channel_sums(out, part, a, b, shift, scale, kind, nchunks):
+    """out (2, C) = float64 sums over rows: kind 0, d = a - shift: sum d,
+    sum d^2; kind 1: sum a, sum a (b - shift) scale.  part: scratch of at
+    least (nchunks, 2, C)."""
     rows, c = a.shape
-    part = np.zeros((nchunks, 2, c), dtype=np.float64)
     for k in prange(nchunks):
-        s0, s1 = part[k, 0], part[k, 1]
+        s0, s1 = part[k, 0, :c], part[k, 1, :c]
+        s0[:] = 0.0
+        s1[:] = 0.0
         for r in range(k * rows // nchunks, (k + 1) * rows // nchunks):
             if kind == 0:
                 for ch in range(c):
@@ -34,17 +36,24 @@ def _channel_sums(a, b, shift, scale, kind, nchunks):
                     g = np.float64(a[r, ch])
                     s0[ch] += g
                     s1[ch] += g * ((np.float64(b[r, ch]) - shift[ch]) * scale[ch])
-    return part.sum(axis=0)
+    out[:] = 0.0
+    for k in range(nchunks):
+        out += part[k, :, :c]
 
+
+# The kernels take their float64 scratch (part: (nchunks, 2, C), work: (5,
+# C)) from the caller: the per-call wrappers allocate it, the compiled epoch
+# once per epoch.
 
 @njit(cache=True, parallel=True)
-def _batchnorm_forward(y, x, gamma, beta, mean, invstd, rm, rv, momentum, eps, nchunks):
+def _batchnorm_forward(y, x, gamma, beta, mean, invstd, rm, rv, momentum, eps, nchunks, part,
+                       work):
     rows, c = x.shape
+    shift, mu, scale, s = work[0, :c], work[1, :c], work[2, :c], work[3:5, :c]
     # Shifted by the first row, so the one-pass variance does not cancel.
-    shift = x[0].astype(np.float64)
-    s = _channel_sums(x, x, shift, shift, 0, nchunks)
-    mu = np.empty(c, dtype=np.float64)
-    scale = np.empty(c, dtype=np.float64)
+    for ch in range(c):
+        shift[ch] = x[0, ch]
+    _channel_sums(s, part, x, x, shift, shift, 0, nchunks)
     for ch in range(c):
         d = s[0, ch] / rows
         var = max(s[1, ch] / rows - d * d, 0.0)
@@ -72,11 +81,13 @@ def _batchnorm_inference(y, x, gamma, beta, rm, rv, eps):
 
 
 @njit(cache=True, parallel=True)
-def _batchnorm_backward(dx, dgamma, dbeta, dy, x, gamma, mean, invstd, nchunks):
+def _batchnorm_backward(dx, dgamma, dbeta, dy, x, gamma, mean, invstd, nchunks, part, work):
     rows, c = x.shape
-    mu, istd = mean.astype(np.float64), invstd.astype(np.float64)
-    s = _channel_sums(dy, x, mu, istd, 1, nchunks)
-    k0 = np.empty(c, dtype=np.float64)
+    mu, istd, k0, s = work[0, :c], work[1, :c], work[2, :c], work[3:5, :c]
+    for ch in range(c):
+        mu[ch] = mean[ch]
+        istd[ch] = invstd[ch]
+    _channel_sums(s, part, dy, x, mu, istd, 1, nchunks)
     for ch in range(c):
         dbeta[ch] = s[0, ch]
         dgamma[ch] = s[1, ch]
@@ -88,12 +99,17 @@ def _batchnorm_backward(dx, dgamma, dbeta, dy, x, gamma, mean, invstd, nchunks):
             dx[r, ch] = k0[ch] * (rows * np.float64(dy[r, ch]) - s[0, ch] - xhat * s[1, ch])
 
 
+def _scratch(nchunks, c):
+    return np.empty((nchunks, 2, c), np.float64), np.empty((5, c), np.float64)
+
+
 def batchnorm_forward(Y, X, gamma, beta, mean, invstd, running_mean, running_var, momentum,
                       eps):
     c = X.shape[-1]
     rows = X.size // c
+    nchunks = _chunks(rows * c)
     _batchnorm_forward(Y.reshape(rows, c), X.reshape(rows, c), gamma, beta, mean, invstd,
-                       running_mean, running_var, momentum, eps, _chunks(rows * c))
+                       running_mean, running_var, momentum, eps, nchunks, *_scratch(nchunks, c))
 
 
 def batchnorm_inference(Y, X, gamma, beta, running_mean, running_var, eps):
@@ -106,5 +122,6 @@ def batchnorm_inference(Y, X, gamma, beta, running_mean, running_var, eps):
 def batchnorm_backward(dX, dgamma, dbeta, dY, X, gamma, mean, invstd):
     c = X.shape[-1]
     rows = X.size // c
+    nchunks = _chunks(rows * c)
     _batchnorm_backward(dX.reshape(rows, c), dgamma, dbeta, dY.reshape(rows, c),
-                        X.reshape(rows, c), gamma, mean, invstd, _chunks(rows * c))
+                        X.reshape(rows, c), gamma, mean, invstd, nchunks, *_scratch(nchunks, c))
