@@ -16,9 +16,11 @@ thread, so use small shapes there).
 The kernels live by area: ``_device`` (device functions they share),
 ``_gemm`` (gemm, dense layer), ``_elementwise`` (activations, softmax,
 scale, clip, axpy), ``_losses``, ``_optimizers``, ``_conv`` (convolution,
-pooling) and ``_norm`` (per-channel sums, batch normalisation).  There is
-no fused epoch: ``dense_stack_epoch`` is the reference's loop over these
-kernels (the front's fallback), on device arrays when given them.
+pooling), ``_norm`` (per-channel sums, batch normalisation) and
+``_dropout`` (Philox masks).  There is
+no fused epoch: ``dense_stack_epoch`` and ``model_epoch`` are the
+reference's loops over these kernels (the front's fallback), on device
+arrays when given them.
 """
 
 import numpy as np
@@ -26,6 +28,7 @@ import numpy as np
 from ._launch import SIMULATOR, TPB, cuda, is_device  # first: it checks for a driver
 from ._conv import (avgpool2d_backward, avgpool2d_forward, conv2d_backward,  # noqa: F401
                     conv2d_forward, maxpool2d_backward, maxpool2d_forward)
+from ._dropout import dropout_backward, dropout_forward  # noqa: F401
 from ._elementwise import (activation_backward, activation_forward, axpy, clip,  # noqa: F401
                            scale, softmax_backward, softmax_forward)
 from ._gemm import dense_backward, dense_forward, gemm  # noqa: F401
