@@ -16,6 +16,7 @@ import numpy as np
 from . import kernels
 from .kernels import _checks, spec
 from . import losses as losses_mod
+from . import plan as plan_mod
 from . import optim as optim_mod
 
 
@@ -153,11 +154,14 @@ class Trainer:
         gradients and optimizer state on the device and copies each batch
         there once.  Default: the model's backend.
     fused : bool or None
-        Run each epoch of ``fit`` as one ``dense_stack_epoch`` kernel call
-        (no Python per batch).  None (default): whenever the model is a dense
-        stack (see ``Sequential.dense_stack``) and the loss and optimizer are
-        fastnn's own; False: always batch by batch from Python.  Both follow
-        the same trajectory.
+        Run each epoch of ``fit`` as one compiled-epoch kernel call (no
+        Python between batches): ``model_epoch`` over the model's plan
+        (:mod:`fastnn.plan`), or ``dense_stack_epoch`` for a plain stack of
+        Dense layers without clipping.  None (default): whenever every layer
+        compiles (fastnn's own layers do; a custom Python layer does not) and
+        the loss and optimizer are fastnn's own; False: always batch by
+        batch from Python.  Both follow the same trajectory (the same
+        dropout masks too).
     l2 : float
         scikit-learn's MLP penalty alpha: each batch of m samples adds
         ``l2 / (2 m) * sum(W**2)`` over the weights W of
@@ -169,8 +173,7 @@ class Trainer:
         Gradient clipping before each update, one pass over the flat gradient
         buffer each: every gradient to [-clip_value, clip_value], then the
         whole gradient scaled to global L2 norm <= clip_norm (torch's
-        clip_grad_value_ and clip_grad_norm_).  Training with clipping runs
-        batch by batch.
+        clip_grad_value_ and clip_grad_norm_).
     """
 
     def __init__(self, model, loss, optimizer, backend=None, fused=None, l2=0.0,
@@ -190,13 +193,12 @@ class Trainer:
                            else _checks.check_scalar("clip_value", clip_value, low=0.0, low_open=True))
         self.clip_norm = (None if clip_norm is None
                           else _checks.check_scalar("clip_norm", clip_norm, low=0.0, low_open=True))
-        self._stack = model.dense_stack()
-        can_fuse = (self._stack is not None and self.optimizer.fusable
-                    and type(self.loss) in losses_mod.LOSSES.values()
-                    and clip_value is None and clip_norm is None)
+        self._stack = model.dense_stack() if clip_value is None and clip_norm is None else None
+        can_fuse = (plan_mod.compile_model(model, 1) is not None and self.optimizer.fusable
+                    and type(self.loss) in losses_mod.LOSSES.values())
         if fused and not can_fuse:
-            raise ValueError("fused=True needs a dense stack model (Dense and activation layers), "
-                             "one of fastnn's own losses and optimizers, and no clipping")
+            raise ValueError("fused=True needs a model of fastnn's own layers (no custom Python "
+                             "layer) and one of fastnn's own losses and optimizers")
         self.fused = can_fuse if fused is None else bool(fused)
 
     # ---- one batch ----------------------------------------------------------
@@ -406,26 +408,42 @@ class Trainer:
         return total, correct
 
     def _fused_epoch(self, n, batch_size):
-        """An epoch function running dense_stack_epoch; its buffers are
-        allocated here, once per fit."""
+        """An epoch function running the compiled epoch (dense_stack_epoch
+        for a plain dense stack, else model_epoch over the model's plan);
+        its buffers are allocated here, once per fit."""
         k, opt, model = self._k, self.optimizer, self.model
         n_batches = -(-n // batch_size)
-        workspace = k.empty(k.dense_stack_workspace(self._stack, batch_size), model.dtype)
         batch_losses = np.empty(n_batches)
         batch_correct = np.empty(n_batches, np.int64)
         sizes = np.full(n_batches, batch_size, np.float64)
         sizes[-1] = n - (n_batches - 1) * batch_size
+        if self._stack is not None:
+            workspace = k.empty(k.dense_stack_workspace(self._stack, batch_size), model.dtype)
+        else:
+            plan = plan_mod.compile_model(model, batch_size)
+            workspace = k.empty(plan.workspace_size, model.dtype)
+            iworkspace = k.empty(plan.iworkspace_size, np.int32)
+
+        def run(X, t, order):
+            kernel, states, hyper = opt.kernel_spec()
+            common = dict(
+                params=model.params, grads=model.grads, states=states, workspace=workspace,
+                X=X, targets=t, batch_losses=batch_losses, batch_correct=batch_correct,
+                loss=self.loss.name, batch_size=batch_size, optimizer=kernel, hyper=hyper,
+                step=opt.step_count, mu_product=getattr(opt, "mu_product", 1.0), l2=self.l2,
+                loss_scale=self.loss.value_scale, grad_scale=self.loss.grad_scale, order=order)
+            if self._stack is not None:
+                return k.dense_stack_epoch(spec.Epoch(layers=self._stack, **common))
+            done, step, mu = k.model_epoch(plan.epoch(
+                buffers=model.buffers, iworkspace=iworkspace, clip_value=self.clip_value or 0.0,
+                clip_norm=self.clip_norm or 0.0, **common))
+            plan.advance(done)
+            return done, step, mu
 
         def epoch_fn(X, t, batch_size, epoch, bar, order=None):
             if self._device:  # the whole epoch moves to the device once
                 X, t = self._to_backend("epoch_x", X), self._to_backend("epoch_t", t)
-            kernel, states, hyper = opt.kernel_spec()
-            done, opt.step_count, mu = k.dense_stack_epoch(spec.Epoch(
-                model.params, model.grads, states, workspace, X, t, batch_losses, batch_correct,
-                layers=self._stack, loss=self.loss.name, batch_size=batch_size, optimizer=kernel,
-                hyper=hyper, step=opt.step_count, mu_product=getattr(opt, "mu_product", 1.0),
-                l2=self.l2, loss_scale=self.loss.value_scale, grad_scale=self.loss.grad_scale,
-                order=order))
+            done, opt.step_count, mu = run(X, t, order)
             if "mu_product" in opt.spec.scalars:
                 opt.mu_product = mu
             if bar is not None:
