@@ -229,6 +229,10 @@ class Plan:
         f = self.forks.pop()
         return self.record(Op.ADD, self.shape, aux=f["aux"], daux=f["daux"])
 
+    def add_input(self):
+        """A residual join whose skip is the model's input (no gradient)."""
+        return self.record(Op.ADD, self.shape, aux=-1, daux=-1)
+
     def epoch(self, X, targets, loss="softmax_xent", optimizer="adam", hyper=None, order=None,
               seed=0, **kw):
         rng = np.random.default_rng(seed)
@@ -401,6 +405,15 @@ def test_model_epoch_residual():
     p.add()
     p.dense(3)
     _compare(p.epoch(X, T, optimizer="sgd", hyper={"lr": 0.05, "momentum": 0.5}))
+
+
+def test_model_epoch_residual_on_the_input():
+    X, T = _data(19, (5,), 3, "softmax_xent")
+    p = Plan((1, 1, 5), 6)
+    p.dense(5, "relu")
+    p.add_input()
+    p.dense(3)
+    _compare(p.epoch(X, T))
 
 
 @pytest.mark.parametrize("threads", [2])

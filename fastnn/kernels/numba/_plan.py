@@ -76,10 +76,10 @@ def _copy(dst, src):
 
 
 @njit(cache=True)
-def _record_forward(r, sc, xin, m, batch, ws, iws, params, buffers, ap, bp, bn_part, bn_work,
-                    pool_acc, threads):
+def _record_forward(r, sc, xin, xb, m, batch, ws, iws, params, buffers, ap, bp, bn_part,
+                    bn_work, pool_acc, threads):
     """Record r (ints) / sc (floats) forward over m rows of batch number
-    `batch`; xin its input (flat)."""
+    `batch`; xin its input (flat), xb the batch's input rows."""
     op = r[_OP]
     if op == _FORK:
         return
@@ -122,9 +122,9 @@ def _record_forward(r, sc, xin, m, batch, ws, iws, params, buffers, ap, bp, bn_p
                            _bn_chunks(isz), bn_part, bn_work)
     elif op == _DROPOUT:
         _dropout(y, xin, sc[_P], r[_SEED], r[_COUNTER] + batch)
-    elif op == _ADD:
+    elif op == _ADD:  # (aux -1: the skip is the batch's input rows)
         _copy(y, xin)
-        _axpy(y, ws[r[_AUX]:r[_AUX] + osz], np.float32(1.0))
+        _axpy(y, xb if r[_AUX] == -1 else ws[r[_AUX]:r[_AUX] + osz], np.float32(1.0))
     else:
         raise ValueError("plan: unknown op")  # the front validated the plan
 
@@ -193,7 +193,8 @@ def _record_backward(r, sc, xin, m, batch, ws, iws, params, grads, ap, bp, sums,
         if has_dx:
             _dropout(dx, dy, sc[_P], r[_SEED], r[_COUNTER] + batch)
     elif op == _ADD:
-        _copy(ws[r[_DAUX]:r[_DAUX] + osz], dy)
+        if r[_DAUX] != -1:
+            _copy(ws[r[_DAUX]:r[_DAUX] + osz], dy)
         if has_dx and r[_DX] != r[_DY]:
             _copy(dx, dy)
     elif op == _FORK:
@@ -276,7 +277,7 @@ def _model_epoch(params, grads, buffers, s0, s1, s2, ws, iws, X, labels, T, orde
         for j in range(n_rec):
             r = plan[j]
             xin = xb if r[_X] == -1 else ws[r[_X]:r[_X] + m * r[_H] * r[_W] * r[_C]]
-            _record_forward(r, plan_scalars[j], xin, m, bi, ws, iws, params, buffers, ap, bp,
+            _record_forward(r, plan_scalars[j], xin, xb, m, bi, ws, iws, params, buffers, ap, bp,
                             bn_part, bn_work, pool_acc, threads)
         out = (xb if output == -1 else ws[output:output + m * out_size]).reshape((m, out_size))
         dout = ws[doutput:doutput + m * out_size].reshape((m, out_size))
