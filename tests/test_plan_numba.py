@@ -446,3 +446,36 @@ def test_model_epoch_threads(threads):
     for name in ("params", "grads", "buffers", "batch_losses"):
         np.testing.assert_array_equal(getattr(runs[0], name), getattr(runs[1], name),
                                       err_msg=name)
+
+
+# ---- plans from fastnn.plan ---------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["cnn", "cnn_bn_gap", "conv1d", "residual_conv",
+                                  "residual_first", "mlp_bn_dropout", "softmax_mse", "bce"])
+def test_model_epoch_of_compiled_models(name):
+    """Models compiled by fastnn.plan: numba's epoch is the reference
+    interpreter over numba's kernels, bit for bit (SGD: Adam's normalised
+    steps turn the rounding noise of a bias before a BatchNorm into
+    differences against the numpy reference)."""
+    from fastnn import Sequential, optim
+    from fastnn import plan as plan_mod
+
+    from .test_plan import MODELS, data
+    layers, shape, loss, outputs = MODELS[name]
+    model = Sequential(layers(), seed=7, backend="numba", input_shape=shape)
+    plan = plan_mod.compile_model(model, 16)
+    opt = optim.SGD(lr=0.05, momentum=0.9)
+    opt.bind(model.size, nb, np.float32)
+    _, states, hyper = opt.kernel_spec()
+    X, y = data(shape, loss, outputs, n=40)
+    kloss = {"softmax_cross_entropy": "softmax_xent", "binary_cross_entropy": "bce"}.get(loss,
+                                                                                       loss)
+    targets = y.astype(np.int32) if kloss == "softmax_xent" else y
+    order = np.random.default_rng(1).permutation(40).astype(np.int64)
+    e = plan.epoch(params=model.params.copy(), grads=model.grads.copy(),
+                   buffers=model.buffers.copy(), states=tuple(s.copy() for s in states),
+                   workspace=np.zeros(plan.workspace_size, np.float32),
+                   iworkspace=np.zeros(plan.iworkspace_size, np.int32), X=X, targets=targets,
+                   batch_losses=np.zeros(3), batch_correct=np.zeros(3, np.int64), loss=kloss,
+                   optimizer="sgd", hyper=hyper, order=order, l2=1e-3)
+    _compare(e, rtol=2e-3, atol=2e-4)
