@@ -102,7 +102,10 @@ def warmup():
         np.zeros(9, f32), np.zeros(9, f32), (None,),
         np.empty(spec.epoch_workspace(layers, 2, 1), f32), x, labels, np.empty(1),
         np.empty(1, np.int64), layers, "softmax_xent", 2, "sgd", dict(hyper, lr=0.1), 0))
+    dropout_forward(out, x, 0.5, 1, 2)
+    dropout_backward(out, x, 0.5, 1, 2)
     _warmup_cnn()
+    _warmup_model_epoch()
 
 
 def _warmup_cnn():
@@ -124,3 +127,22 @@ def _warmup_cnn():
                       0.1, 1e-5)
     batchnorm_inference(np.empty_like(x), x, c2, c2, c3, c4, 1e-5)
     batchnorm_backward(np.empty_like(x), np.empty(2, f32), np.empty(2, f32), x, x, c2, c3, c4)
+
+
+def _warmup_model_epoch():
+    """model_epoch on a one-record plan (every record kind's code is
+    compiled with it: the interpreter is one function)."""
+    f32 = np.float32
+    rec = dict.fromkeys(spec.PLAN_FIELDS, 0)
+    rec.update(op=int(spec.Op.DENSE), x=-1, y=0, dx=-1, dy=6, aux=-1, daux=-1, iaux=-1, param=0,
+               bias=-1, stat0=-1, stat1=-1, h=1, w=1, c=3, oh=1, ow=1, oc=3, kh=1, kw=1, sh=1,
+               sw=1, act=int(spec.Activation.RELU))
+    hyper = {h.name: h.default for h in spec.OPTIMIZERS["sgd"].hyper}
+    x = np.linspace(-1.0, 1.0, 6, dtype=f32).reshape(2, 3)
+    model_epoch(spec.ModelEpoch(
+        np.zeros(9, f32), np.zeros(9, f32), np.zeros(0, f32), (None,), np.zeros(24, f32),
+        np.zeros(2, np.int32), x, np.array([0, 2], np.int32), np.empty(1),
+        np.empty(1, np.int64), np.array([[rec[k] for k in spec.PLAN_FIELDS]], np.int64),
+        np.array([[0.01, 0.1, 1e-5, 0.0]]), np.zeros((0, 2), np.int64), in_size=3, out_size=3,
+        xb=12, tb=18, lb=0, output=0, doutput=6, batch_size=2, optimizer="sgd",
+        hyper=dict(hyper, lr=0.1)))
