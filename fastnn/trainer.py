@@ -221,6 +221,36 @@ class _FitRun:
         return any([bool(cb(tr, epoch, logs)) for cb in self.stoppers])
 
 
+class EpochRunner:
+    """Trainer.epoch_runner's epochs over (X, t) in orders the caller draws.
+
+    ``runner(order)`` trains one epoch and returns its mean loss.  When
+    ``compiled``, the epoch is one kernel call, and ``build(order)`` /
+    ``finish(result)`` split it so that many runners' epochs can run in one
+    ``model_epochs`` call (fastnn.sklearn.MLPSearchCV's banks)."""
+
+    def __init__(self, trainer, X, t, batch_size, plan=False):
+        self.trainer, self.X, self.t, self.n = trainer, X, t, len(X)
+        self.batch_size = batch_size
+        self.epoch_fn = (trainer._fused_epoch(self.n, batch_size, plan) if trainer.fused
+                         else trainer._python_epoch)
+        self.by_order = trainer.fused and not trainer._device
+        self.compiled = self.by_order and isinstance(self.epoch_fn, _CompiledEpoch)
+
+    def __call__(self, order):
+        X, t = (self.X, self.t) if self.by_order else self.trainer._rows_in_order(
+            self.X, self.t, order)
+        total, _ = self.epoch_fn(X, t, self.batch_size, 0, None, order if self.by_order else None)
+        return total / self.n
+
+    def build(self, order):
+        return self.epoch_fn.build(self.X, self.t, order)
+
+    def finish(self, result):
+        total, _ = self.epoch_fn.finish(result, 0)
+        return total / self.n
+
+
 class _CompiledEpoch:
     """A trainer's compiled epoch: dense_stack_epoch for a plain dense
     stack (unless ``plan``), else model_epoch over the model's plan.
@@ -470,7 +500,7 @@ class Trainer:
         return _FitRun(self, X, t, rows, epochs, batch_size, validation_data, shuffle, seed,
                        stoppers, plan)
 
-    def epoch_runner(self, X, y, batch_size):
+    def epoch_runner(self, X, y, batch_size, plan=False):
         """Epochs over (X, y) in orders the caller draws (as fastnn.sklearn
         draws scikit-learn's permutations).
 
@@ -481,29 +511,25 @@ class Trainer:
             Targets as ``fit`` takes them.
         batch_size : int
             Clipped to n_samples; the last batch may be smaller.
+        plan : bool
+            Compile even a plain dense stack as a model plan (its epochs
+            can then run with other models' in one ``model_epochs`` call).
 
         Returns
         -------
-        run : callable
+        run : EpochRunner
             ``run(order)`` trains one epoch over the rows ``order`` of X (a
             permutation of ``range(n_samples)``; None: in order) and returns
             its mean loss.  X and y are validated and converted once, here;
-            an epoch on the fused path gathers its batches through ``order``,
-            with no copy of X.  A loss that becomes NaN or Inf raises
-            FloatingPointError.
+            an epoch on the compiled path gathers its batches through
+            ``order``, with no copy of X.  A loss that becomes NaN or Inf
+            raises FloatingPointError.
         """
         X = check_X(X, self.model.input_shape, self.model.dtype)
         t = self._targets(y, len(X))
         n = len(X)
         batch_size = min(_check_batch_size(batch_size), n)
-        epoch_fn = self._fused_epoch(n, batch_size) if self.fused else self._python_epoch
-        by_order = self.fused and not self._device
-
-        def run(order):
-            Xo, to = (X, t) if by_order else self._rows_in_order(X, t, order)
-            total, _ = epoch_fn(Xo, to, batch_size, 0, None, order if by_order else None)
-            return total / n
-        return run
+        return EpochRunner(self, X, t, batch_size, plan)
 
     def _rows_in_order(self, X, t, order):
         """(X, t) with their rows in `order`, copied into the shuffle buffers;
