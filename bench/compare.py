@@ -658,12 +658,18 @@ def _model_sizes(args):
     """Data sizes and epochs of the models section: full, --quick, --tiny (the CI test)."""
     if args.tiny:
         return dict(lenet_n=256, digits_epochs=1, jax_n=2048, jax_batches=(128,), bn_n=1024,
-                    bn_batches=(128,), mnist1d_epochs=2)
+                    bn_batches=(128,), mnist1d_epochs=1)
     if args.quick:
         return dict(lenet_n=2048, digits_epochs=1, jax_n=10_000, jax_batches=wl.TRAIN_BATCHES,
                     bn_n=5_000, bn_batches=(128,), mnist1d_epochs=5)
     return dict(lenet_n=8192, digits_epochs=4, jax_n=60_000, jax_batches=wl.TRAIN_BATCHES,
                 bn_n=20_000, bn_batches=(128,), mnist1d_epochs=MNIST1D_EPOCHS)
+
+
+def _backends(args):
+    """fastnn's backends in the models section: the c backend only in --tiny (the CI
+    test, whose time numba's first compilations would take)."""
+    return ("c",) if args.tiny else FASTNN_BACKENDS
 
 
 def train_flops(model):
@@ -765,7 +771,7 @@ def _cnn_rows(args, table, label, layers_fn, torch_fn, input_shape, X, y, batch_
     flops = None
     for n_threads in args.threads:
         with Threads(n_threads):
-            trainers = {b: model_trainer(layers_fn, b, input_shape) for b in FASTNN_BACKENDS}
+            trainers = {b: model_trainer(layers_fn, b, input_shape) for b in _backends(args)}
             flops = train_flops(trainers["c"].model)
             loss0 = trainers["c"].evaluate(X[:1000], y[:1000])["loss"]
             fns = {f"fastnn-{b}": _fit_fn(t, X, y, batch_size, epochs) for b, t in trainers.items()}
@@ -958,7 +964,7 @@ def _models_jax_table(args, sizes):
 
 
 def _jax_row(args, table, worker, error, weights, X, y, n, batch_size, n_threads, flops):
-    trainers = {b: wl.make_trainer(b, seed=0) for b in FASTNN_BACKENDS}
+    trainers = {b: wl.make_trainer(b, seed=0) for b in _backends(args)}
     loss0 = trainers["c"].evaluate(X[:2000], y[:2000])["loss"]  # before any step: jax's too
     fns = {f"fastnn-{b}": _fit_fn(t, X, y, batch_size) for b, t in trainers.items()}
     jax_samples = jax_loss = None
@@ -1015,7 +1021,7 @@ def _models_bn_table(args, sizes):
         with Threads(n_threads):
             for batch_size in sizes["bn_batches"]:
                 fns = {}
-                for backend in FASTNN_BACKENDS:
+                for backend in _backends(args):
                     fns[f"{backend} plain"] = _fit_fn(wl.make_trainer(backend, seed=0), X, y,
                                                       batch_size)
                     fns[f"{backend} bn+do"] = _fit_fn(model_trainer(bn_dropout_layers, backend),
@@ -1030,8 +1036,9 @@ def _models_bn_table(args, sizes):
                 row = [batch_size, n_threads]
                 for impl in ("c", "numba", "torch"):
                     plain, bn = rate.get(f"{impl} plain"), rate.get(f"{impl} bn+do")
-                    if plain is None:
-                        row += ["not installed", "not installed", "-"]
+                    if plain is None:  # torch not installed; numba left out in --tiny
+                        cell = "not installed" if impl == "torch" else "-"
+                        row += [cell, cell, "-"] + (["-"] if impl == "c" else [])
                         continue
                     row += [fmt_rate(plain, "samples/s"), fmt_rate(bn, "samples/s"),
                             fmt_ratio(ratio(bn, plain), BN_DROPOUT_TARGET if impl == "c" else None)]
@@ -1103,7 +1110,8 @@ def _models_mnist1d_table(args, sizes):
                   "-", "-", "-")
         return table
     model = fastnn.Sequential(mnist1d_layers(), seed=0, input_shape=(40, 1))
-    runs = [("c", t) for t in args.threads] + [("numba", max(args.threads))]
+    runs = [("c", t) for t in args.threads] + [("numba", max(args.threads))
+                                                for _ in ("numba",) if not args.tiny]
     for backend, n_threads in runs:
         with Threads(n_threads):
             seconds, accuracy = train_mnist1d(backend, epochs)
