@@ -788,7 +788,7 @@ def _cnn_rows(args, table, label, layers_fn, torch_fn, input_shape, X, y, batch_
                       fmt_ratio(ratio(c, tt), target), f">= {target:g}x",
                       fmt_rate(_limit(flops, n_threads), "samples/s"),
                       f"{100 * c * flops / (n_threads * PEAK_GFLOPS_PER_CORE * 1e9):.0f}%",
-                      fmt_ratio(ratio(nb, c), NUMBA_VS_C), f"{loss0:.2f}->{loss1:.2f}", spread())
+                      fmt_ratio(ratio(nb, c), NUMBA_VS_C), f"{loss0:.2f}->{loss1:.3f}", spread())
             args.results.append({"section": "models", "model": label, "batch": batch_size,
                                  "threads": n_threads, "samples/s": rate,
                                  "MFLOP/sample": flops / 1e6})
