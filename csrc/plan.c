@@ -124,8 +124,12 @@ static int record_valid(const fastnn_model_epoch *a, const int64_t *r, const dou
         return isz == osz && p >= 0.0 && p < 1.0 && FIELD(r, SEED) >= 0
                && FIELD(r, COUNTER) >= 0 && fastnn_add(&last, FIELD(r, COUNTER), calls - 1);
     }
-    default: /* ADD, FORK */
+    case FASTNN_OP_ADD:  /* y = x + ws[aux]; backward ws[daux] = dy */
         return isz == osz && inside(FIELD(r, AUX), bo, ws) && inside(FIELD(r, DAUX), bo, ws);
+    default:  /* FORK: backward dx = dy + ws[daux] (aux unused) */
+        return isz == osz && absent_or_inside(FIELD(r, AUX), bo, ws)
+               && (FIELD(r, DX) == -1 ? absent_or_inside(FIELD(r, DAUX), bo, ws)
+                                      : inside(FIELD(r, DAUX), bo, ws));
     }
 }
 
