@@ -15,6 +15,7 @@ from .layers import (Activation, Dense, Dropout, Identity, LeakyReLU, ReLU, Sigm
 from .model import Sequential, load
 from .perceptron import Perceptron
 from .trainer import EarlyStopping, History, Trainer
+from .many import fit_many
 
 __version__ = "0.1.0"
 
@@ -23,6 +24,6 @@ __all__ = [
     "MaxPool1D", "MaxPool2D", "Residual",
     "Activation", "Dense", "Dropout", "EarlyStopping", "History", "Identity", "LeakyReLU",
     "Perceptron", "ReLU", "Sequential", "Sigmoid", "Sign", "Softmax", "Softplus", "Step", "Tanh",
-    "Trainer", "datasets", "get_backend", "kernels", "load", "losses", "metrics", "optim",
+    "Trainer", "datasets", "fit_many", "get_backend", "kernels", "load", "losses", "metrics", "optim",
     "schedules", "set_backend", "set_num_threads",
 ]

@@ -4,7 +4,8 @@ initialisation, gradient clipping and learning-rate schedules."""
 
 import numpy as np
 
-from .kernels import _checks
+from .kernels import _checks, spec
+from .plan import NotCompilable
 from .layers import LAYERS, Dense, Layer, register
 
 
@@ -80,8 +81,27 @@ class BatchNorm(Layer):
                                    self.gamma, self._mean, self._invstd)
         return dX
 
+    def emit(self, b, x, scope):
+        """A BATCHNORM record (mean and invstd at aux); it always writes a
+        dx, so a first layer gets a scratch one."""
+        if x.doff == -1:
+            x = x._replace(doff=b.grad(x.shape))
+        y = b.value(x.shape)
+        b.record(spec.Op.BATCHNORM, x, y, param=scope.param("gamma"), bias=scope.param("beta"),
+                 stat0=scope.state("running_mean"), stat1=scope.state("running_var"),
+                 aux=_stats(b, self.num_features),
+                 momentum=self.momentum, eps=self.eps)
+        return y
+
     def config(self):
         return {"num_features": self.num_features, "momentum": self.momentum, "eps": self.eps}
+
+
+def _stats(b, c):
+    """Workspace for a BatchNorm record's mean and invstd (2 c floats)."""
+    off = b.ws
+    b.ws = -(-(off + 2 * int(c)) // 16) * 16
+    return off
 
 
 @register
@@ -195,6 +215,36 @@ class Residual(Layer):
             return None
         self._k.axpy(g.reshape(-1), dskip.reshape(-1), 1.0)  # g is ours to overwrite
         return g
+
+    def emit(self, b, x, scope):
+        """FORK, the block's layers, the projection, ADD.
+
+        Backward runs them in reverse: ADD hands its gradient to the last
+        layer and a copy to the skip path; FORK, last, sums the two
+        gradients of x (the layers' and the skip's)."""
+        def emit_child(layer, key, v):
+            emit = getattr(layer, "emit", None)
+            if emit is None:
+                raise NotCompilable(type(layer).__name__)
+            return emit(b, v, scope.child(key))
+
+        need_dx = x.doff != -1
+        g_inner = b.grad(x.shape) if need_dx else -1
+        g_skip = b.grad(x.shape) if need_dx else -1
+        if need_dx:
+            b.record(spec.Op.FORK, x, x._replace(off=-1, doff=g_inner), daux=g_skip)
+        h = x._replace(doff=g_inner)
+        for i, layer in enumerate(self.layers):
+            h = emit_child(layer, str(i), h)
+        if self.projection is not None:
+            skip = emit_child(self.projection, "proj", x._replace(doff=g_skip))
+        else:
+            skip = x._replace(doff=g_skip)
+        if h.doff == -1 or h.doff == x.doff:  # the layers are aliases of x
+            raise NotCompilable("Residual of no computing layer")
+        y = b.value(h.shape)._replace(doff=h.doff)  # ADD's dy is the layers' output grad
+        b.record(spec.Op.ADD, h, y, aux=skip.off, daux=skip.doff)
+        return y
 
     def config(self):
         cfg = {"layers": [{"type": type(layer).__name__, "config": layer.config()}

@@ -9,7 +9,8 @@ matrix is a buffer of the layer, reused by the backward.
 
 import numpy as np
 
-from .kernels import _checks
+from .kernels import _checks, spec
+from .plan import hwc
 from .layers import INITS, Layer, _fan_init, auto_init, canonical_activation, register
 
 
@@ -126,6 +127,22 @@ class Conv2D(Layer):
                                 **self._kernel_args())
         return None if dX is None else dX.reshape((dX.shape[0],) + self._in_shape)
 
+    def emit(self, b, x, scope):
+        """Plan records: one CONV2D (the activation fused, im2col at aux)."""
+        oh, ow, oc = self._out_shape
+        kh, kw = self.kernel_size
+        y = b.value(self.build_output_shape())
+        b.record(spec.Op.CONV2D, x, y, param=scope.param("weight"), bias=scope.param("bias"),
+                 aux=b.floats(oh * ow * kh * kw * self.in_channels), kh=kh, kw=kw,
+                 sh=self.stride[0], sw=self.stride[1], ph=self.padding[0], pw=self.padding[1],
+                 act=spec.activation_code(self.activation), slope=self.negative_slope)
+        b.penalize(scope.param("weight"), kh * kw * self.in_channels * self.out_channels)
+        return y
+
+    def build_output_shape(self):
+        """The per-sample output shape build() returned."""
+        return self._out_shape
+
     def config(self):
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,
                 "kernel_size": list(self.kernel_size), "stride": list(self.stride),
@@ -156,6 +173,9 @@ class Conv1D(Conv2D):
 
     def _weight_shape(self):
         return (self.kernel_size[1], self.in_channels, self.out_channels)
+
+    def build_output_shape(self):
+        return self._out_shape[1:]
 
     def _as4d(self, a):
         return a.reshape((a.shape[0], 1) + tuple(a.shape[1:])) if len(a.shape) == 3 else a
@@ -225,6 +245,15 @@ class _Pool2D(Layer):
         else:
             self._k.avgpool2d_backward(dX, dY4, pool=self.pool_size, stride=self.stride)
         return dX.reshape((self._n,) + self._in_shape)
+
+    def emit(self, b, x, scope):
+        y = b.value(self._out_shape)
+        op = spec.Op.MAXPOOL2D if self._kind == "max" else spec.Op.AVGPOOL2D
+        oh, ow, c = hwc(self._out_shape)
+        extra = {"iaux": b.ints(oh * ow * c)} if self._kind == "max" else {}
+        b.record(op, x, y, kh=self.pool_size[0], kw=self.pool_size[1], sh=self.stride[0],
+                 sw=self.stride[1], **extra)
+        return y
 
     def _buffer_int(self, key, shape):
         buf = self._buffers.get(key)
@@ -317,6 +346,12 @@ class GlobalAvgPool(Layer):
         self._k.avgpool2d_backward(dX, dY.reshape(self._n, 1, 1, c), pool=self._hw)
         return dX.reshape((self._n,) + self._in_shape)
 
+    def emit(self, b, x, scope):
+        y = b.value((self._in_shape[-1],))
+        b.record(spec.Op.AVGPOOL2D, x, y, kh=self._hw[0], kw=self._hw[1], sh=self._hw[0],
+                 sw=self._hw[1])
+        return y
+
 
 @register
 class Flatten(Layer):
@@ -331,3 +366,7 @@ class Flatten(Layer):
 
     def backward(self, dY, need_dx=True):
         return dY.reshape((dY.shape[0],) + self._in_shape) if need_dx else None
+
+    def emit(self, b, x, scope):
+        """No record: the same arrays, seen flat."""
+        return x._replace(shape=(x.size,))

@@ -25,7 +25,7 @@ which is how the L2 penalty and dropout seeding reach inside blocks.
 
 import numpy as np
 
-from .kernels import _checks
+from .kernels import _checks, spec
 
 _ACTIVATION_ALIASES = {None: "identity", "linear": "identity", "logistic": "sigmoid",
                        "heaviside": "step"}
@@ -239,6 +239,14 @@ class Dense(Layer):
                                negative_slope=self.negative_slope)
         return dX
 
+    def emit(self, b, x, scope):
+        """Plan records (fastnn.plan): one DENSE with the activation fused."""
+        y = b.value((self.out_features,))
+        b.record(spec.Op.DENSE, x, y, param=scope.param("weight"), bias=scope.param("bias"),
+                 act=spec.activation_code(self.activation), slope=self.negative_slope)
+        b.penalize(scope.param("weight"), self.in_features * self.out_features)
+        return y
+
     def config(self):
         return {"in_features": self.in_features, "out_features": self.out_features,
                 "activation": self.activation, "init": self.init,
@@ -268,6 +276,18 @@ class Activation(Layer):
         self._k.activation_backward(dY, dY, self._Y, activation=self.activation,
                                     negative_slope=self.negative_slope)
         return dY
+
+    def emit(self, b, x, scope):
+        """Folded into the dense or conv record before it when that has no
+        activation of its own; else an ACTIVATION record."""
+        if self.activation == "identity":
+            return x
+        if b.fold_activation(x, self.activation, self.negative_slope):
+            return x
+        y = b.value(x.shape)
+        b.record(spec.Op.ACTIVATION, x, y, act=spec.activation_code(self.activation),
+                 slope=self.negative_slope)
+        return y
 
     def config(self):
         cfg = {"activation": self.activation}
@@ -325,13 +345,21 @@ class Softmax(Layer):
         self._k.softmax_backward(dY, dY, self._Y)
         return dY
 
+    def emit(self, b, x, scope):
+        y = b.value(x.shape)
+        b.record(spec.Op.SOFTMAX, x, y)
+        return y
+
 
 class Dropout(Layer):
     """Inverted dropout: in training, zero each input with probability p and
     scale the rest by 1 / (1 - p); the identity at inference.
 
-    The mask comes from the model's seeded generator.
-    # NOTE: host (numpy) backends only for now; the cuda backend raises.
+    The masks come from a counter-based generator (Philox4x32-10, see
+    ``reference.dropout_mask``) keyed by the layer's ``seed`` (drawn from the
+    model's seed) and counted by ``calls``, its training forwards so far:
+    the same masks on every backend, for any thread count, batch by batch
+    or in a compiled epoch.
     """
 
     def __init__(self, p=0.5):
@@ -339,30 +367,38 @@ class Dropout(Layer):
         self.p = _checks.check_scalar("p", p, low=0.0, high=1.0)
         if self.p == 1.0:
             raise ValueError("p: must be < 1 (p = 1 drops everything)")
-        self._rng = np.random.default_rng()
+        self.seed = int(np.random.default_rng().integers(2 ** 63))
+        self.calls = 0
+
+    def reseed(self, seed):
+        """Key the masks by `seed` and restart their count (the model does
+        this from its own seed)."""
+        self.seed, self.calls = int(seed), 0
 
     def forward(self, X, training=False):
         self._active = training and self.p > 0.0
         if not self._active:
             return X
-        if not isinstance(X, np.ndarray):
-            raise NotImplementedError("Dropout runs on host backends (c, numba, reference) only")
-        mask = self._buffer("mask", X.shape)
-        self._rng.random(out=mask, dtype=mask.dtype)
-        # u in [0, 1): floor(u + 1 - p) is 1 with probability 1 - p, else 0
-        mask += 1.0 - self.p
-        np.floor(mask, out=mask)
-        mask *= 1.0 / (1.0 - self.p)
         Y = self._buffer("Y", X.shape)
-        np.multiply(X, mask, out=Y)
+        self._call = self.calls
+        self.calls += 1
+        self._k.dropout_forward(Y, X, p=self.p, seed=self.seed, counter=self._call)
         return Y
 
     def backward(self, dY, need_dx=True):
         if not need_dx:
             return None
         if self._active:
-            np.multiply(dY, self._buffers["mask"], out=dY)
+            self._k.dropout_backward(dY, dY, p=self.p, seed=self.seed, counter=self._call)
         return dY
+
+    def emit(self, b, x, scope):
+        if self.p == 0.0:
+            return x
+        y = b.value(x.shape)
+        index = b.record(spec.Op.DROPOUT, x, y, seed=self.seed, counter=self.calls, p=self.p)
+        b.dropouts.append((index, self))
+        return y
 
     def config(self):
         return {"p": self.p}

@@ -104,8 +104,8 @@ class Sequential:
         for i, layer in enumerate(layers):
             layer.init_params(rng, self._views(host, i))
         for layer in self.walk():
-            if hasattr(layer, "_rng"):
-                layer._rng = np.random.default_rng(rng.integers(2**63))
+            if hasattr(layer, "reseed"):  # dropout masks follow the model's seed
+                layer.reseed(int(rng.integers(2**63)))
         self.backend = None
         self._place(host, kernels.get_backend() if backend is None else backend, host_buffers)
 

@@ -16,6 +16,7 @@ import numpy as np
 from . import kernels
 from .kernels import _checks, spec
 from . import losses as losses_mod
+from . import plan as plan_mod
 from . import optim as optim_mod
 
 
@@ -70,10 +71,20 @@ def _check_batch_size(batch_size):
     return int(batch_size)
 
 
+class Diverged(FloatingPointError):
+    """A batch's loss became NaN or Inf: training stopped before that
+    batch's update.  ``epoch`` and ``batch`` are 0-based indices (the
+    message counts from 1)."""
+
+    def __init__(self, value, epoch, batch):
+        super().__init__(f"loss became {value} at epoch {epoch + 1}, batch {batch + 1}: "
+                         "lower the learning rate or check the data")
+        self.value, self.epoch, self.batch = value, epoch, batch
+
+
 def _check_finite(value, epoch, batch):
     if not np.isfinite(value):
-        raise FloatingPointError(f"loss became {value} at epoch {epoch + 1}, batch {batch + 1}: "
-                                 "lower the learning rate or check the data")
+        raise Diverged(value, epoch, batch)
 
 
 class History:
@@ -138,6 +149,72 @@ class EarlyStopping:
         return False
 
 
+def _check_epochs(epochs):
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
+        raise ValueError(f"epochs: expected an integer >= 0, got {epochs!r}")
+    return int(epochs)
+
+
+class _FitRun:
+    """One trainer's fit in progress, epoch by epoch: what Trainer.fit
+    loops over, and what fastnn.fit_many runs for each of its trainers.
+
+    Each epoch: ``next_order()`` (the rows of X this epoch visits, drawn as
+    fit draws them: ``rng.permutation`` of its n rows, mapped through
+    ``rows``), ``run(order)`` (the epoch's training; the compiled epoch
+    gathers its batches through the order, with no copy of X), then
+    ``finish_epoch`` (logs, validation, callbacks; True: stop).
+    """
+
+    def __init__(self, trainer, X, t, rows, epochs, batch_size, validation_data, shuffle, seed,
+                 stoppers):
+        self.trainer, self.X, self.t, self.rows = trainer, X, t, rows
+        self.n = len(X) if rows is None else len(rows)
+        self.epochs, self.batch_size = epochs, min(batch_size, self.n)
+        self.n_batches = -(-self.n // self.batch_size)
+        self.validation, self.shuffle, self.stoppers = validation_data, shuffle, stoppers
+        self.rng = np.random.default_rng(seed)
+        # The compiled epoch on the host takes the shuffle as an order of
+        # rows and gathers each batch itself: no shuffled copy of X.
+        self.by_order = trainer.fused and not trainer._device
+        self.epoch_fn = (trainer._fused_epoch(self.n, self.batch_size) if trainer.fused
+                         else trainer._python_epoch)
+        self.history = History()
+        self.epoch = 0
+
+    def next_order(self):
+        """The rows of X the next epoch visits, in order (None: all, in order)."""
+        perm = self.rng.permutation(self.n) if self.shuffle else None
+        if self.rows is None:
+            return perm
+        return self.rows if perm is None else self.rows[perm]
+
+    def run(self, order, bar=None):
+        """Train one epoch over X[order]; returns (sum of batch losses
+        weighted by batch size, correct answers).  Raises Diverged."""
+        tr = self.trainer
+        Xs, ts = (self.X, self.t) if self.by_order else tr._rows_in_order(self.X, self.t, order)
+        return self.epoch_fn(Xs, ts, self.batch_size, self.epoch, bar,
+                             order if self.by_order else None)
+
+    def finish_epoch(self, total, correct, elapsed, lr, report):
+        """Logs of the epoch just run into the History; the callbacks'
+        verdict.  `report`: False, or the progress bar (None: print)."""
+        tr, n = self.trainer, self.n
+        logs = {"loss": total / n}
+        if tr.loss.classification:
+            logs["accuracy"] = correct / n
+        if self.validation is not None:
+            logs.update({"val_" + k: v for k, v in tr._evaluate(*self.validation).items()})
+        logs["samples_per_s"] = n / elapsed if elapsed > 0 else float("inf")
+        logs["lr"] = lr
+        self.history.append(logs)
+        if report is not False:
+            tr._report(report, self.epoch, self.epochs, logs)
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        return any([bool(cb(tr, epoch, logs)) for cb in self.stoppers])
+
+
 class Trainer:
     """Train a model with a loss and an optimizer.
 
@@ -153,11 +230,14 @@ class Trainer:
         gradients and optimizer state on the device and copies each batch
         there once.  Default: the model's backend.
     fused : bool or None
-        Run each epoch of ``fit`` as one ``dense_stack_epoch`` kernel call
-        (no Python per batch).  None (default): whenever the model is a dense
-        stack (see ``Sequential.dense_stack``) and the loss and optimizer are
-        fastnn's own; False: always batch by batch from Python.  Both follow
-        the same trajectory.
+        Run each epoch of ``fit`` as one compiled-epoch kernel call (no
+        Python between batches): ``model_epoch`` over the model's plan
+        (:mod:`fastnn.plan`), or ``dense_stack_epoch`` for a plain stack of
+        Dense layers without clipping.  None (default): whenever every layer
+        compiles (fastnn's own layers do; a custom Python layer does not) and
+        the loss and optimizer are fastnn's own; False: always batch by
+        batch from Python.  Both follow the same trajectory (the same
+        dropout masks too).
     l2 : float
         scikit-learn's MLP penalty alpha: each batch of m samples adds
         ``l2 / (2 m) * sum(W**2)`` over the weights W of
@@ -169,8 +249,7 @@ class Trainer:
         Gradient clipping before each update, one pass over the flat gradient
         buffer each: every gradient to [-clip_value, clip_value], then the
         whole gradient scaled to global L2 norm <= clip_norm (torch's
-        clip_grad_value_ and clip_grad_norm_).  Training with clipping runs
-        batch by batch.
+        clip_grad_value_ and clip_grad_norm_).
     """
 
     def __init__(self, model, loss, optimizer, backend=None, fused=None, l2=0.0,
@@ -190,13 +269,12 @@ class Trainer:
                            else _checks.check_scalar("clip_value", clip_value, low=0.0, low_open=True))
         self.clip_norm = (None if clip_norm is None
                           else _checks.check_scalar("clip_norm", clip_norm, low=0.0, low_open=True))
-        self._stack = model.dense_stack()
-        can_fuse = (self._stack is not None and self.optimizer.fusable
-                    and type(self.loss) in losses_mod.LOSSES.values()
-                    and clip_value is None and clip_norm is None)
+        self._stack = model.dense_stack() if clip_value is None and clip_norm is None else None
+        can_fuse = (plan_mod.compile_model(model, 1) is not None and self.optimizer.fusable
+                    and type(self.loss) in losses_mod.LOSSES.values())
         if fused and not can_fuse:
-            raise ValueError("fused=True needs a dense stack model (Dense and activation layers), "
-                             "one of fastnn's own losses and optimizers, and no clipping")
+            raise ValueError("fused=True needs a model of fastnn's own layers (no custom Python "
+                             "layer) and one of fastnn's own losses and optimizers")
         self.fused = can_fuse if fused is None else bool(fused)
 
     # ---- one batch ----------------------------------------------------------
@@ -220,6 +298,8 @@ class Trainer:
             penalized = model.penalized()
             value += 0.5 * self.l2 / len(xb) * sum(
                 k.sum_squares(W.reshape(-1)) for W, _ in penalized)
+        if not np.isfinite(value):  # no update from a bad batch (as the compiled epoch)
+            return value, out
         model.backward(loss.backward())
         if self.l2:
             for W, dW in penalized:
@@ -269,11 +349,9 @@ class Trainer:
         becomes NaN or Inf stops with FloatingPointError naming the epoch and
         batch.  Returns a History.
         """
-        model = self.model
-        X = check_X(X, model.input_shape, model.dtype)
+        X = check_X(X, self.model.input_shape, self.model.dtype)
         t = self._targets(y, len(X))
-        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
-            raise ValueError(f"epochs: expected an integer >= 0, got {epochs!r}")
+        epochs = _check_epochs(epochs)
         batch_size = _check_batch_size(batch_size)
         if not 0.0 <= validation_split < 1.0:
             raise ValueError(f"validation_split: expected a fraction in [0, 1), got {validation_split}")
@@ -284,10 +362,30 @@ class Trainer:
                                  f"validation samples out of {len(X)}")
             validation_data = (X[-n_val:], t[-n_val:])
             X, t = X[:-n_val], t[:-n_val]
+        run = self._fit_run(X, t, None, epochs, batch_size, validation_data, shuffle, seed,
+                            callbacks, early_stopping)
+        bar = self._progress(epochs * run.n_batches, verbose)
+        try:
+            for epoch in range(epochs):
+                start_time = time.perf_counter()
+                lr = self.optimizer.lr
+                total, correct = run.run(run.next_order(), bar)
+                if run.finish_epoch(total, correct, time.perf_counter() - start_time, lr,
+                                    bar if verbose else False):
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+        return run.history
+
+    def _fit_run(self, X, t, rows, epochs, batch_size, validation_data, shuffle, seed,
+                 callbacks, early_stopping):
+        """A fit of (X, t) (validated) in progress: the rows `rows` of them
+        (None: all), epoch by epoch (see _FitRun)."""
         if validation_data is not None:
             Xv, yv = validation_data
-            Xv = check_X(Xv, model.input_shape, model.dtype)
-            tv = self._targets(yv, len(Xv))
+            Xv = check_X(Xv, self.model.input_shape, self.model.dtype)
+            validation_data = (Xv, self._targets(yv, len(Xv)))
         if isinstance(early_stopping, (int, np.integer)) and not isinstance(early_stopping, bool):
             early_stopping = EarlyStopping(patience=int(early_stopping))
         stoppers = list(callbacks)
@@ -297,42 +395,8 @@ class Trainer:
         for cb in stoppers:
             if hasattr(cb, "on_fit_start"):  # e.g. learning-rate schedules
                 cb.on_fit_start(self)
-
-        n = len(X)
-        batch_size = min(batch_size, n)
-        rng = np.random.default_rng(seed)
-        # The fused epoch on the host takes the shuffle as an order of rows
-        # and gathers each batch itself: no shuffled copy of X.
-        by_order = self.fused and not self._device
-        n_batches = -(-n // batch_size)
-        run_epoch = (self._fused_epoch(n, batch_size) if self.fused else self._python_epoch)
-        history = History()
-        bar = self._progress(epochs * n_batches, verbose)
-        try:
-            for epoch in range(epochs):
-                start_time = time.perf_counter()
-                order = rng.permutation(n) if shuffle else None
-                Xs, ts = (X, t) if by_order else self._rows_in_order(X, t, order)
-                lr = self.optimizer.lr
-                total, correct = run_epoch(Xs, ts, batch_size, epoch, bar,
-                                           order if by_order else None)
-                elapsed = time.perf_counter() - start_time
-                logs = {"loss": total / n}
-                if self.loss.classification:
-                    logs["accuracy"] = correct / n
-                if validation_data is not None:
-                    logs.update({"val_" + k: v for k, v in self._evaluate(Xv, tv).items()})
-                logs["samples_per_s"] = n / elapsed if elapsed > 0 else float("inf")
-                logs["lr"] = lr
-                history.append(logs)
-                if verbose:
-                    self._report(bar, epoch, epochs, logs)
-                if any([bool(cb(self, epoch, logs)) for cb in stoppers]):
-                    break
-        finally:
-            if bar is not None:
-                bar.close()
-        return history
+        return _FitRun(self, X, t, rows, epochs, batch_size, validation_data, shuffle, seed,
+                       stoppers)
 
     def epoch_runner(self, X, y, batch_size):
         """Epochs over (X, y) in orders the caller draws (as fastnn.sklearn
@@ -374,19 +438,21 @@ class Trainer:
         X and t themselves when order is None."""
         if order is None:
             return X, t
-        Xs, ts = self._shuffle_buffer("X", X), self._shuffle_buffer("t", t)
+        Xs, ts = self._shuffle_buffer("X", X, len(order)), self._shuffle_buffer("t", t, len(order))
         # mode="clip": order is valid, and the default "raise" buffers the
         # whole gather (measured 2x slower on 60,000 x 784)
         np.take(X, order, axis=0, out=Xs, mode="clip")
         np.take(t, order, axis=0, out=ts, mode="clip")
         return Xs, ts
 
-    def _shuffle_buffer(self, key, like):
-        """The array an epoch's shuffled copy goes to, kept across fits (a
-        fresh one per fit costs its page faults every call)."""
+    def _shuffle_buffer(self, key, like, rows):
+        """The array an epoch's shuffled copy (`rows` rows of `like`) goes
+        to, kept across fits (a fresh one per fit costs its page faults
+        every call)."""
+        shape = (rows,) + like.shape[1:]
         buf = self._batch_bufs.get(("shuffle", key))
-        if buf is None or buf.shape != like.shape or buf.dtype != like.dtype:
-            buf = self._batch_bufs[("shuffle", key)] = np.empty_like(like)
+        if buf is None or buf.shape != shape or buf.dtype != like.dtype:
+            buf = self._batch_bufs[("shuffle", key)] = np.empty(shape, like.dtype)
         return buf
 
     def _python_epoch(self, X, t, batch_size, epoch, bar, order=None):
@@ -406,26 +472,42 @@ class Trainer:
         return total, correct
 
     def _fused_epoch(self, n, batch_size):
-        """An epoch function running dense_stack_epoch; its buffers are
-        allocated here, once per fit."""
+        """An epoch function running the compiled epoch (dense_stack_epoch
+        for a plain dense stack, else model_epoch over the model's plan);
+        its buffers are allocated here, once per fit."""
         k, opt, model = self._k, self.optimizer, self.model
         n_batches = -(-n // batch_size)
-        workspace = k.empty(k.dense_stack_workspace(self._stack, batch_size), model.dtype)
         batch_losses = np.empty(n_batches)
         batch_correct = np.empty(n_batches, np.int64)
         sizes = np.full(n_batches, batch_size, np.float64)
         sizes[-1] = n - (n_batches - 1) * batch_size
+        if self._stack is not None:
+            workspace = k.empty(k.dense_stack_workspace(self._stack, batch_size), model.dtype)
+        else:
+            plan = plan_mod.compile_model(model, batch_size)
+            workspace = k.empty(plan.workspace_size, model.dtype)
+            iworkspace = k.empty(plan.iworkspace_size, np.int32)
+
+        def run(X, t, order):
+            kernel, states, hyper = opt.kernel_spec()
+            common = dict(
+                params=model.params, grads=model.grads, states=states, workspace=workspace,
+                X=X, targets=t, batch_losses=batch_losses, batch_correct=batch_correct,
+                loss=self.loss.name, batch_size=batch_size, optimizer=kernel, hyper=hyper,
+                step=opt.step_count, mu_product=getattr(opt, "mu_product", 1.0), l2=self.l2,
+                loss_scale=self.loss.value_scale, grad_scale=self.loss.grad_scale, order=order)
+            if self._stack is not None:
+                return k.dense_stack_epoch(spec.Epoch(layers=self._stack, **common))
+            done, step, mu = k.model_epoch(plan.epoch(
+                buffers=model.buffers, iworkspace=iworkspace, clip_value=self.clip_value or 0.0,
+                clip_norm=self.clip_norm or 0.0, **common))
+            plan.advance(done)
+            return done, step, mu
 
         def epoch_fn(X, t, batch_size, epoch, bar, order=None):
             if self._device:  # the whole epoch moves to the device once
                 X, t = self._to_backend("epoch_x", X), self._to_backend("epoch_t", t)
-            kernel, states, hyper = opt.kernel_spec()
-            done, opt.step_count, mu = k.dense_stack_epoch(spec.Epoch(
-                model.params, model.grads, states, workspace, X, t, batch_losses, batch_correct,
-                layers=self._stack, loss=self.loss.name, batch_size=batch_size, optimizer=kernel,
-                hyper=hyper, step=opt.step_count, mu_product=getattr(opt, "mu_product", 1.0),
-                l2=self.l2, loss_scale=self.loss.value_scale, grad_scale=self.loss.grad_scale,
-                order=order))
+            done, opt.step_count, mu = run(X, t, order)
             if "mu_product" in opt.spec.scalars:
                 opt.mu_product = mu
             if bar is not None:

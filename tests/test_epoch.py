@@ -157,14 +157,23 @@ def test_trainer_fused_and_python_paths_agree(backend_name, opt, rng):
 
 
 def test_trainer_fuses_only_what_it_can():
+    """Every model of fastnn's own layers compiles (tests/test_plan.py);
+    a custom Python layer or optimizer keeps the batch-by-batch path."""
     dense = [fastnn.Dense(3, 4, "relu"), fastnn.Dense(4, 2)]
     assert fastnn.Trainer(fastnn.Sequential(dense), "mse", "adam").fused
     with_softmax = fastnn.Sequential([fastnn.Dense(3, 2), fastnn.Softmax()])
-    assert not fastnn.Trainer(with_softmax, "mse", "adam").fused
-    with pytest.raises(ValueError, match="fused=True needs"):
-        fastnn.Trainer(with_softmax, "mse", "adam", fused=True)
+    assert fastnn.Trainer(with_softmax, "mse", "adam").fused
     with_dropout = fastnn.Sequential([fastnn.Dense(3, 4), fastnn.Dropout(0.5), fastnn.Dense(4, 2)])
-    assert not fastnn.Trainer(with_dropout, "mse", "adam").fused
+    assert fastnn.Trainer(with_dropout, "mse", "adam").fused
+
+    class Twice(fastnn.layers.Layer):
+        def forward(self, X, training=False):
+            return X * 2
+
+    custom = fastnn.Sequential([fastnn.Dense(3, 4), Twice(), fastnn.Dense(4, 2)])
+    assert not fastnn.Trainer(custom, "mse", "adam").fused
+    with pytest.raises(ValueError, match="fused=True needs"):
+        fastnn.Trainer(custom, "mse", "adam", fused=True)
 
     class Custom(optim.SGD):
         def _update(self, params, grads):

@@ -2,6 +2,7 @@
 (enums, structs, the epoch's workspace) and every backend's implementations
 have its parameters."""
 
+import dataclasses
 import importlib
 import inspect
 import os
@@ -37,6 +38,31 @@ def test_c_enums_are_the_spec():
     assert _c_enum("fastnn_loss", "FASTNN_LOSS_") == {x.name: int(x) for x in spec.Loss}
     assert _c_enum("fastnn_optimizer_kind", "FASTNN_OPT_") == {
         name.upper(): o.code for name, o in spec.OPTIMIZERS.items()}
+
+
+def test_c_plan_enums_are_the_spec():
+    """The plan's record kinds and field indices (fastnn.plan writes the
+    records, csrc/plan.c reads them by these indices)."""
+    assert _c_enum("fastnn_op", "FASTNN_OP_") == {op.name: int(op) for op in spec.Op}
+    fields = _c_enum("fastnn_plan_field", "FASTNN_")
+    assert fields.pop("PLAN_FIELDS") == len(spec.PLAN_FIELDS)
+    assert fields == {f"F_{name.upper()}": i for i, name in enumerate(spec.PLAN_FIELDS)}
+    scalars = _c_enum("fastnn_plan_scalar", "FASTNN_")
+    assert scalars.pop("PLAN_SCALARS") == len(spec.PLAN_SCALARS)
+    assert scalars == {f"S_{name.upper()}": i for i, name in enumerate(spec.PLAN_SCALARS)}
+
+
+def test_c_model_epoch_struct_has_every_field_of_the_spec():
+    """Each ModelEpoch field reaches C (arrays with their sizes, the
+    optimizer as fastnn_optimizer)."""
+    from fastnn._ckernels import ffi
+
+    fields = set(dict(ffi.typeof("fastnn_model_epoch").fields))
+    renamed = {"states": "opt", "optimizer": "opt", "hyper": "opt", "step": "opt",
+               "mu_product": "opt", "targets": "T", "batch_size": "batch",
+               "batch_losses": "batch_loss"}
+    for f in dataclasses.fields(spec.ModelEpoch):
+        assert renamed.get(f.name, f.name) in fields, f.name
 
 
 # ---- the epoch's structures -----------------------------------------------------

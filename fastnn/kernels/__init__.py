@@ -111,7 +111,7 @@ def _front(kernel, impl, module):
         dt = "_dtype"
     ret = {"value": "value", None: "None"}.get(kernel.returns, kernel.returns)
     call = f"_prepare({args}, {dt})"
-    if getattr(module, "DEVICE", False) and kernel.name != "dense_stack_epoch":
+    if getattr(module, "DEVICE", False) and kernel.name not in _EPOCHS:
         # every check ran on the caller's arrays (overlaps, label ranges);
         # then host inputs move to the device (the epoch's implementation
         # moves its own)
@@ -129,6 +129,11 @@ def _front(kernel, impl, module):
     fn.__qualname__ = f"{module.name}.{kernel.name}"
     fn.__module__ = module.__name__
     return fn
+
+
+# The whole-epoch kernels and the reference's loops that run them over a
+# backend's own kernels (for a backend without its own epoch).
+_EPOCHS = {"dense_stack_epoch": "run_dense_stack_epoch", "model_epoch": "run_model_epoch"}
 
 
 def _inputs_to_device(module, outputs, args):
@@ -156,8 +161,8 @@ def _reference_impl(kernel, module, impls):
     as the reference's loop over the backend's own kernels (`impls`); any
     other kernel as it is on a host backend, and on a device backend with
     every device array copied to the host and the outputs copied back."""
-    if kernel.name == "dense_stack_epoch":
-        return functools.partial(_reference_module().run_dense_stack_epoch, impls)
+    if kernel.name in _EPOCHS:
+        return functools.partial(getattr(_reference_module(), _EPOCHS[kernel.name]), impls)
     impl = getattr(_reference_module(), kernel.name)
     if not getattr(module, "DEVICE", False):
         return impl

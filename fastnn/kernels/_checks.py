@@ -436,9 +436,11 @@ def prepare_axpy(y, x, alpha, dtype):
     return y, x, check_scalar("alpha", alpha)
 
 
-def _integer(name, value, low):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
+def _integer(name, value, low, high=None):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low \
+            or (high is not None and value > high):
+        within = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name}: expected an integer {within}, got {value!r}")
     return int(value)
 
 
@@ -483,6 +485,29 @@ def prepare_dense_stack_epoch(epoch, dtype):
         raise TypeError(f"epoch: expected a fastnn.kernels.spec.Epoch, got "
                         f"{type(epoch).__name__}")
     e = epoch
+    opt, states, hyper, size = _epoch_optimizer(e, dtype)
+    batch_size = _integer("batch_size", e.batch_size, 1)
+    step = _integer("step", e.step, 0)
+    layers = _dense_layers(e.layers, size)
+    X = as_input("X", e.X, dtype, ndim=2, shape=(None, layers[0].fan_in))
+    targets, order = _epoch_data(e, X, layers[-1].fan_out)
+    e = dataclasses.replace(
+        e, states=states, X=X, targets=targets, layers=layers, batch_size=batch_size,
+        hyper=hyper, step=step, order=order, **_epoch_scalars(e))
+    need = spec.epoch_workspace(layers, batch_size)
+    ws = e.workspace
+    if ws is None or len(getattr(ws, "shape", ())) != 1 or ws.shape[0] < need:
+        raise ValueError(f"workspace: needs at least {need} floats "
+                         f"(dense_stack_workspace), got "
+                         f"{None if ws is None else tuple(ws.shape)}")
+    check_output("workspace", ws, dtype, tuple(ws.shape))
+    _epoch_aliases(e, opt, {"workspace": ws})
+    return (e,)
+
+
+def _epoch_optimizer(e, dtype):
+    """An epoch's optimizer, states and hyperparameters checked: (spec,
+    states, hyper with every hyperparameter, n_params)."""
     opt = spec.OPTIMIZERS.get(e.optimizer) if isinstance(e.optimizer, str) else None
     if opt is None:
         raise ValueError(f"optimizer: unknown {e.optimizer!r}; expected one of "
@@ -507,17 +532,18 @@ def prepare_dense_stack_epoch(epoch, dtype):
     check_states_given(opt, dict(zip(opt.states, states)), hyper)
     if e.loss not in spec.LOSSES:
         raise ValueError(f"loss: unknown {e.loss!r}; expected one of {', '.join(spec.LOSSES)}")
-    batch_size = _integer("batch_size", e.batch_size, 1)
-    step = _integer("step", e.step, 0)
-    layers = _dense_layers(e.layers, size)
-    X = as_input("X", e.X, dtype, ndim=2, shape=(None, layers[0].fan_in))
+    return opt, states, hyper, size
+
+
+def _epoch_data(e, X, n_out):
+    """An epoch's targets and order checked against its X (n rows)."""
     n = X.shape[0]
     if n == 0:
         raise ValueError("X: no samples")
     if e.loss == "softmax_xent":
-        targets = as_labels("targets", e.targets, n, layers[-1].fan_out)
+        targets = as_labels("targets", e.targets, n, n_out)
     else:
-        targets = as_input("targets", e.targets, dtype, ndim=2, shape=(n, layers[-1].fan_out))
+        targets = as_input("targets", e.targets, X.dtype, ndim=2, shape=(n, n_out))
     order = e.order
     if order is not None:
         order = np.asarray(order)
@@ -527,36 +553,141 @@ def prepare_dense_stack_epoch(epoch, dtype):
         if order.min() < 0 or order.max() >= n:
             raise ValueError(f"order: row indices must lie in [0, {n})")
         order = np.ascontiguousarray(order, dtype=np.int64)
-    e = dataclasses.replace(
-        e, states=states, X=X, targets=targets, layers=layers, batch_size=batch_size,
-        hyper=hyper, step=step, order=order, l2=check_scalar("l2", e.l2, low=0.0),
-        loss_scale=check_scalar("loss_scale", e.loss_scale),
-        grad_scale=check_scalar("grad_scale", e.grad_scale),
-        mu_product=check_scalar("mu_product", e.mu_product))
-    need = spec.epoch_workspace(layers, batch_size)
-    ws = e.workspace
-    if ws is None or len(getattr(ws, "shape", ())) != 1 or ws.shape[0] < need:
-        raise ValueError(f"workspace: needs at least {need} floats "
-                         f"(dense_stack_workspace), got "
-                         f"{None if ws is None else tuple(ws.shape)}")
-    check_output("workspace", ws, dtype, tuple(ws.shape))
+    return targets, order
+
+
+def _epoch_scalars(e):
+    """The scalar fields every epoch has, checked."""
+    return dict(l2=check_scalar("l2", e.l2, low=0.0),
+                loss_scale=check_scalar("loss_scale", e.loss_scale),
+                grad_scale=check_scalar("grad_scale", e.grad_scale),
+                mu_product=check_scalar("mu_product", e.mu_product))
+
+
+def _epoch_aliases(e, opt, work):
+    """No output of the (checked) epoch e overlaps an input or another
+    output; `work` names its workspace arrays."""
     outs = {"batch_losses": check_output("batch_losses", e.batch_losses, np.float64,
                                          (e.n_batches,)),
             "batch_correct": check_output("batch_correct", e.batch_correct, np.int64,
                                           (e.n_batches,))}
-    inputs = {"X": X, "targets": targets}
-    if order is not None:
-        inputs["order"] = order
-    buffers = {"params": e.params, "grads": e.grads, **dict(zip(opt.states, states))}
-    for name, arr in {"workspace": ws, **outs, **buffers}.items():
+    inputs = {"X": e.X, "targets": e.targets}
+    if e.order is not None:
+        inputs["order"] = e.order
+    buffers = {"params": e.params, "grads": e.grads, **dict(zip(opt.states, e.states))}
+    if getattr(e, "buffers", None) is not None:
+        buffers["buffers"] = e.buffers
+    for name, arr in {**work, **outs, **buffers}.items():
         if arr is not None:  # (an unused optimizer state)
             check_no_alias(name, arr, inputs)
-    check_no_alias("workspace", ws, dict(buffers, **outs))
+    for name, arr in work.items():
+        check_no_alias(name, arr, dict(buffers, **outs))
     for name, arr in outs.items():
         check_no_alias(name, arr, buffers)
     check_no_alias("batch_losses", outs["batch_losses"],
                    {"batch_correct": outs["batch_correct"]})
+
+
+def prepare_model_epoch(epoch, dtype):
+    """Checks of model_epoch; returns a validated copy of the
+    spec.ModelEpoch: hyper with every hyperparameter, X as (n, in_size),
+    targets, order, plan and penalized as int64, plan_scalars as float64,
+    and every region of every record (spec.record_regions) inside its
+    buffer."""
+    if not isinstance(epoch, spec.ModelEpoch):
+        raise TypeError(f"epoch: expected a fastnn.kernels.spec.ModelEpoch, got "
+                        f"{type(epoch).__name__}")
+    e = epoch
+    opt, states, hyper, n_params = _epoch_optimizer(e, dtype)
+    batch_size = _integer("batch_size", e.batch_size, 1)
+    step = _integer("step", e.step, 0)
+    in_size, out_size = _integer("in_size", e.in_size, 1), _integer("out_size", e.out_size, 1)
+    X = as_input("X", e.X, dtype)
+    if X.ndim < 2 or X.size // max(X.shape[0], 1) != in_size:
+        raise ValueError(f"X: expected (n, ...) with {in_size} values per sample, got shape "
+                         f"{X.shape}")
+    X = X.reshape(X.shape[0], in_size)
+    targets, order = _epoch_data(e, X, out_size)
+    plan = np.asarray(e.plan)
+    if plan.ndim != 2 or plan.shape[1] != len(spec.PLAN_FIELDS) or plan.shape[0] < 1 \
+            or plan.dtype.kind not in "iu":
+        raise ValueError(f"plan: expected a (records, {len(spec.PLAN_FIELDS)}) integer array, "
+                         f"got {plan.dtype} of shape {plan.shape}")
+    plan = np.ascontiguousarray(plan, dtype=np.int64)
+    scal = np.ascontiguousarray(e.plan_scalars, dtype=np.float64)
+    if scal.shape != (plan.shape[0], len(spec.PLAN_SCALARS)):
+        raise ValueError(f"plan_scalars: expected shape ({plan.shape[0]}, "
+                         f"{len(spec.PLAN_SCALARS)}), got {scal.shape}")
+    pen = np.ascontiguousarray(np.asarray(e.penalized, dtype=np.int64).reshape(-1, 2))
+    ws, iws, buffers = e.workspace, e.iworkspace, e.buffers
+    check_output("workspace", ws, dtype, (_length("workspace", ws),))
+    check_output("iworkspace", iws, np.int32, (_length("iworkspace", iws),))
+    if buffers is not None:
+        check_output("buffers", buffers, dtype, (_length("buffers", buffers),))
+    sizes = {"ws": ws.shape[0], "iws": iws.shape[0], "params": n_params,
+             "buffers": 0 if buffers is None else buffers.shape[0]}
+    B = batch_size
+    for i, (rec, s) in enumerate(zip(plan, scal)):
+        if int(rec[spec.F["op"]]) not in set(spec.Op):
+            raise ValueError(f"plan[{i}]: unknown op {int(rec[spec.F['op']])}")
+        if not np.all(np.isfinite(s)):
+            raise ValueError(f"plan_scalars[{i}]: not finite")
+        if rec[spec.F["op"]] == spec.Op.DROPOUT and not 0.0 <= s[spec.S["p"]] < 1.0:
+            raise ValueError(f"plan_scalars[{i}]: dropout p must lie in [0, 1)")
+        for buf, off, size in spec.record_regions(rec, B):
+            if off < 0 or size < 0 or off + size > sizes[buf]:
+                raise ValueError(f"plan[{i}] ({spec.Op(int(rec[0])).name}): region "
+                                 f"[{off}, {off + size}) of {buf} outside its {sizes[buf]}")
+    for name, off, size, buf in (("xb", e.xb, B * in_size, "ws"), ("tb", e.tb, B * out_size, "ws"),
+                                 ("lb", e.lb, B, "iws"), ("doutput", e.doutput, B * out_size, "ws"),
+                                 ("output", e.output, B * out_size, "ws")):
+        if name == "output" and off == -1:
+            continue
+        if isinstance(off, bool) or not isinstance(off, (int, np.integer)) or off < 0 \
+                or off + size > sizes[buf]:
+            raise ValueError(f"{name}: offset {off!r} with {size} values lies outside {buf}")
+    for o, size in pen:
+        if o < 0 or size < 0 or o + size > n_params:
+            raise ValueError(f"penalized: range [{o}, {o + size}) outside params ({n_params})")
+    e = dataclasses.replace(
+        e, states=states, X=X, targets=targets, batch_size=batch_size, hyper=hyper, step=step,
+        order=order, plan=plan, plan_scalars=scal, penalized=pen,
+        clip_value=check_scalar("clip_value", e.clip_value, low=0.0),
+        clip_norm=check_scalar("clip_norm", e.clip_norm, low=0.0), **_epoch_scalars(e))
+    _epoch_aliases(e, opt, {"workspace": ws, "iworkspace": iws})
     return (e,)
+
+
+def _length(name, a):
+    """The length of a 1-D array argument, or a ValueError naming it."""
+    if a is None or len(getattr(a, "shape", ())) != 1:
+        raise ValueError(f"{name}: expected a 1-D array, got "
+                         f"{None if a is None else getattr(a, 'shape', type(a).__name__)}")
+    return a.shape[0]
+
+
+def prepare_dropout_forward(Y, X, p, seed, counter, dtype):
+    """Checks of dropout_forward."""
+    X = as_input("X", X, dtype)
+    check_output("Y", Y, dtype, X.shape)
+    check_no_alias("Y", Y, {"X": X}, inplace_ok=("X",))
+    return (Y, X) + _dropout_args(p, seed, counter)
+
+
+def prepare_dropout_backward(dX, dY, p, seed, counter, dtype):
+    """Checks of dropout_backward."""
+    dY = as_input("dY", dY, dtype)
+    check_output("dX", dX, dtype, dY.shape)
+    check_no_alias("dX", dX, {"dY": dY}, inplace_ok=("dY",))
+    return (dX, dY) + _dropout_args(p, seed, counter)
+
+
+def _dropout_args(p, seed, counter):
+    p = check_scalar("p", p, low=0.0, high=1.0)
+    if p >= 1.0:
+        raise ValueError("p: must be < 1 (p = 1 drops everything)")
+    return p, _integer("seed", seed, 0, high=2 ** 63 - 1), _integer("counter", counter, 0,
+                                                                    high=2 ** 63 - 1)
 
 
 # ---- convolution, pooling, batch normalisation (channels-last) ----------------------

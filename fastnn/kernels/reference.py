@@ -637,9 +637,9 @@ def model_epoch(epoch):
     return run_model_epoch(sys.modules[__name__], epoch)
 
 
-def _record_forward(k, e, r, s, xin, m, batch):
+def _record_forward(k, e, r, s, xin, m, batch, xb):
     """Record r (ints) / s (floats) forward over m rows of batch number
-    `batch` of the epoch; xin its input."""
+    `batch` of the epoch; xin its input, xb the batch's input rows."""
     ws, P, F, Op = e.workspace, e.params, spec.F, spec.Op
     op = r[F["op"]]
     ishape = (m, r[F["h"]], r[F["w"]], r[F["c"]])
@@ -685,8 +685,8 @@ def _record_forward(k, e, r, s, xin, m, batch):
                             rm, rv, s[spec.S["momentum"]], s[spec.S["eps"]])
     elif op == Op.DROPOUT:
         k.dropout_forward(Y, xin, s[spec.S["p"]], r[F["seed"]], r[F["counter"]] + batch)
-    elif op == Op.ADD:
-        skip = ws[r[F["aux"]]:r[F["aux"]] + osz]
+    elif op == Op.ADD:  # (aux -1: the skip is the batch's input rows)
+        skip = xb if r[F["aux"]] == -1 else ws[r[F["aux"]]:r[F["aux"]] + osz]
         _copy_into(k, Y, xin)
         k.axpy(Y, skip, 1.0)
     else:
@@ -761,7 +761,8 @@ def _record_backward(k, e, r, s, xin, m, batch):
         if dX is not None:
             k.dropout_backward(dX, dY, s[spec.S["p"]], r[F["seed"]], r[F["counter"]] + batch)
     elif op == Op.ADD:
-        _copy_into(k, ws[r[F["daux"]]:r[F["daux"]] + osz], dY)
+        if r[F["daux"]] != -1:
+            _copy_into(k, ws[r[F["daux"]]:r[F["daux"]] + osz], dY)
         if dX is not None and r[F["dx"]] != r[F["dy"]]:
             _copy_into(k, dX, dY)
     elif op == Op.FORK:
@@ -801,7 +802,7 @@ def run_model_epoch(k, epoch):
             xin = xb if r[F["x"]] == -1 else ws[r[F["x"]]:r[F["x"]] + m * r[F["h"]] * r[F["w"]]
                                                * r[F["c"]]]
             inputs.append(xin)
-            _record_forward(k, e, r, s, xin, m, i)
+            _record_forward(k, e, r, s, xin, m, i, xb)
         out = (xb if e.output == -1 else ws[e.output:e.output + m * n_out]).reshape(m, n_out)
         dout = ws[e.doutput:e.doutput + m * n_out].reshape(m, n_out)
         if e.loss == "softmax_xent":

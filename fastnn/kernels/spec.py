@@ -425,7 +425,8 @@ class Op(enum.IntEnum):
     BATCHNORM = 7   # rows m*h*w, c features; gamma at param, beta at bias; running
                     # mean/var at stat0/stat1 of the model's buffers; mean, invstd at aux, aux + c
     DROPOUT = 8     # y = x * mask, mask from philox(seed, counter + batch index, element)
-    ADD = 9         # residual join: y = x + skip (skip at aux); backward dx = dy (may be
+    ADD = 9         # residual join: y = x + skip (skip at aux, -1: the batch's input
+                    # rows); backward dx = dy (may be
                     # the same offset: no copy), daux = dy (a copy)
     FORK = 10       # residual split: forward nothing (y = x); backward dx = dy + daux
 

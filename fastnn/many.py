@@ -1,0 +1,162 @@
+"""Many models in one call: ensembles over seeds, hyperparameter grids and
+cross-validation folds (:func:`fit_many`)."""
+
+import time
+
+import numpy as np
+
+from .trainer import Diverged, Trainer, _check_batch_size, _check_epochs, check_X
+
+
+def fit_many(trainers, X, y, *, epochs=1, batch_size=32, validation_data=None, shuffle=True,
+             seed=None, rows=None, verbose=True, errors="raise"):
+    """Train several trainers on (rows of) the same data.
+
+    Each trainer ends exactly where ``trainer.fit(X[rows[i]], y[rows[i]],
+    epochs=epochs, batch_size=batch_size, shuffle=shuffle, seed=seed)``
+    alone would (the same permutations from the same seed), float32
+    rounding aside; X is never copied per trainer (each epoch visits its
+    rows through an order of X's rows).
+
+    Parameters
+    ----------
+    trainers : list of Trainer
+        Each with its own model, loss, optimizer and options; all on one
+        backend, all models taking X's per-sample shape.
+    X, y : array-like
+        The data, validated and converted once.
+    epochs, batch_size, shuffle, seed : as Trainer.fit, the same for all.
+    validation_data : (Xv, yv), or a list of one (Xv, yv) or None per
+        trainer (e.g. each fold's held-out rows).
+    rows : None or a list of one 1-D integer array per trainer: the rows
+        of X (and y) it trains on, in that order (each non-empty, in [0,
+        n)); None: all rows for every trainer.
+    verbose : bool
+        One line per epoch summarising the trainers' losses.
+    errors : "raise" or "ignore"
+        A trainer whose loss becomes NaN or Inf stops at that batch (its
+        parameters as before the bad update) while the others go on.  At
+        the end "raise" raises FloatingPointError naming each such trainer,
+        epoch and batch; "ignore" returns, with ``history.diverged = (epoch,
+        batch)`` (0-based) on those trainers' Histories (None on the others).
+
+    Returns
+    -------
+    list of History, one per trainer.  Early stopping, schedules and
+    callbacks are per trainer: pass them to a Trainer's fit for a single
+    model, or (schedules) set them on the optimizer.
+    """
+    trainers = _check_trainers(trainers)
+    if errors not in ("raise", "ignore"):
+        raise ValueError(f"errors: expected 'raise' or 'ignore', got {errors!r}")
+    epochs = _check_epochs(epochs)
+    batch_size = _check_batch_size(batch_size)
+    first = trainers[0].model
+    X = check_X(X, first.input_shape, first.dtype)
+    n = len(X)
+    rows = _check_rows(rows, len(trainers), n)
+    validation = _check_validation(validation_data, len(trainers))
+    targets = {}
+    runs = []
+    for i, tr in enumerate(trainers):
+        key = (type(tr.loss), tr.model.output_shape)
+        if key not in targets:  # one conversion of y per kind of loss and output
+            targets[key] = tr._targets(y, n)
+        runs.append(tr._fit_run(X, targets[key], rows[i], epochs, batch_size, validation[i],
+                                shuffle, seed, (), None))
+    active = list(range(len(runs)))
+    diverged = {}
+    for epoch in range(epochs):
+        losses = []
+        for i in list(active):
+            run = runs[i]
+            start = time.perf_counter()
+            lr = trainers[i].optimizer.lr
+            try:
+                total, correct = run.run(run.next_order())
+            except Diverged as exc:
+                diverged[i] = (exc.epoch, exc.batch)
+                active.remove(i)
+                continue
+            if run.finish_epoch(total, correct, time.perf_counter() - start, lr, False):
+                active.remove(i)
+            losses.append(run.history.loss[-1])
+        if verbose:
+            _report(epoch, epochs, losses, len(diverged))
+        if not active:
+            break
+    histories = [run.history for run in runs]
+    for i, h in enumerate(histories):
+        h.diverged = diverged.get(i)
+    if diverged and errors == "raise":
+        where = "; ".join(f"trainer {i}: epoch {e + 1}, batch {b + 1}"
+                          for i, (e, b) in sorted(diverged.items()))
+        raise FloatingPointError(f"fit_many: the loss became NaN or Inf ({where}); the other "
+                                 f"trainers trained on (errors='ignore' returns their Histories)")
+    return histories
+
+
+def _check_trainers(trainers):
+    if isinstance(trainers, Trainer) or not hasattr(trainers, "__len__"):
+        raise TypeError("trainers: expected a list of fastnn.Trainer")
+    trainers = list(trainers)
+    if not trainers:
+        raise ValueError("trainers: empty list")
+    for i, tr in enumerate(trainers):
+        if not isinstance(tr, Trainer):
+            raise TypeError(f"trainers[{i}]: expected a fastnn.Trainer, got {type(tr).__name__}")
+    first = trainers[0]
+    for i, tr in enumerate(trainers):
+        if tr.backend != first.backend:
+            raise ValueError(f"trainers[{i}]: backend {tr.backend!r}, trainers[0] has "
+                             f"{first.backend!r}; train one backend per call")
+        if tr.model.input_shape != first.model.input_shape or tr.model.dtype != first.model.dtype:
+            raise ValueError(f"trainers[{i}]: the model takes {tr.model.input_shape} "
+                             f"{tr.model.dtype}, trainers[0]'s {first.model.input_shape} "
+                             f"{first.model.dtype}: X must fit every model")
+    for i, tr in enumerate(trainers):
+        for j in range(i):
+            if trainers[j].model is tr.model:
+                raise ValueError(f"trainers[{i}] and trainers[{j}] train the same model")
+    return trainers
+
+
+def _check_rows(rows, k, n):
+    if rows is None:
+        return [None] * k
+    if isinstance(rows, np.ndarray) or len(rows) != k:
+        raise ValueError(f"rows: expected a list of {k} index arrays (one per trainer)")
+    out = []
+    for i, r in enumerate(rows):
+        r = np.asarray(r)
+        if r.ndim != 1 or r.size == 0 or r.dtype.kind not in "iu":
+            raise ValueError(f"rows[{i}]: expected a non-empty 1-D integer array, got "
+                             f"{r.dtype} of shape {r.shape}")
+        if r.min() < 0 or r.max() >= n:
+            raise ValueError(f"rows[{i}]: indices must lie in [0, {n})")
+        out.append(np.ascontiguousarray(r, dtype=np.int64))
+    return out
+
+
+def _check_validation(validation_data, k):
+    if validation_data is None:
+        return [None] * k
+    if isinstance(validation_data, tuple):
+        if len(validation_data) != 2:
+            raise ValueError("validation_data: expected (X, y) or a list of them")
+        return [validation_data] * k
+    if isinstance(validation_data, list) and len(validation_data) == k:
+        for i, v in enumerate(validation_data):
+            if v is not None and (not isinstance(v, tuple) or len(v) != 2):
+                raise ValueError(f"validation_data[{i}]: expected (X, y) or None")
+        return validation_data
+    raise ValueError(f"validation_data: expected (X, y) or a list of {k} (X, y) or None")
+
+
+def _report(epoch, epochs, losses, n_diverged):
+    if not losses:
+        print(f"epoch {epoch + 1}/{epochs}: no trainer left ({n_diverged} diverged)")
+        return
+    q = np.percentile(losses, [0, 50, 100])
+    print(f"epoch {epoch + 1}/{epochs}: {len(losses)} trainers, loss min {q[0]:.4g} "
+          f"median {q[1]:.4g} max {q[2]:.4g}" + (f", {n_diverged} diverged" if n_diverged else ""))
