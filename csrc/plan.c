@@ -124,8 +124,11 @@ static int record_valid(const fastnn_model_epoch *a, const int64_t *r, const dou
         return isz == osz && p >= 0.0 && p < 1.0 && FIELD(r, SEED) >= 0
                && FIELD(r, COUNTER) >= 0 && fastnn_add(&last, FIELD(r, COUNTER), calls - 1);
     }
-    case FASTNN_OP_ADD:  /* y = x + ws[aux]; backward ws[daux] = dy */
-        return isz == osz && inside(FIELD(r, AUX), bo, ws) && inside(FIELD(r, DAUX), bo, ws);
+    case FASTNN_OP_ADD:  /* y = x + skip (aux -1: the batch's input rows); backward
+                            ws[daux] = dy (-1: the skip needs no gradient) */
+        return isz == osz
+               && (FIELD(r, AUX) == -1 ? osz == a->in_size : inside(FIELD(r, AUX), bo, ws))
+               && absent_or_inside(FIELD(r, DAUX), bo, ws);
     default:  /* FORK: backward dx = dy + ws[daux] (aux unused) */
         return isz == osz && absent_or_inside(FIELD(r, AUX), bo, ws)
                && (FIELD(r, DX) == -1 ? absent_or_inside(FIELD(r, DAUX), bo, ws)
@@ -254,7 +257,8 @@ static int record_forward(fastnn_model_epoch *a, const int64_t *r, const double 
                                       FIELD(r, COUNTER) + b->index);
     case FASTNN_OP_ADD:
         memmove(y, x, (size_t)(m * isz) * sizeof(float));
-        return fastnn_axpy(y, ws_at(a, FIELD(r, AUX)), m * isz, 1.0f);
+        return fastnn_axpy(y, FIELD(r, AUX) == -1 ? b->x : ws_at(a, FIELD(r, AUX)), m * isz,
+                           1.0f);
     default:
         return FASTNN_EINVAL;
     }
@@ -306,7 +310,8 @@ static int record_backward(fastnn_model_epoch *a, const int64_t *r, const double
                                             FIELD(r, COUNTER) + b->index)
                   : FASTNN_OK;
     case FASTNN_OP_ADD:
-        memmove(ws_at(a, FIELD(r, DAUX)), dy, bytes);
+        if (FIELD(r, DAUX) != -1)
+            memmove(ws_at(a, FIELD(r, DAUX)), dy, bytes);
         if (dx && dx != dy)
             memmove(dx, dy, bytes);
         return FASTNN_OK;

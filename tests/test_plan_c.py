@@ -238,6 +238,10 @@ class Plan:
         skip, dskip = token
         self.record(Op.ADD, self.cur[2], aux=skip, daux=dskip)
 
+    def add_input(self):
+        """ADD of the batch's input rows (aux -1; daux -1: no gradient)."""
+        self.record(Op.ADD, self.cur[2], aux=-1, daux=-1)
+
     def epoch(self, X, targets, loss="softmax_xent", optimizer="adam", hyper=None, seed=0,
               **kw):
         """A spec.ModelEpoch of this plan over X, targets, with fresh
@@ -371,6 +375,14 @@ def residual(B=8):
     return p
 
 
+def residual_first(B=8):
+    p = Plan((6,), B)
+    p.dense(6, "relu")
+    p.add_input()
+    p.dense(3)
+    return p
+
+
 def softmax_mse(B=8):
     p = Plan((6,), B)
     p.dense(8, "softplus")
@@ -380,7 +392,7 @@ def softmax_mse(B=8):
 
 
 NETS = {"mlp": mlp, "cnn": cnn, "batchnorm": bn_net, "dropout": dropout_net,
-        "residual": residual, "softmax_mse": softmax_mse}
+        "residual": residual, "residual_first": residual_first, "softmax_mse": softmax_mse}
 
 
 def _net_epoch(name, rng, n=37, loss=None, **kw):
