@@ -709,3 +709,62 @@ def test_model_epoch_refuses_bad_epoch_fields(case, rng):
     else:
         e.workspace = e.workspace[:e.plan[-1, F["dy"]] + 3]
     _refused(e)
+
+
+# ---- plans from the compiler (fastnn.plan) ------------------------------------------------
+
+def _compiled(layers, shape, n=45, batch=8, loss="softmax_xent", classes=3, seed=0, **kw):
+    """A ModelEpoch of fastnn.plan's compilation of a Sequential (c backend
+    parameters), fresh optimizer state."""
+    from fastnn import Sequential
+    from fastnn import plan as plan_mod
+    model = Sequential(layers, seed=seed, backend="c", input_shape=shape)
+    plan = plan_mod.compile_model(model, batch)
+    rng = np.random.default_rng(seed)
+    X, t = _data(rng, n, shape, classes, loss)
+    opt = kw.pop("optimizer", "adam")
+    o = spec.OPTIMIZERS[opt]
+    hyper = dict({h.name: h.default for h in o.hyper}, **kw.pop("hyper", {}))
+    n_batches = -(-n // batch)
+    return plan.epoch(
+        params=model.params.copy(), grads=np.zeros_like(model.params),
+        buffers=model.buffers.copy(), states=tuple(np.zeros_like(model.params) for _ in o.states),
+        workspace=np.zeros(plan.workspace_size, np.float32),
+        iworkspace=np.zeros(plan.iworkspace_size, np.int32), X=X.reshape(n, -1), targets=t,
+        batch_losses=np.zeros(n_batches), batch_correct=np.zeros(n_batches, np.int64),
+        loss=loss, optimizer=opt, hyper={h.name: hyper[h.name] for h in o.hyper}, **kw)
+
+
+def _compiled_models():
+    from fastnn import (AvgPool2D, BatchNorm, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool,
+                        MaxPool2D, ReLU, Residual)
+    return {
+        "cnn": ([Conv2D(1, 4, 3, padding=1, activation="relu"), MaxPool2D(2),
+                 Conv2D(4, 6, 3, stride=2, padding=1), ReLU(), AvgPool2D(2), Flatten(),
+                 Dense(6, 3)], (8, 8, 1)),
+        "cnn_bn_dropout": ([Conv2D(2, 4, 3, padding=1, activation="tanh"), BatchNorm(4), ReLU(),
+                            Dropout(0.2),  # (tanh: a bias right before BN has ~0 gradient)
+                            GlobalAvgPool(), Dense(4, 3)], (7, 7, 2)),
+        "residual": ([Dense(10, 8, activation="relu"),
+                      Residual(Dense(8, 8, activation="relu"), Dense(8, 8)),
+                      Residual(Dense(8, 6)), ReLU(), Dense(6, 3)], (10,)),
+        "residual_first": ([Residual(Dense(10, 10, activation="relu")), Dense(10, 3)], (10,)),
+        "mlp": ([Dense(10, 8, activation="relu"), Dense(8, 3)], (10,)),
+    }
+
+
+@pytest.mark.parametrize("name", ["cnn", "cnn_bn_dropout", "residual", "residual_first", "mlp"])
+@pytest.mark.parametrize("kw", [{}, dict(l2=0.01, clip_norm=0.5, order=np.arange(45)[::-1])],
+                         ids=["plain", "l2_clip_order"])
+def test_compiled_plans_match_the_reference(name, kw, rng):
+    layers, shape = _compiled_models()[name]
+    _check_against_reference(_compiled(layers, shape, **kw), epochs=2)
+
+
+def test_compiled_cnn_is_the_same_on_any_thread_count():
+    from fastnn import Conv2D, Dense, Dropout, Flatten, MaxPool2D
+    layers = [Conv2D(3, 16, 3, padding=1, activation="relu"), MaxPool2D(2), Dropout(0.25),
+              Conv2D(16, 32, 3, padding=1, activation="relu"), MaxPool2D(2), Flatten(),
+              Dense(288, 10)]
+    _bits_over_threads(_compiled(layers, (12, 12, 3), n=200, batch=64, classes=10,
+                                 clip_value=1.0))
