@@ -48,38 +48,27 @@ static void dropout_blocks(float *out, const float *in, int64_t size, int64_t b_
     const uint32_t threshold = mk->threshold;
     const float scale = mk->scale;
     for (int64_t b0 = b_lo; b0 < b_hi; b0 += LANES) {
-        uint32_t x0[LANES], x1[LANES], x2[LANES], x3[LANES];
         float factor[4 * LANES];
 #pragma omp simd
         for (int j = 0; j < LANES; j++) {
             const uint64_t block = (uint64_t)(b0 + j);
-            x0[j] = (uint32_t)block;
-            x1[j] = (uint32_t)(block >> 32);
-            x2[j] = mk->c2;
-            x3[j] = mk->c3;
-        }
-        uint32_t k0 = mk->k0, k1 = mk->k1;
-        for (int r = 0; r < PHILOX_ROUNDS; r++) {
-#pragma omp simd
-            for (int j = 0; j < LANES; j++) {
-                const uint64_t p0 = (uint64_t)PHILOX_M0 * x0[j];
-                const uint64_t p1 = (uint64_t)PHILOX_M1 * x2[j];
-                const uint32_t y0 = (uint32_t)(p1 >> 32) ^ x1[j] ^ k0;
-                const uint32_t y2 = (uint32_t)(p0 >> 32) ^ x3[j] ^ k1;
-                x1[j] = (uint32_t)p1;
-                x3[j] = (uint32_t)p0;
-                x0[j] = y0;
-                x2[j] = y2;
+            uint32_t x0 = (uint32_t)block, x1 = (uint32_t)(block >> 32), x2 = mk->c2, x3 = mk->c3;
+            uint32_t k0 = mk->k0, k1 = mk->k1;
+#pragma GCC unroll 10
+            for (int r = 0; r < PHILOX_ROUNDS; r++) {
+                const uint64_t p0 = (uint64_t)PHILOX_M0 * x0;
+                const uint64_t p1 = (uint64_t)PHILOX_M1 * x2;
+                x0 = (uint32_t)(p1 >> 32) ^ x1 ^ k0;
+                x2 = (uint32_t)(p0 >> 32) ^ x3 ^ k1;
+                x1 = (uint32_t)p1;
+                x3 = (uint32_t)p0;
+                k0 += PHILOX_W0;
+                k1 += PHILOX_W1;
             }
-            k0 += PHILOX_W0;
-            k1 += PHILOX_W1;
-        }
-#pragma omp simd
-        for (int j = 0; j < LANES; j++) {
-            factor[4 * j] = (x0[j] >> 8) < threshold ? 0.0f : scale;
-            factor[4 * j + 1] = (x1[j] >> 8) < threshold ? 0.0f : scale;
-            factor[4 * j + 2] = (x2[j] >> 8) < threshold ? 0.0f : scale;
-            factor[4 * j + 3] = (x3[j] >> 8) < threshold ? 0.0f : scale;
+            factor[4 * j] = (x0 >> 8) < threshold ? 0.0f : scale;
+            factor[4 * j + 1] = (x1 >> 8) < threshold ? 0.0f : scale;
+            factor[4 * j + 2] = (x2 >> 8) < threshold ? 0.0f : scale;
+            factor[4 * j + 3] = (x3 >> 8) < threshold ? 0.0f : scale;
         }
         const int64_t b1 = b0 + LANES < b_hi ? b0 + LANES : b_hi;
         const int64_t e0 = 4 * b0, e1 = 4 * b1 < size ? 4 * b1 : size;
