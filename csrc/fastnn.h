@@ -429,6 +429,12 @@ typedef struct {
 /* The epoch; every argument is checked first (EINVAL: nothing written). */
 int fastnn_model_epoch_run(fastnn_model_epoch *epoch);
 
+/* One epoch of each of `count` models, side by side (one model per thread
+   at a time; each as fastnn_model_epoch_run alone): rcs[i] is epoch i's
+   return code; returns the first non-zero one.  The epochs may share X, T,
+   labels and order (read only), nothing they write. */
+int fastnn_model_epochs_run(fastnn_model_epoch *epochs, int64_t count, int *rcs);
+
 /* CDEF END */
 
 #endif /* FASTNN_H */

@@ -13,11 +13,26 @@ from .conv import (AvgPool1D, AvgPool2D, Conv1D, Conv2D, Flatten, GlobalAvgPool,
 from .layers import (Activation, Dense, Dropout, Identity, LeakyReLU, ReLU, Sigmoid, Sign,
                      Softmax, Softplus, Step, Tanh)
 from .model import Sequential, load
-from .perceptron import Perceptron
 from .trainer import EarlyStopping, History, Trainer
 from .many import fit_many
 
 __version__ = "0.1.0"
+
+# Imported on first use: Perceptron follows scikit-learn's conventions (its
+# warnings and errors), and scikit-learn takes longer to import than the rest
+# of fastnn together; `import fastnn` loads neither it, numba nor the C
+# extension (tests/test_import.py).
+_LAZY = {"Perceptron": ".perceptron"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'fastnn' has no attribute {name!r}")
 
 __all__ = [
     "AvgPool1D", "AvgPool2D", "BatchNorm", "Conv1D", "Conv2D", "Flatten", "GlobalAvgPool",

@@ -63,22 +63,37 @@ def fit_many(trainers, X, y, *, epochs=1, batch_size=32, validation_data=None, s
         if key not in targets:  # one conversion of y per kind of loss and output
             targets[key] = tr._targets(y, n)
         runs.append(tr._fit_run(X, targets[key], rows[i], epochs, batch_size, validation[i],
-                                shuffle, seed, (), None))
+                                shuffle, seed, (), None, plan=True))
+    k = trainers[0]._k
     active = list(range(len(runs)))
     diverged = {}
     for epoch in range(epochs):
         losses = []
+        # the compiled epochs of every active trainer in one kernel call
+        # (the c backend trains them side by side), the others one by one
+        together = [i for i in active if runs[i].compiled_by_order]
+        lrs = {i: trainers[i].optimizer.lr for i in active}
+        start = time.perf_counter()
+        results = {}
+        if together:
+            built = [runs[i].epoch_fn.build(runs[i].X, runs[i].t, runs[i].next_order())
+                     for i in together]
+            results = dict(zip(together, k.model_epochs(built)))
+        shared = time.perf_counter() - start
         for i in list(active):
             run = runs[i]
             start = time.perf_counter()
-            lr = trainers[i].optimizer.lr
             try:
-                total, correct = run.run(run.next_order())
+                if i in results:
+                    total, correct = run.epoch_fn.finish(results[i], run.epoch)
+                else:
+                    total, correct = run.run(run.next_order())
             except Diverged as exc:
                 diverged[i] = (exc.epoch, exc.batch)
                 active.remove(i)
                 continue
-            if run.finish_epoch(total, correct, time.perf_counter() - start, lr, False):
+            elapsed = shared if i in results else time.perf_counter() - start
+            if run.finish_epoch(total, correct, elapsed, lrs[i], False):
                 active.remove(i)
             losses.append(run.history.loss[-1])
         if verbose:

@@ -38,7 +38,7 @@ from .model import Sequential
 from .schedules import Schedule
 from .trainer import Trainer
 
-__all__ = ["MLPClassifier", "MLPRegressor"]
+__all__ = ["MLPClassifier", "MLPRegressor", "MLPSearchCV"]
 
 _ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
 
@@ -59,6 +59,22 @@ _ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "
 
 
 # ---- the estimators ---------------------------------------------------------------
+
+def _drive(epochs):
+    """Run an estimator's epoch generator (_BaseMLP._epochs) to its end,
+    one runner call per epoch."""
+    try:
+        runner, order = next(epochs)
+        while True:
+            try:
+                loss = runner(order)
+            except FloatingPointError as exc:
+                runner, order = epochs.throw(exc)
+                continue
+            runner, order = epochs.send(loss)
+    except StopIteration:
+        pass
+
 
 class _BaseMLP(BaseEstimator):
     """Shared by MLPClassifier and MLPRegressor; not public."""
@@ -173,8 +189,18 @@ class _BaseMLP(BaseEstimator):
                              f"{self.n_outputs_}")
         if not incremental or getattr(self, "_trainer", None) is None:
             self._trainer = self._make_trainer()
-        self._run(X, Y, rs, incremental)
+        _drive(self._epochs(X, Y, rs, incremental))
         return self
+
+    def _fit_epochs(self, X, y, plan=False):
+        """fit as a generator of epochs (MLPSearchCV trains banks of
+        estimators this way, their epochs in one kernel call): see _epochs."""
+        hidden = self._check_params()
+        X, Y = self._validate_input(X, y, False, reset=True)
+        rs = check_random_state(self.random_state)
+        self._initialize(Y, [X.shape[1]] + hidden + [Y.shape[1]], rs)
+        self._trainer = self._make_trainer()
+        return self._epochs(X, Y, rs, False, plan)
 
     def _initialize(self, Y, layer_units, rs):
         """Build the network with scikit-learn's initial weights.
@@ -241,10 +267,12 @@ class _BaseMLP(BaseEstimator):
         return Trainer(self._model, objective, optimizer, backend=self._model.backend,
                        l2=float(self.alpha))
 
-    def _run(self, X, Y, rs, incremental):
-        """scikit-learn's _fit_stochastic: one Trainer.fit per epoch, on the
-        epoch permutation scikit-learn would draw from `rs`, then its
-        end-of-epoch rules."""
+    def _epochs(self, X, Y, rs, incremental, plan=False):
+        """scikit-learn's _fit_stochastic as a generator: for each epoch it
+        yields (runner, order) -- the trainer's EpochRunner and the epoch
+        permutation scikit-learn would draw from `rs` -- and receives the
+        epoch's mean loss (or, thrown in, the runner's FloatingPointError),
+        then applies scikit-learn's end-of-epoch rules.  _drive runs it."""
         if self.early_stopping:
             stratify = Y if (is_classifier(self) and self.n_outputs_ == 1) else None
             X, X_val, Y, Y_val = train_test_split(X, Y, random_state=rs,
@@ -263,7 +291,7 @@ class _BaseMLP(BaseEstimator):
                               "It is going to be clipped", stacklevel=3)
             batch_size = int(np.clip(self.batch_size, 1, n))
         self.n_iter_ = 0
-        run_epoch = self._trainer.epoch_runner(X, self._fit_targets(Y), batch_size)
+        run_epoch = self._trainer.epoch_runner(X, self._fit_targets(Y), batch_size, plan)
         order = np.arange(n)
         stopped = False
         try:
@@ -275,7 +303,8 @@ class _BaseMLP(BaseEstimator):
                     perm = np.arange(n)
                     rs.shuffle(perm)
                     order = order[perm]
-                stopped = self._end_of_epoch(run_epoch(order if self.shuffle else None))
+                loss = yield run_epoch, (order if self.shuffle else None)
+                stopped = self._end_of_epoch(loss)
                 if stopped:
                     break
         except FloatingPointError as exc:
@@ -681,3 +710,6 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         tags = super().__sklearn_tags__()
         tags.target_tags.multi_output = True
         return tags
+
+
+from ._search import MLPSearchCV  # noqa: E402 - the search over the estimators above

@@ -167,7 +167,7 @@ class _FitRun:
     """
 
     def __init__(self, trainer, X, t, rows, epochs, batch_size, validation_data, shuffle, seed,
-                 stoppers):
+                 stoppers, plan=False):
         self.trainer, self.X, self.t, self.rows = trainer, X, t, rows
         self.n = len(X) if rows is None else len(rows)
         self.epochs, self.batch_size = epochs, min(batch_size, self.n)
@@ -177,7 +177,7 @@ class _FitRun:
         # The compiled epoch on the host takes the shuffle as an order of
         # rows and gathers each batch itself: no shuffled copy of X.
         self.by_order = trainer.fused and not trainer._device
-        self.epoch_fn = (trainer._fused_epoch(self.n, self.batch_size) if trainer.fused
+        self.epoch_fn = (trainer._fused_epoch(self.n, self.batch_size, plan) if trainer.fused
                          else trainer._python_epoch)
         self.history = History()
         self.epoch = 0
@@ -188,6 +188,12 @@ class _FitRun:
         if self.rows is None:
             return perm
         return self.rows if perm is None else self.rows[perm]
+
+    @property
+    def compiled_by_order(self):
+        """Whether an epoch is one compiled kernel call gathering its rows
+        through the order (then fit_many runs it with others at once)."""
+        return self.by_order and isinstance(self.epoch_fn, _CompiledEpoch)
 
     def run(self, order, bar=None):
         """Train one epoch over X[order]; returns (sum of batch losses
@@ -213,6 +219,102 @@ class _FitRun:
             tr._report(report, self.epoch, self.epochs, logs)
         epoch, self.epoch = self.epoch, self.epoch + 1
         return any([bool(cb(tr, epoch, logs)) for cb in self.stoppers])
+
+
+class EpochRunner:
+    """Trainer.epoch_runner's epochs over (X, t) in orders the caller draws.
+
+    ``runner(order)`` trains one epoch and returns its mean loss.  When
+    ``compiled``, the epoch is one kernel call, and ``build(order)`` /
+    ``finish(result)`` split it so that many runners' epochs can run in one
+    ``model_epochs`` call (fastnn.sklearn.MLPSearchCV's banks)."""
+
+    def __init__(self, trainer, X, t, batch_size, plan=False):
+        self.trainer, self.X, self.t, self.n = trainer, X, t, len(X)
+        self.batch_size = batch_size
+        self.epoch_fn = (trainer._fused_epoch(self.n, batch_size, plan) if trainer.fused
+                         else trainer._python_epoch)
+        self.by_order = trainer.fused and not trainer._device
+        self.compiled = self.by_order and isinstance(self.epoch_fn, _CompiledEpoch)
+
+    def __call__(self, order):
+        X, t = (self.X, self.t) if self.by_order else self.trainer._rows_in_order(
+            self.X, self.t, order)
+        total, _ = self.epoch_fn(X, t, self.batch_size, 0, None, order if self.by_order else None)
+        return total / self.n
+
+    def build(self, order):
+        return self.epoch_fn.build(self.X, self.t, order)
+
+    def finish(self, result):
+        total, _ = self.epoch_fn.finish(result, 0)
+        return total / self.n
+
+
+class _CompiledEpoch:
+    """A trainer's compiled epoch: dense_stack_epoch for a plain dense
+    stack (unless ``plan``), else model_epoch over the model's plan.
+    ``build`` makes the kernel's argument for one epoch, ``kernel`` runs
+    it, ``finish`` takes the kernel's result back into the trainer
+    (optimizer counters, dropout counters, the divergence check);
+    calling the object does all three (the epoch-function protocol of
+    Trainer._python_epoch)."""
+
+    def __init__(self, trainer, n, batch_size, plan=False):
+        self.trainer, k, model = trainer, trainer._k, trainer.model
+        self.n_batches = -(-n // batch_size)
+        self.batch_losses = np.empty(self.n_batches)
+        self.batch_correct = np.empty(self.n_batches, np.int64)
+        self.sizes = np.full(self.n_batches, batch_size, np.float64)
+        self.sizes[-1] = n - (self.n_batches - 1) * batch_size
+        self.batch_size = batch_size
+        self.stack = None if plan else trainer._stack
+        if self.stack is not None:
+            self.workspace = k.empty(k.dense_stack_workspace(self.stack, batch_size), model.dtype)
+            self.kernel = k.dense_stack_epoch
+        else:
+            self.plan = plan_mod.compile_model(model, batch_size)
+            self.workspace = k.empty(self.plan.workspace_size, model.dtype)
+            self.iworkspace = k.empty(self.plan.iworkspace_size, np.int32)
+            self.kernel = k.model_epoch
+
+    def build(self, X, t, order):
+        tr = self.trainer
+        opt, model = tr.optimizer, tr.model
+        if tr._device:  # the whole epoch moves to the device once
+            X, t = tr._to_backend("epoch_x", X), tr._to_backend("epoch_t", t)
+        kernel, states, hyper = opt.kernel_spec()
+        common = dict(
+            params=model.params, grads=model.grads, states=states, workspace=self.workspace,
+            X=X, targets=t, batch_losses=self.batch_losses, batch_correct=self.batch_correct,
+            loss=tr.loss.name, batch_size=self.batch_size, optimizer=kernel, hyper=hyper,
+            step=opt.step_count, mu_product=getattr(opt, "mu_product", 1.0), l2=tr.l2,
+            loss_scale=tr.loss.value_scale, grad_scale=tr.loss.grad_scale, order=order)
+        if self.stack is not None:
+            return spec.Epoch(layers=self.stack, **common)
+        return self.plan.epoch(buffers=model.buffers, iworkspace=self.iworkspace,
+                               clip_value=tr.clip_value or 0.0, clip_norm=tr.clip_norm or 0.0,
+                               **common)
+
+    def finish(self, result, epoch, bar=None):
+        """(sum of batch losses weighted by batch size, correct answers)
+        of the epoch the kernel ran; raises Diverged at a bad batch."""
+        opt = self.trainer.optimizer
+        done, opt.step_count, mu = result
+        if self.stack is None:
+            self.plan.advance(done)
+        if "mu_product" in opt.spec.scalars:
+            opt.mu_product = mu
+        if bar is not None:
+            bar.update(done)
+        losses = self.batch_losses[:done]
+        if not np.isfinite(losses).all():  # the first bad one says where
+            b = int(np.argmin(np.isfinite(losses)))
+            _check_finite(losses[b], epoch, b)
+        return float(self.batch_losses @ self.sizes), int(self.batch_correct.sum())
+
+    def __call__(self, X, t, batch_size, epoch, bar, order=None):
+        return self.finish(self.kernel(self.build(X, t, order)), epoch, bar)
 
 
 class Trainer:
@@ -379,7 +481,7 @@ class Trainer:
         return run.history
 
     def _fit_run(self, X, t, rows, epochs, batch_size, validation_data, shuffle, seed,
-                 callbacks, early_stopping):
+                 callbacks, early_stopping, plan=False):
         """A fit of (X, t) (validated) in progress: the rows `rows` of them
         (None: all), epoch by epoch (see _FitRun)."""
         if validation_data is not None:
@@ -396,9 +498,9 @@ class Trainer:
             if hasattr(cb, "on_fit_start"):  # e.g. learning-rate schedules
                 cb.on_fit_start(self)
         return _FitRun(self, X, t, rows, epochs, batch_size, validation_data, shuffle, seed,
-                       stoppers)
+                       stoppers, plan)
 
-    def epoch_runner(self, X, y, batch_size):
+    def epoch_runner(self, X, y, batch_size, plan=False):
         """Epochs over (X, y) in orders the caller draws (as fastnn.sklearn
         draws scikit-learn's permutations).
 
@@ -409,29 +511,25 @@ class Trainer:
             Targets as ``fit`` takes them.
         batch_size : int
             Clipped to n_samples; the last batch may be smaller.
+        plan : bool
+            Compile even a plain dense stack as a model plan (its epochs
+            can then run with other models' in one ``model_epochs`` call).
 
         Returns
         -------
-        run : callable
+        run : EpochRunner
             ``run(order)`` trains one epoch over the rows ``order`` of X (a
             permutation of ``range(n_samples)``; None: in order) and returns
             its mean loss.  X and y are validated and converted once, here;
-            an epoch on the fused path gathers its batches through ``order``,
-            with no copy of X.  A loss that becomes NaN or Inf raises
-            FloatingPointError.
+            an epoch on the compiled path gathers its batches through
+            ``order``, with no copy of X.  A loss that becomes NaN or Inf
+            raises FloatingPointError.
         """
         X = check_X(X, self.model.input_shape, self.model.dtype)
         t = self._targets(y, len(X))
         n = len(X)
         batch_size = min(_check_batch_size(batch_size), n)
-        epoch_fn = self._fused_epoch(n, batch_size) if self.fused else self._python_epoch
-        by_order = self.fused and not self._device
-
-        def run(order):
-            Xo, to = (X, t) if by_order else self._rows_in_order(X, t, order)
-            total, _ = epoch_fn(Xo, to, batch_size, 0, None, order if by_order else None)
-            return total / n
-        return run
+        return EpochRunner(self, X, t, batch_size, plan)
 
     def _rows_in_order(self, X, t, order):
         """(X, t) with their rows in `order`, copied into the shuffle buffers;
@@ -471,53 +569,13 @@ class Trainer:
                 bar.update(1)
         return total, correct
 
-    def _fused_epoch(self, n, batch_size):
-        """An epoch function running the compiled epoch (dense_stack_epoch
-        for a plain dense stack, else model_epoch over the model's plan);
-        its buffers are allocated here, once per fit."""
-        k, opt, model = self._k, self.optimizer, self.model
-        n_batches = -(-n // batch_size)
-        batch_losses = np.empty(n_batches)
-        batch_correct = np.empty(n_batches, np.int64)
-        sizes = np.full(n_batches, batch_size, np.float64)
-        sizes[-1] = n - (n_batches - 1) * batch_size
-        if self._stack is not None:
-            workspace = k.empty(k.dense_stack_workspace(self._stack, batch_size), model.dtype)
-        else:
-            plan = plan_mod.compile_model(model, batch_size)
-            workspace = k.empty(plan.workspace_size, model.dtype)
-            iworkspace = k.empty(plan.iworkspace_size, np.int32)
-
-        def run(X, t, order):
-            kernel, states, hyper = opt.kernel_spec()
-            common = dict(
-                params=model.params, grads=model.grads, states=states, workspace=workspace,
-                X=X, targets=t, batch_losses=batch_losses, batch_correct=batch_correct,
-                loss=self.loss.name, batch_size=batch_size, optimizer=kernel, hyper=hyper,
-                step=opt.step_count, mu_product=getattr(opt, "mu_product", 1.0), l2=self.l2,
-                loss_scale=self.loss.value_scale, grad_scale=self.loss.grad_scale, order=order)
-            if self._stack is not None:
-                return k.dense_stack_epoch(spec.Epoch(layers=self._stack, **common))
-            done, step, mu = k.model_epoch(plan.epoch(
-                buffers=model.buffers, iworkspace=iworkspace, clip_value=self.clip_value or 0.0,
-                clip_norm=self.clip_norm or 0.0, **common))
-            plan.advance(done)
-            return done, step, mu
-
-        def epoch_fn(X, t, batch_size, epoch, bar, order=None):
-            if self._device:  # the whole epoch moves to the device once
-                X, t = self._to_backend("epoch_x", X), self._to_backend("epoch_t", t)
-            done, opt.step_count, mu = run(X, t, order)
-            if "mu_product" in opt.spec.scalars:
-                opt.mu_product = mu
-            if bar is not None:
-                bar.update(done)
-            if not np.isfinite(batch_losses[:done]).all():  # the first bad one says where
-                b = int(np.argmin(np.isfinite(batch_losses[:done])))
-                _check_finite(batch_losses[b], epoch, b)
-            return float(batch_losses @ sizes), int(batch_correct.sum())
-
-        return epoch_fn
+    def _fused_epoch(self, n, batch_size, plan=False):
+        """The compiled epoch of this trainer for n rows in batches of
+        batch_size (its buffers allocated once, here): a _CompiledEpoch,
+        called as the batch-by-batch epoch function is.  plan=True: always
+        model_epoch (fit_many runs many such at once), even for a dense
+        stack."""
+        return _CompiledEpoch(self, n, batch_size, plan)
 
     def _progress(self, total, verbose):
         if not verbose or not sys.stderr.isatty() or total < 200:

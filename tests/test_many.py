@@ -1,6 +1,8 @@
 """fastnn.fit_many: many trainers on the same data, each ending where its
 own fit would."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -105,3 +107,22 @@ def test_trainers_on_different_backends_are_refused():
 
 def test_fit_many_is_exported():
     assert fastnn.fit_many is fit_many
+
+
+def test_model_epochs_refuses_epochs_that_write_the_same_memory():
+    """Many epochs in one call may share what they read (X, targets,
+    order), never what they write."""
+    X, y = _data(40)
+    trainers = [_trainer(i, "c") for i in range(2)]
+    built = []
+    for tr in trainers:
+        run = tr._fit_run(X, tr._targets(y, 40), None, 1, 8, None, True, 0, (), None, plan=True)
+        built.append(run.epoch_fn.build(X, run.t, run.next_order()))
+    k = fastnn.kernels.get("c")
+    clash = dataclasses.replace(built[1], workspace=built[0].workspace)
+    with pytest.raises(ValueError, match=r"epochs\[1\]\.workspace"):
+        k.model_epochs([built[0], clash])
+    clash = dataclasses.replace(built[1], X=built[0].workspace[:40 * 10].reshape(40, 10))
+    with pytest.raises(ValueError, match=r"epochs\[0\]\.workspace"):
+        k.model_epochs([built[0], clash])
+    assert [r[0] for r in k.model_epochs(built)] == [5, 5]

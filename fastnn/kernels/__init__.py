@@ -133,7 +133,8 @@ def _front(kernel, impl, module):
 
 # The whole-epoch kernels and the reference's loops that run them over a
 # backend's own kernels (for a backend without its own epoch).
-_EPOCHS = {"dense_stack_epoch": "run_dense_stack_epoch", "model_epoch": "run_model_epoch"}
+_EPOCHS = {"dense_stack_epoch": "run_dense_stack_epoch", "model_epoch": "run_model_epoch",
+           "model_epochs": "run_model_epochs"}
 
 
 def _inputs_to_device(module, outputs, args):
@@ -146,6 +147,8 @@ def _compute_dtype(*arrays):
     """float64 when any given array is float64 (the reference's gradient
     checks), else float32; epoch structures by their params."""
     for a in arrays:
+        if isinstance(a, (list, tuple)) and a:  # model_epochs' list of epochs
+            a = a[0]
         a = getattr(a, "params", a)
         if a is not None and getattr(a, "dtype", None) == np.float64:
             return np.dtype(np.float64)

@@ -658,6 +658,45 @@ def prepare_model_epoch(epoch, dtype):
     return (e,)
 
 
+def prepare_model_epochs(epochs, dtype):
+    """Checks of model_epochs: each epoch as model_epoch's, and nothing one
+    writes overlaps anything another reads or writes (they may share X,
+    targets and order)."""
+    if isinstance(epochs, spec.ModelEpoch) or not isinstance(epochs, (list, tuple)) or not epochs:
+        raise TypeError("epochs: expected a non-empty list of fastnn.kernels.spec.ModelEpoch")
+    checked = []
+    for i, e in enumerate(epochs):
+        try:
+            (c,) = prepare_model_epoch(e, dtype)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"epochs[{i}]: {exc}") from exc
+        checked.append(c)
+    written = [_written(e) for e in checked]
+    for i, mine in enumerate(written):
+        for j in range(i):
+            others = dict(written[j], X=checked[j].X, targets=checked[j].targets,
+                          order=checked[j].order)
+            for name, arr in mine.items():
+                check_no_alias(f"epochs[{i}].{name}", arr, {f"epochs[{j}].{k}": v
+                                                            for k, v in others.items()})
+        reads = {"X": checked[i].X, "targets": checked[i].targets, "order": checked[i].order}
+        for j, theirs in enumerate(written):
+            if j != i:
+                for name, arr in theirs.items():
+                    check_no_alias(f"epochs[{j}].{name}", arr,
+                                   {f"epochs[{i}].{k}": v for k, v in reads.items()})
+    return (checked,)
+
+
+def _written(e):
+    """The arrays a (checked) model epoch writes, by name."""
+    out = {"params": e.params, "grads": e.grads, "workspace": e.workspace,
+           "iworkspace": e.iworkspace, "batch_losses": e.batch_losses,
+           "batch_correct": e.batch_correct, "buffers": e.buffers}
+    out.update({f"states[{i}]": s for i, s in enumerate(e.states)})
+    return {k: v for k, v in out.items() if v is not None}
+
+
 def _length(name, a):
     """The length of a 1-D array argument, or a ValueError naming it."""
     if a is None or len(getattr(a, "shape", ())) != 1:

@@ -637,6 +637,21 @@ def model_epoch(epoch):
     return run_model_epoch(sys.modules[__name__], epoch)
 
 
+def model_epochs(epochs):
+    """One epoch of each of several compiled models (a list of
+    spec.ModelEpoch): what fastnn.fit_many runs per epoch.  They may share
+    X, targets and order (read only), nothing they write.  The result is
+    each one's as if run alone by model_epoch (in any order: the c backend
+    trains them side by side, one model per thread); returns the list of
+    their (n_done, step, mu_product)."""
+    return run_model_epochs(sys.modules[__name__], epochs)
+
+
+def run_model_epochs(k, epochs):
+    """model_epochs as one model_epoch of `k` after the other."""
+    return [k.model_epoch(e) for e in epochs]
+
+
 def _record_forward(k, e, r, s, xin, m, batch, xb):
     """Record r (ints) / s (floats) forward over m rows of batch number
     `batch` of the epoch; xin its input, xb the batch's input rows."""

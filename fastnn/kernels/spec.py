@@ -629,6 +629,7 @@ KERNELS = {k.name: k for k in (
     Kernel("axpy", "y, x, alpha", ("y",)),
     Kernel("dense_stack_epoch", "epoch", ("epoch",), _V),
     Kernel("model_epoch", "epoch", ("epoch",), _V),
+    Kernel("model_epochs", "epochs", ("epochs",), _V),
     Kernel("dropout_forward", "Y, X, *, p, seed, counter", ("Y",), "Y"),
     Kernel("dropout_backward", "dX, dY, *, p, seed, counter", ("dX",), "dX"),
     Kernel("conv2d_forward", "Y, X, W, b, cols, *, stride=(1, 1), padding=(0, 0), "

@@ -1,0 +1,118 @@
+"""fastnn.sklearn.MLPSearchCV against scikit-learn's GridSearchCV over the
+same fastnn estimator with the same splits."""
+
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits, make_regression
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import GridSearchCV, KFold
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from fastnn.sklearn import MLPClassifier, MLPRegressor, MLPSearchCV
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    return X[:360] / 16.0, y[:360]
+
+
+def _compare(a, b):
+    keys = set(b.cv_results_)
+    assert set(a.cv_results_) == keys
+    for key in keys:
+        if "time" in key:
+            continue
+        va, vb = a.cv_results_[key], b.cv_results_[key]
+        if key == "params" or key.startswith("param_"):
+            assert list(va) == list(vb), key
+        else:
+            np.testing.assert_allclose(np.asarray(va, float), np.asarray(vb, float), rtol=1e-6,
+                                       err_msg=key)
+    assert a.best_params_ == b.best_params_ and a.best_index_ == b.best_index_
+    assert a.best_score_ == pytest.approx(b.best_score_)
+    assert a.n_splits_ == b.n_splits_
+
+
+def _both(estimator, grid, X, y, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours = MLPSearchCV(estimator, grid, **kw).fit(X, y)
+        theirs = GridSearchCV(estimator, grid, **kw).fit(X, y)
+    return ours, theirs
+
+
+def test_scores_equal_gridsearchcv_classifier(digits):
+    X, y = digits
+    grid = {"hidden_layer_sizes": [(16,), (32, 16)], "alpha": [1e-4, 1e-1],
+            "learning_rate_init": [1e-3, 1e-2]}
+    a, b = _both(MLPClassifier(max_iter=4, random_state=0), grid, X, y, cv=3,
+                 return_train_score=True)
+    _compare(a, b)
+    np.testing.assert_array_equal(a.predict(X), b.predict(X))
+    np.testing.assert_allclose(a.predict_proba(X), b.predict_proba(X), rtol=1e-6)
+    assert a.score(X, y) == b.score(X, y)
+    assert a.refit_time_ > 0
+
+
+def test_scores_equal_gridsearchcv_regressor_list_grid_and_scorer():
+    X, y = make_regression(n_samples=120, n_features=6, noise=0.1, random_state=0)
+    grid = [{"hidden_layer_sizes": [(8,)], "alpha": [1e-4, 1.0]},
+            {"hidden_layer_sizes": [(12,)], "solver": ["sgd"], "momentum": [0.5, 0.9]}]
+    a, b = _both(MLPRegressor(max_iter=3, random_state=1, learning_rate_init=1e-2), grid,
+                 X, y / 100, cv=KFold(3, shuffle=True, random_state=0),
+                 scoring="neg_mean_squared_error")
+    _compare(a, b)
+
+
+def test_pipeline_search_fits_the_scaler_once_per_fold(digits):
+    X, y = digits
+    pipe = Pipeline([("scale", StandardScaler()), ("mlp", MLPClassifier(max_iter=3,
+                                                                        random_state=0))])
+    grid = {"mlp__alpha": [1e-4, 1e-2], "scale__with_mean": [True, False]}
+    a, b = _both(pipe, grid, X, y, cv=3)
+    _compare(a, b)
+
+
+def test_early_stopping_candidates_in_a_bank(digits):
+    X, y = digits
+    grid = {"n_iter_no_change": [1, 3], "alpha": [1e-4, 1e-2]}
+    a, b = _both(MLPClassifier(max_iter=8, early_stopping=True, random_state=0), grid, X, y,
+                 cv=3)
+    _compare(a, b)
+
+
+def test_search_pickles_and_delegates(digits):
+    X, y = digits
+    search = MLPSearchCV(MLPClassifier(max_iter=2, random_state=0), {"alpha": [1e-4, 1e-3]},
+                         cv=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        search.fit(X, y)
+    again = pickle.loads(pickle.dumps(search))
+    np.testing.assert_array_equal(again.predict(X), search.predict(X))
+    assert list(again.classes_) == list(range(10))
+
+
+def test_a_diverging_candidate_scores_nan_with_a_warning(digits):
+    X, y = digits
+    grid = {"learning_rate_init": [1e-3, 1e6], "solver": ["sgd"], "momentum": [0.0]}
+    search = MLPSearchCV(MLPClassifier(max_iter=3, random_state=0), grid, cv=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        search.fit(X * 1e3, y)
+    scores = search.cv_results_["mean_test_score"]
+    assert np.isfinite(scores[0])
+    assert search.best_index_ == 0
+
+
+def test_search_refuses_a_foreign_estimator():
+    from sklearn.linear_model import LogisticRegression
+
+    with pytest.raises(TypeError, match="fastnn"):
+        MLPSearchCV(LogisticRegression(), {"C": [1.0]}).fit(np.zeros((10, 2)), np.arange(10) % 2)
