@@ -125,4 +125,21 @@ int fastnn_dense_forward_ld(float *Y, int64_t ldy, const float *X, int64_t ldx,
 void fastnn_column_sums(float *db, const float *dZ, int64_t n, int64_t c, int64_t lo,
                         int64_t hi);
 
+/* The optimizer step of the whole-epoch kernels (optimizer_step.c).
+   fastnn_optimizer_valid: the states the kind needs are there and its step
+   counter, advanced once per batch for n_batches, stays in int64;
+   fastnn_optimizer_advance: step += 1 (and NAdam's mu_product), once per
+   batch before the update; fastnn_optimizer_apply: the update of
+   params[lo, hi) (an elementwise kernel, so any slice). */
+int fastnn_optimizer_valid(const fastnn_optimizer *o, int64_t n_batches);
+void fastnn_optimizer_advance(fastnn_optimizer *o);
+int fastnn_optimizer_apply(float *params, const float *grads, const fastnn_optimizer *o,
+                           int64_t lo, int64_t hi);
+
+/* Correctly classified rows of out (m, c) against labels (softmax_xent) or
+   targets T (bce: one output, logit > 0 vs target > 0.5; else argmax);
+   0 for mse/mae (reference.count_correct). */
+int64_t fastnn_count_correct(const float *out, const int32_t *labels, const float *T, int64_t m,
+                             int64_t c, int loss);
+
 #endif /* FASTNN_INTERNAL_H */

@@ -85,104 +85,12 @@ static int stack_valid(int64_t n_params, const fastnn_dense_layer *layers, int n
     return 1;
 }
 
-/* The states the kind needs are there, and its step counter, advanced once
-   per batch, stays >= 1 and in int64. */
-static int optimizer_valid(const fastnn_optimizer *o, int64_t n_batches)
-{
-    int64_t last;
-    if (o->step < 0 || !fastnn_add(&last, o->step, n_batches))
-        return 0;
-    switch (o->kind) {
-    case FASTNN_OPT_SGD:
-        return o->momentum == 0.0 || o->state[0];
-    case FASTNN_OPT_ADAM: case FASTNN_OPT_ADAMW: case FASTNN_OPT_NADAM: case FASTNN_OPT_ADAMAX:
-    case FASTNN_OPT_RADAM:
-        return o->state[0] && o->state[1];
-    case FASTNN_OPT_RMSPROP:
-        return o->state[0] && (o->momentum == 0.0 || o->state[1]) && (!o->centered || o->state[2]);
-    case FASTNN_OPT_ADAGRAD:
-        return o->state[0] != NULL;
-    default:
-        return 0;
-    }
-}
-
-/* Advance the step counters: once per batch, before the update. */
-static void optimizer_advance(fastnn_optimizer *o)
-{
-    o->step += 1;
-    if (o->kind == FASTNN_OPT_NADAM)
-        o->mu_product *= fastnn_nadam_mu((double)o->step, o->beta1, o->momentum_decay);
-}
-
-/* The update of params[lo, hi) (an elementwise kernel, so any slice). */
-static int optimizer_apply(float *params, const float *grads, const fastnn_optimizer *o,
-                           int64_t lo, int64_t hi)
-{
-    float *s[3];
-    for (int i = 0; i < 3; i++)
-        s[i] = o->state[i] ? o->state[i] + lo : NULL;
-    float *p = params + lo;
-    const float *g = grads + lo;
-    const int64_t size = hi - lo;
-    switch (o->kind) {
-    case FASTNN_OPT_SGD:
-        return fastnn_sgd(p, g, s[0], size, o->step, o->lr, o->momentum, o->dampening,
-                          o->nesterov, o->weight_decay);
-    case FASTNN_OPT_ADAM:
-        return fastnn_adam(p, g, s[0], s[1], size, o->step, o->lr, o->beta1, o->beta2,
-                           o->eps, o->weight_decay);
-    case FASTNN_OPT_ADAMW:
-        return fastnn_adamw(p, g, s[0], s[1], size, o->step, o->lr, o->beta1, o->beta2,
-                            o->eps, o->weight_decay);
-    case FASTNN_OPT_RMSPROP:
-        return fastnn_rmsprop(p, g, s[0], s[1], s[2], size, o->lr, o->alpha, o->eps,
-                              o->weight_decay, o->momentum, o->centered);
-    case FASTNN_OPT_ADAGRAD:
-        return fastnn_adagrad(p, g, s[0], size, o->step, o->lr, o->lr_decay, o->weight_decay,
-                              o->eps);
-    case FASTNN_OPT_NADAM:
-        return fastnn_nadam(p, g, s[0], s[1], size, o->step, o->lr, o->beta1, o->beta2,
-                            o->eps, o->weight_decay, o->momentum_decay, o->mu_product);
-    case FASTNN_OPT_ADAMAX:
-        return fastnn_adamax(p, g, s[0], s[1], size, o->step, o->lr, o->beta1, o->beta2,
-                             o->eps, o->weight_decay);
-    case FASTNN_OPT_RADAM:
-        return fastnn_radam(p, g, s[0], s[1], size, o->step, o->lr, o->beta1, o->beta2,
-                            o->eps, o->weight_decay);
-    default:
-        return FASTNN_EINVAL;
-    }
-}
-
-/* Correctly classified rows of out (m, c); see reference.count_correct. */
-static int64_t count_correct(const float *out, const int32_t *labels, const float *T, int64_t m,
-                             int64_t c, int loss)
-{
-    int64_t correct = 0;
-    if (loss == FASTNN_LOSS_MSE || loss == FASTNN_LOSS_MAE)
-        return 0;
-    for (int64_t i = 0; i < m; i++) {
-        const float *z = out + i * c;
-        if (loss == FASTNN_LOSS_BCE && c == 1) {
-            correct += (z[0] > 0.0f) == (T[i] > 0.5f);
-            continue;
-        }
-        int64_t best = 0;
-        for (int64_t j = 1; j < c; j++)
-            if (z[j] > z[best]) best = j;
-        if (loss == FASTNN_LOSS_SOFTMAX_XENT) {
-            correct += best == labels[i];
-        } else {
-            const float *t = T + i * c;
-            int64_t tbest = 0;
-            for (int64_t j = 1; j < c; j++)
-                if (t[j] > t[tbest]) tbest = j;
-            correct += best == tbest;
-        }
-    }
-    return correct;
-}
+/* The optimizer step and count_correct are shared with the model epoch
+   (optimizer_step.c, internal.h); the short names of this file: */
+#define optimizer_valid fastnn_optimizer_valid
+#define optimizer_advance fastnn_optimizer_advance
+#define optimizer_apply fastnn_optimizer_apply
+#define count_correct fastnn_count_correct
 
 #define MAX_THREADS 64
 

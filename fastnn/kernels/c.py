@@ -238,34 +238,98 @@ def axpy(y, x, alpha):
 
 # ---- a whole epoch ------------------------------------------------------------
 
-# The array fields of struct fastnn_epoch: {name: cffi array type}.
+# The array fields of struct fastnn_epoch and fastnn_model_epoch: {name: cffi
+# array type}.
 _EPOCH_ARRAYS = {key: _C_ARRAYS[f.type.cname] for key, f in ffi.typeof("fastnn_epoch").fields
                  if f.type.cname in _C_ARRAYS}
+_MODEL_EPOCH_ARRAYS = {key: _C_ARRAYS[f.type.cname]
+                       for key, f in ffi.typeof("fastnn_model_epoch").fields
+                       if f.type.cname in _C_ARRAYS}
+
+
+def _epoch_pointers(fields, arrays):
+    """The epoch's arrays as C pointers ({field: pointer}), by the struct's
+    field types.  They must outlive the call: the struct only holds their
+    addresses."""
+    return {key: _c_array(fields[key], a) for key, a in arrays.items()}
+
+
+def _targets(epoch):
+    """The C fields of an epoch's targets: labels for softmax_xent, else T."""
+    labelled = epoch.loss == "softmax_xent"
+    return {"labels": epoch.targets if labelled else None,
+            "T": None if labelled else epoch.targets}
+
+
+def _optimizer(epoch):
+    """The fastnn_optimizer initialiser of an epoch (spec.Epoch or
+    spec.ModelEpoch): kind, hyperparameters, state pointers, counters.  Keep
+    it while the struct built from it is used (it holds the pointers)."""
+    states = [_c_array(_C_ARRAYS["float *"], s) for s in epoch.states]
+    return dict(epoch.hyper, kind=spec.OPTIMIZERS[epoch.optimizer].code, state=states,
+                step=epoch.step, mu_product=epoch.mu_product)
+
+
+def _order_size(epoch):
+    return 0 if epoch.order is None else epoch.order.size
 
 
 def dense_stack_epoch(epoch):
     """The epoch in one C call: spec.Epoch as the C struct fastnn_epoch."""
-    labelled = epoch.loss == "softmax_xent"
-    arrays = {"params": epoch.params, "grads": epoch.grads, "X": epoch.X,
-              "labels": epoch.targets if labelled else None,
-              "T": None if labelled else epoch.targets, "order": epoch.order,
-              "workspace": epoch.workspace, "batch_loss": epoch.batch_losses,
-              "batch_correct": epoch.batch_correct}
-    # The pointers and the layer array must outlive the call: the struct
-    # only holds their addresses.
-    pointers = {key: _c_array(_EPOCH_ARRAYS[key], a) for key, a in arrays.items()}
-    states = [_c_array(_C_ARRAYS["float *"], s) for s in epoch.states]
+    pointers = _epoch_pointers(_EPOCH_ARRAYS, dict(
+        _targets(epoch), params=epoch.params, grads=epoch.grads, X=epoch.X, order=epoch.order,
+        workspace=epoch.workspace, batch_loss=epoch.batch_losses,
+        batch_correct=epoch.batch_correct))
     layers = ffi.new("fastnn_dense_layer[]", list(epoch.layers))  # spec.DenseLayer's order
-    opt = dict(epoch.hyper, kind=spec.OPTIMIZERS[epoch.optimizer].code, state=states,
-               step=epoch.step, mu_product=epoch.mu_product)
+    opt = _optimizer(epoch)
     e = ffi.new("fastnn_epoch *", dict(
         pointers, n_params=epoch.params.size, layers=layers, n_layers=len(epoch.layers),
         opt=opt, loss=spec.LOSS_CODES[epoch.loss], n=epoch.X.shape[0],
-        n_order=0 if epoch.order is None else epoch.order.size, batch=epoch.batch_size,
-        l2=epoch.l2, loss_scale=epoch.loss_scale, grad_scale=epoch.grad_scale,
+        n_order=_order_size(epoch), batch=epoch.batch_size, l2=epoch.l2,
+        loss_scale=epoch.loss_scale, grad_scale=epoch.grad_scale,
         workspace_size=epoch.workspace.size))
     _call(lib.fastnn_dense_stack_epoch, e)
     return int(e.n_done), int(e.opt.step), float(e.opt.mu_product)
+
+
+def model_epoch(epoch):
+    """The epoch of a compiled model in one C call: spec.ModelEpoch as the C
+    struct fastnn_model_epoch (plan, plan_scalars and penalized as int64 /
+    float64 / int64 arrays; buffers and iworkspace may be empty)."""
+    e = epoch
+    plan = np.ascontiguousarray(e.plan, dtype=np.int64).reshape(-1, len(spec.PLAN_FIELDS))
+    scal = np.ascontiguousarray(e.plan_scalars, dtype=np.float64).reshape(
+        -1, len(spec.PLAN_SCALARS))
+    pen = np.ascontiguousarray(e.penalized, dtype=np.int64).reshape(-1, 2)
+    # an empty buffer has no address to give: NULL, with its size 0
+    buffers = e.buffers if e.buffers is not None and e.buffers.size else None
+    iws = e.iworkspace if e.iworkspace is not None and e.iworkspace.size else None
+    pointers = _epoch_pointers(_MODEL_EPOCH_ARRAYS, dict(
+        _targets(e), params=e.params, grads=e.grads, buffers=buffers,
+        plan=plan if plan.size else None, plan_scalars=scal if scal.size else None,
+        penalized=pen if pen.size else None, X=e.X, order=e.order, workspace=e.workspace,
+        iworkspace=iws, batch_loss=e.batch_losses, batch_correct=e.batch_correct))
+    opt = _optimizer(e)
+    c = ffi.new("fastnn_model_epoch *", dict(
+        pointers, n_params=e.params.size, n_buffers=0 if buffers is None else buffers.size,
+        n_records=plan.shape[0], n_penalized=pen.shape[0], opt=opt,
+        loss=spec.LOSS_CODES[e.loss], n=e.X.shape[0], in_size=e.in_size,
+        out_size=e.out_size, n_order=_order_size(e), batch=e.batch_size, xb=e.xb, tb=e.tb,
+        lb=e.lb, output=e.output, doutput=e.doutput, l2=e.l2, loss_scale=e.loss_scale,
+        grad_scale=e.grad_scale, clip_value=e.clip_value, clip_norm=e.clip_norm,
+        workspace_size=e.workspace.size, iworkspace_size=0 if iws is None else iws.size))
+    _call(lib.fastnn_model_epoch_run, c)
+    return int(c.n_done), int(c.opt.step), float(c.opt.mu_product)
+
+
+# ---- dropout (Philox4x32-10 masks) ---------------------------------------------
+
+def dropout_forward(Y, X, p, seed, counter):
+    _call(lib.fastnn_dropout_forward, Y, X, X.size, p, seed, counter)
+
+
+def dropout_backward(dX, dY, p, seed, counter):
+    _call(lib.fastnn_dropout_backward, dX, dY, dY.size, p, seed, counter)
 
 
 # ---- convolution, pooling, batch normalisation (channels-last) ----------------

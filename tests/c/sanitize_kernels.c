@@ -302,6 +302,183 @@ static void deep_epoch_case(int64_t in, int64_t h1) {
         }
 }
 
+/* Dropout on exact-size buffers: odd sizes (a partial last block), in place,
+   the parallel split; bad arguments. */
+static void dropout_cases(void) {
+    const int64_t sizes[] = {0, 1, 3, 5, 4097, 70001};
+    for (size_t si = 0; si < sizeof sizes / sizeof *sizes; si++) {
+        const int64_t s = sizes[si];
+        float *x = rnd(s ? s : 1), *y = rnd(s ? s : 1);
+        OK(fastnn_dropout_forward(y, x, s, 0.3, 12345, 7));
+        OK(fastnn_dropout_backward(x, x, s, 0.999, INT64_MAX, INT64_MAX));
+        OK(fastnn_dropout_forward(y, x, s, 0.0, 0, 0));
+        free(x); free(y);
+    }
+    float f = 1.0f;
+    BAD(fastnn_dropout_forward(&f, &f, 1, 1.0, 0, 0)); BAD(fastnn_dropout_forward(&f, &f, 1, NAN, 0, 0));
+    BAD(fastnn_dropout_forward(&f, &f, 1, 0.5, -1, 0)); BAD(fastnn_dropout_backward(&f, &f, 1, 0.5, 0, -1));
+    BAD(fastnn_dropout_forward(NULL, &f, 1, 0.5, 0, 0)); BAD(fastnn_dropout_forward(&f, &f, -1, 0.5, 0, 0));
+}
+
+/* A hand-built plan (the Python tests' layout): every record's regions
+   packed end to end in exact-size workspaces, so ASan sees any access past
+   a region at the end of its buffer. */
+struct plan_builder {
+    int64_t rec[32][FASTNN_PLAN_FIELDS];
+    double sc[32][FASTNN_PLAN_SCALARS];
+    int n;
+    int64_t B, ws, iws, np, nb, y, dy, h, w, c;
+    int64_t pen[32][2];
+    int n_pen;
+};
+
+static int64_t *pb_record(struct plan_builder *p, int op, int64_t oh, int64_t ow, int64_t oc) {
+    int64_t *r = p->rec[p->n];
+    for (int f = 0; f < FASTNN_PLAN_FIELDS; f++) r[f] = f <= FASTNN_F_STAT1 ? -1 : 0;
+    for (int f = 0; f < FASTNN_PLAN_SCALARS; f++) p->sc[p->n][f] = 0.0;
+    r[FASTNN_F_OP] = op; r[FASTNN_F_X] = p->y; r[FASTNN_F_DX] = p->dy;
+    r[FASTNN_F_H] = p->h; r[FASTNN_F_W] = p->w; r[FASTNN_F_C] = p->c;
+    r[FASTNN_F_OH] = oh; r[FASTNN_F_OW] = ow; r[FASTNN_F_OC] = oc;
+    r[FASTNN_F_Y] = p->ws; p->ws += p->B * oh * ow * oc;
+    r[FASTNN_F_DY] = p->ws; p->ws += p->B * oh * ow * oc;
+    p->y = r[FASTNN_F_Y]; p->dy = r[FASTNN_F_DY]; p->h = oh; p->w = ow; p->c = oc;
+    p->n++;
+    return r;
+}
+
+static void pb_dense(struct plan_builder *p, int64_t oc, int act, int bias) {
+    const int64_t in = p->h * p->w * p->c;
+    int64_t *r = pb_record(p, FASTNN_OP_DENSE, 1, 1, oc);
+    r[FASTNN_F_PARAM] = p->np; p->pen[p->n_pen][0] = p->np; p->pen[p->n_pen++][1] = in * oc;
+    p->np += in * oc;
+    if (bias) { r[FASTNN_F_BIAS] = p->np; p->np += oc; }
+    r[FASTNN_F_ACT] = act;
+}
+
+static void pb_conv(struct plan_builder *p, int64_t oc, int64_t k, int64_t s, int64_t pad) {
+    const int64_t h = p->h, w = p->w, c = p->c;
+    const int64_t oh = (h + 2 * pad - k) / s + 1, ow = (w + 2 * pad - k) / s + 1;
+    int64_t *r = pb_record(p, FASTNN_OP_CONV2D, oh, ow, oc);
+    r[FASTNN_F_PARAM] = p->np; p->np += k * k * c * oc;
+    r[FASTNN_F_BIAS] = p->np; p->np += oc;
+    r[FASTNN_F_AUX] = p->ws; p->ws += p->B * oh * ow * k * k * c;
+    r[FASTNN_F_KH] = r[FASTNN_F_KW] = k; r[FASTNN_F_SH] = r[FASTNN_F_SW] = s;
+    r[FASTNN_F_PH] = r[FASTNN_F_PW] = pad; r[FASTNN_F_ACT] = FASTNN_ACT_RELU;
+}
+
+static void pb_pool(struct plan_builder *p, int op, int64_t k) {
+    int64_t *r = pb_record(p, op, (p->h - k) / k + 1, (p->w - k) / k + 1, p->c);
+    r[FASTNN_F_KH] = r[FASTNN_F_KW] = r[FASTNN_F_SH] = r[FASTNN_F_SW] = k;
+    if (op == FASTNN_OP_MAXPOOL2D) {
+        r[FASTNN_F_IAUX] = p->iws; p->iws += p->B * r[FASTNN_F_OH] * r[FASTNN_F_OW] * p->c;
+    }
+}
+
+static void pb_batchnorm(struct plan_builder *p) {
+    const int64_t c = p->c;
+    if (p->dy == -1) { p->dy = p->ws; p->ws += p->B * p->h * p->w * c; }
+    int64_t *r = pb_record(p, FASTNN_OP_BATCHNORM, p->h, p->w, c);
+    r[FASTNN_F_PARAM] = p->np; r[FASTNN_F_BIAS] = p->np + c; p->np += 2 * c;
+    r[FASTNN_F_STAT0] = p->nb; r[FASTNN_F_STAT1] = p->nb + c; p->nb += 2 * c;
+    r[FASTNN_F_AUX] = p->ws; p->ws += 2 * c;
+    p->sc[p->n - 1][FASTNN_S_MOMENTUM] = 0.1; p->sc[p->n - 1][FASTNN_S_EPS] = 1e-5;
+}
+
+static void plan_case(int kind, int loss, int ordered, int threads) {
+    struct plan_builder P = {.B = 7, .y = -1, .dy = -1, .h = 8, .w = 8, .c = 2};
+    struct plan_builder *p = &P;
+    const int64_t in_size = 8 * 8 * 2, n = 17;  /* batches of 7, 7, 3 */
+    if (kind == 0) {  /* every record kind */
+        pb_batchnorm(p);
+        pb_conv(p, 3, 3, 1, 1);
+        pb_pool(p, FASTNN_OP_MAXPOOL2D, 2);
+        pb_conv(p, 4, 2, 1, 0);
+        pb_pool(p, FASTNN_OP_AVGPOOL2D, 2);
+        p->c = p->h * p->w * p->c; p->h = p->w = 1;  /* flatten */
+        int64_t *d = pb_record(p, FASTNN_OP_DROPOUT, 1, 1, p->c);
+        d[FASTNN_F_SEED] = 3; p->sc[p->n - 1][FASTNN_S_P] = 0.25;
+        /* a residual block: fork, dense, activation, add */
+        const int64_t a = p->y, sz = p->B * p->c, dbranch = p->ws, dskip = p->ws + sz;
+        p->ws += 2 * sz;
+        int64_t *f = pb_record(p, FASTNN_OP_FORK, 1, 1, p->c);
+        p->ws -= 2 * sz;  /* (a fork has no y, dy of its own: its dy is the branch's) */
+        f[FASTNN_F_Y] = a; f[FASTNN_F_DY] = dbranch; f[FASTNN_F_DAUX] = dskip;
+        p->y = a; p->dy = dbranch;
+        pb_dense(p, p->c, FASTNN_ACT_TANH, 1);
+        int64_t *act = pb_record(p, FASTNN_OP_ACTIVATION, 1, 1, p->c);
+        act[FASTNN_F_ACT] = FASTNN_ACT_LEAKY_RELU; p->sc[p->n - 1][FASTNN_S_SLOPE] = 0.1;
+        int64_t *add = pb_record(p, FASTNN_OP_ADD, 1, 1, p->c);
+        add[FASTNN_F_AUX] = a; add[FASTNN_F_DAUX] = dskip;
+        pb_batchnorm(p);
+        pb_dense(p, 4, FASTNN_ACT_IDENTITY, 1);
+        if (loss == FASTNN_LOSS_MSE) pb_record(p, FASTNN_OP_SOFTMAX, 1, 1, 4);
+    } else {  /* all dense: the dense-stack path */
+        pb_dense(p, 9, FASTNN_ACT_RELU, 1);
+        pb_dense(p, 4, FASTNN_ACT_IDENTITY, 0);
+    }
+    const int64_t out = p->c, xb = p->ws, tb = p->ws + p->B * in_size;
+    const int64_t lb = p->iws;
+    int64_t ws_size = tb + p->B * out, iws_size = p->iws + p->B;
+    if (kind == 1) {
+        fastnn_dense_layer L[2] = {{in_size, 9, 0, 0, 0, 0.0f}, {9, 4, 0, -1, 0, 0.0f}};
+        const int64_t need = fastnn_dense_stack_workspace(L, 2, p->B, threads);
+        if (need > ws_size) ws_size = need;
+    }
+    float *params = rnd(p->np), *grads = rnd(p->np), *ws = rnd(ws_size), *X = rnd(n * in_size);
+    float *T = rnd(n * out), *buffers = rnd(p->nb ? p->nb : 1);
+    for (int64_t i = 0; i < p->nb; i++) buffers[i] = 1.0f;
+    float *m = calloc((size_t)p->np, 4), *v = calloc((size_t)p->np, 4);
+    int32_t *iws = malloc((size_t)iws_size * sizeof *iws), *labels = malloc((size_t)n * sizeof *labels);
+    int64_t order[20];
+    for (int64_t i = 0; i < n; i++) labels[i] = (int32_t)(rand() % out);
+    for (int64_t i = 0; i < 20; i++) order[i] = (i * 5) % n;
+    const int64_t rows = ordered ? 20 : n, nbatch = (rows + p->B - 1) / p->B;
+    double *bl = malloc((size_t)nbatch * sizeof *bl);
+    int64_t *bc = malloc((size_t)nbatch * sizeof *bc);
+    fastnn_model_epoch E = {
+        .params = params, .grads = grads, .n_params = p->np, .buffers = p->nb ? buffers : NULL,
+        .n_buffers = p->nb, .plan = &p->rec[0][0], .plan_scalars = &p->sc[0][0],
+        .n_records = p->n, .penalized = &p->pen[0][0], .n_penalized = p->n_pen, .loss = loss,
+        .X = X, .labels = loss == 0 ? labels : NULL, .T = loss == 0 ? NULL : T, .n = n,
+        .in_size = in_size, .out_size = out, .order = ordered ? order : NULL,
+        .n_order = ordered ? 20 : 0, .batch = p->B, .xb = xb, .tb = tb, .lb = lb,
+        .output = p->y, .doutput = p->dy, .l2 = 0.01, .loss_scale = 1.0, .grad_scale = 0.5,
+        .clip_value = kind == 0 ? 0.5 : 0.0, .clip_norm = kind == 0 ? 1.0 : 0.0,
+        .workspace = ws, .workspace_size = ws_size, .iworkspace = iws,
+        .iworkspace_size = iws_size, .batch_loss = bl, .batch_correct = bc};
+    E.opt.kind = FASTNN_OPT_ADAM; E.opt.lr = 1e-3; E.opt.beta1 = 0.9; E.opt.beta2 = 0.999;
+    E.opt.eps = 1e-8; E.opt.mu_product = 1.0; E.opt.state[0] = m; E.opt.state[1] = v;
+    OK(fastnn_model_epoch_run(&E));
+    if (E.n_done != nbatch) { fails++; printf("model epoch: %lld of %lld batches\n", (long long)E.n_done, (long long)nbatch); }
+    /* refusals: one region a float too far, an overflowing size, a bad op */
+    fastnn_model_epoch F = E;
+    F.workspace_size = E.doutput + p->B * out - 1;  /* the output gradient's last row short */
+    BAD(fastnn_model_epoch_run(&F));
+    F = E; F.iworkspace_size = kind == 0 ? iws_size - p->B - 1 : iws_size;
+    if (kind == 0) BAD(fastnn_model_epoch_run(&F));
+    F = E; F.n_params = p->np - 1;
+    BAD(fastnn_model_epoch_run(&F));
+    int64_t saved = p->rec[0][FASTNN_F_H];
+    p->rec[0][FASTNN_F_H] = (int64_t)1 << 62;
+    BAD(fastnn_model_epoch_run(&E));
+    p->rec[0][FASTNN_F_H] = saved;
+    saved = p->rec[p->n - 1][FASTNN_F_OP];
+    p->rec[p->n - 1][FASTNN_F_OP] = 11;
+    BAD(fastnn_model_epoch_run(&E));
+    p->rec[p->n - 1][FASTNN_F_OP] = saved;
+    F = E; F.batch = INT64_MAX / 2;
+    BAD(fastnn_model_epoch_run(&F));
+    free(params); free(grads); free(ws); free(X); free(T); free(buffers); free(m); free(v);
+    free(iws); free(labels); free(bl); free(bc);
+}
+
+static void plan_cases(void) {
+    for (int kind = 0; kind < 2; kind++)
+        for (int loss = 0; loss < 4; loss += 2)  /* softmax_xent, mse */
+            for (int ordered = 0; ordered < 2; ordered++)
+                plan_case(kind, loss, ordered, fastnn_get_num_threads());
+}
+
 /* Sizes whose products or sums pass int64: each call must return EINVAL
    before it reads or writes anything (every buffer is one float on the
    heap, so ASan reports any access), and no arithmetic may overflow
@@ -377,6 +554,8 @@ int main(void) {
         fastnn_set_num_threads(th);
         epoch_cases();
         deep_epoch_cases();
+        dropout_cases();
+        plan_cases();
     }
     int best = fastnn_simd_best();
     for (int path = 0; path <= best; path++) {
