@@ -296,7 +296,32 @@ def model_epoch(epoch):
     """The epoch of a compiled model in one C call: spec.ModelEpoch as the C
     struct fastnn_model_epoch (plan, plan_scalars and penalized as int64 /
     float64 / int64 arrays; buffers and iworkspace may be empty)."""
-    e = epoch
+    c, keep = _model_epoch_struct(epoch)
+    _call(lib.fastnn_model_epoch_run, c)
+    del keep
+    return int(c.n_done), int(c.opt.step), float(c.opt.mu_product)
+
+
+def model_epochs(epochs):
+    """Several models' epochs in one C call, side by side (one model per
+    thread): fastnn_model_epochs_run over an array of the structs."""
+    structs = [_model_epoch_struct(e) for e in epochs]
+    array = ffi.new("fastnn_model_epoch[]", len(structs))
+    for i, (c, _) in enumerate(structs):
+        array[i] = c[0]
+    rcs = ffi.new("int[]", len(structs))
+    rc = lib.fastnn_model_epochs_run(array, len(structs), rcs)
+    if rc:
+        bad = [i for i in range(len(structs)) if rcs[i]]
+        raise RuntimeError(f"fastnn_model_epochs_run: C kernel returned error {rc} for epochs "
+                           f"{bad} (arguments passed the front's checks; this is a bug)")
+    del structs  # (kept the arrays' pointers alive through the call)
+    return [(int(a.n_done), int(a.opt.step), float(a.opt.mu_product)) for a in array]
+
+
+def _model_epoch_struct(e):
+    """A fastnn_model_epoch for spec.ModelEpoch e, and what must outlive
+    its use (the arrays its pointers point into)."""
     plan = np.ascontiguousarray(e.plan, dtype=np.int64).reshape(-1, len(spec.PLAN_FIELDS))
     scal = np.ascontiguousarray(e.plan_scalars, dtype=np.float64).reshape(
         -1, len(spec.PLAN_SCALARS))
@@ -318,8 +343,7 @@ def model_epoch(epoch):
         lb=e.lb, output=e.output, doutput=e.doutput, l2=e.l2, loss_scale=e.loss_scale,
         grad_scale=e.grad_scale, clip_value=e.clip_value, clip_norm=e.clip_norm,
         workspace_size=e.workspace.size, iworkspace_size=0 if iws is None else iws.size))
-    _call(lib.fastnn_model_epoch_run, c)
-    return int(c.n_done), int(c.opt.step), float(c.opt.mu_product)
+    return c, (pointers, plan, scal, pen, opt)
 
 
 # ---- dropout (Philox4x32-10 masks) ---------------------------------------------
