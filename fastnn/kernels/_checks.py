@@ -671,21 +671,38 @@ def prepare_model_epochs(epochs, dtype):
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"epochs[{i}]: {exc}") from exc
         checked.append(c)
-    written = [_written(e) for e in checked]
-    for i, mine in enumerate(written):
-        for j in range(i):
-            others = dict(written[j], X=checked[j].X, targets=checked[j].targets,
-                          order=checked[j].order)
-            for name, arr in mine.items():
-                check_no_alias(f"epochs[{i}].{name}", arr, {f"epochs[{j}].{k}": v
-                                                            for k, v in others.items()})
-        reads = {"X": checked[i].X, "targets": checked[i].targets, "order": checked[i].order}
-        for j, theirs in enumerate(written):
-            if j != i:
-                for name, arr in theirs.items():
-                    check_no_alias(f"epochs[{j}].{name}", arr,
-                                   {f"epochs[{i}].{k}": v for k, v in reads.items()})
+    # One sweep over every array's memory range (n log n in the number of
+    # arrays, not the pairs of epochs): a range one epoch writes must not
+    # meet another epoch's written range nor anything any epoch reads.
+    spans = []  # (start, end, epoch, name, written)
+    reads = {}
+    for i, e in enumerate(checked):
+        for name, arr in _written(e).items():
+            spans.append(_span(arr) + (i, name, True))
+        for name in ("X", "targets", "order"):
+            arr = getattr(e, name)
+            if arr is not None:
+                reads.setdefault(id(arr), (arr, i, name))
+    spans += [_span(arr) + (i, name, False) for arr, i, name in reads.values()]
+    spans = sorted(sp for sp in spans if sp[1] > sp[0])
+    open_spans = []  # the spans whose range may still reach the next ones
+    for sp in spans:
+        open_spans = [o for o in open_spans if o[1] > sp[0]]
+        for o in open_spans:
+            if (sp[4] or o[4]) and (o[2] != sp[2] or not (sp[4] and o[4])):
+                w, r = (sp, o) if sp[4] else (o, sp)
+                if w[2] == r[2] and not r[4]:
+                    continue  # an epoch against its own inputs: checked above
+                raise ValueError(f"epochs[{w[2]}].{w[3]}: output overlaps "
+                                 f"epochs[{r[2]}].{r[3]}")
+        open_spans.append(sp)
     return (checked,)
+
+
+def _span(a):
+    """The byte range [start, end) of a C-contiguous array's memory."""
+    start = _pointer(a)
+    return (start, start + _nbytes(a))
 
 
 def _written(e):
