@@ -42,6 +42,7 @@ class BatchNorm(Layer):
         if not in_shape or in_shape[-1] != self.num_features:
             raise ValueError(f"BatchNorm({self.num_features}): input has per-sample shape "
                              f"{tuple(in_shape)}, expected (..., {self.num_features})")
+        self.values_per_sample = int(np.prod(in_shape[:-1]))  # per channel
         return tuple(in_shape)
 
     def param_shapes(self):

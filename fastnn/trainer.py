@@ -155,6 +155,19 @@ def _check_epochs(epochs):
     return int(epochs)
 
 
+def _check_batchnorm_batches(model, n, batch_size):
+    """Refuse, before anything trains, an epoch whose last batch would give
+    a BatchNorm one value per channel (no variance: torch refuses it too)."""
+    last = n - (-(-n // batch_size) - 1) * batch_size
+    for layer in model.walk():
+        per_sample = getattr(layer, "values_per_sample", None)
+        if per_sample is not None and last * per_sample < 2:
+            raise ValueError(
+                f"batch_size: {n} samples in batches of {batch_size} leave a last batch of "
+                f"{last}, which gives {type(layer).__name__} one value per channel (no batch "
+                f"statistics); pick a batch_size that does not leave one sample over")
+
+
 class _FitRun:
     """One trainer's fit in progress, epoch by epoch: what Trainer.fit
     loops over, and what fastnn.fit_many runs for each of its trainers.
@@ -173,6 +186,7 @@ class _FitRun:
         self.epochs, self.batch_size = epochs, min(batch_size, self.n)
         self.n_batches = -(-self.n // self.batch_size)
         self.validation, self.shuffle, self.stoppers = validation_data, shuffle, stoppers
+        _check_batchnorm_batches(trainer.model, self.n, self.batch_size)
         self.rng = np.random.default_rng(seed)
         # The compiled epoch on the host takes the shuffle as an order of
         # rows and gathers each batch itself: no shuffled copy of X.
@@ -529,6 +543,7 @@ class Trainer:
         t = self._targets(y, len(X))
         n = len(X)
         batch_size = min(_check_batch_size(batch_size), n)
+        _check_batchnorm_batches(self.model, n, batch_size)
         return EpochRunner(self, X, t, batch_size, plan)
 
     def _rows_in_order(self, X, t, order):

@@ -293,3 +293,15 @@ def test_model_epoch_front_refuses_a_record_outside_the_workspace():
             k.model_epoch(epoch(**over))
     np.testing.assert_array_equal(model.get_params(), before)
     assert k.model_epoch(epoch())[0] == 2
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_batchnorm_last_batch_of_one_is_refused_before_training(fused):
+    model = Sequential(MODELS["mlp_bn_dropout"][0](), seed=1, backend="c")
+    trainer = Trainer(model, "softmax_cross_entropy", "adam", fused=fused)
+    X, y = data((12,), "softmax_cross_entropy", 3, n=33)
+    before = model.get_params()
+    with pytest.raises(ValueError, match="last batch of 1"):
+        trainer.fit(X, y, epochs=1, batch_size=16, verbose=False)
+    np.testing.assert_array_equal(model.get_params(), before)
+    trainer.fit(X, y, epochs=1, batch_size=11, verbose=False)  # 3 x 11: fine

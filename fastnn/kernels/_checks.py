@@ -646,6 +646,13 @@ def prepare_model_epoch(epoch, dtype):
         if isinstance(off, bool) or not isinstance(off, (int, np.integer)) or off < 0 \
                 or off + size > sizes[buf]:
             raise ValueError(f"{name}: offset {off!r} with {size} values lies outside {buf}")
+    rows = X.shape[0] if order is None else order.shape[0]
+    last = rows - (-(-rows // B) - 1) * B
+    for i, rec in enumerate(plan):
+        if rec[spec.F["op"]] == spec.Op.BATCHNORM \
+                and last * rec[spec.F["h"]] * rec[spec.F["w"]] < 2:
+            raise ValueError(f"batch_size: the last batch of {last} gives plan[{i}] "
+                             "(BATCHNORM) one value per channel")
     for o, size in pen:
         if o < 0 or size < 0 or o + size > n_params:
             raise ValueError(f"penalized: range [{o}, {o + size}) outside params ({n_params})")
