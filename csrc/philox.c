@@ -85,6 +85,104 @@ static void dropout_blocks(float *out, const float *in, int64_t size, int64_t b_
     }
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HAVE_AVX512_PHILOX 1
+
+/* The high and low 32 bits of a * m for 16 lanes (m broadcast): vpmuludq
+   multiplies the even lanes, a shift brings the odd ones down. */
+__attribute__((target("avx512f"))) static inline void mulhilo16(__m512i a, __m512i m,
+                                                                __m512i *hi, __m512i *lo)
+{
+    const __m512i even = _mm512_mul_epu32(a, m);
+    const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
+    *lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+    *hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
+}
+
+/* dropout_blocks with AVX-512 intrinsics: 16 blocks (64 elements) a pass,
+   the four words of each block in four registers, transposed to element
+   order (element 4 j + q is word q of block j) before the multiply.  The
+   compiler's vectorisation of the portable loop widens every product to
+   64-bit lanes and ran at ~7 cycles per element; this runs ~1. */
+__attribute__((target("avx512f"))) static void dropout_blocks_avx512(
+    float *out, const float *in, int64_t size, int64_t b_lo, int64_t b_hi, const struct mask *mk)
+{
+    const __m512i m0 = _mm512_set1_epi32((int)PHILOX_M0), m1 = _mm512_set1_epi32((int)PHILOX_M1);
+    const __m512i thr = _mm512_set1_epi32((int)mk->threshold);
+    const __m512 scale = _mm512_set1_ps(mk->scale);
+    const __m512i steps = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+    int64_t b0 = b_lo;
+    for (; b0 + LANES <= b_hi && 4 * (b0 + LANES) <= size; b0 += LANES) {
+        const __m512i lo8 = _mm512_add_epi64(_mm512_set1_epi64(b0), steps);
+        const __m512i hi8 = _mm512_add_epi64(_mm512_set1_epi64(b0 + 8), steps);
+        /* the blocks' low and high words, 16 lanes each */
+        __m512i x0 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(lo8)),
+                                        _mm512_cvtepi64_epi32(hi8), 1);
+        __m512i x1 = _mm512_inserti64x4(
+            _mm512_castsi256_si512(_mm512_cvtepi64_epi32(_mm512_srli_epi64(lo8, 32))),
+            _mm512_cvtepi64_epi32(_mm512_srli_epi64(hi8, 32)), 1);
+        __m512i x2 = _mm512_set1_epi32((int)mk->c2), x3 = _mm512_set1_epi32((int)mk->c3);
+        uint32_t k0 = mk->k0, k1 = mk->k1;
+        for (int r = 0; r < PHILOX_ROUNDS; r++) {
+            __m512i hi0, lo0, hi1, lo1;
+            mulhilo16(x0, m0, &hi0, &lo0);
+            mulhilo16(x2, m1, &hi1, &lo1);
+            x0 = _mm512_xor_si512(_mm512_xor_si512(hi1, x1), _mm512_set1_epi32((int)k0));
+            x2 = _mm512_xor_si512(_mm512_xor_si512(hi0, x3), _mm512_set1_epi32((int)k1));
+            x1 = lo1;
+            x3 = lo0;
+            k0 += PHILOX_W0;
+            k1 += PHILOX_W1;
+        }
+        /* each word's factor: 0 if dropped, else scale */
+        const __m512 f0 = _mm512_maskz_mov_ps(
+            _mm512_cmpge_epu32_mask(_mm512_srli_epi32(x0, 8), thr), scale);
+        const __m512 f1 = _mm512_maskz_mov_ps(
+            _mm512_cmpge_epu32_mask(_mm512_srli_epi32(x1, 8), thr), scale);
+        const __m512 f2 = _mm512_maskz_mov_ps(
+            _mm512_cmpge_epu32_mask(_mm512_srli_epi32(x2, 8), thr), scale);
+        const __m512 f3 = _mm512_maskz_mov_ps(
+            _mm512_cmpge_epu32_mask(_mm512_srli_epi32(x3, 8), thr), scale);
+        /* 4x4 transposes in each 128-bit lane: r_i's lane L holds block 4 L + i */
+        const __m512 t0 = _mm512_unpacklo_ps(f0, f1), t1 = _mm512_unpackhi_ps(f0, f1);
+        const __m512 t2 = _mm512_unpacklo_ps(f2, f3), t3 = _mm512_unpackhi_ps(f2, f3);
+        const __m512 r0 = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t0),
+                                                              _mm512_castps_pd(t2)));
+        const __m512 r1 = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t0),
+                                                              _mm512_castps_pd(t2)));
+        const __m512 r2 = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t1),
+                                                              _mm512_castps_pd(t3)));
+        const __m512 r3 = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t1),
+                                                              _mm512_castps_pd(t3)));
+        /* lanes in element order: blocks 4k .. 4k + 3 make output vector k */
+        const __m512 a = _mm512_shuffle_f32x4(r0, r1, 0x44), b = _mm512_shuffle_f32x4(r2, r3, 0x44);
+        const __m512 c = _mm512_shuffle_f32x4(r0, r1, 0xEE), d = _mm512_shuffle_f32x4(r2, r3, 0xEE);
+        const __m512 o[4] = {_mm512_shuffle_f32x4(a, b, 0x88), _mm512_shuffle_f32x4(a, b, 0xDD),
+                             _mm512_shuffle_f32x4(c, d, 0x88), _mm512_shuffle_f32x4(c, d, 0xDD)};
+        const float *x = in + 4 * b0;
+        float *y = out + 4 * b0;
+        for (int k = 0; k < 4; k++)
+            _mm512_storeu_ps(y + 16 * k, _mm512_mul_ps(_mm512_loadu_ps(x + 16 * k), o[k]));
+    }
+    if (b0 < b_hi)  /* a partial pass: the portable code */
+        dropout_blocks(out, in, size, b0, b_hi, mk);
+}
+#endif
+
+/* The blocks [b_lo, b_hi) on this CPU's best path. */
+static void dropout_span(float *out, const float *in, int64_t size, int64_t b_lo, int64_t b_hi,
+                         const struct mask *mk)
+{
+#ifdef HAVE_AVX512_PHILOX
+    if (fastnn_simd_path() == FASTNN_SIMD_AVX512) {
+        dropout_blocks_avx512(out, in, size, b_lo, b_hi, mk);
+        return;
+    }
+#endif
+    dropout_blocks(out, in, size, b_lo, b_hi, mk);
+}
+
 _Static_assert(SPAN_BLOCKS % LANES == 0, "a span is whole passes");
 
 static int dropout(float *out, const float *in, int64_t size, double p, int64_t seed,
@@ -100,13 +198,12 @@ static int dropout(float *out, const float *in, int64_t size, double p, int64_t 
         .scale = (float)(1.0 / (1.0 - p))};
     const int64_t blocks = size / 4 + (size % 4 != 0);
     if (size <= PAR_MIN || fastnn_get_num_threads() < 2) {
-        dropout_blocks(out, in, size, 0, blocks, &mk);
+        dropout_span(out, in, size, 0, blocks, &mk);
         return FASTNN_OK;
     }
 #pragma omp parallel for num_threads(fastnn_get_num_threads()) schedule(static)
     for (int64_t b = 0; b < blocks; b += SPAN_BLOCKS)
-        dropout_blocks(out, in, size, b, b + SPAN_BLOCKS < blocks ? b + SPAN_BLOCKS : blocks,
-                       &mk);
+        dropout_span(out, in, size, b, b + SPAN_BLOCKS < blocks ? b + SPAN_BLOCKS : blocks, &mk);
     return FASTNN_OK;
 }
 

@@ -305,3 +305,26 @@ def test_batchnorm_last_batch_of_one_is_refused_before_training(fused):
         trainer.fit(X, y, epochs=1, batch_size=16, verbose=False)
     np.testing.assert_array_equal(model.get_params(), before)
     trainer.fit(X, y, epochs=1, batch_size=11, verbose=False)  # 3 x 11: fine
+
+
+@pytest.mark.parametrize("path", ["generic", "avx2", "avx512"])
+def test_c_dropout_every_simd_path(path):
+    """The AVX-512 Philox (intrinsics) and the portable one give the
+    reference's bits, on full and partial passes (a block counter past
+    2^32 would take a 16 GiB buffer: not tested; the lanes add it in
+    64 bits)."""
+    c = kernels.get("c")
+    best = c.info()["simd"]
+    try:
+        c.set_simd_path(path)
+    except ValueError:
+        pytest.skip(f"this CPU has no {path}")
+    try:
+        rng = np.random.default_rng(3)
+        for size, p, seed, counter in [(64 * 5, 0.5, 9, 1), (64 * 3 + 7, 0.2, 2 ** 40 + 5, 2 ** 33),
+                                       (17, 0.7, 1, 0), (100_003, 0.1, 2 ** 63 - 1, 12)]:
+            X = rng.normal(size=size).astype(np.float32)
+            Y = c.dropout_forward(np.empty(size, np.float32), X, p=p, seed=seed, counter=counter)
+            np.testing.assert_array_equal(Y, X * reference.dropout_mask(size, p, seed, counter))
+    finally:
+        c.set_simd_path(best)
