@@ -266,13 +266,17 @@ class EpochRunner:
 
 
 class _CompiledEpoch:
-    """A trainer's compiled epoch: dense_stack_epoch for a plain dense
-    stack (unless ``plan``), else model_epoch over the model's plan.
-    ``build`` makes the kernel's argument for one epoch, ``kernel`` runs
-    it, ``finish`` takes the kernel's result back into the trainer
-    (optimizer counters, dropout counters, the divergence check);
+    """A trainer's compiled epoch: model_epoch over the model's plan
+    (fastnn.plan).  ``build`` makes the kernel's argument for one epoch,
+    ``kernel`` runs it, ``finish`` takes the kernel's result back into the
+    trainer (optimizer counters, dropout counters, the divergence check);
     calling the object does all three (the epoch-function protocol of
-    Trainer._python_epoch)."""
+    Trainer._python_epoch).
+
+    For a plain dense stack without clipping the workspace is also large
+    enough for the backend's dense-stack scheduling (the c backend then
+    runs the plan with its threaded dense-stack epoch) -- unless ``plan``
+    (fit_many: many models side by side, one thread each)."""
 
     def __init__(self, trainer, n, batch_size, plan=False):
         self.trainer, k, model = trainer, trainer._k, trainer.model
@@ -282,15 +286,13 @@ class _CompiledEpoch:
         self.sizes = np.full(self.n_batches, batch_size, np.float64)
         self.sizes[-1] = n - (self.n_batches - 1) * batch_size
         self.batch_size = batch_size
-        self.stack = None if plan else trainer._stack
-        if self.stack is not None:
-            self.workspace = k.empty(k.dense_stack_workspace(self.stack, batch_size), model.dtype)
-            self.kernel = k.dense_stack_epoch
-        else:
-            self.plan = plan_mod.compile_model(model, batch_size)
-            self.workspace = k.empty(self.plan.workspace_size, model.dtype)
-            self.iworkspace = k.empty(self.plan.iworkspace_size, np.int32)
-            self.kernel = k.model_epoch
+        self.plan = plan_mod.compile_model(model, batch_size)
+        size = self.plan.workspace_size
+        if trainer._stack is not None and not plan:
+            size = max(size, k.dense_stack_workspace(trainer._stack, batch_size))
+        self.workspace = k.empty(size, model.dtype)
+        self.iworkspace = k.empty(self.plan.iworkspace_size, np.int32)
+        self.kernel = k.model_epoch
 
     def build(self, X, t, order):
         tr = self.trainer
@@ -304,8 +306,6 @@ class _CompiledEpoch:
             loss=tr.loss.name, batch_size=self.batch_size, optimizer=kernel, hyper=hyper,
             step=opt.step_count, mu_product=getattr(opt, "mu_product", 1.0), l2=tr.l2,
             loss_scale=tr.loss.value_scale, grad_scale=tr.loss.grad_scale, order=order)
-        if self.stack is not None:
-            return spec.Epoch(layers=self.stack, **common)
         return self.plan.epoch(buffers=model.buffers, iworkspace=self.iworkspace,
                                clip_value=tr.clip_value or 0.0, clip_norm=tr.clip_norm or 0.0,
                                **common)
@@ -315,8 +315,7 @@ class _CompiledEpoch:
         of the epoch the kernel ran; raises Diverged at a bad batch."""
         opt = self.trainer.optimizer
         done, opt.step_count, mu = result
-        if self.stack is None:
-            self.plan.advance(done)
+        self.plan.advance(done)
         if "mu_product" in opt.spec.scalars:
             opt.mu_product = mu
         if bar is not None:
