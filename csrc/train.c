@@ -226,16 +226,22 @@ struct epoch {
    of each b, its columns of each Y and D.
 
    A layer's forward, whatever the threads, is the value
-     C = 1:  act(P_0 + b)                   (one product, the fused gemm)
-     C = 2:  act((P_0 + P_1) + b)
-     C = 4:  act(((P_0 + P_1) + (P_2 + P_3)) + b)
+     act((((P_0 + P_1) + P_2) + P_3) + b)     (C chunks: P_0 .. P_(C-1))
    with P_q = X[:, chunk q] W[chunk q, :] one gemm call (its own k blocking).
-   A pair's sum P_a + P_b is computed either from P_a and P_b apart, or by
-   the gemm adding P_b onto P_a (beta = 1, `chain`): the same bits while a
-   chunk is one k block of the gemm (<= FASTNN_GEMM_KC = 256 columns: then
-   the gemm adds the block's fresh sum to C, C + P_b).  Wider chunks (d >
-   1024) are only ever chained, so a pair is then never split between two
-   threads (see plan_layers). */
+   A sum S + P_q is computed either from P_q apart, or by the gemm adding
+   P_q onto S in place (beta = 1, `chain`; then with the bias and the
+   activation in its epilogue for the last chunk): the same bits while a
+   chunk is one k block of the gemm (<= FASTNN_GEMM_KC = 256 columns: the
+   gemm then adds the block's fresh sum to C, C + P_q, which chunks of
+   inputs up to 1024 are).  So one thread computes a layer as one chain of
+   C products (the fused gemm when C = 1), and several threads compute the
+   first thread's chunks as a chain and the others' apart.
+
+   Wider chunks (inputs > 1024) would not add exactly; their value is
+     act(((P_0 + P_1) + (P_2 + P_3)) + b)
+   with each pair only ever chained: one thread chains both pairs (the
+   second into a scratch buffer) and adds them, and the forward is split
+   by input only when every thread owns whole pairs (split_by_input). */
 
 /* Chunks of a feature dimension of d features: 1 below 128 (or when the
    epoch is too small to ever use two threads), 2 below 512, else 4. */
@@ -303,32 +309,42 @@ static double all_squares(const struct epoch *e)
     return sq;
 }
 
-/* Columns [j0, j1) of m rows of Y (rows ldy apart): Y = ((Y + a1) + (p +
-   p2)) + b, where a1 and p2 may be NULL (then left out): the sums of the
-   chunk products not yet in Y, in the order the header above gives. The
-   partial buffers have rows ldp apart and the same column indices. */
+/* Columns [j0, j1) of m rows of Y (rows ldy apart), the chunk products not
+   yet in Y added in the header's order: narrow chunks, Y = (((Y + p[0]) +
+   p[1]) + ...) + b over the np buffers; wide (tree), Y = ((Y [+ p[0]]) +
+   (p[1] [+ p[2]])) + b, p[0] and p[2] may be NULL.  The buffers have rows
+   ldp apart and the same column indices as Y. */
 FASTNN_CLONES
-static void merge_partials(float *Y, int64_t ldy, const float *a1, const float *p,
-                           const float *p2, int64_t ldp, const float *b, int64_t m, int64_t j0,
-                           int64_t j1)
+static void merge_partials(float *Y, int64_t ldy, const float *const *p, int np, int tree,
+                           int64_t ldp, const float *b, int64_t m, int64_t j0, int64_t j1)
 {
     for (int64_t i = 0; i < m; i++) {
         float *y = Y + i * ldy;
-        const float *ra = a1 ? a1 + i * ldp : NULL, *rp = p + i * ldp;
-        const float *rp2 = p2 ? p2 + i * ldp : NULL;
-        if (ra) {
+        if (!tree) {
+            for (int q = 0; q < np; q++) {
+                const float *r = p[q] + i * ldp;
 #pragma omp simd
-            for (int64_t j = j0; j < j1; j++)
-                y[j] += ra[j];
-        }
-        if (rp2) {
-#pragma omp simd
-            for (int64_t j = j0; j < j1; j++)
-                y[j] += rp[j] + rp2[j];
+                for (int64_t j = j0; j < j1; j++)
+                    y[j] += r[j];
+            }
         } else {
+            if (p[0]) {
+                const float *r = p[0] + i * ldp;
 #pragma omp simd
-            for (int64_t j = j0; j < j1; j++)
-                y[j] += rp[j];
+                for (int64_t j = j0; j < j1; j++)
+                    y[j] += r[j];
+            }
+            const float *r1 = p[1] + i * ldp;
+            if (p[2]) {
+                const float *r2 = p[2] + i * ldp;
+#pragma omp simd
+                for (int64_t j = j0; j < j1; j++)
+                    y[j] += r1[j] + r2[j];
+            } else {
+#pragma omp simd
+                for (int64_t j = j0; j < j1; j++)
+                    y[j] += r1[j];
+            }
         }
         if (b) {
 #pragma omp simd
@@ -336,6 +352,12 @@ static void merge_partials(float *Y, int64_t ldy, const float *a1, const float *
                 y[j] += b[j];
         }
     }
+}
+
+/* Whether a dimension's chunks are wider than a gemm k block (the tree). */
+static int wide(int64_t d)
+{
+    return d > 4 * (int64_t)FASTNN_GEMM_KC;
 }
 
 /* The activation (forward, or its derivative into D in place) of columns
@@ -390,7 +412,7 @@ static int split_by_input(const struct epoch *e, const fastnn_dense_layer *L)
     const int n = n_chunks(e, L->in), T = e->threads;
     if (T == 1 || n < 2 || e->a->batch * T >= 2 * L->in)
         return 0;
-    if (L->in > 4 * (int64_t)FASTNN_GEMM_KC)  /* wide chunks: pairs must stay whole */
+    if (wide(L->in))  /* pairs must stay whole */
         for (int t = 0; t < T; t++) {
             int c0, c1;
             owned_chunks(n, t, T, &c0, &c1);
@@ -409,8 +431,9 @@ static float *slab(const struct epoch *e, int l, int s)
 }
 
 /* Columns [j0, j1) of layer l's output for the m rows, computed whole by
-   one thread: the value of the header above, the second pair's products
-   in `scratch` (rows `out` apart, the same column indices). */
+   one thread: the value of the header above, one chain (wide chunks: the
+   second pair's chain in `scratch`, rows `out` apart, the same column
+   indices). */
 static int forward_columns(const struct epoch *e, int l, const float *in, int64_t m,
                            int64_t j0, int64_t j1, float *scratch)
 {
@@ -422,31 +445,32 @@ static int forward_columns(const struct epoch *e, int l, const float *in, int64_
     const int n = n_chunks(e, L->in), half = n / 2;
     if (j1 <= j0)
         return FASTNN_OK;
-    if (n == 1)
-        return chain(L, W, b, in, m, 1, 0, 1, Y, L->out, j0, j1, 1);
+    if (!wide(L->in))
+        return chain(L, W, b, in, m, n, 0, n, Y, L->out, j0, j1, 1);
     int rc = chain(L, W, b, in, m, n, 0, half, Y, L->out, j0, j1, 0);
     if (rc == FASTNN_OK)
         rc = chain(L, W, b, in, m, n, half, n, scratch, L->out, j0, j1, 0);
     if (rc == FASTNN_OK) {
-        merge_partials(Y, L->out, NULL, scratch, NULL, L->out, b, m, j0, j1);
+        const float *p[3] = {NULL, scratch, NULL};
+        merge_partials(Y, L->out, p, 3, 1, L->out, b, m, j0, j1);
         rc = act_columns(Y, Y, m, L->out, j0, j1, L, 0);
     }
     return rc;
 }
 
 /* Layer l's forward for the m rows of the batch, by thread t.  One thread:
-   forward_columns over all columns, D_l (unused until the backward) as the
-   scratch.  Split by output: after a barrier (every column of the input
+   forward_columns over all columns (D_l, unused until the backward, as the
+   scratch).  Split by output: after a barrier (every column of the input
    written, every row of W updated), thread t computes its columns whole.
    Split by input: thread t computes the products of its input chunks (its
-   rows of W): those of chunk 0's pair into Y (the pair chained when it
-   owns both), the others into partial buffers (buffer q - 1 for the
-   product, or chained pair, starting at chunk q); after a barrier it
-   merges them for its columns (its input columns of the next layer), bias
-   and activation.  Either way the value is the header's, and thread t
-   writes only its part of Y's columns -- but for the owner of chunk 0,
-   which writes all of Y's columns before the barrier, when no thread reads
-   Y_l. */
+   rows of W): the owner of chunk 0 chains its chunks [0, e0) into Y, every
+   other chunk q goes apart into partial buffer q - e0 (wide chunks: a
+   thread owns whole pairs, and the second pair's chain goes into buffer
+   0); after a barrier thread t merges them in order for its columns (its
+   input columns of the next layer), then bias and activation.  Either way
+   the value is the header's, and thread t writes only its part of Y's
+   columns -- but for the owner of chunk 0, which writes all of Y's columns
+   before the barrier, when no thread reads Y_l. */
 static int forward_layer(struct epoch *e, int l, int t, const float *in, int64_t m)
 {
     const fastnn_epoch *a = e->a;
@@ -463,37 +487,34 @@ static int forward_layer(struct epoch *e, int l, int t, const float *in, int64_t
     const float *W = a->params + L->w_offset;
     const float *b = L->b_offset >= 0 ? a->params + L->b_offset : NULL;
     float *Y = e->Y + a->batch * e->row_off[l];
-    const int n = n_chunks(e, L->in), half = n / 2;
-    int c0, c1, rc = FASTNN_OK;
+    const int n = n_chunks(e, L->in), tree = wide(L->in);
+    int c0, c1, e0 = 0, rc = FASTNN_OK;
     owned_chunks(n, t, T, &c0, &c1);
-    /* the thread's chunks, pair by pair: [lo, hi) of pair [p0, p1) */
-    for (int p0 = 0; p0 < n && rc == FASTNN_OK; p0 += half) {
-        const int p1 = p0 + half, lo = c0 > p0 ? c0 : p0, hi = c1 < p1 ? c1 : p1;
-        if (hi <= lo)
-            continue;
-        if (lo == p0 && hi == p1) {  /* the whole pair, chained */
-            rc = chain(L, W, b, in, m, n, lo, hi, p0 == 0 ? Y : slab(e, l, p0 - 1), L->out, 0,
-                       L->out, 0);
-        } else {  /* part of a split pair: each product apart */
-            for (int q = lo; q < hi && rc == FASTNN_OK; q++)
-                rc = chain(L, W, b, in, m, n, q, q + 1, q == 0 ? Y : slab(e, l, q - 1), L->out,
-                           0, L->out, 0);
-        }
+    for (int u = 1; u <= T && e0 == 0; u++)  /* the first thread's end: e0 > 0 */
+        e0 = (int)((int64_t)u * n / T);
+    if (c1 > c0) {
+        if (c0 == 0)
+            rc = chain(L, W, b, in, m, n, 0, c1, Y, L->out, 0, L->out, 0);
+        else if (tree)  /* the second pair, whole (split_by_input) */
+            rc = chain(L, W, b, in, m, n, c0, c1, slab(e, l, 0), L->out, 0, L->out, 0);
+        else
+            for (int q = c0; q < c1 && rc == FASTNN_OK; q++)
+                rc = chain(L, W, b, in, m, n, q, q + 1, slab(e, l, q - e0), L->out, 0, L->out,
+                           0);
     }
 #pragma omp barrier
     own(e, L->out, t, &j0, &j1);
     if (j1 > j0) {
-        /* a pair is split (its products computed apart) when a thread's
-           first chunk is its second (only with 4 chunks) */
-        int split[2] = {0, 0};
-        for (int u = 1; u < T && half == 2; u++) {
-            const int q = (int)((int64_t)u * n / T);
-            if (q % 2)
-                split[q / 2] = 1;
+        const float *p[MAX_CHUNKS] = {NULL};
+        int np = 0;
+        if (tree) {
+            p[1] = slab(e, l, 0);
+            np = 3;
+        } else {
+            for (int q = e0; q < n; q++)
+                p[np++] = slab(e, l, q - e0);
         }
-        const float *a1 = split[0] ? slab(e, l, 0) : NULL;
-        const float *p = slab(e, l, half - 1), *p2 = split[1] ? slab(e, l, half) : NULL;
-        merge_partials(Y, L->out, a1, p, p2, L->out, b, m, j0, j1);
+        merge_partials(Y, L->out, p, np, tree, L->out, b, m, j0, j1);
         if (rc == FASTNN_OK)
             rc = act_columns(Y, Y, m, L->out, j0, j1, L, 0);
     }
