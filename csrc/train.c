@@ -13,7 +13,8 @@
  * leading rows):
  *   Y_0 (B, out_0) | Y_1 | ... | D_0 (B, out_0) | D_1 | ...    outputs, gradients
  *   | Xb (B, in_0) | Tb (B, out_last) | Lb (B int32)            a gathered batch
- *   | P[t][parity] (B, widest out), 2 per thread, threads > 1   partial products
+ *   | P[2 T] (B, widest out), threads > 1                       partial products
+ * (layer l's partial products use buffers [(l & 1) T, (l & 1) T + T), see slab).
  * The loss gradient goes into D_last; layer l's backward turns D_l into dZ
  * in place and writes dX into D_(l-1).  Which thread writes what is told
  * at epoch_thread.
