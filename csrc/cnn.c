@@ -408,9 +408,10 @@ int fastnn_avgpool2d_backward(float *dX, const float *dY, int64_t n, int64_t h, 
 /* ---- batch normalisation ---------------------------------------------------------
    Every kernel walks the channels in blocks of CB: per-block statistics and
    coefficients sit in stack arrays, and each pass over the rows of a block
-   is parallel over row spans.  Sums are OpenMP array reductions (each
-   thread its own copy, combined after the loop), so no two threads add
-   into one accumulator. */
+   is parallel over row spans.  Sums are per piece of rows (channel_sums:
+   fixed pieces, each its own accumulators, added in piece order), so no
+   two threads add into one accumulator and the thread count changes no
+   bit. */
 
 enum sum_kind {
     SUM_X,          /* s1 += x                                  */
@@ -445,22 +446,55 @@ static void sums_span(double *s1, double *s2, enum sum_kind kind, const float *X
     }
 }
 
+/* The rows are summed in at most BN_PIECES pieces of whole BN_SPAN spans,
+   on boundaries that depend only on rows, and the pieces' sums added in
+   piece order: the same bits whatever the thread count (an OpenMP
+   reduction adds the threads' copies in the order they finish, each over a
+   share that moves with the thread count). */
+#define BN_PIECES 16
+
+/* Piece q of np over `spans` spans of rows: [*lo, *hi). */
+static void bn_piece(int64_t rows, int64_t spans, int64_t np, int64_t q, int64_t *lo,
+                     int64_t *hi)
+{
+    const int64_t base = spans / np, rem = spans % np;
+    const int64_t s0 = q * base + (q < rem ? q : rem), s1 = s0 + base + (q < rem);
+    *lo = s0 > rows / BN_SPAN ? rows : s0 * BN_SPAN;
+    *hi = s1 > rows / BN_SPAN ? rows : s1 * BN_SPAN;
+}
+
 static void channel_sums(double *s1, double *s2, enum sum_kind kind, const float *X,
                          const float *A, const double *m, int64_t rows, int64_t c,
                          int64_t c0, int64_t cb)
 {
-    double a1[CB] = {0}, a2[CB] = {0};
+    const int64_t spans = rows / BN_SPAN + (rows % BN_SPAN != 0);
+    const int64_t np = spans < BN_PIECES ? spans : BN_PIECES;
+    double a1[BN_PIECES][CB], a2[BN_PIECES][CB];
     const int threads = fastnn_get_num_threads();
     if (threads < 2 || rows * cb <= PAR_MIN) {
-        sums_span(a1, a2, kind, X, A, m, c, c0, cb, 0, rows);
+        for (int64_t q = 0; q < np; q++) {
+            int64_t lo, hi;
+            bn_piece(rows, spans, np, q, &lo, &hi);
+            for (int64_t k = 0; k < cb; k++)
+                a1[q][k] = a2[q][k] = 0.0;
+            sums_span(a1[q], a2[q], kind, X, A, m, c, c0, cb, lo, hi);
+        }
     } else {
-#pragma omp parallel for reduction(+ : a1, a2) num_threads(threads) schedule(static)
-        for (int64_t lo = 0; lo < rows; lo += BN_SPAN)
-            sums_span(a1, a2, kind, X, A, m, c, c0, cb, lo, min64(lo + BN_SPAN, rows));
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (int64_t q = 0; q < np; q++) {
+            int64_t lo, hi;
+            bn_piece(rows, spans, np, q, &lo, &hi);
+            for (int64_t k = 0; k < cb; k++)
+                a1[q][k] = a2[q][k] = 0.0;
+            sums_span(a1[q], a2[q], kind, X, A, m, c, c0, cb, lo, hi);
+        }
     }
     for (int64_t k = 0; k < cb; k++) {
-        s1[k] = a1[k];
-        s2[k] = a2[k];
+        s1[k] = s2[k] = 0.0;
+        for (int64_t q = 0; q < np; q++) {
+            s1[k] += a1[q][k];
+            s2[k] += a2[q][k];
+        }
     }
 }
 

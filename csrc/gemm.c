@@ -582,6 +582,25 @@ int fastnn_dense_forward_ld(float *Y, int64_t ldy, const float *X, int64_t ldx,
     return FASTNN_OK;
 }
 
+/* Y = X W + beta Y, then with `epilogue` Y = act(Y + b): one product of the
+   chain that sums a layer's input chunks in a fixed order (train.c). */
+int fastnn_dense_partial(float *Y, int64_t ldy, const float *X, int64_t ldx, const float *W,
+                         int64_t ldw, int64_t n, int64_t in, int64_t out, float beta,
+                         int epilogue, const float *b, int act, float slope)
+{
+    int64_t size;
+    if (n < 1 || in < 1 || out < 1 || !Y || !X || !W || ldy < out || ldx < in || ldw < out)
+        return FASTNN_EINVAL;
+    if (!fastnn_product(&size, n, ldy) || !fastnn_product(&size, n, ldx)
+        || !fastnn_product(&size, in, ldw))
+        return FASTNN_EINVAL;
+    if (act < FASTNN_ACT_IDENTITY || act > FASTNN_ACT_SOFTPLUS)
+        return FASTNN_EINVAL;
+    fastnn_epilogue ep = {b, act, slope};
+    gemm_driver(0, 0, n, out, in, 1.0f, X, ldx, W, ldw, beta, Y, ldy, epilogue ? &ep : NULL);
+    return FASTNN_OK;
+}
+
 int fastnn_dense_forward(float *Y, const float *X, const float *W,
                          const float *b, int64_t n, int64_t in, int64_t out,
                          int act, float slope)

@@ -120,6 +120,13 @@ int fastnn_dense_forward_ld(float *Y, int64_t ldy, const float *X, int64_t ldx,
                             const float *W, int64_t ldw, const float *b, int64_t n,
                             int64_t in, int64_t out, int act, float slope);
 
+/* Y = X W + beta Y (leading dimensions as above), then, with epilogue != 0,
+   Y = act(Y + b) (gemm.c).  With beta = 1 and in <= FASTNN_GEMM_KC (one k
+   block) the product is added to Y exactly as Y + (X W computed alone). */
+int fastnn_dense_partial(float *Y, int64_t ldy, const float *X, int64_t ldx, const float *W,
+                         int64_t ldw, int64_t n, int64_t in, int64_t out, float beta,
+                         int epilogue, const float *b, int act, float slope);
+
 /* db[lo:hi] = column sums of dZ (n, c) over columns [lo, hi) (ops.c;
    accumulated in double, serial). */
 void fastnn_column_sums(float *db, const float *dZ, int64_t n, int64_t c, int64_t lo,
@@ -141,5 +148,10 @@ int fastnn_optimizer_apply(float *params, const float *grads, const fastnn_optim
    0 for mse/mae (reference.count_correct). */
 int64_t fastnn_count_correct(const float *out, const int32_t *labels, const float *T, int64_t m,
                              int64_t c, int loss);
+
+/* The loss of `rows` rows for the epoch, its sum and its gradient / nf
+   (ops.c, serial; see there). */
+int fastnn_loss_rows(int loss, double *sum, float *dout, const float *out,
+                     const int32_t *labels, const float *T, int64_t rows, int64_t c, float nf);
 
 #endif /* FASTNN_INTERNAL_H */

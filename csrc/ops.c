@@ -44,7 +44,7 @@ static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
    (contiguous blocks per thread: schedule(static)).  Small work never enters
    OpenMP: opening a parallel region costs about a microsecond even under a
    false if() clause.  SUM_SPANS does the same for a call returning a double
-   and stores the sum in `total`. */
+   and stores the sum in `total` (below: on fixed pieces). */
 #define PRAGMA_(x) _Pragma(#x)
 #define RUN_SPANS(n, span, wide, ...)                                       \
     do {                                                                         \
@@ -67,20 +67,55 @@ static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 #define UPDATE_SPANS(n, ...)                                                     \
     RUN_SPANS(n, CHUNK, (n) > PAR_MIN_CHEAP, FASTNN_DENORMALS_AS_ZERO(__VA_ARGS__))
 
+/* A sum is cut into pieces on fixed boundaries -- at most MAX_PIECES runs of
+   whole spans, where they fall depending only on n and span -- and the
+   pieces' sums are added in piece order.  So the value is the same bits
+   whatever the thread count (an OpenMP reduction(+) combines the threads'
+   partial sums in the order they finish, and each thread's share moves
+   with the thread count).  One piece when n fits one span (the small sums
+   run as before). */
+#define MAX_PIECES 64
+
+/* Piece q of np pieces over `spans` spans of `span` items: [*lo, *hi) of
+   [0, n) (no product that could pass int64). */
+static inline void piece_bounds(int64_t n, int64_t span, int64_t spans, int64_t np, int64_t q,
+                                int64_t *lo, int64_t *hi)
+{
+    const int64_t base = spans / np, rem = spans % np;
+    const int64_t s0 = q * base + (q < rem ? q : rem);
+    const int64_t s1 = s0 + base + (q < rem);
+    *lo = s0 > n / span ? n : s0 * span;
+    *hi = s1 > n / span ? n : s1 * span;
+}
+
 #define SUM_SPANS(total, n, span, wide, ...)                                \
     do {                                                                         \
         const int64_t n_ = (n), span_ = (span);                                  \
-        if (!(wide) || fastnn_get_num_threads() < 2) {                       \
+        const int64_t spans_ = n_ / span_ + (n_ % span_ != 0);                   \
+        const int64_t np_ = spans_ < MAX_PIECES ? spans_ : MAX_PIECES;           \
+        if (np_ <= 1) {                                                          \
             const int64_t lo = 0, hi = n_;                                       \
             total = (__VA_ARGS__);                                               \
         } else {                                                                 \
-            total = 0.0;                                                         \
-            PRAGMA_(omp parallel for reduction(+ : total)                        \
-                    num_threads(fastnn_get_num_threads()) schedule(static))      \
-            for (int64_t lo = 0; lo < n_; lo += span_) {                         \
-                const int64_t hi = min64(lo + span_, n_);                        \
-                total += (__VA_ARGS__);                                          \
+            double part_[MAX_PIECES];                                            \
+            if (!(wide) || fastnn_get_num_threads() < 2) {                       \
+                for (int64_t q_ = 0; q_ < np_; q_++) {                           \
+                    int64_t lo, hi;                                              \
+                    piece_bounds(n_, span_, spans_, np_, q_, &lo, &hi);          \
+                    part_[q_] = (__VA_ARGS__);                                   \
+                }                                                                \
+            } else {                                                             \
+                PRAGMA_(omp parallel for num_threads(fastnn_get_num_threads())   \
+                        schedule(static))                                        \
+                for (int64_t q_ = 0; q_ < np_; q_++) {                           \
+                    int64_t lo, hi;                                              \
+                    piece_bounds(n_, span_, spans_, np_, q_, &lo, &hi);          \
+                    part_[q_] = (__VA_ARGS__);                                   \
+                }                                                                \
             }                                                                    \
+            total = 0.0;                                                         \
+            for (int64_t q_ = 0; q_ < np_; q_++)                                 \
+                total += part_[q_];                                              \
         }                                                                        \
     } while (0)
 
@@ -518,6 +553,45 @@ int fastnn_mae_backward(float *dY, const float *Y, const float *T, int64_t size)
         return FASTNN_EINVAL;
     RUN_SPANS(size, CHUNK, size > PAR_MIN_CHEAP, mae_grad(dY, Y, T, (float)size, lo, hi));
     return FASTNN_OK;
+}
+
+/* The epoch's loss over `rows` rows of out (rows, c) (train.c): the sum of
+   its terms in *sum (double, not averaged) and its gradient divided by nf
+   into dout (not out), one serial pass each -- the same arithmetic per
+   element as the public kernels over a whole batch with nf its divisor,
+   so that how the rows are split between callers changes no bit of the
+   gradient.  labels (softmax_xent) are valid, T (rows, c) otherwise. */
+int fastnn_loss_rows(int loss, double *sum, float *dout, const float *out,
+                     const int32_t *labels, const float *T, int64_t rows, int64_t c, float nf)
+{
+    int64_t size;
+    if (!sum || !dout || !out || rows < 1 || c < 1 || !fastnn_product(&size, rows, c))
+        return FASTNN_EINVAL;
+    switch (loss) {
+    case FASTNN_LOSS_SOFTMAX_XENT:
+        if (!labels)
+            return FASTNN_EINVAL;
+        *sum = xent_rows(dout, out, labels, c, 0, rows);
+        xent_backward_rows(dout, dout, labels, c, nf, 0, rows);
+        return FASTNN_OK;
+    case FASTNN_LOSS_BCE:
+        if (!T) return FASTNN_EINVAL;
+        *sum = bce_sum(out, T, 0, size);
+        bce_grad(dout, out, T, nf, 0, size);
+        return FASTNN_OK;
+    case FASTNN_LOSS_MSE:
+        if (!T) return FASTNN_EINVAL;
+        *sum = mse_sum(out, T, 0, size);
+        mse_grad(dout, out, T, nf, 0, size);
+        return FASTNN_OK;
+    case FASTNN_LOSS_MAE:
+        if (!T) return FASTNN_EINVAL;
+        *sum = mae_sum(out, T, 0, size);
+        mae_grad(dout, out, T, nf, 0, size);
+        return FASTNN_OK;
+    default:
+        return FASTNN_EINVAL;
+    }
 }
 
 /* ---- optimizer updates -------------------------------------------------------- */

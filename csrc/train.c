@@ -13,7 +13,8 @@
  * leading rows):
  *   Y_0 (B, out_0) | Y_1 | ... | D_0 (B, out_0) | D_1 | ...    outputs, gradients
  *   | Xb (B, in_0) | Tb (B, out_last) | Lb (B int32)            a gathered batch
- *   | P[t][parity] (B, widest out), 2 per thread, threads > 1   partial products
+ *   | P[2 T] (B, widest out), threads > 1                       partial products
+ * (layer l's partial products use buffers [(l & 1) T, (l & 1) T + T), see slab).
  * The loss gradient goes into D_last; layer l's backward turns D_l into dZ
  * in place and writes dX into D_(l-1).  Which thread writes what is told
  * at epoch_thread.
@@ -25,6 +26,7 @@
 #include <omp.h>
 
 #include "fastnn.h"
+#include "gemm_kernels.h"
 #include "internal.h"
 
 /* More layers than any dense stack needs; bounds the offset table below. */
@@ -93,6 +95,10 @@ static int stack_valid(int64_t n_params, const fastnn_dense_layer *layers, int n
 #define count_correct fastnn_count_correct
 
 #define MAX_THREADS 64
+/* The loss of a batch is summed over this many fixed pieces of its rows. */
+#define LOSS_PIECES 64
+/* A feature dimension is cut into at most this many fixed chunks. */
+#define MAX_CHUNKS 4
 
 /* What the threads of one epoch share: the caller's arguments and what
    the epoch derives from them. */
@@ -107,8 +113,11 @@ struct epoch {
     const int64_t *gaps;          /* [lo, hi) pairs of params no layer owns */
     int n_gaps;
     int threads;
-    /* per batch, per thread */
-    double loss_part[MAX_THREADS], sq_part[MAX_THREADS];
+    int chunked;                  /* feature dimensions are cut into chunks (n_chunks) */
+    signed char *split_in;        /* per layer: forward split by input (threads > 1) */
+    /* per batch */
+    double loss_piece[LOSS_PIECES];
+    double (*sq_chunk)[MAX_CHUNKS];  /* per layer and input chunk: sum of W^2 */
     int64_t correct_part[MAX_THREADS];
     int rc[MAX_THREADS];
     /* the optimizer's counters after the epoch (written by thread 0) */
@@ -116,51 +125,148 @@ struct epoch {
     double mu_product;
 };
 
-/* Thread t's part [*lo, *hi) of a feature dimension d: contiguous, in
-   multiples of 16 floats (64 bytes) so that threads never write the same
-   cache line of a row; may be empty. */
-static void part(int64_t d, int t, int T, int64_t *lo, int64_t *hi)
+/* ---- fixed chunks ----------------------------------------------------------
+   Results must not depend on the thread count, so every sum the threads
+   split is cut on boundaries that do not depend on it, and its parts are
+   added in one fixed order.  A feature dimension d (a layer's input or
+   output) is cut into n_chunks(d) chunks, on multiples of 16 floats (64
+   bytes, so that threads never write one cache line of a row); thread t of
+   T owns chunks [t C / T, (t + 1) C / T) -- its rows of each W, its entries
+   of each b, its columns of each Y and D.
+
+   A layer's forward, whatever the threads, is the value
+     act((((P_0 + P_1) + P_2) + P_3) + b)     (C chunks: P_0 .. P_(C-1))
+   with P_q = X[:, chunk q] W[chunk q, :] one gemm call (its own k blocking).
+   A sum S + P_q is computed either from P_q apart, or by the gemm adding
+   P_q onto S in place (beta = 1, `chain`; then with the bias and the
+   activation in its epilogue for the last chunk): the same bits while a
+   chunk is one k block of the gemm (<= FASTNN_GEMM_KC = 256 columns: the
+   gemm then adds the block's fresh sum to C, C + P_q, which chunks of
+   inputs up to 1024 are).  So one thread computes a layer as one chain of
+   C products (the fused gemm when C = 1), and several threads compute the
+   first thread's chunks as a chain and the others' apart.
+
+   Wider chunks (inputs > 1024) would not add exactly; their value is
+     act(((P_0 + P_1) + (P_2 + P_3)) + b)
+   with each pair only ever chained: one thread chains both pairs (the
+   second into a scratch buffer) and adds them, and the forward is split
+   by input only when every thread owns whole pairs (split_by_input). */
+
+/* Chunks of a feature dimension of d features: 1 below 128 (or when the
+   epoch is too small to ever use two threads), 2 below 512, else 4. */
+static int n_chunks(const struct epoch *e, int64_t d)
 {
-    const int64_t per = ((d + T - 1) / T + 15) / 16 * 16;
-    *lo = per * t < d ? per * t : d;
-    *hi = *lo + per < d ? *lo + per : d;
+    if (!e->chunked || d < 128)
+        return 1;
+    return d < 512 ? 2 : 4;
 }
 
-/* Sum of squares of thread t's weights (its part of the l2 term): its
-   rows of every W. */
-static double weight_squares(const struct epoch *e, int t)
+/* Chunk q of n of a dimension d starts at feature bound(d, n, q). */
+static int64_t bound(int64_t d, int n, int q)
+{
+    const int64_t lines = d / 16 + (d % 16 != 0);
+    const int64_t at = 16 * ((q * lines + n - 1) / n);
+    return at < d ? at : d;
+}
+
+/* The chunks [*c0, *c1) thread t of T owns, of n. */
+static void owned_chunks(int n, int t, int T, int *c0, int *c1)
+{
+    *c0 = (int)((int64_t)t * n / T);
+    *c1 = (int)((int64_t)(t + 1) * n / T);
+}
+
+/* Thread t's features [*lo, *hi) of a dimension of d: its chunks. */
+static void own(const struct epoch *e, int64_t d, int t, int64_t *lo, int64_t *hi)
+{
+    const int n = n_chunks(e, d);
+    int c0, c1;
+    owned_chunks(n, t, e->threads, &c0, &c1);
+    *lo = bound(d, n, c0);
+    *hi = bound(d, n, c1);
+}
+
+/* Sum of squares of thread t's weights (its part of the l2 term), per
+   layer and input chunk, into e->sq_chunk. */
+static void weight_squares(struct epoch *e, int t)
 {
     const fastnn_epoch *a = e->a;
-    double total = 0.0, sq;
     for (int l = 0; l < a->n_layers; l++) {
         const fastnn_dense_layer *L = &a->layers[l];
-        int64_t k0, k1;
-        part(L->in, t, e->threads, &k0, &k1);
-        if (k1 > k0) {
-            fastnn_sum_squares(&sq, a->params + L->w_offset + k0 * L->out, (k1 - k0) * L->out);
-            total += sq;
+        const int n = n_chunks(e, L->in);
+        int c0, c1;
+        owned_chunks(n, t, e->threads, &c0, &c1);
+        for (int q = c0; q < c1; q++) {
+            const int64_t k0 = bound(L->in, n, q), k1 = bound(L->in, n, q + 1);
+            double sq = 0.0;
+            if (k1 > k0)
+                fastnn_sum_squares(&sq, a->params + L->w_offset + k0 * L->out, (k1 - k0) * L->out);
+            e->sq_chunk[l][q] = sq;
         }
     }
-    return total;
 }
 
-/* Y[:, j0:j1] = b[j0:j1] + the sum of the partial products (m rows). */
+/* The l2 term's sum of squares, from every layer's chunks in order. */
+static double all_squares(const struct epoch *e)
+{
+    double sq = 0.0;
+    for (int l = 0; l < e->a->n_layers; l++) {
+        const int n = n_chunks(e, e->a->layers[l].in);
+        for (int q = 0; q < n; q++)
+            sq += e->sq_chunk[l][q];
+    }
+    return sq;
+}
+
+/* Columns [j0, j1) of m rows of Y (rows ldy apart), the chunk products not
+   yet in Y added in the header's order: narrow chunks, Y = (((Y + p[0]) +
+   p[1]) + ...) + b over the np buffers; wide (tree), Y = ((Y [+ p[0]]) +
+   (p[1] [+ p[2]])) + b, p[0] and p[2] may be NULL.  The buffers have rows
+   ldp apart and the same column indices as Y. */
 FASTNN_CLONES
-static void sum_partials(float *Y, int64_t ldy, const float *const *P, int np, int64_t ldp,
-                         const float *b, int64_t m, int64_t j0, int64_t j1)
+static void merge_partials(float *Y, int64_t ldy, const float *const *p, int np, int tree,
+                           int64_t ldp, const float *b, int64_t m, int64_t j0, int64_t j1)
 {
     for (int64_t i = 0; i < m; i++) {
         float *y = Y + i * ldy;
+        if (!tree) {
+            for (int q = 0; q < np; q++) {
+                const float *r = p[q] + i * ldp;
 #pragma omp simd
-        for (int64_t j = j0; j < j1; j++)
-            y[j] = b ? b[j] : 0.0f;
-        for (int q = 0; q < np; q++) {
-            const float *p = P[q] + i * ldp;
+                for (int64_t j = j0; j < j1; j++)
+                    y[j] += r[j];
+            }
+        } else {
+            if (p[0]) {
+                const float *r = p[0] + i * ldp;
+#pragma omp simd
+                for (int64_t j = j0; j < j1; j++)
+                    y[j] += r[j];
+            }
+            const float *r1 = p[1] + i * ldp;
+            if (p[2]) {
+                const float *r2 = p[2] + i * ldp;
+#pragma omp simd
+                for (int64_t j = j0; j < j1; j++)
+                    y[j] += r1[j] + r2[j];
+            } else {
+#pragma omp simd
+                for (int64_t j = j0; j < j1; j++)
+                    y[j] += r1[j];
+            }
+        }
+        if (b) {
 #pragma omp simd
             for (int64_t j = j0; j < j1; j++)
-                y[j] += p[j];
+                y[j] += b[j];
         }
     }
+}
+
+/* Whether a dimension's chunks are wider than a gemm k block (the tree). */
+static int wide(int64_t d)
+{
+    return d > 4 * (int64_t)FASTNN_GEMM_KC;
 }
 
 /* The activation (forward, or its derivative into D in place) of columns
@@ -182,82 +288,174 @@ static int act_columns(float *D, const float *Y, int64_t m, int64_t w, int64_t j
     return rc;
 }
 
+/* C[:, j0:j1] (rows ldc apart) = the products of input chunks [q0, q1) of
+   n chained: the first written, each next added by the gemm; with `ep`,
+   the last one adds b and applies the activation. */
+static int chain(const fastnn_dense_layer *L, const float *W, const float *b, const float *in,
+                 int64_t m, int n, int q0, int q1, float *C, int64_t ldc, int64_t j0, int64_t j1,
+                 int ep)
+{
+    int rc = FASTNN_OK;
+    for (int q = q0; q < q1 && rc == FASTNN_OK; q++) {
+        const int64_t k0 = bound(L->in, n, q), k1 = bound(L->in, n, q + 1);
+        rc = fastnn_dense_partial(C + j0, ldc, in + k0, L->in, W + k0 * L->out + j0, L->out, m,
+                                  k1 - k0, j1 - j0, q == q0 ? 0.0f : 1.0f, ep && q == q1 - 1,
+                                  b ? b + j0 : NULL, L->act, L->slope);
+    }
+    return rc;
+}
+
 /* Whether a layer's forward on several threads splits its output columns
    rather than its input columns.  Splitting the input (partial products,
-   summed) keeps each thread on its own rows of W but writes and re-reads T
+   summed) keeps each thread on its own rows of W but writes and re-reads
    partial (B, out) products; splitting the output has each thread read
    every row of W (the other threads' rows, updated by them in the last
    batch, come over from their cores) but sums nothing.  Per batch the
    partials move ~T B out floats and the shared W ~in out: split by output
    from B T >= 2 in (the factor 2: the measured gains were within the
    noise at B T ~ in, +7-10% at 784-256-128-10 batch 512; bench/NOTES.md
-   19). */
-static int split_outputs(const struct epoch *e, const fastnn_dense_layer *L)
+   19); and by output when the input is one chunk, or when its chunks are
+   wider than a k block and the threads would split a pair. */
+static int split_by_input(const struct epoch *e, const fastnn_dense_layer *L)
 {
-    return e->a->batch * e->threads >= 2 * L->in;
+    const int n = n_chunks(e, L->in), T = e->threads;
+    if (T == 1 || n < 2 || e->a->batch * T >= 2 * L->in)
+        return 0;
+    if (wide(L->in))  /* pairs must stay whole */
+        for (int t = 0; t < T; t++) {
+            int c0, c1;
+            owned_chunks(n, t, T, &c0, &c1);
+            if (c1 > c0 && (c0 % 2 || c1 % 2))
+                return 0;
+        }
+    return 1;
 }
 
-/* Layer l's forward for the m rows of the batch.  One thread: the fused
-   dense_forward.  Several, split by input (split_outputs false): thread t
-   multiplies its columns of the input by its rows of W into its partial
-   buffer; after a barrier it sums the partials of its part of the output
-   columns (its input columns of the next layer) and applies bias and
-   activation.  Split by output: after a barrier (every column of the input
-   written, every row of W updated), thread t computes its part of the
-   output columns whole, bias and activation in the gemm epilogue.  Either
-   way thread t writes only its part of Y's columns. */
+/* Partial buffer s of layer l: layers alternate between the first and the
+   last T buffers of the 2 T, so that a layer's partials are never written
+   while the threads still read the previous layer's. */
+static float *slab(const struct epoch *e, int l, int s)
+{
+    return e->P + ((int64_t)(l & 1) * e->threads + s) * (e->a->batch * e->widest_out);
+}
+
+/* Columns [j0, j1) of layer l's output for the m rows, computed whole by
+   one thread: the value of the header above, one chain (wide chunks: the
+   second pair's chain in `scratch`, rows `out` apart, the same column
+   indices). */
+static int forward_columns(const struct epoch *e, int l, const float *in, int64_t m,
+                           int64_t j0, int64_t j1, float *scratch)
+{
+    const fastnn_epoch *a = e->a;
+    const fastnn_dense_layer *L = &a->layers[l];
+    const float *W = a->params + L->w_offset;
+    const float *b = L->b_offset >= 0 ? a->params + L->b_offset : NULL;
+    float *Y = e->Y + a->batch * e->row_off[l];
+    const int n = n_chunks(e, L->in), half = n / 2;
+    if (j1 <= j0)
+        return FASTNN_OK;
+    if (!wide(L->in))
+        return chain(L, W, b, in, m, n, 0, n, Y, L->out, j0, j1, 1);
+    int rc = chain(L, W, b, in, m, n, 0, half, Y, L->out, j0, j1, 0);
+    if (rc == FASTNN_OK)
+        rc = chain(L, W, b, in, m, n, half, n, scratch, L->out, j0, j1, 0);
+    if (rc == FASTNN_OK) {
+        const float *p[3] = {NULL, scratch, NULL};
+        merge_partials(Y, L->out, p, 3, 1, L->out, b, m, j0, j1);
+        rc = act_columns(Y, Y, m, L->out, j0, j1, L, 0);
+    }
+    return rc;
+}
+
+/* Layer l's forward for the m rows of the batch, by thread t.  One thread:
+   forward_columns over all columns (D_l, unused until the backward, as the
+   scratch).  Split by output: after a barrier (every column of the input
+   written, every row of W updated), thread t computes its columns whole.
+   Split by input: thread t computes the products of its input chunks (its
+   rows of W): the owner of chunk 0 chains its chunks [0, e0) into Y, every
+   other chunk q goes apart into partial buffer q - e0 (wide chunks: a
+   thread owns whole pairs, and the second pair's chain goes into buffer
+   0); after a barrier thread t merges them in order for its columns (its
+   input columns of the next layer), then bias and activation.  Either way
+   the value is the header's, and thread t writes only its part of Y's
+   columns -- but for the owner of chunk 0, which writes all of Y's columns
+   before the barrier, when no thread reads Y_l. */
 static int forward_layer(struct epoch *e, int l, int t, const float *in, int64_t m)
 {
     const fastnn_epoch *a = e->a;
     const fastnn_dense_layer *L = &a->layers[l];
     const int T = e->threads;
+    int64_t j0, j1;
+    if (T == 1)
+        return forward_columns(e, l, in, m, 0, L->out, e->D + a->batch * e->row_off[l]);
+    if (!e->split_in[l]) {
+#pragma omp barrier
+        own(e, L->out, t, &j0, &j1);
+        return forward_columns(e, l, in, m, j0, j1, slab(e, l, t));
+    }
     const float *W = a->params + L->w_offset;
     const float *b = L->b_offset >= 0 ? a->params + L->b_offset : NULL;
     float *Y = e->Y + a->batch * e->row_off[l];
-    if (T == 1)
-        return fastnn_dense_forward(Y, in, W, b, m, L->in, L->out, L->act, L->slope);
-    int64_t k0, k1, j0, j1;
-    int rc = FASTNN_OK;
-    if (split_outputs(e, L)) {
-#pragma omp barrier
-        part(L->out, t, T, &j0, &j1);
-        if (j1 > j0)
-            rc = fastnn_dense_forward_ld(Y + j0, L->out, in, L->in, W + j0, L->out,
-                                         b ? b + j0 : NULL, m, L->in, j1 - j0, L->act, L->slope);
-        return rc;
+    const int n = n_chunks(e, L->in), tree = wide(L->in);
+    int c0, c1, e0 = 0, rc = FASTNN_OK;
+    owned_chunks(n, t, T, &c0, &c1);
+    for (int u = 1; u <= T && e0 == 0; u++)  /* the first thread's end: e0 > 0 */
+        e0 = (int)((int64_t)u * n / T);
+    if (c1 > c0) {
+        if (c0 == 0)
+            rc = chain(L, W, b, in, m, n, 0, c1, Y, L->out, 0, L->out, 0);
+        else if (tree)  /* the second pair, whole (split_by_input) */
+            rc = chain(L, W, b, in, m, n, c0, c1, slab(e, l, 0), L->out, 0, L->out, 0);
+        else
+            for (int q = c0; q < c1 && rc == FASTNN_OK; q++)
+                rc = chain(L, W, b, in, m, n, q, q + 1, slab(e, l, q - e0), L->out, 0, L->out,
+                           0);
     }
-    const int64_t psize = a->batch * e->widest_out;
-    float *mine = e->P + (2 * (int64_t)t + (l & 1)) * psize;
-    part(L->in, t, T, &k0, &k1);
-    if (k1 > k0)
-        rc = fastnn_gemm(0, 0, m, L->out, k1 - k0, 1.0f, in + k0, L->in, W + k0 * L->out, L->out,
-                         0.0f, mine, L->out);
 #pragma omp barrier
-    const float *parts[MAX_THREADS];
-    int np = 0;
-    for (int q = 0; q < T; q++) {
-        int64_t q0, q1;
-        part(L->in, q, T, &q0, &q1);
-        if (q1 > q0)
-            parts[np++] = e->P + (2 * (int64_t)q + (l & 1)) * psize;
-    }
-    part(L->out, t, T, &j0, &j1);
+    own(e, L->out, t, &j0, &j1);
     if (j1 > j0) {
-        sum_partials(Y, L->out, parts, np, L->out, b, m, j0, j1);
+        const float *p[MAX_CHUNKS] = {NULL};
+        int np = 0;
+        if (tree) {
+            p[1] = slab(e, l, 0);
+            np = 3;
+        } else {
+            for (int q = e0; q < n; q++)
+                p[np++] = slab(e, l, q - e0);
+        }
+        merge_partials(Y, L->out, p, np, tree, L->out, b, m, j0, j1);
         if (rc == FASTNN_OK)
             rc = act_columns(Y, Y, m, L->out, j0, j1, L, 0);
     }
     return rc;
 }
 
-/* The loss of rows [r, r + m_t) of the batch starting at sample lo (m rows
-   in all): its value and correct answers into this thread's parts, the
-   loss gradient (scaled to the batch's mean) into the last layer's D. */
-static int loss_rows(struct epoch *e, int t, int64_t lo, int64_t r, int64_t m_t, int64_t m)
+/* Piece q of the LOSS_PIECES a batch of m rows is cut into starts at row
+   piece_start(m, q) (pieces of m / LOSS_PIECES or one more rows). */
+static int64_t piece_start(int64_t m, int q)
+{
+    const int64_t base = m / LOSS_PIECES, rem = m % LOSS_PIECES;
+    return q * base + (q < rem ? q : rem);
+}
+
+/* The loss of thread t's pieces of the batch of m rows starting at sample
+   lo: each piece's sum into e->loss_piece (added in piece order, so the
+   batch's loss does not depend on the threads), the correct answers into
+   this thread's part, the loss gradient (the batch's mean, times
+   grad_scale) into the last layer's D. */
+static int loss_rows(struct epoch *e, int t, int64_t lo, int64_t m)
 {
     const fastnn_epoch *a = e->a;
     const int nl = a->n_layers, loss = a->loss, labelled = loss == FASTNN_LOSS_SOFTMAX_XENT;
     const int64_t c = a->layers[nl - 1].out, B = a->batch;
+    int q0, q1;
+    owned_chunks(LOSS_PIECES, t, e->threads, &q0, &q1);
+    for (int q = q0; q < q1; q++)
+        e->loss_piece[q] = 0.0;
+    e->correct_part[t] = 0;
+    const int64_t r = piece_start(m, q0), m_t = piece_start(m, q1) - r;
+    if (m_t < 1)
+        return FASTNN_OK;
     const int32_t *lb = NULL;  /* the rows' labels, or */
     const float *tb = NULL;    /* their targets */
     if (!a->order) {
@@ -278,30 +476,21 @@ static int loss_rows(struct epoch *e, int t, int64_t lo, int64_t r, int64_t m_t,
         }
     }
     const float *out = e->Y + B * e->row_off[nl - 1] + r * c;
-    float *dout = e->D + B * e->row_off[nl - 1] + r * c, value = 0.0f;
-    int rc;
-    switch (loss) {
-    case FASTNN_LOSS_SOFTMAX_XENT:
-        rc = fastnn_softmax_xent_forward(&value, dout, out, lb, m_t, c);
-        break;
-    case FASTNN_LOSS_BCE: rc = fastnn_bce_forward(&value, out, tb, m_t * c); break;
-    case FASTNN_LOSS_MSE: rc = fastnn_mse_forward(&value, out, tb, m_t * c); break;
-    default: rc = fastnn_mae_forward(&value, out, tb, m_t * c); break;
+    float *dout = e->D + B * e->row_off[nl - 1] + r * c;
+    /* the divisor of the batch's mean, as the public kernels over it */
+    const float nf = labelled ? (float)m : (float)(m * c);
+    for (int q = q0; q < q1; q++) {
+        const int64_t p0 = piece_start(m, q) - r, rows = piece_start(m, q + 1) - r - p0;
+        if (rows < 1)
+            continue;
+        const int rc = fastnn_loss_rows(loss, &e->loss_piece[q], dout + p0 * c, out + p0 * c,
+                                        lb ? lb + p0 : NULL, tb ? tb + p0 * c : NULL, rows, c,
+                                        nf);
+        if (rc) return rc;
     }
-    if (rc) return rc;
-    e->loss_part[t] = (double)value * (double)m_t;
     e->correct_part[t] = count_correct(out, lb, tb, m_t, c, loss);
-    switch (loss) {
-    case FASTNN_LOSS_SOFTMAX_XENT: rc = fastnn_softmax_xent_backward(dout, dout, lb, m_t, c); break;
-    case FASTNN_LOSS_BCE: rc = fastnn_bce_backward(dout, out, tb, m_t * c); break;
-    case FASTNN_LOSS_MSE: rc = fastnn_mse_backward(dout, out, tb, m_t * c); break;
-    default: rc = fastnn_mae_backward(dout, out, tb, m_t * c); break;
-    }
-    if (rc) return rc;
-    /* the kernels average over this thread's rows; the batch averages over m */
-    const double scale = a->grad_scale * (double)m_t / (double)m;
-    if (scale != 1.0)
-        fastnn_scale(dout, m_t * c, (float)scale);
+    if (a->grad_scale != 1.0)
+        fastnn_scale(dout, m_t * c, (float)a->grad_scale);
     return FASTNN_OK;
 }
 
@@ -318,7 +507,7 @@ static int backward_layer(struct epoch *e, int l, int t, const float *in, int64_
     const float *dZ = e->D + B * e->row_off[l], *W = a->params + L->w_offset;
     int64_t k0, k1, j0, j1;
     int rc = FASTNN_OK;
-    part(L->in, t, e->threads, &k0, &k1);
+    own(e, L->in, t, &k0, &k1);
     if (k1 > k0) {
         /* this thread's rows of W: params[p0, p1) */
         const int64_t p0 = L->w_offset + k0 * L->out, p1 = L->w_offset + k1 * L->out;
@@ -335,7 +524,7 @@ static int backward_layer(struct epoch *e, int l, int t, const float *in, int64_
         rc = optimizer_apply(a->params, a->grads, o, p0, p1);
         if (rc) return rc;
     }
-    part(L->out, t, e->threads, &j0, &j1);
+    own(e, L->out, t, &j0, &j1);
     if (L->b_offset >= 0 && j1 > j0) {
         fastnn_column_sums(a->grads + L->b_offset, dZ, m, L->out, j0, j1);
         rc = optimizer_apply(a->params, a->grads, o, L->b_offset + j0, L->b_offset + j1);
@@ -346,17 +535,18 @@ static int backward_layer(struct epoch *e, int l, int t, const float *in, int64_
 /* The epoch as run by thread t of e->threads (also outside any parallel
    region with one thread: the barriers are then no-ops).
 
-   Threads own feature ranges (part()): thread t owns rows part(in) of each
-   W and entries part(out) of each b, and only it writes them; only it
-   reads them too, except in the forward of a layer split by output
-   (split_outputs) -- a weight written by one core and read by another
+   Threads own feature ranges (own(): fixed chunks dealt to the threads):
+   thread t owns rows own(in) of each W and entries own(out) of each b, and
+   only it writes them; only it reads them too, except in the forward of a
+   layer split by output (split_by_input false) -- a weight written by one core and read by another
    costs a cache-line transfer each batch, which made a row-split forward's
    sliced update 2-3x slower on two cores.  Per batch:
      forward, per layer (forward_layer): partial products over t's input
-       columns, barrier, t's output columns summed (+ bias, activation); or,
+       chunks, barrier, t's output columns summed (+ bias, activation); or,
        for a layer split by output, barrier, t's output columns computed;
-     barrier; the loss of t's rows; barrier; every thread reads the batch's
-       loss and takes the same stop/continue decision;
+     barrier; the loss of t's pieces of rows; barrier; every thread sums
+       the batch's loss from the pieces in order and takes the same
+       stop/continue decision;
      backward, per layer from the last: dZ = dY * act'(Y) for t's columns,
        barrier, then backward_layer (t's rows of dW and columns of dX -- the
        columns of the next dZ that t owns -- and its update). */
@@ -370,8 +560,6 @@ static void epoch_thread(struct epoch *e, int t)
 
     for (int64_t bi = 0; bi < n_batches && !stop; bi++) {
         const int64_t lo = bi * B, m = e->rows - lo < B ? e->rows - lo : B;
-        const int64_t base = m / T, extra = m % T;
-        const int64_t m_t = base + (t < extra), r = t * base + (t < extra ? t : extra);
         const int64_t n_in = a->layers[0].in;
         const float *x = e->Xb;
         if (!a->order) {
@@ -380,7 +568,7 @@ static void epoch_thread(struct epoch *e, int t)
             /* the batch's rows of X, gathered: each thread copies the
                columns it multiplies (its part of the first layer's input) */
             int64_t k0, k1;
-            part(n_in, t, T, &k0, &k1);
+            own(e, n_in, t, &k0, &k1);
             for (int64_t i = 0; i < m && k1 > k0; i++)
                 memcpy(e->Xb + i * n_in + k0, a->X + a->order[lo + i] * n_in + k0,
                        (size_t)(k1 - k0) * sizeof(float));
@@ -390,26 +578,28 @@ static void epoch_thread(struct epoch *e, int t)
             if (rc && !err) err = rc;
         }
 #pragma omp barrier
-        e->loss_part[t] = 0.0;
-        e->correct_part[t] = 0;
-        if (m_t > 0 && !err)
-            err = loss_rows(e, t, lo, r, m_t, m);
-        e->sq_part[t] = a->l2 != 0.0 ? weight_squares(e, t) : 0.0;
+        if (!err)
+            err = loss_rows(e, t, lo, m);
+        if (a->l2 != 0.0)
+            weight_squares(e, t);
         e->rc[t] = err;  /* read by all after the barrier, rewritten only
                             after the next batch's barriers */
 #pragma omp barrier
         {
             /* every thread sums the same parts in the same order, so all
                take the same decision */
-            double total = 0.0, sq = 0.0;
+            double total = 0.0;
             int64_t correct = 0;
+            for (int q = 0; q < LOSS_PIECES; q++)
+                total += e->loss_piece[q];
             for (int i = 0; i < T; i++) {
-                total += e->loss_part[i];
-                sq += e->sq_part[i];
                 correct += e->correct_part[i];
                 if (e->rc[i] != FASTNN_OK) stop = 1;
             }
-            total = total / (double)m * a->loss_scale + 0.5 * a->l2 / (double)m * sq;
+            const double sq = a->l2 != 0.0 ? all_squares(e) : 0.0;
+            const int64_t c = a->layers[nl - 1].out;
+            total /= a->loss == FASTNN_LOSS_SOFTMAX_XENT ? (double)m : (double)m * (double)c;
+            total = total * a->loss_scale + 0.5 * a->l2 / (double)m * sq;
             if (t == 0 && !stop) {
                 a->batch_loss[bi] = total;
                 a->batch_correct[bi] = correct;
@@ -424,7 +614,7 @@ static void epoch_thread(struct epoch *e, int t)
         for (int l = nl - 1; l >= 0; l--) {
             const fastnn_dense_layer *L = &a->layers[l];
             int64_t j0, j1;
-            part(L->out, t, T, &j0, &j1);
+            own(e, L->out, t, &j0, &j1);
             int rc = act_columns(e->D + B * e->row_off[l], e->Y + B * e->row_off[l], m, L->out,
                                  j0, j1, L, 1);
 #pragma omp barrier
@@ -548,10 +738,19 @@ int fastnn_dense_stack_epoch(fastnn_epoch *a)
         threads--;
 
     float *ws = a->workspace;
+    double sq_chunk[MAX_LAYERS][MAX_CHUNKS];
+    signed char split_in[MAX_LAYERS];
     struct epoch e = {
         .a = a, .rows = a->order ? a->n_order : a->n, .Y = ws, .D = ws + w.D, .P = ws + w.P,
         .Xb = ws + w.Xb, .Tb = ws + w.Tb, .Lb = (int32_t *)(ws + w.Lb), .row_off = row_off,
-        .widest_out = widest_out, .gaps = gaps, .n_gaps = n_gaps, .threads = threads};
+        .widest_out = widest_out, .gaps = gaps, .n_gaps = n_gaps, .threads = threads,
+        /* the chunks depend on the sizes, never on the threads: an epoch
+           that two threads would not split has one chunk per dimension
+           (then the one-thread forward is the fused gemm, as before) */
+        .chunked = (double)a->batch * (double)macs >= 2 * 2097152.0,
+        .split_in = split_in, .sq_chunk = sq_chunk};
+    for (int l = 0; l < a->n_layers; l++)
+        split_in[l] = (signed char)split_by_input(&e, &a->layers[l]);
     a->n_done = 0;
     int team_ok = threads > 1;
     if (team_ok) {

@@ -536,12 +536,10 @@ def test_model_epoch_generic_path_is_the_same_on_any_thread_count(rng):
 
 
 # The sums of sum_squares (l2, clip_norm), batch norm's statistics and the
-# dense-stack epoch's partial products are being made independent of the
-# thread count in branch h-det; until then these may differ in the last bits.
-H_DET = pytest.mark.xfail(reason="needs the deterministic kernels of branch h-det", strict=False)
+# dense-stack epoch's partial products run over fixed chunks (independent of
+# the thread count): bit-identical too.
 
 
-@H_DET
 @pytest.mark.parametrize("kw", [dict(l2=0.01), dict(clip_norm=0.5)], ids=["l2", "clip_norm"])
 def test_model_epoch_sums_are_the_same_on_any_thread_count(kw, rng):
     p = _big_cnn()
@@ -549,7 +547,6 @@ def test_model_epoch_sums_are_the_same_on_any_thread_count(kw, rng):
     _bits_over_threads(p.epoch(X, t, optimizer="adam", hyper=dict(lr=1e-3), **kw))
 
 
-@H_DET
 def test_model_epoch_batchnorm_is_the_same_on_any_thread_count(rng):
     p = Plan((16, 16, 8), 64)
     p.batchnorm()
@@ -561,7 +558,6 @@ def test_model_epoch_batchnorm_is_the_same_on_any_thread_count(rng):
     _bits_over_threads(p.epoch(X, t, optimizer="sgd", hyper=dict(lr=0.01)))
 
 
-@H_DET
 def test_model_epoch_dense_stack_is_the_same_on_any_thread_count(rng):
     p = Plan((784,), 128)
     p.dense(256, "relu")

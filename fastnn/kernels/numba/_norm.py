@@ -8,12 +8,20 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ._common import _chunks
+from ._common import _CHUNK
+
+# Pieces the channel sums cut the rows into: a count that depends on the
+# size only, never on numba's thread count (prange deals the pieces out).
+_PIECES = 16
 
 
-# Per-channel sums over the rows of X (rows, C) in float64: each thread sums a
-# chunk of rows into its own row of `part`, then the chunks are added in a
-# fixed order (deterministic for a given thread count).
+def _pieces(size):
+    return max(1, min(_PIECES, size // _CHUNK))
+
+
+# Per-channel sums over the rows of X (rows, C) in float64: each piece of rows
+# (fixed by the size, _pieces) is summed into its own row of `part`, then the
+# pieces are added in order: the same bits for every thread count.
 
 @njit(cache=True, parallel=True)
 def _channel_sums(out, part, a, b, shift, scale, kind, nchunks):
@@ -107,7 +115,7 @@ def batchnorm_forward(Y, X, gamma, beta, mean, invstd, running_mean, running_var
                       eps):
     c = X.shape[-1]
     rows = X.size // c
-    nchunks = _chunks(rows * c)
+    nchunks = _pieces(rows * c)
     _batchnorm_forward(Y.reshape(rows, c), X.reshape(rows, c), gamma, beta, mean, invstd,
                        running_mean, running_var, momentum, eps, nchunks, *_scratch(nchunks, c))
 
@@ -122,6 +130,6 @@ def batchnorm_inference(Y, X, gamma, beta, running_mean, running_var, eps):
 def batchnorm_backward(dX, dgamma, dbeta, dY, X, gamma, mean, invstd):
     c = X.shape[-1]
     rows = X.size // c
-    nchunks = _chunks(rows * c)
+    nchunks = _pieces(rows * c)
     _batchnorm_backward(dX.reshape(rows, c), dgamma, dbeta, dY.reshape(rows, c),
                         X.reshape(rows, c), gamma, mean, invstd, nchunks, *_scratch(nchunks, c))

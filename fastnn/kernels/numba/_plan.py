@@ -29,7 +29,7 @@ from ._epoch import _HYPER, _NO_LABELS, _NO_ORDER, _NO_TARGETS, _count_correct, 
 from ._gemm import _dense_dz, _gemm_ws, _pack_floats
 from ._losses import (_SOFTMAX_XENT, _pointwise_loss, _pointwise_loss_backward,
                       _softmax_xent_backward, _softmax_xent_forward)
-from ._norm import _batchnorm_backward, _batchnorm_forward
+from ._norm import _PIECES, _batchnorm_backward, _batchnorm_forward
 
 # Record fields, scalars and op codes as module globals: numba compiles them
 # in as constants.
@@ -52,10 +52,11 @@ _DROPOUT = int(spec.Op.DROPOUT)
 _ADD = int(spec.Op.ADD)
 _FORK = int(spec.Op.FORK)
 
-# Batch-norm channel sums: chunks of at least _CHUNK elements, at most this
-# many -- a function of the size alone, so the sums' rounding does not
-# depend on the thread count.
-_BN_CHUNKS = 8
+# Batch-norm channel sums: chunks of at least _CHUNK elements, at most
+# _norm's count -- a function of the size alone (so the sums' rounding does
+# not depend on the thread count), the same as the per-call kernels' (so the
+# compiled epoch rounds as the batch-by-batch path does).
+_BN_CHUNKS = _PIECES
 
 
 @njit(cache=True)

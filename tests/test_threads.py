@@ -1,0 +1,243 @@
+"""Results that do not depend on the thread count.
+
+Every reduction the C kernels split between threads is cut on fixed
+boundaries and its parts are added in a fixed order, so 1, 2 and 4 threads
+give the same bits (4 threads on a 2-core machine still run, only slower).
+The numba backend is held to the same for numba.set_num_threads.
+"""
+
+import contextlib
+
+import numpy as np
+import pytest
+
+from fastnn import kernels
+from fastnn.kernels import spec
+
+from .test_epoch import _epoch, _stack
+
+import fastnn
+
+THREADS = (1, 2, 4)
+
+
+@contextlib.contextmanager
+def c_threads(n):
+    from fastnn.kernels import c
+
+    before = c.info()["threads"]
+    c.set_num_threads(n)
+    try:
+        yield
+    finally:
+        c.set_num_threads(before)
+
+
+def _epoch_run(sizes, batch, n, loss="softmax_xent", opt="adam", l2=0.0, grad_scale=1.0,
+               shuffle=False, epochs=2, seed=0):
+    """Parameters, batch losses and correct counts after `epochs` c epochs of
+    an MLP of `sizes` (ReLU hidden layers) on random data, with the c
+    backend's current thread count (the workspace sized for it)."""
+    k = kernels.get("c")
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, sizes[0])).astype(np.float32)
+    if loss == "softmax_xent":
+        t = rng.integers(0, sizes[-1], n)
+    else:
+        t = rng.random((n, sizes[-1])).astype(np.float32)
+    acts = ["relu"] * (len(sizes) - 2) + [None]
+    model = fastnn.Sequential([fastnn.Dense(a, b, act) for a, b, act in
+                               zip(sizes, sizes[1:], acts)], seed=seed, backend="reference")
+    layers = _stack(model)
+    p, g = model.params.copy(), np.zeros(model.size, np.float32)
+    states = tuple(np.zeros_like(p) for _ in spec.OPTIMIZERS[opt].states)
+    hyper = {"adam": dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8),
+             "sgd": dict(lr=0.05, momentum=0.9)}[opt]
+    ws = k.empty(k.dense_stack_workspace(layers, batch))
+    order = rng.permutation(n) if shuffle else None
+    n_batches = -(-n // batch)
+    step, mu, losses, correct = 0, 1.0, [], []
+    for _ in range(epochs):
+        bl, bc = np.zeros(n_batches), np.zeros(n_batches, np.int64)
+        done, step, mu = _epoch(k, p, g, states, ws, X, t, bl, bc, layers=layers, loss=loss,
+                                batch_size=batch, optimizer=opt, hyper=hyper, step=step,
+                                mu_product=mu, l2=l2, grad_scale=grad_scale, order=order)
+        assert done == n_batches
+        losses.append(bl)
+        correct.append(bc)
+    return p, np.concatenate(losses), np.concatenate(correct), states
+
+
+def _same_bits(runs):
+    base = runs[0]
+    for other in runs[1:]:
+        assert base[0].tobytes() == other[0].tobytes(), "parameters differ"
+        assert base[1].tobytes() == other[1].tobytes(), "batch losses differ"
+        np.testing.assert_array_equal(base[2], other[2])
+        for s0, s1 in zip(base[3], other[3]):
+            assert s0.tobytes() == s1.tobytes(), "optimizer states differ"
+
+
+# The epoch uses several threads when a batch has >= threads * 2M
+# multiply-adds (csrc/train.c): 784-256-128-10 (235k a sample) at batch 32
+# runs on 2 threads and, asked for 4, on 3; at batch 128 on 4.  The last
+# batch is short (300 = 9 * 32 + 12 = 2 * 128 + 44).
+@pytest.mark.parametrize("batch", [32, 128])
+def test_mlp_epoch_adam_same_bits_on_1_2_4_threads(batch):
+    runs = []
+    for n in THREADS:
+        with c_threads(n):
+            runs.append(_epoch_run((784, 256, 128, 10), batch, 300))
+    _same_bits(runs)
+
+
+@pytest.mark.parametrize("case", [
+    # l2 (its sum of squares per fixed chunk), a gathered order, grad_scale
+    dict(sizes=(784, 256, 128, 10), batch=48, n=101, l2=0.05, shuffle=True, grad_scale=2.0),
+    # a pointwise loss on targets, SGD
+    dict(sizes=(784, 256, 128, 10), batch=40, n=90, loss="mse", opt="sgd"),
+    # the tests' split shapes: partial sums (700, 400) and split by output (48, 40)
+    dict(sizes=(700, 400, 7, 3), batch=24, n=53, l2=0.01),
+    dict(sizes=(48, 1024, 40, 3), batch=48, n=101),
+    # chunks wider than a gemm k block (1100 inputs): pairs chained, never split
+    dict(sizes=(1100, 300, 3), batch=24, n=61),
+    dict(sizes=(1100, 300, 3), batch=32, n=70, loss="bce"),
+], ids=["l2-order", "mse-sgd", "700", "48", "wide24", "wide32-bce"])
+def test_epoch_variants_same_bits_on_1_2_4_threads(case):
+    case = dict(case)
+    sizes, batch, n = case.pop("sizes"), case.pop("batch"), case.pop("n")
+    runs = []
+    for threads in THREADS:
+        with c_threads(threads):
+            runs.append(_epoch_run(sizes, batch, n, **case))
+    _same_bits(runs)
+
+
+def test_epoch_threads_up_to_eight_same_bits():
+    """Odd thread counts deal the chunks unevenly (3: 1 + 1 + 2 of 4)."""
+    runs = []
+    for threads in (1, 3, 5, 8):
+        with c_threads(threads):
+            runs.append(_epoch_run((784, 256, 128, 10), 256, 300, epochs=1))
+    _same_bits(runs)
+
+
+# ---- single kernels ----------------------------------------------------------
+
+def _rough(shape, rng):
+    """Values over eight decades, so that float64 sums of them round (sums of
+    plain normal floats are often exact in float64, whatever the order)."""
+    return (3.0 + rng.normal(size=shape) * 10.0 ** rng.uniform(-4, 4, shape)).astype(np.float32)
+
+
+def _on_threads(fn):
+    out = []
+    for n in THREADS:
+        with c_threads(n):
+            out.append(fn())
+    return out
+
+
+def test_sum_squares_and_loss_values_same_bits():
+    k = kernels.get("c")
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=1_000_003).astype(np.float32)
+    t = rng.normal(size=x.size).astype(np.float32)
+    Z = rng.normal(size=(20_000, 10)).astype(np.float32)
+    labels = rng.integers(0, 10, 20_000)
+
+    def run():
+        P = np.empty_like(Z)
+        return (k.sum_squares(x), k.mse_forward(x, t), k.mae_forward(x, t),
+                k.bce_forward(x, (t > 0).astype(np.float32)),
+                k.softmax_xent_forward(P, Z, labels))
+
+    values = _on_threads(run)
+    for v in values[1:]:
+        assert v == values[0]
+    # and still the sums they are
+    assert values[0][0] == pytest.approx(float(np.sum(x.astype(np.float64) ** 2)), rel=1e-12)
+
+
+@pytest.mark.parametrize("rows,c", [(5000, 200), (70_001, 3), (300, 1000)])
+def test_batchnorm_same_bits(rows, c):
+    k = kernels.get("c")
+    rng = np.random.default_rng(2)
+    X, dY = _rough((rows, c), rng), _rough((rows, c), rng)
+    gamma = rng.normal(size=c).astype(np.float32)
+    beta = rng.normal(size=c).astype(np.float32)
+
+    def run():
+        Y = np.empty_like(X)
+        mean, invstd = np.empty(c, np.float32), np.empty(c, np.float32)
+        rm, rv = np.zeros(c, np.float32), np.ones(c, np.float32)
+        k.batchnorm_forward(Y, X, gamma, beta, mean, invstd, rm, rv)
+        dX, dg, db = np.empty_like(X), np.empty(c, np.float32), np.empty(c, np.float32)
+        k.batchnorm_backward(dX, dg, db, dY, X, gamma, mean, invstd)
+        return [a.tobytes() for a in (Y, mean, invstd, rm, rv, dX, dg, db)]
+
+    runs = _on_threads(run)
+    for r in runs[1:]:
+        assert r == runs[0]
+
+
+def test_dense_backward_and_gemm_same_bits():
+    k = kernels.get("c")
+    rng = np.random.default_rng(3)
+    n, fi, fo = 512, 300, 700
+    X = rng.normal(size=(n, fi)).astype(np.float32)
+    W = rng.normal(size=(fi, fo)).astype(np.float32)
+    dY = rng.normal(size=(n, fo)).astype(np.float32)
+    Y = np.maximum(rng.normal(size=(n, fo)), 0).astype(np.float32)
+
+    def run():
+        dX, dW = np.empty_like(X), np.empty_like(W)
+        db, dZ = np.empty(fo, np.float32), np.empty_like(dY)
+        k.dense_backward(dX, dW, db, dZ, dY, X, W, Y, activation="relu")
+        C = np.empty((n, fo), np.float32)
+        k.gemm(X, W, C)
+        return [a.tobytes() for a in (dX, dW, db, dZ, C)]
+
+    runs = _on_threads(run)
+    for r in runs[1:]:
+        assert r == runs[0]
+
+
+# ---- numba -------------------------------------------------------------------
+
+def test_numba_kernels_same_bits_for_numba_threads():
+    numba = pytest.importorskip("numba")
+    k = kernels.get("numba")
+    top = numba.config.NUMBA_NUM_THREADS
+    counts = sorted({1, min(2, top), min(4, top)})
+    rng = np.random.default_rng(4)
+    rows, c = 5000, 200
+    X, dY = _rough((rows, c), rng), _rough((rows, c), rng)
+    gamma = rng.normal(size=c).astype(np.float32)
+    beta = rng.normal(size=c).astype(np.float32)
+    x = rng.normal(size=1_000_003).astype(np.float32)
+    A = rng.normal(size=(300, 700)).astype(np.float32)
+    B = rng.normal(size=(700, 500)).astype(np.float32)
+
+    def run():
+        Y = np.empty_like(X)
+        mean, invstd = np.empty(c, np.float32), np.empty(c, np.float32)
+        rm, rv = np.zeros(c, np.float32), np.ones(c, np.float32)
+        k.batchnorm_forward(Y, X, gamma, beta, mean, invstd, rm, rv)
+        dX, dg, db = np.empty_like(X), np.empty(c, np.float32), np.empty(c, np.float32)
+        k.batchnorm_backward(dX, dg, db, dY, X, gamma, mean, invstd)
+        C = np.empty((300, 500), np.float32)
+        k.gemm(A, B, C)
+        return [a.tobytes() for a in (Y, mean, invstd, rm, rv, dX, dg, db, C)] + [
+            k.sum_squares(x), k.mse_forward(x, x[::-1].copy())]
+
+    before = numba.get_num_threads()
+    runs = []
+    try:
+        for n in counts:
+            numba.set_num_threads(n)
+            runs.append(run())
+    finally:
+        numba.set_num_threads(before)
+    for r in runs[1:]:
+        assert r == runs[0]
