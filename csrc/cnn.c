@@ -25,6 +25,7 @@
 #include <math.h>
 #include "fastnn.h"
 #include "internal.h"
+#include "conv_direct.h"
 
 /* Below this many floats of work a kernel stays on the calling thread. */
 #define PAR_MIN (1 << 15)
@@ -165,6 +166,98 @@ static int conv_geom(geom *g, int64_t *K, int64_t n, int64_t h, int64_t w, int64
            && fastnn_product(&size, g->out_pixels, oc);
 }
 
+/* ---- direct (stride-1) convolution ------------------------------------------------
+   With stride 1, and when the padded image fits in cols (it does whenever the
+   window has at least 2 taps or no padding: (h+2ph)(w+2pw) <= oh ow kh kw),
+   the forward stores in cols the zero-padded copy of X (n, h+2ph, w+2pw, c)
+   instead of im2col(X), and conv_direct.c's micro-kernel reads the windows
+   from it in place (no im2col matrix is written or read).  The backward
+   takes dW from that copy, then reuses cols for dX: the zero-padded dZ and
+   the flipped, transposed W, so that dX is the forward convolution of the
+   padded dZ (or a gather for few channels).  The forward and the backward
+   make the same choice from the geometry alone. */
+
+/* Floats of the padded image (channels ch, padding qh, qw) of g's images of
+   size hh x ww; 0 if that overflows int64. */
+static int64_t padded_size(int64_t n, int64_t hh, int64_t ww, int64_t ch, int64_t qh,
+                           int64_t qw, int64_t *hp, int64_t *wp)
+{
+    int64_t size;
+    if (!fastnn_add(hp, hh, qh) || !fastnn_add(hp, *hp, qh) || !fastnn_add(wp, ww, qw)
+        || !fastnn_add(wp, *wp, qw) || !fastnn_product(&size, n, *hp, *wp, ch))
+        return 0;
+    return size;
+}
+
+/* 1 if g runs the direct path with cols of cols_size floats. */
+static int direct_ok(const geom *g, int64_t cols_size)
+{
+    int64_t hp, wp;
+    if (g->sh != 1 || g->sw != 1)
+        return 0;
+    const int64_t size = padded_size(g->n, g->h, g->w, g->c, g->ph, g->pw, &hp, &wp);
+    return size > 0 && size <= cols_size;
+}
+
+/* Row r (image r / hp, padded row r % hp) of the padded copy of src (n,
+   hh, ww, ch) with padding (qh, qw): zeros around the image. */
+static void pad_row(float *dst, const float *src, int64_t hh, int64_t ww, int64_t ch,
+                    int64_t qh, int64_t qw, int64_t r)
+{
+    const int64_t hp = hh + 2 * qh, wp = ww + 2 * qw, img = r / hp, y = r % hp - qh;
+    float *d = dst + r * wp * ch;
+    if (y < 0 || y >= hh) {
+        memset(d, 0, (size_t)(wp * ch) * sizeof *d);
+        return;
+    }
+    memset(d, 0, (size_t)(qw * ch) * sizeof *d);
+    memcpy(d + qw * ch, src + (img * hh + y) * ww * ch, (size_t)(ww * ch) * sizeof *d);
+    memset(d + (qw + ww) * ch, 0, (size_t)(qw * ch) * sizeof *d);
+}
+
+/* Input channels from which dX is a GEMM over the padded dZ (fewer: a
+   gather per pixel, as a c-column GEMM would waste the register tile). */
+#define DX_GEMM_MIN_C 16
+
+/* The direct backward after dZ: dW, db, dX (NULL: skipped). */
+static void direct_backward(float *dX, float *dW, float *db, const float *dZ, float *cols,
+                            const float *W, const geom *g, int64_t oc, int64_t cols_size)
+{
+    const int64_t n = g->n, c = g->c, kh = g->kh, kw = g->kw;
+    const int64_t rows = g->out_pixels;
+    if (db) {
+        const int64_t span = 16;
+        PAR_FOR(s, (oc + span - 1) / span, rows * oc > PAR_MIN,
+                fastnn_column_sums(db, dZ, rows, oc, s * span, min64(oc, s * span + span)));
+    }
+    fastnn_conv_padded_dw(dW, cols, dZ, n, g->h + 2 * g->ph, g->w + 2 * g->pw, c, oc, kh, kw);
+    if (!dX)
+        return;
+    if (c >= DX_GEMM_MIN_C) {
+        /* dX = the stride-1 convolution of dZ padded by (kh-1-ph, kw-1-pw)
+           with Wt[i][j][o][ch] = W[kh-1-i][kw-1-j][ch][o] */
+        const int64_t qh = kh - 1 - g->ph, qw = kw - 1 - g->pw;
+        int64_t hz, wz, wsize;
+        const int64_t zsize = padded_size(n, g->oh, g->ow, oc, qh, qw, &hz, &wz);
+        if (zsize > 0 && fastnn_product(&wsize, g->window, c, oc) && wsize <= cols_size - zsize) {
+            float *Wt = cols + zsize;
+            PAR_FOR(r, n * hz, zsize > PAR_MIN, pad_row(cols, dZ, g->oh, g->ow, oc, qh, qw, r));
+            for (int64_t i = 0; i < kh; i++)
+                for (int64_t j = 0; j < kw; j++) {
+                    const float *src = W + ((kh - 1 - i) * kw + (kw - 1 - j)) * c * oc;
+                    float *dst = Wt + (i * kw + j) * oc * c;
+                    for (int64_t o = 0; o < oc; o++)
+                        for (int64_t ch = 0; ch < c; ch++)
+                            dst[o * c + ch] = src[ch * oc + o];
+                }
+            fastnn_conv_padded(dX, cols, Wt, NULL, n, hz, wz, oc, c, kh, kw,
+                               FASTNN_ACT_IDENTITY, 0.0f);
+            return;
+        }
+    }
+    fastnn_conv_dx_gather(dX, dZ, W, n, g->h, g->w, c, oc, kh, kw, g->ph, g->pw);
+}
+
 /* X (n,h,w,c), W (kh,kw,c,oc) = the (kh*kw*c, oc) matrix, b (oc) or NULL,
    cols (n*oh*ow, kh*kw*c), Y (n,oh,ow,oc). */
 int fastnn_conv2d_forward(float *Y, float *cols, const float *X, const float *W,
@@ -178,6 +271,12 @@ int fastnn_conv2d_forward(float *Y, float *cols, const float *X, const float *W,
         || !conv_geom(&g, &K, n, h, w, c, oc, kh, kw, sh, sw, ph, pw, act))
         return FASTNN_EINVAL;
     const int64_t rows = g.out_pixels;
+    if (direct_ok(&g, rows * K)) {
+        const int64_t hp = h + 2 * ph, wp = w + 2 * pw;
+        PAR_FOR(r, n * hp, g.in_size > PAR_MIN, pad_row(cols, X, h, w, c, ph, pw, r));
+        fastnn_conv_padded(Y, cols, W, b, n, hp, wp, c, oc, kh, kw, act, slope);
+        return FASTNN_OK;
+    }
     if (kh == 1 && kw == 1 && sh == 1 && sw == 1) {
         /* 1x1, stride 1 (so no padding): im2col(X) is X itself.  The copy is
            still made because the backward has no X, only cols. */
@@ -205,6 +304,12 @@ int fastnn_conv2d_backward(float *dX, float *dW, float *db, float *dZ, float *co
         || !conv_geom(&g, &K, n, h, w, c, oc, kh, kw, sh, sw, ph, pw, act))
         return FASTNN_EINVAL;
     const int64_t rows = g.out_pixels;
+    if (direct_ok(&g, rows * K)) {
+        int rc = fastnn_activation_backward(dZ, dY, Y, rows * oc, act, slope);
+        if (rc == FASTNN_OK)
+            direct_backward(dX, dW, db, dZ, cols, W, &g, oc, rows * K);
+        return rc;
+    }
     int rc = fastnn_dense_backward(NULL, dW, db, dZ, dY, cols, W, Y, rows, K, oc, act, slope);
     if (rc != FASTNN_OK || !dX)
         return rc;

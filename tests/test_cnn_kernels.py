@@ -43,7 +43,8 @@ def _conv_case(backend, rng, n, h, w, c, oc, kh, kw, stride, padding, activation
     reference.conv2d_forward(Yr, d(X), d(W), d(b), colsr, **kw_args)
     tol = 3e-6 * kh * kw * c + 1e-6
     close(Y, Yr, rtol=1e-4, atol=tol)
-    close(cols, colsr, rtol=0, atol=0)
+    if backend.name != "c":  # c keeps its own workspace in cols (a padded X on stride 1)
+        close(cols, colsr, rtol=0, atol=0)
     dY = f32(rng, n, oh, ow, oc)
     got = dict(dX=np.full((n, h, w, c), np.nan, np.float32), dW=np.full((kh, kw, c, oc), np.nan, np.float32),
                db=np.full(oc, np.nan, np.float32), dZ=np.full((n, oh, ow, oc), np.nan, np.float32))
@@ -69,9 +70,10 @@ def test_conv2d_without_bias_and_optional_grads(backend, rng):
     Y, cols = np.empty((1, 2, 2, 2), np.float32), np.empty((4, 18), np.float32)
     backend.conv2d_forward(Y, X, W, None, cols)
     dY = f32(rng, 1, 2, 2, 2)
-    want_dW = np.empty((3, 3, 2, 2))
+    want_dW, colsr = np.empty((3, 3, 2, 2)), np.empty((4, 18))
+    reference.conv2d_forward(np.empty((1, 2, 2, 2)), X, W, None, colsr)
     reference.conv2d_backward(None, want_dW, None, np.empty((1, 2, 2, 2)), dY.astype(np.float64),
-                              X, W, Y, cols.astype(np.float64))
+                              X, W, Y, colsr)
     dW = np.empty((3, 3, 2, 2), np.float32)
     backend.conv2d_backward(None, dW, None, dY, dY, X, W, Y, cols)  # dZ is dY, no dX/db
     close(dW, want_dW, rtol=1e-5, atol=1e-6)
