@@ -36,7 +36,7 @@
 #define DW_CHUNK_PIXELS 512
 /* Below this many multiply-adds the kernels stay on the calling thread. */
 #define PAR_MIN_MADDS (1 << 20)
-#define MR_MAX 8
+#define MR_MAX 8   /* the largest MR of any kernel */
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
@@ -115,72 +115,99 @@ static void ck_generic(const ctile *t)
 #include <immintrin.h>
 #define HAVE_X86 1
 
-/* ---- AVX-512: 8 x 32, 16 zmm accumulators -------------------------------------- */
+/* ---- AVX-512: 8 x 32 and 6 x 64 ------------------------------------------------------
+   Two tiles, 16 and 24 zmm accumulators: 6 x 64 loads 10 values per 24
+   multiply-adds (8 x 32: 10 per 16), which measured 111 against 97 GFLOP/s
+   in L1 on this machine's two FMA ports (peak ~121); 8 x 32 serves 32 or
+   fewer columns. */
 
-enum { A5_MR = 8, A5_NR = 32 };
+enum { A5_MR = 8, A5_NR = 32, A5W_MR = 6, A5W_NR = 64 };
 
-__attribute__((target("avx512f,avx512vl,fma")))
-static void ck_avx512(const ctile *t)
+__attribute__((target("avx512f,avx512vl,fma"))) static inline __attribute__((always_inline))
+void ck_avx512_body(const ctile *t, const int MR, const int NV, const int full)
 {
-    __m512 acc[A5_MR][2];
+    __m512 acc[8][4];
+    __mmask16 m[4];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; v++) {
+        const int lanes = t->nv - 16 * v;
+        m[v] = lanes >= 16 ? 0xFFFF : lanes <= 0 ? 0 : (__mmask16)((1u << lanes) - 1u);
+    }
 #pragma GCC unroll 8
-    for (int i = 0; i < A5_MR; i++)
-        acc[i][0] = acc[i][1] = _mm512_setzero_ps();
-    const int nv = t->nv;
-    const __mmask16 m0 = nv >= 16 ? 0xFFFF : (__mmask16)((1u << nv) - 1u);
-    const __mmask16 m1 = nv >= 32 ? 0xFFFF : nv <= 16 ? 0 : (__mmask16)((1u << (nv - 16)) - 1u);
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++)
+            acc[i][v] = _mm512_setzero_ps();
     const int64_t kc = t->kc, sp = t->sp, ldb = t->ldb;
     for (int64_t s = 0; s < t->nseg; s++) {
-        const float *r[A5_MR];
+        const float *r[8];
 #pragma GCC unroll 8
-        for (int i = 0; i < A5_MR; i++)
+        for (int i = 0; i < MR; i++)
             r[i] = t->a + t->aoff[s] + t->roff[i];
         const float *b = t->b + t->boff[s];
         int64_t o = 0;
 #pragma GCC unroll 2
         for (int64_t p = 0; p < kc; p++, o += sp, b += ldb) {
-            const __m512 b0 = _mm512_maskz_loadu_ps(m0, b);
-            const __m512 b1 = _mm512_maskz_loadu_ps(m1, b + 16);
+            __m512 bv[4];
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++)
+                bv[v] = full ? _mm512_loadu_ps(b + 16 * v) : _mm512_maskz_loadu_ps(m[v], b + 16 * v);
 #pragma GCC unroll 8
-            for (int i = 0; i < A5_MR; i++) {
+            for (int i = 0; i < MR; i++) {
                 const __m512 ai = _mm512_set1_ps(r[i][o]);
-                acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]);
-                acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; v++)
+                    acc[i][v] = _mm512_fmadd_ps(ai, bv[v], acc[i][v]);
             }
         }
     }
     const __m512 zero = _mm512_setzero_ps();
-    __m512 bias0 = zero, bias1 = zero;
+    __m512 bias[4];
     const int act = t->ep ? t->act : FASTNN_ACT_IDENTITY;
     const __m512 slope = _mm512_set1_ps(t->slope);
-    if (t->ep && t->bias) {
-        bias0 = _mm512_maskz_loadu_ps(m0, t->bias);
-        bias1 = _mm512_maskz_loadu_ps(m1, t->bias + 16);
-    }
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; v++)
+        bias[v] = t->ep && t->bias ? _mm512_maskz_loadu_ps(m[v], t->bias + 16 * v) : zero;
 #pragma GCC unroll 8
-    for (int i = 0; i < A5_MR; i++) {
+    for (int i = 0; i < MR; i++) {
         if (i >= t->mv)
             break;
         float *ci = t->c + i * t->ldc;
-        __m512 v0 = acc[i][0], v1 = acc[i][1];
-        if (t->accumulate) {
-            v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, ci));
-            v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, ci + 16));
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) {
+            __m512 x = acc[i][v];
+            if (t->accumulate)
+                x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(m[v], ci + 16 * v));
+            x = _mm512_add_ps(x, bias[v]);
+            if (act == FASTNN_ACT_RELU)             /* max(0, NaN) keeps the NaN */
+                x = _mm512_max_ps(zero, x);
+            else if (act == FASTNN_ACT_LEAKY_RELU)
+                x = _mm512_mask_mul_ps(x, _mm512_cmp_ps_mask(x, zero, _CMP_LE_OQ), x, slope);
+            _mm512_mask_storeu_ps(ci + 16 * v, m[v], x);
         }
-        v0 = _mm512_add_ps(v0, bias0);
-        v1 = _mm512_add_ps(v1, bias1);
-        if (act == FASTNN_ACT_RELU) {            /* max(0, NaN) keeps the NaN */
-            v0 = _mm512_max_ps(zero, v0);
-            v1 = _mm512_max_ps(zero, v1);
-        } else if (act == FASTNN_ACT_LEAKY_RELU) {
-            v0 = _mm512_mask_mul_ps(v0, _mm512_cmp_ps_mask(v0, zero, _CMP_LE_OQ), v0, slope);
-            v1 = _mm512_mask_mul_ps(v1, _mm512_cmp_ps_mask(v1, zero, _CMP_LE_OQ), v1, slope);
-        }
-        _mm512_mask_storeu_ps(ci, m0, v0);
-        _mm512_mask_storeu_ps(ci + 16, m1, v1);
     }
     if (!simd_act(act))
         tile_act_scalar(t);
+}
+
+/* The masks are spilled and reloaded in the inner loop (GCC), so a tile
+   with every column valid gets plain loads. */
+__attribute__((target("avx512f,avx512vl,fma")))
+static void ck_avx512(const ctile *t)
+{
+    if (t->nv == A5_NR)
+        ck_avx512_body(t, A5_MR, A5_NR / 16, 1);
+    else
+        ck_avx512_body(t, A5_MR, A5_NR / 16, 0);
+}
+
+__attribute__((target("avx512f,avx512vl,fma")))
+static void ck_avx512_wide(const ctile *t)
+{
+    if (t->nv == A5W_NR)
+        ck_avx512_body(t, A5W_MR, A5W_NR / 16, 1);
+    else
+        ck_avx512_body(t, A5W_MR, A5W_NR / 16, 0);
 }
 
 /* ---- AVX2: 6 x 16, 12 ymm accumulators ---------------------------------------- */
@@ -266,11 +293,14 @@ typedef struct {
     void (*kernel)(const ctile *);
 } cpath;
 
-static cpath conv_path(void)
+/* The kernel for a product with `cols` columns. */
+static cpath conv_path(int64_t cols)
 {
     switch (fastnn_simd_path()) {
 #ifdef HAVE_X86
-    case FASTNN_SIMD_AVX512: return (cpath){A5_MR, A5_NR, ck_avx512};
+    case FASTNN_SIMD_AVX512:
+        return cols > A5_NR ? (cpath){A5W_MR, A5W_NR, ck_avx512_wide}
+                            : (cpath){A5_MR, A5_NR, ck_avx512};
     case FASTNN_SIMD_AVX2:   return (cpath){A2_MR, A2_NR, ck_avx2};
 #endif
     default:                 return (cpath){GEN_MR, GEN_NR, ck_generic};
@@ -286,38 +316,43 @@ static int team(double madds, int64_t units)
     return (int)min64(t, units);
 }
 
-/* ---- forward (and dX): one output row --------------------------------------------- */
+/* ---- forward (and dX) ----------------------------------------------------------------
+   Tiles of MR consecutive output pixels of the flattened (n, oh, ow) grid,
+   so a tile may span output rows (each row of A has its own offset) and
+   only the batch's last tile is ragged. */
 
 typedef struct {
     const float *in, *W, *bias;
     float *out;
     int64_t hp, wp, cin, cout, kh, kw, oh, ow;
+    int64_t mtotal;     /* n oh ow output pixels */
     int act;
     float slope;
 } conv_args;
 
-static void conv_row(const cpath *P, const conv_args *g, int64_t r)
+/* Pixel tiles [t0, t1) of the output, all column tiles. */
+static void conv_tiles(const cpath *P, const conv_args *g, int64_t t0, int64_t t1)
 {
-    const int64_t img = r / g->oh, oy = r % g->oh, run = g->kw * g->cin;
-    const float *base = g->in + (img * g->hp + oy) * g->wp * g->cin;
+    const int64_t run = g->kw * g->cin, pixels = g->oh * g->ow;
     int64_t roff[MR_MAX], aoff[SEG_MAX], boff[SEG_MAX];
-    for (int64_t jc = 0; jc < g->cout; jc += P->nr) {
-        const int nv = (int)min64(P->nr, g->cout - jc);
-        for (int64_t x0 = 0; x0 < g->ow; x0 += P->mr) {
-            const int mv = (int)min64(P->mr, g->ow - x0);
-            for (int i = 0; i < P->mr; i++)
-                roff[i] = (i < mv ? i : 0) * g->cin;
+    for (int64_t tile = t0; tile < t1; tile++) {
+        const int64_t m0 = tile * P->mr;
+        const int mv = (int)min64(P->mr, g->mtotal - m0);
+        for (int i = 0; i < P->mr; i++) {
+            const int64_t q = m0 + (i < mv ? i : 0), img = q / pixels, yx = q % pixels;
+            roff[i] = ((img * g->hp + yx / g->ow) * g->wp + yx % g->ow) * g->cin;
+        }
+        for (int64_t jc = 0; jc < g->cout; jc += P->nr) {
+            const int nv = (int)min64(P->nr, g->cout - jc);
             for (int64_t i0 = 0; i0 < g->kh; i0 += SEG_MAX) {
                 const int64_t nseg = min64(SEG_MAX, g->kh - i0);
                 for (int64_t s = 0; s < nseg; s++) {
                     aoff[s] = (i0 + s) * g->wp * g->cin;
                     boff[s] = (i0 + s) * run * g->cout;
                 }
-                const int last = i0 + nseg == g->kh;
-                ctile t = {base + x0 * g->cin, roff, aoff, boff, nseg, run, 1,
-                           g->W + jc, g->cout, g->out + (r * g->ow + x0) * g->cout + jc,
-                           g->cout, mv, nv, i0 > 0, last,
-                           g->bias ? g->bias + jc : NULL, g->act, g->slope};
+                ctile t = {g->in, roff, aoff, boff, nseg, run, 1, g->W + jc, g->cout,
+                           g->out + m0 * g->cout + jc, g->cout, mv, nv, i0 > 0,
+                           i0 + nseg == g->kh, g->bias ? g->bias + jc : NULL, g->act, g->slope};
                 P->kernel(&t);
             }
         }
@@ -328,19 +363,21 @@ void fastnn_conv_padded(float *out, const float *in, const float *W, const float
                         int64_t n, int64_t hp, int64_t wp, int64_t cin, int64_t cout,
                         int64_t kh, int64_t kw, int act, float slope)
 {
-    const cpath P = conv_path();
-    const conv_args g = {in, W, bias, out, hp, wp, cin, cout, kh, kw,
-                         hp - kh + 1, wp - kw + 1, act, slope};
-    const int64_t rows = n * g.oh;
-    const int T = team((double)rows * g.ow * kh * kw * cin * cout, rows);
+    const cpath P = conv_path(cout);
+    const int64_t oh = hp - kh + 1, ow = wp - kw + 1;
+    const conv_args g = {in, W, bias, out, hp, wp, cin, cout, kh, kw, oh, ow, n * oh * ow,
+                         act, slope};
+    const int64_t tiles = ceil_div(g.mtotal, P.mr);
+    const int T = team((double)g.mtotal * kh * kw * cin * cout, tiles);
     if (T < 2) {
-        for (int64_t r = 0; r < rows; r++)
-            conv_row(&P, &g, r);
+        conv_tiles(&P, &g, 0, tiles);
         return;
     }
-#pragma omp parallel for num_threads(T) schedule(static)
-    for (int64_t r = 0; r < rows; r++)
-        conv_row(&P, &g, r);
+#pragma omp parallel num_threads(T)
+    {
+        const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
+        conv_tiles(&P, &g, tid * tiles / nt, (tid + 1) * tiles / nt);
+    }
 }
 
 /* ---- dW -------------------------------------------------------------------------- */
@@ -348,7 +385,7 @@ void fastnn_conv_padded(float *out, const float *in, const float *W, const float
 void fastnn_conv_padded_dw(float *dW, const float *in, const float *dZ, int64_t n, int64_t hp,
                            int64_t wp, int64_t cin, int64_t cout, int64_t kh, int64_t kw)
 {
-    const cpath P = conv_path();
+    const cpath P = conv_path(cout);
     const int64_t oh = hp - kh + 1, ow = wp - kw + 1, run = kw * cin, K = kh * run;
     const int64_t rt = ceil_div(K, P.mr), ct = ceil_div(cout, P.nr), tiles = rt * ct;
     const int64_t rows = n * oh;
@@ -385,6 +422,11 @@ void fastnn_conv_padded_dw(float *dW, const float *in, const float *dZ, int64_t 
 
 /* ---- dX by gathering, for few input channels ------------------------------------- */
 
+/* Channels of dZ summed per pass of dx_gather_row: the partial sums of a
+   pass are a vector of OB lanes (registers), reduced once per pass, not
+   once per tap. */
+#define OB 64
+
 FASTNN_CLONES
 static void dx_gather_row(float *dX, const float *dZ, const float *W, int64_t h, int64_t w,
                           int64_t c, int64_t oc, int64_t oh, int64_t ow, int64_t kh,
@@ -395,22 +437,39 @@ static void dx_gather_row(float *dX, const float *dZ, const float *W, int64_t h,
     for (int64_t x = 0; x < w; x++)
         for (int64_t ch = 0; ch < c; ch++) {
             float acc = 0.0f;
-            for (int64_t i = 0; i < kh; i++) {
-                const int64_t oy = y + ph - i;
-                if (oy < 0 || oy >= oh)
-                    continue;
-                for (int64_t j = 0; j < kw; j++) {
-                    const int64_t ox = x + pw - j;
-                    if (ox < 0 || ox >= ow)
+            for (int64_t o0 = 0; o0 < oc; o0 += OB) {
+                const int64_t ob = min64(OB, oc - o0);
+                float part[OB] = {0.0f};
+                for (int64_t i = 0; i < kh; i++) {
+                    const int64_t oy = y + ph - i;
+                    if (oy < 0 || oy >= oh)
                         continue;
-                    const float *dz = dZ + ((img * oh + oy) * ow + ox) * oc;
-                    const float *wr = W + ((i * kw + j) * c + ch) * oc;
-                    float part = 0.0f;
-#pragma omp simd reduction(+ : part)
-                    for (int64_t o = 0; o < oc; o++)
-                        part += dz[o] * wr[o];
-                    acc += part;
+                    for (int64_t j = 0; j < kw; j++) {
+                        const int64_t ox = x + pw - j;
+                        if (ox < 0 || ox >= ow)
+                            continue;
+                        const float *dz = dZ + ((img * oh + oy) * ow + ox) * oc + o0;
+                        const float *wr = W + ((i * kw + j) * c + ch) * oc + o0;
+                        if (ob == OB) {
+#pragma omp simd
+                            for (int64_t o = 0; o < OB; o++)
+                                part[o] += dz[o] * wr[o];
+                        } else if (ob == OB / 2) {   /* 32 channels: a common case */
+#pragma omp simd
+                            for (int64_t o = 0; o < OB / 2; o++)
+                                part[o] += dz[o] * wr[o];
+                        } else {
+#pragma omp simd
+                            for (int64_t o = 0; o < ob; o++)
+                                part[o] += dz[o] * wr[o];
+                        }
+                    }
                 }
+                float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+                for (int64_t o = 0; o < OB; o++)
+                    sum += part[o];
+                acc += sum;
             }
             dx[x * c + ch] = acc;
         }
