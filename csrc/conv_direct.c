@@ -335,6 +335,7 @@ typedef struct {
    (with all kh rows per tile, W's whole column sliver streamed from L2:
    9*32 x 64 floats for 32 -> 64 channels); the tiles of C accumulate in
    memory between the rows. */
+#define SHORT_RUN 64
 #ifndef CONV_GROUP
 #define CONV_GROUP 4
 #endif
@@ -343,27 +344,44 @@ typedef struct {
 static void conv_tiles(const cpath *P, const conv_args *g, int64_t t0, int64_t t1)
 {
     const int64_t run = g->kw * g->cin, pixels = g->oh * g->ow;
-    int64_t roff[CONV_GROUP][MR_MAX];
+    int64_t roff[CONV_GROUP][MR_MAX], aoff[SEG_MAX], boff[SEG_MAX];
     for (int64_t g0 = t0; g0 < t1; g0 += CONV_GROUP) {
         const int64_t gn = min64(CONV_GROUP, t1 - g0);
         int mv[CONV_GROUP];
         for (int64_t u = 0; u < gn; u++) {
             const int64_t m0 = (g0 + u) * P->mr;
             mv[u] = (int)min64(P->mr, g->mtotal - m0);
+            /* pixel m0's place by division, the next ones by stepping (the
+               divisions cost more than a tile of one input channel) */
+            int64_t img = m0 / pixels, oy = m0 % pixels / g->ow, ox = m0 % g->ow;
             for (int i = 0; i < P->mr; i++) {
-                const int64_t q = m0 + (i < mv[u] ? i : 0), img = q / pixels, yx = q % pixels;
-                roff[u][i] = ((img * g->hp + yx / g->ow) * g->wp + yx % g->ow) * g->cin;
+                roff[u][i] = i < mv[u] ? ((img * g->hp + oy) * g->wp + ox) * g->cin : roff[u][0];
+                if (++ox == g->ow) {
+                    ox = 0;
+                    if (++oy == g->oh) {
+                        oy = 0;
+                        img++;
+                    }
+                }
             }
         }
         for (int64_t jc = 0; jc < g->cout; jc += P->nr) {
             const int nv = (int)min64(P->nr, g->cout - jc);
-            for (int64_t i = 0; i < g->kh; i++) {
-                const int64_t aoff = i * g->wp * g->cin, boff = i * run * g->cout;
+            /* Short kernel rows (few input channels): all rows in one call,
+               as the calls and the passes over C would cost more than W's
+               reloads. */
+            const int64_t step = run < SHORT_RUN ? SEG_MAX : 1;
+            for (int64_t i0 = 0; i0 < g->kh; i0 += step) {
+                const int64_t nseg = min64(step, g->kh - i0);
+                for (int64_t s = 0; s < nseg; s++) {
+                    aoff[s] = (i0 + s) * g->wp * g->cin;
+                    boff[s] = (i0 + s) * run * g->cout;
+                }
                 for (int64_t u = 0; u < gn; u++) {
                     const int64_t m0 = (g0 + u) * P->mr;
-                    ctile t = {g->in, roff[u], &aoff, &boff, 1, run, 1, g->W + jc, g->cout,
-                               g->out + m0 * g->cout + jc, g->cout, mv[u], nv, i > 0,
-                               i + 1 == g->kh, g->bias ? g->bias + jc : NULL, g->act,
+                    ctile t = {g->in, roff[u], aoff, boff, nseg, run, 1, g->W + jc, g->cout,
+                               g->out + m0 * g->cout + jc, g->cout, mv[u], nv, i0 > 0,
+                               i0 + nseg == g->kh, g->bias ? g->bias + jc : NULL, g->act,
                                g->slope};
                     P->kernel(&t);
                 }
