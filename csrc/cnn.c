@@ -217,7 +217,7 @@ static void pad_row(float *dst, const float *src, int64_t hh, int64_t ww, int64_
 
 /* Input channels from which dX is a GEMM over the padded dZ (fewer: a
    gather per pixel, as a c-column GEMM would waste the register tile). */
-#define DX_GEMM_MIN_C 16
+#define DX_GEMM_MIN_C 8
 /* Output rows per chunk of the dZ pass; the chunks are also the fixed
    blocks of db's sum over the batch. */
 #define DZ_CHUNK_ROWS 16

@@ -17,7 +17,8 @@
  * Edges are masked in the kernel, not padded in memory: invalid rows read
  * row 0's values (and are not stored), invalid columns are masked loads
  * (which never fault) and masked stores, so no tile scratch and no packing.
- * AVX-512 8x32, AVX2 6x16, portable 4x8, chosen at run time like gemm.c.
+ * AVX-512 6x64 / 8x32 / 8x16 by the number of columns, AVX2 6x16, portable
+ * 4x8, chosen at run time like gemm.c.
  */
 #include <stdint.h>
 #include <string.h>
@@ -33,7 +34,9 @@
    over chunks of output rows fixed by the geometry, so it sums in the same
    order whatever the number of threads.  ~512 pixels of dZ and of the
    padded image stay in L2 while a thread runs its tiles over them. */
+#ifndef DW_CHUNK_PIXELS
 #define DW_CHUNK_PIXELS 512
+#endif
 /* Below this many multiply-adds the kernels stay on the calling thread. */
 #define PAR_MIN_MADDS (1 << 20)
 #define MR_MAX 8   /* the largest MR of any kernel */
@@ -121,7 +124,7 @@ static void ck_generic(const ctile *t)
    in L1 on this machine's two FMA ports (peak ~121); 8 x 32 serves 32 or
    fewer columns. */
 
-enum { A5_MR = 8, A5_NR = 32, A5W_MR = 6, A5W_NR = 64 };
+enum { A5_MR = 8, A5_NR = 32, A5W_MR = 6, A5W_NR = 64, A5N_MR = 8, A5N_NR = 16 };
 
 __attribute__((target("avx512f,avx512vl,fma"))) static inline __attribute__((always_inline))
 void ck_avx512_body(const ctile *t, const int MR, const int NV, const int full)
@@ -199,6 +202,17 @@ static void ck_avx512(const ctile *t)
         ck_avx512_body(t, A5_MR, A5_NR / 16, 1);
     else
         ck_avx512_body(t, A5_MR, A5_NR / 16, 0);
+}
+
+/* 8 x 16 for 16 or fewer columns (dX of a layer with 16 input channels),
+   where 8 x 32 would multiply zeros half the time. */
+__attribute__((target("avx512f,avx512vl,fma")))
+static void ck_avx512_narrow(const ctile *t)
+{
+    if (t->nv == A5N_NR)
+        ck_avx512_body(t, A5N_MR, 1, 1);
+    else
+        ck_avx512_body(t, A5N_MR, 1, 0);
 }
 
 __attribute__((target("avx512f,avx512vl,fma")))
@@ -299,8 +313,9 @@ static cpath conv_path(int64_t cols)
     switch (fastnn_simd_path()) {
 #ifdef HAVE_X86
     case FASTNN_SIMD_AVX512:
-        return cols > A5_NR ? (cpath){A5W_MR, A5W_NR, ck_avx512_wide}
-                            : (cpath){A5_MR, A5_NR, ck_avx512};
+        return cols > A5_NR    ? (cpath){A5W_MR, A5W_NR, ck_avx512_wide}
+               : cols > A5N_NR ? (cpath){A5_MR, A5_NR, ck_avx512}
+                               : (cpath){A5N_MR, A5N_NR, ck_avx512_narrow};
     case FASTNN_SIMD_AVX2:   return (cpath){A2_MR, A2_NR, ck_avx2};
 #endif
     default:                 return (cpath){GEN_MR, GEN_NR, ck_generic};
