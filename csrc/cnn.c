@@ -6,7 +6,10 @@
  *   - Arguments (sizes, NULLs, and maxpool's argmax indices) are checked
  *     before anything is written; nothing is allocated (small per-channel
  *     blocks live on the stack).
- *   - Convolution is im2col + the project's gemm: the forward is
+ *   - Stride-1 convolution is direct: cols keeps the zero-padded X
+ *     and conv_direct.c's micro-kernel reads the windows from it in place;
+ *     see "direct (stride-1) convolution" below.
+ *   - Other strides are im2col + the project's gemm: the forward is
  *     fastnn_dense_forward on cols (bias and activation in the gemm
  *     epilogue), the backward fastnn_dense_backward for dZ, dW and db, then
  *     fastnn_gemm for dZ W^T and col2im.  Channels-last makes every window
@@ -167,18 +170,19 @@ static int conv_geom(geom *g, int64_t *K, int64_t n, int64_t h, int64_t w, int64
 }
 
 /* ---- direct (stride-1) convolution ------------------------------------------------
-   With stride 1, and when the padded image fits in cols (it does whenever the
-   window has at least 2 taps or no padding: (h+2ph)(w+2pw) <= oh ow kh kw),
-   the forward stores in cols the zero-padded copy of X (n, h+2ph, w+2pw, c)
+   With stride 1 the padded image fits in cols (h+2ph = oh+kh-1 <= oh kh, and
+   so for the width; direct_ok still checks), and the forward stores in cols the zero-padded copy of X (n, h+2ph, w+2pw, c)
    instead of im2col(X), and conv_direct.c's micro-kernel reads the windows
    from it in place (no im2col matrix is written or read).  The backward
    takes dW from that copy, then reuses cols for dX: the zero-padded dZ and
    the flipped, transposed W, so that dX is the forward convolution of the
    padded dZ (or a gather for few channels).  The forward and the backward
-   make the same choice from the geometry alone. */
+   make the same choice from the geometry alone.  Measured (batch 128, 1
+   thread, 3x3 pad 1, forward + backward with dX, bench.compare): 14x14x32
+   -> 64 77-93 -> 39-52 ms, torch 47-58 ms. */
 
-/* Floats of the padded image (channels ch, padding qh, qw) of g's images of
-   size hh x ww; 0 if that overflows int64. */
+/* Floats of the padded image (channels ch, padding qh, qw) of n images of
+   size hh x ww, and its size *hp x *wp; 0 if that overflows int64. */
 static int64_t padded_size(int64_t n, int64_t hh, int64_t ww, int64_t ch, int64_t qh,
                            int64_t qw, int64_t *hp, int64_t *wp)
 {
