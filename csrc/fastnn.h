@@ -196,16 +196,18 @@ int fastnn_axpy(float *y, const float *x, int64_t size, float alpha);
    window is (kh, kw) with stride (sh, sw) and zero padding (ph, pw) (pooling:
    none); oh = (h + 2 ph - kh) / sh + 1, ow likewise. */
 
-/* X (n,h,w,c), W (kh,kw,c,oc), b (oc) or NULL, Y (n,oh,ow,oc).
-   cols (n*oh*ow, kh*kw*c) = im2col(X), left for the backward;
-   Y = act(cols W + b). */
+/* X (n,h,w,c), W (kh,kw,c,oc), b (oc) or NULL, Y (n,oh,ow,oc);
+   Y = act(im2col(X) W + b).  cols (n*oh*ow, kh*kw*c) is the kernels'
+   workspace, left for the backward: im2col(X), or with stride 1 the
+   zero-padded X (n, h+2ph, w+2pw, c) at its start (cnn.c). */
 int fastnn_conv2d_forward(float *Y, float *cols, const float *X, const float *W,
                           const float *b, int64_t n, int64_t h, int64_t w, int64_t c,
                           int64_t oc, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
                           int64_t ph, int64_t pw, int act, float slope);
-/* dZ = dY * act'(Y) (dZ may equal dY); dW = cols^T dZ with cols as the
-   forward left it; db = column sums of dZ (NULL: skipped); dX = col2im(dZ
-   W^T) (NULL: skipped), computed through cols, which is overwritten. */
+/* dZ = dY * act'(Y) (dZ may equal dY); dW = im2col(X)^T dZ, X read from
+   cols as the forward left it; db = column sums of dZ (NULL: skipped); dX
+   = col2im(dZ W^T) (NULL: skipped), computed through cols, which is
+   overwritten.  Results do not depend on the thread count. */
 int fastnn_conv2d_backward(float *dX, float *dW, float *db, float *dZ, float *cols,
                            const float *dY, const float *W, const float *Y, int64_t n,
                            int64_t h, int64_t w, int64_t c, int64_t oc, int64_t kh,

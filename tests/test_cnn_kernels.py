@@ -43,7 +43,8 @@ def _conv_case(backend, rng, n, h, w, c, oc, kh, kw, stride, padding, activation
     reference.conv2d_forward(Yr, d(X), d(W), d(b), colsr, **kw_args)
     tol = 3e-6 * kh * kw * c + 1e-6
     close(Y, Yr, rtol=1e-4, atol=tol)
-    close(cols, colsr, rtol=0, atol=0)
+    if backend.name != "c":  # c keeps its own workspace in cols (a padded X on stride 1)
+        close(cols, colsr, rtol=0, atol=0)
     dY = f32(rng, n, oh, ow, oc)
     got = dict(dX=np.full((n, h, w, c), np.nan, np.float32), dW=np.full((kh, kw, c, oc), np.nan, np.float32),
                db=np.full(oc, np.nan, np.float32), dZ=np.full((n, oh, ow, oc), np.nan, np.float32))
@@ -63,15 +64,75 @@ def test_conv2d(backend, rng, activation):
         _conv_case(backend, rng, *shape, activation)
 
 
+# Stride 1 with 16+ channels: the c backend's direct path with dX as a
+# convolution of the padded dZ; 37 and 70 output channels leave masked
+# columns in both AVX-512 tiles (32 and 64 wide), 5x4 kernels pad unevenly.
+CONV_DIRECT = [(2, 6, 9, 20, 37, 3, 3, 1, 1), (3, 5, 7, 16, 70, 3, 3, 1, 1),
+               (2, 8, 7, 33, 16, 5, 4, 1, (2, 1)), (2, 6, 6, 24, 64, 1, 1, 1, 0)]
+
+
+def test_conv2d_stride1_many_channels(backend, rng):
+    for shape in CONV_DIRECT if not is_cuda(backend) else CONV_DIRECT[:1]:
+        _conv_case(backend, rng, *shape, "relu")
+
+
+@pytest.mark.parametrize("path", ["generic", "avx2", "avx512"])
+def test_c_conv2d_every_simd_path(rng, path):
+    c = kernels.get("c")
+    best = c.info()["simd"]
+    try:
+        c.set_simd_path(path)
+    except ValueError:
+        pytest.skip(f"{path} not supported here")
+    try:
+        for shape in CONV_DIRECT + [(2, 9, 8, 1, 9, 3, 3, 1, 1), (3, 9, 11, 5, 7, 3, 3, 2, 1)]:
+            _conv_case(c, rng, *shape, "leaky_relu")
+    finally:
+        c.set_simd_path(best)
+
+
+def _conv_outputs(k, X, W, b, dY, **kw_args):
+    n, h, w, c = X.shape
+    kh, kw, _, oc = W.shape
+    Y = np.empty(dY.shape, np.float32)
+    cols = np.empty((dY.shape[0] * dY.shape[1] * dY.shape[2], kh * kw * c), np.float32)
+    k.conv2d_forward(Y, X, W, b, cols, **kw_args)
+    out = dict(Y=Y, dX=np.empty_like(X), dW=np.empty_like(W), db=np.empty_like(b), dZ=np.empty_like(dY))
+    k.conv2d_backward(out["dX"], out["dW"], out["db"], out["dZ"], dY, X, W, Y, cols, **kw_args)
+    return out
+
+
+@pytest.mark.parametrize("shape", [(64, 14, 14, 32, 64), (64, 28, 28, 1, 32), (48, 9, 11, 5, 7)])
+def test_c_conv2d_same_bits_on_any_thread_count(rng, shape):
+    """Work is split over outputs only, and the batch sums of dW and db run
+    over chunks fixed by the geometry: 1, 2 and 4 threads agree bit for bit."""
+    c = kernels.get("c")
+    n, h, w, ch, oc = shape
+    X, W, b = f32(rng, n, h, w, ch), f32(rng, 3, 3, ch, oc, scale=0.1), f32(rng, oc)
+    dY = f32(rng, n, h, w, oc)
+    before = c.info()["threads"]
+    try:
+        got = []
+        for threads in (1, 2, 4):
+            c.set_num_threads(threads)
+            got.append(_conv_outputs(c, X, W, b, dY, padding=1, activation="relu"))
+    finally:
+        c.set_num_threads(before)
+    for other in got[1:]:
+        for key in got[0]:
+            np.testing.assert_array_equal(other[key], got[0][key], err_msg=key)
+
+
 def test_conv2d_without_bias_and_optional_grads(backend, rng):
     _conv_case(backend, rng, 2, 5, 5, 2, 3, 3, 3, 1, 1, "identity", bias=False)
     X, W = f32(rng, 1, 4, 4, 2), f32(rng, 3, 3, 2, 2)
     Y, cols = np.empty((1, 2, 2, 2), np.float32), np.empty((4, 18), np.float32)
     backend.conv2d_forward(Y, X, W, None, cols)
     dY = f32(rng, 1, 2, 2, 2)
-    want_dW = np.empty((3, 3, 2, 2))
+    want_dW, colsr = np.empty((3, 3, 2, 2)), np.empty((4, 18))
+    reference.conv2d_forward(np.empty((1, 2, 2, 2)), X, W, None, colsr)
     reference.conv2d_backward(None, want_dW, None, np.empty((1, 2, 2, 2)), dY.astype(np.float64),
-                              X, W, Y, cols.astype(np.float64))
+                              X, W, Y, colsr)
     dW = np.empty((3, 3, 2, 2), np.float32)
     backend.conv2d_backward(None, dW, None, dY, dY, X, W, Y, cols)  # dZ is dY, no dX/db
     close(dW, want_dW, rtol=1e-5, atol=1e-6)

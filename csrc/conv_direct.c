@@ -1,0 +1,533 @@
+/*
+ * conv_direct.c -- stride-1 convolution as an implicit GEMM: the micro-kernel
+ * reads the (padded, channels-last) image in place, no im2col matrix.
+ *
+ * One micro-kernel serves the forward, dW and dX.  It computes an MR x NR
+ * tile of C as a sum over "segments", each a run of kc steps: at step p of
+ * segment s, row i of A is a[aoff[s] + roff[i] + p*sp] (broadcast) and the
+ * row of B is b[boff[s] + p*ldb] (NR values, nv of them valid):
+ *
+ *   forward / dX: rows = MR neighbouring output pixels of one output row
+ *     (roff = i*cin), segments = kernel rows (kw*cin contiguous values of
+ *     the padded image and the matching kw*cin rows of W), sp = 1;
+ *   dW: rows = MR consecutive rows (i, j, ch) of dW (roff = (i*wp + j)*cin
+ *     + ch), segments = output rows (kc = ow output pixels, sp = cin), B =
+ *     dZ's rows.
+ *
+ * Edges are masked in the kernel, not padded in memory: invalid rows read
+ * row 0's values (and are not stored), invalid columns are masked loads
+ * (which never fault) and masked stores, so no tile scratch and no packing.
+ * AVX-512 6x64 / 8x32 / 8x16 by the number of columns, AVX2 6x16, portable
+ * 4x8, chosen at run time like gemm.c.
+ */
+#include <stdint.h>
+#include <string.h>
+#include <omp.h>
+#include "fastnn.h"
+#include "internal.h"
+#include "conv_direct.h"
+
+/* Segments per kernel call (kernel rows of the forward, output rows of a dW
+   chunk); more are done in several calls that accumulate. */
+#define SEG_MAX 64
+/* A dW chunk spans about this many output pixels: the batch reduction runs
+   over chunks of output rows fixed by the geometry, so it sums in the same
+   order whatever the number of threads.  ~512 pixels of dZ and of the
+   padded image stay in L2 while a thread runs its tiles over them. */
+#ifndef DW_CHUNK_PIXELS
+#define DW_CHUNK_PIXELS 512
+#endif
+/* Below this many multiply-adds the kernels stay on the calling thread. */
+#define PAR_MIN_MADDS (1 << 20)
+#define MR_MAX 8   /* the largest MR of any kernel */
+
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+static inline int64_t ceil_div(int64_t a, int64_t b) { return a / b + (a % b != 0); }
+
+typedef struct {
+    const float *a;
+    const int64_t *roff;        /* MR row offsets (invalid rows: row 0's) */
+    const int64_t *aoff, *boff; /* nseg segment offsets into a and b */
+    int64_t nseg, kc, sp;
+    const float *b;
+    int64_t ldb;
+    float *c;
+    int64_t ldc;
+    int mv, nv;                 /* valid rows and columns of the tile */
+    int accumulate;             /* C += tile (else C = tile, C not read) */
+    int ep;                     /* then C = act(C + bias): the last call only */
+    const float *bias;          /* NR values or NULL */
+    int act;
+    float slope;
+} ctile;
+
+/* The activation of the valid part of a stored tile (the activations the
+   SIMD epilogues do not vectorise). */
+static void tile_act_scalar(const ctile *t)
+{
+    for (int i = 0; i < t->mv; i++)
+        for (int j = 0; j < t->nv; j++) {
+            float *v = t->c + i * t->ldc + j;
+            *v = fastnn_act_scalar(t->act, *v, t->slope);
+        }
+}
+
+static inline int simd_act(int act)
+{
+    return act == FASTNN_ACT_IDENTITY || act == FASTNN_ACT_RELU || act == FASTNN_ACT_LEAKY_RELU;
+}
+
+/* ---- portable kernel: 4 x 8 --------------------------------------------------- */
+
+enum { GEN_MR = 4, GEN_NR = 8 };
+
+static void ck_generic(const ctile *t)
+{
+    float acc[GEN_MR][GEN_NR] = {{0.0f}};
+    for (int64_t s = 0; s < t->nseg; s++) {
+        const float *r[GEN_MR];
+        for (int i = 0; i < GEN_MR; i++)
+            r[i] = t->a + t->aoff[s] + t->roff[i];
+        const float *b = t->b + t->boff[s];
+        for (int64_t p = 0, o = 0; p < t->kc; p++, o += t->sp, b += t->ldb) {
+            float bb[GEN_NR];
+            for (int j = 0; j < GEN_NR; j++)
+                bb[j] = j < t->nv ? b[j] : 0.0f;
+            for (int i = 0; i < GEN_MR; i++)
+                for (int j = 0; j < GEN_NR; j++)
+                    acc[i][j] += r[i][o] * bb[j];
+        }
+    }
+    for (int i = 0; i < t->mv; i++)
+        for (int j = 0; j < t->nv; j++) {
+            float *c = t->c + i * t->ldc + j;
+            float v = acc[i][j];
+            if (t->accumulate)
+                v += *c;
+            if (t->ep) {
+                if (t->bias)
+                    v += t->bias[j];
+                v = fastnn_act_scalar(t->act, v, t->slope);
+            }
+            *c = v;
+        }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HAVE_X86 1
+
+/* ---- AVX-512: 8 x 32 and 6 x 64 ------------------------------------------------------
+   Two tiles, 16 and 24 zmm accumulators: 6 x 64 loads 10 values per 24
+   multiply-adds (8 x 32: 10 per 16), which measured 111 against 97 GFLOP/s
+   in L1 on this machine's two FMA ports (peak ~121); 8 x 32 serves 32 or
+   fewer columns. */
+
+enum { A5_MR = 8, A5_NR = 32, A5W_MR = 6, A5W_NR = 64, A5N_MR = 8, A5N_NR = 16 };
+
+__attribute__((target("avx512f,avx512vl,fma"))) static inline __attribute__((always_inline))
+void ck_avx512_body(const ctile *t, const int MR, const int NV, const int full)
+{
+    __m512 acc[8][4];
+    __mmask16 m[4];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; v++) {
+        const int lanes = t->nv - 16 * v;
+        m[v] = lanes >= 16 ? 0xFFFF : lanes <= 0 ? 0 : (__mmask16)((1u << lanes) - 1u);
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++)
+            acc[i][v] = _mm512_setzero_ps();
+    const int64_t kc = t->kc, sp = t->sp, ldb = t->ldb;
+    for (int64_t s = 0; s < t->nseg; s++) {
+        const float *r[8];
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; i++)
+            r[i] = t->a + t->aoff[s] + t->roff[i];
+        const float *b = t->b + t->boff[s];
+        int64_t o = 0;
+#pragma GCC unroll 2
+        for (int64_t p = 0; p < kc; p++, o += sp, b += ldb) {
+            __m512 bv[4];
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++)
+                bv[v] = full ? _mm512_loadu_ps(b + 16 * v) : _mm512_maskz_loadu_ps(m[v], b + 16 * v);
+#pragma GCC unroll 8
+            for (int i = 0; i < MR; i++) {
+                const __m512 ai = _mm512_set1_ps(r[i][o]);
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; v++)
+                    acc[i][v] = _mm512_fmadd_ps(ai, bv[v], acc[i][v]);
+            }
+        }
+    }
+    const __m512 zero = _mm512_setzero_ps();
+    __m512 bias[4];
+    const int act = t->ep ? t->act : FASTNN_ACT_IDENTITY;
+    const __m512 slope = _mm512_set1_ps(t->slope);
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; v++)
+        bias[v] = t->ep && t->bias ? _mm512_maskz_loadu_ps(m[v], t->bias + 16 * v) : zero;
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; i++) {
+        if (i >= t->mv)
+            break;
+        float *ci = t->c + i * t->ldc;
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) {
+            __m512 x = acc[i][v];
+            if (t->accumulate)
+                x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(m[v], ci + 16 * v));
+            x = _mm512_add_ps(x, bias[v]);
+            if (act == FASTNN_ACT_RELU)             /* max(0, NaN) keeps the NaN */
+                x = _mm512_max_ps(zero, x);
+            else if (act == FASTNN_ACT_LEAKY_RELU)
+                x = _mm512_mask_mul_ps(x, _mm512_cmp_ps_mask(x, zero, _CMP_LE_OQ), x, slope);
+            _mm512_mask_storeu_ps(ci + 16 * v, m[v], x);
+        }
+    }
+    if (!simd_act(act))
+        tile_act_scalar(t);
+}
+
+/* The masks are spilled and reloaded in the inner loop (GCC), so a tile
+   with every column valid gets plain loads. */
+__attribute__((target("avx512f,avx512vl,fma")))
+static void ck_avx512(const ctile *t)
+{
+    if (t->nv == A5_NR)
+        ck_avx512_body(t, A5_MR, A5_NR / 16, 1);
+    else
+        ck_avx512_body(t, A5_MR, A5_NR / 16, 0);
+}
+
+/* 8 x 16 for 16 or fewer columns (dX of a layer with 16 input channels),
+   where 8 x 32 would multiply zeros half the time. */
+__attribute__((target("avx512f,avx512vl,fma")))
+static void ck_avx512_narrow(const ctile *t)
+{
+    if (t->nv == A5N_NR)
+        ck_avx512_body(t, A5N_MR, 1, 1);
+    else
+        ck_avx512_body(t, A5N_MR, 1, 0);
+}
+
+__attribute__((target("avx512f,avx512vl,fma")))
+static void ck_avx512_wide(const ctile *t)
+{
+    if (t->nv == A5W_NR)
+        ck_avx512_body(t, A5W_MR, A5W_NR / 16, 1);
+    else
+        ck_avx512_body(t, A5W_MR, A5W_NR / 16, 0);
+}
+
+/* ---- AVX2: 6 x 16, 12 ymm accumulators ---------------------------------------- */
+
+enum { A2_MR = 6, A2_NR = 16 };
+
+/* full: all 16 columns valid (plain loads); else masked loads. */
+__attribute__((target("avx2,fma"))) static inline __attribute__((always_inline))
+void ck_avx2_body(const ctile *t, const int full)
+{
+    __m256 acc[A2_MR][2];
+#pragma GCC unroll 6
+    for (int i = 0; i < A2_MR; i++)
+        acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i k0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(t->nv), lane);
+    const __m256i k1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(t->nv - 8), lane);
+    const int64_t kc = t->kc, sp = t->sp, ldb = t->ldb;
+    for (int64_t s = 0; s < t->nseg; s++) {
+        const float *r[A2_MR];
+#pragma GCC unroll 6
+        for (int i = 0; i < A2_MR; i++)
+            r[i] = t->a + t->aoff[s] + t->roff[i];
+        const float *b = t->b + t->boff[s];
+        int64_t o = 0;
+        for (int64_t p = 0; p < kc; p++, o += sp, b += ldb) {
+            const __m256 b0 = full ? _mm256_loadu_ps(b) : _mm256_maskload_ps(b, k0);
+            const __m256 b1 = full ? _mm256_loadu_ps(b + 8) : _mm256_maskload_ps(b + 8, k1);
+#pragma GCC unroll 6
+            for (int i = 0; i < A2_MR; i++) {
+                const __m256 ai = _mm256_broadcast_ss(r[i] + o);
+                acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]);
+                acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]);
+            }
+        }
+    }
+    const __m256 zero = _mm256_setzero_ps();
+    __m256 bias0 = zero, bias1 = zero;
+    const int act = t->ep ? t->act : FASTNN_ACT_IDENTITY;
+    const __m256 slope = _mm256_set1_ps(t->slope);
+    if (t->ep && t->bias) {
+        bias0 = _mm256_maskload_ps(t->bias, k0);
+        bias1 = _mm256_maskload_ps(t->bias + 8, k1);
+    }
+#pragma GCC unroll 6
+    for (int i = 0; i < A2_MR; i++) {
+        if (i >= t->mv)
+            break;
+        float *ci = t->c + i * t->ldc;
+        __m256 v0 = acc[i][0], v1 = acc[i][1];
+        if (t->accumulate) {
+            v0 = _mm256_add_ps(v0, _mm256_maskload_ps(ci, k0));
+            v1 = _mm256_add_ps(v1, _mm256_maskload_ps(ci + 8, k1));
+        }
+        v0 = _mm256_add_ps(v0, bias0);
+        v1 = _mm256_add_ps(v1, bias1);
+        if (act == FASTNN_ACT_RELU) {
+            v0 = _mm256_max_ps(zero, v0);
+            v1 = _mm256_max_ps(zero, v1);
+        } else if (act == FASTNN_ACT_LEAKY_RELU) {
+            v0 = _mm256_blendv_ps(v0, _mm256_mul_ps(v0, slope), _mm256_cmp_ps(v0, zero, _CMP_LE_OQ));
+            v1 = _mm256_blendv_ps(v1, _mm256_mul_ps(v1, slope), _mm256_cmp_ps(v1, zero, _CMP_LE_OQ));
+        }
+        _mm256_maskstore_ps(ci, k0, v0);
+        _mm256_maskstore_ps(ci + 8, k1, v1);
+    }
+    if (!simd_act(act))
+        tile_act_scalar(t);
+}
+
+__attribute__((target("avx2,fma")))
+static void ck_avx2(const ctile *t)
+{
+    if (t->nv >= A2_NR)
+        ck_avx2_body(t, 1);
+    else
+        ck_avx2_body(t, 0);
+}
+#endif
+
+typedef struct {
+    int mr, nr;
+    void (*kernel)(const ctile *);
+} cpath;
+
+/* The kernel for a product with `cols` columns. */
+static cpath conv_path(int64_t cols)
+{
+    switch (fastnn_simd_path()) {
+#ifdef HAVE_X86
+    case FASTNN_SIMD_AVX512:
+        return cols > A5_NR    ? (cpath){A5W_MR, A5W_NR, ck_avx512_wide}
+               : cols > A5N_NR ? (cpath){A5_MR, A5_NR, ck_avx512}
+                               : (cpath){A5N_MR, A5N_NR, ck_avx512_narrow};
+    case FASTNN_SIMD_AVX2:   return (cpath){A2_MR, A2_NR, ck_avx2};
+#endif
+    default:                 return (cpath){GEN_MR, GEN_NR, ck_generic};
+    }
+}
+
+/* Team size for `madds` multiply-adds over `units` independent pieces. */
+static int team(double madds, int64_t units)
+{
+    int t = fastnn_get_num_threads();
+    if (madds < PAR_MIN_MADDS || units < 2)
+        return 1;
+    return (int)min64(t, units);
+}
+
+/* ---- forward (and dX) ----------------------------------------------------------------
+   Tiles of MR consecutive output pixels of the flattened (n, oh, ow) grid,
+   so a tile may span output rows (each row of A has its own offset) and
+   only the batch's last tile is ragged. */
+
+typedef struct {
+    const float *in, *W, *bias;
+    float *out;
+    int64_t hp, wp, cin, cout, kh, kw, oh, ow;
+    int64_t mtotal;     /* n oh ow output pixels */
+    int act;
+    float slope;
+} conv_args;
+
+/* Tiles per group of conv_tiles: a group runs one kernel row at a time,
+   so that row's slice of W (kw*cin x NR) stays in L1 across the group
+   (with all kh rows per tile, W's whole column sliver streamed from L2:
+   9*32 x 64 floats for 32 -> 64 channels); the tiles of C accumulate in
+   memory between the rows. */
+#define SHORT_RUN 64
+#ifndef CONV_GROUP
+#define CONV_GROUP 4
+#endif
+
+/* Pixel tiles [t0, t1) of the output, all column tiles. */
+static void conv_tiles(const cpath *P, const conv_args *g, int64_t t0, int64_t t1)
+{
+    const int64_t run = g->kw * g->cin, pixels = g->oh * g->ow;
+    int64_t roff[CONV_GROUP][MR_MAX], aoff[SEG_MAX], boff[SEG_MAX];
+    for (int64_t g0 = t0; g0 < t1; g0 += CONV_GROUP) {
+        const int64_t gn = min64(CONV_GROUP, t1 - g0);
+        int mv[CONV_GROUP];
+        for (int64_t u = 0; u < gn; u++) {
+            const int64_t m0 = (g0 + u) * P->mr;
+            mv[u] = (int)min64(P->mr, g->mtotal - m0);
+            /* pixel m0's place by division, the next ones by stepping (the
+               divisions cost more than a tile of one input channel) */
+            int64_t img = m0 / pixels, oy = m0 % pixels / g->ow, ox = m0 % g->ow;
+            for (int i = 0; i < P->mr; i++) {
+                roff[u][i] = i < mv[u] ? ((img * g->hp + oy) * g->wp + ox) * g->cin : roff[u][0];
+                if (++ox == g->ow) {
+                    ox = 0;
+                    if (++oy == g->oh) {
+                        oy = 0;
+                        img++;
+                    }
+                }
+            }
+        }
+        for (int64_t jc = 0; jc < g->cout; jc += P->nr) {
+            const int nv = (int)min64(P->nr, g->cout - jc);
+            /* Short kernel rows (few input channels): all rows in one call,
+               as the calls and the passes over C would cost more than W's
+               reloads. */
+            const int64_t step = run < SHORT_RUN ? SEG_MAX : 1;
+            for (int64_t i0 = 0; i0 < g->kh; i0 += step) {
+                const int64_t nseg = min64(step, g->kh - i0);
+                for (int64_t s = 0; s < nseg; s++) {
+                    aoff[s] = (i0 + s) * g->wp * g->cin;
+                    boff[s] = (i0 + s) * run * g->cout;
+                }
+                for (int64_t u = 0; u < gn; u++) {
+                    const int64_t m0 = (g0 + u) * P->mr;
+                    ctile t = {g->in, roff[u], aoff, boff, nseg, run, 1, g->W + jc, g->cout,
+                               g->out + m0 * g->cout + jc, g->cout, mv[u], nv, i0 > 0,
+                               i0 + nseg == g->kh, g->bias ? g->bias + jc : NULL, g->act,
+                               g->slope};
+                    P->kernel(&t);
+                }
+            }
+        }
+    }
+}
+
+void fastnn_conv_padded(float *out, const float *in, const float *W, const float *bias,
+                        int64_t n, int64_t hp, int64_t wp, int64_t cin, int64_t cout,
+                        int64_t kh, int64_t kw, int act, float slope)
+{
+    const cpath P = conv_path(cout);
+    const int64_t oh = hp - kh + 1, ow = wp - kw + 1;
+    const conv_args g = {in, W, bias, out, hp, wp, cin, cout, kh, kw, oh, ow, n * oh * ow,
+                         act, slope};
+    const int64_t tiles = ceil_div(g.mtotal, P.mr);
+    const int T = team((double)g.mtotal * kh * kw * cin * cout, tiles);
+    if (T < 2) {
+        conv_tiles(&P, &g, 0, tiles);
+        return;
+    }
+#pragma omp parallel num_threads(T)
+    {
+        const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
+        conv_tiles(&P, &g, tid * tiles / nt, (tid + 1) * tiles / nt);
+    }
+}
+
+/* ---- dW -------------------------------------------------------------------------- */
+
+void fastnn_conv_padded_dw(float *dW, const float *in, const float *dZ, int64_t n, int64_t hp,
+                           int64_t wp, int64_t cin, int64_t cout, int64_t kh, int64_t kw)
+{
+    const cpath P = conv_path(cout);
+    const int64_t oh = hp - kh + 1, ow = wp - kw + 1, run = kw * cin, K = kh * run;
+    const int64_t rt = ceil_div(K, P.mr), ct = ceil_div(cout, P.nr), tiles = rt * ct;
+    const int64_t rows = n * oh;
+    const int64_t chunk = max64(1, min64(SEG_MAX, DW_CHUNK_PIXELS / ow));
+    const int64_t chunks = ceil_div(rows, chunk);
+    const int T = team((double)rows * ow * K * cout, tiles);
+#pragma omp parallel num_threads(T) if (T > 1)
+    {
+        const int64_t nt = T > 1 ? omp_get_num_threads() : 1, tid = T > 1 ? omp_get_thread_num() : 0;
+        const int64_t t0 = tid * tiles / nt, t1 = (tid + 1) * tiles / nt;
+        int64_t aoff[SEG_MAX], boff[SEG_MAX], roff[MR_MAX];
+        for (int64_t ch = 0; ch < chunks; ch++) {
+            const int64_t r0 = ch * chunk, nseg = min64(chunk, rows - r0);
+            for (int64_t s = 0; s < nseg; s++) {
+                const int64_t img = (r0 + s) / oh, oy = (r0 + s) % oh;
+                aoff[s] = (img * hp + oy) * wp * cin;
+                boff[s] = (r0 + s) * ow * cout;
+            }
+            for (int64_t tile = t0; tile < t1; tile++) {
+                const int64_t k0 = tile / ct * P.mr, jc = tile % ct * P.nr;
+                const int mv = (int)min64(P.mr, K - k0), nv = (int)min64(P.nr, cout - jc);
+                for (int i = 0; i < P.mr; i++) {
+                    const int64_t k = k0 + (i < mv ? i : 0);
+                    roff[i] = k / run * wp * cin + k % run;
+                }
+                ctile t = {in, roff, aoff, boff, nseg, ow, cin, dZ + jc, cout,
+                           dW + k0 * cout + jc, cout, mv, nv, ch > 0, 0, NULL,
+                           FASTNN_ACT_IDENTITY, 0.0f};
+                P.kernel(&t);
+            }
+        }
+    }
+}
+
+/* ---- dX by gathering, for few input channels ------------------------------------- */
+
+/* Channels of dZ summed per pass of dx_gather_row: the partial sums of a
+   pass are a vector of OB lanes (registers), reduced once per pass, not
+   once per tap. */
+#define OB 64
+
+FASTNN_CLONES
+static void dx_gather_row(float *dX, const float *dZ, const float *W, int64_t h, int64_t w,
+                          int64_t c, int64_t oc, int64_t oh, int64_t ow, int64_t kh,
+                          int64_t kw, int64_t ph, int64_t pw, int64_t r)
+{
+    const int64_t img = r / h, y = r % h;
+    float *dx = dX + r * w * c;
+    for (int64_t x = 0; x < w; x++)
+        for (int64_t ch = 0; ch < c; ch++) {
+            float acc = 0.0f;
+            for (int64_t o0 = 0; o0 < oc; o0 += OB) {
+                const int64_t ob = min64(OB, oc - o0);
+                float part[OB] = {0.0f};
+                for (int64_t i = 0; i < kh; i++) {
+                    const int64_t oy = y + ph - i;
+                    if (oy < 0 || oy >= oh)
+                        continue;
+                    for (int64_t j = 0; j < kw; j++) {
+                        const int64_t ox = x + pw - j;
+                        if (ox < 0 || ox >= ow)
+                            continue;
+                        const float *dz = dZ + ((img * oh + oy) * ow + ox) * oc + o0;
+                        const float *wr = W + ((i * kw + j) * c + ch) * oc + o0;
+                        if (ob == OB) {
+#pragma omp simd
+                            for (int64_t o = 0; o < OB; o++)
+                                part[o] += dz[o] * wr[o];
+                        } else if (ob == OB / 2) {   /* 32 channels: a common case */
+#pragma omp simd
+                            for (int64_t o = 0; o < OB / 2; o++)
+                                part[o] += dz[o] * wr[o];
+                        } else {
+#pragma omp simd
+                            for (int64_t o = 0; o < ob; o++)
+                                part[o] += dz[o] * wr[o];
+                        }
+                    }
+                }
+                float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+                for (int64_t o = 0; o < OB; o++)
+                    sum += part[o];
+                acc += sum;
+            }
+            dx[x * c + ch] = acc;
+        }
+}
+
+void fastnn_conv_dx_gather(float *dX, const float *dZ, const float *W, int64_t n, int64_t h,
+                           int64_t w, int64_t c, int64_t oc, int64_t kh, int64_t kw,
+                           int64_t ph, int64_t pw)
+{
+    const int64_t oh = h + 2 * ph - kh + 1, ow = w + 2 * pw - kw + 1, rows = n * h;
+    const int T = team((double)rows * w * c * kh * kw * oc, rows);
+#pragma omp parallel for num_threads(T) if (T > 1) schedule(static)
+    for (int64_t r = 0; r < rows; r++)
+        dx_gather_row(dX, dZ, W, h, w, c, oc, oh, ow, kh, kw, ph, pw, r);
+}
