@@ -143,6 +143,11 @@ void fastnn_optimizer_advance(fastnn_optimizer *o);
 int fastnn_optimizer_apply(float *params, const float *grads, const fastnn_optimizer *o,
                            int64_t lo, int64_t hi);
 
+/* An epoch's targets present and its labels and order entries in range
+   (optimizer_step.c). */
+int fastnn_epoch_data_valid(int loss, const int32_t *labels, const float *T, int64_t n,
+                            int64_t classes, const int64_t *order, int64_t n_order);
+
 /* Correctly classified rows of out (m, c) against labels (softmax_xent) or
    targets T (bce: one output, logit > 0 vs target > 0.5; else argmax);
    0 for mse/mae (reference.count_correct). */

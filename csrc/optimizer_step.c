@@ -80,6 +80,29 @@ int fastnn_optimizer_apply(float *params, const float *grads, const fastnn_optim
     }
 }
 
+/* The targets an epoch's loss needs are there (labels for softmax_xent,
+   else T, and the loss is known), every label is in [0, classes) and
+   every order entry in [0, n) (n_order >= 1 when order is given). */
+int fastnn_epoch_data_valid(int loss, const int32_t *labels, const float *T, int64_t n,
+                            int64_t classes, const int64_t *order, int64_t n_order)
+{
+    const int labelled = loss == FASTNN_LOSS_SOFTMAX_XENT;
+    if (labelled ? !labels : (loss < FASTNN_LOSS_BCE || loss > FASTNN_LOSS_MAE || !T))
+        return 0;
+    if (labelled)
+        for (int64_t i = 0; i < n; i++)
+            if (labels[i] < 0 || labels[i] >= classes)
+                return 0;
+    if (order) {
+        if (n_order < 1)
+            return 0;
+        for (int64_t i = 0; i < n_order; i++)
+            if (order[i] < 0 || order[i] >= n)
+                return 0;
+    }
+    return 1;
+}
+
 /* Correctly classified rows of out (m, c); see reference.count_correct. */
 int64_t fastnn_count_correct(const float *out, const int32_t *labels, const float *T, int64_t m,
                              int64_t c, int loss)

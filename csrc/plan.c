@@ -154,21 +154,10 @@ static int epoch_valid(const fastnn_model_epoch *a, int64_t *n_batches)
         || !fastnn_product(&fields, a->n_records, FASTNN_PLAN_SCALARS)
         || !fastnn_product(&fields, a->n_penalized, 2))
         return 0;
-    if (labelled ? !a->labels : (a->loss < FASTNN_LOSS_BCE || a->loss > FASTNN_LOSS_MAE || !a->T))
+    if (!fastnn_product(&size, a->n, a->in_size) || !fastnn_product(&size, a->n, a->out_size)
+        || !fastnn_epoch_data_valid(a->loss, a->labels, a->T, a->n, a->out_size, a->order,
+                                    a->n_order))
         return 0;
-    if (!fastnn_product(&size, a->n, a->in_size) || !fastnn_product(&size, a->n, a->out_size))
-        return 0;
-    if (labelled)
-        for (int64_t i = 0; i < a->n; i++)
-            if (a->labels[i] < 0 || a->labels[i] >= a->out_size)
-                return 0;
-    if (a->order) {
-        if (a->n_order < 1)
-            return 0;
-        for (int64_t i = 0; i < a->n_order; i++)
-            if (a->order[i] < 0 || a->order[i] >= a->n)
-                return 0;
-    }
     const int64_t rows = a->order ? a->n_order : a->n;
     *n_batches = (rows - 1) / B + 1;
     const int64_t m_min = rows - (*n_batches - 1) * B;  /* the last batch is the smallest */

@@ -680,27 +680,14 @@ static int find_gaps(const fastnn_dense_layer *layers, int n_layers, int64_t n_p
 static int epoch_valid(const fastnn_epoch *a, const struct layout *w)
 {
     int64_t size;
-    const int labelled = a->loss == FASTNN_LOSS_SOFTMAX_XENT;
     if (!a->params || !a->grads || !a->X || !a->workspace || !a->batch_loss
         || !a->batch_correct || a->n_params < 1 || a->n < 1 || w->size > a->workspace_size)
         return 0;
-    if (labelled ? !a->labels : (a->loss < FASTNN_LOSS_BCE || a->loss > FASTNN_LOSS_MAE || !a->T))
-        return 0;
     const int64_t in = a->layers[0].in, c = a->layers[a->n_layers - 1].out;
     if (!stack_valid(a->n_params, a->layers, a->n_layers) || !fastnn_product(&size, a->n, in)
-        || !fastnn_product(&size, a->n, c))
+        || !fastnn_product(&size, a->n, c)
+        || !fastnn_epoch_data_valid(a->loss, a->labels, a->T, a->n, c, a->order, a->n_order))
         return 0;
-    if (labelled)
-        for (int64_t i = 0; i < a->n; i++)
-            if (a->labels[i] < 0 || a->labels[i] >= c)
-                return 0;
-    if (a->order) {
-        if (a->n_order < 1)
-            return 0;
-        for (int64_t i = 0; i < a->n_order; i++)
-            if (a->order[i] < 0 || a->order[i] >= a->n)
-                return 0;
-    }
     const int64_t rows = a->order ? a->n_order : a->n;
     return optimizer_valid(&a->opt, (rows - 1) / a->batch + 1);
 }
