@@ -66,7 +66,7 @@ from bench import workloads as wl  # noqa: E402
 
 torch = None  # the optional comparator, imported by main(): not in fastnn's RSS workers
 
-SECTIONS = ("gemm", "adam", "conv", "train", "sklearn", "models")
+SECTIONS = ("gemm", "adam", "conv", "train", "sklearn", "models", "many")
 FASTNN_BACKENDS = ("c", "numba")
 TRAIN_TARGETS = {32: 5.0, 128: 2.5, 512: 1.3}  # fastnn c vs torch, samples/s
 NUMBA_VS_C = 0.5
@@ -1145,6 +1145,125 @@ def section_models(args):
     yield _models_jax_table(args, sizes)
     yield _models_bn_table(args, sizes)
     yield _models_mnist1d_table(args, sizes)
+
+
+# ---- many models in one call ------------------------------------------------------
+
+def _digits_mlps(k, backend="c"):
+    """k trainers of the 64-256-128-10 digits MLP, seeds 0..k-1."""
+    return [fastnn.Trainer(fastnn.Sequential(
+        [fastnn.Dense(64, 256, activation="relu"), fastnn.Dense(256, 128, activation="relu"),
+         fastnn.Dense(128, 10)], seed=s, backend=backend), "softmax_cross_entropy", "adam")
+        for s in range(k)]
+
+
+def section_many(args):
+    """fastnn.fit_many against the same fits one after another, and
+    MLPSearchCV against GridSearchCV over fastnn's and scikit-learn's
+    estimators.  A generator: each table is printed when it is done."""
+    from fastnn.datasets import load_digits
+
+    X, y = load_digits()
+    X, y = X[:1344], y[:1344]
+    ks = (4,) if args.tiny or args.quick else (4, 16, 64)
+    # per sample and model: forward + dW of every layer + dX of the upper two
+    flops = 2 * 3 * (64 * 256 + 256 * 128 + 128 * 10) - 2 * 64 * 256
+    rounds = 1 if args.tiny else (3 if args.quick else 5)
+    table = Table(
+        "Many models: 64-256-128-10 MLPs on 1,344 digits, batch 32, one epoch, Adam: "
+        "model-samples/s",
+        ["models", "threads", "fit_many", "one after another", "ratio", "target", "limit",
+         "spread"],
+        notes=["fit_many: one model_epochs call per epoch, the models side by side (one per "
+               "thread); one after another: trainer.fit of each (the c backend's threaded "
+               "dense-stack epoch); both include building the trainers",
+               f"limit: threads x 100 GFLOP/s / {flops / 1e6:.2f} MFLOP per sample and model "
+               "(forward + dW of every layer, dX of the upper two)",
+               "target: >= 3x (issue 12)"])
+    for threads in args.threads:
+        with Threads(threads):
+            for k in ks:
+                def many(k=k):
+                    fastnn.fit_many(_digits_mlps(k), X, y, epochs=1, batch_size=32, seed=0,
+                                    verbose=False)
+
+                def one_by_one(k=k):
+                    for tr in _digits_mlps(k):
+                        tr.fit(X, y, epochs=1, batch_size=32, seed=0, verbose=False)
+
+                many(), one_by_one()  # warm-up (first calls, caches)
+                med = interleaved({"many": many, "seq": one_by_one}, rounds, 0)
+                rate = {name: k * len(X) / t for name, t in med.items()}
+                r = rate["many"] / rate["seq"]
+                table.add(k, threads, fmt_rate(rate["many"], ""), fmt_rate(rate["seq"], ""),
+                          fmt_ratio(r, 3.0), ">= 3x", fmt_rate(threads * 100e9 / flops, ""),
+                          spread())
+                args.results.append({"section": "many", "models": k, "threads": threads,
+                                     "model-samples/s": rate})
+    yield table
+    yield _search_table(args)
+
+
+def _search_table(args):
+    import warnings
+
+    from sklearn.datasets import load_digits as sk_digits
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.model_selection import GridSearchCV, ParameterGrid
+    from sklearn.neural_network import MLPClassifier as SkMLP
+
+    from fastnn.sklearn import MLPClassifier, MLPSearchCV
+
+    X, y = sk_digits(return_X_y=True)
+    X = X / 16.0
+    if args.tiny:
+        grid, cv, iters = {"alpha": [1e-4, 1e-2]}, 2, 2
+    elif args.quick:
+        grid, cv, iters = {"hidden_layer_sizes": [(64,), (128,)], "alpha": [1e-4, 1e-2]}, 3, 5
+    else:  # the issue's search
+        grid = {"hidden_layer_sizes": [(64,), (128,), (256, 128)],
+                "alpha": [1e-5, 1e-4, 1e-3, 1e-2], "learning_rate_init": [1e-3, 3e-3]}
+        cv, iters = 5, 30
+    n_cand = len(ParameterGrid(grid))
+    table = Table(
+        f"MLPSearchCV on the digits: {n_cand} candidates x {cv} folds, max_iter={iters}: seconds",
+        ["threads", "MLPSearchCV", "GridSearchCV(fastnn, n_jobs=2)",
+         "GridSearchCV(sklearn, n_jobs=2)", "vs fastnn's", "vs sklearn's", "targets",
+         "same best", "spread"],
+        notes=["every search refits the best candidate on all the data (refit=True)",
+               "targets: >= 3x GridSearchCV over fastnn's estimator, >= 10x over scikit-learn's "
+               "(issue 12)"])
+    best = {}
+
+    def run(name, make):
+        def fit():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                best[name] = make().fit(X, y).best_params_
+        return fit
+
+    for threads in args.threads:
+        with Threads(threads):
+            fns = {
+                "ours": run("ours", lambda: MLPSearchCV(
+                    MLPClassifier(max_iter=iters, random_state=0), grid, cv=cv)),
+                "grid-fastnn": run("grid-fastnn", lambda: GridSearchCV(
+                    MLPClassifier(max_iter=iters, random_state=0), grid, cv=cv, n_jobs=2)),
+                "grid-sklearn": run("grid-sklearn", lambda: GridSearchCV(
+                    SkMLP(max_iter=iters, random_state=0), grid, cv=cv, n_jobs=2)),
+            }
+            for fn in fns.values():
+                fn()  # warm-up: joblib's workers, first compilations
+            med = interleaved(fns, 1 if args.tiny else 2, 0)
+            table.add(threads, f"{med['ours']:.2f}", f"{med['grid-fastnn']:.2f}",
+                      f"{med['grid-sklearn']:.2f}",
+                      fmt_ratio(med["grid-fastnn"] / med["ours"], 3.0),
+                      fmt_ratio(med["grid-sklearn"] / med["ours"], 10.0), ">= 3x / >= 10x",
+                      "yes" if best["ours"] == best["grid-fastnn"] else "NO", spread())
+            args.results.append({"section": "many", "search": n_cand, "threads": threads,
+                                 "seconds": med,
+                                 "same_best": best["ours"] == best["grid-fastnn"]})
+    return table
 
 
 # ---- main ----------------------------------------------------------------------
