@@ -56,7 +56,8 @@ def _train_bank(estimators, X, y):
                 continue
             built = [state[i][0].build(state[i][1]) for i in members]
             for i, result in zip(members, kernels.get(backend).model_epochs(built)):
-                losses[i] = _call(state[i][0].finish, result)
+                losses[i] = _call(lambda r, runner=state[i][0]: runner.finish(r)[0] / runner.n,
+                                  result)
         by_backend.clear()
         for i, loss in losses.items():
             try:

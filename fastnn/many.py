@@ -71,13 +71,12 @@ def fit_many(trainers, X, y, *, epochs=1, batch_size=32, validation_data=None, s
         losses = []
         # the compiled epochs of every active trainer in one kernel call
         # (the c backend trains them side by side), the others one by one
-        together = [i for i in active if runs[i].compiled_by_order]
+        together = [i for i in active if runs[i].runner.compiled]
         lrs = {i: trainers[i].optimizer.lr for i in active}
         start = time.perf_counter()
         results = {}
         if together:
-            built = [runs[i].epoch_fn.build(runs[i].X, runs[i].t, runs[i].next_order())
-                     for i in together]
+            built = [runs[i].runner.build(runs[i].next_order()) for i in together]
             results = dict(zip(together, k.model_epochs(built)))
         shared = time.perf_counter() - start
         for i in list(active):
@@ -85,7 +84,7 @@ def fit_many(trainers, X, y, *, epochs=1, batch_size=32, validation_data=None, s
             start = time.perf_counter()
             try:
                 if i in results:
-                    total, correct = run.epoch_fn.finish(results[i], run.epoch)
+                    total, correct = run.runner.finish(results[i], run.epoch)
                 else:
                     total, correct = run.run(run.next_order())
             except Diverged as exc:

@@ -181,18 +181,14 @@ class _FitRun:
 
     def __init__(self, trainer, X, t, rows, epochs, batch_size, validation_data, shuffle, seed,
                  stoppers, plan=False):
-        self.trainer, self.X, self.t, self.rows = trainer, X, t, rows
+        self.trainer, self.rows = trainer, rows
         self.n = len(X) if rows is None else len(rows)
         self.epochs, self.batch_size = epochs, min(batch_size, self.n)
         self.n_batches = -(-self.n // self.batch_size)
         self.validation, self.shuffle, self.stoppers = validation_data, shuffle, stoppers
         _check_batchnorm_batches(trainer.model, self.n, self.batch_size)
         self.rng = np.random.default_rng(seed)
-        # The compiled epoch on the host takes the shuffle as an order of
-        # rows and gathers each batch itself: no shuffled copy of X.
-        self.by_order = trainer.fused and not trainer._device
-        self.epoch_fn = (trainer._fused_epoch(self.n, self.batch_size, plan) if trainer.fused
-                         else trainer._python_epoch)
+        self.runner = EpochRunner(trainer, X, t, self.batch_size, plan, self.n)
         self.history = History()
         self.epoch = 0
 
@@ -203,19 +199,10 @@ class _FitRun:
             return perm
         return self.rows if perm is None else self.rows[perm]
 
-    @property
-    def compiled_by_order(self):
-        """Whether an epoch is one compiled kernel call gathering its rows
-        through the order (then fit_many runs it with others at once)."""
-        return self.by_order and isinstance(self.epoch_fn, _CompiledEpoch)
-
     def run(self, order, bar=None):
         """Train one epoch over X[order]; returns (sum of batch losses
         weighted by batch size, correct answers).  Raises Diverged."""
-        tr = self.trainer
-        Xs, ts = (self.X, self.t) if self.by_order else tr._rows_in_order(self.X, self.t, order)
-        return self.epoch_fn(Xs, ts, self.batch_size, self.epoch, bar,
-                             order if self.by_order else None)
+        return self.runner.totals(order, self.epoch, bar)
 
     def finish_epoch(self, total, correct, elapsed, lr, report):
         """Logs of the epoch just run into the History; the callbacks'
@@ -236,33 +223,43 @@ class _FitRun:
 
 
 class EpochRunner:
-    """Trainer.epoch_runner's epochs over (X, t) in orders the caller draws.
+    """Trainer.epoch_runner's epochs over (X, t) in orders the caller draws
+    (and each epoch of Trainer.fit and fastnn.fit_many).
 
-    ``runner(order)`` trains one epoch and returns its mean loss.  When
-    ``compiled``, the epoch is one kernel call, and ``build(order)`` /
-    ``finish(result)`` split it so that many runners' epochs can run in one
-    ``model_epochs`` call (fastnn.sklearn.MLPSearchCV's banks)."""
+    ``runner(order)`` trains one epoch over X[order] (n rows) and returns
+    its mean loss.  The compiled epoch on the host takes the order as it is
+    and gathers each batch itself (no shuffled copy of X); otherwise the
+    rows are copied into a shuffle buffer first.  When ``compiled``, the
+    epoch is one kernel call, and ``build(order)`` / ``finish(result)``
+    split it so that many runners' epochs can run in one ``model_epochs``
+    call (fit_many, fastnn.sklearn.MLPSearchCV's banks)."""
 
-    def __init__(self, trainer, X, t, batch_size, plan=False):
-        self.trainer, self.X, self.t, self.n = trainer, X, t, len(X)
+    def __init__(self, trainer, X, t, batch_size, plan=False, n=None):
+        self.trainer, self.X, self.t = trainer, X, t
+        self.n = len(X) if n is None else n
         self.batch_size = batch_size
         self.epoch_fn = (trainer._fused_epoch(self.n, batch_size, plan) if trainer.fused
                          else trainer._python_epoch)
         self.by_order = trainer.fused and not trainer._device
         self.compiled = self.by_order and isinstance(self.epoch_fn, _CompiledEpoch)
 
-    def __call__(self, order):
+    def totals(self, order, epoch=0, bar=None):
+        """(sum of batch losses weighted by batch size, correct answers) of
+        one epoch over X[order] (None: X in order); raises Diverged."""
         X, t = (self.X, self.t) if self.by_order else self.trainer._rows_in_order(
             self.X, self.t, order)
-        total, _ = self.epoch_fn(X, t, self.batch_size, 0, None, order if self.by_order else None)
-        return total / self.n
+        return self.epoch_fn(X, t, self.batch_size, epoch, bar,
+                             order if self.by_order else None)
+
+    def __call__(self, order):
+        return self.totals(order)[0] / self.n
 
     def build(self, order):
         return self.epoch_fn.build(self.X, self.t, order)
 
-    def finish(self, result):
-        total, _ = self.epoch_fn.finish(result, 0)
-        return total / self.n
+    def finish(self, result, epoch=0):
+        """The (total, correct) of a built epoch the kernel ran."""
+        return self.epoch_fn.finish(result, epoch)
 
 
 class _CompiledEpoch:

@@ -117,7 +117,7 @@ def test_model_epochs_refuses_epochs_that_write_the_same_memory():
     built = []
     for tr in trainers:
         run = tr._fit_run(X, tr._targets(y, 40), None, 1, 8, None, True, 0, (), None, plan=True)
-        built.append(run.epoch_fn.build(X, run.t, run.next_order()))
+        built.append(run.runner.build(run.next_order()))
     k = fastnn.kernels.get("c")
     clash = dataclasses.replace(built[1], workspace=built[0].workspace)
     with pytest.raises(ValueError, match=r"epochs\[1\]\.workspace"):
