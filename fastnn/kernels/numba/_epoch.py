@@ -119,6 +119,29 @@ def _count_correct(out, labels, t, loss):
 
 
 @njit(cache=True)
+def _loss_value(out, dout, lb, tb, loss, is_labels, loss_scale):
+    """A batch's loss times loss_scale (softmax cross-entropy also leaves
+    its probabilities in dout); the l2 term is the caller's."""
+    if is_labels:
+        value = _softmax_xent_forward(dout, out, lb)
+    else:
+        value = _pointwise_loss(loss, out.reshape(-1), tb)
+    return value * loss_scale
+
+
+@njit(cache=True)
+def _loss_gradient(out, dout, lb, tb, loss, is_labels, grad_scale):
+    """The loss gradient (the kernels average over the batch's rows) into
+    dout, times grad_scale."""
+    if is_labels:
+        _softmax_xent_backward(dout, dout, lb)
+    else:
+        _pointwise_loss_backward(loss, dout.reshape(-1), out.reshape(-1), tb)
+    if grad_scale != 1.0:
+        _scale(dout.reshape(-1), np.float32(grad_scale))
+
+
+@njit(cache=True)
 def _dense_stack_epoch(params, grads, s0, s1, s2, ws, X, labels, T, order, batch_losses,
                        batch_correct, layers, slopes, loss, bs, xb_off, tb_off, lb_off,
                        optimizer, hyper, step, mu_product, l2, loss_scale, grad_scale):
@@ -179,11 +202,7 @@ def _dense_stack_epoch(params, grads, s0, s1, s2, ws, X, labels, T, order, batch
         d_last = layers[n_layers - 1, 6]
         dout = ws[d_last:d_last + m * c].reshape((m, c))
 
-        if is_labels:
-            value = _softmax_xent_forward(dout, out, lb)
-        else:
-            value = _pointwise_loss(loss, out.reshape(-1), tb)
-        value *= loss_scale
+        value = _loss_value(out, dout, lb, tb, loss, is_labels, loss_scale)
         if l2 != 0.0:
             sq = 0.0
             for l in range(n_layers):
@@ -194,12 +213,7 @@ def _dense_stack_epoch(params, grads, s0, s1, s2, ws, X, labels, T, order, batch
         batch_correct[bi] = _count_correct(out, lb, tb, loss)
         if not math.isfinite(value):
             return bi + 1, step, mu_product
-        if is_labels:
-            _softmax_xent_backward(dout, dout, lb)
-        else:
-            _pointwise_loss_backward(loss, dout.reshape(-1), out.reshape(-1), tb)
-        if grad_scale != 1.0:
-            _scale(dout.reshape(-1), np.float32(grad_scale))
+        _loss_gradient(out, dout, lb, tb, loss, is_labels, grad_scale)
 
         # backward: D_l becomes dZ in place, dX goes into D_(l-1)
         for l in range(n_layers - 1, -1, -1):

@@ -25,10 +25,10 @@ from ._conv import (_avgpool_backward, _avgpool_forward, _col2im, _im2col, _maxp
 from ._dropout import _dropout
 from ._elementwise import (_IDENTITY, _activation_backward, _activation_forward, _axpy, _clip,
                            _scale, _softmax_backward, _softmax_forward, _sum_squares)
-from ._epoch import _HYPER, _NO_LABELS, _NO_ORDER, _NO_TARGETS, _count_correct, _optimizer_step
+from ._epoch import (_HYPER, _NO_LABELS, _NO_ORDER, _NO_TARGETS, _count_correct, _loss_gradient,
+                     _loss_value, _optimizer_step)
 from ._gemm import _dense_dz, _gemm_ws, _pack_floats
-from ._losses import (_SOFTMAX_XENT, _pointwise_loss, _pointwise_loss_backward,
-                      _softmax_xent_backward, _softmax_xent_forward)
+from ._losses import _SOFTMAX_XENT
 from ._norm import _PIECES, _batchnorm_backward, _batchnorm_forward
 
 # Record fields, scalars and op codes as module globals: numba compiles them
@@ -283,11 +283,7 @@ def _model_epoch(params, grads, buffers, s0, s1, s2, ws, iws, X, labels, T, orde
         out = (xb if output == -1 else ws[output:output + m * out_size]).reshape((m, out_size))
         dout = ws[doutput:doutput + m * out_size].reshape((m, out_size))
 
-        if is_labels:
-            value = _softmax_xent_forward(dout, out, lb)
-        else:
-            value = _pointwise_loss(loss, out.reshape(-1), tb)
-        value *= loss_scale
+        value = _loss_value(out, dout, lb, tb, loss, is_labels, loss_scale)
         if l2 != 0.0:
             sq = 0.0
             for q in range(penalized.shape[0]):
@@ -298,12 +294,7 @@ def _model_epoch(params, grads, buffers, s0, s1, s2, ws, iws, X, labels, T, orde
         batch_correct[bi] = _count_correct(out, lb, tb, loss)
         if not math.isfinite(value):
             return bi + 1, step, mu_product
-        if is_labels:
-            _softmax_xent_backward(dout, dout, lb)
-        else:
-            _pointwise_loss_backward(loss, dout.reshape(-1), out.reshape(-1), tb)
-        if grad_scale != 1.0:
-            _scale(dout.reshape(-1), np.float32(grad_scale))
+        _loss_gradient(out, dout, lb, tb, loss, is_labels, grad_scale)
 
         for j in range(n_rec - 1, -1, -1):
             r = plan[j]
