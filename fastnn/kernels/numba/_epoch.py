@@ -119,6 +119,20 @@ def _count_correct(out, labels, t, loss):
 
 
 @njit(cache=True)
+def _gather_rows(xg, tg, lg, x_flat, t_flat, labels, order, lo, m, in_size, out_size,
+                 is_labels):
+    """Rows order[lo:lo + m] of X into xg, and their labels into lg or
+    targets into tg (a batch of a shuffled epoch, without a shuffled X)."""
+    for i in range(m):
+        row = order[lo + i]
+        xg[i * in_size:(i + 1) * in_size] = x_flat[row * in_size:(row + 1) * in_size]
+        if is_labels:
+            lg[i] = labels[row]
+        else:
+            tg[i * out_size:(i + 1) * out_size] = t_flat[row * out_size:(row + 1) * out_size]
+
+
+@njit(cache=True)
 def _loss_value(out, dout, lb, tb, loss, is_labels, loss_scale):
     """A batch's loss times loss_scale (softmax cross-entropy also leaves
     its probabilities in dout); the l2 term is the caller's."""
@@ -178,13 +192,7 @@ def _dense_stack_epoch(params, grads, s0, s1, s2, ws, X, labels, T, order, batch
         lo = bi * bs
         m = min(bs, n - lo)
         if gather:
-            for i in range(m):
-                row = order[lo + i]
-                xg[i * n_in:(i + 1) * n_in] = x_flat[row * n_in:(row + 1) * n_in]
-                if is_labels:
-                    lg[i] = labels[row]
-                else:
-                    tg[i * c:(i + 1) * c] = t_flat[row * c:(row + 1) * c]
+            _gather_rows(xg, tg, lg, x_flat, t_flat, labels, order, lo, m, n_in, c, is_labels)
             xb = xg[:m * n_in].reshape((m, n_in))
             lb, tb = (lg[:m], tg[:0]) if is_labels else (lg[:0], tg[:m * c])
         else:

@@ -25,8 +25,8 @@ from ._conv import (_avgpool_backward, _avgpool_forward, _col2im, _im2col, _maxp
 from ._dropout import _dropout
 from ._elementwise import (_IDENTITY, _activation_backward, _activation_forward, _axpy, _clip,
                            _scale, _softmax_backward, _softmax_forward, _sum_squares)
-from ._epoch import (_HYPER, _NO_LABELS, _NO_ORDER, _NO_TARGETS, _count_correct, _loss_gradient,
-                     _loss_value, _optimizer_step)
+from ._epoch import (_HYPER, _NO_LABELS, _NO_ORDER, _NO_TARGETS, _count_correct, _gather_rows,
+                     _loss_gradient, _loss_value, _optimizer_step)
 from ._gemm import _dense_dz, _gemm_ws, _pack_floats
 from ._losses import _SOFTMAX_XENT
 from ._norm import _PIECES, _batchnorm_backward, _batchnorm_forward
@@ -260,14 +260,8 @@ def _model_epoch(params, grads, buffers, s0, s1, s2, ws, iws, X, labels, T, orde
         lo = bi * bs
         m = min(bs, n - lo)
         if gather:
-            for i in range(m):
-                row = order[lo + i]
-                xg[i * in_size:(i + 1) * in_size] = x_flat[row * in_size:(row + 1) * in_size]
-                if is_labels:
-                    lg[i] = labels[row]
-                else:
-                    tg[i * out_size:(i + 1) * out_size] = \
-                        t_flat[row * out_size:(row + 1) * out_size]
+            _gather_rows(xg, tg, lg, x_flat, t_flat, labels, order, lo, m, in_size, out_size,
+                         is_labels)
             xb = xg[:m * in_size]
             lb, tb = (lg[:m], tg[:0]) if is_labels else (lg[:0], tg[:m * out_size])
         else:
