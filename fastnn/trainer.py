@@ -8,6 +8,7 @@ batches are views into it, so nothing is allocated per batch (layer and loss
 buffers are allocated once per batch size).
 """
 
+import functools
 import sys
 import time
 
@@ -186,15 +187,25 @@ class _FitRun:
         self.epochs, self.batch_size = epochs, min(batch_size, self.n)
         self.n_batches = -(-self.n // self.batch_size)
         self.validation, self.shuffle, self.stoppers = validation_data, shuffle, stoppers
-        _check_batchnorm_batches(trainer.model, self.n, self.batch_size)
+        self.sharding, n_run = None, self.n
+        if trainer.distributed is not None:  # this rank's rows of each global batch
+            from . import distributed
+
+            seed = distributed.start_fit(trainer, X, t, self.batch_size, epochs, shuffle, seed,
+                                         validation_data)
+            self.sharding = distributed.Sharding(trainer.distributed, self.n, self.batch_size)
+            self.n_batches, n_run = self.sharding.n_batches, self.sharding.local_n
+        _check_batchnorm_batches(trainer.model, n_run, self.batch_size)
         self.rng = np.random.default_rng(seed)
-        self.runner = EpochRunner(trainer, X, t, self.batch_size, plan, self.n)
+        self.runner = EpochRunner(trainer, X, t, self.batch_size, plan, n_run)
         self.history = History()
         self.epoch = 0
 
     def next_order(self):
         """The rows of X the next epoch visits, in order (None: all, in order)."""
         perm = self.rng.permutation(self.n) if self.shuffle else None
+        if self.sharding is not None:
+            return self.sharding.order(perm)
         if self.rows is None:
             return perm
         return self.rows if perm is None else self.rows[perm]
@@ -202,17 +213,36 @@ class _FitRun:
     def run(self, order, bar=None):
         """Train one epoch over X[order]; returns (sum of batch losses
         weighted by batch size, correct answers).  Raises Diverged."""
-        return self.runner.totals(order, self.epoch, bar)
+        if self.sharding is None:
+            return self.runner.totals(order, self.epoch, bar)
+        tr = self.trainer
+        tr.distributed.where = f"epoch {self.epoch + 1}"
+        tr._grad_hook, self.sharding.sync.grads = self.sharding.sync, tr.model.grads
+        # the l2 term enters the summed gradient once: rank 0 adds it (its
+        # weight b0/G turns l2/b0 into the global batch's l2/G), the others not
+        l2, tr.l2 = tr.l2, tr.l2 if tr.distributed.rank == 0 else 0.0
+        try:
+            return self.runner.totals(order, self.epoch, bar)
+        finally:
+            tr._grad_hook, tr.l2 = None, l2
 
     def finish_epoch(self, total, correct, elapsed, lr, report):
         """Logs of the epoch just run into the History; the callbacks'
         verdict.  `report`: False, or the progress bar (None: print)."""
         tr, n = self.trainer, self.n
+        evaluate = tr._evaluate
+        if self.sharding is not None:  # the job's totals, validation and buffers
+            from . import distributed
+
+            total, correct, elapsed = self.sharding.reduce_epoch(total, correct, elapsed,
+                                                                 self.runner.last_batch())
+            distributed.average_buffers(tr)
+            evaluate = functools.partial(distributed.evaluate, tr)
         logs = {"loss": total / n}
         if tr.loss.classification:
             logs["accuracy"] = correct / n
         if self.validation is not None:
-            logs.update({"val_" + k: v for k, v in tr._evaluate(*self.validation).items()})
+            logs.update({"val_" + k: v for k, v in evaluate(*self.validation).items()})
         logs["samples_per_s"] = n / elapsed if elapsed > 0 else float("inf")
         logs["lr"] = lr
         self.history.append(logs)
@@ -256,6 +286,13 @@ class EpochRunner:
 
     def build(self, order):
         return self.epoch_fn.build(self.X, self.t, order)
+
+    def last_batch(self):
+        """(loss x rows, correct answers) of the last epoch's last batch."""
+        fn = self.epoch_fn
+        if isinstance(fn, _CompiledEpoch):
+            return float(fn.batch_losses[-1] * fn.sizes[-1]), int(fn.batch_correct[-1])
+        return self.trainer._last_batch
 
     def finish(self, result, epoch=0):
         """The (total, correct) of a built epoch the kernel ran."""
@@ -327,6 +364,17 @@ class _CompiledEpoch:
         return self.finish(self.kernel(self.build(X, t, order)), epoch, bar)
 
 
+def _guarded(method):
+    """A distributed trainer's method that tells the other ranks if it raises."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        if self.distributed is None:
+            return method(self, *args, **kwargs)
+        with self.distributed.guard():
+            return method(self, *args, **kwargs)
+    return run
+
+
 class Trainer:
     """Train a model with a loss and an optimizer.
 
@@ -362,10 +410,16 @@ class Trainer:
         buffer each: every gradient to [-clip_value, clip_value], then the
         whole gradient scaled to global L2 norm <= clip_norm (torch's
         clip_grad_value_ and clip_grad_norm_).
+    distributed : None, "mpi" or fastnn.distributed.MPIGroup
+        Synchronous data-parallel ``fit`` over MPI (run under ``mpiexec -n
+        N``; every rank passes the same full X, y; batch_size is per rank):
+        N ranks with batch B follow 1 process with batch N * B.  Rank 0
+        alone prints; every rank returns the same History.  See
+        :mod:`fastnn.distributed`.
     """
 
     def __init__(self, model, loss, optimizer, backend=None, fused=None, l2=0.0,
-                 clip_value=None, clip_norm=None):
+                 clip_value=None, clip_norm=None, distributed=None):
         self.model = model
         self.loss = losses_mod.get(loss)
         self.optimizer = optim_mod.get(optimizer)
@@ -388,6 +442,16 @@ class Trainer:
             raise ValueError("fused=True needs a model of fastnn's own layers (no custom Python "
                              "layer) and one of fastnn's own losses and optimizers")
         self.fused = can_fuse if fused is None else bool(fused)
+        self.distributed, self._grad_hook, self._last_batch = None, None, (0.0, 0)
+        if distributed is not None:
+            from . import distributed as distributed_mod
+
+            if self._device:
+                raise ValueError("distributed: data-parallel training runs on the host "
+                                 f"backends, not {self.backend!r}")
+            self.distributed = distributed_mod.get(distributed)
+            if "hook" not in getattr(spec.ModelEpoch, "__dataclass_fields__", {}):
+                self.fused = False  # no all-reduce inside a compiled epoch yet
 
     # ---- one batch ----------------------------------------------------------
 
@@ -402,7 +466,7 @@ class Trainer:
         buf.copy_to_device(host)
         return buf
 
-    def _step(self, xb, tb):
+    def _step(self, xb, tb, batch=0):
         model, loss, k = self.model, self.loss, self._k
         out = model.forward(self._to_backend("x", xb), training=True)
         value = loss.forward(out, self._to_backend("t", tb))
@@ -416,6 +480,8 @@ class Trainer:
         if self.l2:
             for W, dW in penalized:
                 k.axpy(dW.reshape(-1), W.reshape(-1), self.l2 / len(xb))
+        if self._grad_hook is not None:  # e.g. the data-parallel all-reduce
+            self._grad_hook(spec.HookEvent.GRADS if hasattr(spec, "HookEvent") else 1, batch)
         self._clip(model.grads)
         self.optimizer.step(model.params, model.grads)
         return value, out
@@ -449,6 +515,7 @@ class Trainer:
 
     # ---- fit ------------------------------------------------------------------
 
+    @_guarded
     def fit(self, X, y, epochs=1, batch_size=32, validation_data=None, validation_split=0.0,
             shuffle=True, seed=None, callbacks=(), early_stopping=None, verbose=True):
         """Train for `epochs` passes over (X, y) in mini-batches.
@@ -465,6 +532,7 @@ class Trainer:
         t = self._targets(y, len(X))
         epochs = _check_epochs(epochs)
         batch_size = _check_batch_size(batch_size)
+        verbose = verbose and (self.distributed is None or self.distributed.rank == 0)
         if not 0.0 <= validation_split < 1.0:
             raise ValueError(f"validation_split: expected a fraction in [0, 1), got {validation_split}")
         if validation_data is None and validation_split > 0:
@@ -571,11 +639,12 @@ class Trainer:
         total, correct, n = 0.0, 0, len(X)
         for b in range(-(-n // batch_size)):
             lo, hi = b * batch_size, min((b + 1) * batch_size, n)
-            value, out = self._step(X[lo:hi], t[lo:hi])
+            value, out = self._step(X[lo:hi], t[lo:hi], b)
             _check_finite(value, epoch, b)
             total += value * (hi - lo)
-            if self.loss.classification:
-                correct += self._n_correct(out, t[lo:hi])
+            right = self._n_correct(out, t[lo:hi]) if self.loss.classification else 0
+            correct += right
+            self._last_batch = (value * (hi - lo), right)
             if bar is not None:
                 bar.update(1)
         return total, correct
