@@ -77,7 +77,7 @@ class MPIGroup:
         it well above a batch's time.
     """
 
-    def __init__(self, comm=None, timeout=30.0):
+    def __init__(self, comm=None, timeout=20.0):
         try:
             from mpi4py import MPI
         except ImportError as exc:
@@ -95,9 +95,18 @@ class MPIGroup:
         self.where = "start"
         self.failed = False
         self._pending, self._pongs, self._ping = [], set(), 0
-        self._abort_armed = False
+        self._abort_armed = self._origin = self._announced = False
         self.reduce_seconds, self.n_reduces = 0.0, 0  # the gradient all-reduces (figures)
         self.peers = self._gather_peers()
+
+    def announce(self):
+        """Print (rank 0) which process each rank is: mpiexec names a dead
+        process by its pid."""
+        if self.rank == 0 and not self._announced:
+            self._announced = True
+            print(f"fastnn.distributed: {self.size} ranks: " + ", ".join(
+                f"rank {r} pid {pid} on {host}" for r, (host, pid) in enumerate(self.peers)),
+                file=sys.stderr, flush=True)
 
     def __repr__(self):
         return f"MPIGroup(rank={self.rank}, size={self.size}, timeout={self.timeout})"
@@ -186,7 +195,7 @@ class MPIGroup:
         try:
             yield self
         except BaseException as exc:
-            if not isinstance(exc, RankError):
+            if not isinstance(exc, RankError) and not getattr(exc, "every_rank", False):
                 self.notify_failure(exc)
             raise
 
@@ -196,6 +205,7 @@ class MPIGroup:
             return
         text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         text += f", at {self.where}"
+        self._origin = True
         sent = []
         for r in range(self.size):
             if r != self.rank:
@@ -219,6 +229,8 @@ class MPIGroup:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
+        if self._origin:  # the others report this rank's failure before the abort ends them
+            time.sleep(1.5)
         self._MPI.COMM_WORLD.Abort(1)
 
     # ---- start of a fit ---------------------------------------------------------
@@ -238,7 +250,7 @@ class MPIGroup:
             bad = np.nonzero(col != col[0])[0]
             if bad.size:
                 r = int(bad[0])
-                raise ValueError(f"distributed {what}: rank {r} has {name} = {_num(col[r])}, "
+                raise MismatchError(f"distributed {what}: rank {r} has {name} = {_num(col[r])}, "
                                  f"rank 0 has {_num(col[0])} (every rank must pass the same "
                                  f"model, data and options)")
 
@@ -250,6 +262,13 @@ class MPIGroup:
                         if seed is None else seed)
         self.bcast(value, "the seed broadcast")
         return int(value[0])
+
+
+class MismatchError(ValueError):
+    """The ranks of a distributed fit were given different data, models or
+    options; every rank raises it alike, at the start."""
+
+    every_rank = True
 
 
 def _num(x):

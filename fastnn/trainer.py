@@ -532,7 +532,10 @@ class Trainer:
         t = self._targets(y, len(X))
         epochs = _check_epochs(epochs)
         batch_size = _check_batch_size(batch_size)
-        verbose = verbose and (self.distributed is None or self.distributed.rank == 0)
+        if self.distributed is not None:  # rank 0 alone prints
+            verbose = verbose and self.distributed.rank == 0
+            if verbose:
+                self.distributed.announce()
         if not 0.0 <= validation_split < 1.0:
             raise ValueError(f"validation_split: expected a fraction in [0, 1), got {validation_split}")
         if validation_data is None and validation_split > 0:

@@ -91,7 +91,7 @@ def fault(group, mode):
 
     tr = make_trainer(widths, ("sgd", dict(lr=0.01)), {}, group)
     try:
-        tr.fit(X, y, epochs=50, batch_size=16, seed=0, callbacks=[inject], verbose=False)
+        tr.fit(X, y, epochs=50, batch_size=16, seed=0, callbacks=[inject], verbose=mode == "kill")
     except RankError as exc:
         print(f"rank {group.rank}: RankError {exc.ranks}: {exc}", flush=True)
         sys.exit(3)

@@ -2,6 +2,7 @@
 with the mpich wheel's mpiexec, checked against one process."""
 
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -74,3 +75,42 @@ def test_two_ranks_of_batch_b_equal_one_process_of_batch_2b(two_ranks):
         for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
             np.testing.assert_allclose(la[name][key], history.history[key], rtol=1e-5,
                                        err_msg=f"{name} {key}")
+
+
+def test_a_rank_that_raises_stops_the_others_naming_it(tmp_path):
+    rc, text, seconds = launch("raise", tmp_path)
+    assert rc != 0
+    assert "rank 1: RuntimeError: injected failure" in text
+    assert "rank 0: RankError (1,): rank 1 of 2 failed (RuntimeError: injected failure, " \
+           "at epoch 2)" in text, text
+    assert seconds < 30
+
+
+def test_a_killed_rank_ends_the_job_naming_its_process(tmp_path):
+    # MPICH's mpiexec ends the whole job when a process dies, naming its
+    # pid; rank 0's fit said at its start which pid each rank is
+    rc, text, seconds = launch("kill", tmp_path)
+    assert rc != 0 and seconds < 30, text
+    pid = re.search(r"fastnn.distributed: 2 ranks: rank 0 pid \d+ on \S+, rank 1 pid (\d+)",
+                    text)
+    assert pid, text
+    assert re.search(rf"PID {pid.group(1)} RUNNING AT .*\n.*EXIT CODE: 9", text), text
+
+
+def test_a_rank_that_stops_answering_is_named_after_the_timeout(tmp_path):
+    rc, text, seconds = launch("hang", tmp_path, env={"FASTNN_TEST_TIMEOUT": "2"})
+    assert rc != 0
+    assert re.search(r"rank 0: RankError \(1,\): rank 1 \(pid \d+ on \S+\) did not answer for "
+                     r"2 s during the gradient all-reduce of batch 1 at epoch 3", text), text
+    assert seconds < 30
+
+
+@pytest.mark.parametrize("mode, what", [
+    ("rows", "rank 1 has the number of samples = 1999, rank 0 has 2000"),
+    ("width", "rank 1 has the model's parameter count = 832, rank 0 has 784")])
+def test_ranks_given_different_data_or_models_refuse_at_the_start(tmp_path, mode, what):
+    rc, text, _ = launch(mode, tmp_path)
+    assert rc != 0
+    for r in range(2):
+        assert f"rank {r}: MismatchError: distributed fit: {what}" in text, text
+    assert "finished" not in text
