@@ -70,6 +70,10 @@ def build_parser():
     train.add_argument("--seed", type=int, default=0, help="seed for the split, init and shuffling")
     train.add_argument("--save", metavar="PATH", help="save the trained model (.npz) here")
     train.add_argument("--quiet", action="store_true", help="print only the final report")
+    train.add_argument("--distributed", choices=("mpi",), default=None,
+                       help="data-parallel over MPI: run as `mpiexec -n N fastnn train "
+                            "--distributed mpi ...` (--batch-size is per rank; rank 0 prints "
+                            "and saves; needs the mpi extra)")
     return parser
 
 
@@ -141,7 +145,9 @@ def train(args):
         shape_text = "-".join(map(str, sizes + [len(classes)]))
     extra = {"momentum": args.momentum} if args.optimizer == "sgd" else {}
     opt = optim.get(args.optimizer, lr=args.lr, weight_decay=args.weight_decay, **extra)
-    trainer = fastnn.Trainer(model, "softmax_cross_entropy", opt)
+    trainer = fastnn.Trainer(model, "softmax_cross_entropy", opt, distributed=args.distributed)
+    if trainer.distributed is not None and trainer.distributed.rank != 0:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - rank 0 alone prints (and saves)
     info = fastnn.kernels.get(model.backend).info()
     if not args.quiet:
         print(f"fastnn {fastnn.__version__}: {args.dataset}, {len(Xtr)} train / {len(Xte)} test, "
@@ -167,7 +173,7 @@ def train(args):
     print(" " * width + "".join(f"{str(c):>{width}}" for c in classes))
     for c, row in zip(classes, cm):
         print(f"{str(c):>{width}}" + "".join(f"{v:>{width}}" for v in row))
-    if args.save:
+    if args.save and (trainer.distributed is None or trainer.distributed.rank == 0):
         model.save(args.save)
         print(f"model saved to {args.save}")
     return 0

@@ -114,3 +114,37 @@ def test_ranks_given_different_data_or_models_refuse_at_the_start(tmp_path, mode
     for r in range(2):
         assert f"rank {r}: MismatchError: distributed fit: {what}" in text, text
     assert "finished" not in text
+
+
+def test_fastnn_train_distributed_on_two_ranks(tmp_path):
+    common = ["train", "--epochs", "2", "--layers", "32", "--seed", "2"]
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    proc = subprocess.run([_mpiexec(), "-n", "2", sys.executable, "-m", "fastnn.cli", *common,
+                           "--distributed", "mpi", "--batch-size", "16",
+                           "--save", str(tmp_path / "two.npz")],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("test accuracy:") == 1  # rank 0 alone prints
+    assert proc.stdout.count("epoch 2/2") == 1
+    from fastnn import cli
+
+    assert cli.main(common + ["--batch-size", "32", "--quiet",
+                              "--save", str(tmp_path / "one.npz")]) == 0
+    two, one = np.load(tmp_path / "two.npz"), np.load(tmp_path / "one.npz")
+    np.testing.assert_allclose(two["params"], one["params"], rtol=1e-4, atol=1e-5)
+
+
+def test_mpi4py_loads_only_when_a_group_is_made():
+    code = ("import sys, fastnn, fastnn.distributed\n"
+            "m = fastnn.Sequential([fastnn.Dense(2, 2)])\n"
+            "fastnn.Trainer(m, 'mse', 'sgd')\n"
+            "print('mpi4py' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert out.stdout.strip() == "False"
+
+
+def test_bad_distributed_argument_is_refused():
+    m = fastnn.Sequential([fastnn.Dense(2, 2)])
+    with pytest.raises(ValueError, match="distributed: expected None, 'mpi'"):
+        fastnn.Trainer(m, "mse", "sgd", distributed="nccl")
