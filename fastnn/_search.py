@@ -2,6 +2,7 @@
 with each fold's candidates trained as banks (one kernel call per epoch for
 all of a bank's networks)."""
 
+import sys
 import time
 import warnings
 from collections import defaultdict
@@ -222,6 +223,7 @@ def _run_job(estimator, job, X, y, splits, scorer, train_score, error_score):
     """One bank: fold f's candidates `members` (their pre-step params
     `pre` shared); returns {(candidate, fold): scores and times}."""
     f, pre, members, candidates = job
+    _dask_worker_threads()
     train_idx, test_idx = splits[f]
     X_train, y_train = _subset(X, train_idx), _subset(y, train_idx)
     X_test, y_test = _subset(X, test_idx), _subset(y, test_idx)
@@ -267,3 +269,20 @@ def _run_job(estimator, job, X, y, splits, scorer, train_score, error_score):
         out[(c, f)] = {"fit_time": fit_time, "score_time": score_time,
                        "test_score": test, "train_score": train}
     return out
+
+
+def _dask_worker_threads():
+    """On a Dask worker, fastnn's kernels use the worker's threads
+    (threads_per_worker), not every core of the machine."""
+    if "distributed" not in sys.modules:
+        return
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):  # not on a worker
+        return
+    n = getattr(worker, "nthreads", None) or getattr(getattr(worker, "state", None),
+                                                     "nthreads", None)
+    if n:
+        kernels.set_num_threads(int(n))
