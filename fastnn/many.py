@@ -9,7 +9,7 @@ from .trainer import Diverged, Trainer, _check_batch_size, _check_epochs, check_
 
 
 def fit_many(trainers, X, y, *, epochs=1, batch_size=32, validation_data=None, shuffle=True,
-             seed=None, rows=None, verbose=True, errors="raise"):
+             seed=None, rows=None, verbose=True, errors="raise", n_jobs=None):
     """Train several trainers on (rows of) the same data.
 
     Each trainer ends exactly where ``trainer.fit(X[rows[i]], y[rows[i]],
@@ -39,6 +39,14 @@ def fit_many(trainers, X, y, *, epochs=1, batch_size=32, validation_data=None, s
         the end "raise" raises FloatingPointError naming each such trainer,
         epoch and batch; "ignore" returns, with ``history.diverged = (epoch,
         batch)`` (0-based) on those trainers' Histories (None on the others).
+    n_jobs : int or None
+        None or 1: every trainer in this process, in one bank.  k > 1 (-1:
+        joblib's count): the trainers are cut into k banks handed to joblib,
+        each trained in another process (loky) or, under ``with
+        joblib.parallel_backend("dask"):``, on a Dask cluster's workers (X
+        and y are scattered once); the trained parameters, buffers and
+        optimizer states come back into these trainers, which end as with
+        n_jobs=None.  ``verbose`` prints nothing then.
 
     Returns
     -------
@@ -56,6 +64,12 @@ def fit_many(trainers, X, y, *, epochs=1, batch_size=32, validation_data=None, s
     n = len(X)
     rows = _check_rows(rows, len(trainers), n)
     validation = _check_validation(validation_data, len(trainers))
+    jobs = _check_n_jobs(n_jobs, len(trainers))
+    if jobs > 1:
+        histories = _fit_banks(trainers, X, y, jobs, rows, validation,
+                               dict(epochs=epochs, batch_size=batch_size, shuffle=shuffle,
+                                    seed=seed))
+        return _finish(histories, errors)
     targets = {}
     runs = []
     for i, tr in enumerate(trainers):
@@ -102,12 +116,88 @@ def fit_many(trainers, X, y, *, epochs=1, batch_size=32, validation_data=None, s
     histories = [run.history for run in runs]
     for i, h in enumerate(histories):
         h.diverged = diverged.get(i)
+    return _finish(histories, errors)
+
+
+def _finish(histories, errors):
+    diverged = {i: h.diverged for i, h in enumerate(histories) if h.diverged is not None}
     if diverged and errors == "raise":
         where = "; ".join(f"trainer {i}: epoch {e + 1}, batch {b + 1}"
                           for i, (e, b) in sorted(diverged.items()))
         raise FloatingPointError(f"fit_many: the loss became NaN or Inf ({where}); the other "
                                  f"trainers trained on (errors='ignore' returns their Histories)")
     return histories
+
+
+def _check_n_jobs(n_jobs, k):
+    """How many banks (1: train here)."""
+    if n_jobs is None:
+        return 1
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs == 0 \
+            or n_jobs < -1:
+        raise ValueError(f"n_jobs: expected None, an integer >= 1 or -1, got {n_jobs!r}")
+    import joblib
+
+    return max(1, min(int(joblib.effective_n_jobs(int(n_jobs))), k))
+
+
+def _fit_banks(trainers, X, y, jobs, rows, validation, options):
+    """fit_many over `jobs` banks through joblib; the results copied back
+    into `trainers`.  Returns their Histories."""
+    from joblib import Parallel, delayed
+
+    from . import _transport
+
+    for i, tr in enumerate(trainers):
+        if tr.distributed is not None:
+            raise ValueError(f"trainers[{i}]: a distributed trainer cannot train in a bank")
+    banks = [list(b) for b in np.array_split(np.arange(len(trainers)), jobs) if len(b)]
+    packed = [_transport.dumps([trainers[i] for i in b], [trainers[i] for i in b])
+              for b in banks]
+    out = Parallel(n_jobs=len(banks))(
+        delayed(_train_bank)(data, X, y, [rows[i] for i in b], [validation[i] for i in b],
+                             options) for data, b in zip(packed, banks))
+    histories = [None] * len(trainers)
+    for b, data in zip(banks, out):
+        trained, bank_histories = _transport.loads(data)
+        for i, tb, h in zip(b, trained, bank_histories):
+            _copy_trained(trainers[i], tb)
+            histories[i] = h
+    return histories
+
+
+def _train_bank(data, X, y, rows, validation, options):
+    """One bank, on a worker: fit_many of the trainers in `data` (bytes);
+    returns the trained trainers and their Histories, as bytes."""
+    from . import _transport
+
+    trainers = _transport.loads(data)
+    if all(r is None for r in rows):
+        rows = None
+    else:
+        rows = [np.arange(len(X)) if r is None else r for r in rows]
+    histories = fit_many(trainers, X, y, rows=rows, validation_data=list(validation),
+                         verbose=False, errors="ignore", **options)
+    return _transport.dumps((trainers, histories), trainers)
+
+
+def _copy_trained(tr, trained):
+    """What a fit changes in a trainer, from its trained copy."""
+    tr.model.set_params(trained.model.get_params())
+    tr.model.set_buffers(trained.model.get_buffers())
+    for la, lb in zip(tr.model.walk(), trained.model.walk()):
+        if hasattr(lb, "calls"):  # dropout's call counter
+            la.calls = lb.calls
+    opt, new = tr.optimizer, trained.optimizer
+    for key, value in vars(new).items():
+        if key == "state":
+            for name, arr in value.items():
+                if isinstance(opt.state.get(name), np.ndarray):
+                    opt.state[name][...] = arr
+                else:
+                    opt.state[name] = arr
+        elif not key.startswith("_") and isinstance(value, (int, float, np.number, tuple)):
+            setattr(opt, key, value)
 
 
 def _check_trainers(trainers):

@@ -100,3 +100,25 @@ def test_a_worker_killed_mid_search_is_rerun_and_the_result_still_equal(client, 
     assert (tmp_path / "killed").exists()  # a worker did die
     local._X = X
     same(local, remote)
+
+
+def test_fit_many_banks_on_a_dask_cluster_equal_one_local_call(client):
+    import fastnn
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 8)).astype(np.float32)
+    y = (X[:, :3] @ rng.normal(size=(3, 3))).argmax(axis=1)
+
+    def trainers():
+        return [fastnn.Trainer(fastnn.Sequential([fastnn.Dense(8, 16, "relu"),
+                                                  fastnn.Dense(16, 3)], seed=s),
+                               "softmax_cross_entropy", fastnn.optim.Adam(lr=1e-2))
+                for s in range(4)]
+
+    a, b = trainers(), trainers()
+    ha = fastnn.fit_many(a, X, y, epochs=3, seed=1, verbose=False)
+    with joblib.parallel_backend("dask"):
+        hb = fastnn.fit_many(b, X, y, epochs=3, seed=1, n_jobs=2)
+    for p, q, x, z in zip(a, b, ha, hb):
+        np.testing.assert_array_equal(p.model.get_params(), q.model.get_params())
+        assert x.loss == z.loss

@@ -1,0 +1,67 @@
+"""Trainers to and from bytes, for fit_many's banks on other processes
+(joblib / Dask workers).
+
+A Trainer holds its backend's kernel table (a module: not picklable) and
+layers whose weights are views into the model's flat buffers (pickle would
+copy each view and lose the aliasing).  ``dumps`` writes the backend by
+name and every view of a flat buffer as (base, offset, shape, strides), so
+``loads`` gives back a trainer whose layers again see the flat buffers.
+"""
+
+import io
+import pickle
+
+import numpy as np
+
+from . import kernels
+
+
+def _flat_bases(trainers):
+    bases = {}
+    for tr in trainers:
+        for arr in (tr.model.params, tr.model.grads, tr.model.buffers):
+            if isinstance(arr, np.ndarray):
+                bases[id(arr)] = arr
+    return bases
+
+
+def _address(arr):
+    return arr.__array_interface__["data"][0]
+
+
+class _Pickler(pickle.Pickler):
+    def __init__(self, file, bases):
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.bases = bases
+
+    def persistent_id(self, obj):
+        if isinstance(obj, kernels.Backend):
+            return ("backend", obj.name)
+        if isinstance(obj, np.ndarray) and id(obj) not in self.bases and obj.base is not None:
+            base = obj.base
+            while isinstance(base, np.ndarray) and id(base) not in self.bases \
+                    and base.base is not None:
+                base = base.base
+            if isinstance(base, np.ndarray) and id(base) in self.bases:
+                return ("view", base, _address(obj) - _address(base), obj.shape, obj.strides,
+                        obj.dtype.str)
+        return None
+
+
+class _Unpickler(pickle.Unpickler):
+    def persistent_load(self, pid):
+        if pid[0] == "backend":
+            return kernels.get(pid[1])
+        _, base, offset, shape, strides, dtype = pid
+        return np.ndarray(shape, np.dtype(dtype), buffer=base, offset=offset, strides=strides)
+
+
+def dumps(obj, trainers):
+    """obj (holding `trainers`) as bytes."""
+    buf = io.BytesIO()
+    _Pickler(buf, _flat_bases(trainers)).dump(obj)
+    return buf.getvalue()
+
+
+def loads(data):
+    return _Unpickler(io.BytesIO(data)).load()
