@@ -43,6 +43,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow  # a fresh process compiles the numba GEMM: ~1 min each
 @pytest.mark.parametrize("width,env", [
     (8, {"NUMBA_CPU_NAME": "haswell",
          "NUMBA_CPU_FEATURES": "+avx,+avx2,+fma,+sse,+sse2,+sse3,+ssse3,+sse4.1,+sse4.2"}),
@@ -70,6 +71,7 @@ print(sum(_optimizers._adam.stats.cache_hits.values()),
 """
 
 
+@pytest.mark.slow  # two fresh processes, the first compiles: ~35 s
 def test_numba_kernels_load_from_the_disk_cache(tmp_path):
     """A second process loads the compiled kernels from numba's disk cache
     instead of compiling them again (a jitted function taking another as an

@@ -219,6 +219,7 @@ def test_clipped_dense_stack_takes_the_plan():
     assert trainer.fused and trainer._stack is None
 
 
+@pytest.mark.slow  # ~50 s under the CUDA simulator
 def test_cuda_compiled_epoch_follows_the_batch_path():
     require("cuda")
     a = train("mlp_bn_dropout", "cuda", False, epochs=1, batch_size=50)

@@ -17,6 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CSRC = os.path.join(ROOT, "csrc")
 
 
+@pytest.mark.slow  # builds the C kernels twice: ~2 min
 @pytest.mark.sanitizer
 def test_c_kernels_are_clean_under_asan_and_ubsan(tmp_path):
     cc = os.environ.get("CC") or sysconfig.get_config_var("CC").split()[0] or "cc"
