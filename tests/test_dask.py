@@ -88,6 +88,7 @@ class KillOnce(TransformerMixin, BaseEstimator):
         return X
 
 
+@pytest.mark.slow  # a worker's restart: ~6 s more on a busy machine
 def test_a_worker_killed_mid_search_is_rerun_and_the_result_still_equal(client, digits, tmp_path):
     X, y = digits
     pipe = Pipeline([("kill", KillOnce(str(tmp_path / "killed"))),
