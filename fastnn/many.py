@@ -65,6 +65,10 @@ def fit_many(trainers, X, y, *, epochs=1, batch_size=32, validation_data=None, s
     rows = _check_rows(rows, len(trainers), n)
     validation = _check_validation(validation_data, len(trainers))
     jobs = _check_n_jobs(n_jobs, len(trainers))
+    for i, tr in enumerate(trainers):
+        if getattr(tr, "distributed", None) is not None:
+            raise ValueError(f"trainers[{i}]: a distributed (MPI) trainer trains alone, with "
+                             f"its fit, not in fit_many")
     if jobs > 1:
         histories = _fit_banks(trainers, X, y, jobs, rows, validation,
                                dict(epochs=epochs, batch_size=batch_size, shuffle=shuffle,
@@ -148,9 +152,6 @@ def _fit_banks(trainers, X, y, jobs, rows, validation, options):
 
     from . import _transport
 
-    for i, tr in enumerate(trainers):
-        if tr.distributed is not None:
-            raise ValueError(f"trainers[{i}]: a distributed trainer cannot train in a bank")
     banks = [list(b) for b in np.array_split(np.arange(len(trainers)), jobs) if len(b)]
     packed = [_transport.dumps([trainers[i] for i in b], [trainers[i] for i in b])
               for b in banks]

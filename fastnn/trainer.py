@@ -340,6 +340,8 @@ class _CompiledEpoch:
             loss=tr.loss.name, batch_size=self.batch_size, optimizer=kernel, hyper=hyper,
             step=opt.step_count, mu_product=getattr(opt, "mu_product", 1.0), l2=tr.l2,
             loss_scale=tr.loss.value_scale, grad_scale=tr.loss.grad_scale, order=order)
+        if tr._grad_hook is not None:  # the data-parallel all-reduce at each GRADS event
+            common["hook"] = tr._grad_hook
         return self.plan.epoch(buffers=model.buffers, iworkspace=self.iworkspace,
                                clip_value=tr.clip_value or 0.0, clip_norm=tr.clip_norm or 0.0,
                                **common)
