@@ -19,6 +19,16 @@ survivors after ``timeout`` seconds.  After a fault the process calls
 default (MPICH's hydra) also tears the whole job down at once when a
 process dies.
 
+What is not the single-process trajectory: BatchNorm normalizes with each
+rank's own batch statistics (torch's DDP without SyncBatchNorm) and its
+running statistics are averaged over the ranks after every epoch; dropout
+draws the same mask sequence on every rank (for a rank's row j, not the
+global row).  ``train_step``, ``evaluate`` and ``predict`` stay local.
+
+An exception raised outside ``fit`` (loading data, say) is the program's:
+run it as ``mpiexec -n N python -m mpi4py train.py`` so that mpi4py aborts
+the job instead of leaving the other ranks waiting.
+
 mpi4py is imported only when a group is made (``import fastnn`` stays
 light).
 """
