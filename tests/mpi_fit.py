@@ -105,6 +105,7 @@ def main():
     mode, out = sys.argv[1], sys.argv[2]
     timeout = float(os.environ.get("FASTNN_TEST_TIMEOUT", "30"))
     group = MPIGroup(timeout=timeout)
+    fastnn.set_num_threads(1)  # two ranks on a 2-core machine
     print(f"rank {group.rank}: pid {os.getpid()}", flush=True)
     if mode == "equiv":
         equiv(group, out)

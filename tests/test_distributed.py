@@ -121,8 +121,9 @@ def test_ranks_given_different_data_or_models_refuse_at_the_start(tmp_path, mode
     assert "finished" not in text
 
 
+@pytest.mark.slow  # ~10-20 s: scikit-learn, the digits and two launches
 def test_fastnn_train_distributed_on_two_ranks(tmp_path):
-    common = ["train", "--epochs", "2", "--layers", "32", "--seed", "2"]
+    common = ["train", "--epochs", "2", "--layers", "32", "--seed", "2", "--threads", "1"]
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
     proc = subprocess.run([_mpiexec(), "-n", "2", sys.executable, "-m", "fastnn.cli", *common,
                            "--distributed", "mpi", "--batch-size", "16",
