@@ -133,7 +133,109 @@ class Sequential:
             ``layer.penalized()`` over :meth:`walk`: what the Trainer's
             ``l2`` applies to.
         """
-        return [pair for layer in self.walk() for pair in layer.penalized()]
+        return [pair for layer, frozen in self._walk_frozen() if not frozen
+                for pair in layer.penalized()]
+
+    def _walk_frozen(self):
+        """(layer, frozen) over :meth:`walk`: frozen when the layer or a
+        block holding it has ``trainable = False``."""
+        stack = [(layer, False) for layer in self.layers[::-1]]
+        while stack:
+            layer, outer = stack.pop()
+            frozen = outer or not layer.trainable
+            yield layer, frozen
+            stack += [(child, frozen) for child in layer.children()[::-1]]
+
+    # ---- frozen layers --------------------------------------------------------
+
+    def _resolve_layers(self, layers):
+        found = {id(layer) for layer in self.walk()}
+        out = []
+        for item in layers:
+            if isinstance(item, (list, tuple)):
+                out += self._resolve_layers(item)
+            elif isinstance(item, Layer):
+                if id(item) not in found:
+                    raise ValueError(f"layers: {item!r} is not a layer of this model")
+                out.append(item)
+            elif isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+                if not -len(self.layers) <= item < len(self.layers):
+                    raise ValueError(f"layers: index {item} out of range for "
+                                     f"{len(self.layers)} layers")
+                out.append(self.layers[item])
+            elif isinstance(item, slice):
+                out += self.layers[item]
+            else:
+                raise TypeError(f"layers: expected layers, indices or slices, got "
+                                f"{type(item).__name__}")
+        return out
+
+    def freeze(self, *layers):
+        """Freeze layers (``layer.trainable = False``): training no longer
+        changes their parameters nor those parameters' optimizer state, on
+        every path (batch by batch and compiled, every backend).
+
+        Parameters
+        ----------
+        *layers : Layer, int index, slice, or lists of them
+            None given: every layer.  A block freezes the layers inside it.
+
+        Returns self.
+        """
+        for layer in (self._resolve_layers(layers) if layers else self.layers):
+            layer.trainable = False
+        return self
+
+    def unfreeze(self, *layers):
+        """Make layers trainable again (none given: every layer, nested
+        ones included).  Returns self."""
+        targets = self._resolve_layers(layers) if layers else list(self.walk())
+        for layer in targets:
+            layer.trainable = True
+            for child in _descendants(layer):
+                child.trainable = True
+        return self
+
+    def _frozen_params(self):
+        """For each entry of the layout, whether its layer is frozen."""
+        frozen = []
+        for i, name, _, _ in self._layout:
+            layer = self.layers[i]
+            is_frozen = not layer.trainable
+            while not is_frozen and "." in name and hasattr(layer, "_named"):
+                key, name = name.split(".", 1)
+                layer = dict(layer._named())[key]
+                is_frozen = not layer.trainable
+            frozen.append(is_frozen)
+        return frozen
+
+    def trainable_ranges(self):
+        """The (offset, size) ranges of the parameter buffer that training
+        updates, as an (k, 2) int64 array (adjacent trainable tensors merged);
+        None when no layer is frozen (the whole buffer).  Raises ValueError
+        when every parameter is frozen."""
+        frozen = self._frozen_params()
+        if not any(frozen):
+            return None
+        ranges = []
+        for (_, _, shape, off), fz in zip(self._layout, frozen):
+            if fz:
+                continue
+            end = off + int(np.prod(shape))
+            if ranges and _aligned(ranges[-1][1]) == off:  # only padding between
+                ranges[-1][1] = end
+            else:
+                ranges.append([off, end])
+        if not ranges:
+            raise ValueError("every layer of the model is frozen: nothing to train "
+                             "(model.unfreeze(...) some)")
+        return np.array([(lo, hi - lo) for lo, hi in ranges], dtype=np.int64)
+
+    @property
+    def n_trainable(self):
+        """Parameters that training updates (frozen layers' excluded)."""
+        return sum(int(np.prod(shape)) for (_, _, shape, _), fz
+                   in zip(self._layout, self._frozen_params()) if not fz)
 
     def _infer_input_shape(self):
         for layer in self.layers:
@@ -299,6 +401,14 @@ class Sequential:
 
     def __repr__(self):
         return self.summary()
+
+
+def _descendants(layer):
+    stack = list(layer.children())
+    while stack:
+        child = stack.pop()
+        yield child
+        stack += child.children()
 
 
 def load(path, backend=None):

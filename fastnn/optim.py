@@ -96,13 +96,24 @@ class Optimizer:
         self._size = size
         return self
 
-    def step(self, params, grads):
-        """One update of the flat buffer `params` from `grads`."""
+    def step(self, params, grads, ranges=None):
+        """One update of the flat buffer `params` from `grads`.
+
+        ranges: None (the whole buffer) or (offset, size) pairs, increasing
+        and disjoint (``Sequential.trainable_ranges()``): only those
+        parameters and their state are updated (frozen layers)."""
         if self.state is None or self._size != params.shape[0]:
             raise RuntimeError(f"{type(self).__name__}: not bound to a model of this size; "
                                "the Trainer binds it")
+        if ranges is not None:
+            ranges = [tuple(int(v) for v in r) for r in
+                      _checks.check_ranges("ranges", ranges, params.shape[0])]
         self.step_count += 1
-        self._update(params, grads)
+        self._ranges = ranges
+        try:
+            self._update(params, grads)
+        finally:
+            self._ranges = None
 
     def _buf(self, name):
         return self.state.get(name)
@@ -123,7 +134,15 @@ class Optimizer:
                                self.step_count, hyper)
         for name, value in scalars.items():
             setattr(self, name, value)
-        getattr(self._k, kernel)(params, grads, *states, **hyper, **scalars)
+        update = getattr(self._k, kernel)
+        ranges = getattr(self, "_ranges", None)
+        if ranges is None:
+            update(params, grads, *states, **hyper, **scalars)
+            return
+        for o, size in ranges:  # frozen parameters and their state stay as they are
+            update(params[o:o + size], grads[o:o + size],
+                   *(None if st is None else st[o:o + size] for st in states),
+                   **hyper, **scalars)
 
     @property
     def fusable(self):

@@ -1,0 +1,160 @@
+"""Frozen layers: no update and no optimizer-state change for their
+parameters on every path (batch by batch and the compiled epoch) of every
+host backend, with every optimizer, weight decay, L2 and clipping."""
+
+import numpy as np
+import pytest
+
+import fastnn as fn
+from fastnn import optim
+
+BACKENDS = ["reference", "numba", "c"]
+# weight decay where the optimizer has it: frozen weights must not decay either
+OPTIMIZERS = {
+    "sgd": dict(lr=0.05, momentum=0.9, weight_decay=0.01),
+    "adam": dict(lr=0.01, weight_decay=0.01),
+    "adamw": dict(lr=0.01, weight_decay=0.1),
+    "rmsprop": dict(lr=0.01, momentum=0.5, centered=True, weight_decay=0.01),
+    "adagrad": dict(lr=0.05, initial_accumulator_value=0.1, weight_decay=0.01),
+    "nadam": dict(lr=0.01, weight_decay=0.01),
+    "adamax": dict(lr=0.01, weight_decay=0.01),
+    "radam": dict(lr=0.01, weight_decay=0.01),
+}
+
+
+def _data(n=96, d=6, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    y = (X[:, 0] + X[:, 1] * X[:, 2] > 0).astype(np.int64) + (X[:, 3] > 1.0)
+    return X, y % classes
+
+
+def _mlp(backend, seed=1):
+    return fn.Sequential([fn.Dense(6, 16), fn.ReLU(), fn.Dense(16, 12, "tanh"), fn.Dense(12, 3)],
+                         seed=seed, backend=backend)
+
+
+def _slices(model, layer_index):
+    return [(off, int(np.prod(shape))) for i, _, shape, off in model._layout if i == layer_index]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_frozen_layer_bit_identical_every_optimizer(backend, fused, name):
+    X, y = _data()
+    model = _mlp(backend)
+    model.freeze(model.layers[2])  # the middle Dense: gradients flow through it
+    before = model.get_params()
+    opt = optim.get(name, **OPTIMIZERS[name])
+    tr = fn.Trainer(model, "softmax_cross_entropy", opt, fused=fused, l2=1e-3, clip_norm=5.0)
+    states_before = {k: np.array(tr._k.to_numpy(v), copy=True) for k, v in opt.state.items()}
+    tr.fit(X, y, epochs=2, batch_size=16, seed=0, verbose=False)
+    after = model.get_params()
+    for off, size in _slices(model, 2):
+        np.testing.assert_array_equal(after[off:off + size], before[off:off + size])
+        for k, v in opt.state.items():
+            np.testing.assert_array_equal(tr._k.to_numpy(v)[off:off + size],
+                                          states_before[k][off:off + size], err_msg=k)
+    for layer in (0, 3):
+        for off, size in _slices(model, layer):
+            assert np.abs(after[off:off + size] - before[off:off + size]).max() > 1e-4
+
+
+@pytest.mark.parametrize("backend", ["numba", "c"])
+def test_frozen_compiled_matches_reference_and_batch_path(backend):
+    """The compiled epoch with a frozen layer follows the batch-by-batch
+    reference trajectory."""
+    X, y = _data()
+    results = []
+    for b, fused in (("reference", False), (backend, True)):
+        model = _mlp(b).freeze(0)
+        tr = fn.Trainer(model, "softmax_cross_entropy", optim.Adam(lr=0.01), fused=fused,
+                        l2=1e-3, clip_value=0.5)
+        tr.fit(X, y, epochs=3, batch_size=16, seed=3, verbose=False)
+        results.append(model.get_params())
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-4, atol=1e-5)
+
+
+def test_frozen_equals_training_the_head_on_fixed_features():
+    """Independent check: freezing the first layer is the same as training
+    the rest on that layer's (fixed) outputs."""
+    X, y = _data()
+    full = _mlp("reference").freeze(0, 1)
+    head = fn.Sequential([fn.Dense(16, 12, "tanh"), fn.Dense(12, 3)], seed=5, backend="reference")
+    # the same initial head weights
+    for src, dst in ((full.layers[2], head.layers[0]), (full.layers[3], head.layers[1])):
+        dst.weight[...] = src.weight
+        dst.bias[...] = src.bias
+    features = np.maximum(X @ full.layers[0].weight + full.layers[0].bias, 0).astype(np.float32)
+    for model, data in ((full, X), (head, features)):
+        fn.Trainer(model, "softmax_cross_entropy", optim.SGD(lr=0.1, momentum=0.9),
+                   fused=False).fit(data, y, epochs=3, batch_size=16, shuffle=False,
+                                    verbose=False)
+    np.testing.assert_allclose(full.layers[2].weight, head.layers[0].weight, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(full.layers[3].bias, head.layers[1].bias, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_frozen_inside_blocks_and_cnn(backend):
+    """A frozen layer inside a Residual, and a frozen conv + BatchNorm."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 6, 6, 2)).astype(np.float32)
+    y = (X[:, :3].sum(axis=(1, 2, 3)) > 0).astype(np.int64)
+    conv = fn.Conv2D(2, 4, 3, padding=1, activation="relu")
+    bn = fn.BatchNorm(4)
+    inner = fn.Dense(8, 8, "relu")
+    model = fn.Sequential([conv, bn, fn.MaxPool2D(2), fn.Flatten(), fn.Dense(36, 8, "relu"),
+                           fn.Residual(inner, fn.Dense(8, 8)), fn.Dense(8, 2)],
+                          seed=2, backend=backend, input_shape=(6, 6, 2))
+    model.freeze(conv, bn, inner)
+    tensors = [(conv, "weight"), (conv, "bias"), (bn, "gamma"), (bn, "beta"),
+               (inner, "weight"), (inner, "bias")]
+    frozen = [np.array(getattr(layer, name), copy=True) for layer, name in tensors]
+    assert model.n_trainable == model.n_parameters - sum(v.size for v in frozen)
+    before = model.get_params()
+    fn.Trainer(model, "softmax_cross_entropy", optim.AdamW(lr=0.01)).fit(
+        X, y, epochs=2, batch_size=8, verbose=False)
+    for (layer, name), value in zip(tensors, frozen):
+        np.testing.assert_array_equal(getattr(layer, name), value)
+    assert np.abs(model.get_params() - before).max() > 1e-3
+
+
+def test_unfreeze_trains_again_and_ranges():
+    model = _mlp("reference")
+    assert model.trainable_ranges() is None
+    assert model.n_trainable == model.n_parameters
+    model.freeze(2)
+    ranges = model.trainable_ranges()
+    frozen = set(range(*(_slices(model, 2)[0][0], _slices(model, 2)[-1][0]
+                         + _slices(model, 2)[-1][1])))
+    covered = {i for o, n in ranges for i in range(o, o + n)}
+    assert not covered & frozen
+    assert all(o in covered for o, _ in _slices(model, 0) + _slices(model, 3))
+    model.unfreeze()
+    assert model.trainable_ranges() is None
+    model.freeze()
+    with pytest.raises(ValueError, match="frozen"):
+        model.trainable_ranges()
+
+
+def test_freeze_bad_arguments():
+    model = _mlp("reference")
+    with pytest.raises(ValueError, match="layers"):
+        model.freeze(fn.Dense(2, 2))
+    with pytest.raises(ValueError, match="index"):
+        model.freeze(7)
+    with pytest.raises(TypeError, match="layers"):
+        model.freeze("dense")
+
+
+def test_optimizer_step_ranges_checked():
+    opt = optim.Adam().bind(32, fn.kernels.get("reference"), np.float32)
+    p, g = np.zeros(32, np.float32), np.ones(32, np.float32)
+    with pytest.raises(ValueError, match="ranges"):
+        opt.step(p, g, [(0, 20), (10, 5)])
+    with pytest.raises(ValueError, match="ranges"):
+        opt.step(p, g, [(30, 5)])
+    opt.step(p, g, [(4, 4)])
+    assert np.all(p[4:8] != 0) and np.all(p[:4] == 0) and np.all(p[8:] == 0)
+    assert np.all(opt.state["exp_avg"][8:] == 0) if "exp_avg" in opt.state else True
