@@ -394,13 +394,80 @@ class Sequential:
                 os.remove(tmp)
             raise
 
-    def summary(self):
-        lines = [f"Sequential: {self.n_parameters} parameters, backend {self.backend}"]
-        lines += [f"  {i}: {layer!r}" for i, layer in enumerate(self.layers)]
-        return "\n".join(lines)
+    def summary(self, print_fn=None):
+        """A Keras-style table: per layer its name (type), output shape
+        (batch axis None) and parameter count, the layers inside blocks
+        indented under them, then the totals.
+
+        "Trainable params" are what training updates; "Non-trainable
+        params" the frozen layers' parameters plus the non-trainable state
+        (BatchNorm's running mean and variance), as Keras counts them.
+
+        Parameters
+        ----------
+        print_fn : callable or None
+            Called with the table (one string); None: returned only.
+
+        Returns
+        -------
+        str
+        """
+        counts, rows = {}, []
+        frozen = dict((id(layer), fz) for layer, fz in self._walk_frozen())
+
+        def name_of(layer):
+            cls = type(layer).__name__  # Keras's names: Conv2D -> conv2d, ReLU -> re_lu
+            base = "".join("_" + c.lower() if c.isupper() and i and cls[i - 1].islower()
+                           else c.lower() for i, c in enumerate(cls))
+            n = counts.get(base, 0)
+            counts[base] = n + 1
+            return base if n == 0 else f"{base}_{n}"
+
+        def n_params(layer):
+            return sum(int(np.prod(s)) for _, s in layer.param_shapes())
+
+        def visit(layer, shape, depth):
+            try:
+                out = tuple(layer.build(shape))
+            except Exception:  # a custom layer that cannot be rebuilt here
+                out = None
+            label = "  " * depth + f"{name_of(layer)} ({type(layer).__name__})"
+            if frozen.get(id(layer)):
+                label += " [frozen]"
+            shown = "?" if out is None else str((None,) + out).replace(",)", ")")
+            rows.append((label, shown, n_params(layer)))
+            if isinstance(layer, blocks.Residual):
+                inner = shape
+                for child in layer.layers:
+                    inner = visit(child, inner, depth + 1)
+                if layer.projection is not None:
+                    visit(layer.projection, shape, depth + 1)
+            return out
+
+        shape = tuple(self.input_shape)
+        for layer in self.layers:
+            shape = visit(layer, shape, 0) or shape
+        states = sum(int(np.prod(s)) for _, _, s, _ in self._buffer_layout)
+        trainable = self.n_trainable
+        w0 = max([len("Layer (type)")] + [len(r[0]) for r in rows]) + 2
+        w1 = max([len("Output Shape")] + [len(r[1]) for r in rows]) + 2
+        width = w0 + w1 + 12
+        lines = [f'Model: "sequential" (backend {self.backend})', "_" * width,
+                 f"{'Layer (type)':<{w0}}{'Output Shape':<{w1}}{'Param #':>10}", "=" * width]
+        lines += [f"{a:<{w0}}{b:<{w1}}{c:>10,}" for a, b, c in rows]
+        lines += ["=" * width,
+                  f"Total params: {self.n_parameters + states:,}",
+                  f"Trainable params: {trainable:,}",
+                  f"Non-trainable params: {self.n_parameters - trainable + states:,}",
+                  "_" * width]
+        text = "\n".join(lines)
+        if print_fn is not None:
+            print_fn(text)
+        return text
 
     def __repr__(self):
-        return self.summary()
+        return (f"Sequential({len(self.layers)} layers, {self.n_parameters:,} parameters, "
+                f"backend {self.backend!r})")
 
 
 def _descendants(layer):

@@ -158,3 +158,29 @@ def test_optimizer_step_ranges_checked():
     opt.step(p, g, [(4, 4)])
     assert np.all(p[4:8] != 0) and np.all(p[:4] == 0) and np.all(p[8:] == 0)
     assert np.all(opt.state["exp_avg"][8:] == 0) if "exp_avg" in opt.state else True
+
+
+def test_summary_keras_form():
+    model = fn.Sequential([fn.Conv2D(1, 4, 3, activation="relu"), fn.BatchNorm(4),
+                           fn.MaxPool2D(2), fn.Flatten(), fn.Dense(36, 16), fn.ReLU(),
+                           fn.Residual(fn.Dense(16, 8, "relu")), fn.Dense(8, 10)],
+                          input_shape=(8, 8, 1), backend="reference")
+    model.freeze(0)
+    text = model.summary()
+    lines = text.splitlines()
+    row = {line.split()[0]: line for line in lines if "(" in line and "Model" not in line}
+    # counts by independent formulas: conv 3*3*1*4 + 4, dense 36*16 + 16, ...
+    assert row["conv2d"].endswith(f"{3 * 3 * 4 + 4:>10,}") and "[frozen]" in row["conv2d"]
+    assert "(None, 6, 6, 4)" in row["conv2d"]
+    assert "(None, 3, 3, 4)" in row["max_pool2d"]
+    assert row["dense"].endswith(f"{36 * 16 + 16:>10,}")
+    assert row["residual"].endswith(f"{2 * (16 * 8 + 8):>10,}")  # the layer and its projection
+    assert "(None, 10)" in row["dense_3"]
+    running = 2 * 4  # BatchNorm's running mean and variance
+    total = 40 + 8 + 592 + 272 + 90
+    assert f"Total params: {total + running:,}" in lines
+    assert f"Trainable params: {total - 40:,}" in lines
+    assert f"Non-trainable params: {40 + running:,}" in lines
+    printed = []
+    model.summary(print_fn=printed.append)
+    assert printed == [text]
