@@ -109,11 +109,29 @@ class Optimizer:
             ranges = [tuple(int(v) for v in r) for r in
                       _checks.check_ranges("ranges", ranges, params.shape[0])]
         self.step_count += 1
+        if ranges is not None and not self.fusable:
+            return self._update_keeping(params, grads, ranges)
         self._ranges = ranges
         try:
             self._update(params, grads)
         finally:
             self._ranges = None
+
+    def _update_keeping(self, params, grads, ranges):
+        """A subclass's own _update over the whole buffer, then the frozen
+        parameters and their state put back as they were."""
+        k, kept, start = self._k, [], 0
+        for o, size in list(ranges) + [(params.shape[0], 0)]:
+            if o > start:
+                kept += [(buf, start, o, np.array(k.to_numpy(buf[start:o]), copy=True))
+                         for buf in [params, *self.state.values()]]
+            start = o + size
+        self._update(params, grads)
+        for buf, lo, hi, saved in kept:
+            if isinstance(buf, np.ndarray):
+                buf[lo:hi] = saved
+            else:
+                buf[lo:hi].copy_to_device(saved)
 
     def _buf(self, name):
         return self.state.get(name)

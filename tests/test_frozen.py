@@ -188,3 +188,22 @@ def test_summary_keras_form():
     printed = []
     model.summary(print_fn=printed.append)
     assert printed == [text]
+
+
+def test_custom_optimizer_respects_frozen_layers():
+    """An Optimizer subclass with its own _update (run batch by batch)."""
+
+    class SignSGD(optim.SGD):
+        def _update(self, params, grads):
+            params -= self.lr * np.sign(grads)
+
+    X, y = _data()
+    model = _mlp("reference").freeze(2)
+    before = model.get_params()
+    fn.Trainer(model, "softmax_cross_entropy", SignSGD(lr=0.01)).fit(
+        X, y, epochs=1, batch_size=16, verbose=False)
+    after = model.get_params()
+    for off, size in _slices(model, 2):
+        np.testing.assert_array_equal(after[off:off + size], before[off:off + size])
+    off, size = _slices(model, 0)[0]
+    assert np.abs(after[off:off + size] - before[off:off + size]).max() > 1e-3
