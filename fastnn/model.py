@@ -369,10 +369,14 @@ class Sequential:
     # ---- persistence --------------------------------------------------------
 
     def config(self):
-        return {"format": _FORMAT, "seed": self.seed, "size": self.size,
-                "input_shape": list(self.input_shape),
-                "layers": [{"type": type(layer).__name__, "config": layer.config()}
-                           for layer in self.layers]}
+        cfg = {"format": _FORMAT, "seed": self.seed, "size": self.size,
+               "input_shape": list(self.input_shape),
+               "layers": [{"type": type(layer).__name__, "config": layer.config()}
+                          for layer in self.layers]}
+        frozen = [i for i, layer in enumerate(self.walk()) if not layer.trainable]
+        if frozen:  # positions in walk() order of the layers with trainable = False
+            cfg["frozen"] = frozen
+        return cfg
 
     def save(self, path):
         """Write architecture (JSON) and parameters to an .npz file.
@@ -521,6 +525,14 @@ def load(path, backend=None):
     if buffers.shape != tuple(model.buffers.shape):
         raise ValueError(f"{path}: state buffer has shape {buffers.shape}, the architecture "
                          f"needs {tuple(model.buffers.shape)}")
+    frozen = cfg.get("frozen", [])
+    walked = list(model.walk())
+    if not isinstance(frozen, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(walked)
+            for i in frozen):
+        raise ValueError(f"{path}: 'frozen' must list layer positions below {len(walked)}")
+    for i in frozen:
+        walked[i].trainable = False
     model.set_params(params)
     model.set_buffers(buffers)
     return model

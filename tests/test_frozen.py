@@ -207,3 +207,15 @@ def test_custom_optimizer_respects_frozen_layers():
         np.testing.assert_array_equal(after[off:off + size], before[off:off + size])
     off, size = _slices(model, 0)[0]
     assert np.abs(after[off:off + size] - before[off:off + size]).max() > 1e-3
+
+
+def test_frozen_layers_saved_and_loaded(tmp_path):
+    model = fn.Sequential([fn.Dense(4, 6, "relu"), fn.Residual(fn.Dense(6, 6)), fn.Dense(6, 2)],
+                          seed=0)
+    model.freeze(0)
+    model.layers[1].layers[0].trainable = False
+    model.save(tmp_path / "m.npz")
+    loaded = fn.load(tmp_path / "m.npz")
+    assert [layer.trainable for layer in loaded.walk()] == \
+        [layer.trainable for layer in model.walk()] == [False, True, False, True]
+    np.testing.assert_array_equal(loaded.trainable_ranges(), model.trainable_ranges())
