@@ -357,7 +357,10 @@ class Trainer:
         ``model.penalized()`` (Dense and Conv weights, those inside blocks
         included; not biases) to its loss, and ``l2 / m * W`` to their
         gradients.  (An optimizer's ``weight_decay`` is torch's, over every
-        parameter.)
+        parameter.)  Frozen layers (``layer.trainable = False``,
+        ``model.freeze``) are left out of the penalty, the clipping (its
+        norm too) and the update, on every path: their parameters and
+        optimizer state do not change.
     clip_value, clip_norm : float or None
         Gradient clipping before each update, one pass over the flat gradient
         buffer each: every gradient to [-clip_value, clip_value], then the

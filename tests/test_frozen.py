@@ -219,3 +219,40 @@ def test_frozen_layers_saved_and_loaded(tmp_path):
     assert [layer.trainable for layer in loaded.walk()] == \
         [layer.trainable for layer in model.walk()] == [False, True, False, True]
     np.testing.assert_array_equal(loaded.trainable_ranges(), model.trainable_ranges())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_model_epoch_refuses_bad_trainable_ranges(backend):
+    import dataclasses
+
+    X, y = _data()
+    model = _mlp(backend).freeze(2)
+    tr = fn.Trainer(model, "softmax_cross_entropy", optim.Adam())
+    epoch_fn = tr._fused_epoch(len(X), 16)
+    epoch = epoch_fn.build(X, y.astype(np.int32), None)
+    before = model.get_params()
+    for bad in ([[0, 10], [5, 10]], [[0, model.size + 1]], [[4, 0]], np.zeros((0, 2), int),
+                [[0.5, 3]]):
+        with pytest.raises(ValueError, match="trainable"):
+            epoch_fn.kernel(dataclasses.replace(epoch, trainable=np.asarray(bad)))
+    np.testing.assert_array_equal(model.get_params(), before)  # nothing ran
+
+
+def test_c_refuses_bad_trainable_ranges_without_the_front():
+    """csrc/plan.c checks the ranges itself (EINVAL, nothing written)."""
+    import dataclasses
+
+    raw = pytest.importorskip("fastnn.kernels.c")
+    X, y = _data()
+    model = _mlp("c").freeze(2)
+    tr = fn.Trainer(model, "softmax_cross_entropy", optim.Adam())
+    epoch_fn = tr._fused_epoch(len(X), 16)
+    epoch = fn.kernels._checks.prepare_model_epoch(
+        epoch_fn.build(X, y.astype(np.int32), None), np.float32)[0]
+    before = model.get_params()
+    for bad in ([[0, 10], [5, 10]], [[0, model.size + 1]], [[-1, 3]]):
+        with pytest.raises(RuntimeError, match="error"):
+            raw.model_epoch(dataclasses.replace(epoch, trainable=np.asarray(bad, np.int64)))
+    np.testing.assert_array_equal(model.get_params(), before)
+    raw.model_epoch(epoch)  # the valid ranges run
+    assert np.any(model.get_params() != before)
