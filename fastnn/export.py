@@ -290,40 +290,6 @@ def _torch():
     return torch
 
 
-def _torch_classes():
-    torch = _torch()
-    nn = torch.nn
-
-    class Permute(nn.Module):
-        """Between fastnn's channels-last layout and torch's channels-first."""
-
-        def __init__(self, *perm):
-            super().__init__()
-            self.perm = perm
-
-        def forward(self, x):
-            return x.permute(*self.perm)
-
-        def extra_repr(self):
-            return f"{self.perm}"
-
-    class ResidualBlock(nn.Module):
-        """y = body(x) + projection(x)."""
-
-        def __init__(self, body, projection):
-            super().__init__()
-            self.body, self.projection = body, projection
-
-        def forward(self, x):
-            return self.body(x) + self.projection(x)
-
-    class Step(nn.Module):
-        def forward(self, x):
-            return (x > 0).to(x.dtype)
-
-    return Permute, ResidualBlock, Step
-
-
 def to_torch(model):
     """A ``torch.nn.Module`` computing ``model.predict``'s function.
 
@@ -340,7 +306,7 @@ def to_torch(model):
     """
     torch = _torch()
     nn = torch.nn
-    Permute, ResidualBlock, Step = _torch_classes()
+    from ._torch_modules import Permute, ResidualBlock
 
     def tensor(a):
         return torch.from_numpy(np.array(a, dtype=np.float32, copy=True))
@@ -391,7 +357,7 @@ def to_torch(model):
             elif kind == "softmax":
                 mods.append(nn.Softmax(dim=-1))
             elif kind == "act":
-                mods.append(_torch_activation(nn, Step, op[1], op[2]))
+                mods.append(_torch_activation(nn, op[1], op[2]))
             elif kind == "dropout":
                 mods.append(nn.Dropout(op[1]))
             elif kind == "residual":
@@ -404,19 +370,15 @@ def to_torch(model):
     return module.eval()
 
 
-def _torch_activation(nn, Step, name, slope):
-    table = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU, "softplus": nn.Softplus}
+def _torch_activation(nn, name, slope):
+    from ._torch_modules import Sign, Step
+
+    table = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU, "softplus": nn.Softplus,
+             "step": Step, "sign": Sign}
     if name in table:
         return table[name]()
     if name == "leaky_relu":
         return nn.LeakyReLU(slope)
-    if name == "step":
-        return Step()
-    if name == "sign":
-        class Sign(nn.Module):
-            def forward(self, x):
-                return x.sign()
-        return Sign()
     raise ValueError(f"to_torch: no torch form of activation {name!r}")
 
 
@@ -447,8 +409,8 @@ def from_torch(module, input_shape, seed=None, backend=None):
     """
     torch = _torch()
     nn = torch.nn
-    from .model import Sequential
     from . import layers as L
+    from .model import Sequential
 
     if not isinstance(module, nn.Module):
         raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
@@ -477,7 +439,7 @@ def from_torch(module, input_shape, seed=None, backend=None):
     # feature map the torch index of each fastnn feature
     cur = shape
     perm = None
-    layers, loads = [], []  # loads: (layer, {name: array}, {state: array})
+    loads = []  # (layer, {param name: array}, {state name: array})
     for i, m in enumerate(flat(module)):
         where = f"module[{i}] ({type(m).__name__})"
         if isinstance(m, nn.Linear):
@@ -505,11 +467,11 @@ def from_torch(module, input_shape, seed=None, backend=None):
             w = arr(m.weight)
             b = arr(m.bias) if m.bias is not None else np.zeros(m.out_channels, np.float32)
             if nd == 1:
-                layer = L_conv.Conv1D(m.in_channels, m.out_channels, k[0], s[0], p[0])
+                layer = Conv1D(m.in_channels, m.out_channels, k[0], s[0], p[0])
                 w = w.transpose(2, 1, 0)  # (OC, C, K) -> (K, C, OC)
                 cur = (m.out_channels, (cur[1] + 2 * p[0] - k[0]) // s[0] + 1)
             else:
-                layer = L_conv.Conv2D(m.in_channels, m.out_channels, k, s, p)
+                layer = Conv2D(m.in_channels, m.out_channels, k, s, p)
                 w = w.transpose(2, 3, 1, 0)  # (OC, C, KH, KW) -> (KH, KW, C, OC)
                 cur = (m.out_channels,) + tuple((n + 2 * pp - kk) // ss + 1
                                                 for n, kk, ss, pp in zip(cur[1:], k, s, p))
@@ -525,9 +487,9 @@ def from_torch(module, input_shape, seed=None, backend=None):
             k = pair(m.kernel_size, nd)
             s = k if m.stride is None or m.stride == () else pair(m.stride, nd)
             if nd == 1:
-                layer = (L_conv.MaxPool1D if is_max else L_conv.AvgPool1D)(k[0], s[0])
+                layer = (MaxPool1D if is_max else AvgPool1D)(k[0], s[0])
             else:
-                layer = (L_conv.MaxPool2D if is_max else L_conv.AvgPool2D)(k, s)
+                layer = (MaxPool2D if is_max else AvgPool2D)(k, s)
             cur = (cur[0],) + tuple((n - kk) // ss + 1 for n, kk, ss in zip(cur[1:], k, s))
             loads.append((layer, {}, {}))
         elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
@@ -549,7 +511,7 @@ def from_torch(module, input_shape, seed=None, backend=None):
                 # fastnn's feature j is torch's feature perm[j]: (H, W, C) vs (C, H, W) order
                 idx = np.arange(int(np.prod(cur))).reshape(cur)
                 perm = np.moveaxis(idx, 0, -1).reshape(-1)
-                loads.append((L_conv.Flatten(), {}, {}))
+                loads.append((Flatten(), {}, {}))
                 cur = (int(np.prod(cur)),)
         elif isinstance(m, (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.Softplus)):
             if isinstance(m, nn.Softplus) and (m.beta != 1 or m.threshold < 20):
@@ -582,6 +544,3 @@ def from_torch(module, input_shape, seed=None, backend=None):
     model.set_params(params)
     model.set_buffers(buffers)
     return model
-
-
-from . import conv as L_conv  # noqa: E402 - the conv layers by module, for from_torch

@@ -243,3 +243,13 @@ def test_from_torch_refuses():
         fn.export.from_torch(nn.Sequential(nn.Linear(3, 2)), (0,))
     with pytest.raises(TypeError, match="module"):
         fn.export.from_torch([nn.Linear(3, 2)], (3,))
+
+
+def test_to_torch_module_pickles(tmp_path):
+    torch = pytest.importorskip("torch")
+    name, model, x = next(c for c in CASES if c[0] == "Residual_conv_proj")
+    module = export.to_torch(model)
+    torch.save(module, tmp_path / "m.pt")
+    again = torch.load(tmp_path / "m.pt", weights_only=False)
+    with torch.no_grad():
+        np.testing.assert_allclose(again(torch.from_numpy(x)).numpy(), model.predict(x), **TOL)
