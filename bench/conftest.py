@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from bench import workloads
+from fastnn.bench import workloads
 
 BACKENDS = ("c", "numba", "cuda")
 

@@ -7,7 +7,7 @@ backend before it is timed."""
 import numpy as np
 import pytest
 
-from bench import workloads as wl
+from fastnn.bench import workloads as wl
 from fastnn import kernels
 
 reference = kernels.get("reference")

@@ -15,7 +15,7 @@ def test_many_section_tiny(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [ROOT] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.compare", "--tiny", "--sections", "many", "--threads", "1",
+        [sys.executable, "-m", "fastnn.bench.compare", "--tiny", "--sections", "many", "--threads", "1",
          "--json", str(out_json)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "Many models" in proc.stdout and "MLPSearchCV on the digits" in proc.stdout

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from bench import workloads as wl
+from fastnn.bench import workloads as wl
 
 
 def _untimed(config):

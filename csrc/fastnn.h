@@ -405,6 +405,11 @@ typedef struct {
     int64_t n_records;
     const int64_t *penalized;         /* (n_penalized, 2): offset, size in params */
     int64_t n_penalized;
+    const int64_t *trainable;         /* (n_trainable, 2): offset, size in params, in
+                                         increasing disjoint order: the ranges clipped
+                                         and updated (frozen layers' are not); NULL:
+                                         the whole buffer */
+    int64_t n_trainable;
     fastnn_optimizer opt;             /* += its states, step and mu_product */
     int loss;                         /* enum fastnn_loss */
     const float *X;                   /* (n, in_size) */

@@ -147,12 +147,14 @@ static int epoch_valid(const fastnn_model_epoch *a, int64_t *n_batches)
         || a->n_buffers < 0 || (a->n_buffers > 0 && !a->buffers) || a->iworkspace_size < 0
         || (a->iworkspace_size > 0 && !a->iworkspace) || a->n_records < 0
         || (a->n_records > 0 && (!a->plan || !a->plan_scalars)) || a->n_penalized < 0
-        || (a->n_penalized > 0 && !a->penalized) || !a->X || a->n < 1 || a->in_size < 1
+        || (a->n_penalized > 0 && !a->penalized) || (a->trainable && a->n_trainable < 1)
+        || !a->X || a->n < 1 || a->in_size < 1
         || a->out_size < 1 || B < 1 || !a->batch_loss || !a->batch_correct)
         return 0;
     if (!fastnn_product(&fields, a->n_records, FASTNN_PLAN_FIELDS)
         || !fastnn_product(&fields, a->n_records, FASTNN_PLAN_SCALARS)
-        || !fastnn_product(&fields, a->n_penalized, 2))
+        || !fastnn_product(&fields, a->n_penalized, 2)
+        || (a->trainable && !fastnn_product(&fields, a->n_trainable, 2)))
         return 0;
     if (!fastnn_product(&size, a->n, a->in_size) || !fastnn_product(&size, a->n, a->out_size)
         || !fastnn_epoch_data_valid(a->loss, a->labels, a->T, a->n, a->out_size, a->order,
@@ -175,6 +177,12 @@ static int epoch_valid(const fastnn_model_epoch *a, int64_t *n_batches)
     for (int64_t i = 0; i < a->n_penalized; i++)
         if (!inside(a->penalized[2 * i], a->penalized[2 * i + 1], a->n_params))
             return 0;
+    if (a->trainable)  /* increasing and disjoint: nothing is updated twice */
+        for (int64_t i = 0; i < a->n_trainable; i++)
+            if (!inside(a->trainable[2 * i], a->trainable[2 * i + 1], a->n_params)
+                || (i > 0 && a->trainable[2 * i]
+                                 < a->trainable[2 * i - 2] + a->trainable[2 * i - 1]))
+                return 0;
     for (int64_t i = 0; i < a->n_records; i++)
         if (!record_valid(a, a->plan + i * FASTNN_PLAN_FIELDS,
                           a->plan_scalars + i * FASTNN_PLAN_SCALARS, B, m_min, *n_batches))
@@ -423,19 +431,34 @@ static int run_batch(fastnn_model_epoch *a, fastnn_optimizer *o, const struct ba
                                   (float)(a->l2 / (double)m))))
                 return rc;
         }
-    if (a->clip_value > 0.0
-        && (rc = fastnn_clip(a->grads, a->n_params, (float)-a->clip_value,
-                             (float)a->clip_value)))
-        return rc;
+    /* the trainable ranges (the whole buffer without frozen layers) */
+    const int64_t whole[2] = {0, a->n_params};
+    const int64_t *tr = a->trainable ? a->trainable : whole;
+    const int64_t n_tr = a->trainable ? a->n_trainable : 1;
+    if (a->clip_value > 0.0)
+        for (int64_t i = 0; i < n_tr; i++)
+            if ((rc = fastnn_clip(a->grads + tr[2 * i], tr[2 * i + 1], (float)-a->clip_value,
+                                  (float)a->clip_value)))
+                return rc;
     if (a->clip_norm > 0.0) {
-        if ((rc = fastnn_sum_squares(&sq, a->grads, a->n_params)))
-            return rc;
+        sq = 0.0;
+        for (int64_t i = 0; i < n_tr; i++) {
+            if ((rc = fastnn_sum_squares(&part, a->grads + tr[2 * i], tr[2 * i + 1])))
+                return rc;
+            sq += part;
+        }
         const double coef = a->clip_norm / (sqrt(sq) + 1e-6);
-        if (coef < 1.0 && (rc = fastnn_scale(a->grads, a->n_params, (float)coef)))
-            return rc;
+        if (coef < 1.0)
+            for (int64_t i = 0; i < n_tr; i++)
+                if ((rc = fastnn_scale(a->grads + tr[2 * i], tr[2 * i + 1], (float)coef)))
+                    return rc;
     }
     fastnn_optimizer_advance(o);
-    return fastnn_optimizer_apply(a->params, a->grads, o, 0, a->n_params);
+    for (int64_t i = 0; i < n_tr; i++)
+        if ((rc = fastnn_optimizer_apply(a->params, a->grads, o, tr[2 * i],
+                                         tr[2 * i] + tr[2 * i + 1])))
+            return rc;
+    return FASTNN_OK;
 }
 
 /* ---- the dense-stack fast path ------------------------------------------------ */
@@ -450,6 +473,7 @@ static int as_dense_stack(const fastnn_model_epoch *a, fastnn_dense_layer *layer
 {
     const int64_t nr = a->n_records;
     if (nr < 1 || nr > MAX_STACK_LAYERS || a->clip_value > 0.0 || a->clip_norm > 0.0
+        || a->trainable
         || (a->l2 != 0.0 && a->n_penalized != nr))
         return 0;
     int64_t ranges[2 * MAX_STACK_LAYERS][2];

@@ -74,7 +74,84 @@ def build_parser():
                        help="data-parallel over MPI: run as `mpiexec -n N fastnn train "
                             "--distributed mpi ...` (--batch-size is per rank; rank 0 prints "
                             "and saves; needs the mpi extra)")
+    _add_bench_parser(sub)
     return parser
+
+
+def _add_bench_parser(sub):
+    """`fastnn bench`: the side-by-side benchmark (fastnn/bench/compare.py)."""
+    bench = sub.add_parser(
+        "bench", help="benchmark fastnn side by side with numpy/PyTorch/scikit-learn/JAX",
+        description="Run the side-by-side benchmark (fastnn against numpy/OpenBLAS always, "
+                    "PyTorch, scikit-learn and JAX when installed, otherwise left out with a "
+                    "note), print its tables, optionally write the figures as JSON and "
+                    "compare them with a baseline JSON file.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    bench.add_argument("--quick", action="store_true", help="fewer rounds, smaller data")
+    bench.add_argument("--sections", default=None,
+                       help="comma-separated subset of gemm,adam,conv,train,sklearn,models,many "
+                            "(default: all)")
+    bench.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    bench.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    bench.add_argument("--json", metavar="FILE", help="write the figures here as JSON")
+    bench.add_argument("--compare", metavar="BASELINE", help="a JSON file of an earlier run: "
+                       "print each figure's change and exit 1 past --fail-over")
+    bench.add_argument("--current", metavar="FILE", help="with --compare: compare this JSON "
+                       "file of a run instead of running the benchmark")
+    bench.add_argument("--fail-over", default="10%",
+                       help="the worsening of a fastnn figure that fails --compare")
+    bench.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # the tests
+
+
+def bench(args):
+    """Run fastnn.bench.compare in a fresh interpreter (it sets the BLAS and
+    OpenMP environment before numpy loads), then compare with --compare."""
+    import subprocess
+    import tempfile
+
+    from .bench import regress
+
+    threshold = baseline = None
+    if args.compare:
+        try:
+            threshold = regress.parse_threshold(args.fail_over)
+            baseline = regress.load(args.compare)
+        except ValueError as exc:
+            raise SystemExit(f"fastnn bench: {exc}") from None
+    elif args.current:
+        raise SystemExit("fastnn bench: --current needs --compare BASELINE")
+    if args.current:
+        try:
+            current = regress.load(args.current)
+        except ValueError as exc:
+            raise SystemExit(f"fastnn bench: {exc}") from None
+        return _report_change(args, regress, baseline, current, threshold)
+    argv = [sys.executable, "-m", "fastnn.bench.compare", "--threads", args.threads]
+    argv += ["--quick"] * args.quick + ["--markdown"] * args.markdown + ["--tiny"] * args.tiny
+    if args.sections:
+        argv += ["--sections", args.sections]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = args.json or (os.path.join(tmp, "bench.json") if args.compare else None)
+        if out:
+            argv += ["--json", out]
+        rc = subprocess.call(argv)
+        if rc or not args.compare:
+            return rc
+        try:
+            current = regress.load(out)
+        except ValueError as exc:
+            raise SystemExit(f"fastnn bench: {exc}") from None
+    return _report_change(args, regress, baseline, current, threshold)
+
+
+def _report_change(args, regress, baseline, current, threshold):
+    rows, regressed = regress.compare(baseline, current, threshold)
+    print("\n" + regress.render(rows, threshold))
+    if regressed:
+        print(f"fastnn bench: a fastnn figure is more than {args.fail_over} worse than "
+              f"{args.compare}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def small_cnn(input_shape, n_classes, activation="relu"):
@@ -184,6 +261,8 @@ def main(argv=None):
     try:
         if args.command == "train":
             return train(args)
+        if args.command == "bench":
+            return bench(args)
     except BrokenPipeError:  # e.g. `fastnn train | head`: the reader left, not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

@@ -17,6 +17,7 @@ Each layer implements::
     config() -> dict                      JSON-able constructor arguments
     children() -> [Layer]                 the layers a block holds; default []
     penalized() -> [(W, dW)]              weights the L2 penalty applies to; default []
+    trainable                             False: frozen (Sequential.freeze)
 
 A block passes build, bind and the rest on to its children itself; the model
 finds nested layers only through ``children()`` (:meth:`fastnn.Sequential.walk`),
@@ -53,6 +54,11 @@ class Layer:
 
     _k = None  # kernel backend module, set by the model
     _dtype = np.float32  # float64 only on the reference backend (gradient checks)
+    #: False freezes the layer (and the layers inside it): training leaves its
+    #: parameters and their optimizer state as they are (its gradients are
+    #: still computed where an earlier layer needs them; BatchNorm's running
+    #: statistics still update in training, as in torch).
+    trainable = True
 
     def __init__(self):
         self._buffers = {}

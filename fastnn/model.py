@@ -133,7 +133,109 @@ class Sequential:
             ``layer.penalized()`` over :meth:`walk`: what the Trainer's
             ``l2`` applies to.
         """
-        return [pair for layer in self.walk() for pair in layer.penalized()]
+        return [pair for layer, frozen in self._walk_frozen() if not frozen
+                for pair in layer.penalized()]
+
+    def _walk_frozen(self):
+        """(layer, frozen) over :meth:`walk`: frozen when the layer or a
+        block holding it has ``trainable = False``."""
+        stack = [(layer, False) for layer in self.layers[::-1]]
+        while stack:
+            layer, outer = stack.pop()
+            frozen = outer or not layer.trainable
+            yield layer, frozen
+            stack += [(child, frozen) for child in layer.children()[::-1]]
+
+    # ---- frozen layers --------------------------------------------------------
+
+    def _resolve_layers(self, layers):
+        found = {id(layer) for layer in self.walk()}
+        out = []
+        for item in layers:
+            if isinstance(item, (list, tuple)):
+                out += self._resolve_layers(item)
+            elif isinstance(item, Layer):
+                if id(item) not in found:
+                    raise ValueError(f"layers: {item!r} is not a layer of this model")
+                out.append(item)
+            elif isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+                if not -len(self.layers) <= item < len(self.layers):
+                    raise ValueError(f"layers: index {item} out of range for "
+                                     f"{len(self.layers)} layers")
+                out.append(self.layers[item])
+            elif isinstance(item, slice):
+                out += self.layers[item]
+            else:
+                raise TypeError(f"layers: expected layers, indices or slices, got "
+                                f"{type(item).__name__}")
+        return out
+
+    def freeze(self, *layers):
+        """Freeze layers (``layer.trainable = False``): training no longer
+        changes their parameters nor those parameters' optimizer state, on
+        every path (batch by batch and compiled, every backend).
+
+        Parameters
+        ----------
+        *layers : Layer, int index, slice, or lists of them
+            None given: every layer.  A block freezes the layers inside it.
+
+        Returns self.
+        """
+        for layer in (self._resolve_layers(layers) if layers else self.layers):
+            layer.trainable = False
+        return self
+
+    def unfreeze(self, *layers):
+        """Make layers trainable again (none given: every layer, nested
+        ones included).  Returns self."""
+        targets = self._resolve_layers(layers) if layers else list(self.walk())
+        for layer in targets:
+            layer.trainable = True
+            for child in _descendants(layer):
+                child.trainable = True
+        return self
+
+    def _frozen_params(self):
+        """For each entry of the layout, whether its layer is frozen."""
+        frozen = []
+        for i, name, _, _ in self._layout:
+            layer = self.layers[i]
+            is_frozen = not layer.trainable
+            while not is_frozen and "." in name and hasattr(layer, "_named"):
+                key, name = name.split(".", 1)
+                layer = dict(layer._named())[key]
+                is_frozen = not layer.trainable
+            frozen.append(is_frozen)
+        return frozen
+
+    def trainable_ranges(self):
+        """The (offset, size) ranges of the parameter buffer that training
+        updates, as an (k, 2) int64 array (adjacent trainable tensors merged);
+        None when no layer is frozen (the whole buffer).  Raises ValueError
+        when every parameter is frozen."""
+        frozen = self._frozen_params()
+        if not any(frozen):
+            return None
+        ranges = []
+        for (_, _, shape, off), fz in zip(self._layout, frozen):
+            if fz:
+                continue
+            end = off + int(np.prod(shape))
+            if ranges and _aligned(ranges[-1][1]) == off:  # only padding between
+                ranges[-1][1] = end
+            else:
+                ranges.append([off, end])
+        if not ranges:
+            raise ValueError("every layer of the model is frozen: nothing to train "
+                             "(model.unfreeze(...) some)")
+        return np.array([(lo, hi - lo) for lo, hi in ranges], dtype=np.int64)
+
+    @property
+    def n_trainable(self):
+        """Parameters that training updates (frozen layers' excluded)."""
+        return sum(int(np.prod(shape)) for (_, _, shape, _), fz
+                   in zip(self._layout, self._frozen_params()) if not fz)
 
     def _infer_input_shape(self):
         for layer in self.layers:
@@ -267,10 +369,14 @@ class Sequential:
     # ---- persistence --------------------------------------------------------
 
     def config(self):
-        return {"format": _FORMAT, "seed": self.seed, "size": self.size,
-                "input_shape": list(self.input_shape),
-                "layers": [{"type": type(layer).__name__, "config": layer.config()}
-                           for layer in self.layers]}
+        cfg = {"format": _FORMAT, "seed": self.seed, "size": self.size,
+               "input_shape": list(self.input_shape),
+               "layers": [{"type": type(layer).__name__, "config": layer.config()}
+                          for layer in self.layers]}
+        frozen = [i for i, layer in enumerate(self.walk()) if not layer.trainable]
+        if frozen:  # positions in walk() order of the layers with trainable = False
+            cfg["frozen"] = frozen
+        return cfg
 
     def save(self, path):
         """Write architecture (JSON) and parameters to an .npz file.
@@ -292,13 +398,88 @@ class Sequential:
                 os.remove(tmp)
             raise
 
-    def summary(self):
-        lines = [f"Sequential: {self.n_parameters} parameters, backend {self.backend}"]
-        lines += [f"  {i}: {layer!r}" for i, layer in enumerate(self.layers)]
-        return "\n".join(lines)
+    def summary(self, print_fn=None):
+        """A Keras-style table: per layer its name (type), output shape
+        (batch axis None) and parameter count, the layers inside blocks
+        indented under them, then the totals.
+
+        "Trainable params" are what training updates; "Non-trainable
+        params" the frozen layers' parameters plus the non-trainable state
+        (BatchNorm's running mean and variance), as Keras counts them.
+
+        Parameters
+        ----------
+        print_fn : callable or None
+            Called with the table (one string); None: returned only.
+
+        Returns
+        -------
+        str
+        """
+        counts, rows = {}, []
+        frozen = dict((id(layer), fz) for layer, fz in self._walk_frozen())
+
+        def name_of(layer):
+            cls = type(layer).__name__  # Keras's names: Conv2D -> conv2d, ReLU -> re_lu
+            base = "".join("_" + c.lower() if c.isupper() and i and cls[i - 1].islower()
+                           else c.lower() for i, c in enumerate(cls))
+            n = counts.get(base, 0)
+            counts[base] = n + 1
+            return base if n == 0 else f"{base}_{n}"
+
+        def n_params(layer):
+            return sum(int(np.prod(s)) for _, s in layer.param_shapes())
+
+        def visit(layer, shape, depth):
+            try:
+                out = tuple(layer.build(shape))
+            except Exception:  # a custom layer that cannot be rebuilt here
+                out = None
+            label = "  " * depth + f"{name_of(layer)} ({type(layer).__name__})"
+            if frozen.get(id(layer)):
+                label += " [frozen]"
+            shown = "?" if out is None else str((None,) + out).replace(",)", ")")
+            rows.append((label, shown, n_params(layer)))
+            if isinstance(layer, blocks.Residual):
+                inner = shape
+                for child in layer.layers:
+                    inner = visit(child, inner, depth + 1)
+                if layer.projection is not None:
+                    visit(layer.projection, shape, depth + 1)
+            return out
+
+        shape = tuple(self.input_shape)
+        for layer in self.layers:
+            shape = visit(layer, shape, 0) or shape
+        states = sum(int(np.prod(s)) for _, _, s, _ in self._buffer_layout)
+        trainable = self.n_trainable
+        w0 = max([len("Layer (type)")] + [len(r[0]) for r in rows]) + 2
+        w1 = max([len("Output Shape")] + [len(r[1]) for r in rows]) + 2
+        width = w0 + w1 + 12
+        lines = [f'Model: "sequential" (backend {self.backend})', "_" * width,
+                 f"{'Layer (type)':<{w0}}{'Output Shape':<{w1}}{'Param #':>10}", "=" * width]
+        lines += [f"{a:<{w0}}{b:<{w1}}{c:>10,}" for a, b, c in rows]
+        lines += ["=" * width,
+                  f"Total params: {self.n_parameters + states:,}",
+                  f"Trainable params: {trainable:,}",
+                  f"Non-trainable params: {self.n_parameters - trainable + states:,}",
+                  "_" * width]
+        text = "\n".join(lines)
+        if print_fn is not None:
+            print_fn(text)
+        return text
 
     def __repr__(self):
-        return self.summary()
+        return (f"Sequential({len(self.layers)} layers, {self.n_parameters:,} parameters, "
+                f"backend {self.backend!r})")
+
+
+def _descendants(layer):
+    stack = list(layer.children())
+    while stack:
+        child = stack.pop()
+        yield child
+        stack += child.children()
 
 
 def load(path, backend=None):
@@ -344,6 +525,14 @@ def load(path, backend=None):
     if buffers.shape != tuple(model.buffers.shape):
         raise ValueError(f"{path}: state buffer has shape {buffers.shape}, the architecture "
                          f"needs {tuple(model.buffers.shape)}")
+    frozen = cfg.get("frozen", [])
+    walked = list(model.walk())
+    if not isinstance(frozen, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(walked)
+            for i in frozen):
+        raise ValueError(f"{path}: 'frozen' must list layer positions below {len(walked)}")
+    for i in frozen:
+        walked[i].trainable = False
     model.set_params(params)
     model.set_buffers(buffers)
     return model

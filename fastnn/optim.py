@@ -96,13 +96,42 @@ class Optimizer:
         self._size = size
         return self
 
-    def step(self, params, grads):
-        """One update of the flat buffer `params` from `grads`."""
+    def step(self, params, grads, ranges=None):
+        """One update of the flat buffer `params` from `grads`.
+
+        ranges: None (the whole buffer) or (offset, size) pairs, increasing
+        and disjoint (``Sequential.trainable_ranges()``): only those
+        parameters and their state are updated (frozen layers)."""
         if self.state is None or self._size != params.shape[0]:
             raise RuntimeError(f"{type(self).__name__}: not bound to a model of this size; "
                                "the Trainer binds it")
+        if ranges is not None:
+            ranges = [tuple(int(v) for v in r) for r in
+                      _checks.check_ranges("ranges", ranges, params.shape[0])]
         self.step_count += 1
+        if ranges is not None and not self.fusable:
+            return self._update_keeping(params, grads, ranges)
+        self._ranges = ranges
+        try:
+            self._update(params, grads)
+        finally:
+            self._ranges = None
+
+    def _update_keeping(self, params, grads, ranges):
+        """A subclass's own _update over the whole buffer, then the frozen
+        parameters and their state put back as they were."""
+        k, kept, start = self._k, [], 0
+        for o, size in list(ranges) + [(params.shape[0], 0)]:
+            if o > start:
+                kept += [(buf, start, o, np.array(k.to_numpy(buf[start:o]), copy=True))
+                         for buf in [params, *self.state.values()]]
+            start = o + size
         self._update(params, grads)
+        for buf, lo, hi, saved in kept:
+            if isinstance(buf, np.ndarray):
+                buf[lo:hi] = saved
+            else:
+                buf[lo:hi].copy_to_device(saved)
 
     def _buf(self, name):
         return self.state.get(name)
@@ -123,7 +152,15 @@ class Optimizer:
                                self.step_count, hyper)
         for name, value in scalars.items():
             setattr(self, name, value)
-        getattr(self._k, kernel)(params, grads, *states, **hyper, **scalars)
+        update = getattr(self._k, kernel)
+        ranges = getattr(self, "_ranges", None)
+        if ranges is None:
+            update(params, grads, *states, **hyper, **scalars)
+            return
+        for o, size in ranges:  # frozen parameters and their state stay as they are
+            update(params[o:o + size], grads[o:o + size],
+                   *(None if st is None else st[o:o + size] for st in states),
+                   **hyper, **scalars)
 
     @property
     def fusable(self):

@@ -164,16 +164,23 @@ class Plan:
         their dense-stack scheduling inside model_epoch)."""
         return bool(np.all(self.records[:, spec.F["op"]] == spec.Op.DENSE))
 
-    def epoch(self, **fields):
+    def epoch(self, trainable=None, **fields):
         """A spec.ModelEpoch of this plan with the given buffers and
-        options; dropout counters are the layers' current ones."""
+        options; dropout counters are the layers' current ones.  trainable:
+        the model's trainable_ranges() (None: no frozen layer); the l2 term
+        then applies to the trainable weights only."""
+        penalized = self.penalized
+        if trainable is not None:
+            penalized = np.array([(o, n) for o, n in self.penalized
+                                  if any(lo <= o and o + n <= lo + size for lo, size in trainable)],
+                                 dtype=np.int64).reshape(-1, 2)
         plan = self.records
         if self.dropouts:
             plan = plan.copy()
             for i, layer in self.dropouts:
                 plan[i, spec.F["counter"]] = layer.calls
         return spec.ModelEpoch(
-            plan=plan, plan_scalars=self.scalars, penalized=self.penalized,
+            plan=plan, plan_scalars=self.scalars, penalized=penalized, trainable=trainable,
             in_size=self.in_size, out_size=self.out_size, xb=self.xb, tb=self.tb, lb=self.lb,
             output=self.output, doutput=self.doutput, **dict(fields, batch_size=self.batch_size))
 

@@ -342,7 +342,8 @@ class _CompiledEpoch:
             loss_scale=tr.loss.value_scale, grad_scale=tr.loss.grad_scale, order=order)
         if tr._grad_hook is not None:  # the data-parallel all-reduce at each GRADS event
             common["hook"] = tr._grad_hook
-        return self.plan.epoch(buffers=model.buffers, iworkspace=self.iworkspace,
+        return self.plan.epoch(trainable=model.trainable_ranges(),
+                               buffers=model.buffers, iworkspace=self.iworkspace,
                                clip_value=tr.clip_value or 0.0, clip_norm=tr.clip_norm or 0.0,
                                **common)
 
@@ -406,7 +407,10 @@ class Trainer:
         ``model.penalized()`` (Dense and Conv weights, those inside blocks
         included; not biases) to its loss, and ``l2 / m * W`` to their
         gradients.  (An optimizer's ``weight_decay`` is torch's, over every
-        parameter.)
+        parameter.)  Frozen layers (``layer.trainable = False``,
+        ``model.freeze``) are left out of the penalty, the clipping (its
+        norm too) and the update, on every path: their parameters and
+        optimizer state do not change.
     clip_value, clip_norm : float or None
         Gradient clipping before each update, one pass over the flat gradient
         buffer each: every gradient to [-clip_value, clip_value], then the
@@ -484,18 +488,23 @@ class Trainer:
                 k.axpy(dW.reshape(-1), W.reshape(-1), self.l2 / len(xb))
         if self._grad_hook is not None:  # e.g. the data-parallel all-reduce
             self._grad_hook(spec.HookEvent.GRADS if hasattr(spec, "HookEvent") else 1, batch)
-        self._clip(model.grads)
-        self.optimizer.step(model.params, model.grads)
+        ranges = model.trainable_ranges()
+        self._clip(model.grads, ranges)
+        self.optimizer.step(model.params, model.grads, ranges)
         return value, out
 
-    def _clip(self, grads):
+    def _clip(self, grads, ranges=None):
+        """Clipping of the trainable ranges (None: the whole buffer)."""
+        parts = [grads] if ranges is None else [grads[o:o + n] for o, n in ranges]
         if self.clip_value is not None:
-            self._k.clip(grads, -self.clip_value, self.clip_value)
+            for g in parts:
+                self._k.clip(g, -self.clip_value, self.clip_value)
         if self.clip_norm is not None:
-            norm = np.sqrt(self._k.sum_squares(grads))
+            norm = np.sqrt(sum(self._k.sum_squares(g) for g in parts))
             coef = self.clip_norm / (norm + 1e-6)
             if coef < 1.0:
-                self._k.scale(grads, coef)
+                for g in parts:
+                    self._k.scale(g, coef)
 
     def train_step(self, X, y):
         """One mini-batch step: forward, loss, backward, update.

@@ -588,6 +588,23 @@ def _epoch_aliases(e, opt, work):
                    {"batch_correct": outs["batch_correct"]})
 
 
+def check_ranges(name, ranges, n_params):
+    """(offset, size) ranges of a buffer of n_params as a (k, 2) int64
+    array: k >= 1, sizes >= 1, inside the buffer, increasing and disjoint."""
+    r = np.asarray(ranges)
+    if r.dtype.kind not in "iu" or r.size == 0 or r.size % 2:
+        raise ValueError(f"{name}: expected a non-empty (k, 2) integer array of (offset, size), "
+                         f"got {r.dtype} of shape {r.shape}")
+    r = np.ascontiguousarray(r, dtype=np.int64).reshape(-1, 2)
+    end = 0
+    for o, size in r:
+        if size < 1 or o < end or o + size > n_params:
+            raise ValueError(f"{name}: range [{o}, {o + size}) is empty, overlaps the one "
+                             f"before or lies outside params ({n_params})")
+        end = o + size
+    return r
+
+
 def prepare_model_epoch(epoch, dtype):
     """Checks of model_epoch; returns a validated copy of the
     spec.ModelEpoch: hyper with every hyperparameter, X as (n, in_size),
@@ -656,9 +673,10 @@ def prepare_model_epoch(epoch, dtype):
     for o, size in pen:
         if o < 0 or size < 0 or o + size > n_params:
             raise ValueError(f"penalized: range [{o}, {o + size}) outside params ({n_params})")
+    trainable = None if e.trainable is None else check_ranges("trainable", e.trainable, n_params)
     e = dataclasses.replace(
         e, states=states, X=X, targets=targets, batch_size=batch_size, hyper=hyper, step=step,
-        order=order, plan=plan, plan_scalars=scal, penalized=pen,
+        order=order, plan=plan, plan_scalars=scal, penalized=pen, trainable=trainable,
         clip_value=check_scalar("clip_value", e.clip_value, low=0.0),
         clip_norm=check_scalar("clip_norm", e.clip_norm, low=0.0), **_epoch_scalars(e))
     _epoch_aliases(e, opt, {"workspace": ws, "iworkspace": iws})

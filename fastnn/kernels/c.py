@@ -326,24 +326,27 @@ def _model_epoch_struct(e):
     scal = np.ascontiguousarray(e.plan_scalars, dtype=np.float64).reshape(
         -1, len(spec.PLAN_SCALARS))
     pen = np.ascontiguousarray(e.penalized, dtype=np.int64).reshape(-1, 2)
+    tra = (None if e.trainable is None
+           else np.ascontiguousarray(e.trainable, dtype=np.int64).reshape(-1, 2))
     # an empty buffer has no address to give: NULL, with its size 0
     buffers = e.buffers if e.buffers is not None and e.buffers.size else None
     iws = e.iworkspace if e.iworkspace is not None and e.iworkspace.size else None
     pointers = _epoch_pointers(_MODEL_EPOCH_ARRAYS, dict(
         _targets(e), params=e.params, grads=e.grads, buffers=buffers,
         plan=plan if plan.size else None, plan_scalars=scal if scal.size else None,
-        penalized=pen if pen.size else None, X=e.X, order=e.order, workspace=e.workspace,
+        penalized=pen if pen.size else None, trainable=tra, X=e.X, order=e.order, workspace=e.workspace,
         iworkspace=iws, batch_loss=e.batch_losses, batch_correct=e.batch_correct))
     opt = _optimizer(e)
     c = ffi.new("fastnn_model_epoch *", dict(
         pointers, n_params=e.params.size, n_buffers=0 if buffers is None else buffers.size,
-        n_records=plan.shape[0], n_penalized=pen.shape[0], opt=opt,
+        n_records=plan.shape[0], n_penalized=pen.shape[0],
+        n_trainable=0 if tra is None else tra.shape[0], opt=opt,
         loss=spec.LOSS_CODES[e.loss], n=e.X.shape[0], in_size=e.in_size,
         out_size=e.out_size, n_order=_order_size(e), batch=e.batch_size, xb=e.xb, tb=e.tb,
         lb=e.lb, output=e.output, doutput=e.doutput, l2=e.l2, loss_scale=e.loss_scale,
         grad_scale=e.grad_scale, clip_value=e.clip_value, clip_norm=e.clip_norm,
         workspace_size=e.workspace.size, iworkspace_size=0 if iws is None else iws.size))
-    return c, (pointers, plan, scal, pen, opt)
+    return c, (pointers, plan, scal, pen, tra, opt)
 
 
 # ---- dropout (Philox4x32-10 masks) ---------------------------------------------

@@ -628,7 +628,10 @@ def model_epoch(epoch):
        clipped to [-clip_value, clip_value] (if clip_value > 0), then scaled
        by clip_norm / (norm + 1e-6) if that is < 1 (if clip_norm > 0; norm
        = sqrt(sum_squares(grads))), as the Trainer's batch-by-batch path
-       does; one optimizer update over the whole buffer.
+       does; one optimizer update over the whole buffer -- or, when
+       ``trainable`` lists ranges, the clipping (its norm too) and the
+       update over those ranges only (frozen parameters and their
+       optimizer state do not change).
 
     Returns
     -------
@@ -802,6 +805,8 @@ def run_model_epoch(k, epoch):
     plan = [[int(v) for v in rec] for rec in np.asarray(e.plan)]
     scal = [[float(v) for v in rec] for rec in np.asarray(e.plan_scalars)]
     pen = [(int(o), int(sz)) for o, sz in np.asarray(e.penalized).reshape(-1, 2)]
+    ranges = ([(0, e.params.shape[0])] if e.trainable is None
+              else [(int(o), int(sz)) for o, sz in np.asarray(e.trainable).reshape(-1, 2)])
     opt = spec.OPTIMIZERS[e.optimizer]
     update = getattr(k, e.optimizer)
     scalars = {name: getattr(e, name) for name in opt.scalars}
@@ -844,15 +849,20 @@ def run_model_epoch(k, epoch):
             for o, sz in pen:
                 k.axpy(e.grads[o:o + sz], e.params[o:o + sz], e.l2 / m)
         if e.clip_value > 0.0:
-            k.clip(e.grads, -e.clip_value, e.clip_value)
+            for o, sz in ranges:
+                k.clip(e.grads[o:o + sz], -e.clip_value, e.clip_value)
         if e.clip_norm > 0.0:
-            coef = e.clip_norm / (np.sqrt(k.sum_squares(e.grads)) + 1e-6)
+            norm = np.sqrt(sum(k.sum_squares(e.grads[o:o + sz]) for o, sz in ranges))
+            coef = e.clip_norm / (norm + 1e-6)
             if coef < 1.0:
-                k.scale(e.grads, coef)
+                for o, sz in ranges:
+                    k.scale(e.grads[o:o + sz], coef)
         step += 1
         scalars = spec.advance(e.optimizer, scalars, step, e.hyper)
-        update(e.params, e.grads, *e.states, *([step] if opt.step else []),
-               *e.hyper.values(), *scalars.values())
+        for o, sz in ranges:  # frozen parameters and their state stay as they are
+            update(e.params[o:o + sz], e.grads[o:o + sz],
+                   *(None if st is None else st[o:o + sz] for st in e.states),
+                   *([step] if opt.step else []), *e.hyper.values(), *scalars.values())
     return e.n_batches, step, scalars.get("mu_product", e.mu_product)
 
 

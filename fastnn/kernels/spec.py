@@ -523,6 +523,10 @@ class ModelEpoch:
     ``lb`` of iworkspace.  The model's output and its gradient are at
     ``output`` / ``doutput`` (B, out_size).  ``penalized`` (k, 2) int64 are
     the (offset, size) ranges of params the l2 term applies to.
+    ``trainable`` (k, 2) int64, increasing and disjoint, or None (the whole
+    buffer): the (offset, size) ranges of params that are clipped and
+    updated -- a frozen layer's parameters lie outside them, so neither they
+    nor their optimizer state change.
     ``clip_value`` / ``clip_norm``: 0.0 means no clipping.  Other fields as
     :class:`Epoch`.
     """
@@ -559,6 +563,7 @@ class ModelEpoch:
     clip_value: float = 0.0
     clip_norm: float = 0.0
     order: object = None
+    trainable: object = None
 
     @property
     def n_batches(self):

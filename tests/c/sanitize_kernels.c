@@ -472,6 +472,20 @@ static void plan_case(int kind, int loss, int ordered, int threads) {
     p->rec[p->n - 1][FASTNN_F_OP] = saved;
     F = E; F.batch = INT64_MAX / 2;
     BAD(fastnn_model_epoch_run(&F));
+    /* frozen parameters: the trainable ranges only; refused when they overlap,
+       leave params or their count overflows */
+    int64_t tr[2][2] = {{0, p->np / 2}, {p->np / 2 + 1, p->np - p->np / 2 - 1}};
+    int64_t over[2][2] = {{0, 4}, {2, 4}}, outside[1][2] = {{1, p->np}};
+    F = E; F.trainable = &tr[0][0]; F.n_trainable = 2;
+    OK(fastnn_model_epoch_run(&F));
+    F.trainable = &over[0][0];
+    BAD(fastnn_model_epoch_run(&F));
+    F.trainable = &outside[0][0]; F.n_trainable = 1;
+    BAD(fastnn_model_epoch_run(&F));
+    F.trainable = &tr[0][0]; F.n_trainable = INT64_MAX / 2 + 1;  /* 2 n overflows */
+    BAD(fastnn_model_epoch_run(&F));
+    F.n_trainable = 0;
+    BAD(fastnn_model_epoch_run(&F));
     free(params); free(grads); free(ws); free(X); free(T); free(buffers); free(m); free(v);
     free(iws); free(labels); free(bl); free(bc);
 }

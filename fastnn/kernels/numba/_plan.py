@@ -209,14 +209,16 @@ def _record_backward(r, sc, xin, m, batch, ws, iws, params, grads, ap, bp, sums,
 
 @njit(cache=True)
 def _model_epoch(params, grads, buffers, s0, s1, s2, ws, iws, X, labels, T, order, batch_losses,
-                 batch_correct, plan, plan_scalars, penalized, in_size, out_size, xb_off, tb_off,
+                 batch_correct, plan, plan_scalars, penalized, trainable, in_size, out_size, xb_off,
+                 tb_off,
                  lb_off, output, doutput, loss, bs, optimizer, hyper, step, mu_product, l2,
                  loss_scale, grad_scale, clip_value, clip_norm, threads):
     """reference.run_model_epoch over this backend's kernels, in its order.
     X (n, in_size); labels (n,) for softmax_xent, else T (n, out_size) (the
     other one empty); order: the samples' rows (empty: X in its order).
     threads: numba's thread count (what the elementwise kernels may split
-    their work into; it does not change the result).  Returns (n_done,
+    their work into; it does not change the result).  trainable: (k, 2)
+    ranges clipped and updated (the whole buffer when k = 0).  Returns (n_done,
     step, mu_product)."""
     n_rec = plan.shape[0]
     is_labels = loss == _SOFTMAX_XENT
@@ -300,18 +302,46 @@ def _model_epoch(params, grads, buffers, s0, s1, s2, ws, iws, X, labels, T, orde
             for q in range(penalized.shape[0]):
                 o, size = penalized[q, 0], penalized[q, 1]
                 _axpy(grads[o:o + size], params[o:o + size], np.float32(l2 / m))
-        if clip_value > 0.0:
-            _clip(grads, np.float32(-clip_value), np.float32(clip_value))
-        if clip_norm > 0.0:
-            coef = clip_norm / (math.sqrt(_sum_squares(grads)) + 1e-6)
-            if coef < 1.0:
-                _scale(grads, np.float32(coef))
-        step += 1
-        mu_product = _optimizer_step(optimizer, params, grads, s0, s1, s2, hyper, step,
-                                     mu_product)
+        if trainable.shape[0] == 0:
+            if clip_value > 0.0:
+                _clip(grads, np.float32(-clip_value), np.float32(clip_value))
+            if clip_norm > 0.0:
+                coef = clip_norm / (math.sqrt(_sum_squares(grads)) + 1e-6)
+                if coef < 1.0:
+                    _scale(grads, np.float32(coef))
+            step += 1
+            mu_product = _optimizer_step(optimizer, params, grads, s0, s1, s2, hyper, step,
+                                         mu_product)
+        else:  # frozen layers: only the trainable ranges (and their state) change
+            n_tr = trainable.shape[0]
+            if clip_value > 0.0:
+                for q in range(n_tr):
+                    o, size = trainable[q, 0], trainable[q, 1]
+                    _clip(grads[o:o + size], np.float32(-clip_value), np.float32(clip_value))
+            if clip_norm > 0.0:
+                sq = 0.0
+                for q in range(n_tr):
+                    o, size = trainable[q, 0], trainable[q, 1]
+                    sq += _sum_squares(grads[o:o + size])
+                coef = clip_norm / (math.sqrt(sq) + 1e-6)
+                if coef < 1.0:
+                    for q in range(n_tr):
+                        o, size = trainable[q, 0], trainable[q, 1]
+                        _scale(grads[o:o + size], np.float32(coef))
+            step += 1
+            mu_next = mu_product
+            for q in range(n_tr):
+                o, size = trainable[q, 0], trainable[q, 1]
+                mu_next = _optimizer_step(optimizer, params[o:o + size], grads[o:o + size],
+                                          s0[o:o + size] if s0.shape[0] else s0,
+                                          s1[o:o + size] if s1.shape[0] else s1,
+                                          s2[o:o + size] if s2.shape[0] else s2, hyper, step,
+                                          mu_product)
+            mu_product = mu_next
     return n_batches, step, mu_product
 
 
+_NO_RANGES = np.zeros((0, 2), np.int64)
 _SIZES = {"ws": "workspace", "iws": "iworkspace", "params": "params", "buffers": "buffers"}
 
 
@@ -346,6 +376,8 @@ def model_epoch(epoch):
         _NO_ORDER if e.order is None else e.order, e.batch_losses, e.batch_correct,
         np.ascontiguousarray(e.plan, np.int64), np.ascontiguousarray(e.plan_scalars, np.float64),
         np.ascontiguousarray(np.asarray(e.penalized, np.int64).reshape(-1, 2)),
+        _NO_RANGES if e.trainable is None
+        else np.ascontiguousarray(np.asarray(e.trainable, np.int64).reshape(-1, 2)),
         int(e.in_size), int(e.out_size), int(e.xb), int(e.tb), int(e.lb), int(e.output),
         int(e.doutput), spec.LOSS_CODES[e.loss], int(e.batch_size),
         spec.OPTIMIZERS[e.optimizer].code, hyper, int(e.step), float(e.mu_product), float(e.l2),

@@ -63,7 +63,7 @@ def _load_data(n, seed, mnist):
         X, y = datasets.load_mnist(mnist, kind="train")
         X = np.ascontiguousarray(X.reshape(len(X), -1)[:n], dtype=np.float32)
         return X, np.asarray(y[:n], dtype=np.int64)
-    from bench import workloads as wl
+    from fastnn.bench import workloads as wl
 
     return wl.synthetic_mnist(n, seed=seed)
 
@@ -139,7 +139,7 @@ class Worker:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m bench.jax_worker")
+    parser = argparse.ArgumentParser(prog="python -m fastnn.bench.jax_worker")
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--cpus", default="", help="comma-separated CPUs to pin this process to")
     args = parser.parse_args(argv)
