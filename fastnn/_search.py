@@ -94,7 +94,10 @@ class MLPSearchCV(GridSearchCV):
     same estimator with the same splits.  For a Pipeline, the steps before
     the estimator are fitted once per fold (and per distinct setting of
     their own parameters).  ``n_jobs`` runs banks through joblib (so a
-    joblib backend such as Dask's distributes them).
+    joblib backend such as Dask's distributes them: under ``with
+    joblib.parallel_backend("dask"):`` each bank is a task on a worker, X
+    and y are scattered to the cluster once, and fastnn's kernels on a
+    worker use its threads_per_worker threads).
 
     Parameters
     ----------
