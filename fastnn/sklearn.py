@@ -291,17 +291,15 @@ class _BaseMLP(BaseEstimator):
         return self._fit(X, y, sample_weight, incremental=True)
 
     def set_params(self, **params):
-        """scikit-learn's set_params, refusing invalid values at once (NaN
-        included) and leaving the estimator unchanged then."""
-        old = {key: getattr(self, key) for key in params if hasattr(self, key)}
-        super().set_params(**params)
-        try:
-            self._check_params()
-        except (ValueError, TypeError) as exc:
-            for key, value in old.items():
-                setattr(self, key, value)
-            raise ValueError(f"set_params: {exc}") from exc
-        return self
+        """scikit-learn's set_params, refusing a NaN or infinite value of a
+        real parameter at once (nothing is changed then).  Other invalid
+        values are refused by fit, as scikit-learn's conventions ask
+        (set_params must accept what fit validates)."""
+        for key, value in params.items():
+            if (key in self._REAL_PARAMS and isinstance(value, numbers.Real)
+                    and not isinstance(value, bool) and not np.isfinite(value)):
+                raise ValueError(f"set_params: {key} must be finite, got {value!r}")
+        return super().set_params(**params)
 
     def _check_solver(self):
         if self.solver not in ("sgd", "adam"):
@@ -546,22 +544,7 @@ class _BaseMLP(BaseEstimator):
         import scipy.optimize
 
         model = self._model
-        c = self._compiled_ok(X, sw)
-        if c is not None:
-            trainer = Trainer(model, self._objective(), optim_mod.SGD(lr=0.0),
-                              backend=model.backend, l2=float(self.alpha) / c)
-            run = trainer.epoch_runner(X, self._fit_targets(Y), X.shape[0])
-            k = kernels.get(model.backend)
-
-            def loss_grad(flat):
-                model.set_params(flat)
-                try:
-                    value = run(None)
-                except FloatingPointError:
-                    return np.inf, np.zeros(model.size)
-                return value, np.asarray(k.to_numpy(model.grads), np.float64)
-        else:
-            loss_grad = _Batches(self, X, Y, sw).loss_grad
+        loss_grad = self._lbfgs_objective(X, Y, sw)
         res = scipy.optimize.minimize(
             loss_grad, model.get_params().astype(np.float64), method="L-BFGS-B", jac=True,
             options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol})
@@ -577,6 +560,29 @@ class _BaseMLP(BaseEstimator):
                 text += ("\nIncrease the number of iterations to improve the convergence "
                          f"(max_iter={self.max_iter}).")
             warnings.warn(text, ConvergenceWarning, stacklevel=3)
+
+    def _lbfgs_objective(self, X, Y, sw):
+        """L-BFGS's objective: a function of the float64 flat parameter
+        vector (the model's buffer layout) returning (loss, gradient) over
+        all samples, L2 term included; it leaves the model's parameters at
+        that vector."""
+        model = self._model
+        c = self._compiled_ok(X, sw)
+        if c is not None:
+            trainer = Trainer(model, self._objective(), optim_mod.SGD(lr=0.0),
+                              backend=model.backend, l2=float(self.alpha) / c)
+            run = trainer.epoch_runner(X, self._fit_targets(Y), X.shape[0])
+            k = kernels.get(model.backend)
+
+            def loss_grad(flat):
+                model.set_params(flat)
+                try:
+                    value = run(None)
+                except FloatingPointError:
+                    return np.inf, np.zeros(model.size)
+                return value, np.array(k.to_numpy(model.grads), np.float64)  # a copy
+            return loss_grad
+        return _Batches(self, X, Y, sw).loss_grad
 
     def _loss_grad_lbfgs(self, packed_coef_inter, X, y, sample_weight=None, *buffers):
         """scikit-learn's private objective of L-BFGS, in its packing (every
