@@ -597,10 +597,16 @@ class _BaseMLP(BaseEstimator):
         for s in shapes:
             intercepts.append(packed_coef_inter[start:start + s[1]])
             start += s[1]
-        probe = copy.copy(self)
-        probe.__dict__.update(coefs_=coefs, intercepts_=intercepts, _model=None, _trainer=None,
-                              dtype=np.float64, backend="reference")
-        probe._rebuild()
+        probe = self.__dict__.get("_lbfgs_probe")
+        if probe is None or [W.shape for W in probe.coefs_] != shapes:
+            probe = copy.copy(self)
+            probe.__dict__.update(coefs_=coefs, intercepts_=intercepts, _model=None,
+                                  _trainer=None, dtype=np.float64, backend="reference")
+            probe._rebuild()
+            self._lbfgs_probe = probe
+        else:
+            probe.coefs_, probe.intercepts_ = coefs, intercepts
+            probe._sync_model()
         Y = np.asarray(y, np.float64).reshape(len(y), -1)
         value, flat_grad = _Batches(probe, X, Y, sample_weight).loss_grad(
             probe._model.get_params())
@@ -795,7 +801,7 @@ class _BaseMLP(BaseEstimator):
 
     def __getstate__(self):
         state = dict(super().__getstate__())  # object's is the live __dict__
-        for key in ("_model", "_trainer", "_val", "_views"):
+        for key in ("_model", "_trainer", "_val", "_views", "_lbfgs_probe"):
             state.pop(key, None)
         for key in ("coefs_", "intercepts_"):  # copies, not views of a buffer
             if key in state:
@@ -821,11 +827,14 @@ _PARAMETERS = """
         Units of each hidden layer.
     activation : {"identity", "logistic", "tanh", "relu"}, default="relu"
         Hidden-layer activation (fused into the dense kernels).
-    solver : {"adam", "sgd"}, default="adam"
-        "lbfgs" raises ValueError: it is not supported.
+    solver : {"lbfgs", "sgd", "adam"}, default="adam"
+        "lbfgs": scipy's L-BFGS-B over the flat parameter buffer (maxiter =
+        max_iter, maxfun = max_fun, gtol = tol), the loss and gradient over
+        all samples in one compiled-epoch kernel call (layer by layer for
+        per-sample weights, sparse X or the Poisson loss); no partial_fit.
     alpha : float, default=0.0001
         L2 penalty ``alpha / (2 n) * sum(W^2)`` on the weights (not the
-        intercepts), n the batch size.
+        intercepts), n the batch size (the batch's sum of sample weights).
     batch_size : int or "auto", default="auto"
         ``min(200, n_samples)`` for "auto"; clipped to n_samples.
     learning_rate : {"constant", "invscaling", "adaptive"} or Schedule, default="constant"
@@ -861,16 +870,21 @@ _PARAMETERS = """
         Adam's parameters.
     n_iter_no_change : int, default=10
     max_fun : int, default=15000
-        Accepted for compatibility; only L-BFGS uses it.
+        Maximum number of loss evaluations of L-BFGS.
+    dtype : np.float32 (default) or np.float64
+        The compute dtype (of coefs_ and intercepts_ too).  float64 runs on
+        the reference backend (numpy, slow, exact to float64).
     backend : str or None, default=None
         fastnn kernel backend ("c", "numba", "cuda", "reference"); None is
         :func:`fastnn.get_backend` at fit time.
 
     Attributes
     ----------
-    coefs_, intercepts_ : list of ndarray, float32
-        Weights (n_in, n_out) and intercepts of each layer.  On host backends
-        they are views into the network's parameter buffer.
+    coefs_, intercepts_ : list of ndarray, of `dtype`
+        Weights (n_in, n_out) and intercepts of each layer, and the source of
+        truth: on host backends views into the network's parameter buffer;
+        arrays assigned to them (or to their elements) are what predict and
+        the next fit / partial_fit compute with.
     loss_ : float
         Training loss of the last epoch, in scikit-learn's convention
         (including the L2 term).
@@ -895,9 +909,15 @@ _PARAMETERS = """
 _DIFFERENCES = """
     Differences from scikit-learn
     -----------------------------
-    - Computation is float32 whatever the input dtype (float64 input is
-      converted for the kernels), so `coefs_` are float32 and results agree
-      with scikit-learn's float64 ones to float32 rounding, not bitwise.
+    - Computation is float32 (unless dtype=np.float64) whatever the input
+      dtype, so `coefs_` are float32 and results agree with scikit-learn's
+      float64 ones to float32 rounding, not bitwise.  Finite float64 input
+      that overflows float32 fails with scikit-learn's "non-finite parameter
+      weights" error.
+    - A non-finite loss is scikit-learn's divergence: the weights become NaN
+      at once (scikit-learn reaches NaN within a few steps), the remaining
+      epochs record NaN losses and validation scores, early stopping
+      restores the best weights, and otherwise fit raises ValueError.
     - Adam adds epsilon to sqrt(v_hat) as torch does; scikit-learn folds the
       bias correction into the step and adds epsilon to sqrt(v), which equals
       ours with epsilon * sqrt(1 - beta_2^t).  The difference matters only
@@ -908,7 +928,10 @@ _DIFFERENCES = """
       the early-stopping split and every epoch's batches are scikit-learn's,
       so `loss_curve_` and `coefs_` follow scikit-learn's to float32 rounding
       (tests/test_sklearn.py checks this for every solver and schedule).
-    - No "lbfgs" solver, no sparse input, no `sample_weight`.
+    - The weighted loss is sum(w l) / sum(w) per batch, as scikit-learn's;
+      equal weights c train exactly as no weights with alpha / c.
+    - A full batch (batch_size >= n_samples) is summed in row order whatever
+      the shuffle, so fit and repeated partial_fit agree to the last bit.
     - A pickled estimator keeps the weights but not the optimizer state: a
       `partial_fit` after unpickling starts a fresh optimizer.
     - Schedules (SGD): fastnn's SGD is torch's (buf = momentum * buf + g,
@@ -925,6 +948,12 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     targets a softmax with the categorical log-loss, multilabel indicator
     matrices one logit per label (summed binary log-losses).  Labels may be
     of any type (``classes_``).
+
+    ``class_weight`` (dict, "balanced" or None, default None; not in
+    scikit-learn's MLPClassifier) multiplies sample_weight by the weight of
+    each sample's class: {label: weight} (missing labels weigh 1) or
+    "balanced", n_samples / (n_classes * bincount(y)) of the y given to fit
+    ("balanced" is refused by partial_fit; multilabel y refuses both).
 """ + _PARAMETERS + """    classes_ : ndarray or list of ndarray
 """ + _DIFFERENCES)
 
