@@ -407,10 +407,14 @@ class _BaseMLP(BaseEstimator):
         """fit as a generator of epochs (MLPSearchCV trains banks of
         estimators this way, their epochs in one kernel call): see _epochs."""
         hidden = self._check_params()
+        if (sp.issparse(X) or self.solver == "lbfgs" or getattr(self, "loss", None) == "poisson"
+                or getattr(self, "class_weight", None) is not None):
+            self._fit(X, y, None, incremental=False)  # not a compiled epoch: fit alone
+            return iter(())
         X, Y = self._validate_input(X, y, False, reset=True)
-        if sp.issparse(X) or self.solver == "lbfgs":
-            raise ValueError("epochs in banks need dense X and a stochastic solver")
         X = np.ascontiguousarray(X, self._dtype())
+        if not np.isfinite(X).all():
+            raise ValueError(_NONFINITE)
         rs = check_random_state(self.random_state)
         self._initialize(Y, [X.shape[1]] + hidden + [Y.shape[1]], rs)
         self._trainer = self._make_trainer()
@@ -685,6 +689,8 @@ class _BaseMLP(BaseEstimator):
         if self.early_stopping:
             self._model.set_params(self._best_params)
         self._sync_attributes()
+        if diverged and not all(np.isfinite(a).all() for a in self.coefs_ + self.intercepts_):
+            raise ValueError(_NONFINITE)
 
     def _end_of_epoch(self, loss):
         """scikit-learn's end-of-iteration rules; returns True to stop."""
