@@ -549,8 +549,16 @@ class _BaseMLP(BaseEstimator):
 
         model = self._model
         loss_grad = self._lbfgs_objective(X, Y, sw)
+        callback = None
+        if self.verbose:
+            count = [0]
+
+            def callback(intermediate_result):
+                count[0] += 1
+                print("Iteration %d, loss = %.8f" % (count[0], intermediate_result.fun))
         res = scipy.optimize.minimize(
             loss_grad, model.get_params().astype(np.float64), method="L-BFGS-B", jac=True,
+            callback=callback,
             options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol})
         self.n_iter_ = min(int(res.nit), self.max_iter)
         self.loss_ = float(res.fun)
@@ -563,7 +571,7 @@ class _BaseMLP(BaseEstimator):
             if self.n_iter_ == self.max_iter:
                 text += ("\nIncrease the number of iterations to improve the convergence "
                          f"(max_iter={self.max_iter}).")
-            warnings.warn(text, ConvergenceWarning, stacklevel=3)
+            warnings.warn(text, ConvergenceWarning, stacklevel=4)
 
     def _lbfgs_objective(self, X, Y, sw):
         """L-BFGS's objective: a function of the float64 flat parameter
