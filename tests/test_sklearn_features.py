@@ -229,6 +229,13 @@ def test_sparse_equals_dense(fmt, solver):
     sparse = MLPClassifier(**kw).fit(Xs, y)
     np.testing.assert_allclose(sparse.predict_proba(Xs), dense.predict_proba(X), rtol=1e-9)
     np.testing.assert_allclose(sparse.loss_, dense.loss_, rtol=1e-9)
+    if solver == "adam":  # the validation split and its scores on sparse rows
+        kw.update(early_stopping=True, n_iter_no_change=100)
+        dense = MLPClassifier(**kw).fit(X, y)
+        sparse = MLPClassifier(**kw).fit(Xs, y)
+        np.testing.assert_allclose(sparse.validation_scores_, dense.validation_scores_)
+        np.testing.assert_allclose(sparse.predict_proba(Xs), dense.predict_proba(X),
+                                   rtol=1e-9)
     # float32 default, sparse prediction of a dense fit
     est = MLPRegressor(hidden_layer_sizes=(8,), random_state=0, max_iter=5).fit(X, y * 1.0)
     np.testing.assert_allclose(est.predict(Xs), est.predict(X), rtol=1e-6)
@@ -317,3 +324,14 @@ def test_divergence_as_scikit_learn():
     assert np.isnan(est.loss_curve_[-1]) and len(est.loss_curve_) == 8
     assert np.isnan(est.validation_scores_[-1])
     assert all(np.isfinite(a).all() for a in est.coefs_)  # the best weights restored
+
+
+def test_optimizer_learning_rate_is_read_only():
+    X, y = _clf_data(n=40)
+    est = MLPClassifier(solver="sgd", learning_rate="invscaling", power_t=0.5,
+                        learning_rate_init=0.1, max_iter=2, random_state=0).fit(X, y)
+    assert est._optimizer.learning_rate == pytest.approx(0.1 / (2 * 40 + 1) ** 0.5)
+    with pytest.raises(AttributeError):
+        est._optimizer.learning_rate = 1.0
+    with pytest.raises(AttributeError):
+        MLPClassifier(solver="lbfgs", max_iter=2).fit(X, y)._optimizer  # noqa: B018
