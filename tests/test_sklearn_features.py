@@ -335,3 +335,26 @@ def test_optimizer_learning_rate_is_read_only():
         est._optimizer.learning_rate = 1.0
     with pytest.raises(AttributeError):
         MLPClassifier(solver="lbfgs", max_iter=2).fit(X, y)._optimizer  # noqa: B018
+
+
+def test_flush_denormals_around_the_lbfgs_epoch():
+    """c's flush_denormals (which the L-BFGS objective sets around its
+    epoch): on, a denormal product of a C kernel is 0; off again, IEEE
+    denormals are back; it returns the previous setting, and the lbfgs
+    objective leaves the setting as it found it."""
+    c = pytest.importorskip("fastnn.kernels.c")
+    from fastnn import kernels
+
+    k = kernels.get("c")
+    A = np.full((1, 1), 1e-20, np.float32)
+    B = np.full((1, 1), 1e-20, np.float32)
+    assert k.gemm(A, B, np.zeros((1, 1), np.float32))[0, 0] == np.float32(1e-40)
+    assert c.flush_denormals(True) is False
+    try:
+        assert k.gemm(A, B, np.zeros((1, 1), np.float32))[0, 0] == 0.0
+    finally:
+        assert c.flush_denormals(False) is True
+    assert k.gemm(A, B, np.zeros((1, 1), np.float32))[0, 0] == np.float32(1e-40)
+    X, y = _clf_data(n=40)
+    MLPClassifier(hidden_layer_sizes=(4,), solver="lbfgs", max_iter=3, backend="c").fit(X, y)
+    assert c.flush_denormals(False) is False
