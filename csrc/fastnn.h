@@ -81,6 +81,10 @@ int fastnn_simd_best(void);
 /* Force a path (tests run every path the CPU supports); EINVAL if the CPU
    lacks it. */
 int fastnn_set_simd_path(int path);
+/* Denormals flushed to zero (on != 0: MXCSR FTZ + DAZ) or kept (on == 0)
+   by the calling thread and the OpenMP threads, until set again; returns
+   the calling thread's setting before.  No-op (returns 0) off x86. */
+int fastnn_flush_denormals(int on);
 
 /* ---- matrix multiply ---------------------------------------------------- */
 /* C (m,n) = alpha * op(A) * op(B) + beta * C, row-major with leading

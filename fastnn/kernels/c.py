@@ -105,6 +105,15 @@ def set_num_threads(n):
     lib.fastnn_set_num_threads(int(n))
 
 
+def flush_denormals(on):
+    """Flush denormals to zero (FTZ + DAZ; on=True) or keep them (False) in
+    the C kernels' threads and the calling thread, until called again;
+    returns the calling thread's previous setting.  Not a default: every
+    kernel keeps IEEE denormals unless a caller asks (fastnn.sklearn's
+    L-BFGS objective does, around its full-batch epoch)."""
+    return bool(lib.fastnn_flush_denormals(1 if on else 0))
+
+
 def epoch_threads():
     """The threads dense_stack_epoch may use (it takes fewer for small
     batches, or when the workspace is sized for fewer)."""

@@ -55,7 +55,9 @@ General
      product that overflows in the formula must overflow.
   5. Denormals are kept everywhere (no flush to zero), except inside the c
      backend's optimizer updates, which run with FTZ + DAZ (csrc/internal.h):
-     there |x| < FLT_MIN (1.18e-38) counts as equal to 0 in both results.
+     there |x| < FLT_MIN (1.18e-38) counts as equal to 0 in both results;
+     and while a caller has asked c's ``flush_denormals(True)`` (the L-BFGS
+     objective of fastnn.sklearn does, around its full-batch epoch).
   6. Zeros have the reference's sign, except where noted (relu and sign of
      -0, mae's gradient, optimizer updates).
   7. Finite values agree within float32 rounding: |got - want| <= 1e-5 *
