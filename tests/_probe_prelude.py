@@ -281,15 +281,36 @@ def trainer(model=None, **kw):
 
 
 def run_cli(*argv, env=None, timeout=120):
-    """`python -m fastnn.cli ...`: (returncode, stdout, stderr)."""
+    """`fastnn ...` in a fresh process: (returncode, stdout, stderr)."""
     r = subprocess.run([sys.executable, "-m", "fastnn.cli", *argv], capture_output=True,
                        text=True, timeout=timeout, env=env)
     return r.returncode, r.stdout, r.stderr
 
 
-def cli_error(*argv, option, env=None):
-    """The CLI refuses argv: exit 2, one line on stderr naming `option`, no traceback."""
-    rc, out, err = run_cli(*argv, env=env)
+def cli_main(*argv):
+    """fastnn.cli.main(argv) in this process (the probe's own, so a crash
+    still fails only the probe): (returncode, stdout, stderr); an exception
+    other than SystemExit (it would print a traceback) fails the probe."""
+    import io
+    from fastnn import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = cli.main(list(argv))
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else 1
+            if not isinstance(e.code, int) and e.code is not None:
+                err.write(str(e.code) + "\n")
+        except BaseException as e:  # noqa: BLE001 - the traceback a user would see
+            raise ProbeFailed(f"traceback: {type(e).__name__}: {e}") from e
+    return rc, out.getvalue(), err.getvalue()
+
+
+def cli_error(*argv, option):
+    """The CLI refuses argv: exit 2 and a last stderr line naming `option`
+    (argparse's own errors print the usage above it), no traceback."""
+    rc, out, err = cli_main(*argv)
     lines = [line for line in err.strip().splitlines() if line.strip()]
     if rc != 2 or "Traceback" in err or not lines or not re.search(option, lines[-1]):
         raise ProbeFailed(f"rc={rc}, stderr={err[-600:]!r}")

@@ -683,6 +683,11 @@ def _cli_probes():
                      ("--val-size", "-0.1"), ("--momentum", "nan"), ("--weight-decay", "-1"),
                      ("--layers", "0"), ("--layers", "a,b")):
         P(f"cli{opt}={bad}", f"cli_error('train', '--quiet', '{opt}={bad}', option={opt!r})")
+    P("cli.real-process", "rc, out, err = run_cli('train', '--epochs', '0')\n"
+      "assert rc == 2 and 'Traceback' not in err and '--epochs' in err.strip().splitlines()[-1], err")
+    P("cli.val-size-too-small", "d = tempfile.mkdtemp(); p = os.path.join(d, 'x.csv')\n"
+      "open(p, 'w').write('\\n'.join(f'{i},{i % 2}' for i in range(12)))\n"
+      "cli_error('train', '--quiet', '--dataset', 'csv', '--data-path', p, '--val-size', '0.01', option='val-size')")
     P("cli.csv-missing", "cli_error('train', '--dataset', 'csv', '--data-path', '/nonexistent.csv', option='data-path|nonexistent')")
     P("cli.csv-needs-path", "cli_error('train', '--dataset', 'csv', option='data-path')")
     for what, text in (("empty", ""), ("ragged", "1,2,0\\n3,1\\n4,5,1\\n"), ("non-numeric", "1,x,0\\n3,4,1\\n"),
@@ -693,18 +698,19 @@ def _cli_probes():
           "cli_error('train', '--quiet', '--dataset', 'csv', '--data-path', p, option='data-path|x.csv|csv')")
     P("cli.mnist-missing-folder", "cli_error('train', '--dataset', 'mnist', '--data-path', '/nonexistent', option='data-path|nonexistent')")
     P("cli.mnist-empty-folder", "d = tempfile.mkdtemp(); cli_error('train', '--dataset', 'mnist', '--data-path', d, option='data-path|mnist|MNIST')")
-    P("cli.cuda-without-gpu", "env = dict(os.environ, CUDA_VISIBLE_DEVICES='', NUMBA_DISABLE_CUDA='1')\n"
-      "cli_error('train', '--quiet', '--backend', 'cuda', '--epochs', '1', option='backend', env=env)")
+    P("cli.cuda-without-gpu", "from fastnn import kernels\n"
+      "if kernels.available('cuda'):\n    pass  # a GPU (or the simulator) is here\n"
+      "else:\n    cli_error('train', '--quiet', '--backend', 'cuda', '--epochs', '1', option='backend')")
     P("cli.save-unwritable-checked-first", "import time\n"
       "t0 = time.time()\n"
-      "err = cli_error('train', '--epochs', '500', '--save', '/nonexistent/dir/m.npz', option='save')\n"
+      "err = cli_error('train', '--quiet', '--epochs', '500', '--save', '/nonexistent/dir/m.npz', option='save')\n"
       "assert time.time() - t0 < 60")
-    P("cli.save-to-directory", "d = tempfile.mkdtemp(); cli_error('train', '--epochs', '500', '--save', d, option='save')")
+    P("cli.save-to-directory", "d = tempfile.mkdtemp(); cli_error('train', '--quiet', '--epochs', '500', '--save', d, option='save')")
     P("cli.cnn-on-csv", "d = tempfile.mkdtemp(); p = os.path.join(d, 'x.csv')\n"
       "open(p, 'w').write('\\n'.join(f'{i},{i % 2}' for i in range(20)))\n"
       "cli_error('train', '--dataset', 'csv', '--data-path', p, '--model', 'cnn', option='model')")
     P("cli.ok-small", "d = tempfile.mkdtemp(); p = os.path.join(d, 'm.npz')\n"
-      "rc, out, err = run_cli('train', '--quiet', '--epochs', '1', '--layers', '8', '--save', p)\n"
+      "rc, out, err = cli_main('train', '--quiet', '--epochs', '1', '--layers', '8', '--save', p)\n"
       "assert rc == 0, err; assert os.path.exists(p) and 'test accuracy' in out\n"
       "assert sorted(os.listdir(d)) == ['m.npz']")
     return g
