@@ -104,8 +104,8 @@ class Sequential:
                 offset = _aligned(offset + int(np.prod(bshape)))
         if _expect_sizes is not None and _expect_sizes != (self.size, max(offset, 1)):
             # load(): the file's buffers must match before anything is allocated
-            raise ValueError(f"the architecture needs {self.size} parameters and "
-                             f"{max(offset, 1)} state values, the file holds "
+            raise ValueError(f"the architecture needs a parameter buffer of {self.size} and a "
+                             f"state buffer of {max(offset, 1)} floats, the file holds "
                              f"{_expect_sizes[0]} and {_expect_sizes[1]}")
         if self.size >= 2 ** 62:
             raise ValueError(f"layers: {self.size} parameters overflow a buffer's size")
