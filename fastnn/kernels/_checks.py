@@ -110,10 +110,10 @@ def as_labels(name, labels, n, classes):
     """Integer class labels of shape (n,) in [0, classes), as C-contiguous
     int32.  The range is checked before the narrowing cast, so 2**32 + 1 is
     refused rather than read as 1.  (Device labels are the caller's.)"""
-    return as_indices(name, labels, classes, ndim=1, shape=(n,))
+    return as_indices(name, labels, classes, ndim=1, shape=(n,), what="integer class labels")
 
 
-def as_indices(name, x, high, ndim=None, shape=None):
+def as_indices(name, x, high, ndim=None, shape=None, what="integers"):
     """Integer indices in [0, high) as C-contiguous int32, the range checked
     on the caller's integers before the narrowing cast (int64 2**32 + 1 is
     refused, not read as 1); floats are refused.  Device arrays must
@@ -121,11 +121,11 @@ def as_indices(name, x, high, ndim=None, shape=None):
     if _is_device(x):
         return as_input(name, x, np.int32, ndim=ndim, shape=shape)
     if x is not None and hasattr(x, "dtype") and np.dtype(x.dtype).kind == "f":
-        raise TypeError(f"{name}: expected integers, got dtype {np.dtype(x.dtype)}")
+        raise TypeError(f"{name}: expected {what}, got dtype {np.dtype(x.dtype)}")
     x = as_input(name, x, np.asarray(x).dtype if x is not None else np.int32, ndim=ndim,
                  shape=shape)
     if np.dtype(x.dtype).kind not in "iu":
-        raise TypeError(f"{name}: expected integers, got dtype {x.dtype}")
+        raise TypeError(f"{name}: expected {what}, got dtype {x.dtype}")
     if x.size:
         lo, hi = x.min(), x.max()
         if lo < 0 or hi >= high:
