@@ -121,6 +121,11 @@ class EarlyStopping:
     """
 
     def __init__(self, monitor=None, patience=5, min_delta=0.0, restore_best=True):
+        if isinstance(patience, bool) or not isinstance(patience, (int, np.integer)) or patience < 0:
+            raise ValueError(f"patience: expected an integer >= 0, got {patience!r}")
+        if monitor is not None and not isinstance(monitor, str):
+            raise TypeError(f"monitor: expected a log name such as 'val_loss', got {monitor!r}")
+        min_delta = _checks.check_scalar("min_delta", min_delta, low=0.0)
         self.monitor, self.patience, self.min_delta = monitor, int(patience), float(min_delta)
         self.restore_best = restore_best
 

@@ -668,6 +668,69 @@ def _front_probes():
       "X, _ = toy(); T = f32(40, 3); T[0, 0] = np.nan\n"
       "refused(t.fit, ('y', 'targets', 'T'), X, T, epochs=1, verbose=False)\n"
       "refused(t.fit, ('y', 'targets', 'T'), X, f32(40, 2), epochs=1, verbose=False)")
+    # neighbours: the other public functions
+    for expr in ("fastnn.schedules.StepLR(0)", "fastnn.schedules.StepLR(2.5)", "fastnn.schedules.StepLR(2, gamma=float('nan'))",
+                 "fastnn.schedules.StepLR(2, gamma=-1.0)", "fastnn.schedules.ExponentialLR(float('inf'))",
+                 "fastnn.schedules.CosineAnnealingLR(0)", "fastnn.schedules.CosineAnnealingLR('10')",
+                 "fastnn.schedules.CosineAnnealingLR(10, eta_min=float('nan'))",
+                 "fastnn.schedules.ReduceLROnPlateau(factor=1.5)",
+                 "fastnn.schedules.ReduceLROnPlateau(factor=float('nan'))",
+                 "fastnn.datasets.make_xor(0)", "fastnn.datasets.make_xor(10, noise=-1.0)",
+                 "fastnn.datasets.make_xor(10, noise=float('nan'))", "fastnn.datasets.make_xor(2.5)",
+                 "fastnn.datasets.make_spirals(10, n_classes=0)",
+                 "fastnn.datasets.logic_gate('nope')", "fastnn.datasets.logic_gate(['and'])",
+                 "fastnn.datasets.load_mnist('/nonexistent')", "fastnn.datasets.load_mnist('.', kind='nope')",
+                 "fastnn.datasets.read_idx('/nonexistent')",
+                 "fastnn.Conv1D(1, 2, 2.5)", "fastnn.Conv1D(1, 2, 0)", "fastnn.MaxPool1D(0)", "fastnn.AvgPool1D(1.5)",
+                 "fastnn.Residual(5)", "fastnn.Residual([])", "fastnn.Residual([fastnn.Dense(2, 3)], projection='x')",
+                 "fastnn.losses.get('nope')", "fastnn.losses.get(['mse'])", "fastnn.losses.get(5)",
+                 "fastnn.optim.get(['adam'])", "fastnn.optim.get(5)",
+                 "fastnn.metrics.accuracy([], [])", "fastnn.metrics.precision([0, 1], [0, 1], average='nope')",
+                 "fastnn.metrics.roc_auc([0, 1, 1], [0.1, float('nan'), 0.3])", "fastnn.metrics.roc_auc([0, 1], [0.5])",
+                 "fastnn.metrics.confusion_matrix([0, 1], [1, 0], labels=[])",
+                 "fastnn.metrics.accuracy([[0, 1]], [[0, 1]])",
+                 "fastnn.EarlyStopping(patience=-1)", "fastnn.EarlyStopping(patience='x')",
+                 "fastnn.EarlyStopping(min_delta=float('nan'))"):
+        P(f"api.{expr}", "try:\n"
+          f"    {expr}\n"
+          "except (TypeError, ValueError, OSError) as e:\n"
+          "    assert str(e) and 'object has no attribute' not in str(e) and 'not supported between' not in str(e), e\n"
+          "except Exception as e:\n"
+          "    raise ProbeFailed(f'{type(e).__name__}: {e}')\n"
+          + ("else:\n    raise ProbeFailed('accepted')\n" if "accuracy([[" not in expr else ""))
+    P("idx-crafted", "d = tempfile.mkdtemp()\n"
+      "for blob in (b'', b'\\x00\\x00\\x08\\x03', b'\\x00\\x00\\x08\\x03' + (2**31 - 1).to_bytes(4, 'big') * 3,\n"
+      "             b'\\x00\\x00\\x08\\xff' + b'\\x00' * 8, b'\\x00\\x00\\x0d\\x01' + (5).to_bytes(4, 'big') + b'\\x00' * 3):\n"
+      "    p = os.path.join(d, 'x.idx'); open(p, 'wb').write(blob)\n"
+      "    with memory_limit(1 << 30):\n"
+      "        raises(ValueError, 'x.idx', fastnn.datasets.read_idx, p)")
+    P("csv-crafted", "d = tempfile.mkdtemp()\n"
+      "for text in ('', '\\n\\n', '1,2\\n3', 'a,b\\nc,d\\n', '1,2,3\\n4,5\\n', '1,inf,0\\n'):\n"
+      "    p = os.path.join(d, 'x.csv'); open(p, 'w').write(text)\n"
+      "    try:\n"
+      "        X, y = fastnn.datasets.load_csv(p)\n"
+      "    except ValueError as e:\n"
+      "        assert 'x.csv' in str(e) or ':' in str(e), e\n"
+      "    else:\n"
+      "        assert text.startswith('1,inf'), (text, X, y)\n")
+    P("fit_many-bad", "X, y = toy()\n"
+      "refused(fastnn.fit_many, 'trainers', [], X, y)\n"
+      "refused(fastnn.fit_many, 'trainers', 5, X, y)\n"
+      "refused(fastnn.fit_many, 'trainers', [trainer(), 5], X, y)\n"
+      "t = trainer(); refused(fastnn.fit_many, ('trainers', 'twice', 'same'), [t, t], X, y)\n"
+      "refused(fastnn.fit_many, 'batch_size', [trainer(), trainer()], X, y, batch_size=0)\n"
+      "refused(fastnn.fit_many, 'epochs', [trainer(), trainer()], X, y, epochs=-1)\n"
+      "refused(fastnn.fit_many, 'validation_data', [trainer(), trainer()], X, y, validation_data=5)")
+    P("perceptron-bad", "P = fastnn.Perceptron\n"
+      "for kw in (dict(eta0=float('nan')), dict(eta0=-1.0), dict(max_iter=0), dict(max_iter=2.5)):\n"
+      "    try:\n"
+      "        P(**kw).fit(np.zeros((4, 2)), np.array([0, 1, 0, 1]))\n"
+      "    except (TypeError, ValueError) as e:\n"
+      "        assert str(e)\n"
+      "    else:\n"
+      "        raise ProbeFailed(f'accepted {kw}')\n"
+      "x = np.zeros((4, 2)); x[0, 0] = np.nan\n"
+      "raises(ValueError, None, P().fit, x, np.array([0, 1, 0, 1]))")
     return g
 
 
