@@ -148,10 +148,15 @@ class Sequential:
         cls = type(self)
         new = cls.__new__(cls)
         memo[id(self)] = new
+        for layer in self.walk():  # the backends (modules) are shared, not copied
+            memo[id(layer._k)] = layer._k
+        memo[id(self._k)] = self._k
         for key, value in self.__dict__.items():
             setattr(new, key, copy.deepcopy(value, memo))
         for layer in new.walk():  # the copies are the copy's
             layer._owner = weakref.ref(new)
+        # deepcopy copies each view on its own: bind the layers to the copy's buffers again
+        new._place(new.get_params(), new.backend, new.get_buffers())
         return new
 
     def walk(self):

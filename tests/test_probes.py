@@ -409,6 +409,14 @@ def _front_probes():
       "    assert np.array_equal(m1.predict(X), before), 'm1 now predicts with m2 weights'\n"
       "    m2.params[:] = 0; assert np.array_equal(m1.predict(X), before)\n"
       "    assert not np.shares_memory(m1.params, m2.params)")
+    P("model-deepcopy", "import copy\n"
+      "m = fastnn.Sequential([fastnn.Dense(4, 8, 'relu'), fastnn.BatchNorm(8), fastnn.Dense(8, 3)], seed=0)\n"
+      "X = f32(5, 4); m2 = copy.deepcopy(m)\n"
+      "assert np.array_equal(m.predict(X), m2.predict(X))\n"
+      "assert not np.shares_memory(m.params, m2.params)\n"
+      "m2.params[:] = 0; assert np.allclose(m2.predict(X), 0) and not np.allclose(m.predict(X), 0)\n"
+      "t = trainer(m2); t.fit(X, np.array([0, 1, 2, 0, 1]), epochs=1, batch_size=5, verbose=False)\n"
+      "assert np.array_equal(m.predict(X), copy.deepcopy(m).predict(X))")
     P("layer-reuse-same-model", "d = fastnn.Dense(4, 4, 'relu')\n"
       "try:\n"
       "    m = fastnn.Sequential([d, d, fastnn.Dense(4, 3)], seed=0)\n"
