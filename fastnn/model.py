@@ -122,6 +122,8 @@ class Sequential:
                 layer.reseed(int(rng.integers(2**63)))
         self.backend = None
         self._place(host, kernels.get_backend() if backend is None else backend, host_buffers)
+        for layer in self.walk():  # (only once the model is complete)
+            layer._owner = weakref.ref(self)
 
     def _claim_layers(self):
         """Each layer belongs to one model: its tensors are views into that
@@ -139,8 +141,6 @@ class Sequential:
                 raise ValueError(f"layers: this {type(layer).__name__} already belongs to another "
                                  "model (its weights are views into that model's buffer); build "
                                  "a new layer, or copy.deepcopy(model) to copy a model")
-        for layer in self.walk():
-            layer._owner = weakref.ref(self)
 
     def __deepcopy__(self, memo):
         import copy
