@@ -265,6 +265,10 @@ def main(argv=None):
     except UsageError as exc:
         print(f"fastnn {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except MemoryError as exc:
+        print(f"fastnn {args.command}: error: --layers/--batch-size: out of memory ({exc})",
+              file=sys.stderr)
+        return 2
     except BrokenPipeError:  # e.g. `fastnn train | head`: the reader left, not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

@@ -754,6 +754,8 @@ def _cli_probes():
                      ("--val-size", "-0.1"), ("--momentum", "nan"), ("--weight-decay", "-1"),
                      ("--layers", "0"), ("--layers", "a,b")):
         P(f"cli{opt}={bad}", f"cli_error('train', '--quiet', '{opt}={bad}', option={opt!r})")
+    P("cli.huge-layer", "with memory_limit(1 << 30):\n"
+      "    cli_error('train', '--quiet', '--layers', '100000000000', option='layers')")
     P("cli.real-process", "rc, out, err = run_cli('train', '--epochs', '0')\n"
       "assert rc == 2 and 'Traceback' not in err and '--epochs' in err.strip().splitlines()[-1], err")
     P("cli.val-size-too-small", "d = tempfile.mkdtemp(); p = os.path.join(d, 'x.csv')\n"
