@@ -317,6 +317,8 @@ def _epoch_probes(backend, exhaustive=False):
                        ("targets", "e.targets.astype(np.int64) + 2**32"), ("targets", "e.targets[:-1]"),
                        ("targets", "e.targets.astype(float)"), ("X", "e.X[:, :-1]"),
                        ("X", "e.X.astype(complex)")):
+            if kind == "dense-mse" and f == "targets" and "astype" in bad:
+                continue  # float (regression) targets: any number is valid
             probe(g, f"{backend}.{kind}.{f}={bad}", pre +
                   f"refused(k.{kname}, ({f!r}, 'hyper', 'lr', 'beta1', 'eps', 'states', 'optimizer', 'm', 'plan'), dataclasses.replace(e, {f}={bad}))")
         probe(g, f"{backend}.{kind}.not-an-epoch", pre + f"refused(k.{kname}, 'epoch', vars(e))")
