@@ -217,6 +217,12 @@ def _kernel_probes(backend, exhaustive=False):
           "a['Y'] = zeros(2, 1, 1, 3); a['argmax'] = zeros(2, 1, 1, 3, dtype=np.int32)\n"
           f"call({b}, 'maxpool2d_forward', a)\n"
           "assert np.allclose(a['Y'][:, 0, 0], a['X'][:, :2, :2].max(axis=(1, 2)))")
+    probe(g, f"{backend}.dropout-counter-at-int64-limit", pre +
+          "for seed, counter in ((2**63 - 1, 2**63 - 1), (0, 2**63 - 13), (2**32, 2**32 - 1)):\n"
+          "    a = dict(valid('dropout_forward'), seed=seed, counter=counter)\n"
+          "    r = dict(valid('dropout_forward'), seed=seed, counter=counter)\n"
+          f"    call({b}, 'dropout_forward', a); call('reference', 'dropout_forward', r)\n"
+          "    assert np.array_equal(a['Y'], r['Y'])")
     probe(g, f"{backend}.dropout-p-one", pre +
           f"refused(call, 'p', {b}, 'dropout_forward', dict(valid('dropout_forward'), p=1.0))")
     probe(g, f"{backend}.clip-lo-above-hi", pre +
