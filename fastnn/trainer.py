@@ -181,6 +181,7 @@ def _check_fit_options(validation_data, shuffle, seed, callbacks, early_stopping
             or not hasattr(callbacks, "__iter__"):
         raise TypeError("callbacks: expected a list of callables f(trainer, epoch, logs), got "
                         f"{type(callbacks).__name__}")
+    callbacks = list(callbacks)  # (once: a generator is consumed)
     for i, cb in enumerate(callbacks):
         if not callable(cb):
             raise TypeError(f"callbacks[{i}]: expected a callable f(trainer, epoch, logs), got "
@@ -190,6 +191,7 @@ def _check_fit_options(validation_data, shuffle, seed, callbacks, early_stopping
                 or early_stopping < 1:
             raise TypeError("early_stopping: expected an EarlyStopping or an integer patience "
                             f">= 1, got {early_stopping!r}")
+    return callbacks
 
 
 def _check_batchnorm_batches(model, n, batch_size):
@@ -506,7 +508,8 @@ class Trainer:
         batch_size = _check_batch_size(batch_size)
         validation_split = _checks.check_scalar("validation_split", validation_split, low=0.0,
                                                 high=1.0, high_open=True)
-        _check_fit_options(validation_data, shuffle, seed, callbacks, early_stopping, verbose)
+        callbacks = _check_fit_options(validation_data, shuffle, seed, callbacks, early_stopping,
+                                       verbose)
         if validation_data is None and validation_split > 0:
             n_val = int(round(len(X) * validation_split))
             if n_val < 1 or n_val >= len(X):
@@ -534,7 +537,7 @@ class Trainer:
                  callbacks, early_stopping, plan=False):
         """A fit of (X, t) (validated) in progress: the rows `rows` of them
         (None: all), epoch by epoch (see _FitRun)."""
-        _check_fit_options(validation_data, shuffle, seed, callbacks, early_stopping)
+        callbacks = _check_fit_options(validation_data, shuffle, seed, callbacks, early_stopping)
         if validation_data is not None:
             Xv, yv = validation_data
             try:

@@ -519,6 +519,9 @@ def _front_probes():
           f"refused(t.fit, ({arg!r},), X, y, epochs=1 if {arg!r} != 'epochs' else {bad}, "
           + (f"{arg}={bad}, " if arg != "epochs" else "") + "verbose=False)\n"
           "assert np.array_equal(t.model.get_params(), p0), 'trained before refusing'")
+    P("fit.callbacks-generator", "t = trainer(); X, y = toy(); seen = []\n"
+      "t.fit(X, y, epochs=2, verbose=False, callbacks=(f for f in [lambda tr, ep, logs: seen.append(ep)]))\n"
+      "assert seen == [0, 1], seen")
     P("fit.batch_size-overflow", "t = trainer(); X, y = toy(); p0 = t.model.get_params()\n"
       "h = t.fit(X, y, epochs=1, batch_size=2**61 + 12345, verbose=False)\n"
       "t2 = trainer(); h2 = t2.fit(X, y, epochs=1, batch_size=len(X), verbose=False)\n"
