@@ -110,10 +110,10 @@ def as_labels(name, labels, n, classes):
     """Integer class labels of shape (n,) in [0, classes), as C-contiguous
     int32.  The range is checked before the narrowing cast, so 2**32 + 1 is
     refused rather than read as 1.  (Device labels are the caller's.)"""
-    return as_indices(name, labels, classes, ndim=1, shape=(n,), what="integer class labels")
+    return as_indices(name, labels, classes, ndim=1, shape=(n,), what="integer class labels", noun="")
 
 
-def as_indices(name, x, high, ndim=None, shape=None, what="integers"):
+def as_indices(name, x, high, ndim=None, shape=None, what="integers", noun="indices "):
     """Integer indices in [0, high) as C-contiguous int32, the range checked
     on the caller's integers before the narrowing cast (int64 2**32 + 1 is
     refused, not read as 1); floats are refused.  Device arrays must
@@ -129,7 +129,7 @@ def as_indices(name, x, high, ndim=None, shape=None, what="integers"):
     if x.size:
         lo, hi = x.min(), x.max()
         if lo < 0 or hi >= high:
-            raise ValueError(f"{name}: must lie in [0, {high}), got values in [{lo}, {hi}]")
+            raise ValueError(f"{name}: {noun}must lie in [0, {high}), got values in [{lo}, {hi}]")
     return np.ascontiguousarray(x, dtype=np.int32)
 
 
