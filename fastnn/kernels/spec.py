@@ -190,6 +190,7 @@ class Hyper:
     low: float = None
     high: float = None
     low_open: bool = False
+    high_open: bool = False
     flag: bool = False      # a bool (nesterov, centered), not a real number
     required: bool = False
 
@@ -243,8 +244,9 @@ class OptimizerSpec:
 _LR = Hyper("lr", 1e-3, low=0.0, required=True)
 _WD = Hyper("weight_decay", 0.0, low=0.0)
 _EPS = Hyper("eps", 1e-8, low=0.0, required=True)
-_BETA1 = Hyper("beta1", 0.9, 0.0, 1.0, required=True)
-_BETA2 = Hyper("beta2", 0.999, 0.0, 1.0, required=True)
+# betas in [0, 1), as torch: 1 divides by zero in the bias corrections
+_BETA1 = Hyper("beta1", 0.9, 0.0, 1.0, high_open=True, required=True)
+_BETA2 = Hyper("beta2", 0.999, 0.0, 1.0, high_open=True, required=True)
 _ADAM_HYPER = (_LR, _BETA1, _BETA2, _EPS, _WD)
 _BETAS = {"betas": ("beta1", "beta2")}
 
