@@ -709,10 +709,16 @@ def prepare_model_epoch(epoch, dtype):
     for o, size in pen.tolist():  # Python ints: o + size cannot wrap
         if o < 0 or size < 0 or o + size > n_params:
             raise ValueError(f"penalized: range [{o}, {o + size}) outside params ({n_params})")
+    if e.hook is not None and not callable(e.hook):
+        raise TypeError(f"hook: expected a callable hook(event, batch) or None, got "
+                        f"{type(e.hook).__name__}")
+    spec.hook_events(e.hook)  # (raises for a bad hook.events)
+    hook_every = _integer("hook_every", e.hook_every, 0, 2 ** 62)
     trainable = None if e.trainable is None else check_ranges("trainable", e.trainable, n_params)
     e = dataclasses.replace(
         e, states=states, X=X, targets=targets, batch_size=batch_size, hyper=hyper, step=step,
         order=order, plan=plan, plan_scalars=scal, penalized=pen, trainable=trainable,
+        hook_every=hook_every,
         clip_value=check_scalar("clip_value", e.clip_value, low=0.0),
         clip_norm=check_scalar("clip_norm", e.clip_norm, low=0.0), **_epoch_scalars(e))
     _epoch_aliases(e, opt, {"workspace": ws, "iworkspace": iws})
