@@ -81,6 +81,10 @@ int fastnn_simd_best(void);
 /* Force a path (tests run every path the CPU supports); EINVAL if the CPU
    lacks it. */
 int fastnn_set_simd_path(int path);
+/* Denormals flushed to zero (on != 0: MXCSR FTZ + DAZ) or kept (on == 0)
+   by the calling thread and the OpenMP threads, until set again; returns
+   the calling thread's setting before.  No-op (returns 0) off x86. */
+int fastnn_flush_denormals(int on);
 
 /* ---- matrix multiply ---------------------------------------------------- */
 /* C (m,n) = alpha * op(A) * op(B) + beta * C, row-major with leading
@@ -247,6 +251,23 @@ int fastnn_batchnorm_backward(float *dX, float *dgamma, float *dbeta, const floa
 /* The trainer's inner loop in C, so Python is not on the per-batch path.
    The specification is fastnn.kernels.reference.dense_stack_epoch. */
 
+/* The epoch hook (spec.HookEvent): hook(hook_ctx, event, batch), batch the
+   0-based batch index, on the calling thread.  FASTNN_HOOK_GRADS: after
+   every batch's backward (grads hold its gradient, l2 included), before
+   clipping and the update, when hook_events has bit 1 << GRADS.
+   FASTNN_HOOK_BATCH: after the update of every hook_every-th batch ((batch
+   + 1) % hook_every == 0; hook_every 0: none of these) and of the last
+   batch, when hook_events has bit 1 << BATCH.  A non-zero return stops
+   the epoch: for BATCH after the batch (counted in n_done), for GRADS
+   before its update (not counted; step not advanced).  hook NULL: none
+   (hook_events and hook_every are then ignored). */
+enum fastnn_hook_event {
+    FASTNN_HOOK_GRADS = 1,
+    FASTNN_HOOK_BATCH = 2
+};
+
+typedef int (*fastnn_hook)(void *ctx, int event, int64_t batch);
+
 /* One layer: the fields in the order of spec.DenseLayer (fastnn.kernels.c
    builds the array from those tuples). */
 typedef struct {
@@ -323,6 +344,10 @@ typedef struct {
     double *batch_loss;               /* = (n_batches) */
     int64_t *batch_correct;           /* = (n_batches) */
     int64_t n_done;                   /* = */
+    fastnn_hook hook;                 /* the epoch hook, as fastnn_model_epoch's */
+    void *hook_ctx;
+    int64_t hook_every;
+    int hook_events;
 } fastnn_epoch;
 
 /* Floats of workspace an epoch needs with `threads` threads (the layout
@@ -431,6 +456,11 @@ typedef struct {
     double *batch_loss;               /* = (n_batches) */
     int64_t *batch_correct;           /* = (n_batches) */
     int64_t n_done;                   /* = */
+    int (*hook)(void *ctx, int event, int64_t batch);  /* NULL or the epoch hook
+                                         (see fastnn_hook_event) */
+    void *hook_ctx;
+    int64_t hook_every;               /* >= 0 */
+    int hook_events;                  /* bit mask: 1 << FASTNN_HOOK_* */
 } fastnn_model_epoch;
 
 /* The epoch; every argument is checked first (EINVAL: nothing written). */

@@ -148,6 +148,10 @@ int fastnn_optimizer_apply(float *params, const float *grads, const fastnn_optim
 int fastnn_epoch_data_valid(int loss, const int32_t *labels, const float *T, int64_t n,
                             int64_t classes, const int64_t *order, int64_t n_order);
 
+/* An epoch hook's settings are valid: hook_every >= 0, hook_events only
+   bits 1 << FASTNN_HOOK_* (optimizer_step.c). */
+int fastnn_hook_valid(int64_t hook_every, int hook_events);
+
 /* Correctly classified rows of out (m, c) against labels (softmax_xent) or
    targets T (bce: one output, logit > 0 vs target > 0.5; else argmax);
    0 for mse/mae (reference.count_correct). */

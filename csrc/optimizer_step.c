@@ -80,6 +80,12 @@ int fastnn_optimizer_apply(float *params, const float *grads, const fastnn_optim
     }
 }
 
+int fastnn_hook_valid(int64_t hook_every, int hook_events)
+{
+    const int known = (1 << FASTNN_HOOK_GRADS) | (1 << FASTNN_HOOK_BATCH);
+    return hook_every >= 0 && (hook_events & ~known) == 0;
+}
+
 /* The targets an epoch's loss needs are there (labels for softmax_xent,
    else T, and the loss is known), every label is in [0, classes) and
    every order entry in [0, n) (n_order >= 1 when order is given). */

@@ -183,6 +183,8 @@ static int epoch_valid(const fastnn_model_epoch *a, int64_t *n_batches)
                 || (i > 0 && a->trainable[2 * i]
                                  < a->trainable[2 * i - 2] + a->trainable[2 * i - 1]))
                 return 0;
+    if (a->hook && !fastnn_hook_valid(a->hook_every, a->hook_events))
+        return 0;
     for (int64_t i = 0; i < a->n_records; i++)
         if (!record_valid(a, a->plan + i * FASTNN_PLAN_FIELDS,
                           a->plan_scalars + i * FASTNN_PLAN_SCALARS, B, m_min, *n_batches))
@@ -379,9 +381,10 @@ static int loss_backward(const fastnn_model_epoch *a, const float *out, float *d
     }
 }
 
-/* reference.run_model_epoch, step for step.  *stop: a non-finite loss. */
+/* reference.run_model_epoch, step for step, of batch b of n_batches.
+   *stop: a non-finite loss, or the hook asked to stop. */
 static int run_batch(fastnn_model_epoch *a, fastnn_optimizer *o, const struct batch *b,
-                     int *stop)
+                     int64_t n_batches, int *stop)
 {
     const int64_t m = b->m, nr = a->n_records, c = a->out_size;
     const int64_t *plan = a->plan;
@@ -431,6 +434,12 @@ static int run_batch(fastnn_model_epoch *a, fastnn_optimizer *o, const struct ba
                                   (float)(a->l2 / (double)m))))
                 return rc;
         }
+    if (a->hook && (a->hook_events & (1 << FASTNN_HOOK_GRADS))
+        && a->hook(a->hook_ctx, FASTNN_HOOK_GRADS, b->index)) {
+        a->n_done = b->index;  /* stopped before this batch's update */
+        *stop = 1;
+        return FASTNN_OK;
+    }
     /* the trainable ranges (the whole buffer without frozen layers) */
     const int64_t whole[2] = {0, a->n_params};
     const int64_t *tr = a->trainable ? a->trainable : whole;
@@ -458,6 +467,11 @@ static int run_batch(fastnn_model_epoch *a, fastnn_optimizer *o, const struct ba
         if ((rc = fastnn_optimizer_apply(a->params, a->grads, o, tr[2 * i],
                                          tr[2 * i] + tr[2 * i + 1])))
             return rc;
+    if (a->hook && (a->hook_events & (1 << FASTNN_HOOK_BATCH))
+        && (b->index == n_batches - 1
+            || (a->hook_every > 0 && (b->index + 1) % a->hook_every == 0))
+        && a->hook(a->hook_ctx, FASTNN_HOOK_BATCH, b->index))
+        *stop = 1;
     return FASTNN_OK;
 }
 
@@ -528,7 +542,8 @@ static int run_dense_stack(fastnn_model_epoch *a, const fastnn_dense_layer *laye
         .T = a->T, .n = a->n, .order = a->order, .n_order = a->n_order, .batch = a->batch,
         .l2 = a->l2, .loss_scale = a->loss_scale, .grad_scale = a->grad_scale,
         .workspace = a->workspace, .workspace_size = a->workspace_size,
-        .batch_loss = a->batch_loss, .batch_correct = a->batch_correct};
+        .batch_loss = a->batch_loss, .batch_correct = a->batch_correct, .hook = a->hook,
+        .hook_ctx = a->hook_ctx, .hook_every = a->hook_every, .hook_events = a->hook_events};
     const int rc = fastnn_dense_stack_epoch(&e);
     a->n_done = e.n_done;
     a->opt.step = e.opt.step;
@@ -553,7 +568,7 @@ int fastnn_model_epoch_run(fastnn_model_epoch *a)
     a->n_done = 0;
     for (int64_t i = 0; i < n_batches && !stop && rc == FASTNN_OK; i++) {
         batch_rows(a, i, rows, &b);
-        rc = run_batch(a, &o, &b, &stop);
+        rc = run_batch(a, &o, &b, n_batches, &stop);
     }
     a->opt.step = o.step;
     a->opt.mu_product = o.mu_product;

@@ -30,6 +30,33 @@ int fastnn_get_num_threads(void)
     return n > 0 ? n : 1;
 }
 
+int fastnn_flush_denormals(int on)
+{
+    /* MXCSR FTZ + DAZ (0x8040) on the calling thread and, when the kernels
+       run threaded, on every thread of their OpenMP team, which keeps it
+       for later parallel regions (threads created later inherit the
+       creator's).  Single-threaded, no team is woken (on a busy machine
+       that waits for a core). */
+#if defined(__x86_64__) || defined(__i386__)
+    const unsigned bits = 0x8040u;
+    const int before = (_mm_getcsr() & bits) == bits;
+    const int team = fastnn_get_num_threads();
+    if (team > 1) {
+#pragma omp parallel num_threads(team)
+        {
+            const unsigned csr = _mm_getcsr();
+            _mm_setcsr(on ? (csr | bits) : (csr & ~bits));
+        }
+    }
+    const unsigned csr = _mm_getcsr();
+    _mm_setcsr(on ? (csr | bits) : (csr & ~bits));
+    return before;
+#else
+    (void)on;
+    return 0;
+#endif
+}
+
 int fastnn_run_serial(int on)
 {
     const int before = tl_serial;

@@ -123,6 +123,10 @@ struct epoch {
     /* the optimizer's counters after the epoch (written by thread 0) */
     int64_t step;
     double mu_product;
+    /* the hook: which events, and its last answer (written by thread 0
+       between two barriers, read by all after the second) */
+    int grads_hook, batch_hook;
+    int hook_stop;
 };
 
 /* ---- fixed chunks ----------------------------------------------------------
@@ -497,10 +501,12 @@ static int loss_rows(struct epoch *e, int t, int64_t lo, int64_t m)
 /* Layer l's backward, thread t's share, once every column of dZ is in D
    (see epoch_thread): its rows of dW over the whole batch (+ l2), its
    columns of dX (from its rows of W, before their update), its columns of
-   db, then the update of exactly those parameters. */
+   db, then the update of exactly those parameters (with a GRADS hook the
+   updates wait for update_owned, after the hook). */
 static int backward_layer(struct epoch *e, int l, int t, const float *in, int64_t m,
                           const fastnn_optimizer *o)
 {
+    const int defer = e->grads_hook;
     const fastnn_epoch *a = e->a;
     const fastnn_dense_layer *L = &a->layers[l];
     const int64_t B = a->batch;
@@ -521,15 +527,47 @@ static int backward_layer(struct epoch *e, int l, int t, const float *in, int64_
         if (rc) return rc;
         if (a->l2 != 0.0)
             fastnn_axpy(a->grads + p0, a->params + p0, p1 - p0, (float)(a->l2 / (double)m));
-        rc = optimizer_apply(a->params, a->grads, o, p0, p1);
-        if (rc) return rc;
+        if (!defer && (rc = optimizer_apply(a->params, a->grads, o, p0, p1)))
+            return rc;
     }
     own(e, L->out, t, &j0, &j1);
     if (L->b_offset >= 0 && j1 > j0) {
         fastnn_column_sums(a->grads + L->b_offset, dZ, m, L->out, j0, j1);
-        rc = optimizer_apply(a->params, a->grads, o, L->b_offset + j0, L->b_offset + j1);
+        if (!defer)
+            rc = optimizer_apply(a->params, a->grads, o, L->b_offset + j0, L->b_offset + j1);
     }
     return rc;
+}
+
+/* The update backward_layer leaves to after a GRADS hook: thread t's rows
+   of every W and entries of every b (the parameters it owns). */
+static int update_owned(struct epoch *e, int t, const fastnn_optimizer *o)
+{
+    const fastnn_epoch *a = e->a;
+    int rc = FASTNN_OK;
+    for (int l = 0; l < a->n_layers && rc == FASTNN_OK; l++) {
+        const fastnn_dense_layer *L = &a->layers[l];
+        int64_t k0, k1, j0, j1;
+        own(e, L->in, t, &k0, &k1);
+        if (k1 > k0)
+            rc = optimizer_apply(a->params, a->grads, o, L->w_offset + k0 * L->out,
+                                 L->w_offset + k1 * L->out);
+        own(e, L->out, t, &j0, &j1);
+        if (rc == FASTNN_OK && L->b_offset >= 0 && j1 > j0)
+            rc = optimizer_apply(a->params, a->grads, o, L->b_offset + j0, L->b_offset + j1);
+    }
+    return rc;
+}
+
+/* Thread 0 calls the hook; every thread returns its answer (non-zero:
+   stop).  Called by every thread of the team at the same point. */
+static int call_hook(struct epoch *e, int t, int event, int64_t batch)
+{
+#pragma omp barrier
+    if (t == 0)
+        e->hook_stop = e->a->hook(e->a->hook_ctx, event, batch) != 0;
+#pragma omp barrier
+    return e->hook_stop;
 }
 
 /* The epoch as run by thread t of e->threads (also outside any parallel
@@ -609,7 +647,8 @@ static void epoch_thread(struct epoch *e, int t)
                 stop = 1;  /* a non-finite loss is no error: the caller sees it */
                 break;
             }
-            optimizer_advance(&o);
+            if (!e->grads_hook)
+                optimizer_advance(&o);
         }
         for (int l = nl - 1; l >= 0; l--) {
             const fastnn_dense_layer *L = &a->layers[l];
@@ -622,12 +661,29 @@ static void epoch_thread(struct epoch *e, int t)
                 rc = backward_layer(e, l, t, l > 0 ? e->Y + B * e->row_off[l - 1] : x, m, &o);
             if (rc && !err) err = rc;
         }
+        if (e->grads_hook) {
+            /* every gradient is in grads (and l2's term): the hook, then
+               the update backward_layer left (a kernel error is noticed
+               at the next batch's loss, as without a hook) */
+            if (call_hook(e, t, FASTNN_HOOK_GRADS, bi)) {
+                if (t == 0)
+                    a->n_done = bi;  /* this batch was not applied */
+                break;
+            }
+            optimizer_advance(&o);
+            const int rc = update_owned(e, t, &o);
+            if (rc && !err) err = rc;
+        }
         if (t == 0)  /* alignment gaps and parameters outside the stack */
             for (int i = 0; i < e->n_gaps; i++) {
                 const int rc = optimizer_apply(a->params, a->grads, &o, e->gaps[2 * i],
                                                e->gaps[2 * i + 1]);
                 if (rc && !err) err = rc;
             }
+        if (e->batch_hook
+            && (bi == n_batches - 1 || (a->hook_every > 0 && (bi + 1) % a->hook_every == 0))
+            && call_hook(e, t, FASTNN_HOOK_BATCH, bi))
+            break;
     }
     if (e->rc[t] != err)  /* (after a stop, err is what was published) */
         e->rc[t] = err;
@@ -686,7 +742,8 @@ static int epoch_valid(const fastnn_epoch *a, const struct layout *w)
     const int64_t in = a->layers[0].in, c = a->layers[a->n_layers - 1].out;
     if (!stack_valid(a->n_params, a->layers, a->n_layers) || !fastnn_product(&size, a->n, in)
         || !fastnn_product(&size, a->n, c)
-        || !fastnn_epoch_data_valid(a->loss, a->labels, a->T, a->n, c, a->order, a->n_order))
+        || !fastnn_epoch_data_valid(a->loss, a->labels, a->T, a->n, c, a->order, a->n_order)
+        || (a->hook && !fastnn_hook_valid(a->hook_every, a->hook_events)))
         return 0;
     const int64_t rows = a->order ? a->n_order : a->n;
     return optimizer_valid(&a->opt, (rows - 1) / a->batch + 1);
@@ -735,7 +792,9 @@ int fastnn_dense_stack_epoch(fastnn_epoch *a)
            that two threads would not split has one chunk per dimension
            (then the one-thread forward is the fused gemm, as before) */
         .chunked = (double)a->batch * (double)macs >= 2 * 2097152.0,
-        .split_in = split_in, .sq_chunk = sq_chunk};
+        .split_in = split_in, .sq_chunk = sq_chunk,
+        .grads_hook = a->hook && (a->hook_events & (1 << FASTNN_HOOK_GRADS)),
+        .batch_hook = a->hook && (a->hook_events & (1 << FASTNN_HOOK_BATCH))};
     for (int l = 0; l < a->n_layers; l++)
         split_in[l] = (signed char)split_by_input(&e, &a->layers[l]);
     a->n_done = 0;
@@ -755,6 +814,10 @@ int fastnn_dense_stack_epoch(fastnn_epoch *a)
     if (!team_ok) {  /* (a 1-thread epoch uses no partial buffers) */
         e.threads = 1;
         const int before = fastnn_run_serial(1);  /* no fork-join per gemm either */
+        /* in a region of its own: inside a caller's parallel region
+           (fastnn_model_epochs_run) the barriers of epoch_thread would
+           otherwise bind to the caller's team and wait for it */
+#pragma omp parallel num_threads(1)
         epoch_thread(&e, 0);
         fastnn_run_serial(before);
     }

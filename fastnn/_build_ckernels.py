@@ -25,6 +25,9 @@ def read_cdef(header=os.path.join(CSRC, "fastnn.h")):
     return match.group(1)
 
 
+HOOK_CDEF = 'extern "Python" int _fastnn_hook_trampoline(void *ctx, int event, int64_t batch);\n'
+
+
 def c_sources(root="csrc"):
     return sorted(os.path.join(root, f) for f in os.listdir(CSRC) if f.endswith(".c"))
 
@@ -42,7 +45,9 @@ def make_ffibuilder(root="csrc"):
     (relative for setuptools, absolute for the in-place rebuild, which
     compiles in a temporary folder)."""
     builder = FFI()
-    builder.cdef(read_cdef())
+    # + the Python function C calls for an epoch hook (fastnn.kernels.c's
+    # trampoline, @ffi.def_extern: no run-time generated callback code)
+    builder.cdef(read_cdef() + HOOK_CDEF)
     builder.set_source("fastnn._ckernels", '#include "fastnn.h"', sources=c_sources(root),
                        include_dirs=[root], extra_compile_args=CFLAGS, extra_link_args=LDFLAGS)
     return builder

@@ -124,6 +124,9 @@ class Residual(Layer):
         for i, layer in enumerate(layers):
             if not isinstance(layer, Layer):
                 raise TypeError(f"layers[{i}]: expected a fastnn layer, got {type(layer).__name__}")
+        if projection is not None and not isinstance(projection, Layer):
+            raise TypeError(f"projection: expected None or a fastnn layer, got "
+                            f"{type(projection).__name__}")
         self.layers = list(layers)
         self.projection = projection
 

@@ -25,6 +25,34 @@ def _hidden_sizes(text):
     return sizes
 
 
+def _number(kind, low=None, high=None, low_open=False, high_open=False):
+    """An argparse type: a finite int/float within the bounds (the error
+    names the option: argparse adds it)."""
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if kind is float and not np.isfinite(v):
+            raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
+        if (low is not None and (v < low or (low_open and v == low))) \
+                or (high is not None and (v > high or (high_open and v == high))):
+            lo = "" if low is None else f"{'(' if low_open else '['}{low}, "
+            hi = "inf)" if high is None else f"{high}{')' if high_open else ']'}"
+            raise argparse.ArgumentTypeError(f"must lie in {lo or '(-inf, '}{hi}, got {text}")
+        return v
+    parse.__name__ = kind.__name__  # argparse's "invalid <name> value"
+    return parse
+
+
+class UsageError(Exception):
+    """A command-line error: printed as one line naming the option, exit 2."""
+
+    def __init__(self, option, message):
+        super().__init__(f"{option}: {message}")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="fastnn", description="Train small neural networks fast on the CPU (or a GPU).")
@@ -52,21 +80,21 @@ def build_parser():
     train.add_argument("--optimizer", default="adam",
                        choices=tuple(spec.OPTIMIZERS),
                        help="optimizer (torch.optim's defaults apart from --lr)")
-    train.add_argument("--lr", type=float, default=1e-3, help="learning rate")
-    train.add_argument("--momentum", type=float, default=0.9, help="momentum (sgd only)")
-    train.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay")
-    train.add_argument("--epochs", type=int, default=40, help="passes over the training set")
+    train.add_argument("--lr", type=_number(float, 0.0, low_open=True), default=1e-3, help="learning rate")
+    train.add_argument("--momentum", type=_number(float, 0.0), default=0.9, help="momentum (sgd only)")
+    train.add_argument("--weight-decay", type=_number(float, 0.0), default=0.0, help="L2 weight decay")
+    train.add_argument("--epochs", type=_number(int, 1, 2 ** 62), default=40, help="passes over the training set")
     train.add_argument("--schedule", choices=("none", "cosine", "step", "plateau"), default=None,
                        help="learning-rate schedule over the epochs (default: cosine for the "
                             "cnn, none for the mlp); step halves it every epochs/4")
-    train.add_argument("--batch-size", type=int, default=32, help="mini-batch size")
-    train.add_argument("--test-size", type=float, default=0.25,
+    train.add_argument("--batch-size", type=_number(int, 1, 2 ** 62), default=32, help="mini-batch size")
+    train.add_argument("--test-size", type=_number(float, 0.0, 1.0, True, True), default=0.25,
                        help="fraction held out for the test (digits and csv)")
-    train.add_argument("--val-size", type=float, default=0.1,
+    train.add_argument("--val-size", type=_number(float, 0.0, 1.0, high_open=True), default=0.1,
                        help="fraction of the training set used for per-epoch validation")
     train.add_argument("--backend", choices=kernels.BACKENDS, default=None,
                        help="kernel backend (default: c if built, else numba)")
-    train.add_argument("--threads", type=int, default=None, help="threads for the C/Numba kernels")
+    train.add_argument("--threads", type=_number(int, 1, 2 ** 31, high_open=True), default=None, help="threads for the C/Numba kernels")
     train.add_argument("--seed", type=int, default=0, help="seed for the split, init and shuffling")
     train.add_argument("--save", metavar="PATH", help="save the trained model (.npz) here")
     train.add_argument("--quiet", action="store_true", help="print only the final report")
@@ -175,41 +203,86 @@ def _load(args):
 
     if args.dataset == "mnist":
         if not args.data_path:
-            raise SystemExit("fastnn: --dataset mnist needs --data-path (the folder of IDX files)")
-        Xtr, ytr = datasets.load_mnist(args.data_path, kind="train")
-        Xte, yte = datasets.load_mnist(args.data_path, kind="t10k")
+            raise UsageError("--data-path", "--dataset mnist needs the folder of IDX files")
+        try:
+            Xtr, ytr = datasets.load_mnist(args.data_path, kind="train")
+            Xte, yte = datasets.load_mnist(args.data_path, kind="t10k")
+        except (OSError, ValueError) as exc:
+            raise UsageError("--data-path", f"cannot read MNIST: {exc}") from None
+        for X in (Xtr, Xte):
+            _check_data(args, X)
         return Xtr, Xte, ytr, yte
     if args.dataset == "csv":
         if not args.data_path:
-            raise SystemExit("fastnn: --dataset csv needs --data-path (the CSV file)")
-        X, y = datasets.load_csv(args.data_path)
+            raise UsageError("--data-path", "--dataset csv needs the CSV file")
+        try:
+            X, y = datasets.load_csv(args.data_path)
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            raise UsageError("--data-path", f"cannot read the CSV file: {exc}") from None
+        if y is None or y.ndim != 1:
+            raise UsageError("--data-path", "the CSV file needs a label column (the last)")
     else:
         X, y = datasets.load_digits()
+    _check_data(args, X)
     from sklearn.model_selection import train_test_split
 
-    return train_test_split(X, y, test_size=args.test_size, random_state=args.seed, stratify=y)
+    try:
+        return train_test_split(X, y, test_size=args.test_size, random_state=args.seed,
+                                stratify=y)
+    except ValueError as exc:  # too few samples or a class with a single one
+        raise UsageError("--test-size", f"cannot split {len(X)} samples "
+                         f"({args.data_path or args.dataset}): {exc}") from None
+
+
+def _check_data(args, X):
+    where = args.data_path or args.dataset
+    if X.ndim != 2 or X.shape[0] < 2 or X.shape[1] < 1:
+        raise UsageError("--data-path", f"{where}: expected at least 2 samples with a feature, "
+                         f"got shape {X.shape}")
+    if not np.all(np.isfinite(X)):
+        raise UsageError("--data-path", f"{where}: the features hold NaN or Inf")
+
+
+def _check_save(path):
+    """--save is checked before training: a folder that exists and can be
+    written, and not a folder itself."""
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UsageError("--save", f"{path} is a folder; give a file name")
+    if not os.path.isdir(folder):
+        raise UsageError("--save", f"folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError("--save", f"folder {folder} is not writable")
 
 
 def train(args):
     import fastnn
     from fastnn import metrics, optim, schedules
 
+    _check_save(args.save)
     if args.threads is not None:
         fastnn.set_num_threads(args.threads)
     if args.backend is not None:
-        fastnn.set_backend(args.backend)
+        try:
+            fastnn.set_backend(args.backend)
+        except ImportError as exc:
+            raise UsageError("--backend", f"{args.backend} cannot be used here: "
+                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    if args.model == "cnn" and args.dataset not in ("digits", "mnist"):
+        raise UsageError("--model", "cnn needs an image dataset (--dataset digits or mnist)")
     Xtr, Xte, ytr, yte = _load(args)
     classes, ytr_idx = np.unique(ytr, return_inverse=True)
     lookup = {c: i for i, c in enumerate(classes.tolist())}
     unknown = set(np.unique(yte).tolist()) - set(lookup)
     if unknown:
-        raise SystemExit(f"fastnn: the test set has classes not seen in training: {sorted(unknown)}")
+        raise UsageError("--test-size", f"the test set has classes not seen in training: "
+                         f"{sorted(unknown)}")
     yte_idx = np.array([lookup[c] for c in yte.tolist()])
 
     if args.model == "cnn":
-        side = {"digits": 8, "mnist": 28}.get(args.dataset)
-        if side is None:
-            raise SystemExit("fastnn: --model cnn needs an image dataset (digits or mnist)")
+        side = {"digits": 8, "mnist": 28}[args.dataset]
         Xtr, Xte = (X.reshape(-1, side, side, 1) for X in (Xtr, Xte))
         model = fastnn.Sequential(small_cnn((side, side, 1), len(classes), args.activation),
                                   seed=args.seed, input_shape=(side, side, 1))
@@ -234,9 +307,17 @@ def train(args):
     callbacks = {"none": [], "cosine": [schedules.CosineAnnealingLR(max(args.epochs, 1))],
                  "step": [schedules.StepLR(max(args.epochs // 4, 1), gamma=0.5)],
                  "plateau": [schedules.ReduceLROnPlateau(patience=3)]}[schedule]
-    trainer.fit(Xtr, ytr_idx, epochs=args.epochs, batch_size=args.batch_size,
-                validation_split=args.val_size, seed=args.seed, verbose=not args.quiet,
-                callbacks=callbacks)
+    try:
+        trainer.fit(Xtr, ytr_idx, epochs=args.epochs, batch_size=args.batch_size,
+                    validation_split=args.val_size, seed=args.seed, verbose=not args.quiet,
+                    callbacks=callbacks)
+    except ValueError as exc:  # checked by fit before anything trains
+        text = str(exc)
+        option = ("--val-size" if "validation_split" in text else
+                  "--batch-size" if "batch_size" in text else None)
+        if option is None:
+            raise
+        raise UsageError(option, text) from None
 
     pred = trainer.predict(Xte).argmax(axis=1)
     print(f"test accuracy: {metrics.accuracy(yte_idx, pred):.4f}")
@@ -251,7 +332,10 @@ def train(args):
     for c, row in zip(classes, cm):
         print(f"{str(c):>{width}}" + "".join(f"{v:>{width}}" for v in row))
     if args.save and (trainer.distributed is None or trainer.distributed.rank == 0):
-        model.save(args.save)
+        try:
+            model.save(args.save)
+        except OSError as exc:
+            raise UsageError("--save", f"cannot write {args.save}: {exc}") from None
         print(f"model saved to {args.save}")
     return 0
 
@@ -263,6 +347,13 @@ def main(argv=None):
             return train(args)
         if args.command == "bench":
             return bench(args)
+    except UsageError as exc:
+        print(f"fastnn {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except MemoryError as exc:
+        print(f"fastnn {args.command}: error: --layers/--batch-size: out of memory ({exc})",
+              file=sys.stderr)
+        return 2
     except BrokenPipeError:  # e.g. `fastnn train | head`: the reader left, not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

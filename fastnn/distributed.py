@@ -42,11 +42,9 @@ import time
 
 import numpy as np
 
-try:  # the epoch hook's event numbers (fastnn.kernels.spec.HookEvent)
-    from .kernels.spec import HookEvent as _HookEvent
-    GRADS = _HookEvent.GRADS
-except ImportError:  # pragma: no cover - before the hook existed
-    GRADS = 1
+from .kernels.spec import HookEvent
+
+GRADS = HookEvent.GRADS
 
 _TAG_FAIL, _TAG_PING, _TAG_PONG = 7101, 7102, 7103
 

@@ -34,6 +34,9 @@ _ACTIVATION_ALIASES = {None: "identity", "linear": "identity", "logistic": "sigm
 
 def canonical_activation(activation):
     """The kernel name of an activation ("linear" -> "identity", ...)."""
+    if activation is not None and not isinstance(activation, str):  # (unhashable too)
+        raise ValueError(f"activation: expected a name (one of {', '.join(spec.ACTIVATIONS)}), "
+                         f"got {activation!r}")
     name = _ACTIVATION_ALIASES.get(activation, activation)
     _checks.activation_code(name)  # ValueError for unknown names
     return name
@@ -200,6 +203,9 @@ class Dense(Layer):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {v!r}")
         self.in_features, self.out_features = int(in_features), int(out_features)
+        if self.in_features * self.out_features >= 2 ** 62:
+            raise ValueError(f"in_features * out_features: {self.in_features} x "
+                             f"{self.out_features} weights overflow a buffer's int64 size")
         self.activation = canonical_activation(activation)
         if init != "auto" and init not in INITS:
             raise ValueError(f"init: unknown {init!r}; expected 'auto' or one of {', '.join(INITS)}")

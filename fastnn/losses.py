@@ -58,7 +58,8 @@ class Loss:
         if y.shape[1:] != want:
             raise ValueError(f"y: expected per-sample shape {want} to match the model's output, "
                              f"got {y.shape[1:]}")
-        return np.ascontiguousarray(y, dtype=np.float32)
+        # float64 stays float64 (a float64 model's targets); anything else float32
+        return np.ascontiguousarray(y, dtype=np.float64 if y.dtype == np.float64 else np.float32)
 
     def forward(self, out, target):
         """The batch's mean loss (times value_scale)."""

@@ -9,8 +9,11 @@ flat buffer; nothing is pickled.
 """
 
 import json
+import math
 import os
+import re
 import tempfile
+import weakref
 
 import numpy as np
 
@@ -58,7 +61,10 @@ class Sequential:
         Per-sample shapes.
     """
 
-    def __init__(self, layers, seed=None, backend=None, dtype=np.float32, input_shape=None):
+    def __init__(self, layers, seed=None, backend=None, dtype=np.float32, input_shape=None,
+                 _expect_sizes=None):
+        if isinstance(layers, Layer) or not hasattr(layers, "__iter__"):
+            raise TypeError(f"layers: expected a list of fastnn layers, got {type(layers).__name__}")
         layers = list(layers)
         if not layers:
             raise ValueError("layers: a model needs at least one layer")
@@ -66,6 +72,7 @@ class Sequential:
             if not isinstance(layer, Layer):
                 raise TypeError(f"layers[{i}]: expected a fastnn layer, got {type(layer).__name__}")
         self.layers = layers
+        self._claim_layers()
         self.seed = seed
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
@@ -87,7 +94,7 @@ class Sequential:
                 self._layout.append((i, name, tuple(pshape), offset))
                 offset = _aligned(offset + int(np.prod(pshape)))
         self.size = offset
-        self.n_parameters = sum(int(np.prod(s)) for _, _, s, _ in self._layout)
+        self.n_parameters = sum(math.prod(s) for _, _, s, _ in self._layout)
         # non-trainable state, laid out the same way in its own buffer
         self._buffer_layout, offset, buffers = [], 0, []
         for i, layer in enumerate(layers):
@@ -95,6 +102,13 @@ class Sequential:
                 self._buffer_layout.append((i, name, tuple(bshape), offset))
                 buffers.append((offset, int(np.prod(bshape)), value))
                 offset = _aligned(offset + int(np.prod(bshape)))
+        if _expect_sizes is not None and _expect_sizes != (self.size, max(offset, 1)):
+            # load(): the file's buffers must match before anything is allocated
+            raise ValueError(f"the architecture needs a parameter buffer of {self.size} and a "
+                             f"state buffer of {max(offset, 1)} floats, the file holds "
+                             f"{_expect_sizes[0]} and {_expect_sizes[1]}")
+        if self.size >= 2 ** 62:
+            raise ValueError(f"layers: {self.size} parameters overflow a buffer's size")
         host_buffers = np.zeros(max(offset, 1), self.dtype)
         for off, size, value in buffers:
             host_buffers[off:off + size] = value
@@ -108,6 +122,42 @@ class Sequential:
                 layer.reseed(int(rng.integers(2**63)))
         self.backend = None
         self._place(host, kernels.get_backend() if backend is None else backend, host_buffers)
+        for layer in self.walk():  # (only once the model is complete)
+            layer._owner = weakref.ref(self)
+
+    def _claim_layers(self):
+        """Each layer belongs to one model: its tensors are views into that
+        model's buffers, so a layer of a live model (or one listed twice)
+        is refused rather than silently re-pointed at this model's."""
+        seen = set()
+        for layer in self.walk():
+            if id(layer) in seen:
+                raise ValueError(f"layers: {type(layer).__name__} appears twice in the model; "
+                                 "build a new layer for each position")
+            seen.add(id(layer))
+            owner = getattr(layer, "_owner", None)
+            owner = owner() if owner is not None else None
+            if owner is not None and owner is not self:
+                raise ValueError(f"layers: this {type(layer).__name__} already belongs to another "
+                                 "model (its weights are views into that model's buffer); build "
+                                 "a new layer, or copy.deepcopy(model) to copy a model")
+
+    def __deepcopy__(self, memo):
+        import copy
+
+        cls = type(self)
+        new = cls.__new__(cls)
+        memo[id(self)] = new
+        for layer in self.walk():  # the backends (modules) are shared, not copied
+            memo[id(layer._k)] = layer._k
+        memo[id(self._k)] = self._k
+        for key, value in self.__dict__.items():
+            setattr(new, key, copy.deepcopy(value, memo))
+        for layer in new.walk():  # the copies are the copy's
+            layer._owner = weakref.ref(new)
+        # deepcopy copies each view on its own: bind the layers to the copy's buffers again
+        new._place(new.get_params(), new.backend, new.get_buffers())
+        return new
 
     def walk(self):
         """Every layer of the model, those inside blocks included.
@@ -284,23 +334,38 @@ class Sequential:
 
     def set_params(self, flat):
         """Load a flat parameter vector (host array of length ``size``)."""
-        flat = np.asarray(flat)
-        if flat.shape != (self.size,):
-            raise ValueError(f"flat: expected shape ({self.size},), got {flat.shape}")
+        flat = self._check_flat(flat, (self.size,), finite=False)
         if isinstance(self.params, np.ndarray):
             self.params[...] = flat  # in place: views held by users stay valid
         else:
             self.params.copy_to_device(np.ascontiguousarray(flat, self.dtype))
 
     def set_buffers(self, flat):
-        """Load the non-trainable state (host array like ``get_buffers()``)."""
-        flat = np.asarray(flat)
-        if flat.shape != tuple(self.buffers.shape):
-            raise ValueError(f"flat: expected shape {tuple(self.buffers.shape)}, got {flat.shape}")
+        """Load the non-trainable state (host array like ``get_buffers()``):
+        finite, and every running variance >= 0."""
+        flat = self._check_flat(flat, tuple(self.buffers.shape))
+        for i, name, shape, off in self._buffer_layout:
+            values = flat[off:off + math.prod(shape)]
+            if "var" in name and not np.all(values >= 0):
+                raise ValueError(f"flat: {name} of layer {i} ({type(self.layers[i]).__name__}) "
+                                 "must be >= 0 (a variance)")
         if isinstance(self.buffers, np.ndarray):
             self.buffers[...] = flat
         else:
             self.buffers.copy_to_device(np.ascontiguousarray(flat, self.dtype))
+
+    def _check_flat(self, flat, shape, finite=True):
+        try:
+            flat = np.asarray(flat)
+        except Exception as exc:  # noqa: BLE001 - ragged input and the like
+            raise TypeError(f"flat: cannot convert to an array ({exc})") from exc
+        if flat.dtype.kind not in "fiu":
+            raise TypeError(f"flat: expected numbers, got dtype {flat.dtype}")
+        if flat.shape != shape:
+            raise ValueError(f"flat: expected shape {shape}, got {flat.shape}")
+        if finite and flat.dtype.kind == "f" and not np.all(np.isfinite(flat)):
+            raise ValueError("flat: holds NaN or Inf")
+        return flat
 
     def dense_stack(self):
         """The model as dense_stack_epoch's layer list, or None.
@@ -356,7 +421,12 @@ class Sequential:
         return dY
 
     def predict(self, X, batch_size=1024):
-        """Raw outputs for X (host numpy array), computed in chunks."""
+        """Raw outputs for X (host numpy array), computed in chunks of
+        `batch_size` rows (an integer >= 1)."""
+        if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (int, np.integer)) \
+                or batch_size < 1:
+            raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
+        batch_size = int(min(batch_size, 2 ** 62))
         X = self._check_input(X)
         out = np.empty((X.shape[0],) + self.output_shape, self.dtype)
         for start in range(0, X.shape[0], batch_size):
@@ -381,13 +451,20 @@ class Sequential:
     def save(self, path):
         """Write architecture (JSON) and parameters to an .npz file.
 
-        Written to a temporary file in the same folder and renamed, so a
-        crash never leaves a half-written model behind.
+        Written to a temporary file ``.fastnn-<pid>-*.npz`` in the same
+        folder and renamed, so a crash never leaves a half-written model
+        behind; a save also removes the temporaries of processes that died
+        (kill -9) in the middle of one.  The file's mode honours the umask,
+        as open() would.
         """
         path = os.fspath(path)
+        if os.path.isdir(path):
+            raise IsADirectoryError(f"{path}: is a directory, not a model file name")
         folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".fastnn-", suffix=".npz")
+        _remove_stale_temporaries(folder)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".fastnn-{os.getpid()}-", suffix=".npz")
         try:
+            os.fchmod(fd, 0o666 & ~_umask())
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, architecture=np.array(json.dumps(self.config())),
                          params=self.get_params().astype(np.float32),
@@ -482,6 +559,47 @@ def _descendants(layer):
         stack += child.children()
 
 
+def _umask():
+    """The process's umask, read without changing it where Linux tells it."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_TEMPORARY = re.compile(r"\.fastnn-(\d+)-\w+\.npz$")
+
+
+def _remove_stale_temporaries(folder):
+    """Remove the save temporaries in `folder` whose process is gone."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        m = _TEMPORARY.match(name)
+        if not m:
+            continue
+        pid = int(m.group(1))
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            try:
+                os.remove(os.path.join(folder, name))
+            except OSError:
+                pass
+        except (PermissionError, OverflowError):  # alive (someone else's), or not a pid
+            pass
+
+
 def load(path, backend=None):
     """Load a model written by :meth:`Sequential.save`.
 
@@ -501,25 +619,42 @@ def load(path, backend=None):
     if files != {"architecture", "params", "buffers"}:
         raise ValueError(f"{path}: not a fastnn model (arrays {sorted(files)})")
     if not isinstance(cfg, dict) or cfg.get("format") != _FORMAT:
-        found = cfg.get("format") if isinstance(cfg, dict) else None
+        found = cfg.get("format") if isinstance(cfg, dict) else type(cfg).__name__
         raise ValueError(f"{path}: not a fastnn model (format {found!r})")
+    specs = cfg.get("layers")
+    if not isinstance(specs, list):
+        raise ValueError(f"{path}: 'layers' must be a list, got {type(specs).__name__}")
+    shape = cfg.get("input_shape")
+    if shape is not None and (not isinstance(shape, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape)):
+        raise ValueError(f"{path}: 'input_shape' must be a list of positive integers, got {shape!r}")
+    seed = cfg.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+        raise ValueError(f"{path}: 'seed' must be null or an integer >= 0, got {seed!r}")
+    for name, arr in (("params", params), ("buffers", buffers)):
+        if arr.dtype != np.float32 or arr.ndim != 1:
+            raise ValueError(f"{path}: the {name} array must be 1-D float32, got {arr.dtype} of "
+                             f"shape {arr.shape}")
     layers = []
-    for i, spec in enumerate(cfg.get("layers", [])):
-        cls = LAYERS.get(spec.get("type"))
+    for i, spec in enumerate(specs):
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        cls = LAYERS.get(kind) if isinstance(kind, str) else None
         if cls is None:
-            raise ValueError(f"{path}: layer {i} has unknown type {spec.get('type')!r}")
+            raise ValueError(f"{path}: layer {i} has unknown type {kind!r}")
+        config = spec.get("config", {})
+        if not isinstance(config, dict):
+            raise ValueError(f"{path}: layer {i} ({kind}): 'config' must be an object")
         try:
-            layers.append(cls.from_config(spec.get("config", {})))
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: layer {i} ({spec.get('type')}): {exc}") from exc
+            layers.append(cls.from_config(config))
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
+            raise ValueError(f"{path}: layer {i} ({kind}): {exc}") from exc
     try:
-        model = Sequential(layers, seed=cfg.get("seed"), backend=backend,
-                           input_shape=cfg.get("input_shape"))
-    except (TypeError, ValueError) as exc:
+        # the sizes are compared with the file's arrays before any allocation,
+        # so a crafted architecture cannot ask for many GiB
+        model = Sequential(layers, seed=seed, backend=backend, input_shape=shape,
+                           _expect_sizes=(params.shape[0], buffers.shape[0]))
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
         raise ValueError(f"{path}: inconsistent architecture: {exc}") from exc
-    if params.dtype != np.float32 or params.shape != (model.size,):
-        raise ValueError(f"{path}: parameter buffer has shape {params.shape} and dtype "
-                         f"{params.dtype}, the architecture needs ({model.size},) float32")
     if not np.all(np.isfinite(params)):
         raise ValueError(f"{path}: parameter buffer holds NaN or Inf")
     if buffers.shape != tuple(model.buffers.shape):
@@ -534,5 +669,8 @@ def load(path, backend=None):
     for i in frozen:
         walked[i].trainable = False
     model.set_params(params)
-    model.set_buffers(buffers)
+    try:
+        model.set_buffers(buffers)
+    except ValueError as exc:
+        raise ValueError(f"{path}: state buffer: {exc}") from exc
     return model

@@ -122,6 +122,11 @@ class EarlyStopping:
     """
 
     def __init__(self, monitor=None, patience=5, min_delta=0.0, restore_best=True):
+        if isinstance(patience, bool) or not isinstance(patience, (int, np.integer)) or patience < 0:
+            raise ValueError(f"patience: expected an integer >= 0, got {patience!r}")
+        if monitor is not None and not isinstance(monitor, str):
+            raise TypeError(f"monitor: expected a log name such as 'val_loss', got {monitor!r}")
+        min_delta = _checks.check_scalar("min_delta", min_delta, low=0.0)
         self.monitor, self.patience, self.min_delta = monitor, int(patience), float(min_delta)
         self.restore_best = restore_best
 
@@ -154,6 +159,40 @@ def _check_epochs(epochs):
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
         raise ValueError(f"epochs: expected an integer >= 0, got {epochs!r}")
     return int(epochs)
+
+
+def _check_fit_options(validation_data, shuffle, seed, callbacks, early_stopping,
+                       verbose=True):
+    """fit's options of the wrong type or value are refused before anything
+    trains (not with an AttributeError after the first epoch)."""
+    if validation_data is not None and (not isinstance(validation_data, (tuple, list))
+                                        or len(validation_data) != 2):
+        raise TypeError("validation_data: expected a pair (X_val, y_val), got "
+                        f"{type(validation_data).__name__}"
+                        + (f" of length {len(validation_data)}"
+                           if isinstance(validation_data, (tuple, list)) else ""))
+    if not isinstance(shuffle, (bool, np.bool_)):
+        raise TypeError(f"shuffle: expected a bool, got {shuffle!r}")
+    if not isinstance(verbose, (bool, np.bool_, int, np.integer)):
+        raise TypeError(f"verbose: expected a bool, got {verbose!r}")
+    if seed is not None and not isinstance(seed, (np.random.Generator, np.random.SeedSequence)):
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed: expected None or an integer >= 0, got {seed!r}")
+    if callable(callbacks) or isinstance(callbacks, (str, bytes)) \
+            or not hasattr(callbacks, "__iter__"):
+        raise TypeError("callbacks: expected a list of callables f(trainer, epoch, logs), got "
+                        f"{type(callbacks).__name__}")
+    callbacks = list(callbacks)  # (once: a generator is consumed)
+    for i, cb in enumerate(callbacks):
+        if not callable(cb):
+            raise TypeError(f"callbacks[{i}]: expected a callable f(trainer, epoch, logs), got "
+                            f"{type(cb).__name__}")
+    if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
+        if isinstance(early_stopping, bool) or not isinstance(early_stopping, (int, np.integer)) \
+                or early_stopping < 1:
+            raise TypeError("early_stopping: expected an EarlyStopping or an integer patience "
+                            f">= 1, got {early_stopping!r}")
+    return callbacks
 
 
 def _check_batchnorm_batches(model, n, batch_size):
@@ -426,6 +465,8 @@ class Trainer:
 
     def __init__(self, model, loss, optimizer, backend=None, fused=None, l2=0.0,
                  clip_value=None, clip_norm=None, distributed=None):
+        if not all(hasattr(model, a) for a in ("params", "grads", "layers", "to")):
+            raise TypeError(f"model: expected a fastnn.Sequential, got {type(model).__name__}")
         self.model = model
         self.loss = losses_mod.get(loss)
         self.optimizer = optim_mod.get(optimizer)
@@ -456,8 +497,6 @@ class Trainer:
                 raise ValueError("distributed: data-parallel training runs on the host "
                                  f"backends, not {self.backend!r}")
             self.distributed = distributed_mod.get(distributed)
-            if "hook" not in getattr(spec.ModelEpoch, "__dataclass_fields__", {}):
-                self.fused = False  # no all-reduce inside a compiled epoch yet
 
     # ---- one batch ----------------------------------------------------------
 
@@ -487,7 +526,7 @@ class Trainer:
             for W, dW in penalized:
                 k.axpy(dW.reshape(-1), W.reshape(-1), self.l2 / len(xb))
         if self._grad_hook is not None:  # e.g. the data-parallel all-reduce
-            self._grad_hook(spec.HookEvent.GRADS if hasattr(spec, "HookEvent") else 1, batch)
+            self._grad_hook(spec.HookEvent.GRADS, batch)
         ranges = model.trainable_ranges()
         self._clip(model.grads, ranges)
         self.optimizer.step(model.params, model.grads, ranges)
@@ -543,12 +582,14 @@ class Trainer:
         t = self._targets(y, len(X))
         epochs = _check_epochs(epochs)
         batch_size = _check_batch_size(batch_size)
+        validation_split = _checks.check_scalar("validation_split", validation_split, low=0.0,
+                                                high=1.0, high_open=True)
+        callbacks = _check_fit_options(validation_data, shuffle, seed, callbacks, early_stopping,
+                                       verbose)
         if self.distributed is not None:  # rank 0 alone prints
-            verbose = verbose and self.distributed.rank == 0
+            verbose = verbose if self.distributed.rank == 0 else 0
             if verbose:
                 self.distributed.announce()
-        if not 0.0 <= validation_split < 1.0:
-            raise ValueError(f"validation_split: expected a fraction in [0, 1), got {validation_split}")
         if validation_data is None and validation_split > 0:
             n_val = int(round(len(X) * validation_split))
             if n_val < 1 or n_val >= len(X):
@@ -576,10 +617,14 @@ class Trainer:
                  callbacks, early_stopping, plan=False):
         """A fit of (X, t) (validated) in progress: the rows `rows` of them
         (None: all), epoch by epoch (see _FitRun)."""
+        callbacks = _check_fit_options(validation_data, shuffle, seed, callbacks, early_stopping)
         if validation_data is not None:
             Xv, yv = validation_data
-            Xv = check_X(Xv, self.model.input_shape, self.model.dtype)
-            validation_data = (Xv, self._targets(yv, len(Xv)))
+            try:
+                Xv = check_X(Xv, self.model.input_shape, self.model.dtype)
+                validation_data = (Xv, self._targets(yv, len(Xv)))
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"validation_data: {exc}") from exc
         if isinstance(early_stopping, (int, np.integer)) and not isinstance(early_stopping, bool):
             early_stopping = EarlyStopping(patience=int(early_stopping))
         stoppers = list(callbacks)

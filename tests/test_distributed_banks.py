@@ -74,6 +74,8 @@ def test_a_trainer_through_bytes_trains_on_identically(data):
     a.fit(X, y, epochs=1, seed=0, verbose=False)
     b = _transport.loads(_transport.dumps(a, [a]))
     assert np.shares_memory(b.model.layers[0].weight, b.model.params)  # views, not copies
+    owner = getattr(b.model.layers[0], "_owner", None)
+    assert owner is None or owner() is b.model
     a.fit(X, y, epochs=2, seed=3, verbose=False)
     b.fit(X, y, epochs=2, seed=3, verbose=False)
     np.testing.assert_array_equal(a.model.get_params(), b.model.get_params())

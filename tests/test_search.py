@@ -98,6 +98,16 @@ def test_search_pickles_and_delegates(digits):
     assert list(again.classes_) == list(range(10))
 
 
+def test_lbfgs_and_class_weight_candidates_fit_alone(digits):
+    """Candidates that are not compiled epochs (lbfgs, class weights) are
+    fitted one by one, with the same scores as GridSearchCV's."""
+    X, y = digits
+    grid = [{"solver": ["lbfgs"], "max_iter": [5]},
+            {"class_weight": [None, "balanced"], "max_iter": [3]}]
+    a, b = _both(MLPClassifier(hidden_layer_sizes=(8,), random_state=0), grid, X, y, cv=2)
+    _compare(a, b)
+
+
 def test_a_diverging_candidate_scores_nan_with_a_warning(digits):
     X, y = digits
     grid = {"learning_rate_init": [1e-3, 1e6], "solver": ["sgd"], "momentum": [0.0]}

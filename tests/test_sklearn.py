@@ -21,9 +21,37 @@ from fastnn.sklearn import MLPClassifier, MLPRegressor
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
 
-@parametrize_with_checks([MLPClassifier(), MLPRegressor()])
+_WEIGHT_CHECKS = ("check_sample_weight_equivalence_on_dense_data",
+                  "check_sample_weight_equivalence_on_sparse_data")
+
+
+def _float32_failures(estimator):
+    """Checks that compare to rtol 1e-7: float32 (the default dtype) cannot;
+    test_sample_weight_equivalence_checks_float64 runs them in float64."""
+    return {name: "float32 rounding; run in float64 by "
+            "test_sample_weight_equivalence_checks_float64" for name in _WEIGHT_CHECKS}
+
+
+@parametrize_with_checks([MLPClassifier(), MLPRegressor()],
+                         expected_failed_checks=_float32_failures)
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
+
+
+@pytest.mark.parametrize("name", _WEIGHT_CHECKS)
+@pytest.mark.parametrize("estimator", [
+    MLPClassifier(solver="lbfgs", max_iter=100, dtype=np.float64),  # scikit-learn's settings
+    MLPRegressor(solver="sgd", tol=1e-2, random_state=42, max_iter=100, dtype=np.float64),
+], ids=["classifier-lbfgs", "regressor-sgd"])
+def test_sample_weight_equivalence_checks_float64(estimator, name):
+    """scikit-learn's own checks that integer weights equal repeated rows (and
+    zero weights removed rows), with the settings scikit-learn runs them with
+    on its MLPs, computed in float64."""
+    from sklearn.utils import estimator_checks
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        getattr(estimator_checks, name)(type(estimator).__name__, estimator)
 
 
 # ---- data -------------------------------------------------------------------------
@@ -217,7 +245,8 @@ def test_early_stopping_restores_best():
     assert est.best_loss_ is None
     assert est.best_validation_score_ == max(est.validation_scores_)
     # the best epoch's weights are back: sklearn restores the same ones
-    ref = sk_nn.MLPClassifier(**{k: v for k, v in est.get_params().items() if k != "backend"})
+    ref = sk_nn.MLPClassifier(**{k: v for k, v in est.get_params().items()
+                                 if k not in ("backend", "dtype", "class_weight")})
     ref.fit(X, y)
     assert ref.n_iter_ == est.n_iter_
     np.testing.assert_allclose(est.coefs_[1], ref.coefs_[1], atol=1e-4)
@@ -309,8 +338,20 @@ def test_feature_names_from_dataframe():
 
 def test_bad_parameters():
     X, y = _multiclass()
-    with pytest.raises(ValueError, match="lbfgs.*not supported"):
-        MLPClassifier(solver="lbfgs").fit(X, y)
+    with pytest.raises(ValueError, match="dtype"):
+        MLPClassifier(dtype=np.float16).fit(X, y)
+    with pytest.raises(ValueError, match="reference"):
+        MLPClassifier(dtype=np.float64, backend="c").fit(X, y)
+    with pytest.raises(ValueError, match="alpha.*finite"):
+        MLPClassifier().set_params(alpha=np.nan)
+    with pytest.raises(ValueError, match="learning_rate_init"):
+        MLPClassifier(learning_rate_init=np.inf).fit(X, y)
+    with pytest.raises(ValueError, match="class_weight"):
+        MLPClassifier(class_weight={"nope": 2.0}).fit(X, y)
+    with pytest.raises(ValueError, match="sample_weight"):
+        MLPClassifier().fit(X, y, sample_weight=-np.ones(len(y)))
+    with pytest.raises(ValueError, match="poisson"):
+        MLPRegressor(loss="poisson").fit(X, -np.ones(len(y)))
     with pytest.raises(ValueError, match="hidden_layer_sizes"):
         MLPClassifier(hidden_layer_sizes=(4, 0)).fit(X, y)
     with pytest.raises(ValueError, match="backend"):

@@ -40,6 +40,11 @@ def test_c_enums_are_the_spec():
         name.upper(): o.code for name, o in spec.OPTIMIZERS.items()}
 
 
+def test_c_hook_events_are_the_spec():
+    assert _c_enum("fastnn_hook_event", "FASTNN_HOOK_") == {e.name: int(e)
+                                                          for e in spec.HookEvent}
+
+
 def test_c_plan_enums_are_the_spec():
     """The plan's record kinds and field indices (fastnn.plan writes the
     records, csrc/plan.c reads them by these indices)."""

@@ -110,16 +110,27 @@ def as_labels(name, labels, n, classes):
     """Integer class labels of shape (n,) in [0, classes), as C-contiguous
     int32.  The range is checked before the narrowing cast, so 2**32 + 1 is
     refused rather than read as 1.  (Device labels are the caller's.)"""
-    labels = as_input(name, labels, np.int32 if _is_device(labels) else np.asarray(labels).dtype,
-                      ndim=1, shape=(n,))
-    if not _is_device(labels):
-        if np.dtype(labels.dtype).kind not in "iu":
-            raise TypeError(f"{name}: expected integer class labels, got dtype {labels.dtype}")
-        lo, hi = labels.min(), labels.max()
-        if lo < 0 or hi >= classes:
-            raise ValueError(f"{name}: must lie in [0, {classes}), got values in [{lo}, {hi}]")
-        labels = np.ascontiguousarray(labels, dtype=np.int32)
-    return labels
+    return as_indices(name, labels, classes, ndim=1, shape=(n,), what="integer class labels", noun="")
+
+
+def as_indices(name, x, high, ndim=None, shape=None, what="integers", noun="indices "):
+    """Integer indices in [0, high) as C-contiguous int32, the range checked
+    on the caller's integers before the narrowing cast (int64 2**32 + 1 is
+    refused, not read as 1); floats are refused.  Device arrays must
+    already be int32 (their range is the caller's)."""
+    if _is_device(x):
+        return as_input(name, x, np.int32, ndim=ndim, shape=shape)
+    if x is not None and hasattr(x, "dtype") and np.dtype(x.dtype).kind == "f":
+        raise TypeError(f"{name}: expected {what}, got dtype {np.dtype(x.dtype)}")
+    x = as_input(name, x, np.asarray(x).dtype if x is not None else np.int32, ndim=ndim,
+                 shape=shape)
+    if np.dtype(x.dtype).kind not in "iu":
+        raise TypeError(f"{name}: expected {what}, got dtype {x.dtype}")
+    if x.size:
+        lo, hi = x.min(), x.max()
+        if lo < 0 or hi >= high:
+            raise ValueError(f"{name}: {noun}must lie in [0, {high}), got values in [{lo}, {hi}]")
+    return np.ascontiguousarray(x, dtype=np.int32)
 
 
 def check_output(name, x, dtype, shape):
@@ -166,24 +177,43 @@ def _check_shape(name, x, ndim, shape):
                 raise ValueError(f"{name}: expected shape {want_str}, got {_shape_str(x.shape)}")
 
 
-def check_scalar(name, value, low=None, high=None, low_open=False):
-    """A finite real scalar within [low, high] (low excluded if low_open)."""
+def check_scalar(name, value, low=None, high=None, low_open=False, high_open=False):
+    """A finite real scalar within [low, high] (low excluded if low_open,
+    high if high_open).  Strings and bools are refused (float('1') and
+    float(True) would take them)."""
+    if isinstance(value, (str, bytes, bool, np.bool_)):
+        raise TypeError(f"{name}: expected a real number, got {value!r}")
     try:
         v = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise TypeError(f"{name}: expected a real number, got {value!r}") from None
     if not math.isfinite(v):  # (math's: np.isfinite costs ~1 us a scalar)
         raise ValueError(f"{name}: must be finite, got {v}")
     if low is not None and (v < low or (low_open and v == low)):
         raise ValueError(f"{name}: must be {'>' if low_open else '>='} {low}, got {v}")
-    if high is not None and v > high:
-        raise ValueError(f"{name}: must be <= {high}, got {v}")
+    if high is not None and (v > high or (high_open and v == high)):
+        raise ValueError(f"{name}: must be {'<' if high_open else '<='} {high}, got {v}")
     return v
 
 
+def check_flag(name, value):
+    """A bool (numpy's too, or the integers 0 and 1): bool('no') is True,
+    so a string is refused rather than read as a flag."""
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, (int, np.integer))
+                                               and value in (0, 1)):
+        return bool(value)
+    raise TypeError(f"{name}: expected a bool, got {value!r}")
+
+
+# Step counters stay far below int64's limit, so that an epoch adding its
+# batches to one cannot overflow in the compiled code.
+MAX_STEP = 2 ** 62
+
+
 def check_step(step):
-    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
-        raise ValueError(f"step: expected an integer >= 1, got {step!r}")
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) \
+            or not 1 <= step <= MAX_STEP:
+        raise ValueError(f"step: expected an integer in [1, 2**62], got {step!r}")
     return int(step)
 
 
@@ -193,6 +223,7 @@ def check_step(step):
 # arguments normalised, in order.  `dtype` is the backend's compute dtype.
 
 def prepare_gemm(A, B, C, trans_a, trans_b, alpha, beta, dtype):
+    trans_a, trans_b = check_flag("trans_a", trans_a), check_flag("trans_b", trans_b)
     A = as_input("A", A, dtype, ndim=2)
     B = as_input("B", B, dtype, ndim=2)
     m, k = (A.shape[1], A.shape[0]) if trans_a else A.shape
@@ -204,7 +235,7 @@ def prepare_gemm(A, B, C, trans_a, trans_b, alpha, beta, dtype):
         raise ValueError(f"gemm: every dimension must be >= 1, got m={m}, n={n}, k={k}")
     check_output("C", C, dtype, (m, n))
     check_no_alias("C", C, {"A": A, "B": B})
-    return (A, B, C, bool(trans_a), bool(trans_b), check_scalar("alpha", alpha),
+    return (A, B, C, trans_a, trans_b, check_scalar("alpha", alpha),
             check_scalar("beta", beta))
 
 
@@ -376,8 +407,9 @@ def check_hyper(opt, hyper):
     out = {}
     for h in opt.hyper:
         value = hyper[h.name]
-        out[h.name] = (bool(value) if h.flag else
-                       check_scalar(h.name, value, h.low, h.high, h.low_open))
+        out[h.name] = (check_flag(h.name, value) if h.flag else
+                       check_scalar(h.name, value, h.low, h.high, h.low_open,
+                                    getattr(h, "high_open", False)))
     return out
 
 
@@ -402,7 +434,11 @@ def prepare_optimizer(opt, *args):
     step = [check_step(rest[0])] if opt.step else []
     rest = rest[len(step):]
     hyper = check_hyper(opt, dict(zip(opt.hyper_names, rest)))
-    scalars = [check_scalar(name, v) for name, v in zip(opt.scalars, rest[len(opt.hyper):])]
+    # NAdam's mu_product is mu_1 * ... * mu_t, each mu in [0, 1) (beta1 < 1):
+    # 1 would divide by zero
+    scalars = [check_scalar(name, v, **(dict(low=0.0, high=1.0, high_open=True)
+                                        if name == "mu_product" else {}))
+               for name, v in zip(opt.scalars, rest[len(opt.hyper):])]
     grads = prepare_update(params, grads, states, dtype)
     check_states_given(opt, states, hyper)
     return (params, grads, *states.values(), *step, *hyper.values(), *scalars)
@@ -487,7 +523,7 @@ def prepare_dense_stack_epoch(epoch, dtype):
     e = epoch
     opt, states, hyper, size = _epoch_optimizer(e, dtype)
     batch_size = _integer("batch_size", e.batch_size, 1)
-    step = _integer("step", e.step, 0)
+    step = _integer("step", e.step, 0, high=MAX_STEP)
     layers = _dense_layers(e.layers, size)
     X = as_input("X", e.X, dtype, ndim=2, shape=(None, layers[0].fan_in))
     targets, order = _epoch_data(e, X, layers[-1].fan_out)
@@ -561,31 +597,27 @@ def _epoch_scalars(e):
     return dict(l2=check_scalar("l2", e.l2, low=0.0),
                 loss_scale=check_scalar("loss_scale", e.loss_scale),
                 grad_scale=check_scalar("grad_scale", e.grad_scale),
-                mu_product=check_scalar("mu_product", e.mu_product))
+                mu_product=check_scalar("mu_product", e.mu_product, low=0.0, high=1.0))
 
 
 def _epoch_aliases(e, opt, work):
-    """No output of the (checked) epoch e overlaps an input or another
-    output; `work` names its workspace arrays."""
+    """No array the (checked) epoch e writes overlaps an array it reads or
+    another it writes (optimizer states, workspaces, buffers, the per-batch
+    outputs against X, targets, order and the plan arrays); `work` names
+    its workspace arrays."""
     outs = {"batch_losses": check_output("batch_losses", e.batch_losses, np.float64,
                                          (e.n_batches,)),
             "batch_correct": check_output("batch_correct", e.batch_correct, np.int64,
                                           (e.n_batches,))}
-    inputs = {"X": e.X, "targets": e.targets}
-    if e.order is not None:
-        inputs["order"] = e.order
-    buffers = {"params": e.params, "grads": e.grads, **dict(zip(opt.states, e.states))}
-    if getattr(e, "buffers", None) is not None:
-        buffers["buffers"] = e.buffers
-    for name, arr in {**work, **outs, **buffers}.items():
-        if arr is not None:  # (an unused optimizer state)
-            check_no_alias(name, arr, inputs)
-    for name, arr in work.items():
-        check_no_alias(name, arr, dict(buffers, **outs))
-    for name, arr in outs.items():
-        check_no_alias(name, arr, buffers)
-    check_no_alias("batch_losses", outs["batch_losses"],
-                   {"batch_correct": outs["batch_correct"]})
+    reads = {"X": e.X, "targets": e.targets}
+    for name in ("order", "plan", "plan_scalars", "penalized"):
+        if getattr(e, name, None) is not None:
+            reads[name] = getattr(e, name)
+    writes = {"params": e.params, "grads": e.grads, **dict(zip(opt.states, e.states)),
+              "buffers": getattr(e, "buffers", None), **work, **outs}
+    writes = [(name, arr) for name, arr in writes.items() if arr is not None]
+    for i, (name, arr) in enumerate(writes):
+        check_no_alias(name, arr, dict(reads, **dict(writes[:i])))
 
 
 def check_ranges(name, ranges, n_params):
@@ -617,7 +649,7 @@ def prepare_model_epoch(epoch, dtype):
     e = epoch
     opt, states, hyper, n_params = _epoch_optimizer(e, dtype)
     batch_size = _integer("batch_size", e.batch_size, 1)
-    step = _integer("step", e.step, 0)
+    step = _integer("step", e.step, 0, high=MAX_STEP)
     in_size, out_size = _integer("in_size", e.in_size, 1), _integer("out_size", e.out_size, 1)
     X = as_input("X", e.X, dtype)
     if X.ndim < 2 or X.size // max(X.shape[0], 1) != in_size:
@@ -651,6 +683,10 @@ def prepare_model_epoch(epoch, dtype):
             raise ValueError(f"plan_scalars[{i}]: not finite")
         if rec[spec.F["op"]] == spec.Op.DROPOUT and not 0.0 <= s[spec.S["p"]] < 1.0:
             raise ValueError(f"plan_scalars[{i}]: dropout p must lie in [0, 1)")
+        problem = _record_problem(rec.tolist(), s, in_size, -(-(X.shape[0] if order is None
+                                                                 else order.shape[0]) // B))
+        if problem:
+            raise ValueError(f"plan[{i}] ({spec.Op(int(rec[0])).name}): {problem}")
         for buf, off, size in spec.record_regions(rec, B):
             if off < 0 or size < 0 or off + size > sizes[buf]:
                 raise ValueError(f"plan[{i}] ({spec.Op(int(rec[0])).name}): region "
@@ -670,13 +706,19 @@ def prepare_model_epoch(epoch, dtype):
                 and last * rec[spec.F["h"]] * rec[spec.F["w"]] < 2:
             raise ValueError(f"batch_size: the last batch of {last} gives plan[{i}] "
                              "(BATCHNORM) one value per channel")
-    for o, size in pen:
+    for o, size in pen.tolist():  # Python ints: o + size cannot wrap
         if o < 0 or size < 0 or o + size > n_params:
             raise ValueError(f"penalized: range [{o}, {o + size}) outside params ({n_params})")
+    if e.hook is not None and not callable(e.hook):
+        raise TypeError(f"hook: expected a callable hook(event, batch) or None, got "
+                        f"{type(e.hook).__name__}")
+    spec.hook_events(e.hook)  # (raises for a bad hook.events)
+    hook_every = _integer("hook_every", e.hook_every, 0, 2 ** 62)
     trainable = None if e.trainable is None else check_ranges("trainable", e.trainable, n_params)
     e = dataclasses.replace(
         e, states=states, X=X, targets=targets, batch_size=batch_size, hyper=hyper, step=step,
         order=order, plan=plan, plan_scalars=scal, penalized=pen, trainable=trainable,
+        hook_every=hook_every,
         clip_value=check_scalar("clip_value", e.clip_value, low=0.0),
         clip_norm=check_scalar("clip_norm", e.clip_norm, low=0.0), **_epoch_scalars(e))
     _epoch_aliases(e, opt, {"workspace": ws, "iworkspace": iws})
@@ -722,6 +764,54 @@ def prepare_model_epochs(epochs, dtype):
                                  f"epochs[{r[2]}].{r[3]}")
         open_spans.append(sp)
     return (checked,)
+
+
+def _window_ok(n, k, s, p, out):
+    """One spatial extent of a window (csrc/plan.c's window_valid)."""
+    return k >= 1 and s >= 1 and 0 <= p < k and n + 2 * p >= k and out == (n + 2 * p - k) // s + 1
+
+
+def _record_problem(r, s, in_size, n_batches):
+    """What is wrong with plan record r (a list of Python ints) besides its
+    regions, or None: the geometry, window and activation checks
+    csrc/plan.c makes, so that they fail here with a message."""
+    F, Op = spec.F, spec.Op
+    op = r[F["op"]]
+    h, w, c, oh, ow, oc = (r[F[k]] for k in ("h", "w", "c", "oh", "ow", "oc"))
+    if min(h, w, c, oh, ow, oc) < 1:
+        return f"shapes (h, w, c) = ({h}, {w}, {c}), (oh, ow, oc) = ({oh}, {ow}, {oc}) must be >= 1"
+    isz, osz = h * w * c, oh * ow * oc
+    if r[F["x"]] == -1 and isz != in_size:
+        return f"reads the input rows ({in_size} values) as {isz} values"
+    act_ok = r[F["act"]] in set(int(a) for a in spec.Activation)
+    win = [r[F[k]] for k in ("kh", "kw", "sh", "sw", "ph", "pw")]
+    kh, kw, sh, sw, ph, pw = win
+    if op == Op.DENSE:
+        ok, why = oh == 1 and ow == 1 and act_ok, "needs oh = ow = 1 and a valid activation"
+    elif op == Op.CONV2D:
+        ok = act_ok and _window_ok(h, kh, sh, ph, oh) and _window_ok(w, kw, sw, pw, ow)
+        why = f"window {win} does not give ({oh}, {ow}) from ({h}, {w}), or bad activation"
+    elif op in (Op.MAXPOOL2D, Op.AVGPOOL2D):
+        ok = oc == c and _window_ok(h, kh, sh, 0, oh) and _window_ok(w, kw, sw, 0, ow) \
+            and h * w < 2 ** 31
+        why = f"window {win} does not give ({oh}, {ow}, {oc}) from ({h}, {w}, {c})"
+    elif op in (Op.ACTIVATION, Op.SOFTMAX):
+        ok, why = isz == osz and (act_ok or op == Op.SOFTMAX), "sizes differ or bad activation"
+    elif op == Op.BATCHNORM:
+        ok = isz == osz and oc == c and r[F["dx"]] != -1 and s[spec.S["eps"]] > 0 \
+            and 0 <= s[spec.S["momentum"]] <= 1
+        why = "needs equal shapes, a dx, eps > 0 and momentum in [0, 1]"
+    elif op == Op.DROPOUT:
+        ok = isz == osz and r[F["seed"]] >= 0 and 0 <= r[F["counter"]] \
+            and r[F["counter"]] + n_batches < 2 ** 63
+        why = "needs equal sizes and seed, counter >= 0 (counter + batches in int64)"
+    elif op == Op.ADD:
+        ok = isz == osz and (r[F["aux"]] != -1 or osz == in_size)
+        why = "needs equal sizes (aux = -1: the input's)"
+    else:  # FORK
+        ok = isz == osz and (r[F["dx"]] == -1 or r[F["daux"]] != -1)
+        why = "needs equal sizes and a daux with a dx"
+    return None if ok else why
 
 
 def _span(a):
@@ -790,8 +880,9 @@ def conv_output_size(size, kernel, stride, padding):
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def _conv_geometry(X, kh, kw, stride, padding):
-    """(stride, padding) pairs of a window (kh, kw) over images X."""
+def _conv_geometry(X, kh, kw, stride, padding, name="X"):
+    """(stride, padding) pairs of a window (kh, kw) over images X (the
+    argument `name`)."""
     n, h, w, c = X.shape
     sh, sw = _pair("stride", stride, 1)
     ph, pw = _pair("padding", padding, 0)
@@ -799,7 +890,7 @@ def _conv_geometry(X, kh, kw, stride, padding):
         raise ValueError(f"padding: must be smaller than the kernel ({kh}, {kw}), got ({ph}, {pw})")
     oh, ow = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
     if oh < 1 or ow < 1:
-        raise ValueError(f"X: input ({h}, {w}) is smaller than the window ({kh}, {kw}) "
+        raise ValueError(f"{name}: input ({h}, {w}) is smaller than the window ({kh}, {kw}) "
                          f"with padding ({ph}, {pw})")
     return (sh, sw), (ph, pw), oh, ow
 
@@ -861,10 +952,10 @@ def prepare_conv2d_backward(dX, dW, db, dZ, dY, X, W, Y, cols, stride, padding, 
             *_activation(activation, negative_slope))
 
 
-def _pool_geometry(X, pool, stride):
+def _pool_geometry(X, pool, stride, name="X"):
     """(pool, stride) pairs and the output size of a pooling window over X."""
     pool = _pair("pool", pool, 1)
-    stride, _, oh, ow = _conv_geometry(X, *pool, pool if stride is None else stride, 0)
+    stride, _, oh, ow = _conv_geometry(X, *pool, pool if stride is None else stride, 0, name)
     return pool, stride, oh, ow
 
 
@@ -885,14 +976,12 @@ def _prepare_pool_backward(dX, dY, argmax, pool, stride, dtype):
     if dX is None or len(getattr(dX, "shape", ())) != 4 or 0 in dX.shape:
         raise ValueError("dX: expected a non-empty (N, H, W, C) output array")
     check_output("dX", dX, dtype, tuple(dX.shape))
-    pool, stride, oh, ow = _pool_geometry(dX, pool, stride)
+    pool, stride, oh, ow = _pool_geometry(dX, pool, stride, "dX")
     n, h, w, c = dX.shape
     dY = as_input("dY", dY, dtype, ndim=4, shape=(n, oh, ow, c))
     inputs = {"dY": dY}
     if argmax is not None:
-        argmax = as_input("argmax", argmax, np.int32, ndim=4, shape=(n, oh, ow, c))
-        if not _is_device(argmax) and (argmax.min() < 0 or argmax.max() >= h * w):
-            raise ValueError(f"argmax: indices must lie in [0, {h * w})")
+        argmax = as_indices("argmax", argmax, h * w, ndim=4, shape=(n, oh, ow, c))
         inputs["argmax"] = argmax
     check_no_alias("dX", dX, inputs)
     return dY, argmax, pool, stride
@@ -964,6 +1053,9 @@ def prepare_batchnorm_inference(Y, X, gamma, beta, running_mean, running_var, ep
     args = [_channels(name, v, c, dtype) for name, v in
             (("gamma", gamma), ("beta", beta), ("running_mean", running_mean),
              ("running_var", running_var))]
+    if not _is_device(args[3]) and not np.all(args[3] >= 0):  # NaN fails too
+        raise ValueError("running_var: must be >= 0 (a variance), got "
+                         f"{args[3][~(args[3] >= 0)][0]}")
     check_output("Y", Y, dtype, tuple(X.shape))
     check_no_alias("Y", Y, dict(zip(("gamma", "beta", "running_mean", "running_var"), args), X=X))
     return (Y, X, *args, check_scalar("eps", eps, low=0.0, low_open=True))

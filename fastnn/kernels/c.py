@@ -105,6 +105,15 @@ def set_num_threads(n):
     lib.fastnn_set_num_threads(int(n))
 
 
+def flush_denormals(on):
+    """Flush denormals to zero (FTZ + DAZ; on=True) or keep them (False) in
+    the C kernels' threads and the calling thread, until called again;
+    returns the calling thread's previous setting.  Not a default: every
+    kernel keeps IEEE denormals unless a caller asks (fastnn.sklearn's
+    L-BFGS objective does, around its full-batch epoch)."""
+    return bool(lib.fastnn_flush_denormals(1 if on else 0))
+
+
 def epoch_threads():
     """The threads dense_stack_epoch may use (it takes fewer for small
     batches, or when the workspace is sized for fewer)."""
@@ -292,12 +301,64 @@ def dense_stack_epoch(epoch):
     return int(e.n_done), int(e.opt.step), float(e.opt.mu_product)
 
 
+# ---- the epoch hook: C calls _fastnn_hook_trampoline(ctx, event, batch) -----------------
+
+class _HookCall:
+    """What a C epoch's hook_ctx points to (a cffi handle of it): the
+    Python hook, and the exception it raised (the C epoch stops on the
+    non-zero return; model_epoch raises it after the call returns)."""
+
+    __slots__ = ("hook", "error", "handle")
+
+    def __init__(self, hook):
+        self.hook = hook
+        self.error = None
+        self.handle = ffi.new_handle(self)
+
+    def reraise(self):
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+
+_EVENTS = {int(e): e for e in spec.HookEvent}
+
+
+@ffi.def_extern(name="_fastnn_hook_trampoline")
+def _hook_trampoline(ctx, event, batch):
+    call = ffi.from_handle(ctx)
+    try:
+        call.hook(_EVENTS[event], batch)
+    except BaseException as exc:  # noqa: B036 - KeyboardInterrupt too: re-raised unchanged
+        call.error = exc
+        return 1
+    return 0
+
+
+def _hook_fields(epoch):
+    """The C hook fields of an epoch and the _HookCall behind them (None
+    without a hook)."""
+    if epoch.hook is None:
+        return {}, None
+    call = _HookCall(epoch.hook)
+    return {"hook": lib._fastnn_hook_trampoline, "hook_ctx": call.handle,
+            "hook_every": epoch.hook_every,
+            "hook_events": spec.hook_mask(spec.hook_events(epoch.hook))}, call
+
+
 def model_epoch(epoch):
     """The epoch of a compiled model in one C call: spec.ModelEpoch as the C
     struct fastnn_model_epoch (plan, plan_scalars and penalized as int64 /
-    float64 / int64 arrays; buffers and iworkspace may be empty)."""
+    float64 / int64 arrays; buffers and iworkspace may be empty).  The hook
+    is called through _fastnn_hook_trampoline; its exception, if any, is
+    raised here once the C epoch has stopped."""
     c, keep = _model_epoch_struct(epoch)
-    _call(lib.fastnn_model_epoch_run, c)
+    try:
+        _call(lib.fastnn_model_epoch_run, c)
+    finally:
+        call = keep[-1]
+        if call is not None:
+            call.reraise()
     del keep
     return int(c.n_done), int(c.opt.step), float(c.opt.mu_product)
 
@@ -311,6 +372,9 @@ def model_epochs(epochs):
         array[i] = c[0]
     rcs = ffi.new("int[]", len(structs))
     rc = lib.fastnn_model_epochs_run(array, len(structs), rcs)
+    for _, keep in structs:  # (the first hook's exception; each stopped its own epoch)
+        if keep[-1] is not None:
+            keep[-1].reraise()
     if rc:
         bad = [i for i in range(len(structs)) if rcs[i]]
         raise RuntimeError(f"fastnn_model_epochs_run: C kernel returned error {rc} for epochs "
@@ -337,8 +401,9 @@ def _model_epoch_struct(e):
         penalized=pen if pen.size else None, trainable=tra, X=e.X, order=e.order, workspace=e.workspace,
         iworkspace=iws, batch_loss=e.batch_losses, batch_correct=e.batch_correct))
     opt = _optimizer(e)
+    hook, call = _hook_fields(e)
     c = ffi.new("fastnn_model_epoch *", dict(
-        pointers, n_params=e.params.size, n_buffers=0 if buffers is None else buffers.size,
+        pointers, **hook, n_params=e.params.size, n_buffers=0 if buffers is None else buffers.size,
         n_records=plan.shape[0], n_penalized=pen.shape[0],
         n_trainable=0 if tra is None else tra.shape[0], opt=opt,
         loss=spec.LOSS_CODES[e.loss], n=e.X.shape[0], in_size=e.in_size,
@@ -346,7 +411,7 @@ def _model_epoch_struct(e):
         lb=e.lb, output=e.output, doutput=e.doutput, l2=e.l2, loss_scale=e.loss_scale,
         grad_scale=e.grad_scale, clip_value=e.clip_value, clip_norm=e.clip_norm,
         workspace_size=e.workspace.size, iworkspace_size=0 if iws is None else iws.size))
-    return c, (pointers, plan, scal, pen, tra, opt)
+    return c, (pointers, plan, scal, pen, tra, opt, call)
 
 
 # ---- dropout (Philox4x32-10 masks) ---------------------------------------------

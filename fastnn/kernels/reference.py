@@ -633,6 +633,12 @@ def model_epoch(epoch):
        update over those ranges only (frozen parameters and their
        optimizer state do not change).
 
+    The hook (``hook``, ``hook_every``; :class:`fastnn.kernels.spec.HookEvent`
+    says when it is called): ``hook(GRADS, i)`` between the l2 term and
+    the clipping of 4 when ``hook.events`` asks for it, ``hook(BATCH, i)``
+    after the update of every ``hook_every``-th batch and of the last.  An
+    exception from it ends the epoch there and propagates unchanged.
+
     Returns
     -------
     (n_done, step, mu_product), as dense_stack_epoch.
@@ -813,6 +819,8 @@ def run_model_epoch(k, epoch):
     step = e.step
     t_host = k.to_numpy(targets)
     n_out = e.out_size
+    events = spec.hook_events(e.hook)  # (spec.HookEvent)
+    grads_hook, batch_hook = spec.HookEvent.GRADS in events, spec.HookEvent.BATCH in events
     for i in range(e.n_batches):
         lo, hi = i * bs, min((i + 1) * bs, n)
         m = hi - lo
@@ -848,6 +856,8 @@ def run_model_epoch(k, epoch):
         if e.l2:
             for o, sz in pen:
                 k.axpy(e.grads[o:o + sz], e.params[o:o + sz], e.l2 / m)
+        if grads_hook:  # (an exception stops the epoch before this batch's update)
+            e.hook(spec.HookEvent.GRADS, i)
         if e.clip_value > 0.0:
             for o, sz in ranges:
                 k.clip(e.grads[o:o + sz], -e.clip_value, e.clip_value)
@@ -863,6 +873,8 @@ def run_model_epoch(k, epoch):
             update(e.params[o:o + sz], e.grads[o:o + sz],
                    *(None if st is None else st[o:o + sz] for st in e.states),
                    *([step] if opt.step else []), *e.hyper.values(), *scalars.values())
+        if batch_hook and spec.hook_batch_due(i, e.n_batches, e.hook_every):
+            e.hook(spec.HookEvent.BATCH, i)
     return e.n_batches, step, scalars.get("mu_product", e.mu_product)
 
 

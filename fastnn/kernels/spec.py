@@ -55,7 +55,9 @@ General
      product that overflows in the formula must overflow.
   5. Denormals are kept everywhere (no flush to zero), except inside the c
      backend's optimizer updates, which run with FTZ + DAZ (csrc/internal.h):
-     there |x| < FLT_MIN (1.18e-38) counts as equal to 0 in both results.
+     there |x| < FLT_MIN (1.18e-38) counts as equal to 0 in both results;
+     and while a caller has asked c's ``flush_denormals(True)`` (the L-BFGS
+     objective of fastnn.sklearn does, around its full-batch epoch).
   6. Zeros have the reference's sign, except where noted (relu and sign of
      -0, mae's gradient, optimizer updates).
   7. Finite values agree within float32 rounding: |got - want| <= 1e-5 *
@@ -188,6 +190,7 @@ class Hyper:
     low: float = None
     high: float = None
     low_open: bool = False
+    high_open: bool = False
     flag: bool = False      # a bool (nesterov, centered), not a real number
     required: bool = False
 
@@ -241,8 +244,9 @@ class OptimizerSpec:
 _LR = Hyper("lr", 1e-3, low=0.0, required=True)
 _WD = Hyper("weight_decay", 0.0, low=0.0)
 _EPS = Hyper("eps", 1e-8, low=0.0, required=True)
-_BETA1 = Hyper("beta1", 0.9, 0.0, 1.0, required=True)
-_BETA2 = Hyper("beta2", 0.999, 0.0, 1.0, required=True)
+# betas in [0, 1), as torch: 1 divides by zero in the bias corrections
+_BETA1 = Hyper("beta1", 0.9, 0.0, 1.0, high_open=True, required=True)
+_BETA2 = Hyper("beta2", 0.999, 0.0, 1.0, high_open=True, required=True)
 _ADAM_HYPER = (_LR, _BETA1, _BETA2, _EPS, _WD)
 _BETAS = {"betas": ("beta1", "beta2")}
 
@@ -564,11 +568,76 @@ class ModelEpoch:
     clip_norm: float = 0.0
     order: object = None
     trainable: object = None
+    hook: object = None
+    hook_every: int = 0
 
     @property
     def n_batches(self):
         rows = self.X.shape[0] if self.order is None else len(self.order)
         return -(-rows // self.batch_size)
+
+
+# ---- the epoch hook ---------------------------------------------------------------------
+
+class HookEvent(enum.IntEnum):
+    """enum fastnn_hook_event: when ``ModelEpoch.hook(event, batch)`` is called.
+
+    ``GRADS``: after every batch's backward (``epoch.grads`` holds the
+    batch's gradient, the l2 term included), before clipping and the
+    optimizer update -- a data-parallel all-reduce works here, in place on
+    the grads.  Raised only when the hook asks for it (``hook.events``).
+    ``BATCH``: after the update of every ``hook_every``-th batch (batch + 1
+    a multiple of hook_every; hook_every = 0: none of these) and of the
+    epoch's last batch (progress bars: ``epoch.batch_losses[:batch + 1]``
+    are written).  ``batch`` is the 0-based batch index in the epoch.
+
+    The hook returns normally to go on (its value is ignored).  If it
+    raises, the epoch stops after that batch's update (BATCH: the batch
+    counts as done) or before it (GRADS: it does not, the parameters are
+    those after the previous batch) and the exception propagates from
+    ``model_epoch`` unchanged (KeyboardInterrupt too).  A batch whose loss
+    is not finite ends the epoch before its backward, without a hook call.
+    """
+
+    GRADS = 1
+    BATCH = 2
+
+
+DEFAULT_HOOK_EVENTS = frozenset({HookEvent.BATCH})
+
+
+def hook_events(hook):
+    """The events `hook` asks for: ``hook.events`` (a set of HookEvent),
+    default {BATCH}; an empty frozenset for no hook.  ValueError for an
+    events attribute that is not a collection of HookEvent members."""
+    if hook is None:
+        return frozenset()
+    events = getattr(hook, "events", DEFAULT_HOOK_EVENTS)
+    bad = ValueError(f"hook.events: expected a set of fastnn.kernels.spec.HookEvent, got "
+                     f"{events!r}")
+    if not isinstance(events, (set, frozenset, list, tuple)):
+        raise bad
+    out = set()
+    for e in events:
+        if isinstance(e, bool) or not isinstance(e, (int, np.integer)) \
+                or int(e) not in HookEvent._value2member_map_:
+            raise bad
+        out.add(HookEvent(int(e)))
+    return frozenset(out)
+
+
+def hook_mask(events):
+    """The C bit mask of a set of HookEvent (1 << event each)."""
+    mask = 0
+    for e in events:
+        mask |= 1 << int(e)
+    return mask
+
+
+def hook_batch_due(batch, n_batches, every):
+    """True if the BATCH event follows batch `batch` (0-based) of an epoch
+    of n_batches: batch + 1 a multiple of `every` (> 0), or the last."""
+    return batch == n_batches - 1 or (every > 0 and (batch + 1) % every == 0)
 
 
 # ---- the kernels ----------------------------------------------------------------------

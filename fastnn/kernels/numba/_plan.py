@@ -212,14 +212,18 @@ def _model_epoch(params, grads, buffers, s0, s1, s2, ws, iws, X, labels, T, orde
                  batch_correct, plan, plan_scalars, penalized, trainable, in_size, out_size, xb_off,
                  tb_off,
                  lb_off, output, doutput, loss, bs, optimizer, hyper, step, mu_product, l2,
-                 loss_scale, grad_scale, clip_value, clip_norm, threads):
-    """reference.run_model_epoch over this backend's kernels, in its order.
+                 loss_scale, grad_scale, clip_value, clip_norm, threads, b0, b1, defer_last):
+    """reference.run_model_epoch over this backend's kernels, in its order,
+    for the epoch's batches [b0, b1).
     X (n, in_size); labels (n,) for softmax_xent, else T (n, out_size) (the
     other one empty); order: the samples' rows (empty: X in its order).
     threads: numba's thread count (what the elementwise kernels may split
     their work into; it does not change the result).  trainable: (k, 2)
-    ranges clipped and updated (the whole buffer when k = 0).  Returns (n_done,
-    step, mu_product)."""
+    ranges clipped and updated (the whole buffer when k = 0).  defer_last:
+    return after batch b1 - 1's gradient (l2 included) without its update
+    (the GRADS hook's point; _finish_batch does the rest).  Returns (n_done,
+    step, mu_product, status): status 0 ran through, 1 a non-finite loss
+    ended the epoch, 2 the last batch's update is pending."""
     n_rec = plan.shape[0]
     is_labels = loss == _SOFTMAX_XENT
     gather = order.shape[0] > 0
@@ -257,8 +261,7 @@ def _model_epoch(params, grads, buffers, s0, s1, s2, ws, iws, X, labels, T, orde
     xg = ws[xb_off:xb_off + g_rows * in_size]
     tg = ws[tb_off:tb_off + (0 if is_labels else g_rows * out_size)]
     lg = iws[lb_off:lb_off + (g_rows if is_labels else 0)]
-    n_batches = (n + bs - 1) // bs
-    for bi in range(n_batches):
+    for bi in range(b0, b1):
         lo = bi * bs
         m = min(bs, n - lo)
         if gather:
@@ -289,7 +292,7 @@ def _model_epoch(params, grads, buffers, s0, s1, s2, ws, iws, X, labels, T, orde
         batch_losses[bi] = value
         batch_correct[bi] = _count_correct(out, lb, tb, loss)
         if not math.isfinite(value):
-            return bi + 1, step, mu_product
+            return bi + 1, step, mu_product, 1
         _loss_gradient(out, dout, lb, tb, loss, is_labels, grad_scale)
 
         for j in range(n_rec - 1, -1, -1):
@@ -302,43 +305,53 @@ def _model_epoch(params, grads, buffers, s0, s1, s2, ws, iws, X, labels, T, orde
             for q in range(penalized.shape[0]):
                 o, size = penalized[q, 0], penalized[q, 1]
                 _axpy(grads[o:o + size], params[o:o + size], np.float32(l2 / m))
-        if trainable.shape[0] == 0:
-            if clip_value > 0.0:
-                _clip(grads, np.float32(-clip_value), np.float32(clip_value))
-            if clip_norm > 0.0:
-                coef = clip_norm / (math.sqrt(_sum_squares(grads)) + 1e-6)
-                if coef < 1.0:
-                    _scale(grads, np.float32(coef))
-            step += 1
-            mu_product = _optimizer_step(optimizer, params, grads, s0, s1, s2, hyper, step,
-                                         mu_product)
-        else:  # frozen layers: only the trainable ranges (and their state) change
-            n_tr = trainable.shape[0]
-            if clip_value > 0.0:
-                for q in range(n_tr):
-                    o, size = trainable[q, 0], trainable[q, 1]
-                    _clip(grads[o:o + size], np.float32(-clip_value), np.float32(clip_value))
-            if clip_norm > 0.0:
-                sq = 0.0
-                for q in range(n_tr):
-                    o, size = trainable[q, 0], trainable[q, 1]
-                    sq += _sum_squares(grads[o:o + size])
-                coef = clip_norm / (math.sqrt(sq) + 1e-6)
-                if coef < 1.0:
-                    for q in range(n_tr):
-                        o, size = trainable[q, 0], trainable[q, 1]
-                        _scale(grads[o:o + size], np.float32(coef))
-            step += 1
-            mu_next = mu_product
+        if defer_last and bi == b1 - 1:
+            return b1, step, mu_product, 2
+        step, mu_product = _finish_batch(params, grads, s0, s1, s2, optimizer, hyper, step,
+                                         mu_product, clip_value, clip_norm, trainable)
+    return b1, step, mu_product, 0
+
+
+@njit(cache=True)
+def _finish_batch(params, grads, s0, s1, s2, optimizer, hyper, step, mu_product, clip_value,
+                  clip_norm, trainable):
+    """A batch's clipping and update, once its gradient is in grads; with
+    trainable ranges (frozen layers) only those ranges and their state change."""
+    if trainable.shape[0] == 0:
+        if clip_value > 0.0:
+            _clip(grads, np.float32(-clip_value), np.float32(clip_value))
+        if clip_norm > 0.0:
+            coef = clip_norm / (math.sqrt(_sum_squares(grads)) + 1e-6)
+            if coef < 1.0:
+                _scale(grads, np.float32(coef))
+        step += 1
+        mu_product = _optimizer_step(optimizer, params, grads, s0, s1, s2, hyper, step, mu_product)
+        return step, mu_product
+    n_tr = trainable.shape[0]
+    if clip_value > 0.0:
+        for q in range(n_tr):
+            o, size = trainable[q, 0], trainable[q, 1]
+            _clip(grads[o:o + size], np.float32(-clip_value), np.float32(clip_value))
+    if clip_norm > 0.0:
+        sq = 0.0
+        for q in range(n_tr):
+            o, size = trainable[q, 0], trainable[q, 1]
+            sq += _sum_squares(grads[o:o + size])
+        coef = clip_norm / (math.sqrt(sq) + 1e-6)
+        if coef < 1.0:
             for q in range(n_tr):
                 o, size = trainable[q, 0], trainable[q, 1]
-                mu_next = _optimizer_step(optimizer, params[o:o + size], grads[o:o + size],
-                                          s0[o:o + size] if s0.shape[0] else s0,
-                                          s1[o:o + size] if s1.shape[0] else s1,
-                                          s2[o:o + size] if s2.shape[0] else s2, hyper, step,
-                                          mu_product)
-            mu_product = mu_next
-    return n_batches, step, mu_product
+                _scale(grads[o:o + size], np.float32(coef))
+    step += 1
+    mu_next = mu_product
+    for q in range(n_tr):
+        o, size = trainable[q, 0], trainable[q, 1]
+        mu_next = _optimizer_step(optimizer, params[o:o + size], grads[o:o + size],
+                                  s0[o:o + size] if s0.shape[0] else s0,
+                                  s1[o:o + size] if s1.shape[0] else s1,
+                                  s2[o:o + size] if s2.shape[0] else s2, hyper, step,
+                                  mu_product)
+    return step, mu_next
 
 
 _NO_RANGES = np.zeros((0, 2), np.int64)
@@ -370,17 +383,45 @@ def model_epoch(epoch):
     T = e.targets if is_labels else e.targets.reshape(n, -1)
     buffers = _NO_BUF if e.buffers is None else e.buffers
     iws = np.empty(0, np.int32) if e.iworkspace is None else e.iworkspace
-    done, step, mu_product = _model_epoch(
-        e.params, e.grads, buffers, s0, s1, s2, e.workspace, iws, X,
-        T if is_labels else _NO_LABELS, _NO_TARGETS if is_labels else T,
-        _NO_ORDER if e.order is None else e.order, e.batch_losses, e.batch_correct,
-        np.ascontiguousarray(e.plan, np.int64), np.ascontiguousarray(e.plan_scalars, np.float64),
-        np.ascontiguousarray(np.asarray(e.penalized, np.int64).reshape(-1, 2)),
-        _NO_RANGES if e.trainable is None
-        else np.ascontiguousarray(np.asarray(e.trainable, np.int64).reshape(-1, 2)),
-        int(e.in_size), int(e.out_size), int(e.xb), int(e.tb), int(e.lb), int(e.output),
-        int(e.doutput), spec.LOSS_CODES[e.loss], int(e.batch_size),
-        spec.OPTIMIZERS[e.optimizer].code, hyper, int(e.step), float(e.mu_product), float(e.l2),
-        float(e.loss_scale), float(e.grad_scale), float(e.clip_value), float(e.clip_norm),
-        numba.get_num_threads())
-    return int(done), int(step), float(mu_product)
+    optimizer = spec.OPTIMIZERS[e.optimizer].code
+    trainable = (_NO_RANGES if e.trainable is None
+                 else np.ascontiguousarray(np.asarray(e.trainable, np.int64).reshape(-1, 2)))
+    args = (e.params, e.grads, buffers, s0, s1, s2, e.workspace, iws, X,
+            T if is_labels else _NO_LABELS, _NO_TARGETS if is_labels else T,
+            _NO_ORDER if e.order is None else e.order, e.batch_losses, e.batch_correct,
+            np.ascontiguousarray(e.plan, np.int64),
+            np.ascontiguousarray(e.plan_scalars, np.float64),
+            np.ascontiguousarray(np.asarray(e.penalized, np.int64).reshape(-1, 2)),
+            trainable, int(e.in_size), int(e.out_size), int(e.xb), int(e.tb), int(e.lb),
+            int(e.output), int(e.doutput), spec.LOSS_CODES[e.loss], int(e.batch_size), optimizer, hyper)
+    tail = (float(e.l2), float(e.loss_scale), float(e.grad_scale), float(e.clip_value),
+            float(e.clip_norm), numba.get_num_threads())
+    step, mu_product, n_batches = int(e.step), float(e.mu_product), e.n_batches
+    if e.hook is None:
+        done, step, mu_product, _ = _model_epoch(*args, step, mu_product, *tail, 0, n_batches,
+                                                 False)
+        return int(done), int(step), float(mu_product)
+    # With a hook the epoch runs in ranges of batches, the hook called in
+    # between: one range per batch with GRADS (the hook comes between its
+    # gradient and its update), else up to each batch the BATCH event follows.
+    events = spec.hook_events(e.hook)
+    grads_hook, batch_hook = spec.HookEvent.GRADS in events, spec.HookEvent.BATCH in events
+    b0 = 0
+    while b0 < n_batches:
+        b1 = b0 + 1
+        if not grads_hook:  # (the next batch + 1 a multiple of hook_every, or the end)
+            every = e.hook_every if batch_hook else 0
+            b1 = n_batches if every == 0 else min(n_batches, (b0 // every + 1) * every)
+        done, step, mu_product, status = _model_epoch(*args, step, mu_product, *tail, b0, b1,
+                                                      grads_hook)
+        if status == 1:
+            return int(done), int(step), float(mu_product)
+        if status == 2:
+            e.hook(spec.HookEvent.GRADS, b1 - 1)
+            step, mu_product = _finish_batch(e.params, e.grads, s0, s1, s2, optimizer, hyper,
+                                             step, mu_product, float(e.clip_value),
+                                             float(e.clip_norm), trainable)
+        if batch_hook and spec.hook_batch_due(b1 - 1, n_batches, e.hook_every):
+            e.hook(spec.HookEvent.BATCH, b1 - 1)
+        b0 = b1
+    return int(n_batches), int(step), float(mu_product)
