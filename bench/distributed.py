@@ -21,8 +21,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import fastnn  # noqa: E402
-from bench import workloads as wl  # noqa: E402
-from bench.compare import lenet_layers  # noqa: E402
+from fastnn.bench import workloads as wl  # noqa: E402
+from fastnn.bench.compare import lenet_layers  # noqa: E402
 
 BATCHES = (32, 128, 512)
 
