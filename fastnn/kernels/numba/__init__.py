@@ -24,10 +24,49 @@ rounds once on store -- except the optimizer updates, which run in float32
 as the c backend's do (see ``_optimizers``).
 """
 
+import hashlib
+import os
+
 import numba  # absolute import: the real numba, not this package
 import numpy as np
 
 from .. import spec
+
+
+def _drop_stale_caches(here=None):
+    """Remove the on-disk compiled kernels when any source they were built
+    from changed.  Numba keys a cache entry on its own file's timestamp only:
+    a kernel in _plan.py inlining a helper of _epoch.py keeps loading the
+    machine code of the old helper (wrong results or a crash) after _epoch.py
+    changes.  The stamp is a hash of every module of this backend and of
+    spec.py (whose constants are frozen into the code)."""
+    here = here or os.path.dirname(os.path.abspath(__file__))
+    sources = sorted(f for f in os.listdir(here) if f.endswith(".py"))
+    digest = hashlib.sha256()
+    for path in [os.path.join(here, f) for f in sources] + [spec.__file__]:
+        with open(path, "rb") as f:
+            digest.update(f.read())
+    digest.update(numba.__version__.encode())
+    cache = os.path.join(here, "__pycache__")
+    stamp_path = os.path.join(cache, "fastnn-sources.sha256")
+    try:
+        with open(stamp_path) as f:
+            if f.read().strip() == digest.hexdigest():
+                return
+    except OSError:
+        pass
+    try:
+        os.makedirs(cache, exist_ok=True)
+        for f in os.listdir(cache):
+            if f.endswith((".nbi", ".nbc")):
+                os.remove(os.path.join(cache, f))
+        with open(stamp_path, "w") as f:
+            f.write(digest.hexdigest())
+    except OSError:  # no such folder yet, or read-only: numba then caches elsewhere or not
+        pass
+
+
+_drop_stale_caches()
 from ..reference import asarray, empty, to_numpy, zeros  # noqa: F401 - host arrays, as the reference
 from ._conv import (avgpool2d_backward, avgpool2d_forward, conv2d_backward,  # noqa: F401
                     conv2d_forward, maxpool2d_backward, maxpool2d_forward)
