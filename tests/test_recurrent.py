@@ -93,7 +93,7 @@ def test_outputs_and_gradients_match_torch(cell, opts, seq, backend):
     R = rng.normal(size=(N,) + model.output_shape).astype(np.float32)
     k = kernels.get(backend)
     out = k.to_numpy(model.forward(k.asarray(X))).copy()
-    dX = k.to_numpy(model.backward(k.asarray(R), input_grad=True)).copy()
+    dX = k.to_numpy(model.backward(k.asarray(R.copy()), input_grad=True)).copy()
     xt = torch.from_numpy(X).requires_grad_(True)
     yt = _torch_out(tl, xt, seq)
     (yt * torch.from_numpy(R)).sum().backward()
