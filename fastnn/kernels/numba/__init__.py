@@ -41,6 +41,7 @@ from ._losses import (bce_backward, bce_forward, mae_backward, mae_forward,  # n
 from ._norm import batchnorm_backward, batchnorm_forward, batchnorm_inference  # noqa: F401
 from ._optimizers import adagrad, adam, adamax, adamw, nadam, radam, rmsprop, sgd  # noqa: F401
 from ._plan import model_epoch  # noqa: F401
+from ._rnn import rnn_backward, rnn_forward  # noqa: F401
 
 name = "numba"
 DTYPE = np.float32
