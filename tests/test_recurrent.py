@@ -281,3 +281,16 @@ def test_kernel_checks_name_the_argument(backend):
         k.rnn_forward(Hs, G, X, Wi, Wh, b, b, cell="gru", activation="relu")
     with pytest.raises(ValueError, match="Hs"):
         k.rnn_forward(X[:, :, :H] if C >= H else Hs[:, :1], G, X, Wi, Wh, b, b, cell="gru")
+
+
+@pytest.mark.parametrize("stack", ["gru_gru", "lstm"])
+def test_cuda_runs_the_reference_kernels_on_device_arrays(stack):
+    """cuda (the simulator without a GPU): the recurrent kernels are the
+    reference's on staged device arrays, batch by batch and in the epoch."""
+    if not kernels.available("cuda"):
+        pytest.skip("cuda backend unavailable")
+    want, want_loss = _fit(stack, "reference", False, epochs=1)
+    for fused in (False, True):
+        got, got_loss = _fit(stack, "cuda", fused, epochs=1)
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5, err_msg=f"fused={fused}")
+        np.testing.assert_allclose(got_loss, want_loss, rtol=1e-4, err_msg=f"fused={fused}")
