@@ -268,22 +268,33 @@ int fastnn_rnn_backward(float *dX, float *dW_ih, float *dW_hh, float *db_ih, flo
         }
         if (first)
             break;
-        const float *hprev = Hs + (t - 1) * h;
         float *dprev = dHs + (t - 1) * h;
-        const float beta = last ? 0.0f : 1.0f;
         if (cell == FASTNN_CELL_GRU) {
             if ((rc = fastnn_gemm(0, 1, n, h, 2 * h, 1.0f, gt, ldg, W_hh, GH, 1.0f, dprev, ldh))
                 || (rc = fastnn_gemm(0, 1, n, h, h, 1.0f, gt + 3 * h, ldg, W_hh + 2 * h, GH,
-                                     1.0f, dprev, ldh))
-                || (rc = fastnn_gemm(1, 0, h, 2 * h, n, 1.0f, hprev, ldh, gt, ldg, beta, dW_hh,
-                                     GH))
-                || (rc = fastnn_gemm(1, 0, h, h, n, 1.0f, hprev, ldh, gt + 3 * h, ldg, beta,
-                                     dW_hh + 2 * h, GH)))
+                                     1.0f, dprev, ldh)))
                 return rc;
-        } else {
-            if ((rc = fastnn_gemm(0, 1, n, h, GH, 1.0f, gt, ldg, W_hh, GH, 1.0f, dprev, ldh))
-                || (rc = fastnn_gemm(1, 0, h, GH, n, 1.0f, hprev, ldh, gt, ldg, beta, dW_hh,
-                                     GH)))
+        } else if ((rc = fastnn_gemm(0, 1, n, h, GH, 1.0f, gt, ldg, W_hh, GH, 1.0f, dprev,
+                                     ldh))) {
+            return rc;
+        }
+    }
+    /* dW_hh = sum over steps t >= 1 of h_{t-1}^T dGh_t, as two products over
+       all rows at once: row r of Hs (n L, h) against row r + 1 of the hidden
+       gate gradients, then minus the pairs that straddle two samples (the
+       last step of sample i - 1 against the first of sample i). */
+    if (L > 1) {
+        const int64_t parts = cell == FASTNN_CELL_GRU ? 2 : 1;
+        for (int64_t q = 0; q < parts; q++) {
+            /* (gru: columns [0, 2h) -> dW_hh[:, 0:2h], [3h, 4h) -> [:, 2h:3h]) */
+            const int64_t col = q ? 3 * h : 0, width = cell == FASTNN_CELL_GRU ? (q ? h : 2 * h)
+                                                                              : GH;
+            float *dw = dW_hh + (q ? 2 * h : 0);
+            if ((rc = fastnn_gemm(1, 0, h, width, n * L - 1, 1.0f, Hs, h, Gc + KH + col, KH,
+                                  0.0f, dw, GH)))
+                return rc;
+            if (n > 1 && (rc = fastnn_gemm(1, 0, h, width, n - 1, -1.0f, Hs + (L - 1) * h, ldh,
+                                           Gc + ldg + col, ldg, 1.0f, dw, GH)))
                 return rc;
         }
     }

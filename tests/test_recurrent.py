@@ -294,3 +294,54 @@ def test_cuda_runs_the_reference_kernels_on_device_arrays(stack):
         got, got_loss = _fit(stack, "cuda", fused, epochs=1)
         np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5, err_msg=f"fused={fused}")
         np.testing.assert_allclose(got_loss, want_loss, rtol=1e-4, err_msg=f"fused={fused}")
+
+
+def _gru_epoch(backend="reference"):
+    from fastnn import plan as plan_mod
+    from fastnn.kernels import spec
+
+    X, y = _data()
+    model = fastnn.Sequential([fastnn.GRU(3, 8), fastnn.Dense(8, 4)], seed=0, backend=backend,
+                              input_shape=(7, 3))
+    p = plan_mod.compile_model(model, 32)
+    opt = spec.OPTIMIZERS["adam"]
+    n_batches = -(-len(X) // 32)
+    return p.epoch(params=model.params, grads=model.grads, buffers=model.buffers,
+                   states=(np.zeros_like(model.params), np.zeros_like(model.params)),
+                   workspace=np.zeros(p.workspace_size, np.float32),
+                   iworkspace=np.zeros(p.iworkspace_size, np.int32), X=X.reshape(len(X), -1),
+                   targets=y.astype(np.int32), batch_losses=np.zeros(n_batches),
+                   batch_correct=np.zeros(n_batches, np.int64), loss="softmax_xent",
+                   optimizer="adam", hyper={h.name: h.default for h in opt.hyper}, step=0)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("cache", 10 ** 9, "region"), ("param_hh", -5, "region"), ("cell", 9, "cell"),
+    ("act", 5, "activation"), ("ow", 7, "inconsistent")])
+def test_bad_rnn_records_are_refused_before_any_kernel(field, value, match):
+    from fastnn.kernels import spec
+
+    for backend in BACKENDS:
+        e = _gru_epoch(backend)
+        e.plan = e.plan.copy()
+        e.plan[0, spec.F[field]] = value
+        before = e.params.copy()
+        with pytest.raises(ValueError, match=match):
+            kernels.get(backend).model_epoch(e)
+        np.testing.assert_array_equal(e.params, before)
+
+
+def test_c_rnn_kernels_refuse_bad_sizes():
+    """The C entry points themselves (behind the front): EINVAL, nothing read."""
+    if not kernels.available("c"):
+        pytest.skip("c backend unavailable")
+    from fastnn._ckernels import ffi, lib
+
+    buf = np.zeros(64, np.float32)
+    p = ffi.from_buffer("float[]", buf)
+    assert lib.fastnn_rnn_forward(p, p, p, p, p, p, p, 1, 1, 1, 1, 9, 4) != 0  # cell
+    assert lib.fastnn_rnn_forward(p, p, p, p, p, p, p, 1, 1, 1, 1, 2, 5) != 0  # gru + relu
+    assert lib.fastnn_rnn_forward(p, p, p, p, p, p, p, 0, 1, 1, 1, 2, 4) != 0  # n = 0
+    assert lib.fastnn_rnn_forward(p, p, p, p, p, p, p, 2 ** 40, 2 ** 20, 2 ** 10, 4, 3, 4) != 0
+    assert lib.fastnn_rnn_backward(p, p, p, p, p, p, p, p, p, p, p, 1, 1, 1, 2 ** 62, 1, 4) != 0
+    assert lib.fastnn_rnn_forward(ffi.NULL, p, p, p, p, p, p, 1, 1, 1, 1, 1, 4) != 0
