@@ -185,16 +185,26 @@ int fastnn_rnn_forward(float *Hs, float *Gc, const float *X, const float *W_ih,
     return FASTNN_OK;
 }
 
-/* db[j] = sum over rows of M[row * ld + col0 + j], j < cols (double sums). */
+/* db[j] = sum over rows of M[row * ld + col0 + j], j < cols: in double,
+   row by row over blocks of columns (the rows are ld apart: a column at a
+   time would miss the cache on every element). */
+#define SUM_BLOCK 256
 static void column_sums(float *db, const float *M, int64_t rows, int64_t ld, int64_t col0,
                         int64_t cols)
 {
+    const int64_t blocks = (cols + SUM_BLOCK - 1) / SUM_BLOCK;
 #pragma omp parallel for num_threads(threads_for(rows * cols)) schedule(static)
-    for (int64_t j = 0; j < cols; j++) {
-        double s = 0.0;
-        for (int64_t i = 0; i < rows; i++)
-            s += M[i * ld + col0 + j];
-        db[j] = (float)s;
+    for (int64_t q = 0; q < blocks; q++) {
+        double acc[SUM_BLOCK] = {0.0};
+        const int64_t j0 = q * SUM_BLOCK;
+        const int64_t w = cols - j0 < SUM_BLOCK ? cols - j0 : SUM_BLOCK;
+        for (int64_t i = 0; i < rows; i++) {
+            const float *row = M + i * ld + col0 + j0;
+            for (int64_t j = 0; j < w; j++)
+                acc[j] += row[j];
+        }
+        for (int64_t j = 0; j < w; j++)
+            db[j0 + j] = (float)acc[j];
     }
 }
 
