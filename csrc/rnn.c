@@ -6,7 +6,8 @@
  * Forward: the input projection of every step is one GEMM, X (n L, c) W_ih
  * written straight into the gate cache G (rows L K h apart per sample);
  * then per step one GEMM adds h_{t-1} W_hh onto the step's slice of G
- * (beta = 1; GRU: the n gate's hidden part into its own slot) and the
+ * (beta = 1; GRU's cache is [r, z, hn, n], so that h W_hh lands on r, z
+ * and the n gate's hidden part hn, kept apart from x W_in) and the
  * epilogue adds both biases and applies the gate nonlinearities in place,
  * leaving the activations in G for the backward.  Backward through time:
  * per step, the gate gradients overwrite the step's slice of G, and two
@@ -119,14 +120,14 @@ static void forward_row(int cell, int act, int64_t h, int64_t KH, int first, flo
         for (int64_t j = 0; j < h; j++) {
             const float r = sigm(g[j] + b_ih[j] + b_hh[j]);
             const float z = sigm(g[h + j] + b_ih[h + j] + b_hh[h + j]);
-            const float hn = (first ? 0.0f : g[3 * h + j]) + b_hh[2 * h + j];
-            const float nn = tanh_f(g[2 * h + j] + b_ih[2 * h + j] + r * hn);
+            const float hn = g[2 * h + j] + b_hh[2 * h + j];
+            const float nn = tanh_f(g[3 * h + j] + b_ih[2 * h + j] + r * hn);
             const float hv = hp ? hp[j] : 0.0f;
             ho[j] = (1.0f - z) * nn + z * hv;
             g[j] = r;
             g[h + j] = z;
-            g[2 * h + j] = nn;
-            g[3 * h + j] = hn;
+            g[2 * h + j] = hn;
+            g[3 * h + j] = nn;
         }
     } else {
         const float *cprev = first ? NULL : g - KH + 4 * h;
@@ -156,22 +157,24 @@ int fastnn_rnn_forward(float *Hs, float *Gc, const float *X, const float *W_ih,
         || !dims_valid(n, L, c, h, cell, act, &G, &K))
         return FASTNN_EINVAL;
     const int64_t GH = G * h, KH = K * h, ldg = L * KH, ldh = L * h;
-    int rc = fastnn_gemm(0, 0, n * L, GH, c, 1.0f, X, c, W_ih, GH, 0.0f, Gc, KH);
-    if (rc)
+    int rc;
+    if (cell == FASTNN_CELL_GRU) {
+        /* cache [r, z, hn, n]: x W_ir, x W_iz to slots 0-1, x W_in to slot 3,
+           slot 2 zero (each step's one hidden GEMM adds h W_hh onto 0-2) */
+        if ((rc = fastnn_gemm(0, 0, n * L, 2 * h, c, 1.0f, X, c, W_ih, GH, 0.0f, Gc, KH))
+            || (rc = fastnn_gemm(0, 0, n * L, h, c, 1.0f, X, c, W_ih + 2 * h, GH, 0.0f,
+                                 Gc + 3 * h, KH)))
+            return rc;
+        for (int64_t row = 0; row < n * L; row++)
+            memset(Gc + row * KH + 2 * h, 0, (size_t)h * sizeof(float));
+    } else if ((rc = fastnn_gemm(0, 0, n * L, GH, c, 1.0f, X, c, W_ih, GH, 0.0f, Gc, KH))) {
         return rc;
+    }
     for (int64_t t = 0; t < L; t++) {
         float *gt = Gc + t * KH;
         if (t > 0) {
             const float *hprev = Hs + (t - 1) * h;
-            if (cell == FASTNN_CELL_GRU) {
-                rc = fastnn_gemm(0, 0, n, 2 * h, h, 1.0f, hprev, ldh, W_hh, GH, 1.0f, gt, ldg);
-                if (!rc)
-                    rc = fastnn_gemm(0, 0, n, h, h, 1.0f, hprev, ldh, W_hh + 2 * h, GH, 0.0f,
-                                     gt + 3 * h, ldg);
-            } else {
-                rc = fastnn_gemm(0, 0, n, GH, h, 1.0f, hprev, ldh, W_hh, GH, 1.0f, gt, ldg);
-            }
-            if (rc)
+            if ((rc = fastnn_gemm(0, 0, n, GH, h, 1.0f, hprev, ldh, W_hh, GH, 1.0f, gt, ldg)))
                 return rc;
         }
         const int first = t == 0;
@@ -222,15 +225,15 @@ static void backward_row(int cell, int act, int64_t h, int64_t KH, int first, in
     } else if (cell == FASTNN_CELL_GRU) {
 #pragma omp simd
         for (int64_t j = 0; j < h; j++) {
-            const float r = g[j], z = g[h + j], nn = g[2 * h + j], hn = g[3 * h + j];
+            const float r = g[j], z = g[h + j], hn = g[2 * h + j], nn = g[3 * h + j];
             const float hv = hp ? hp[j] : 0.0f, d = dh[j];
             const float dnp = d * (1.0f - z) * (1.0f - nn * nn);
             const float dzp = d * (hv - nn) * z * (1.0f - z);
             const float drp = dnp * hn * r * (1.0f - r);
             g[j] = drp;
             g[h + j] = dzp;
-            g[2 * h + j] = dnp;
-            g[3 * h + j] = dnp * r;
+            g[2 * h + j] = dnp * r;  /* the hidden gates' gradients: slots 0-2 */
+            g[3 * h + j] = dnp;
             if (dhp)
                 dhp[j] += d * z;
         }
@@ -279,50 +282,43 @@ int fastnn_rnn_backward(float *dX, float *dW_ih, float *dW_hh, float *db_ih, flo
         if (first)
             break;
         float *dprev = dHs + (t - 1) * h;
-        if (cell == FASTNN_CELL_GRU) {
-            if ((rc = fastnn_gemm(0, 1, n, h, 2 * h, 1.0f, gt, ldg, W_hh, GH, 1.0f, dprev, ldh))
-                || (rc = fastnn_gemm(0, 1, n, h, h, 1.0f, gt + 3 * h, ldg, W_hh + 2 * h, GH,
-                                     1.0f, dprev, ldh)))
-                return rc;
-        } else if ((rc = fastnn_gemm(0, 1, n, h, GH, 1.0f, gt, ldg, W_hh, GH, 1.0f, dprev,
-                                     ldh))) {
+        if ((rc = fastnn_gemm(0, 1, n, h, GH, 1.0f, gt, ldg, W_hh, GH, 1.0f, dprev, ldh)))
             return rc;
-        }
     }
     /* dW_hh = sum over steps t >= 1 of h_{t-1}^T dGh_t, as two products over
        all rows at once: row r of Hs (n L, h) against row r + 1 of the hidden
        gate gradients, then minus the pairs that straddle two samples (the
        last step of sample i - 1 against the first of sample i). */
     if (L > 1) {
-        const int64_t parts = cell == FASTNN_CELL_GRU ? 2 : 1;
-        for (int64_t q = 0; q < parts; q++) {
-            /* (gru: columns [0, 2h) -> dW_hh[:, 0:2h], [3h, 4h) -> [:, 2h:3h]) */
-            const int64_t col = q ? 3 * h : 0, width = cell == FASTNN_CELL_GRU ? (q ? h : 2 * h)
-                                                                              : GH;
-            float *dw = dW_hh + (q ? 2 * h : 0);
-            if ((rc = fastnn_gemm(1, 0, h, width, n * L - 1, 1.0f, Hs, h, Gc + KH + col, KH,
-                                  0.0f, dw, GH)))
-                return rc;
-            if (n > 1 && (rc = fastnn_gemm(1, 0, h, width, n - 1, -1.0f, Hs + (L - 1) * h, ldh,
-                                           Gc + ldg + col, ldg, 1.0f, dw, GH)))
-                return rc;
-        }
+        if ((rc = fastnn_gemm(1, 0, h, GH, n * L - 1, 1.0f, Hs, h, Gc + KH, KH, 0.0f, dW_hh,
+                              GH)))
+            return rc;
+        if (n > 1 && (rc = fastnn_gemm(1, 0, h, GH, n - 1, -1.0f, Hs + (L - 1) * h, ldh,
+                                       Gc + ldg, ldg, 1.0f, dW_hh, GH)))
+            return rc;
     }
-    /* dG of the inputs: columns [0, GH) of the cache (GRU: dr, dz, dn) */
-    if ((rc = fastnn_gemm(1, 0, c, GH, n * L, 1.0f, X, c, Gc, KH, 0.0f, dW_ih, GH)))
+    if (db_hh)
+        column_sums(db_hh, Gc, n * L, KH, 0, GH);
+    /* the input gates' gradients: slots [0, G) (GRU: dr, dz in 0-1, dn in 3) */
+    if (cell != FASTNN_CELL_GRU) {
+        if ((rc = fastnn_gemm(1, 0, c, GH, n * L, 1.0f, X, c, Gc, KH, 0.0f, dW_ih, GH)))
+            return rc;
+        if (db_ih)
+            column_sums(db_ih, Gc, n * L, KH, 0, GH);
+        if (dX)
+            rc = fastnn_gemm(0, 1, n * L, c, GH, 1.0f, Gc, KH, W_ih, GH, 0.0f, dX, c);
         return rc;
-    if (db_ih)
-        column_sums(db_ih, Gc, n * L, KH, 0, GH);
-    if (db_hh) {
-        if (cell == FASTNN_CELL_GRU) {
-            column_sums(db_hh, Gc, n * L, KH, 0, 2 * h);
-            column_sums(db_hh + 2 * h, Gc, n * L, KH, 3 * h, h);
-        } else {
-            column_sums(db_hh, Gc, n * L, KH, 0, GH);
-        }
     }
-    if (dX)
-        rc = fastnn_gemm(0, 1, n * L, c, GH, 1.0f, Gc, KH, W_ih, GH, 0.0f, dX, c);
+    if ((rc = fastnn_gemm(1, 0, c, 2 * h, n * L, 1.0f, X, c, Gc, KH, 0.0f, dW_ih, GH))
+        || (rc = fastnn_gemm(1, 0, c, h, n * L, 1.0f, X, c, Gc + 3 * h, KH, 0.0f, dW_ih + 2 * h,
+                             GH)))
+        return rc;
+    if (db_ih) {
+        column_sums(db_ih, Gc, n * L, KH, 0, 2 * h);
+        column_sums(db_ih + 2 * h, Gc, n * L, KH, 3 * h, h);
+    }
+    if (dX && !(rc = fastnn_gemm(0, 1, n * L, c, 2 * h, 1.0f, Gc, KH, W_ih, GH, 0.0f, dX, c)))
+        rc = fastnn_gemm(0, 1, n * L, c, h, 1.0f, Gc + 3 * h, KH, W_ih + 2 * h, GH, 1.0f, dX, c);
     return rc;
 }
 

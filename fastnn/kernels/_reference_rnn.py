@@ -28,7 +28,7 @@ def rnn_forward(Hs, G, X, W_ih, W_hh, b_ih, b_hh, cell, activation):
       ``h' = act(p)``; G holds p.
     * gru: ``r = sigmoid(x W_ir + b_ir + h W_hr + b_hr)``, z likewise,
       ``hn = h W_hn + b_hn``, ``n = tanh(x W_in + b_in + r * hn)``,
-      ``h' = (1 - z) * n + z * h``; G holds [r, z, n, hn].
+      ``h' = (1 - z) * n + z * h``; G holds [r, z, hn, n].
     * lstm: i, f, o sigmoid and g tanh of ``x W_ih + b_ih + h W_hh + b_hh``,
       ``c' = f * c + i * g``, ``h' = o * tanh(c')``; G holds [i, f, g, o, c'].
 
@@ -53,7 +53,7 @@ def rnn_forward(Hs, G, X, W_ih, W_hh, b_ih, b_hh, cell, activation):
             hn = hp[:, 2 * H:]
             nn = np.tanh(xp[:, t, 2 * H:] + r * hn)
             h = (1 - z) * nn + z * h
-            G[:, t] = np.concatenate([r, z, nn, hn], axis=1)
+            G[:, t] = np.concatenate([r, z, hn, nn], axis=1)
         else:
             p = xp[:, t] + hp
             i, f = _sigmoid(p[:, :H]), _sigmoid(p[:, H:2 * H])
@@ -94,7 +94,7 @@ def rnn_backward(dX, dW_ih, dW_hh, db_ih, db_hh, dHs, G, X, W_ih, W_hh, Hs, cell
             dp = dh * ((1 - h * h) if activation == A.TANH else (h > 0).astype(dt))
             dgx = dgh = dp
         elif cell == Cell.GRU:
-            r, z, nn, hn = (G[:, t, k * H:(k + 1) * H] for k in range(4))
+            r, z, hn, nn = (G[:, t, k * H:(k + 1) * H] for k in range(4))
             dnp = dh * (1 - z) * (1 - nn * nn)
             dzp = dh * (hprev - nn) * z * (1 - z)
             drp = dnp * hn * r * (1 - r)

@@ -93,8 +93,8 @@ def _forward(Hs, Gc, X, W_ih, W_hh, b_ih, b_hh, cell, act, ap, bp, S, hbuf, XP):
                     ho[j] = (1.0 - z) * nn + z * hv
                     g[j] = r
                     g[h + j] = z
-                    g[2 * h + j] = nn
-                    g[3 * h + j] = hn
+                    g[2 * h + j] = hn
+                    g[3 * h + j] = nn
             else:
                 for j in range(h):
                     ig = _sigm(np.float32(x[j] + s[j]) + np.float32(b_ih[j] + b_hh[j]))
@@ -170,7 +170,7 @@ def _backward(dX, dW_ih, dW_hh, db_ih, db_hh, dHs, Gc, X, W_ih, W_hh, Hs, cell, 
                     dd[j] = v
             elif cell == _GRU:
                 for j in range(h):
-                    r, z, nn, hn = g[j], g[h + j], g[2 * h + j], g[3 * h + j]
+                    r, z, hn, nn = g[j], g[h + j], g[2 * h + j], g[3 * h + j]
                     hv = 0.0 if first else Hs[i, t - 1, j]
                     d = dh[j]
                     dnp = np.float32(d * (1.0 - z) * (1.0 - nn * nn))
