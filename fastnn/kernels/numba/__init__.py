@@ -80,6 +80,7 @@ from ._losses import (bce_backward, bce_forward, mae_backward, mae_forward,  # n
 from ._norm import batchnorm_backward, batchnorm_forward, batchnorm_inference  # noqa: F401
 from ._optimizers import adagrad, adam, adamax, adamw, nadam, radam, rmsprop, sgd  # noqa: F401
 from ._plan import model_epoch  # noqa: F401
+from ._rnn import rnn_backward, rnn_forward  # noqa: F401
 
 name = "numba"
 DTYPE = np.float32
@@ -144,6 +145,7 @@ def warmup():
     dropout_forward(out, x, 0.5, 1, 2)
     dropout_backward(out, x, 0.5, 1, 2)
     _warmup_cnn()
+    _warmup_rnn()
     _warmup_model_epoch()
 
 
@@ -166,6 +168,20 @@ def _warmup_cnn():
                       0.1, 1e-5)
     batchnorm_inference(np.empty_like(x), x, c2, c2, c3, c4, 1e-5)
     batchnorm_backward(np.empty_like(x), np.empty(2, f32), np.empty(2, f32), x, x, c2, c3, c4)
+
+
+def _warmup_rnn():
+    """The recurrent kernels of ``warmup`` (one compilation serves every cell)."""
+    f32 = np.float32
+    x = np.linspace(-1.0, 1.0, 6, dtype=f32).reshape(1, 2, 3)
+    for cell, gates, cache in ((spec.Cell.RNN, 1, 1), (spec.Cell.GRU, 3, 4)):
+        w_ih, w_hh = np.ones((3, gates * 2), f32), np.ones((2, gates * 2), f32)
+        b = np.zeros(gates * 2, f32)
+        hs, g = np.empty((1, 2, 2), f32), np.empty((1, 2, cache * 2), f32)
+        rnn_forward(hs, g, x, w_ih, w_hh, b, b, int(cell), int(spec.Activation.TANH))
+        rnn_backward(np.empty_like(x), np.empty_like(w_ih), np.empty_like(w_hh), np.empty_like(b),
+                     np.empty_like(b), np.ones_like(hs), g, x, w_ih, w_hh, hs, int(cell),
+                     int(spec.Activation.TANH))
 
 
 def _warmup_model_epoch():
