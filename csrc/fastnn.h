@@ -372,6 +372,28 @@ int fastnn_dropout_forward(float *Y, const float *X, int64_t size, double p, int
 int fastnn_dropout_backward(float *dX, const float *dY, int64_t size, double p, int64_t seed,
                             int64_t counter);
 
+/* ---- recurrent layers (csrc/rnn.c; reference.rnn_forward / rnn_backward) ---- */
+/* The cell kinds (spec.Cell). */
+enum fastnn_rnn_cell {
+    FASTNN_CELL_RNN = 1,
+    FASTNN_CELL_GRU = 2,
+    FASTNN_CELL_LSTM = 3
+};
+
+/* X (n, L, c), W_ih (c, G h), W_hh (h, G h), b_ih, b_hh (G h): every step's
+   hidden state into Hs (n, L, h) and the gate cache into G (n, L, K h)
+   (G = 1/3/4, K = 1/4/5 for rnn/gru/lstm; act: tanh or relu for rnn). */
+int fastnn_rnn_forward(float *Hs, float *G, const float *X, const float *W_ih,
+                       const float *W_hh, const float *b_ih, const float *b_hh, int64_t n,
+                       int64_t L, int64_t c, int64_t h, int cell, int act);
+/* Backpropagation through time: dHs (n, L, h) the gradient of every step's
+   state (overwritten, as is G); writes dW_ih, dW_hh, db_ih, db_hh (either
+   may be NULL) and dX (n, L, c) or NULL. */
+int fastnn_rnn_backward(float *dX, float *dW_ih, float *dW_hh, float *db_ih, float *db_hh,
+                        float *dHs, float *G, const float *X, const float *W_ih,
+                        const float *W_hh, const float *Hs, int64_t n, int64_t L, int64_t c,
+                        int64_t h, int cell, int act);
+
 /* ---- a whole training epoch of any compiled model ------------------------ */
 /* The record kinds of a plan (spec.Op) and the indices of a record's fields
    (spec.PLAN_FIELDS, int64; spec.PLAN_SCALARS, double).  The semantics of
@@ -389,7 +411,8 @@ enum fastnn_op {
     FASTNN_OP_BATCHNORM = 7,
     FASTNN_OP_DROPOUT = 8,
     FASTNN_OP_ADD = 9,
-    FASTNN_OP_FORK = 10
+    FASTNN_OP_FORK = 10,
+    FASTNN_OP_RNN = 11
 };
 
 enum fastnn_plan_field {
@@ -404,7 +427,8 @@ enum fastnn_plan_field {
     FASTNN_F_PH = 22, FASTNN_F_PW = 23,
     FASTNN_F_ACT = 24,
     FASTNN_F_SEED = 25, FASTNN_F_COUNTER = 26,
-    FASTNN_PLAN_FIELDS = 27
+    FASTNN_F_CELL = 27, FASTNN_F_PARAM_HH = 28, FASTNN_F_BIAS_HH = 29, FASTNN_F_CACHE = 30,
+    FASTNN_PLAN_FIELDS = 31
 };
 
 enum fastnn_plan_scalar {

@@ -34,6 +34,7 @@
 
 #include "fastnn.h"
 #include "internal.h"
+#include "rnn.h"
 
 #define FIELD(r, f) ((r)[FASTNN_F_##f])
 
@@ -80,7 +81,7 @@ static int record_valid(const fastnn_model_epoch *a, const int64_t *r, const dou
     const int64_t kh = FIELD(r, KH), kw = FIELD(r, KW), sh = FIELD(r, SH), sw = FIELD(r, SW);
     const int64_t ws = a->workspace_size, np = a->n_params;
     int64_t isz, osz, bi, bo, size, last;
-    if (op < FASTNN_OP_DENSE || op > FASTNN_OP_FORK || h < 1 || w < 1 || c < 1 || oh < 1
+    if (op < FASTNN_OP_DENSE || op > FASTNN_OP_RNN || h < 1 || w < 1 || c < 1 || oh < 1
         || ow < 1 || oc < 1 || !fastnn_product(&isz, h, w, c) || !fastnn_product(&osz, oh, ow, oc)
         || !fastnn_product(&bi, B, isz) || !fastnn_product(&bo, B, osz))
         return 0;
@@ -124,6 +125,8 @@ static int record_valid(const fastnn_model_epoch *a, const int64_t *r, const dou
         return isz == osz && p >= 0.0 && p < 1.0 && FIELD(r, SEED) >= 0
                && FIELD(r, COUNTER) >= 0 && fastnn_add(&last, FIELD(r, COUNTER), calls - 1);
     }
+    case FASTNN_OP_RNN:  /* rnn.c */
+        return fastnn_rnn_record_valid(a, r, B);
     case FASTNN_OP_ADD:  /* y = x + skip (aux -1: the batch's input rows); backward
                             ws[daux] = dy (-1: the skip needs no gradient) */
         return isz == osz
@@ -254,6 +257,8 @@ static int record_forward(fastnn_model_epoch *a, const int64_t *r, const double 
     case FASTNN_OP_DROPOUT:
         return fastnn_dropout_forward(y, x, m * isz, s[FASTNN_S_P], FIELD(r, SEED),
                                       FIELD(r, COUNTER) + b->index);
+    case FASTNN_OP_RNN:
+        return fastnn_rnn_record_forward(a, r, x, m);
     case FASTNN_OP_ADD:
         memmove(y, x, (size_t)(m * isz) * sizeof(float));
         return fastnn_axpy(y, FIELD(r, AUX) == -1 ? b->x : ws_at(a, FIELD(r, AUX)), m * isz,
@@ -308,6 +313,8 @@ static int record_backward(fastnn_model_epoch *a, const int64_t *r, const double
         return dx ? fastnn_dropout_backward(dx, dy, m * isz, s[FASTNN_S_P], FIELD(r, SEED),
                                             FIELD(r, COUNTER) + b->index)
                   : FASTNN_OK;
+    case FASTNN_OP_RNN:
+        return fastnn_rnn_record_backward(a, r, x, m);
     case FASTNN_OP_ADD:
         if (FIELD(r, DAUX) != -1)
             memmove(ws_at(a, FIELD(r, DAUX)), dy, bytes);

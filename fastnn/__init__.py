@@ -12,6 +12,7 @@ from .conv import (AvgPool1D, AvgPool2D, Conv1D, Conv2D, Flatten, GlobalAvgPool,
                    MaxPool2D)
 from .layers import (Activation, Dense, Dropout, Identity, LeakyReLU, ReLU, Sigmoid, Sign,
                      Softmax, Softplus, Step, Tanh)
+from .recurrent import GRU, LSTM, SimpleRNN
 from .model import Sequential, load
 from .trainer import EarlyStopping, History, Trainer
 from .many import fit_many
@@ -35,6 +36,7 @@ def __getattr__(name):
     raise AttributeError(f"module 'fastnn' has no attribute {name!r}")
 
 __all__ = [
+    "GRU", "LSTM", "SimpleRNN",
     "AvgPool1D", "AvgPool2D", "BatchNorm", "Conv1D", "Conv2D", "Flatten", "GlobalAvgPool",
     "MaxPool1D", "MaxPool2D", "Residual",
     "Activation", "Dense", "Dropout", "EarlyStopping", "History", "Identity", "LeakyReLU",

@@ -80,3 +80,21 @@ def test_numba_kernels_load_from_the_disk_cache(tmp_path):
     assert first.returncode == 0 and second.returncode == 0, first.stderr[-3000:]
     assert first.stdout.split() == ["0", "0"], first.stdout
     assert second.stdout.split() == ["1", "1"], second.stdout
+
+
+def test_stale_numba_caches_are_dropped_when_a_source_changes(tmp_path):
+    """numba keys a cache entry on its own file only; the backend drops every
+    compiled kernel when any of its sources (or spec.py) changed."""
+    from fastnn.kernels import numba as nb
+    (tmp_path / "_a.py").write_text("x = 1\n")
+    cache = tmp_path / "__pycache__"
+    cache.mkdir()
+    (cache / "_a.f-1.py311.nbi").write_text("old")
+    nb._drop_stale_caches(str(tmp_path))  # no stamp yet: dropped, stamp written
+    assert sorted(p.name for p in cache.iterdir()) == ["fastnn-sources.sha256"]
+    (cache / "_a.f-1.py311.nbi").write_text("new")
+    nb._drop_stale_caches(str(tmp_path))  # sources unchanged: kept
+    assert (cache / "_a.f-1.py311.nbi").exists()
+    (tmp_path / "_a.py").write_text("x = 2\n")
+    nb._drop_stale_caches(str(tmp_path))  # a source changed: dropped
+    assert not (cache / "_a.f-1.py311.nbi").exists()

@@ -683,6 +683,8 @@ def prepare_model_epoch(epoch, dtype):
             raise ValueError(f"plan_scalars[{i}]: not finite")
         if rec[spec.F["op"]] == spec.Op.DROPOUT and not 0.0 <= s[spec.S["p"]] < 1.0:
             raise ValueError(f"plan_scalars[{i}]: dropout p must lie in [0, 1)")
+        if rec[spec.F["op"]] == spec.Op.RNN:
+            _rnn_record_check(i, rec)
         problem = _record_problem(rec.tolist(), s, in_size, -(-(X.shape[0] if order is None
                                                                  else order.shape[0]) // B))
         if problem:
@@ -808,6 +810,8 @@ def _record_problem(r, s, in_size, n_batches):
     elif op == Op.ADD:
         ok = isz == osz and (r[F["aux"]] != -1 or osz == in_size)
         why = "needs equal sizes (aux = -1: the input's)"
+    elif op == Op.RNN:  # (its own fields: _rnn_record_check)
+        ok, why = True, ""
     else:  # FORK
         ok = isz == osz and (r[F["dx"]] == -1 or r[F["daux"]] != -1)
         why = "needs equal sizes and a daux with a dx"
@@ -1074,3 +1078,83 @@ def prepare_batchnorm_backward(dX, dgamma, dbeta, dY, X, gamma, mean, invstd, dt
         check_no_alias(name, buf, dict(inputs, dX=dX))
     check_no_alias("dbeta", dbeta, {"dgamma": dgamma})
     return dX, dgamma, dbeta, dY, X, gamma, mean, invstd
+
+
+# ---- recurrent layers (rnn_forward / rnn_backward) -------------------------------------
+
+def _rnn_options(cell, activation):
+    """(cell code, activation code): SimpleRNN's activation is tanh or relu,
+    GRU's and LSTM's must be left at tanh."""
+    code = spec.cell_code(cell)
+    if activation not in spec.RNN_ACTIVATIONS or (code != spec.Cell.RNN and activation != "tanh"):
+        allowed = spec.RNN_ACTIVATIONS if code == spec.Cell.RNN else ("tanh",)
+        raise ValueError(f"activation: expected one of {', '.join(allowed)} for cell "
+                         f"{spec.Cell(code).name.lower()}, got {activation!r}")
+    return code, activation_code(activation)
+
+
+def _rnn_dims(X, W_ih, W_hh, b_ih, b_hh, code, dtype):
+    X = as_input("X", X, dtype, ndim=3)
+    n, L, c = X.shape
+    if 0 in X.shape:
+        raise ValueError(f"X: expected a non-empty (N, L, C) array, got shape {X.shape}")
+    W_hh = as_input("W_hh", W_hh, dtype, ndim=2)
+    H = W_hh.shape[0]
+    gh = spec.RNN_GATES[spec.Cell(code)] * H
+    if H < 1 or W_hh.shape[1] != gh:
+        raise ValueError(f"W_hh: expected shape (H, {spec.RNN_GATES[spec.Cell(code)]} H) for "
+                         f"cell {spec.Cell(code).name.lower()}, got {W_hh.shape}")
+    W_ih = as_input("W_ih", W_ih, dtype, ndim=2, shape=(c, gh))
+    if b_ih is not None or b_hh is not None:  # (the forward's; backward passes none)
+        b_ih = as_input("b_ih", b_ih, dtype, ndim=1, shape=(gh,))
+        b_hh = as_input("b_hh", b_hh, dtype, ndim=1, shape=(gh,))
+    K = spec.RNN_CACHE[spec.Cell(code)] * H
+    return X, W_ih, W_hh, b_ih, b_hh, n, L, c, H, K
+
+
+def prepare_rnn_forward(Hs, G, X, W_ih, W_hh, b_ih, b_hh, cell, activation, dtype):
+    code, act = _rnn_options(cell, activation)
+    X, W_ih, W_hh, b_ih, b_hh, n, L, c, H, K = _rnn_dims(X, W_ih, W_hh, b_ih, b_hh, code, dtype)
+    inputs = {"X": X, "W_ih": W_ih, "W_hh": W_hh, "b_ih": b_ih, "b_hh": b_hh}
+    check_output("Hs", Hs, dtype, (n, L, H))
+    check_no_alias("Hs", Hs, inputs)
+    check_output("G", G, dtype, (n, L, K))
+    check_no_alias("G", G, dict(inputs, Hs=Hs))
+    return Hs, G, X, W_ih, W_hh, b_ih, b_hh, code, act
+
+
+def prepare_rnn_backward(dX, dW_ih, dW_hh, db_ih, db_hh, dHs, G, X, W_ih, W_hh, Hs, cell,
+                         activation, dtype):
+    code, act = _rnn_options(cell, activation)
+    X, W_ih, W_hh, _, _, n, L, c, H, K = _rnn_dims(X, W_ih, W_hh, None, None, code, dtype)
+    gh = W_hh.shape[1]
+    Hs = as_input("Hs", Hs, dtype, ndim=3, shape=(n, L, H))
+    inputs = {"X": X, "W_ih": W_ih, "W_hh": W_hh, "Hs": Hs}
+    written = {}
+    for name, arr, shape in (("dHs", dHs, (n, L, H)), ("G", G, (n, L, K)),
+                             ("dW_ih", dW_ih, (c, gh)), ("dW_hh", dW_hh, (H, gh)),
+                             ("db_ih", db_ih, (gh,)), ("db_hh", db_hh, (gh,)),
+                             ("dX", dX, (n, L, c))):
+        if arr is None and name in ("db_ih", "db_hh", "dX"):
+            continue
+        check_output(name, arr, dtype, shape)
+        check_no_alias(name, arr, dict(inputs, **written))
+        written[name] = arr
+    return dX, dW_ih, dW_hh, db_ih, db_hh, dHs, G, X, W_ih, W_hh, Hs, code, act
+
+
+def _rnn_record_check(i, rec):
+    """An RNN record's cell, activation and shapes (spec.rnn_record_regions)."""
+    F = spec.F
+    cell, act = int(rec[F["cell"]]), int(rec[F["act"]])
+    if cell not in set(spec.Cell):
+        raise ValueError(f"plan[{i}] (RNN): unknown cell {cell}")
+    allowed = ((spec.Activation.TANH, spec.Activation.RELU) if cell == spec.Cell.RNN
+               else (spec.Activation.TANH,))
+    if act not in allowed:
+        raise ValueError(f"plan[{i}] (RNN): activation code {act} not allowed for its cell")
+    L = int(rec[F["w"]])
+    seq = rec[F["aux"]] == rec[F["y"]]
+    if rec[F["h"]] != 1 or rec[F["oh"]] != 1 or min(L, rec[F["c"]], rec[F["oc"]]) < 1 \
+            or rec[F["ow"]] != (L if seq else 1) or (seq and rec[F["daux"]] != rec[F["dy"]]):
+        raise ValueError(f"plan[{i}] (RNN): inconsistent shapes or offsets")

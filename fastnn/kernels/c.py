@@ -471,3 +471,16 @@ def batchnorm_inference(Y, X, gamma, beta, running_mean, running_var, eps):
 def batchnorm_backward(dX, dgamma, dbeta, dY, X, gamma, mean, invstd):
     _call(lib.fastnn_batchnorm_backward, dX, dgamma, dbeta, dY, X, gamma, mean, invstd,
           X.size // gamma.size, gamma.size)
+
+
+# ---- recurrent layers (csrc/rnn.c) -----------------------------------------------
+# X (n, L, c), W_hh (h, G h); cell and activation are codes.
+
+def rnn_forward(Hs, G, X, W_ih, W_hh, b_ih, b_hh, cell, activation):
+    _call(lib.fastnn_rnn_forward, Hs, G, X, W_ih, W_hh, b_ih, b_hh, *X.shape, W_hh.shape[0],
+          cell, activation)
+
+
+def rnn_backward(dX, dW_ih, dW_hh, db_ih, db_hh, dHs, G, X, W_ih, W_hh, Hs, cell, activation):
+    _call(lib.fastnn_rnn_backward, dX, dW_ih, dW_hh, db_ih, db_hh, dHs, G, X, W_ih, W_hh, Hs,
+          *X.shape, W_hh.shape[0], cell, activation)

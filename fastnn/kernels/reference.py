@@ -25,6 +25,8 @@ import numpy as np
 
 from . import spec
 from .spec import Activation as A, nadam_mu
+from . import _reference_rnn as _rnn
+from ._reference_rnn import rnn_backward, rnn_forward  # noqa: F401 - kernels of spec.KERNELS
 
 name = "reference"
 DTYPE = None  # the outputs' dtype: float32, or float64 for gradient checks
@@ -709,6 +711,8 @@ def _record_forward(k, e, r, s, xin, m, batch, xb):
                             rm, rv, s[spec.S["momentum"]], s[spec.S["eps"]])
     elif op == Op.DROPOUT:
         k.dropout_forward(Y, xin, s[spec.S["p"]], r[F["seed"]], r[F["counter"]] + batch)
+    elif op == Op.RNN:
+        _rnn.record_forward(k, e, r, xin, m)
     elif op == Op.ADD:  # (aux -1: the skip is the batch's input rows)
         skip = xb if r[F["aux"]] == -1 else ws[r[F["aux"]]:r[F["aux"]] + osz]
         _copy_into(k, Y, xin)
@@ -789,6 +793,8 @@ def _record_backward(k, e, r, s, xin, m, batch):
             _copy_into(k, ws[r[F["daux"]]:r[F["daux"]] + osz], dY)
         if dX is not None and r[F["dx"]] != r[F["dy"]]:
             _copy_into(k, dX, dY)
+    elif op == Op.RNN:
+        _rnn.record_backward(k, e, r, xin, m)
     elif op == Op.FORK:
         if dX is not None:
             if r[F["dx"]] != r[F["dy"]]:

@@ -433,6 +433,8 @@ class Op(enum.IntEnum):
                     # rows); backward dx = dy (may be
                     # the same offset: no copy), daux = dy (a copy)
     FORK = 10       # residual split: forward nothing (y = x); backward dx = dy + daux
+    RNN = 11        # a recurrent layer (fastnn.recurrent; the cell kind in field "cell"):
+                    # see rnn_record_regions below
 
 
 # The int64 fields of a record, in order (C: FASTNN_F_<NAME> indices).
@@ -446,6 +448,9 @@ PLAN_FIELDS = (
     "kh", "kw", "sh", "sw", "ph", "pw",
     "act",                         # Activation code (DENSE, CONV2D, ACTIVATION)
     "seed", "counter",             # DROPOUT: the key and the calls before this epoch
+    # RNN (see rnn_record_regions): the cell kind, W_hh and b_hh offsets in
+    # params, the gate cache's workspace offset
+    "cell", "param_hh", "bias_hh", "cache",
 )
 # The float64 fields of a record (C: FASTNN_S_<NAME>).
 PLAN_SCALARS = ("slope", "momentum", "eps", "p")
@@ -493,6 +498,8 @@ def record_regions(rec, batch):
     elif op in (Op.ADD, Op.FORK):
         add("ws", "aux", B * osz)
         add("ws", "daux", B * osz)
+    elif op == Op.RNN:
+        out.extend(rnn_record_regions(r, B))
     return out
 
 
@@ -722,6 +729,63 @@ KERNELS = {k.name: k for k in (
     Kernel("batchnorm_backward", "dX, dgamma, dbeta, dY, X, gamma, mean, invstd",
            ("dX", "dgamma", "dbeta")),
 )}
+
+# ---- recurrent layers (fastnn.recurrent): their kernels and plan record ------------------
+
+class Cell(enum.IntEnum):
+    """enum fastnn_rnn_cell: the cell of a recurrent layer (torch's equations
+    and gate order; G gates of H columns each)."""
+
+    RNN = 1    # h' = act(x W_ih + b_ih + h W_hh + b_hh), act tanh or relu
+    GRU = 2    # gates r, z, n
+    LSTM = 3   # gates i, f, g, o
+
+
+CELLS = tuple(c.name.lower() for c in Cell)
+RNN_GATES = {Cell.RNN: 1, Cell.GRU: 3, Cell.LSTM: 4}
+# Floats of the gate cache per sample and step, in units of H: what the
+# forward keeps for backpropagation through time (reference.rnn_forward).
+RNN_CACHE = {Cell.RNN: 1, Cell.GRU: 4, Cell.LSTM: 5}
+RNN_ACTIVATIONS = ("tanh", "relu")
+
+
+def cell_code(cell):
+    """The code of a cell name; ValueError otherwise."""
+    try:
+        return int(Cell[str(cell).upper()]) if cell in CELLS else int(Cell(cell))
+    except (KeyError, ValueError, TypeError):
+        raise ValueError(f"cell: unknown {cell!r}; expected one of {', '.join(CELLS)}") from None
+
+
+def rnn_record_regions(r, B):
+    """The regions of an RNN record beyond x, dx, y, dy (record_regions).
+
+    Input (h, w, c) = (1, L, C), output (1, 1, H) or (1, L, H) (``oc`` = H).
+    W_ih (C, G H) at param, W_hh (H, G H) at param_hh, b_ih and b_hh (G H)
+    at bias and bias_hh; every step's hidden state Hs (B, L, H) at aux and
+    its gradient dHs at daux (aux == y and daux == dy: the output is Hs,
+    return_sequences; else y is Hs's last step); the gate cache (B, L, K H)
+    at cache, K = RNN_CACHE[cell]."""
+    L, C, H = r[F["w"]], r[F["c"]], r[F["oc"]]
+    cell = r[F["cell"]]
+    if cell not in set(Cell.__members__.values()):
+        return []  # (the validator refuses the record)
+    G = RNN_GATES[Cell(cell)]
+    out = []
+    for buf, name, size in (("params", "param", C * G * H), ("params", "param_hh", H * G * H),
+                            ("params", "bias", G * H), ("params", "bias_hh", G * H),
+                            ("ws", "aux", B * L * H), ("ws", "daux", B * L * H),
+                            ("ws", "cache", B * L * RNN_CACHE[Cell(cell)] * H)):
+        out.append((buf, r[F[name]], size))
+    return out
+
+
+_RNN_OPTS = 'cell, activation="tanh"'
+KERNELS.update({k.name: k for k in (
+    Kernel("rnn_forward", f"Hs, G, X, W_ih, W_hh, b_ih, b_hh, *, {_RNN_OPTS}", ("Hs", "G"), "Hs"),
+    Kernel("rnn_backward", f"dX, dW_ih, dW_hh, db_ih, db_hh, dHs, G, X, W_ih, W_hh, Hs, *, "
+           f"{_RNN_OPTS}", ("dX", "dW_ih", "dW_hh", "db_ih", "db_hh", "dHs", "G")),
+)})
 
 # Functions every backend module has besides the kernels (not validated by
 # the front: they take no arrays from the user or check their own).

@@ -566,6 +566,38 @@ static void overflow_cases(void) {
     free(f); free(g); free(h); free(u); free(lab); free(am);
 }
 
+/* Recurrent kernels (csrc/rnn.c): every cell on exact-size buffers, with and
+   without dX and the bias gradients, and the refused arguments. */
+static void rnn_cases(void) {
+    const int64_t shapes[][4] = {{1, 1, 1, 1}, {3, 2, 3, 5}, {2, 5, 1, 17}, {7, 3, 4, 2}};
+    const int cells[][2] = {{FASTNN_CELL_RNN, FASTNN_ACT_TANH}, {FASTNN_CELL_RNN, FASTNN_ACT_RELU},
+                            {FASTNN_CELL_GRU, FASTNN_ACT_TANH}, {FASTNN_CELL_LSTM, FASTNN_ACT_TANH}};
+    for (int si = 0; si < 4; si++)
+        for (int ci = 0; ci < 4; ci++) {
+            const int64_t n = shapes[si][0], L = shapes[si][1], c = shapes[si][2], h = shapes[si][3];
+            const int cell = cells[ci][0], act = cells[ci][1];
+            const int64_t G = cell == FASTNN_CELL_RNN ? 1 : cell == FASTNN_CELL_GRU ? 3 : 4;
+            const int64_t K = cell == FASTNN_CELL_RNN ? 1 : cell == FASTNN_CELL_GRU ? 4 : 5;
+            float *X = rnd(n * L * c), *Wi = rnd(c * G * h), *Wh = rnd(h * G * h);
+            float *bi = rnd(G * h), *bh = rnd(G * h), *Hs = rnd(n * L * h), *Gc = rnd(n * L * K * h);
+            float *dX = rnd(n * L * c), *dWi = rnd(c * G * h), *dWh = rnd(h * G * h);
+            float *dbi = rnd(G * h), *dbh = rnd(G * h), *dHs = rnd(n * L * h);
+            OK(fastnn_rnn_forward(Hs, Gc, X, Wi, Wh, bi, bh, n, L, c, h, cell, act));
+            OK(fastnn_rnn_backward(dX, dWi, dWh, dbi, dbh, dHs, Gc, X, Wi, Wh, Hs, n, L, c, h,
+                                   cell, act));
+            OK(fastnn_rnn_forward(Hs, Gc, X, Wi, Wh, bi, bh, n, L, c, h, cell, act));
+            OK(fastnn_rnn_backward(NULL, dWi, dWh, NULL, NULL, dHs, Gc, X, Wi, Wh, Hs, n, L, c, h,
+                                   cell, act));
+            BAD(fastnn_rnn_forward(Hs, Gc, X, Wi, Wh, bi, bh, n, L, c, h, 7, act));
+            BAD(fastnn_rnn_forward(Hs, Gc, X, Wi, Wh, bi, bh, n, 0, c, h, cell, act));
+            BAD(fastnn_rnn_backward(dX, dWi, dWh, dbi, dbh, dHs, Gc, X, Wi, Wh, Hs, n, L, c,
+                                    INT64_MAX / 2, cell, act));
+            BAD(fastnn_rnn_forward(Hs, Gc, X, Wi, Wh, bi, bh, n, L, c, h, cell, FASTNN_ACT_SIGMOID));
+            free(X); free(Wi); free(Wh); free(bi); free(bh); free(Hs); free(Gc);
+            free(dX); free(dWi); free(dWh); free(dbi); free(dbh); free(dHs);
+        }
+}
+
 int main(void) {
     overflow_cases();
     for (int th = 1; th <= 2; th++) {
@@ -574,6 +606,7 @@ int main(void) {
         deep_epoch_cases();
         dropout_cases();
         plan_cases();
+        rnn_cases();
     }
     int best = fastnn_simd_best();
     for (int path = 0; path <= best; path++) {

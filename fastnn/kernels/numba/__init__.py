@@ -24,10 +24,49 @@ rounds once on store -- except the optimizer updates, which run in float32
 as the c backend's do (see ``_optimizers``).
 """
 
+import hashlib
+import os
+
 import numba  # absolute import: the real numba, not this package
 import numpy as np
 
 from .. import spec
+
+
+def _drop_stale_caches(here=None):
+    """Remove the on-disk compiled kernels when any source they were built
+    from changed.  Numba keys a cache entry on its own file's timestamp only:
+    a kernel in _plan.py inlining a helper of _epoch.py keeps loading the
+    machine code of the old helper (wrong results or a crash) after _epoch.py
+    changes.  The stamp is a hash of every module of this backend and of
+    spec.py (whose constants are frozen into the code)."""
+    here = here or os.path.dirname(os.path.abspath(__file__))
+    sources = sorted(f for f in os.listdir(here) if f.endswith(".py"))
+    digest = hashlib.sha256()
+    for path in [os.path.join(here, f) for f in sources] + [spec.__file__]:
+        with open(path, "rb") as f:
+            digest.update(f.read())
+    digest.update(numba.__version__.encode())
+    cache = os.path.join(here, "__pycache__")
+    stamp_path = os.path.join(cache, "fastnn-sources.sha256")
+    try:
+        with open(stamp_path) as f:
+            if f.read().strip() == digest.hexdigest():
+                return
+    except OSError:
+        pass
+    try:
+        os.makedirs(cache, exist_ok=True)
+        for f in os.listdir(cache):
+            if f.endswith((".nbi", ".nbc")):
+                os.remove(os.path.join(cache, f))
+        with open(stamp_path, "w") as f:
+            f.write(digest.hexdigest())
+    except OSError:  # no such folder yet, or read-only: numba then caches elsewhere or not
+        pass
+
+
+_drop_stale_caches()
 from ..reference import asarray, empty, to_numpy, zeros  # noqa: F401 - host arrays, as the reference
 from ._conv import (avgpool2d_backward, avgpool2d_forward, conv2d_backward,  # noqa: F401
                     conv2d_forward, maxpool2d_backward, maxpool2d_forward)
@@ -41,6 +80,7 @@ from ._losses import (bce_backward, bce_forward, mae_backward, mae_forward,  # n
 from ._norm import batchnorm_backward, batchnorm_forward, batchnorm_inference  # noqa: F401
 from ._optimizers import adagrad, adam, adamax, adamw, nadam, radam, rmsprop, sgd  # noqa: F401
 from ._plan import model_epoch  # noqa: F401
+from ._rnn import rnn_backward, rnn_forward  # noqa: F401
 
 name = "numba"
 DTYPE = np.float32
@@ -105,6 +145,7 @@ def warmup():
     dropout_forward(out, x, 0.5, 1, 2)
     dropout_backward(out, x, 0.5, 1, 2)
     _warmup_cnn()
+    _warmup_rnn()
     _warmup_model_epoch()
 
 
@@ -127,6 +168,20 @@ def _warmup_cnn():
                       0.1, 1e-5)
     batchnorm_inference(np.empty_like(x), x, c2, c2, c3, c4, 1e-5)
     batchnorm_backward(np.empty_like(x), np.empty(2, f32), np.empty(2, f32), x, x, c2, c3, c4)
+
+
+def _warmup_rnn():
+    """The recurrent kernels of ``warmup`` (one compilation serves every cell)."""
+    f32 = np.float32
+    x = np.linspace(-1.0, 1.0, 6, dtype=f32).reshape(1, 2, 3)
+    for cell, gates, cache in ((spec.Cell.RNN, 1, 1), (spec.Cell.GRU, 3, 4)):
+        w_ih, w_hh = np.ones((3, gates * 2), f32), np.ones((2, gates * 2), f32)
+        b = np.zeros(gates * 2, f32)
+        hs, g = np.empty((1, 2, 2), f32), np.empty((1, 2, cache * 2), f32)
+        rnn_forward(hs, g, x, w_ih, w_hh, b, b, int(cell), int(spec.Activation.TANH))
+        rnn_backward(np.empty_like(x), np.empty_like(w_ih), np.empty_like(w_hh), np.empty_like(b),
+                     np.empty_like(b), np.ones_like(hs), g, x, w_ih, w_hh, hs, int(cell),
+                     int(spec.Activation.TANH))
 
 
 def _warmup_model_epoch():

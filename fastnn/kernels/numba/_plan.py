@@ -30,6 +30,7 @@ from ._epoch import (_HYPER, _NO_LABELS, _NO_ORDER, _NO_TARGETS, _count_correct,
 from ._gemm import _dense_dz, _gemm_ws, _pack_floats
 from ._losses import _SOFTMAX_XENT
 from ._norm import _PIECES, _batchnorm_backward, _batchnorm_forward
+from . import _rnn
 
 # Record fields, scalars and op codes as module globals: numba compiles them
 # in as constants.
@@ -51,6 +52,7 @@ _BATCHNORM = int(spec.Op.BATCHNORM)
 _DROPOUT = int(spec.Op.DROPOUT)
 _ADD = int(spec.Op.ADD)
 _FORK = int(spec.Op.FORK)
+_RNN = int(spec.Op.RNN)
 
 # Batch-norm channel sums: chunks of at least _CHUNK elements, at most
 # _norm's count -- a function of the size alone (so the sums' rounding does
@@ -78,7 +80,7 @@ def _copy(dst, src):
 
 @njit(cache=True)
 def _record_forward(r, sc, xin, xb, m, batch, ws, iws, params, buffers, ap, bp, bn_part,
-                    bn_work, pool_acc, threads):
+                    bn_work, pool_acc, threads, rnn):
     """Record r (ints) / sc (floats) forward over m rows of batch number
     `batch`; xin its input (flat), xb the batch's input rows."""
     op = r[_OP]
@@ -126,13 +128,16 @@ def _record_forward(r, sc, xin, xb, m, batch, ws, iws, params, buffers, ap, bp, 
     elif op == _ADD:  # (aux -1: the skip is the batch's input rows)
         _copy(y, xin)
         _axpy(y, xb if r[_AUX] == -1 else ws[r[_AUX]:r[_AUX] + osz], np.float32(1.0))
+    elif op == _RNN:  # (rnn: the records' scratch, _rnn.record_scratch)
+        _rnn.record_forward(r, xin, m, ws, params, rnn[0], rnn[1], rnn[2], rnn[3], rnn[4],
+                            rnn[5], rnn[6])
     else:
         raise ValueError("plan: unknown op")  # the front validated the plan
 
 
 @njit(cache=True)
 def _record_backward(r, sc, xin, m, batch, ws, iws, params, grads, ap, bp, sums, bn_part,
-                     bn_work, pool_acc, threads):
+                     bn_work, pool_acc, threads, rnn):
     """Record r backward over m rows (its output gradient at dy)."""
     op = r[_OP]
     h, w, c, oh, ow, oc = r[_H], r[_W], r[_C], r[_OH], r[_OW], r[_OC]
@@ -203,6 +208,9 @@ def _record_backward(r, sc, xin, m, batch, ws, iws, params, grads, ap, bp, sums,
             if r[_DX] != r[_DY]:
                 _copy(dx, dy)
             _axpy(dx, ws[r[_DAUX]:r[_DAUX] + osz], np.float32(1.0))
+    elif op == _RNN:
+        _rnn.record_backward(r, xin, m, ws, params, grads, rnn[0], rnn[1], rnn[2], rnn[3],
+                             rnn[4], rnn[5], rnn[6])
     else:
         raise ValueError("plan: unknown op")
 
@@ -255,6 +263,10 @@ def _model_epoch(params, grads, buffers, s0, s1, s2, ws, iws, X, labels, T, orde
     bn_part = np.empty((_BN_CHUNKS, 2, bn_c), dtype=np.float64)
     bn_work = np.empty((5, bn_c), dtype=np.float64)
     pool_acc = np.empty((threads, pool_w, pool_c), dtype=np.float64)
+    ra, rb, r1, r2, r4, r5 = _rnn.record_scratch(plan, bs)
+    rnn = (np.empty(ra, np.float32), np.empty(rb, np.float32), np.empty(r1, np.float32),
+           np.empty(r2, np.float32), np.empty(r2, np.float32), np.empty(r4, np.float32),
+           np.empty(r5, np.float64))
 
     x_flat, t_flat = X.reshape(-1), T.reshape(-1)
     g_rows = bs if gather else 0
@@ -278,7 +290,7 @@ def _model_epoch(params, grads, buffers, s0, s1, s2, ws, iws, X, labels, T, orde
             r = plan[j]
             xin = xb if r[_X] == -1 else ws[r[_X]:r[_X] + m * r[_H] * r[_W] * r[_C]]
             _record_forward(r, plan_scalars[j], xin, xb, m, bi, ws, iws, params, buffers, ap, bp,
-                            bn_part, bn_work, pool_acc, threads)
+                            bn_part, bn_work, pool_acc, threads, rnn)
         out = (xb if output == -1 else ws[output:output + m * out_size]).reshape((m, out_size))
         dout = ws[doutput:doutput + m * out_size].reshape((m, out_size))
 
@@ -299,7 +311,7 @@ def _model_epoch(params, grads, buffers, s0, s1, s2, ws, iws, X, labels, T, orde
             r = plan[j]
             xin = xb if r[_X] == -1 else ws[r[_X]:r[_X] + m * r[_H] * r[_W] * r[_C]]
             _record_backward(r, plan_scalars[j], xin, m, bi, ws, iws, params, grads, ap, bp,
-                             sums, bn_part, bn_work, pool_acc, threads)
+                             sums, bn_part, bn_work, pool_acc, threads, rnn)
 
         if l2 != 0.0:
             for q in range(penalized.shape[0]):

@@ -1,0 +1,394 @@
+/*
+ * rnn.c -- recurrent layers: SimpleRNN, GRU and LSTM over (n, L, c)
+ * sequences (fastnn.h: fastnn_rnn_forward / fastnn_rnn_backward; the
+ * specification is fastnn/kernels/_reference_rnn.py).
+ *
+ * Forward: the input projection of every step is one GEMM, X (n L, c) W_ih
+ * written straight into the gate cache G (rows L K h apart per sample);
+ * then per step one GEMM adds h_{t-1} W_hh onto the step's slice of G
+ * (beta = 1; GRU's cache is [r, z, hn, n], so that h W_hh lands on r, z
+ * and the n gate's hidden part hn, kept apart from x W_in) and the
+ * epilogue adds both biases and applies the gate nonlinearities in place,
+ * leaving the activations in G for the backward.  Backward through time:
+ * per step, the gate gradients overwrite the step's slice of G, and two
+ * GEMMs push dh to the previous step (into dHs, beta = 1) and accumulate
+ * dW_hh; after the loop one GEMM each gives dW_ih = X^T dG and
+ * dX = dG W_ih^T.  The GEMMs are gemm.c's (threaded); the epilogues split
+ * the batch rows over the threads.  Nothing is allocated.
+ *
+ * Checks: sizes >= 1, the cell and activation, and every element count
+ * (n L K h, ...) overflow-checked in int64; buffers are the caller's (the
+ * front checks their shapes, plan.c the records' regions).
+ */
+#include <math.h>
+#include <string.h>
+
+#include "fastnn.h"
+#include "internal.h"
+#include "rnn.h"
+
+#define FIELD(r, f) ((r)[FASTNN_F_##f])
+
+/* exp(x) for x <= 0 (NaN stays NaN), vectorisable: Cephes' expf (range
+   reduction by ln 2 in two parts, degree-5 polynomial, 2^n from its bits),
+   ~1 ulp; below -87.3 it returns exp(-87.3) ~ 1.2e-38 (a normal float)
+   instead of a denormal or 0 -- invisible after the 1 + e of the gates.
+   glibc's scalar expf/tanhf took ~80% of a GRU step's time. */
+static inline __attribute__((always_inline)) float exp_neg(float x)
+{
+    const float xc = x > -87.3f ? x : -87.3f;  /* (NaN -> -87.3, restored below) */
+    const float n = floorf(xc * 1.44269504088896341f + 0.5f);
+    const float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    const int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return x == x ? p * scale : x;
+}
+
+/* sigmoid and tanh from exp_neg: exp of a non-positive number only, so
+   stable both ways; NaN propagates. */
+static inline __attribute__((always_inline)) float sigm(float x)
+{
+    const float e = exp_neg(-fabsf(x)), s = 1.0f / (1.0f + e);
+    return x >= 0.0f ? s : e * s;
+}
+
+static inline __attribute__((always_inline)) float tanh_f(float x)
+{
+    const float e = exp_neg(-2.0f * fabsf(x));
+    return copysignf((1.0f - e) / (1.0f + e), x);
+}
+
+/* gates G and cache width K (in units of h) of a cell; 0 if invalid. */
+static int cell_dims(int cell, int act, int64_t *G, int64_t *K)
+{
+    switch (cell) {
+    case FASTNN_CELL_RNN:
+        *G = 1; *K = 1;
+        return act == FASTNN_ACT_TANH || act == FASTNN_ACT_RELU;
+    case FASTNN_CELL_GRU:
+        *G = 3; *K = 4;
+        return act == FASTNN_ACT_TANH;
+    case FASTNN_CELL_LSTM:
+        *G = 4; *K = 5;
+        return act == FASTNN_ACT_TANH;
+    default:
+        return 0;
+    }
+}
+
+/* Sizes valid and every array's element count within int64. */
+static int dims_valid(int64_t n, int64_t L, int64_t c, int64_t h, int cell, int act,
+                      int64_t *G, int64_t *K)
+{
+    int64_t s;
+    return n >= 1 && L >= 1 && c >= 1 && h >= 1 && cell_dims(cell, act, G, K)
+           && fastnn_product(&s, n, L, *K, h) && fastnn_product(&s, n, L, *G, h)
+           && fastnn_product(&s, n, L, c) && fastnn_product(&s, c, *G, h)
+           && fastnn_product(&s, h, *G, h);
+}
+
+/* Threads for an epilogue over `work` elements.  A step's epilogue is a few
+   tens of microseconds (vectorised); a parallel region adds a barrier per
+   step, which on a busy machine (a thread descheduled) costs a time slice:
+   a GRU epoch of 20 batches went from 0.4 s to 5.6 s with one other busy
+   process.  So small epilogues run on the calling thread. */
+static int threads_for(int64_t work)
+{
+    const int t = fastnn_get_num_threads();
+    return work < (1 << 18) ? 1 : t;
+}
+
+/* One sample's epilogue of step t (first: t == 0): g its cache slice
+   holding x W_ih (+ h W_hh), ho its new state, hp the previous (NULL at
+   t = 0).  Compiled for AVX-512, AVX2 and the baseline. */
+FASTNN_CLONES
+static void forward_row(int cell, int act, int64_t h, int64_t KH, int first, float *g,
+            float *ho, const float *hp, const float *b_ih, const float *b_hh)
+{
+    if (cell == FASTNN_CELL_RNN) {
+#pragma omp simd
+        for (int64_t j = 0; j < h; j++) {
+            const float p = g[j] + b_ih[j] + b_hh[j];
+            g[j] = p;
+            ho[j] = act == FASTNN_ACT_TANH ? tanh_f(p) : (p < 0.0f ? 0.0f : p);
+        }
+    } else if (cell == FASTNN_CELL_GRU) {
+#pragma omp simd
+        for (int64_t j = 0; j < h; j++) {
+            const float r = sigm(g[j] + b_ih[j] + b_hh[j]);
+            const float z = sigm(g[h + j] + b_ih[h + j] + b_hh[h + j]);
+            const float hn = g[2 * h + j] + b_hh[2 * h + j];
+            const float nn = tanh_f(g[3 * h + j] + b_ih[2 * h + j] + r * hn);
+            const float hv = hp ? hp[j] : 0.0f;
+            ho[j] = (1.0f - z) * nn + z * hv;
+            g[j] = r;
+            g[h + j] = z;
+            g[2 * h + j] = hn;
+            g[3 * h + j] = nn;
+        }
+    } else {
+        const float *cprev = first ? NULL : g - KH + 4 * h;
+#pragma omp simd
+        for (int64_t j = 0; j < h; j++) {
+            const float ig = sigm(g[j] + b_ih[j] + b_hh[j]);
+            const float fg = sigm(g[h + j] + b_ih[h + j] + b_hh[h + j]);
+            const float gg = tanh_f(g[2 * h + j] + b_ih[2 * h + j] + b_hh[2 * h + j]);
+            const float og = sigm(g[3 * h + j] + b_ih[3 * h + j] + b_hh[3 * h + j]);
+            const float cv = fg * (cprev ? cprev[j] : 0.0f) + ig * gg;
+            ho[j] = og * tanh_f(cv);
+            g[j] = ig;
+            g[h + j] = fg;
+            g[2 * h + j] = gg;
+            g[3 * h + j] = og;
+            g[4 * h + j] = cv;
+        }
+    }
+}
+
+int fastnn_rnn_forward(float *Hs, float *Gc, const float *X, const float *W_ih,
+                       const float *W_hh, const float *b_ih, const float *b_hh, int64_t n,
+                       int64_t L, int64_t c, int64_t h, int cell, int act)
+{
+    int64_t G, K;
+    if (!Hs || !Gc || !X || !W_ih || !W_hh || !b_ih || !b_hh
+        || !dims_valid(n, L, c, h, cell, act, &G, &K))
+        return FASTNN_EINVAL;
+    const int64_t GH = G * h, KH = K * h, ldg = L * KH, ldh = L * h;
+    int rc;
+    if (cell == FASTNN_CELL_GRU) {
+        /* cache [r, z, hn, n]: x W_ir, x W_iz to slots 0-1, x W_in to slot 3,
+           slot 2 zero (each step's one hidden GEMM adds h W_hh onto 0-2) */
+        if ((rc = fastnn_gemm(0, 0, n * L, 2 * h, c, 1.0f, X, c, W_ih, GH, 0.0f, Gc, KH))
+            || (rc = fastnn_gemm(0, 0, n * L, h, c, 1.0f, X, c, W_ih + 2 * h, GH, 0.0f,
+                                 Gc + 3 * h, KH)))
+            return rc;
+        for (int64_t row = 0; row < n * L; row++)
+            memset(Gc + row * KH + 2 * h, 0, (size_t)h * sizeof(float));
+    } else if ((rc = fastnn_gemm(0, 0, n * L, GH, c, 1.0f, X, c, W_ih, GH, 0.0f, Gc, KH))) {
+        return rc;
+    }
+    for (int64_t t = 0; t < L; t++) {
+        float *gt = Gc + t * KH;
+        if (t > 0) {
+            const float *hprev = Hs + (t - 1) * h;
+            if ((rc = fastnn_gemm(0, 0, n, GH, h, 1.0f, hprev, ldh, W_hh, GH, 1.0f, gt, ldg)))
+                return rc;
+        }
+        const int first = t == 0;
+#pragma omp parallel for num_threads(threads_for(n * GH)) schedule(static)
+        for (int64_t i = 0; i < n; i++) {
+            float *g = gt + i * ldg;
+            float *ho = Hs + i * ldh + t * h;
+            forward_row(cell, act, h, KH, first, g, ho, first ? NULL : ho - h, b_ih, b_hh);
+        }
+    }
+    return FASTNN_OK;
+}
+
+/* db[j] = sum over rows of M[row * ld + col0 + j], j < cols: in double,
+   row by row over blocks of columns (the rows are ld apart: a column at a
+   time would miss the cache on every element). */
+#define SUM_BLOCK 256
+static void column_sums(float *db, const float *M, int64_t rows, int64_t ld, int64_t col0,
+                        int64_t cols)
+{
+    const int64_t blocks = (cols + SUM_BLOCK - 1) / SUM_BLOCK;
+#pragma omp parallel for num_threads(threads_for(rows * cols)) schedule(static)
+    for (int64_t q = 0; q < blocks; q++) {
+        double acc[SUM_BLOCK] = {0.0};
+        const int64_t j0 = q * SUM_BLOCK;
+        const int64_t w = cols - j0 < SUM_BLOCK ? cols - j0 : SUM_BLOCK;
+        for (int64_t i = 0; i < rows; i++) {
+            const float *row = M + i * ld + col0 + j0;
+            for (int64_t j = 0; j < w; j++)
+                acc[j] += row[j];
+        }
+        for (int64_t j = 0; j < w; j++)
+            db[j0 + j] = (float)acc[j];
+    }
+}
+
+/* One sample's gate gradients at step t over its cache slice g (dh its
+   state's gradient, dhp the previous one's or NULL, hc / hp the states). */
+FASTNN_CLONES
+static void backward_row(int cell, int act, int64_t h, int64_t KH, int first, int last,
+             float *g, const float *dh, float *dhp, const float *hc,
+             const float *hp)
+{
+    if (cell == FASTNN_CELL_RNN) {
+        for (int64_t j = 0; j < h; j++)
+            g[j] = act == FASTNN_ACT_TANH ? dh[j] * (1.0f - hc[j] * hc[j])
+                                          : (hc[j] > 0.0f ? dh[j] : 0.0f * dh[j]);
+    } else if (cell == FASTNN_CELL_GRU) {
+#pragma omp simd
+        for (int64_t j = 0; j < h; j++) {
+            const float r = g[j], z = g[h + j], hn = g[2 * h + j], nn = g[3 * h + j];
+            const float hv = hp ? hp[j] : 0.0f, d = dh[j];
+            const float dnp = d * (1.0f - z) * (1.0f - nn * nn);
+            const float dzp = d * (hv - nn) * z * (1.0f - z);
+            const float drp = dnp * hn * r * (1.0f - r);
+            g[j] = drp;
+            g[h + j] = dzp;
+            g[2 * h + j] = dnp * r;  /* the hidden gates' gradients: slots 0-2 */
+            g[3 * h + j] = dnp;
+            if (dhp)
+                dhp[j] += d * z;
+        }
+    } else {
+        const float *cprev = first ? NULL : g - KH + 4 * h;
+        const float *carry = last ? NULL : g + KH + 4 * h;
+#pragma omp simd
+        for (int64_t j = 0; j < h; j++) {
+            const float ig = g[j], fg = g[h + j], gg = g[2 * h + j], og = g[3 * h + j];
+            const float tc = tanh_f(g[4 * h + j]), d = dh[j];
+            const float dc = d * og * (1.0f - tc * tc) + (carry ? carry[j] : 0.0f);
+            const float cp = cprev ? cprev[j] : 0.0f;
+            g[j] = dc * gg * ig * (1.0f - ig);
+            g[h + j] = dc * cp * fg * (1.0f - fg);
+            g[2 * h + j] = dc * ig * (1.0f - gg * gg);
+            g[3 * h + j] = d * tc * og * (1.0f - og);
+            g[4 * h + j] = dc * fg;  /* c_t is no longer needed: the carry */
+        }
+    }
+}
+
+int fastnn_rnn_backward(float *dX, float *dW_ih, float *dW_hh, float *db_ih, float *db_hh,
+                        float *dHs, float *Gc, const float *X, const float *W_ih,
+                        const float *W_hh, const float *Hs, int64_t n, int64_t L, int64_t c,
+                        int64_t h, int cell, int act)
+{
+    int64_t G, K;
+    if (!dW_ih || !dW_hh || !dHs || !Gc || !X || !W_ih || !W_hh || !Hs
+        || !dims_valid(n, L, c, h, cell, act, &G, &K))
+        return FASTNN_EINVAL;
+    const int64_t GH = G * h, KH = K * h, ldg = L * KH, ldh = L * h;
+    int rc = FASTNN_OK;
+    if (L == 1)
+        memset(dW_hh, 0, (size_t)(h * GH) * sizeof(float));
+    for (int64_t t = L - 1; t >= 0; t--) {
+        float *gt = Gc + t * KH;
+        const int first = t == 0, last = t == L - 1;
+#pragma omp parallel for num_threads(threads_for(n * GH)) schedule(static)
+        for (int64_t i = 0; i < n; i++) {
+            float *g = gt + i * ldg;
+            float *dh = dHs + i * ldh + t * h;
+            const float *hc = Hs + i * ldh + t * h;
+            backward_row(cell, act, h, KH, first, last, g, dh, first ? NULL : dh - h, hc,
+                         first ? NULL : hc - h);
+        }
+        if (first)
+            break;
+        float *dprev = dHs + (t - 1) * h;
+        if ((rc = fastnn_gemm(0, 1, n, h, GH, 1.0f, gt, ldg, W_hh, GH, 1.0f, dprev, ldh)))
+            return rc;
+    }
+    /* dW_hh = sum over steps t >= 1 of h_{t-1}^T dGh_t, as two products over
+       all rows at once: row r of Hs (n L, h) against row r + 1 of the hidden
+       gate gradients, then minus the pairs that straddle two samples (the
+       last step of sample i - 1 against the first of sample i). */
+    if (L > 1) {
+        if ((rc = fastnn_gemm(1, 0, h, GH, n * L - 1, 1.0f, Hs, h, Gc + KH, KH, 0.0f, dW_hh,
+                              GH)))
+            return rc;
+        if (n > 1 && (rc = fastnn_gemm(1, 0, h, GH, n - 1, -1.0f, Hs + (L - 1) * h, ldh,
+                                       Gc + ldg, ldg, 1.0f, dW_hh, GH)))
+            return rc;
+    }
+    if (db_hh)
+        column_sums(db_hh, Gc, n * L, KH, 0, GH);
+    /* the input gates' gradients: slots [0, G) (GRU: dr, dz in 0-1, dn in 3) */
+    if (cell != FASTNN_CELL_GRU) {
+        if ((rc = fastnn_gemm(1, 0, c, GH, n * L, 1.0f, X, c, Gc, KH, 0.0f, dW_ih, GH)))
+            return rc;
+        if (db_ih)
+            column_sums(db_ih, Gc, n * L, KH, 0, GH);
+        if (dX)
+            rc = fastnn_gemm(0, 1, n * L, c, GH, 1.0f, Gc, KH, W_ih, GH, 0.0f, dX, c);
+        return rc;
+    }
+    if ((rc = fastnn_gemm(1, 0, c, 2 * h, n * L, 1.0f, X, c, Gc, KH, 0.0f, dW_ih, GH))
+        || (rc = fastnn_gemm(1, 0, c, h, n * L, 1.0f, X, c, Gc + 3 * h, KH, 0.0f, dW_ih + 2 * h,
+                             GH)))
+        return rc;
+    if (db_ih) {
+        column_sums(db_ih, Gc, n * L, KH, 0, 2 * h);
+        column_sums(db_ih + 2 * h, Gc, n * L, KH, 3 * h, h);
+    }
+    if (dX && !(rc = fastnn_gemm(0, 1, n * L, c, 2 * h, 1.0f, Gc, KH, W_ih, GH, 0.0f, dX, c)))
+        rc = fastnn_gemm(0, 1, n * L, c, h, 1.0f, Gc + 3 * h, KH, W_ih + 2 * h, GH, 1.0f, dX, c);
+    return rc;
+}
+
+/* ---- the plan record -------------------------------------------------------- */
+
+static int inside(int64_t off, int64_t size, int64_t cap)
+{
+    return off >= 0 && size >= 0 && cap >= 0 && off <= cap - size;
+}
+
+int fastnn_rnn_record_valid(const fastnn_model_epoch *a, const int64_t *r, int64_t B)
+{
+    const int64_t L = FIELD(r, W), c = FIELD(r, C), h = FIELD(r, OC);
+    const int64_t ws = a->workspace_size, np = a->n_params;
+    const int seq = FIELD(r, AUX) == FIELD(r, Y);
+    int64_t G, K, s_ih, s_hh, gh, states, cache;
+    if (FIELD(r, CELL) < FASTNN_CELL_RNN || FIELD(r, CELL) > FASTNN_CELL_LSTM
+        || FIELD(r, ACT) < FASTNN_ACT_IDENTITY || FIELD(r, ACT) > FASTNN_ACT_SOFTPLUS)
+        return 0;
+    if (FIELD(r, H) != 1 || FIELD(r, OH) != 1 || !dims_valid(B, L, c, h, (int)FIELD(r, CELL),
+                                                             (int)FIELD(r, ACT), &G, &K))
+        return 0;
+    if (seq ? (FIELD(r, OW) != L || FIELD(r, DAUX) != FIELD(r, DY)) : FIELD(r, OW) != 1)
+        return 0;
+    return fastnn_product(&s_ih, c, G, h) && fastnn_product(&s_hh, h, G, h)
+           && fastnn_product(&gh, G, h) && fastnn_product(&states, B, L, h)
+           && fastnn_product(&cache, B, L, K, h)
+           && inside(FIELD(r, PARAM), s_ih, np) && inside(FIELD(r, PARAM_HH), s_hh, np)
+           && inside(FIELD(r, BIAS), gh, np) && inside(FIELD(r, BIAS_HH), gh, np)
+           && inside(FIELD(r, AUX), states, ws) && inside(FIELD(r, DAUX), states, ws)
+           && inside(FIELD(r, CACHE), cache, ws);
+}
+
+int fastnn_rnn_record_forward(fastnn_model_epoch *a, const int64_t *r, const float *x,
+                              int64_t m)
+{
+    const int64_t L = FIELD(r, W), c = FIELD(r, C), h = FIELD(r, OC);
+    float *ws = a->workspace, *P = a->params, *Hs = ws + FIELD(r, AUX);
+    int rc = fastnn_rnn_forward(Hs, ws + FIELD(r, CACHE), x, P + FIELD(r, PARAM),
+                                P + FIELD(r, PARAM_HH), P + FIELD(r, BIAS),
+                                P + FIELD(r, BIAS_HH), m, L, c, h, (int)FIELD(r, CELL),
+                                (int)FIELD(r, ACT));
+    if (rc || FIELD(r, AUX) == FIELD(r, Y))
+        return rc;
+    float *y = ws + FIELD(r, Y);
+    for (int64_t i = 0; i < m; i++)
+        memmove(y + i * h, Hs + (i * L + L - 1) * h, (size_t)h * sizeof(float));
+    return FASTNN_OK;
+}
+
+int fastnn_rnn_record_backward(fastnn_model_epoch *a, const int64_t *r, const float *x,
+                               int64_t m)
+{
+    const int64_t L = FIELD(r, W), c = FIELD(r, C), h = FIELD(r, OC);
+    float *ws = a->workspace, *P = a->params, *Gr = a->grads, *dHs = ws + FIELD(r, DAUX);
+    if (FIELD(r, DAUX) != FIELD(r, DY)) {
+        const float *dy = ws + FIELD(r, DY);
+        memset(dHs, 0, (size_t)(m * L * h) * sizeof(float));
+        for (int64_t i = 0; i < m; i++)
+            memmove(dHs + (i * L + L - 1) * h, dy + i * h, (size_t)h * sizeof(float));
+    }
+    return fastnn_rnn_backward(FIELD(r, DX) == -1 ? NULL : ws + FIELD(r, DX),
+                               Gr + FIELD(r, PARAM), Gr + FIELD(r, PARAM_HH),
+                               Gr + FIELD(r, BIAS), Gr + FIELD(r, BIAS_HH), dHs,
+                               ws + FIELD(r, CACHE), x, P + FIELD(r, PARAM),
+                               P + FIELD(r, PARAM_HH), ws + FIELD(r, AUX), m, L, c, h,
+                               (int)FIELD(r, CELL), (int)FIELD(r, ACT));
+}
