@@ -66,6 +66,15 @@ def equiv(group, out):
         arrays[name] = tr.model.get_params()
         logs[name] = history.history
         logs[name + ":fused"] = tr.fused
+    # BatchNorm: each rank normalizes with its own batch; the running
+    # statistics are averaged over the ranks after every epoch
+    model = fastnn.Sequential([fastnn.Dense(8, 16, "relu"), fastnn.BatchNorm(16),
+                               fastnn.Dense(16, 3)], seed=3)
+    tr = fastnn.Trainer(model, "softmax_cross_entropy", optim.get("adam", lr=1e-2),
+                        distributed=group)
+    history = fit(tr, 203, 16, {})
+    arrays["batchnorm"], arrays["batchnorm:buffers"] = model.get_params(), model.get_buffers()
+    logs["batchnorm"] = history.history
     np.savez(os.path.join(out, f"rank{group.rank}.npz"), **arrays)
     with open(os.path.join(out, f"rank{group.rank}.json"), "w") as f:
         json.dump(logs, f)
