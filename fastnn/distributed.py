@@ -80,7 +80,7 @@ class MPIGroup:
         with the program's own).
     timeout : float
         Seconds a collective may wait before the ranks that do not answer
-        are named as failed (RankError).  It bounds how long a rank may
+        a ping (for up to 5 s more) are named as failed (RankError).  It bounds how long a rank may
         spend between two collectives (a batch, the validation), so keep
         it well above a batch's time.
     """
@@ -342,7 +342,7 @@ class Sharding:
             total -= last[0]
             correct -= last[1]
         sums = np.array([total, correct], np.float64)
-        self.group.allreduce(sums, "sum", f"the epoch's loss all-reduce")
+        self.group.allreduce(sums, "sum", "the epoch's loss all-reduce")
         slowest = np.array([elapsed], np.float64)
         self.group.allreduce(slowest, "max", "the epoch's time all-reduce")
         return float(sums[0]), int(round(sums[1])), float(slowest[0])

@@ -2,8 +2,8 @@
 with the mpich wheel's mpiexec, checked against one process."""
 
 import json
-import re
 import os
+import re
 import shutil
 import subprocess
 import sys
