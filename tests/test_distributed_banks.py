@@ -79,3 +79,29 @@ def test_a_trainer_through_bytes_trains_on_identically(data):
     a.fit(X, y, epochs=2, seed=3, verbose=False)
     b.fit(X, y, epochs=2, seed=3, verbose=False)
     np.testing.assert_array_equal(a.model.get_params(), b.model.get_params())
+
+
+def test_a_hook_chain_gives_each_hook_its_own_events():
+    from fastnn.distributed import GRADS, HookChain
+    from fastnn.kernels.spec import HookEvent
+
+    seen = []
+
+    class Grads:
+        events = frozenset({GRADS})
+
+        def __call__(self, event, batch):
+            seen.append(("grads", event, batch))
+
+    class Bar:  # no events attribute: BATCH only
+        last = 7
+
+        def __call__(self, event, batch):
+            seen.append(("bar", event, batch))
+
+    chain = HookChain(Grads(), None, Bar())
+    assert chain.events == {HookEvent.GRADS, HookEvent.BATCH}
+    chain(HookEvent.GRADS, 0)
+    chain(HookEvent.BATCH, 0)
+    assert seen == [("grads", HookEvent.GRADS, 0), ("bar", HookEvent.BATCH, 0)]
+    assert chain.last == 7
