@@ -70,6 +70,12 @@ def build_parser():
     train.add_argument("--seed", type=int, default=0, help="seed for the split, init and shuffling")
     train.add_argument("--save", metavar="PATH", help="save the trained model (.npz) here")
     train.add_argument("--quiet", action="store_true", help="print only the final report")
+    train.add_argument("--verbose", type=int, choices=(0, 1, 2), default=None,
+                       help="per-epoch progress as Keras's: 0 none, 1 a bar per epoch, 2 a "
+                            "line per epoch (default: 1 on a terminal, else 2; 0 with --quiet)")
+    train.add_argument("--plot", metavar="DIR",
+                       help="write loss.png, confusion.png and roc.png (test set) into DIR "
+                            "(needs matplotlib: pip install fastnn[plot])")
     return parser
 
 
@@ -152,7 +158,8 @@ def train(args):
                  "step": [schedules.StepLR(max(args.epochs // 4, 1), gamma=0.5)],
                  "plateau": [schedules.ReduceLROnPlateau(patience=3)]}[schedule]
     trainer.fit(Xtr, ytr_idx, epochs=args.epochs, batch_size=args.batch_size,
-                validation_split=args.val_size, seed=args.seed, verbose=not args.quiet,
+                validation_split=args.val_size, seed=args.seed,
+                verbose=(0 if args.quiet else "auto") if args.verbose is None else args.verbose,
                 callbacks=callbacks)
 
     pred = trainer.predict(Xte).argmax(axis=1)

@@ -8,12 +8,13 @@ batches are views into it, so nothing is allocated per batch (layer and loss
 buffers are allocated once per batch size).
 """
 
-import sys
+import functools
 import time
 
 import numpy as np
 
 from . import kernels
+from . import progress as progress_mod
 from .kernels import _checks, spec
 from . import losses as losses_mod
 from . import plan as plan_mod
@@ -188,7 +189,8 @@ class _FitRun:
         self.validation, self.shuffle, self.stoppers = validation_data, shuffle, stoppers
         _check_batchnorm_batches(trainer.model, self.n, self.batch_size)
         self.rng = np.random.default_rng(seed)
-        self.runner = EpochRunner(trainer, X, t, self.batch_size, plan, self.n)
+        batch_end = [cb for cb in stoppers if hasattr(cb, "on_batch_end")]
+        self.runner = EpochRunner(trainer, X, t, self.batch_size, plan, self.n, batch_end)
         self.history = History()
         self.epoch = 0
 
@@ -219,7 +221,15 @@ class _FitRun:
         if report is not False:
             tr._report(report, self.epoch, self.epochs, logs)
         epoch, self.epoch = self.epoch, self.epoch + 1
-        return any([bool(cb(tr, epoch, logs)) for cb in self.stoppers])
+        return any([bool(_epoch_end(cb)(tr, epoch, logs)) for cb in self.stoppers])
+
+
+def _epoch_end(cb):
+    """A callback's end-of-epoch call: the callable itself, or its
+    on_epoch_end (an object with only on_batch_end: nothing)."""
+    if callable(cb):
+        return cb
+    return getattr(cb, "on_epoch_end", lambda trainer, epoch, logs: False)
 
 
 class EpochRunner:
@@ -234,13 +244,14 @@ class EpochRunner:
     split it so that many runners' epochs can run in one ``model_epochs``
     call (fit_many, fastnn.sklearn.MLPSearchCV's banks)."""
 
-    def __init__(self, trainer, X, t, batch_size, plan=False, n=None):
+    def __init__(self, trainer, X, t, batch_size, plan=False, n=None, batch_end=()):
         self.trainer, self.X, self.t = trainer, X, t
         self.n = len(X) if n is None else n
         self.batch_size = batch_size
-        self.epoch_fn = (trainer._fused_epoch(self.n, batch_size, plan) if trainer.fused
-                         else trainer._python_epoch)
-        self.by_order = trainer.fused and not trainer._device
+        fused = trainer.fused and not batch_end  # on_batch_end: Python between batches
+        self.epoch_fn = (trainer._fused_epoch(self.n, batch_size, plan) if fused
+                         else functools.partial(trainer._python_epoch, batch_end=batch_end))
+        self.by_order = fused and not trainer._device
         self.compiled = self.by_order and isinstance(self.epoch_fn, _CompiledEpoch)
 
     def totals(self, order, epoch=0, bar=None):
@@ -315,8 +326,6 @@ class _CompiledEpoch:
         self.plan.advance(done)
         if "mu_product" in opt.spec.scalars:
             opt.mu_product = mu
-        if bar is not None:
-            bar.update(done)
         losses = self.batch_losses[:done]
         if not np.isfinite(losses).all():  # the first bad one says where
             b = int(np.argmin(np.isfinite(losses)))
@@ -324,7 +333,32 @@ class _CompiledEpoch:
         return float(self.batch_losses @ self.sizes), int(self.batch_correct.sum())
 
     def __call__(self, X, t, batch_size, epoch, bar, order=None):
-        return self.finish(self.kernel(self.build(X, t, order)), epoch, bar)
+        e = self.build(X, t, order)
+        if bar is not None:  # the bar moves within the epoch: the epoch hook
+            e.hook, e.hook_every = bar.hook(self.batch_losses, self.sizes), bar.every
+        try:
+            result = self.kernel(e)
+        except BaseException:
+            # the hook raised (Ctrl-C lands in it: the only Python running
+            # during the epoch) after the update of its batch: the counters
+            # follow the batches done, so that the state stays consistent
+            if e.hook is not None and e.hook.last >= 0:
+                self._stopped(e.hook.last + 1)
+            raise
+        return self.finish(result, epoch, bar)
+
+    def _stopped(self, done):
+        """The optimizer's and dropouts' counters after `done` batches of
+        an epoch that stopped by an exception."""
+        opt = self.trainer.optimizer
+        kernel, _, hyper = opt.kernel_spec()
+        if "mu_product" in opt.spec.scalars:
+            scalars = {"mu_product": opt.mu_product}
+            for step in range(opt.step_count + 1, opt.step_count + done + 1):
+                scalars = spec.advance(kernel, scalars, step, hyper)
+            opt.mu_product = scalars["mu_product"]
+        opt.step_count += done
+        self.plan.advance(done)
 
 
 class Trainer:
@@ -450,16 +484,25 @@ class Trainer:
     # ---- fit ------------------------------------------------------------------
 
     def fit(self, X, y, epochs=1, batch_size=32, validation_data=None, validation_split=0.0,
-            shuffle=True, seed=None, callbacks=(), early_stopping=None, verbose=True):
+            shuffle=True, seed=None, callbacks=(), early_stopping=None, verbose="auto"):
         """Train for `epochs` passes over (X, y) in mini-batches.
 
         batch_size=len(X) is full-batch gradient descent, batch_size=1 pure
         SGD.  validation_split holds out the last fraction of (X, y) (before
         shuffling), as Keras does.  callbacks are callables
-        ``f(trainer, epoch, logs)``; one returning True stops training.
+        ``f(trainer, epoch, logs)`` (or objects with ``on_epoch_end(trainer,
+        epoch, logs)``); one returning True stops training.  A callback
+        with an ``on_batch_end(trainer, epoch, batch, logs)`` method (logs:
+        the batch's ``loss`` and ``size``) is called after every batch's
+        update -- which takes the fit OFF the compiled path: its epochs
+        then run batch by batch from Python (the same trajectory, slower
+        for small batches); the progress bar needs no such callback.
         early_stopping is an EarlyStopping or an int patience.  A loss that
         becomes NaN or Inf stops with FloatingPointError naming the epoch and
-        batch.  Returns a History.
+        batch.  verbose is Keras's: 0 silent, 1 a progress bar per epoch
+        (tqdm.auto; running loss and samples/s, updated within the compiled
+        epoch too), 2 one line per epoch, "auto"/True 1 on a terminal or in
+        a notebook, else 2 (fastnn.progress).  Returns a History.
         """
         X = check_X(X, self.model.input_shape, self.model.dtype)
         t = self._targets(y, len(X))
@@ -474,20 +517,22 @@ class Trainer:
                                  f"validation samples out of {len(X)}")
             validation_data = (X[-n_val:], t[-n_val:])
             X, t = X[:-n_val], t[:-n_val]
+        verbose = progress_mod.check_verbose(verbose)
         run = self._fit_run(X, t, None, epochs, batch_size, validation_data, shuffle, seed,
                             callbacks, early_stopping)
-        bar = self._progress(epochs * run.n_batches, verbose)
-        try:
-            for epoch in range(epochs):
+        for epoch in range(epochs):
+            bar = (progress_mod.EpochBar(epoch, epochs, run.n_batches) if verbose == 1
+                   else None)
+            try:
                 start_time = time.perf_counter()
                 lr = self.optimizer.lr
                 total, correct = run.run(run.next_order(), bar)
                 if run.finish_epoch(total, correct, time.perf_counter() - start_time, lr,
                                     bar if verbose else False):
                     break
-        finally:
-            if bar is not None:
-                bar.close()
+            finally:
+                if bar is not None:
+                    bar.close()
         return run.history
 
     def _fit_run(self, X, t, rows, epochs, batch_size, validation_data, shuffle, seed,
@@ -564,20 +609,23 @@ class Trainer:
             buf = self._batch_bufs[("shuffle", key)] = np.empty(shape, like.dtype)
         return buf
 
-    def _python_epoch(self, X, t, batch_size, epoch, bar, order=None):
+    def _python_epoch(self, X, t, batch_size, epoch, bar, order=None, batch_end=()):
         """One epoch batch by batch from Python; returns (sum of losses
         weighted by batch size, correct answers).  (X, t are already in
-        the epoch's order.)"""
+        the epoch's order.)  batch_end: callbacks with on_batch_end."""
         total, correct, n = 0.0, 0, len(X)
-        for b in range(-(-n // batch_size)):
+        n_batches = -(-n // batch_size)
+        for b in range(n_batches):
             lo, hi = b * batch_size, min((b + 1) * batch_size, n)
             value, out = self._step(X[lo:hi], t[lo:hi])
             _check_finite(value, epoch, b)
             total += value * (hi - lo)
             if self.loss.classification:
                 correct += self._n_correct(out, t[lo:hi])
-            if bar is not None:
-                bar.update(1)
+            if bar is not None and spec.hook_batch_due(b, n_batches, bar.every):
+                bar.update(b + 1, total, hi)
+            for cb in batch_end:
+                cb.on_batch_end(self, epoch, b, {"loss": float(value), "size": hi - lo})
         return total, correct
 
     def _fused_epoch(self, n, batch_size, plan=False):
@@ -588,20 +636,12 @@ class Trainer:
         stack."""
         return _CompiledEpoch(self, n, batch_size, plan)
 
-    def _progress(self, total, verbose):
-        if not verbose or not sys.stderr.isatty() or total < 200:
-            return None
-        from tqdm import tqdm
-
-        return tqdm(total=total, unit="batch", leave=False)
-
     def _report(self, bar, epoch, epochs, logs):
-        text = f"epoch {epoch + 1}/{epochs} " + " ".join(
-            f"{k}={v:.4g}" if k != "samples_per_s" else f"{k}={v:,.0f}" for k, v in logs.items())
+        """The epoch's logs: on its bar (verbose=1), else one line."""
         if bar is not None:
-            bar.write(text)
+            bar.finish(logs)
         else:
-            print(text)
+            print(f"epoch {epoch + 1}/{epochs} " + progress_mod.format_logs(logs))
 
     def _n_correct(self, out, target):
         pred = self._k.to_numpy(out)
