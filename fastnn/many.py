@@ -55,6 +55,8 @@ def fit_many(trainers, X, y, *, epochs=1, batch_size=32, validation_data=None, s
         raise ValueError(f"errors: expected 'raise' or 'ignore', got {errors!r}")
     epochs = _check_epochs(epochs)
     batch_size = _check_batch_size(batch_size)
+    for tr in trainers:  # (a deferred model is built by the data)
+        tr._build_for(X)
     first = trainers[0].model
     X = check_X(X, first.input_shape, first.dtype)
     n = len(X)
