@@ -157,7 +157,7 @@ def train(args):
     callbacks = {"none": [], "cosine": [schedules.CosineAnnealingLR(max(args.epochs, 1))],
                  "step": [schedules.StepLR(max(args.epochs // 4, 1), gamma=0.5)],
                  "plateau": [schedules.ReduceLROnPlateau(patience=3)]}[schedule]
-    trainer.fit(Xtr, ytr_idx, epochs=args.epochs, batch_size=args.batch_size,
+    history = trainer.fit(Xtr, ytr_idx, epochs=args.epochs, batch_size=args.batch_size,
                 validation_split=args.val_size, seed=args.seed,
                 verbose=(0 if args.quiet else "auto") if args.verbose is None else args.verbose,
                 callbacks=callbacks)
@@ -177,7 +177,35 @@ def train(args):
     if args.save:
         model.save(args.save)
         print(f"model saved to {args.save}")
+    if args.plot:
+        _plots(args.plot, history, yte_idx, pred, trainer.predict_proba(Xte), classes)
     return 0
+
+
+def _plots(folder, history, y_true, pred, proba, classes):
+    """--plot DIR: loss.png (the History), confusion.png and roc.png (the
+    test set; classes by their index, named in the tick labels)."""
+    try:
+        from . import plot
+    except ImportError as exc:  # (plot imports matplotlib lazily; this is belt and braces)
+        raise SystemExit(f"fastnn: --plot needs matplotlib: pip install fastnn[plot] ({exc})")
+    try:
+        plot.history(history, path=os.path.join(folder, "loss.png"))
+        fig = plot.confusion_matrix(y_true, pred, labels=np.arange(len(classes)),
+                                    path=None)
+        ax = fig.axes[0]
+        names = [str(c) for c in classes]
+        ax.set_xticks(range(len(names)), names)
+        ax.set_yticks(range(len(names)), names)
+        plot._save(fig, os.path.join(folder, "confusion.png"))
+        if len(classes) == 2:
+            plot.roc(y_true, proba[:, 1], labels=np.arange(2), path=os.path.join(folder, "roc.png"))
+        else:
+            plot.roc(y_true, proba, labels=np.arange(len(classes)),
+                     path=os.path.join(folder, "roc.png"))
+    except ImportError as exc:
+        raise SystemExit(f"fastnn: --plot needs matplotlib: pip install fastnn[plot] ({exc})")
+    print(f"plots written to {folder}: loss.png, confusion.png, roc.png")
 
 
 def main(argv=None):
