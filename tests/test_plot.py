@@ -139,3 +139,14 @@ def test_cli_train_plot_writes_the_three_pictures(tmp_path, capsys):
         assert (out / name).stat().st_size > 1000
     assert png_size(out / "loss.png") == (1000, 400)
     assert png_size(out / "confusion.png") == (600, 500)
+
+
+def test_matplotlib_is_imported_by_the_first_plot_only():
+    import subprocess
+    import sys
+
+    code = ("import sys, fastnn, fastnn.plot, fastnn.progress; "
+            "print('matplotlib' in sys.modules, 'tqdm' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.split() == ["False", "False"]
