@@ -4,6 +4,7 @@ the batches (what a progress bar uses), and with a GRADS hook on every
 batch (what a data-parallel all-reduce uses), interleaved A B C A B C ...
 
     python -m bench.hook_cost [--n 20000] [--rounds 5] [--backends c,numba]
+    python -m bench.hook_cost --per-call     # the cost of one hook call
 """
 
 import argparse
@@ -79,5 +80,35 @@ def main(argv=None):
                   f"spread {spread:.0%}, {calls[name]} hook calls")
 
 
+def per_call(backend, n=20000, rounds=5):
+    """The cost of one hook call: a tiny model (Dense 4-2) at batch 1, so
+    that the epoch is mostly per-batch overhead, with a BATCH hook on every
+    batch vs none (the difference / n is what one call costs, the
+    trampoline and, on numba, one more njit dispatch per range)."""
+    model = Sequential([Dense(4, 2)], seed=0, backend=backend)
+    tr = Trainer(model, "softmax_cross_entropy", optim.SGD(lr=1e-3), fused=True)
+    rng = np.random.default_rng(0)
+    X, y = rng.random((n, 4), dtype=np.float32), rng.integers(0, 2, n)
+    ce, t = tr._fused_epoch(n, 1), tr._targets(y, n)
+    times = {False: [], True: []}
+    for r in range(rounds + 1):
+        for hooked in (False, True):
+            e = ce.build(X, t, None)
+            e.hook, e.hook_every = (Batch() if hooked else None), 1
+            t0 = time.perf_counter()
+            ce.kernel(e)
+            if r:
+                times[hooked].append(time.perf_counter() - t0)
+    a, b = min(times[False]), min(times[True])
+    print(f"{backend}: one hook call costs {(b - a) / n * 1e6:.2f} us (min of {rounds}: "
+          f"epoch of {n} batches {a * 1e3:.1f} ms without, {b * 1e3:.1f} ms with a call each)")
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if "--per-call" in sys.argv:
+        for backend in ("c", "numba"):
+            per_call(backend)
+    else:
+        main()
