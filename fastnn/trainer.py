@@ -467,6 +467,7 @@ class Trainer:
         self._fit_rng = None      # the shuffling stream fit continues (seed=None)
         self.schedules = []       # the Schedule callbacks of the last fit
         self._resume_schedules = []  # restored by load: the next fit continues them
+        self.fused = None if fused is None else bool(fused)  # (decided by _bind)
         self._bound = False
         if model.built:  # (else when the first data builds the model: _build_for)
             self._bind()

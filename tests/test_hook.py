@@ -7,7 +7,7 @@ c backend's two schedulers (the plan interpreter and the dense stack)."""
 import numpy as np
 import pytest
 
-from fastnn import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU, Sequential, Trainer, kernels
+from fastnn import Conv2D, Dense, Dropout, Flatten, MaxPool2D, Sequential, Trainer, kernels
 from fastnn import optim
 from fastnn.kernels import spec
 

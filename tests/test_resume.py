@@ -11,7 +11,6 @@ import pytest
 
 from fastnn import (AvgPool2D, BatchNorm, Conv1D, Conv2D, Dense, Dropout, EarlyStopping, Flatten,
                     MaxPool1D, MaxPool2D, ReLU, Sequential, Trainer, optim, schedules)
-from fastnn import model as model_mod
 
 from .conftest import CPU_BACKENDS
 
