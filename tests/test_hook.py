@@ -268,3 +268,47 @@ def test_cuda_hook_events_and_stop():
     with pytest.raises(Stop) as info:
         k.model_epoch(e)
     assert info.value is err and [(ev, b) for ev, b, _ in e.hook.log][-1] == (G, 1)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_threaded_dense_stack_with_a_grads_hook(threads):
+    """The dense-stack scheduler's team (784-256-10 at batch 32 is split
+    over two threads): the hook sees the whole gradient, the deferred
+    updates give the bits of the epoch without a hook."""
+    from fastnn.kernels import c as cmod
+
+    before = cmod.epoch_threads()
+    cmod.set_num_threads(threads)
+    try:
+        def one(hooked):
+            model = Sequential([Dense(784, 256, activation="relu"), Dense(256, 10)], seed=1,
+                               backend="c")
+            tr = Trainer(model, "softmax_cross_entropy", optim.Adam(), fused=True)
+            rng = np.random.default_rng(0)
+            X = rng.random((200, 784), dtype=np.float32)
+            ce = tr._fused_epoch(200, 32)
+            e = ce.build(X, tr._targets(rng.integers(0, 10, 200), 200), None)
+            if hooked:
+                e.hook = Recorder([e], events={G, B})
+                e.hook_every = 3
+            assert tr._k.model_epoch(e)[:2] == (7, 7)
+            return model.get_params(), (e.hook.log if hooked else None)
+
+        plain_params, _ = one(False)
+        params, log = one(True)
+        np.testing.assert_array_equal(params, plain_params)
+        assert [(ev, b) for ev, b, _ in log] == [
+            (G, 0), (G, 1), (G, 2), (B, 2), (G, 3), (G, 4), (G, 5), (B, 5), (G, 6), (B, 6)]
+        # the first batch's gradient is the reference's
+        model = Sequential([Dense(784, 256, activation="relu"), Dense(256, 10)], seed=1,
+                           backend="reference")
+        tr = Trainer(model, "softmax_cross_entropy", optim.Adam(), fused=True)
+        rng = np.random.default_rng(0)
+        X = rng.random((200, 784), dtype=np.float32)
+        e = tr._fused_epoch(200, 32).build(X, tr._targets(rng.integers(0, 10, 200), 200), None)
+        e.hook = Recorder([e], events={G})
+        tr._k.model_epoch(e)
+        np.testing.assert_allclose(log[0][2], e.hook.log[0][2], rtol=1e-4, atol=1e-6)
+        assert cmod.epoch_threads() == threads
+    finally:
+        cmod.set_num_threads(before)
