@@ -350,14 +350,18 @@ class _CompiledEpoch:
         e = self.build(X, t, order)
         if bar is not None:  # the bar moves within the epoch: the epoch hook
             e.hook, e.hook_every = bar.hook(self.batch_losses, self.sizes), bar.every
+            self.batch_losses[:] = np.nan
         try:
             result = self.kernel(e)
         except BaseException:
-            # the hook raised (Ctrl-C lands in it: the only Python running
-            # during the epoch) after the update of its batch: the counters
-            # follow the batches done, so that the state stays consistent
-            if e.hook is not None and e.hook.last >= 0:
-                self._stopped(e.hook.last + 1)
+            # The hook raised -- Ctrl-C lands in it, the only Python running
+            # inside a c epoch, or between two of numba's batch ranges --
+            # after the update of its batch: the counters follow the batches
+            # done (those with a loss written; a non-finite loss ends an
+            # epoch without an exception), so that the state stays consistent.
+            if e.hook is not None:
+                written = np.isfinite(self.batch_losses)
+                self._stopped(int(written.argmin()) if not written.all() else len(written))
             raise
         return self.finish(result, epoch, bar)
 
