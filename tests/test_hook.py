@@ -46,13 +46,13 @@ class Recorder:
             raise self.stop
 
 
-def setup(name, backend, optimizer="adam"):
+def setup(name, backend, optimizer="adam", **trainer_kw):
     """A trainer and one compiled epoch of it, ready to run: (kernel,
     epoch, trainer)."""
     layers, shape = MODELS[name]
     model = Sequential(layers(), seed=5, backend=backend, input_shape=shape)
     opt = optim.get(optimizer) if isinstance(optimizer, str) else optimizer
-    tr = Trainer(model, "softmax_cross_entropy", opt, fused=True)
+    tr = Trainer(model, "softmax_cross_entropy", opt, fused=True, **trainer_kw)
     rng = np.random.default_rng(2)
     X = rng.normal(size=(N,) + shape).astype(np.float32)
     y = rng.integers(0, 3, N)
@@ -312,3 +312,29 @@ def test_threaded_dense_stack_with_a_grads_hook(threads):
         assert cmod.epoch_threads() == threads
     finally:
         cmod.set_num_threads(before)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_clipping_and_l2_with_a_grads_hook(backend):
+    """GRADS sees the gradient with l2's term, before clipping; the epoch's
+    bits are those without a hook (numba: the update after the hook is
+    _finish_batch's)."""
+    kw = dict(l2=0.5, clip_value=0.05, clip_norm=0.1)
+    results = []
+    for hooked in (False, True):
+        k, e, tr = setup("cnn", backend, **kw)
+        if hooked:
+            e.hook, e.hook_every = Recorder([e], events={G}), 0
+        k.model_epoch(e)
+        results.append((host(tr.model.params).copy(), e.hook))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    grads0 = results[1][1].log[0][2]
+    assert np.abs(grads0).max() > 0.05  # not clipped yet when the hook sees it
+    k, e, tr = setup("cnn", "reference", **kw)
+    e.hook = Recorder([e], events={G})
+    k.model_epoch(e)
+    np.testing.assert_allclose(grads0, e.hook.log[0][2], rtol=1e-4, atol=1e-6)
+    k, e, tr = setup("cnn", "reference", **dict(kw, l2=0.0))
+    e.hook = Recorder([e], events={G})
+    k.model_epoch(e)
+    assert not np.allclose(grads0, e.hook.log[0][2], rtol=1e-3, atol=1e-5)  # l2 is in
