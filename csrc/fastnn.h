@@ -252,7 +252,8 @@ int fastnn_batchnorm_backward(float *dX, float *dgamma, float *dbeta, const floa
    The specification is fastnn.kernels.reference.dense_stack_epoch. */
 
 /* The epoch hook (spec.HookEvent): hook(hook_ctx, event, batch), batch the
-   0-based batch index, on the calling thread.  FASTNN_HOOK_GRADS: after
+   0-based batch index, on the thread running the epoch (the caller's; in
+   fastnn_model_epochs_run the worker's).  FASTNN_HOOK_GRADS: after
    every batch's backward (grads hold its gradient, l2 included), before
    clipping and the update, when hook_events has bit 1 << GRADS.
    FASTNN_HOOK_BATCH: after the update of every hook_every-th batch ((batch

@@ -102,6 +102,12 @@ def build_parser():
                        help="data-parallel over MPI: run as `mpiexec -n N fastnn train "
                             "--distributed mpi ...` (--batch-size is per rank; rank 0 prints "
                             "and saves; needs the mpi extra)")
+    train.add_argument("--verbose", type=int, choices=(0, 1, 2), default=None,
+                       help="per-epoch progress as Keras's: 0 none, 1 a bar per epoch, 2 a "
+                            "line per epoch (default: 1 on a terminal, else 2; 0 with --quiet)")
+    train.add_argument("--plot", metavar="DIR",
+                       help="write loss.png, confusion.png and roc.png (test set) into DIR "
+                            "(needs matplotlib: pip install fastnn[plot])")
     _add_bench_parser(sub)
     return parser
 
@@ -308,9 +314,10 @@ def train(args):
                  "step": [schedules.StepLR(max(args.epochs // 4, 1), gamma=0.5)],
                  "plateau": [schedules.ReduceLROnPlateau(patience=3)]}[schedule]
     try:
-        trainer.fit(Xtr, ytr_idx, epochs=args.epochs, batch_size=args.batch_size,
-                    validation_split=args.val_size, seed=args.seed, verbose=not args.quiet,
-                    callbacks=callbacks)
+        verbose = (0 if args.quiet else "auto") if args.verbose is None else args.verbose
+        history = trainer.fit(Xtr, ytr_idx, epochs=args.epochs, batch_size=args.batch_size,
+                              validation_split=args.val_size, seed=args.seed, verbose=verbose,
+                              callbacks=callbacks)
     except ValueError as exc:  # checked by fit before anything trains
         text = str(exc)
         option = ("--val-size" if "validation_split" in text else
@@ -337,7 +344,35 @@ def train(args):
         except OSError as exc:
             raise UsageError("--save", f"cannot write {args.save}: {exc}") from None
         print(f"model saved to {args.save}")
+    if args.plot:
+        _plots(args.plot, history, yte_idx, pred, trainer.predict_proba(Xte), classes)
     return 0
+
+
+def _plots(folder, history, y_true, pred, proba, classes):
+    """--plot DIR: loss.png (the History), confusion.png and roc.png (the
+    test set; classes by their index, named in the tick labels)."""
+    try:
+        from . import plot
+    except ImportError as exc:  # (plot imports matplotlib lazily; this is belt and braces)
+        raise UsageError("--plot", f"needs matplotlib: pip install fastnn[plot] ({exc})") from None
+    try:
+        plot.history(history, path=os.path.join(folder, "loss.png"))
+        fig = plot.confusion_matrix(y_true, pred, labels=np.arange(len(classes)),
+                                    path=None)
+        ax = fig.axes[0]
+        names = [str(c) for c in classes]
+        ax.set_xticks(range(len(names)), names)
+        ax.set_yticks(range(len(names)), names)
+        plot._save(fig, os.path.join(folder, "confusion.png"))
+        if len(classes) == 2:
+            plot.roc(y_true, proba[:, 1], labels=np.arange(2), path=os.path.join(folder, "roc.png"))
+        else:
+            plot.roc(y_true, proba, labels=np.arange(len(classes)),
+                     path=os.path.join(folder, "roc.png"))
+    except ImportError as exc:
+        raise UsageError("--plot", f"needs matplotlib: pip install fastnn[plot] ({exc})") from None
+    print(f"plots written to {folder}: loss.png, confusion.png, roc.png")
 
 
 def main(argv=None):

@@ -261,6 +261,9 @@ def make_spirals(n_samples=300, n_classes=2, noise=0.1, turns=1.5, seed=None):
     if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or n_classes < 1:
         raise ValueError(f"n_classes: expected an integer >= 1, got {n_classes!r}")
     _check_n_noise(n_samples, noise, n_classes)
+    if isinstance(turns, (bool, np.bool_, str)) or not isinstance(turns, (int, float, np.number)) \
+            or not np.isfinite(turns):
+        raise ValueError(f"turns: expected a finite number, got {turns!r}")
     rng = np.random.default_rng(seed)
     y = np.arange(n_samples) % n_classes
     # Position of each point along its arm: the i-th point of a class of m

@@ -239,8 +239,9 @@ class MPIGroup:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
-        if self._origin:  # the others report this rank's failure before the abort ends them
-            time.sleep(1.5)
+        # the others report this rank's failure before the abort ends them,
+        # and the failed rank gets to print its own error
+        time.sleep(1.5 if self._origin else 0.5)
         self._MPI.COMM_WORLD.Abort(1)
 
     # ---- start of a fit ---------------------------------------------------------
@@ -393,8 +394,16 @@ def start_fit(trainer, X, t, batch_size, epochs, shuffle, seed, validation):
     differ (data, model, options), send rank 0's parameters, buffers and
     optimizer state to all; returns the seed every rank uses."""
     group, model, opt = trainer.distributed, trainer.model, trainer.optimizer
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
-                             or seed < 0):
+    if isinstance(seed, np.random.Generator):  # fit's shuffling stream: the same everywhere
+        import json
+        import zlib
+
+        state = json.dumps(seed.bit_generator.state, sort_keys=True, default=str)
+        seed_field = zlib.crc32(state.encode())
+    elif seed is None or (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)
+                          and seed >= 0):
+        seed_field = -1 if seed is None else seed % 2**52
+    else:
         raise ValueError(f"seed: a distributed fit takes an integer >= 0 or None (every rank "
                          f"then uses rank 0's), got {seed!r}")
     fields = {"the number of samples": len(X), "X's dimensions": X.ndim}
@@ -407,7 +416,7 @@ def start_fit(trainer, X, t, batch_size, epochs, shuffle, seed, validation):
                    "the optimizer's step count": opt.step_count,
                    "the checksum of X": fingerprint(X), "the checksum of y": fingerprint(t),
                    "validation rows": -1 if validation is None else len(validation[0]),
-                   "seed": -1 if seed is None else seed % 2**52})
+                   "the shuffling seed": seed_field})
     group.check_same(fields)
     group.bcast(model.params, "the parameter broadcast")
     if model.buffers.size:
@@ -416,7 +425,7 @@ def start_fit(trainer, X, t, batch_size, epochs, shuffle, seed, validation):
         state = opt.state[name]
         if isinstance(state, np.ndarray) and state.flags.c_contiguous:
             group.bcast(state, "the optimizer-state broadcast")
-    return group.shared_seed(seed)
+    return seed if isinstance(seed, np.random.Generator) else group.shared_seed(seed)
 
 
 def average_buffers(trainer):

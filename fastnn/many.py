@@ -5,11 +5,13 @@ import time
 
 import numpy as np
 
+from . import progress as progress_mod
+from .kernels import spec
 from .trainer import Diverged, Trainer, _check_batch_size, _check_epochs, check_X
 
 
 def fit_many(trainers, X, y, *, epochs=1, batch_size=32, validation_data=None, shuffle=True,
-             seed=None, rows=None, verbose=True, errors="raise", n_jobs=None):
+             seed=None, rows=None, verbose="auto", errors="raise", n_jobs=None):
     """Train several trainers on (rows of) the same data.
 
     Each trainer ends exactly where ``trainer.fit(X[rows[i]], y[rows[i]],
@@ -31,8 +33,10 @@ def fit_many(trainers, X, y, *, epochs=1, batch_size=32, validation_data=None, s
     rows : None or a list of one 1-D integer array per trainer: the rows
         of X (and y) it trains on, in that order (each non-empty, in [0,
         n)); None: all rows for every trainer.
-    verbose : bool
-        One line per epoch summarising the trainers' losses.
+    verbose : 0, 1, 2, "auto" or bool
+        As Trainer.fit's (fastnn.progress): 1 a bar per epoch over every
+        trainer's batches (moved from inside the compiled epochs by the
+        epoch hook), 2 one line per epoch summarising the trainers' losses.
     errors : "raise" or "ignore"
         A trainer whose loss becomes NaN or Inf stops at that batch (its
         parameters as before the bad update) while the others go on.  At
@@ -59,6 +63,8 @@ def fit_many(trainers, X, y, *, epochs=1, batch_size=32, validation_data=None, s
         raise ValueError(f"errors: expected 'raise' or 'ignore', got {errors!r}")
     epochs = _check_epochs(epochs)
     batch_size = _check_batch_size(batch_size)
+    for tr in trainers:  # (a deferred model is built by the data)
+        tr._build_for(X)
     first = trainers[0].model
     X = check_X(X, first.input_shape, first.dtype)
     n = len(X)
@@ -82,6 +88,7 @@ def fit_many(trainers, X, y, *, epochs=1, batch_size=32, validation_data=None, s
             targets[key] = tr._targets(y, n)
         runs.append(tr._fit_run(X, targets[key], rows[i], epochs, batch_size, validation[i],
                                 shuffle, seed, (), None, plan=True))
+    verbose = progress_mod.check_verbose(verbose)
     k = trainers[0]._k
     active = list(range(len(runs)))
     diverged = {}
@@ -91,11 +98,21 @@ def fit_many(trainers, X, y, *, epochs=1, batch_size=32, validation_data=None, s
         # (the c backend trains them side by side), the others one by one
         together = [i for i in active if runs[i].runner.compiled]
         lrs = {i: trainers[i].optimizer.lr for i in active}
+        bar = (_ManyBar(epoch, epochs, sum(runs[i].n_batches for i in active))
+               if verbose == 1 else None)
         start = time.perf_counter()
         results = {}
         if together:
             built = [runs[i].runner.build(runs[i].next_order()) for i in together]
-            results = dict(zip(together, k.model_epochs(built)))
+            if bar is not None:
+                for i, e in zip(together, built):
+                    e.hook, e.hook_every = bar.hook(), progress_mod.hook_every(runs[i].n_batches)
+            try:
+                results = dict(zip(together, k.model_epochs(built)))
+            except BaseException:
+                if bar is not None:
+                    bar.close()
+                raise
         shared = time.perf_counter() - start
         for i in list(active):
             run = runs[i]
@@ -105,6 +122,8 @@ def fit_many(trainers, X, y, *, epochs=1, batch_size=32, validation_data=None, s
                     total, correct = run.runner.finish(results[i], run.epoch)
                 else:
                     total, correct = run.run(run.next_order())
+                    if bar is not None:
+                        bar.advance(run.n_batches)
             except Diverged as exc:
                 diverged[i] = (exc.epoch, exc.batch)
                 active.remove(i)
@@ -113,8 +132,10 @@ def fit_many(trainers, X, y, *, epochs=1, batch_size=32, validation_data=None, s
             if run.finish_epoch(total, correct, elapsed, lrs[i], False):
                 active.remove(i)
             losses.append(run.history.loss[-1])
-        if verbose:
-            _report(epoch, epochs, losses, len(diverged))
+        if bar is not None:
+            bar.finish(_summary(losses, len(diverged)))
+        elif verbose:
+            print(f"epoch {epoch + 1}/{epochs}: {_summary(losses, len(diverged))}")
         if not active:
             break
     histories = [run.history for run in runs]
@@ -258,10 +279,45 @@ def _check_validation(validation_data, k):
     raise ValueError(f"validation_data: expected (X, y) or a list of {k} (X, y) or None")
 
 
-def _report(epoch, epochs, losses, n_diverged):
+def _summary(losses, n_diverged):
     if not losses:
-        print(f"epoch {epoch + 1}/{epochs}: no trainer left ({n_diverged} diverged)")
-        return
+        return f"no trainer left ({n_diverged} diverged)"
     q = np.percentile(losses, [0, 50, 100])
-    print(f"epoch {epoch + 1}/{epochs}: {len(losses)} trainers, loss min {q[0]:.4g} "
-          f"median {q[1]:.4g} max {q[2]:.4g}" + (f", {n_diverged} diverged" if n_diverged else ""))
+    return (f"{len(losses)} trainers, loss min {q[0]:.4g} median {q[1]:.4g} max {q[2]:.4g}"
+            + (f", {n_diverged} diverged" if n_diverged else ""))
+
+
+class _ManyBar:
+    """verbose=1: one bar per epoch over every trainer's batches; each
+    compiled epoch moves it through its own hook (called from the thread
+    training that model, under the GIL)."""
+
+    def __init__(self, epoch, epochs, total):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
+                        leave=True, dynamic_ncols=True)
+
+    def advance(self, batches):
+        self.bar.update(batches)
+
+    def hook(self):
+        return _ManyHook(self)
+
+    def finish(self, text):
+        self.bar.set_postfix_str(text, refresh=False)
+        self.bar.close()
+
+    def close(self):
+        self.bar.close()
+
+
+class _ManyHook:
+    events = frozenset({spec.HookEvent.BATCH})
+
+    def __init__(self, bar):
+        self.bar, self.seen = bar, 0
+
+    def __call__(self, event, batch):
+        self.bar.advance(batch + 1 - self.seen)
+        self.seen = batch + 1

@@ -48,7 +48,11 @@ class Sequential:
         float64 is for gradient checks on the reference backend only.
     input_shape : tuple or None
         Per-sample input shape, e.g. (28, 28, 1) for channels-last images.
-        Inferred when the first layer with parameters is a Dense.
+        Inferred when the first layer with parameters is a Dense;
+        otherwise (a Conv1D/Conv2D or pooling first) the model is built
+        from the first data it is given (Keras's deferred build: ``fit``,
+        ``predict``, ``train_step``, ``evaluate`` or :meth:`build`), with
+        the parameters the same seed gives an eagerly built model.
 
     Attributes
     ----------
@@ -73,12 +77,62 @@ class Sequential:
                 raise TypeError(f"layers[{i}]: expected a fastnn layer, got {type(layer).__name__}")
         self.layers = layers
         self._claim_layers()
+        self._expect_sizes = _expect_sizes  # (load: the file's buffer sizes, checked by _build)
         self.seed = seed
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise TypeError(f"dtype: expected float32 or float64, got {self.dtype}")
-        self.input_shape = (tuple(int(s) for s in input_shape) if input_shape is not None
-                            else self._infer_input_shape())
+        self.built = False
+        self.backend = kernels.get_backend() if backend is None else backend
+        if input_shape is None:
+            try:
+                input_shape = self._infer_input_shape()
+            except ValueError:
+                self.input_shape = None  # deferred: built by the first data (build_for)
+                return
+        self.build(input_shape)
+
+    _UNBUILT = ("params", "grads", "buffers", "size", "n_parameters", "output_shape", "_layout",
+                "_buffer_layout", "_k")
+
+    def __getattr__(self, name):
+        # (only called for attributes not set: those build sets)
+        if name in Sequential._UNBUILT and not self.__dict__.get("built", True):
+            raise RuntimeError(f"Sequential: {name} does not exist yet, the model is not built: "
+                               "pass input_shape=... or give it data first (fit, predict, "
+                               "build)")
+        raise AttributeError(f"{type(self).__name__!s} object has no attribute {name!r}")
+
+    def build_for(self, X):
+        """Build a deferred model for the per-sample shape of data X (a
+        no-op once built)."""
+        if not self.built:
+            shape = np.shape(X)
+            if len(shape) < 2:
+                raise ValueError(f"X: expected (n_samples, *input_shape) to build the model "
+                                 f"from, got shape {shape}")
+            self.build(shape[1:])
+        return self
+
+    def build(self, input_shape):
+        """Build for per-sample inputs of `input_shape` (once): the layers'
+        shapes, the flat buffers, the initial parameters."""
+        if self.built:
+            if tuple(input_shape) != self.input_shape:
+                raise ValueError(f"input_shape: the model is built for {self.input_shape}, "
+                                 f"not {tuple(input_shape)}")
+            return self
+        layers, seed, backend = self.layers, self.seed, self.backend
+        self.input_shape = tuple(int(s) for s in input_shape)
+        try:
+            self._build(layers, seed, backend)
+        except BaseException:
+            self.input_shape = None if not self.built else self.input_shape
+            raise
+        self.built = True
+        return self
+
+    def _build(self, layers, seed, backend):
         shape = self.input_shape
         for layer in layers:
             shape = layer.build(shape)
@@ -102,11 +156,12 @@ class Sequential:
                 self._buffer_layout.append((i, name, tuple(bshape), offset))
                 buffers.append((offset, int(np.prod(bshape)), value))
                 offset = _aligned(offset + int(np.prod(bshape)))
-        if _expect_sizes is not None and _expect_sizes != (self.size, max(offset, 1)):
+        expect = self.__dict__.pop("_expect_sizes", None)
+        if expect is not None and expect != (self.size, max(offset, 1)):
             # load(): the file's buffers must match before anything is allocated
             raise ValueError(f"the architecture needs a parameter buffer of {self.size} and a "
                              f"state buffer of {max(offset, 1)} floats, the file holds "
-                             f"{_expect_sizes[0]} and {_expect_sizes[1]}")
+                             f"{expect[0]} and {expect[1]}")
         if self.size >= 2 ** 62:
             raise ValueError(f"layers: {self.size} parameters overflow a buffer's size")
         host_buffers = np.zeros(max(offset, 1), self.dtype)
@@ -121,7 +176,7 @@ class Sequential:
             if hasattr(layer, "reseed"):  # dropout masks follow the model's seed
                 layer.reseed(int(rng.integers(2**63)))
         self.backend = None
-        self._place(host, kernels.get_backend() if backend is None else backend, host_buffers)
+        self._place(host, backend, host_buffers)
         for layer in self.walk():  # (only once the model is complete)
             layer._owner = weakref.ref(self)
 
@@ -155,8 +210,8 @@ class Sequential:
             setattr(new, key, copy.deepcopy(value, memo))
         for layer in new.walk():  # the copies are the copy's
             layer._owner = weakref.ref(new)
-        # deepcopy copies each view on its own: bind the layers to the copy's buffers again
-        new._place(new.get_params(), new.backend, new.get_buffers())
+        if new.built:  # deepcopy copies each view on its own: bind the layers to the copy's buffers
+            new._place(new.get_params(), new.backend, new.get_buffers())
         return new
 
     def walk(self):
@@ -320,7 +375,10 @@ class Sequential:
 
     def to(self, backend):
         """Move parameters and buffers to `backend`; returns self."""
-        if backend != self.backend:
+        if not self.built:  # (checked now; placed when built)
+            kernels.get(backend)
+            self.backend = backend
+        elif backend != self.backend:
             self._place(self.get_params(), backend, self.get_buffers())
         return self
 
@@ -396,6 +454,7 @@ class Sequential:
     def _check_input(self, X):
         from .trainer import check_X  # the one input validator
 
+        self.build_for(X)
         return check_X(X, self.input_shape, self.dtype)
 
     def forward(self, X, training=False):
@@ -439,6 +498,9 @@ class Sequential:
     # ---- persistence --------------------------------------------------------
 
     def config(self):
+        if not self.built:
+            raise RuntimeError("Sequential: not built yet (pass input_shape=... or give it data "
+                               "first)")
         cfg = {"format": _FORMAT, "seed": self.seed, "size": self.size,
                "input_shape": list(self.input_shape),
                "layers": [{"type": type(layer).__name__, "config": layer.config()}
@@ -457,23 +519,13 @@ class Sequential:
         (kill -9) in the middle of one.  The file's mode honours the umask,
         as open() would.
         """
-        path = os.fspath(path)
-        if os.path.isdir(path):
-            raise IsADirectoryError(f"{path}: is a directory, not a model file name")
-        folder = os.path.dirname(os.path.abspath(path))
-        _remove_stale_temporaries(folder)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".fastnn-{os.getpid()}-", suffix=".npz")
-        try:
-            os.fchmod(fd, 0o666 & ~_umask())
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, architecture=np.array(json.dumps(self.config())),
-                         params=self.get_params().astype(np.float32),
-                         buffers=self.get_buffers().astype(np.float32))
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        atomic_savez(path, **self._arrays())
+
+    def _arrays(self):
+        """What save writes: the architecture (JSON) and the two buffers."""
+        return {"architecture": np.array(json.dumps(self.config())),
+                "params": self.get_params().astype(np.float32),
+                "buffers": self.get_buffers().astype(np.float32)}
 
     def summary(self, print_fn=None):
         """A Keras-style table: per layer its name (type), output shape
@@ -493,6 +545,12 @@ class Sequential:
         -------
         str
         """
+        if not self.built:
+            text = (f"Sequential: not built (its input shape comes with the first data), "
+                    f"{len(self.layers)} layers")
+            if print_fn is not None:
+                print_fn(text)
+            return text
         counts, rows = {}, []
         frozen = dict((id(layer), fz) for layer, fz in self._walk_frozen())
 
@@ -547,6 +605,8 @@ class Sequential:
         return text
 
     def __repr__(self):
+        if not self.built:
+            return f"Sequential({len(self.layers)} layers, not built, backend {self.backend!r})"
         return (f"Sequential({len(self.layers)} layers, {self.n_parameters:,} parameters, "
                 f"backend {self.backend!r})")
 
@@ -600,24 +660,67 @@ def _remove_stale_temporaries(folder):
             pass
 
 
+def atomic_savez(path, **arrays):
+    """np.savez of `arrays` to `path` through a temporary file
+    ``.fastnn-<pid>-*.npz`` in the same folder and a rename, so a crash never
+    leaves a half-written file; the temporaries of processes that died (kill
+    -9) in the middle of a save are removed; the file's mode honours the
+    umask, as open() would."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path}: is a directory, not a file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    _remove_stale_temporaries(folder)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".fastnn-{os.getpid()}-", suffix=".npz")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def read_npz(path, what, expected):
+    """{name: array} of an .npz archive holding exactly the arrays
+    `expected` (a set; a callable of the names also works), strings
+    decoded; ValueError naming `what` for anything else (nothing is
+    unpickled)."""
+    path = os.fspath(path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            files = set(archive.files)
+            ok = expected(files) if callable(expected) else files == set(expected)
+            arrays = {name: archive[name] for name in files} if ok else None
+    except Exception as exc:  # BadZipFile, EOFError, pickle refusal, truncation
+        raise ValueError(f"{path}: not a readable {what} ({type(exc).__name__}: {exc})") \
+            from exc
+    if arrays is None:
+        raise ValueError(f"{path}: not a {what} (arrays {sorted(files)})")
+    return arrays
+
+
 def load(path, backend=None):
     """Load a model written by :meth:`Sequential.save`.
 
     Raises ValueError for a file that is not a fastnn model, is truncated or
     whose parameters do not match its architecture.  Nothing is unpickled.
     """
+    arrays = read_npz(path, "fastnn model", {"architecture", "params", "buffers"})
+    return from_arrays(path, arrays, backend)
+
+
+def from_arrays(path, arrays, backend=None):
+    """The model of a saved archive's architecture/params/buffers arrays."""
     path = os.fspath(path)
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            files = set(archive.files)
-            if files == {"architecture", "params", "buffers"}:
-                cfg = json.loads(str(archive["architecture"]))
-                params, buffers = archive["params"], archive["buffers"]
-    except Exception as exc:  # BadZipFile, EOFError, pickle refusal, truncation, bad JSON
-        raise ValueError(f"{path}: not a readable fastnn model ({type(exc).__name__}: {exc})") \
-            from exc
-    if files != {"architecture", "params", "buffers"}:
-        raise ValueError(f"{path}: not a fastnn model (arrays {sorted(files)})")
+        cfg = json.loads(str(arrays["architecture"]))
+    except ValueError as exc:
+        raise ValueError(f"{path}: not a readable fastnn model (bad architecture JSON: "
+                         f"{exc})") from exc
+    params, buffers = arrays["params"], arrays["buffers"]
     if not isinstance(cfg, dict) or cfg.get("format") != _FORMAT:
         found = cfg.get("format") if isinstance(cfg, dict) else type(cfg).__name__
         raise ValueError(f"{path}: not a fastnn model (format {found!r})")

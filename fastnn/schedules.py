@@ -123,7 +123,8 @@ class ReduceLROnPlateau(Schedule):
         super().__init__()
         self.monitor = monitor
         self.factor = _checks.check_scalar("factor", factor, 0.0, 1.0)
-        self.patience, self.threshold = int(patience), float(threshold)
+        self.patience = _checks._integer("patience", patience, 0)
+        self.threshold = _checks.check_scalar("threshold", threshold, low=0.0)
         self.min_lr = _checks.check_scalar("min_lr", min_lr, low=0.0)
         self._best, self._bad, self._lr = None, 0, None
 

@@ -9,12 +9,16 @@ buffers are allocated once per batch size).
 """
 
 import functools
+import json
+import os
 import sys
 import time
 
 import numpy as np
 
 from . import kernels
+from . import progress as progress_mod
+from . import schedules as schedules_mod
 from .kernels import _checks, spec
 from . import losses as losses_mod
 from . import plan as plan_mod
@@ -118,7 +122,9 @@ class EarlyStopping:
     """Stop when `monitor` has not improved by `min_delta` for `patience` epochs.
 
     monitor: "val_loss" (default when validation data is given, else "loss"),
-    "loss", "val_accuracy", ...  restore_best puts back the best parameters.
+    "loss", "val_accuracy", ...  restore_best puts back the best parameters
+    when the fit ends, whether patience ran out or the fit reached its
+    epochs (Keras's restore_best_weights).
     """
 
     def __init__(self, monitor=None, patience=5, min_delta=0.0, restore_best=True):
@@ -173,8 +179,8 @@ def _check_fit_options(validation_data, shuffle, seed, callbacks, early_stopping
                            if isinstance(validation_data, (tuple, list)) else ""))
     if not isinstance(shuffle, (bool, np.bool_)):
         raise TypeError(f"shuffle: expected a bool, got {shuffle!r}")
-    if not isinstance(verbose, (bool, np.bool_, int, np.integer)):
-        raise TypeError(f"verbose: expected a bool, got {verbose!r}")
+    if not isinstance(verbose, (bool, np.bool_, int, np.integer)) and verbose != "auto":
+        raise TypeError(f"verbose: expected 0, 1, 2, a bool or 'auto', got {verbose!r}")
     if seed is not None and not isinstance(seed, (np.random.Generator, np.random.SeedSequence)):
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed: expected None or an integer >= 0, got {seed!r}")
@@ -236,9 +242,19 @@ class _FitRun:
             self.n_batches, n_run = self.sharding.n_batches, self.sharding.local_n
         _check_batchnorm_batches(trainer.model, n_run, self.batch_size)
         self.rng = np.random.default_rng(seed)
-        self.runner = EpochRunner(trainer, X, t, self.batch_size, plan, n_run)
+        batch_end = [cb for cb in stoppers if hasattr(cb, "on_batch_end")]
+        self.runner = EpochRunner(trainer, X, t, self.batch_size, plan, n_run, batch_end)
         self.history = History()
         self.epoch = 0
+
+    def end(self):
+        """The fit is over: EarlyStopping(restore_best=True) puts back its
+        best parameters also when the fit ran all its epochs (Keras's
+        restore_best_weights)."""
+        for cb in self.stoppers:
+            if isinstance(cb, EarlyStopping) and cb.restore_best \
+                    and cb.best_params is not None and cb.stopped_epoch is None:
+                self.trainer.model.set_params(cb.best_params)
 
     def next_order(self):
         """The rows of X the next epoch visits, in order (None: all, in order)."""
@@ -288,7 +304,15 @@ class _FitRun:
         if report is not False:
             tr._report(report, self.epoch, self.epochs, logs)
         epoch, self.epoch = self.epoch, self.epoch + 1
-        return any([bool(cb(tr, epoch, logs)) for cb in self.stoppers])
+        return any([bool(_epoch_end(cb)(tr, epoch, logs)) for cb in self.stoppers])
+
+
+def _epoch_end(cb):
+    """A callback's end-of-epoch call: the callable itself, or its
+    on_epoch_end (an object with only on_batch_end: nothing)."""
+    if callable(cb):
+        return cb
+    return getattr(cb, "on_epoch_end", lambda trainer, epoch, logs: False)
 
 
 class EpochRunner:
@@ -303,13 +327,14 @@ class EpochRunner:
     split it so that many runners' epochs can run in one ``model_epochs``
     call (fit_many, fastnn.sklearn.MLPSearchCV's banks)."""
 
-    def __init__(self, trainer, X, t, batch_size, plan=False, n=None):
+    def __init__(self, trainer, X, t, batch_size, plan=False, n=None, batch_end=()):
         self.trainer, self.X, self.t = trainer, X, t
         self.n = len(X) if n is None else n
         self.batch_size = batch_size
-        self.epoch_fn = (trainer._fused_epoch(self.n, batch_size, plan) if trainer.fused
-                         else trainer._python_epoch)
-        self.by_order = trainer.fused and not trainer._device
+        fused = trainer.fused and not batch_end  # on_batch_end: Python between batches
+        self.epoch_fn = (trainer._fused_epoch(self.n, batch_size, plan) if fused
+                         else functools.partial(trainer._python_epoch, batch_end=batch_end))
+        self.by_order = fused and not trainer._device
         self.compiled = self.by_order and isinstance(self.epoch_fn, _CompiledEpoch)
 
     def totals(self, order, epoch=0, bar=None):
@@ -394,8 +419,6 @@ class _CompiledEpoch:
         self.plan.advance(done)
         if "mu_product" in opt.spec.scalars:
             opt.mu_product = mu
-        if bar is not None:
-            bar.update(done)
         losses = self.batch_losses[:done]
         if not np.isfinite(losses).all():  # the first bad one says where
             b = int(np.argmin(np.isfinite(losses)))
@@ -403,7 +426,75 @@ class _CompiledEpoch:
         return float(self.batch_losses @ self.sizes), int(self.batch_correct.sum())
 
     def __call__(self, X, t, batch_size, epoch, bar, order=None):
-        return self.finish(self.kernel(self.build(X, t, order)), epoch, bar)
+        e = self.build(X, t, order)
+        if bar is not None:  # the bar moves within the epoch: the epoch hook
+            from .distributed import HookChain  # (with a distributed fit's all-reduce)
+
+            bar_hook = bar.hook(self.batch_losses, self.sizes)
+            e.hook = bar_hook if e.hook is None else HookChain(e.hook, bar_hook)
+            e.hook_every = bar.every
+            self.batch_losses[:] = np.nan
+        try:
+            result = self.kernel(e)
+        except BaseException:
+            # The hook raised -- Ctrl-C lands in it, the only Python running
+            # inside a c epoch, or between two of numba's batch ranges --
+            # after the update of its batch: the counters follow the batches
+            # done (those with a loss written; a non-finite loss ends an
+            # epoch without an exception), so that the state stays consistent.
+            if e.hook is not None:
+                written = np.isfinite(self.batch_losses)
+                self._stopped(int(written.argmin()) if not written.all() else len(written))
+            raise
+        return self.finish(result, epoch, bar)
+
+    def _stopped(self, done):
+        """The optimizer's and dropouts' counters after `done` batches of
+        an epoch that stopped by an exception."""
+        opt = self.trainer.optimizer
+        kernel, _, hyper = opt.kernel_spec()
+        if "mu_product" in opt.spec.scalars:
+            scalars = {"mu_product": opt.mu_product}
+            for step in range(opt.step_count + 1, opt.step_count + done + 1):
+                scalars = spec.advance(kernel, scalars, step, hyper)
+            opt.mu_product = scalars["mu_product"]
+        opt.step_count += done
+        self.plan.advance(done)
+
+
+_TRAINER_FORMAT = "fastnn-trainer-1"
+
+
+def _jsonable(value):
+    """Tuples as lists, numpy scalars as Python numbers (for JSON)."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _schedule_state(sched):
+    """A Schedule as JSON: its class and attributes (a nested schedule too)."""
+    if type(sched) is not getattr(schedules_mod, type(sched).__name__, None):
+        raise ValueError(f"save: the schedule {type(sched).__name__} is not one of fastnn's "
+                         "own (it cannot be written)")
+    attrs = {}
+    for k, v in vars(sched).items():
+        attrs[k] = _schedule_state(v) if isinstance(v, schedules_mod.Schedule) else _jsonable(v)
+    return {"type": type(sched).__name__, "attrs": attrs}
+
+
+def _schedule_from(state):
+    cls = getattr(schedules_mod, state["type"], None)
+    if not (isinstance(cls, type) and issubclass(cls, schedules_mod.Schedule)):
+        raise ValueError(f"unknown schedule {state['type']!r}")
+    sched = cls.__new__(cls)
+    for k, v in state["attrs"].items():
+        setattr(sched, k, _schedule_from(v) if isinstance(v, dict) and "attrs" in v else v)
+    return sched
 
 
 def _guarded(method):
@@ -475,20 +566,18 @@ class Trainer:
         self._k = kernels.get(self.backend)
         self._device = self.backend == "cuda"
         self.loss.set_backend(self._k, model.dtype)
-        self.optimizer.bind(model.size, self._k, model.dtype)
         self._batch_bufs = {}
         self.l2 = _checks.check_scalar("l2", l2, low=0.0)
         self.clip_value = (None if clip_value is None
                            else _checks.check_scalar("clip_value", clip_value, low=0.0, low_open=True))
         self.clip_norm = (None if clip_norm is None
                           else _checks.check_scalar("clip_norm", clip_norm, low=0.0, low_open=True))
-        self._stack = model.dense_stack() if clip_value is None and clip_norm is None else None
-        can_fuse = (plan_mod.compile_model(model, 1) is not None and self.optimizer.fusable
-                    and type(self.loss) in losses_mod.LOSSES.values())
-        if fused and not can_fuse:
-            raise ValueError("fused=True needs a model of fastnn's own layers (no custom Python "
-                             "layer) and one of fastnn's own losses and optimizers")
-        self.fused = can_fuse if fused is None else bool(fused)
+        self._fused_arg = fused
+        self._fit_rng = None      # the shuffling stream fit continues (seed=None)
+        self.schedules = []       # the Schedule callbacks of the last fit
+        self._resume_schedules = []  # restored by load: the next fit continues them
+        self.fused = None if fused is None else bool(fused)  # (decided by _bind)
+        self._bound = False
         self.distributed, self._grad_hook, self._last_batch = None, None, (0.0, 0)
         if distributed is not None:
             from . import distributed as distributed_mod
@@ -497,6 +586,29 @@ class Trainer:
                 raise ValueError("distributed: data-parallel training runs on the host "
                                  f"backends, not {self.backend!r}")
             self.distributed = distributed_mod.get(distributed)
+        if model.built:  # (else when the first data builds the model: _build_for)
+            self._bind()
+
+    def _bind(self):
+        """What needs the built model: the optimizer's state, the compiled
+        paths."""
+        model = self.model
+        self.optimizer.bind(model.size, self._k, model.dtype)
+        clipped = self.clip_value is not None or self.clip_norm is not None
+        self._stack = None if clipped else model.dense_stack()
+        can_fuse = (plan_mod.compile_model(model, 1) is not None and self.optimizer.fusable
+                    and type(self.loss) in losses_mod.LOSSES.values())
+        if self._fused_arg and not can_fuse:
+            raise ValueError("fused=True needs a model of fastnn's own layers (no custom Python "
+                             "layer) and one of fastnn's own losses and optimizers")
+        self.fused = can_fuse if self._fused_arg is None else bool(self._fused_arg)
+        self._bound = True
+
+    def _build_for(self, X):
+        """A deferred model is built from the first data (its sample shape)."""
+        if not self._bound:
+            self.model.build_for(X)
+            self._bind()
 
     # ---- one batch ----------------------------------------------------------
 
@@ -550,6 +662,7 @@ class Trainer:
 
         Returns the batch loss before the update.
         """
+        self._build_for(X)
         X = check_X(X, self.model.input_shape, self.model.dtype)
         t = self._targets(y, len(X))
         value, _ = self._step(X, t)
@@ -567,17 +680,27 @@ class Trainer:
 
     @_guarded
     def fit(self, X, y, epochs=1, batch_size=32, validation_data=None, validation_split=0.0,
-            shuffle=True, seed=None, callbacks=(), early_stopping=None, verbose=True):
+            shuffle=True, seed=None, callbacks=(), early_stopping=None, verbose="auto"):
         """Train for `epochs` passes over (X, y) in mini-batches.
 
         batch_size=len(X) is full-batch gradient descent, batch_size=1 pure
         SGD.  validation_split holds out the last fraction of (X, y) (before
         shuffling), as Keras does.  callbacks are callables
-        ``f(trainer, epoch, logs)``; one returning True stops training.
+        ``f(trainer, epoch, logs)`` (or objects with ``on_epoch_end(trainer,
+        epoch, logs)``); one returning True stops training.  A callback
+        with an ``on_batch_end(trainer, epoch, batch, logs)`` method (logs:
+        the batch's ``loss`` and ``size``) is called after every batch's
+        update -- which takes the fit OFF the compiled path: its epochs
+        then run batch by batch from Python (the same trajectory, slower
+        for small batches); the progress bar needs no such callback.
         early_stopping is an EarlyStopping or an int patience.  A loss that
         becomes NaN or Inf stops with FloatingPointError naming the epoch and
-        batch.  Returns a History.
+        batch.  verbose is Keras's: 0 silent, 1 a progress bar per epoch
+        (tqdm.auto; running loss and samples/s, updated within the compiled
+        epoch too), 2 one line per epoch, "auto"/True 1 on a terminal or in
+        a notebook, else 2 (fastnn.progress).  Returns a History.
         """
+        self._build_for(X)
         X = check_X(X, self.model.input_shape, self.model.dtype)
         t = self._targets(y, len(X))
         epochs = _check_epochs(epochs)
@@ -597,20 +720,35 @@ class Trainer:
                                  f"validation samples out of {len(X)}")
             validation_data = (X[-n_val:], t[-n_val:])
             X, t = X[:-n_val], t[:-n_val]
-        run = self._fit_run(X, t, None, epochs, batch_size, validation_data, shuffle, seed,
-                            callbacks, early_stopping)
-        bar = self._progress(epochs * run.n_batches, verbose)
-        try:
-            for epoch in range(epochs):
+        verbose = progress_mod.check_verbose(verbose)
+        callbacks = list(callbacks)
+        scheds = [cb for cb in callbacks if isinstance(cb, schedules_mod.Schedule)]
+        if not scheds and self._resume_schedules:  # a loaded trainer's schedules go on
+            scheds = self._resume_schedules
+            callbacks += scheds
+        self._resume_schedules = []
+        self.schedules = scheds
+        # seed=None continues this trainer's shuffling stream (a loaded one's too)
+        if seed is not None or self._fit_rng is None:
+            if seed is None and self.distributed is not None:  # one stream on every rank
+                seed = self.distributed.shared_seed(None)
+            self._fit_rng = np.random.default_rng(seed)
+        run = self._fit_run(X, t, None, epochs, batch_size, validation_data, shuffle,
+                            self._fit_rng, callbacks, early_stopping)
+        for epoch in range(epochs):
+            bar = (progress_mod.EpochBar(epoch, epochs, run.n_batches) if verbose == 1
+                   else None)
+            try:
                 start_time = time.perf_counter()
                 lr = self.optimizer.lr
                 total, correct = run.run(run.next_order(), bar)
                 if run.finish_epoch(total, correct, time.perf_counter() - start_time, lr,
                                     bar if verbose else False):
                     break
-        finally:
-            if bar is not None:
-                bar.close()
+            finally:
+                if bar is not None:
+                    bar.close()
+        run.end()
         return run.history
 
     def _fit_run(self, X, t, rows, epochs, batch_size, validation_data, shuffle, seed,
@@ -662,6 +800,7 @@ class Trainer:
             ``order``, with no copy of X.  A loss that becomes NaN or Inf
             raises FloatingPointError.
         """
+        self._build_for(X)
         X = check_X(X, self.model.input_shape, self.model.dtype)
         t = self._targets(y, len(X))
         n = len(X)
@@ -691,12 +830,13 @@ class Trainer:
             buf = self._batch_bufs[("shuffle", key)] = np.empty(shape, like.dtype)
         return buf
 
-    def _python_epoch(self, X, t, batch_size, epoch, bar, order=None):
+    def _python_epoch(self, X, t, batch_size, epoch, bar, order=None, batch_end=()):
         """One epoch batch by batch from Python; returns (sum of losses
         weighted by batch size, correct answers).  (X, t are already in
-        the epoch's order.)"""
+        the epoch's order.)  batch_end: callbacks with on_batch_end."""
         total, correct, n = 0.0, 0, len(X)
-        for b in range(-(-n // batch_size)):
+        n_batches = -(-n // batch_size)
+        for b in range(n_batches):
             lo, hi = b * batch_size, min((b + 1) * batch_size, n)
             value, out = self._step(X[lo:hi], t[lo:hi], b)
             _check_finite(value, epoch, b)
@@ -704,8 +844,10 @@ class Trainer:
             right = self._n_correct(out, t[lo:hi]) if self.loss.classification else 0
             correct += right
             self._last_batch = (value * (hi - lo), right)
-            if bar is not None:
-                bar.update(1)
+            if bar is not None and spec.hook_batch_due(b, n_batches, bar.every):
+                bar.update(b + 1, total, hi)
+            for cb in batch_end:
+                cb.on_batch_end(self, epoch, b, {"loss": float(value), "size": hi - lo})
         return total, correct
 
     def _fused_epoch(self, n, batch_size, plan=False):
@@ -716,20 +858,12 @@ class Trainer:
         stack."""
         return _CompiledEpoch(self, n, batch_size, plan)
 
-    def _progress(self, total, verbose):
-        if not verbose or not sys.stderr.isatty() or total < 200:
-            return None
-        from tqdm import tqdm
-
-        return tqdm(total=total, unit="batch", leave=False)
-
     def _report(self, bar, epoch, epochs, logs):
-        text = f"epoch {epoch + 1}/{epochs} " + " ".join(
-            f"{k}={v:.4g}" if k != "samples_per_s" else f"{k}={v:,.0f}" for k, v in logs.items())
+        """The epoch's logs: on its bar (verbose=1), else one line."""
         if bar is not None:
-            bar.write(text)
+            bar.finish(logs)
         else:
-            print(text)
+            print(f"epoch {epoch + 1}/{epochs} " + progress_mod.format_logs(logs))
 
     def _n_correct(self, out, target):
         pred = self._k.to_numpy(out)
@@ -737,6 +871,130 @@ class Trainer:
             return int(np.sum((pred[:, 0] > 0) == (target[:, 0] > 0.5)))
         labels = target if target.ndim == 1 else target.argmax(axis=1)
         return int(np.sum(pred.argmax(axis=1) == labels))
+
+    # ---- training state ---------------------------------------------------------
+
+    def save(self, path):
+        """Write the whole training state to an .npz file, so that
+        ``Trainer.load(path).fit(X, y, ...)`` continues the trajectory an
+        uninterrupted fit would have followed, bit for bit: the model
+        (architecture, parameters, running statistics, dropout seeds and
+        call counters), the loss, the optimizer (hyperparameters, current
+        learning rate, state buffers, step count, NAdam's mu_product), the
+        Schedule callbacks of the last fit (their epoch counters and
+        plateau state), the shuffling stream (fit's RNG state) and the
+        trainer's options.  Written atomically as ``model.save`` (a
+        temporary file renamed); nothing is pickled.
+
+        Resuming: the loaded trainer's next fit continues the schedules
+        unless it is given Schedule callbacks of its own, and with
+        ``seed=None`` continues the shuffling stream.  ``epochs`` counts
+        the epochs of the new fit.
+        """
+        from . import model as model_mod
+
+        if not self._bound:
+            raise RuntimeError("save: the model is not built yet (nothing trained)")
+        loss_key = next((k for k, cls in losses_mod.LOSSES.items() if type(self.loss) is cls),
+                        None)
+        opt = self.optimizer
+        if loss_key is None:
+            raise ValueError(f"save: the loss {type(self.loss).__name__} is not one of "
+                             "fastnn's own (it cannot be written)")
+        if type(opt) is not optim_mod.OPTIMIZERS.get(opt.kernel):
+            raise ValueError(f"save: the optimizer {type(opt).__name__} is not one of "
+                             "fastnn's own (it cannot be written)")
+        dropout = [{"seed": int(layer.seed), "calls": int(layer.calls)}
+                   for layer in self.model.walk() if hasattr(layer, "reseed")]
+        state = {
+            "format": _TRAINER_FORMAT,
+            "loss": {"type": loss_key, "value_scale": self.loss.value_scale,
+                     "grad_scale": self.loss.grad_scale},
+            "optimizer": {"type": opt.kernel, "hyper": _jsonable(opt.hyperparameters()),
+                          "lr": float(opt.lr), "step_count": int(opt.step_count),
+                          "scalars": {k: float(getattr(opt, k)) for k in opt.spec.scalars},
+                          "states": sorted(opt.state)},
+            "options": {"fused": self._fused_arg, "l2": self.l2, "clip_value": self.clip_value,
+                        "clip_norm": self.clip_norm},
+            "dropout": dropout,
+            "rng": None if self._fit_rng is None else self._fit_rng.bit_generator.state,
+            "schedules": [_schedule_state(sc) for sc in self.schedules],
+        }
+        arrays = self.model._arrays()
+        arrays["trainer"] = np.array(json.dumps(state))
+        for name, buf in opt.state.items():
+            arrays["state_" + name] = np.asarray(self._k.to_numpy(buf), np.float32)
+        model_mod.atomic_savez(path, **arrays)
+
+    @classmethod
+    def load(cls, path, backend=None):
+        """A Trainer from a file written by :meth:`save` (see there), on
+        `backend` (default: the backend of fastnn's default).  ValueError
+        for a file that is not a fastnn trainer, is truncated or whose
+        parts do not agree; nothing is unpickled."""
+        from . import model as model_mod
+
+        path = os.fspath(path)
+        base = {"architecture", "params", "buffers", "trainer"}
+        arrays = model_mod.read_npz(
+            path, "fastnn trainer",
+            lambda files: base <= files and all(f in base or f.startswith("state_")
+                                                for f in files))
+        try:
+            state = json.loads(str(arrays["trainer"]))
+        except ValueError as exc:
+            raise ValueError(f"{path}: not a readable fastnn trainer (bad JSON: {exc})") from exc
+        if not isinstance(state, dict) or state.get("format") != _TRAINER_FORMAT:
+            found = state.get("format") if isinstance(state, dict) else None
+            raise ValueError(f"{path}: not a fastnn trainer (format {found!r})")
+        model = model_mod.from_arrays(path, arrays, backend)
+        try:
+            return cls._restore(model, state, arrays, backend)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"{path}: inconsistent trainer state ({type(exc).__name__}: "
+                             f"{exc})") from exc
+
+    @classmethod
+    def _restore(cls, model, state, arrays, backend):
+        lo, o = state["loss"], state["optimizer"]
+        loss = losses_mod.LOSSES[lo["type"]](value_scale=lo["value_scale"],
+                                             grad_scale=lo["grad_scale"])
+        opt = optim_mod.OPTIMIZERS[o["type"]](**o["hyper"])
+        options = state["options"]
+        tr = cls(model, loss, opt, backend=backend, fused=options["fused"], l2=options["l2"],
+                 clip_value=options["clip_value"], clip_norm=options["clip_norm"])
+        if sorted(opt.state) != o["states"] or set(arrays) - {
+                "architecture", "params", "buffers", "trainer"} != {
+                "state_" + n for n in opt.state}:
+            raise ValueError(f"optimizer states {o['states']} do not match {sorted(opt.state)}")
+        for name, buf in opt.state.items():
+            host = arrays["state_" + name]
+            if host.dtype != np.float32 or host.shape != (model.size,) \
+                    or not np.all(np.isfinite(host)):
+                raise ValueError(f"optimizer state {name!r}: expected ({model.size},) finite "
+                                 f"float32, got {host.dtype} {host.shape}")
+            if isinstance(buf, np.ndarray):
+                buf[...] = host
+            else:
+                buf.copy_to_device(np.ascontiguousarray(host, model.dtype))
+        opt.lr = _checks.check_scalar("lr", o["lr"], low=0.0)
+        opt.step_count = _checks._integer("step_count", o["step_count"], 0)
+        if set(o["scalars"]) != set(opt.spec.scalars):
+            raise ValueError(f"optimizer scalars {sorted(o['scalars'])}")
+        for name, value in o["scalars"].items():
+            setattr(opt, name, float(value))
+        drops = [layer for layer in model.walk() if hasattr(layer, "reseed")]
+        if len(drops) != len(state["dropout"]):
+            raise ValueError(f"{len(state['dropout'])} dropout states for {len(drops)} layers")
+        for layer, d in zip(drops, state["dropout"]):
+            layer.seed = _checks._integer("dropout seed", d["seed"], 0, 2 ** 63 - 1)
+            layer.calls = _checks._integer("dropout calls", d["calls"], 0)
+        if state["rng"] is not None:
+            bit = getattr(np.random, state["rng"]["bit_generator"])()
+            bit.state = state["rng"]
+            tr._fit_rng = np.random.Generator(bit)
+        tr.schedules = tr._resume_schedules = [_schedule_from(s) for s in state["schedules"]]
+        return tr
 
     # ---- inference --------------------------------------------------------------
 
@@ -755,6 +1013,7 @@ class Trainer:
 
     def evaluate(self, X, y):
         """Mean loss (and accuracy for classification losses) on (X, y)."""
+        self._build_for(X)
         X = check_X(X, self.model.input_shape, self.model.dtype)
         return self._evaluate(X, self._targets(y, len(X)))
 

@@ -154,6 +154,15 @@ def valid(name):
         "batchnorm_backward": lambda: dict(dX=zeros(4, 3), dgamma=zeros(3), dbeta=zeros(3),
                                            dY=f32(4, 3), X=f32(4, 3), gamma=np.ones(3, np.float32),
                                            mean=zeros(3), invstd=np.ones(3, np.float32)),
+        # a GRU layer: N 2, L 3, C 2, H 4; 3 gates, a gate cache of 4 H per step
+        "rnn_forward": lambda: dict(Hs=zeros(2, 3, 4), G=zeros(2, 3, 16), X=f32(2, 3, 2),
+                                    W_ih=f32(2, 12), W_hh=f32(4, 12), b_ih=f32(12), b_hh=f32(12),
+                                    cell="gru", activation="tanh"),
+        "rnn_backward": lambda: dict(dX=zeros(2, 3, 2), dW_ih=zeros(2, 12), dW_hh=zeros(4, 12),
+                                     db_ih=zeros(12), db_hh=zeros(12), dHs=f32(2, 3, 4),
+                                     G=f32(2, 3, 16, low=0.0), X=f32(2, 3, 2), W_ih=f32(2, 12),
+                                     W_hh=f32(4, 12), Hs=f32(2, 3, 4), cell="gru",
+                                     activation="tanh"),
     }
     return table[name]()
 
@@ -163,7 +172,8 @@ def optional_arrays(name):
     if name in spec.OPTIMIZERS:
         return set(spec.OPTIMIZERS[name].optional)
     return {"dense_forward": {"b"}, "conv2d_forward": {"b"}, "dense_backward": {"db", "dX"},
-            "conv2d_backward": {"db", "dX"}}.get(name, set())
+            "conv2d_backward": {"db", "dX"},
+            "rnn_backward": {"dX", "db_ih", "db_hh"}}.get(name, set())
 
 
 def call(backend, name, args):

@@ -208,3 +208,9 @@ def test_load_csv_errors(tmp_path, text, kwargs, match):
     path.write_text(text)
     with pytest.raises(ValueError, match=match):
         ds.load_csv(path, **kwargs)
+
+
+@pytest.mark.parametrize("turns", [float("inf"), float("nan"), "1.5", None, True])
+def test_spirals_refuse_a_non_finite_turn_count(turns):
+    with pytest.raises(ValueError, match="turns"):
+        ds.make_spirals(100, turns=turns)

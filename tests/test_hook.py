@@ -7,7 +7,7 @@ c backend's two schedulers (the plan interpreter and the dense stack)."""
 import numpy as np
 import pytest
 
-from fastnn import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU, Sequential, Trainer, kernels
+from fastnn import Conv2D, Dense, Dropout, Flatten, MaxPool2D, Sequential, Trainer, kernels
 from fastnn import optim
 from fastnn.kernels import spec
 
@@ -46,13 +46,13 @@ class Recorder:
             raise self.stop
 
 
-def setup(name, backend, optimizer="adam"):
+def setup(name, backend, optimizer="adam", **trainer_kw):
     """A trainer and one compiled epoch of it, ready to run: (kernel,
     epoch, trainer)."""
     layers, shape = MODELS[name]
     model = Sequential(layers(), seed=5, backend=backend, input_shape=shape)
     opt = optim.get(optimizer) if isinstance(optimizer, str) else optimizer
-    tr = Trainer(model, "softmax_cross_entropy", opt, fused=True)
+    tr = Trainer(model, "softmax_cross_entropy", opt, fused=True, **trainer_kw)
     rng = np.random.default_rng(2)
     X = rng.normal(size=(N,) + shape).astype(np.float32)
     y = rng.integers(0, 3, N)
@@ -268,3 +268,73 @@ def test_cuda_hook_events_and_stop():
     with pytest.raises(Stop) as info:
         k.model_epoch(e)
     assert info.value is err and [(ev, b) for ev, b, _ in e.hook.log][-1] == (G, 1)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_threaded_dense_stack_with_a_grads_hook(threads):
+    """The dense-stack scheduler's team (784-256-10 at batch 32 is split
+    over two threads): the hook sees the whole gradient, the deferred
+    updates give the bits of the epoch without a hook."""
+    from fastnn.kernels import c as cmod
+
+    before = cmod.epoch_threads()
+    cmod.set_num_threads(threads)
+    try:
+        def one(hooked):
+            model = Sequential([Dense(784, 256, activation="relu"), Dense(256, 10)], seed=1,
+                               backend="c")
+            tr = Trainer(model, "softmax_cross_entropy", optim.Adam(), fused=True)
+            rng = np.random.default_rng(0)
+            X = rng.random((200, 784), dtype=np.float32)
+            ce = tr._fused_epoch(200, 32)
+            e = ce.build(X, tr._targets(rng.integers(0, 10, 200), 200), None)
+            if hooked:
+                e.hook = Recorder([e], events={G, B})
+                e.hook_every = 3
+            assert tr._k.model_epoch(e)[:2] == (7, 7)
+            return model.get_params(), (e.hook.log if hooked else None)
+
+        plain_params, _ = one(False)
+        params, log = one(True)
+        np.testing.assert_array_equal(params, plain_params)
+        assert [(ev, b) for ev, b, _ in log] == [
+            (G, 0), (G, 1), (G, 2), (B, 2), (G, 3), (G, 4), (G, 5), (B, 5), (G, 6), (B, 6)]
+        # the first batch's gradient is the reference's
+        model = Sequential([Dense(784, 256, activation="relu"), Dense(256, 10)], seed=1,
+                           backend="reference")
+        tr = Trainer(model, "softmax_cross_entropy", optim.Adam(), fused=True)
+        rng = np.random.default_rng(0)
+        X = rng.random((200, 784), dtype=np.float32)
+        e = tr._fused_epoch(200, 32).build(X, tr._targets(rng.integers(0, 10, 200), 200), None)
+        e.hook = Recorder([e], events={G})
+        tr._k.model_epoch(e)
+        np.testing.assert_allclose(log[0][2], e.hook.log[0][2], rtol=1e-4, atol=1e-6)
+        assert cmod.epoch_threads() == threads
+    finally:
+        cmod.set_num_threads(before)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_clipping_and_l2_with_a_grads_hook(backend):
+    """GRADS sees the gradient with l2's term, before clipping; the epoch's
+    bits are those without a hook (numba: the update after the hook is
+    _finish_batch's)."""
+    kw = dict(l2=0.5, clip_value=0.05, clip_norm=0.1)
+    results = []
+    for hooked in (False, True):
+        k, e, tr = setup("cnn", backend, **kw)
+        if hooked:
+            e.hook, e.hook_every = Recorder([e], events={G}), 0
+        k.model_epoch(e)
+        results.append((host(tr.model.params).copy(), e.hook))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    grads0 = results[1][1].log[0][2]
+    assert np.abs(grads0).max() > 0.05  # not clipped yet when the hook sees it
+    k, e, tr = setup("cnn", "reference", **kw)
+    e.hook = Recorder([e], events={G})
+    k.model_epoch(e)
+    np.testing.assert_allclose(grads0, e.hook.log[0][2], rtol=1e-4, atol=1e-6)
+    k, e, tr = setup("cnn", "reference", **dict(kw, l2=0.0))
+    e.hook = Recorder([e], events={G})
+    k.model_epoch(e)
+    assert not np.allclose(grads0, e.hook.log[0][2], rtol=1e-3, atol=1e-5)  # l2 is in

@@ -239,7 +239,9 @@ def test_save_load_roundtrip(tmp_path):
     model.save(tmp_path / "m.npz")
     again = fastnn.load(tmp_path / "m.npz")
     np.testing.assert_array_equal(again.predict(X), model.predict(X))
-    assert "LSTM(input_size=6, hidden_size=5" in again.summary()
+    row = [line for line in again.summary().splitlines() if "(LSTM)" in line]
+    assert len(row) == 1 and "(None, 5)" in row[0]
+    assert row[0].split()[-1] == f"{4 * 5 * (6 + 5) + 2 * 4 * 5:,}"  # weights and both biases
 
 
 def test_torch_init_bounds():

@@ -105,3 +105,11 @@ def test_clipping_bounds_the_step():
     trainer = fastnn.Trainer(model, "mse", optim.SGD(lr=1.0), clip_norm=0.01)
     trainer.train_step(X, y)
     assert np.linalg.norm(model.get_params() - before) <= 0.01 + 1e-6
+
+
+@pytest.mark.parametrize("kwargs", [dict(patience=-1), dict(patience=2.5), dict(patience=True),
+                                    dict(threshold=float("nan")), dict(threshold=-1.0)])
+def test_plateau_refuses_bad_settings(kwargs):
+    name = next(iter(kwargs))
+    with pytest.raises((TypeError, ValueError), match=name):
+        schedules.ReduceLROnPlateau(**kwargs)

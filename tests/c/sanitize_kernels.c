@@ -195,6 +195,36 @@ static void cnn_cases(void) {
 
 /* The training epoch: exact-size workspaces for 1 and 2 threads, odd sizes,
    a last batch smaller than the thread count, every loss and optimizer. */
+/* An epoch hook that counts its calls and stops at call stop_at (0: never). */
+struct hook_count {
+    int64_t calls, stop_at;
+};
+
+static int count_hook(void *ctx, int event, int64_t batch) {
+    struct hook_count *h = ctx;
+    (void)event; (void)batch;
+    return ++h->calls == h->stop_at;
+}
+
+/* The hook on an epoch of nb >= 2 batches (run: the dense stack or the
+   plan): GRADS + BATCH every 2 batches, all of them, then a stop at the
+   second GRADS (batch 1 not applied: n_done 1), then refused settings. */
+#define HOOK_CASES(E, run, nb, what)                                                          \
+    do {                                                                                   \
+        struct hook_count h = {0, 0};                                                      \
+        E.hook = count_hook; E.hook_ctx = &h; E.hook_every = 2;                            \
+        E.hook_events = (1 << FASTNN_HOOK_GRADS) | (1 << FASTNN_HOOK_BATCH);               \
+        OK(run(&E));                                                                       \
+        const int64_t want = (nb) + (nb) / 2 + ((nb) % 2);                                 \
+        if (E.n_done != (nb) || h.calls != want) { fails++; printf(what ": hook calls %lld of %lld, %lld batches\n", (long long)h.calls, (long long)want, (long long)E.n_done); } \
+        h.calls = 0; h.stop_at = 2;                                                        \
+        OK(run(&E));                                                                       \
+        if (E.n_done != 1) { fails++; printf(what ": stopped hook: %lld batches\n", (long long)E.n_done); } \
+        E.hook_events = 1 << 5; BAD(run(&E));                                              \
+        E.hook_events = 1 << FASTNN_HOOK_BATCH; E.hook_every = -1; BAD(run(&E));           \
+        E.hook = NULL;                                                                     \
+    } while (0)
+
 static void epoch_cases(void) {
     /* the last two are wide enough for the epoch to use two threads at the
        batches of 16 and 24 */
@@ -301,6 +331,7 @@ static void deep_epoch_case(int64_t in, int64_t h1) {
             E.opt.mu_product = 1.0; E.opt.state[0] = m; E.opt.state[1] = v;
             OK(fastnn_dense_stack_epoch(&E));
             if (E.n_done != 3) { fails++; printf("deep epoch: %lld of 3 batches\n", (long long)E.n_done); }
+            HOOK_CASES(E, fastnn_dense_stack_epoch, 3, "deep epoch");
             free(params); free(grads); free(ws); free(m); free(v); free(X); free(T);
             free(labels); free(order);
         }
@@ -454,6 +485,8 @@ static void plan_case(int kind, int loss, int ordered, int threads) {
     E.opt.eps = 1e-8; E.opt.mu_product = 1.0; E.opt.state[0] = m; E.opt.state[1] = v;
     OK(fastnn_model_epoch_run(&E));
     if (E.n_done != nbatch) { fails++; printf("model epoch: %lld of %lld batches\n", (long long)E.n_done, (long long)nbatch); }
+    if (nbatch >= 2)
+        HOOK_CASES(E, fastnn_model_epoch_run, nbatch, "model epoch");
     /* refusals: one region a float too far, an overflowing size, a bad op */
     fastnn_model_epoch F = E;
     F.workspace_size = E.doutput + p->B * out - 1;  /* the output gradient's last row short */
