@@ -924,7 +924,12 @@ class Trainer:
         arrays["trainer"] = np.array(json.dumps(state))
         for name, buf in opt.state.items():
             arrays["state_" + name] = np.asarray(self._k.to_numpy(buf), np.float32)
-        model_mod.atomic_savez(path, **arrays)
+        if self.distributed is None:
+            model_mod.atomic_savez(path, **arrays)
+            return
+        if self.distributed.rank == 0:  # rank 0 writes; the others wait for the file
+            model_mod.atomic_savez(path, **arrays)
+        self.distributed.allreduce(np.zeros(1), "sum", "the save")
 
     @classmethod
     def load(cls, path, backend=None):

@@ -75,6 +75,20 @@ def equiv(group, out):
     history = fit(tr, 203, 16, {})
     arrays["batchnorm"], arrays["batchnorm:buffers"] = model.get_params(), model.get_buffers()
     logs["batchnorm"] = history.history
+    # checkpoint after 2 epochs (rank 0 writes), every rank loads it and
+    # goes on: the trajectory of 4 uninterrupted epochs
+    X, y = data(203)
+    whole = make_trainer((8, 16, 3), ("adam", dict(lr=1e-2)), {}, group)
+    whole.fit(X, y, epochs=4, batch_size=16, seed=5, verbose=0)
+    first = make_trainer((8, 16, 3), ("adam", dict(lr=1e-2)), {}, group)
+    first.fit(X, y, epochs=2, batch_size=16, seed=5, verbose=0)
+    path = os.path.join(out, "checkpoint.npz")
+    first.save(path)
+    resumed = fastnn.Trainer.load(path)
+    resumed.distributed = group
+    resumed.fit(X, y, epochs=2, batch_size=16, verbose=0)
+    arrays["resume:whole"], arrays["resume:resumed"] = (whole.model.get_params(),
+                                                        resumed.model.get_params())
     np.savez(os.path.join(out, f"rank{group.rank}.npz"), **arrays)
     with open(os.path.join(out, f"rank{group.rank}.json"), "w") as f:
         json.dump(logs, f)

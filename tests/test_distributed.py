@@ -65,6 +65,9 @@ def test_two_ranks_end_identical(two_ranks):
             assert la[name] == lb[name], name  # the same History on every rank
     # BatchNorm's running statistics moved, and are the ranks' average
     assert np.abs(a["batchnorm:buffers"]).max() > 1e-3
+    # a checkpoint written on rank 0 and resumed on both ranks continues
+    # the uninterrupted trajectory, bit for bit
+    np.testing.assert_array_equal(a["resume:resumed"], a["resume:whole"])
 
 
 def test_two_ranks_of_batch_b_equal_one_process_of_batch_2b(two_ranks):
