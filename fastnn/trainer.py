@@ -932,9 +932,10 @@ class Trainer:
         self.distributed.allreduce(np.zeros(1), "sum", "the save")
 
     @classmethod
-    def load(cls, path, backend=None):
+    def load(cls, path, backend=None, distributed=None):
         """A Trainer from a file written by :meth:`save` (see there), on
-        `backend` (default: the backend of fastnn's default).  ValueError
+        `backend` (default: the backend of fastnn's default), data-parallel
+        if `distributed` (as the constructor's; every rank loads).  ValueError
         for a file that is not a fastnn trainer, is truncated or whose
         parts do not agree; nothing is unpickled."""
         from . import model as model_mod
@@ -954,20 +955,21 @@ class Trainer:
             raise ValueError(f"{path}: not a fastnn trainer (format {found!r})")
         model = model_mod.from_arrays(path, arrays, backend)
         try:
-            return cls._restore(model, state, arrays, backend)
+            return cls._restore(model, state, arrays, backend, distributed)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"{path}: inconsistent trainer state ({type(exc).__name__}: "
                              f"{exc})") from exc
 
     @classmethod
-    def _restore(cls, model, state, arrays, backend):
+    def _restore(cls, model, state, arrays, backend, distributed=None):
         lo, o = state["loss"], state["optimizer"]
         loss = losses_mod.LOSSES[lo["type"]](value_scale=lo["value_scale"],
                                              grad_scale=lo["grad_scale"])
         opt = optim_mod.OPTIMIZERS[o["type"]](**o["hyper"])
         options = state["options"]
         tr = cls(model, loss, opt, backend=backend, fused=options["fused"], l2=options["l2"],
-                 clip_value=options["clip_value"], clip_norm=options["clip_norm"])
+                 clip_value=options["clip_value"], clip_norm=options["clip_norm"],
+                 distributed=distributed)
         if sorted(opt.state) != o["states"] or set(arrays) - {
                 "architecture", "params", "buffers", "trainer"} != {
                 "state_" + n for n in opt.state}:

@@ -84,8 +84,7 @@ def equiv(group, out):
     first.fit(X, y, epochs=2, batch_size=16, seed=5, verbose=0)
     path = os.path.join(out, "checkpoint.npz")
     first.save(path)
-    resumed = fastnn.Trainer.load(path)
-    resumed.distributed = group
+    resumed = fastnn.Trainer.load(path, distributed=group)
     resumed.fit(X, y, epochs=2, batch_size=16, verbose=0)
     arrays["resume:whole"], arrays["resume:resumed"] = (whole.model.get_params(),
                                                         resumed.model.get_params())
