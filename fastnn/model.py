@@ -717,7 +717,7 @@ def from_arrays(path, arrays, backend=None):
     path = os.fspath(path)
     try:
         cfg = json.loads(str(arrays["architecture"]))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # (RecursionError: a crafted, deeply nested file)
         raise ValueError(f"{path}: not a readable fastnn model (bad architecture JSON: "
                          f"{exc})") from exc
     params, buffers = arrays["params"], arrays["buffers"]

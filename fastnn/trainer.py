@@ -179,8 +179,7 @@ def _check_fit_options(validation_data, shuffle, seed, callbacks, early_stopping
                            if isinstance(validation_data, (tuple, list)) else ""))
     if not isinstance(shuffle, (bool, np.bool_)):
         raise TypeError(f"shuffle: expected a bool, got {shuffle!r}")
-    if not isinstance(verbose, (bool, np.bool_, int, np.integer)) and verbose != "auto":
-        raise TypeError(f"verbose: expected 0, 1, 2, a bool or 'auto', got {verbose!r}")
+    progress_mod.check_verbose(verbose)
     if seed is not None and not isinstance(seed, (np.random.Generator, np.random.SeedSequence)):
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed: expected None or an integer >= 0, got {seed!r}")
@@ -190,8 +189,9 @@ def _check_fit_options(validation_data, shuffle, seed, callbacks, early_stopping
                         f"{type(callbacks).__name__}")
     callbacks = list(callbacks)  # (once: a generator is consumed)
     for i, cb in enumerate(callbacks):
-        if not callable(cb):
-            raise TypeError(f"callbacks[{i}]: expected a callable f(trainer, epoch, logs), got "
+        if not callable(cb) and not callable(getattr(cb, "on_batch_end", None)):
+            raise TypeError(f"callbacks[{i}]: expected a callable f(trainer, epoch, logs) or an "
+                            f"object with on_batch_end(trainer, epoch, batch, logs), got "
                             f"{type(cb).__name__}")
     if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
         if isinstance(early_stopping, bool) or not isinstance(early_stopping, (int, np.integer)) \
@@ -556,7 +556,7 @@ class Trainer:
 
     def __init__(self, model, loss, optimizer, backend=None, fused=None, l2=0.0,
                  clip_value=None, clip_norm=None, distributed=None):
-        if not all(hasattr(model, a) for a in ("params", "grads", "layers", "to")):
+        if not all(hasattr(model, a) for a in ("layers", "to", "built")):  # (params: once built)
             raise TypeError(f"model: expected a fastnn.Sequential, got {type(model).__name__}")
         self.model = model
         self.loss = losses_mod.get(loss)
@@ -948,7 +948,7 @@ class Trainer:
                                                 for f in files))
         try:
             state = json.loads(str(arrays["trainer"]))
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise ValueError(f"{path}: not a readable fastnn trainer (bad JSON: {exc})") from exc
         if not isinstance(state, dict) or state.get("format") != _TRAINER_FORMAT:
             found = state.get("format") if isinstance(state, dict) else None
