@@ -44,6 +44,12 @@ def _save(fig, path):
     return fig
 
 
+def _ticker():
+    import matplotlib.ticker
+
+    return matplotlib.ticker
+
+
 def history(history, path=None, figsize=(10, 4), dpi=100):
     """Loss and metrics per epoch: one panel for the losses ("loss" and
     "val_loss"), one per other metric found (accuracy / val_accuracy;
@@ -65,6 +71,7 @@ def history(history, path=None, figsize=(10, 4), dpi=100):
                 ax.plot(np.arange(1, len(values) + 1), values, style, marker="o", markersize=3,
                         label=key)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(_ticker().MaxNLocator(integer=True))  # whole epochs
         ax.set_ylabel(name)
         ax.set_title(name)
         ax.grid(alpha=0.3)
