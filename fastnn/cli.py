@@ -377,6 +377,20 @@ def _plots(folder, history, y_true, pred, proba, classes):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.command == "train":  # (main may run inside a process: leave its settings)
+        from . import kernels
+
+        backend, threads = kernels.get_backend(), kernels._num_threads
+        try:
+            return _run(args)
+        finally:
+            kernels.set_backend(backend)
+            if args.threads is not None:
+                kernels.set_num_threads(threads or kernels.default_num_threads())
+    return _run(args)
+
+
+def _run(args):
     try:
         if args.command == "train":
             return train(args)

@@ -58,8 +58,9 @@ class Loss:
         if y.shape[1:] != want:
             raise ValueError(f"y: expected per-sample shape {want} to match the model's output, "
                              f"got {y.shape[1:]}")
-        # float64 stays float64 (a float64 model's targets); anything else float32
-        return np.ascontiguousarray(y, dtype=np.float64 if y.dtype == np.float64 else np.float32)
+        # in the model's dtype (set_backend's): float64 only for a float64 model
+        wide = np.dtype(getattr(self, "_dtype", np.float32)) == np.float64
+        return np.ascontiguousarray(y, dtype=np.float64 if wide else np.float32)
 
     def forward(self, out, target):
         """The batch's mean loss (times value_scale)."""

@@ -43,10 +43,10 @@ def get(name=None):
     if name not in BACKENDS:
         raise ValueError(f"backend: unknown {name!r}; expected one of {', '.join(BACKENDS)}")
     front = _fronts.get(name)
-    if front is None:
+    if front is None:  # (a backend first used after set_num_threads takes its count)
         front = _fronts[name] = Backend(importlib.import_module(f"fastnn.kernels.{name}"))
-    if _num_threads is not None and hasattr(front.module, "set_num_threads"):
-        front.module.set_num_threads(_num_threads)
+        if _num_threads is not None and hasattr(front.module, "set_num_threads"):
+            front.module.set_num_threads(_num_threads)
     return front
 
 
@@ -218,8 +218,8 @@ def set_num_threads(n):
         raise ValueError(f"n: expected an integer in [1, 2**31), got {n!r}")
     _num_threads = n = int(n)
     for name in ("c", "numba"):
-        if available(name):  # get() applies _num_threads
-            get(name)
+        if available(name):
+            get(name).module.set_num_threads(n)
 
 
 def default_num_threads():
