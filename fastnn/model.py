@@ -77,7 +77,6 @@ class Sequential:
                 raise TypeError(f"layers[{i}]: expected a fastnn layer, got {type(layer).__name__}")
         self.layers = layers
         self._claim_layers()
-        self._expect_sizes = _expect_sizes  # (load: the file's buffer sizes, checked by _build)
         self.seed = seed
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
@@ -90,7 +89,7 @@ class Sequential:
             except ValueError:
                 self.input_shape = None  # deferred: built by the first data (build_for)
                 return
-        self.build(input_shape)
+        self.build(input_shape, _expect_sizes=_expect_sizes)
 
     _UNBUILT = ("params", "grads", "buffers", "size", "n_parameters", "output_shape", "_layout",
                 "_buffer_layout", "_k")
@@ -114,7 +113,7 @@ class Sequential:
             self.build(shape[1:])
         return self
 
-    def build(self, input_shape):
+    def build(self, input_shape, _expect_sizes=None):
         """Build for per-sample inputs of `input_shape` (once): the layers'
         shapes, the flat buffers, the initial parameters."""
         if self.built:
@@ -125,14 +124,15 @@ class Sequential:
         layers, seed, backend = self.layers, self.seed, self.backend
         self.input_shape = tuple(int(s) for s in input_shape)
         try:
-            self._build(layers, seed, backend)
+            self._build(layers, seed, backend, _expect_sizes)
         except BaseException:
             self.input_shape = None if not self.built else self.input_shape
             raise
         self.built = True
         return self
 
-    def _build(self, layers, seed, backend):
+    def _build(self, layers, seed, backend, expect=None):
+        # expect: load's (params, buffers) sizes from the file, compared before allocating
         shape = self.input_shape
         for layer in layers:
             shape = layer.build(shape)
@@ -156,7 +156,6 @@ class Sequential:
                 self._buffer_layout.append((i, name, tuple(bshape), offset))
                 buffers.append((offset, int(np.prod(bshape)), value))
                 offset = _aligned(offset + int(np.prod(bshape)))
-        expect = self.__dict__.pop("_expect_sizes", None)
         if expect is not None and expect != (self.size, max(offset, 1)):
             # load(): the file's buffers must match before anything is allocated
             raise ValueError(f"the architecture needs a parameter buffer of {self.size} and a "
