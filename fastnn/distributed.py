@@ -42,7 +42,7 @@ import time
 
 import numpy as np
 
-from .kernels.spec import HookEvent
+from .kernels.spec import HookChain, HookEvent  # noqa: F401  (HookChain: re-exported)
 
 GRADS = HookEvent.GRADS
 
@@ -437,23 +437,3 @@ def average_buffers(trainer):
         buffers *= buffers.dtype.type(1.0 / trainer.distributed.size)
 
 
-class HookChain:
-    """Several epoch hooks as one (the all-reduce and a progress bar): each
-    gets the events it asks for, in order; ``events`` is their union."""
-
-    def __init__(self, *hooks):
-        from .kernels import spec
-
-        self.hooks = [(h, spec.hook_events(h)) for h in hooks if h is not None]
-        self.events = frozenset().union(*(ev for _, ev in self.hooks))
-
-    def __getattr__(self, name):  # e.g. a progress hook's counters
-        for h, _ in self.__dict__.get("hooks", ()):
-            if hasattr(h, name):
-                return getattr(h, name)
-        raise AttributeError(name)
-
-    def __call__(self, event, batch):
-        for h, events in self.hooks:
-            if event in events:
-                h(event, batch)

@@ -428,7 +428,7 @@ class _CompiledEpoch:
     def __call__(self, X, t, batch_size, epoch, bar, order=None):
         e = self.build(X, t, order)
         if bar is not None:  # the bar moves within the epoch: the epoch hook
-            from .distributed import HookChain  # (with a distributed fit's all-reduce)
+            from .kernels.spec import HookChain  # (with a distributed fit's all-reduce)
 
             bar_hook = bar.hook(self.batch_losses, self.sizes)
             e.hook = bar_hook if e.hook is None else HookChain(e.hook, bar_hook)

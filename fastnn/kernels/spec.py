@@ -633,6 +633,26 @@ def hook_events(hook):
     return frozenset(out)
 
 
+class HookChain:
+    """Several epoch hooks as one (the all-reduce and a progress bar): each
+    gets the events it asks for, in order; ``events`` is their union."""
+
+    def __init__(self, *hooks):
+        self.hooks = [(h, hook_events(h)) for h in hooks if h is not None]
+        self.events = frozenset().union(*(ev for _, ev in self.hooks))
+
+    def __getattr__(self, name):  # e.g. a progress hook's counters
+        for h, _ in self.__dict__.get("hooks", ()):
+            if hasattr(h, name):
+                return getattr(h, name)
+        raise AttributeError(name)
+
+    def __call__(self, event, batch):
+        for h, events in self.hooks:
+            if event in events:
+                h(event, batch)
+
+
 def hook_mask(events):
     """The C bit mask of a set of HookEvent (1 << event each)."""
     mask = 0
