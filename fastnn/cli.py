@@ -270,9 +270,9 @@ def train(args):
     _check_save(args.save)
     if args.threads is not None:
         fastnn.set_num_threads(args.threads)
-    if args.backend is not None:
+    if args.backend is not None:  # (the model's own backend: the process default is left alone)
         try:
-            fastnn.set_backend(args.backend)
+            fastnn.kernels.get(args.backend)
         except ImportError as exc:
             raise UsageError("--backend", f"{args.backend} cannot be used here: "
                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
@@ -291,13 +291,14 @@ def train(args):
         side = {"digits": 8, "mnist": 28}[args.dataset]
         Xtr, Xte = (X.reshape(-1, side, side, 1) for X in (Xtr, Xte))
         model = fastnn.Sequential(small_cnn((side, side, 1), len(classes), args.activation),
-                                  seed=args.seed, input_shape=(side, side, 1))
+                                  seed=args.seed, input_shape=(side, side, 1),
+                                  backend=args.backend)
         shape_text = f"cnn on {side}x{side}x1"
     else:
         sizes = [Xtr.shape[1]] + args.layers
         layers = [fastnn.Dense(a, b, args.activation) for a, b in zip(sizes, sizes[1:])]
         layers.append(fastnn.Dense(sizes[-1], len(classes)))
-        model = fastnn.Sequential(layers, seed=args.seed)
+        model = fastnn.Sequential(layers, seed=args.seed, backend=args.backend)
         shape_text = "-".join(map(str, sizes + [len(classes)]))
     extra = {"momentum": args.momentum} if args.optimizer == "sgd" else {}
     opt = optim.get(args.optimizer, lr=args.lr, weight_decay=args.weight_decay, **extra)
@@ -380,11 +381,10 @@ def main(argv=None):
     if args.command == "train":  # (main may run inside a process: leave its settings)
         from . import kernels
 
-        backend, threads = kernels.get_backend(), kernels._num_threads
+        threads = kernels._num_threads
         try:
             return _run(args)
         finally:
-            kernels.set_backend(backend)
             if args.threads is not None:
                 kernels.set_num_threads(threads or kernels.default_num_threads())
     return _run(args)

@@ -68,3 +68,13 @@ def test_cnn_needs_an_image_dataset(tmp_path, capsys):
     path.write_text("1,2,0\n3,4,1\n5,6,0\n7,8,1\n1,1,0\n2,2,1\n3,3,0\n4,4,1\n")
     assert cli.main(["train", "--model", "cnn", "--dataset", "csv", "--data-path", str(path)]) == 2
     assert "image dataset" in capsys.readouterr().err
+
+
+def test_train_backend_is_the_models_own_not_the_process_default(capsys):
+    import fastnn
+
+    before = fastnn.get_backend()
+    assert cli.main(["train", "--backend", "reference", "--epochs", "1", "--layers", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "'backend': 'reference'" in out
+    assert fastnn.get_backend() == before  # main never switched it
