@@ -368,3 +368,12 @@ def test_from_torch_refuses_recurrent():
                                            _recurrent(torch, "lstm", 4, 4, False)), (3, 6))
     with pytest.raises(ValueError, match="input_size"):
         fn.export.from_torch(nn.Sequential(_recurrent(torch, "rnn", 3, 4, False)), (5, 2))
+
+
+def test_to_torch_recurrent_module_pickles(tmp_path):
+    torch = pytest.importorskip("torch")
+    _, model, x = next(c for c in CASES if c[0] == "conv1d_lstm_dense")
+    torch.save(export.to_torch(model), tmp_path / "m.pt")
+    again = torch.load(tmp_path / "m.pt", weights_only=False)
+    with torch.no_grad():
+        np.testing.assert_allclose(again(torch.from_numpy(x)).numpy(), model.predict(x), **TOL)
