@@ -43,3 +43,21 @@ class Sign(nn.Module):
 
     def forward(self, x):
         return x.sign()
+
+
+class Recurrent(nn.Module):
+    """A torch nn.RNN / nn.GRU / nn.LSTM (batch_first) as a fastnn recurrent
+    layer: (N, L, C) in, the whole output sequence (N, L, H) out when
+    `return_sequences`, else its last step (N, H) (the state tuple dropped,
+    so that it composes in an nn.Sequential)."""
+
+    def __init__(self, rnn, return_sequences=False):
+        super().__init__()
+        self.rnn, self.return_sequences = rnn, bool(return_sequences)
+
+    def forward(self, x):
+        y = self.rnn(x)[0]
+        return y if self.return_sequences else y[:, -1]
+
+    def extra_repr(self):
+        return f"return_sequences={self.return_sequences}"

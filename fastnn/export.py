@@ -28,6 +28,7 @@ from .blocks import BatchNorm, Residual
 from .conv import (AvgPool1D, AvgPool2D, Conv1D, Conv2D, Flatten, GlobalAvgPool, MaxPool1D,
                    MaxPool2D, _Pool1D, _Pool2D)
 from .layers import Activation, Dense, Dropout, Softmax
+from .recurrent import _Recurrent
 
 __all__ = ["to_onnx", "to_torch", "from_torch"]
 
@@ -117,6 +118,13 @@ class _Ops:
             if len(shape) > 1:
                 self.ops.append(("flatten",))
             return (int(np.prod(shape)),), "last"
+        if isinstance(layer, _Recurrent):
+            state = self.to_last(state)  # (L, C), as the layer takes it
+            self.ops.append(("rnn", layer._cell, layer.activation, tensors["weight_ih"],
+                             tensors["weight_hh"], tensors["bias_ih"], tensors["bias_hh"],
+                             layer.return_sequences))
+            H = layer.hidden_size
+            return ((shape[0], H) if layer.return_sequences else (H,)), "last"
         if isinstance(layer, Activation):
             self.act(layer.activation, layer.negative_slope)
             return state
@@ -162,6 +170,15 @@ def _model_ops(model, dropout=False):
 _PERM_FIRST = {2: (0, 2, 1), 3: (0, 3, 1, 2)}  # channels last -> first, by per-sample rank
 _PERM_LAST = {2: (0, 2, 1), 3: (0, 2, 3, 1)}
 
+# ONNX's gate order as indices into torch's (= fastnn's): GRU z, r, h of
+# torch's r, z, n; LSTM i, o, f, c of torch's i, f, g, o
+_ONNX_GATES = {"rnn": (0,), "gru": (1, 0, 2), "lstm": (0, 3, 1, 2)}
+
+
+def _onnx_gate_order(a, cell, H):
+    """a's last axis (G*H gate columns in torch's order) in ONNX's order."""
+    return np.concatenate([a[..., g * H:(g + 1) * H] for g in _ONNX_GATES[cell]], axis=-1)
+
 
 # ---- ONNX -------------------------------------------------------------------------
 
@@ -173,8 +190,10 @@ def to_onnx(model, path, opset=17):
     *model.output_shape): an ONNX runtime given the array ``model.predict``
     takes returns what it returns.  Every fastnn layer converts (Dense,
     activations, Conv1D/Conv2D, max/average/global pooling, BatchNorm with
-    its running statistics, Residual with its projection, Flatten, Softmax;
-    Dropout as the identity).
+    its running statistics, Residual with its projection, Flatten, Softmax,
+    SimpleRNN/GRU/LSTM as ONNX's RNN/GRU/LSTM operators -- the GRU with
+    ``linear_before_reset=1``, torch's equation --; Dropout as the
+    identity).
 
     Parameters
     ----------
@@ -247,9 +266,40 @@ def to_onnx(model, path, opset=17):
             elif kind == "residual":
                 _, body, proj = op
                 x = node("Add", [emit(body, x), emit(proj, x)])
+            elif kind == "rnn":
+                x = recurrent(op, x)
             else:  # pragma: no cover
                 raise AssertionError(kind)
         return x
+
+    def recurrent(op, x):
+        """ONNX RNN / GRU / LSTM on fastnn's (N, L, C): time-major inside
+        (the operators' default layout), gates in ONNX's order, W and R
+        the transposes of fastnn's weight_ih / weight_hh, B = [Wb, Rb]."""
+        _, cell, activation, w_ih, w_hh, b_ih, b_hh, sequences = op
+        H = w_hh.shape[0]
+        W = const("W", _onnx_gate_order(w_ih, cell, H).T[None])
+        R = const("R", _onnx_gate_order(w_hh, cell, H).T[None])
+        B = const("B", np.concatenate([_onnx_gate_order(b_ih, cell, H),
+                                       _onnx_gate_order(b_hh, cell, H)])[None])
+        attrs = {"hidden_size": int(H)}
+        if cell == "gru":  # torch's n = tanh(x W_in + b_in + r * (h W_hn + b_hn))
+            attrs["linear_before_reset"] = 1
+        if cell == "rnn":
+            attrs["activations"] = [{"tanh": "Tanh", "relu": "Relu"}[activation]]
+        time_major = node("Transpose", [x], perm=[1, 0, 2])
+        y, y_h = fresh(cell + "_y"), fresh(cell + "_y_h")
+        outputs = [y] if sequences else ["", y_h]
+        nodes.append(helper.make_node(cell.upper(), [time_major, W, R, B], outputs,
+                                      name=fresh(cell), **attrs))
+        if sequences:  # Y (L, 1, N, H) -> (N, L, H)
+            return node("Transpose", [node("Squeeze", [y, axes(1)])], perm=[1, 0, 2])
+        return node("Squeeze", [y_h, axes(0)])  # Y_h (1, N, H) -> (N, H)
+
+    def axes(*values):
+        name = fresh("axes")
+        inits.append(numpy_helper.from_array(np.array(values, np.int64), name))
+        return name
 
     def act(name, slope, x):
         simple = {"sigmoid": "Sigmoid", "tanh": "Tanh", "relu": "Relu", "sign": "Sign",
@@ -298,7 +348,10 @@ def to_torch(model):
     ``Permute`` modules.  Dropout becomes ``nn.Dropout`` with the layer's p
     (the identity in ``eval()`` mode, which the module is returned in) and
     BatchNorm ``nn.BatchNorm1d/2d`` with the running statistics and
-    momentum.  The module's parameters are copies (torch owns them).
+    momentum.  SimpleRNN/GRU/LSTM become ``nn.RNN/GRU/LSTM(batch_first=True)``
+    inside a ``Recurrent`` module (fastnn._torch_modules) that returns the
+    whole sequence or the last step as the layer does.  The module's
+    parameters are copies (torch owns them).
 
     Returns
     -------
@@ -306,7 +359,7 @@ def to_torch(model):
     """
     torch = _torch()
     nn = torch.nn
-    from ._torch_modules import Permute, ResidualBlock
+    from ._torch_modules import Permute, Recurrent, ResidualBlock
 
     def tensor(a):
         return torch.from_numpy(np.array(a, dtype=np.float32, copy=True))
@@ -362,6 +415,19 @@ def to_torch(model):
                 mods.append(nn.Dropout(op[1]))
             elif kind == "residual":
                 mods.append(ResidualBlock(build(op[1]), build(op[2])))
+            elif kind == "rnn":
+                _, cell, activation, w_ih, w_hh, b_ih, b_hh, sequences = op
+                C, H = w_ih.shape[0], w_hh.shape[0]
+                if cell == "rnn":
+                    rnn = nn.RNN(C, H, nonlinearity=activation, batch_first=True)
+                else:
+                    rnn = (nn.GRU if cell == "gru" else nn.LSTM)(C, H, batch_first=True)
+                with torch.no_grad():  # fastnn's weights are the transposes of torch's
+                    rnn.weight_ih_l0.copy_(tensor(w_ih.T))
+                    rnn.weight_hh_l0.copy_(tensor(w_hh.T))
+                    rnn.bias_ih_l0.copy_(tensor(b_ih))
+                    rnn.bias_hh_l0.copy_(tensor(b_hh))
+                mods.append(Recurrent(rnn, sequences))
         return nn.Sequential(*mods) if len(mods) != 1 else mods[0] if mods else nn.Identity()
 
     module = build(_model_ops(model, dropout=True))
@@ -393,11 +459,17 @@ def from_torch(module, input_shape, seed=None, backend=None):
         LeakyReLU, Tanh, Sigmoid, Softplus (beta 1), MaxPool1d/2d,
         AvgPool1d/2d (no padding, ceil_mode False), Flatten (start_dim 1),
         Dropout, Identity, Softmax (last dim).
+        Recurrent layers: ``fastnn._torch_modules.Recurrent`` (what
+        to_torch builds: an nn.RNN/GRU/LSTM with batch_first=True, one
+        layer, one direction, biases, returning its sequence or last step),
+        and ``Permute`` between channels-first and channels-last values.
     input_shape : tuple
-        torch's per-sample input shape: (features,), (C, L) or (C, H, W).
+        torch's per-sample input shape: (features,), (C, L) or (C, H, W);
+        (L, C) / (H, W, C) when the module starts with a recurrent layer or
+        a Permute (its input is channels-last, as to_torch's modules take).
         The fastnn model's input_shape is the channels-last (L, C) or
-        (H, W, C): feed it ``x.permute(0, 2, 3, 1)`` of what the torch
-        module takes.
+        (H, W, C): feed it ``x.permute(0, 2, 3, 1)`` of what a
+        channels-first torch module takes.
     seed, backend : as Sequential's.
 
     Returns
@@ -410,6 +482,8 @@ def from_torch(module, input_shape, seed=None, backend=None):
     torch = _torch()
     nn = torch.nn
     from . import layers as L
+    from . import recurrent as R
+    from ._torch_modules import Permute, Recurrent
     from .model import Sequential
 
     if not isinstance(module, nn.Module):
@@ -435,13 +509,68 @@ def from_torch(module, input_shape, seed=None, backend=None):
     def pair(v, what):
         return tuple(v) if isinstance(v, (tuple, list)) else (int(v),) * what
 
-    # torch shape of the running value (channels first), and for a flattened
-    # feature map the torch index of each fastnn feature
+    # torch shape of the running value, whether a feature map is channels
+    # first there (None: the input's layout, not yet known), and for a
+    # flattened feature map the torch index of each fastnn feature
     cur = shape
+    first = None if len(shape) > 1 else True
+    input_first = True
     perm = None
     loads = []  # (layer, {param name: array}, {state name: array})
+
+    def need_first(where):
+        nonlocal first
+        if first is None:
+            first = True
+        elif not first and len(cur) > 1:
+            raise ValueError(f"{where}: takes channels-first input, the value is channels-last "
+                             "here; add a Permute")
+
     for i, m in enumerate(flat(module)):
         where = f"module[{i}] ({type(m).__name__})"
+        if isinstance(m, Permute):
+            to_first, to_last = _PERM_FIRST.get(len(cur)), _PERM_LAST.get(len(cur))
+            if m.perm not in (to_first, to_last):
+                raise ValueError(f"{where}: only the channels-first/last permutations of a "
+                                 f"(N, C, L) or (N, C, H, W) value convert, got {m.perm}")
+            if first is None:  # a leading Permute says the input's layout
+                first = input_first = to_first != to_last and m.perm == to_last
+            if first == (m.perm == to_first) and to_first != to_last:
+                raise ValueError(f"{where}: the value is already channels-"
+                                 f"{'first' if first else 'last'}")
+            cur = tuple(cur[p - 1] for p in m.perm[1:])
+            first = not first
+            continue
+        if isinstance(m, (nn.RNN, nn.GRU, nn.LSTM)):
+            raise TypeError(f"{where}: a bare {type(m).__name__} returns a tuple; wrap it in "
+                            "fastnn._torch_modules.Recurrent(module, return_sequences)")
+        if isinstance(m, Recurrent):
+            rnn = m.rnn
+            if not isinstance(rnn, (nn.RNN, nn.GRU, nn.LSTM)) or not rnn.batch_first or \
+                    rnn.num_layers != 1 or rnn.bidirectional or not rnn.bias or \
+                    getattr(rnn, "proj_size", 0):
+                raise ValueError(f"{where}: only one-layer, one-direction nn.RNN/GRU/LSTM with "
+                                 "batch_first=True, biases and no projection convert")
+            if first is None:
+                first, input_first = False, False
+            if len(cur) != 2 or first:
+                raise ValueError(f"{where}: expects a channels-last (L, C) sequence, input is "
+                                 f"{cur}{' channels-first; add a Permute' if first else ''}")
+            if cur[1] != rnn.input_size:
+                raise ValueError(f"{where}: input_size {rnn.input_size}, input has {cur[1]}")
+            H = rnn.hidden_size
+            if isinstance(rnn, nn.RNN):
+                layer = R.SimpleRNN(rnn.input_size, H, activation=rnn.nonlinearity,
+                                    return_sequences=m.return_sequences)
+            else:
+                layer = (R.GRU if isinstance(rnn, nn.GRU) else R.LSTM)(
+                    rnn.input_size, H, return_sequences=m.return_sequences)
+            loads.append((layer, {"weight_ih": arr(rnn.weight_ih_l0).T,
+                                  "weight_hh": arr(rnn.weight_hh_l0).T,
+                                  "bias_ih": arr(rnn.bias_ih_l0),
+                                  "bias_hh": arr(rnn.bias_hh_l0)}, {}))
+            cur, perm = ((cur[0], H) if m.return_sequences else (H,)), None
+            continue
         if isinstance(m, nn.Linear):
             if len(cur) != 1:
                 raise ValueError(f"{where}: Linear on a {len(cur) + 1}-D value; add a Flatten")
@@ -456,6 +585,7 @@ def from_torch(module, input_shape, seed=None, backend=None):
             cur, perm = (m.out_features,), None
         elif isinstance(m, (nn.Conv1d, nn.Conv2d)):
             nd = 1 if isinstance(m, nn.Conv1d) else 2
+            need_first(where)
             if len(cur) != nd + 1 or cur[0] != m.in_channels:
                 raise ValueError(f"{where}: expects ({m.in_channels}, ...) of rank {nd + 1}, "
                                  f"input is {cur}")
@@ -478,6 +608,7 @@ def from_torch(module, input_shape, seed=None, backend=None):
             loads.append((layer, {"weight": w, "bias": b}, {}))
         elif isinstance(m, (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d)):
             nd = 1 if isinstance(m, (nn.MaxPool1d, nn.AvgPool1d)) else 2
+            need_first(where)
             if len(cur) != nd + 1:
                 raise ValueError(f"{where}: input of shape {cur}")
             is_max = isinstance(m, (nn.MaxPool1d, nn.MaxPool2d))
@@ -496,6 +627,7 @@ def from_torch(module, input_shape, seed=None, backend=None):
             if not m.affine or not m.track_running_stats or m.momentum is None:
                 raise ValueError(f"{where}: needs affine=True, track_running_stats=True and a "
                                  "momentum")
+            need_first(where)
             if cur[0] != m.num_features:
                 raise ValueError(f"{where}: {m.num_features} features, input {cur}")
             # after a Flatten of feature maps, the features in fastnn's order
@@ -508,9 +640,13 @@ def from_torch(module, input_shape, seed=None, backend=None):
             if m.start_dim != 1 or m.end_dim != -1:
                 raise ValueError(f"{where}: only Flatten(start_dim=1, end_dim=-1) converts")
             if len(cur) > 1:
-                # fastnn's feature j is torch's feature perm[j]: (H, W, C) vs (C, H, W) order
+                if first is None:
+                    first = True
+                # fastnn's feature j is torch's feature perm[j]: (H, W, C) vs (C, H, W)
+                # order (the same order when torch's value is channels-last too)
                 idx = np.arange(int(np.prod(cur))).reshape(cur)
-                perm = np.moveaxis(idx, 0, -1).reshape(-1)
+                perm = np.moveaxis(idx, 0, -1).reshape(-1) if first else None
+                first = True
                 loads.append((Flatten(), {}, {}))
                 cur = (int(np.prod(cur)),)
         elif isinstance(m, (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.Softplus)):
@@ -533,7 +669,7 @@ def from_torch(module, input_shape, seed=None, backend=None):
     if not loads:
         raise ValueError("module: no layer to convert")
     layers = [layer for layer, _, _ in loads]
-    fshape = shape if len(shape) == 1 else shape[1:] + shape[:1]
+    fshape = shape if len(shape) == 1 or not input_first else shape[1:] + shape[:1]
     model = Sequential(layers, seed=seed, backend=backend, input_shape=fshape)
     params, buffers = model.get_params(), model.get_buffers()
     for i, (layer, p, st) in enumerate(loads):

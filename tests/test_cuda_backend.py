@@ -60,3 +60,103 @@ def test_adamax_state_follows_a_nan_gradient(cu, ref, rng, nan_state):
         runs.append(bufs)
     for want, got in zip(*runs):
         np.testing.assert_array_equal(got, want)
+
+
+# ---- recurrent kernels (fastnn.kernels.cuda._rnn) against the reference ---------------
+# Tiny shapes: the simulator runs a Python thread per CUDA thread.  Under it
+# the step kernels' tile is 4, so H = 5 spans two tiles and the GRU's 3H = 15
+# gate columns four.
+
+_RNN_CELLS = [("rnn", "tanh"), ("rnn", "relu"), ("gru", "tanh"), ("lstm", "tanh")]
+
+
+def _rnn_case(cell, n, L, C, H, seed=0):
+    from fastnn.kernels import spec
+
+    code = spec.Cell[cell.upper()]
+    gh, k = spec.RNN_GATES[code] * H, spec.RNN_CACHE[code] * H
+    r = np.random.default_rng(seed)
+    f32 = np.float32
+    return dict(X=r.normal(size=(n, L, C)).astype(f32),
+                W_ih=(0.6 * r.normal(size=(C, gh))).astype(f32),
+                W_hh=(0.6 * r.normal(size=(H, gh))).astype(f32),
+                b_ih=(0.5 * r.normal(size=gh)).astype(f32),
+                b_hh=(0.5 * r.normal(size=gh)).astype(f32),
+                dHs=r.normal(size=(n, L, H)).astype(f32), k=k)
+
+
+def _rnn_run(kern, c, cell, act, dx=True, biases=True):
+    n, L, C = c["X"].shape
+    H = c["W_hh"].shape[0]
+    Hs, G = np.zeros((n, L, H), np.float32), np.zeros((n, L, c["k"]), np.float32)
+    kern.rnn_forward(Hs, G, c["X"], c["W_ih"], c["W_hh"], c["b_ih"], c["b_hh"], cell=cell,
+                     activation=act)
+    out = {"Hs": Hs, "G": G.copy()}
+    grads = {"dW_ih": np.zeros_like(c["W_ih"]), "dW_hh": np.zeros_like(c["W_hh"]),
+             "db_ih": np.zeros_like(c["b_ih"]) if biases else None,
+             "db_hh": np.zeros_like(c["b_hh"]) if biases else None,
+             "dX": np.zeros_like(c["X"]) if dx else None}
+    kern.rnn_backward(grads["dX"], grads["dW_ih"], grads["dW_hh"], grads["db_ih"],
+                      grads["db_hh"], c["dHs"].copy(), G, c["X"], c["W_ih"], c["W_hh"], Hs,
+                      cell=cell, activation=act)
+    out.update((k, v) for k, v in grads.items() if v is not None)
+    return out
+
+
+@pytest.mark.parametrize("cell,act", _RNN_CELLS, ids=[f"{c}_{a}" for c, a in _RNN_CELLS])
+def test_rnn_kernels_match_the_reference(cu, ref, cell, act):
+    """Forward (states and the gate cache the backward reads) and every
+    gradient of BPTT, with a gradient at every step."""
+    c = _rnn_case(cell, 3, 4, 2, 5)
+    want, got = _rnn_run(ref, c, cell, act), _rnn_run(cu, c, cell, act)
+    assert set(got) == set(want)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_rnn_kernels_one_step_and_optional_outputs(cu, ref):
+    """L = 1 (no hidden product, dW_hh = 0), no dX, no bias gradients, and
+    device arrays in and out (what the trainer passes)."""
+    for cell, L, dx, biases in (("lstm", 1, True, True), ("gru", 3, False, False)):
+        c = _rnn_case(cell, 2, L, 3, 2, seed=L)
+        want = _rnn_run(ref, c, cell, "tanh", dx, biases)
+        got = _rnn_run(cu, c, cell, "tanh", dx, biases)
+        assert set(got) == set(want)
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6,
+                                       err_msg=f"{cell} {name}")
+        if L == 1:
+            assert not got["dW_hh"].any()
+    c = _rnn_case("rnn", 2, 3, 2, 3, seed=9)
+    d = {k: cu.asarray(v) for k, v in c.items() if k != "k"}
+    Hs, G = cu.zeros((2, 3, 3)), cu.zeros((2, 3, c["k"]))
+    got = cu.rnn_forward(Hs, G, d["X"], d["W_ih"], d["W_hh"], d["b_ih"], d["b_hh"], cell="rnn")
+    assert got is Hs
+    np.testing.assert_allclose(cu.to_numpy(Hs), _rnn_run(ref, c, "rnn", "tanh")["Hs"],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_rnn_layers_train_on_cuda_as_on_the_reference():
+    """A GRU(sequences) -> LSTM -> Dense model trained inside the compiled
+    epoch (the RNN records on cuda's kernels) with Adam and clipping ==
+    the reference's batch-by-batch trajectory.  (test_recurrent covers a
+    GRU stack batch by batch and in the epoch.)"""
+    import fastnn
+
+    require("cuda")
+    r = np.random.default_rng(2)
+    X, y = r.normal(size=(8, 3, 2)).astype(np.float32), r.integers(0, 3, 8)
+
+    def fit(backend, fused):
+        model = fastnn.Sequential([fastnn.GRU(2, 3, return_sequences=True), fastnn.LSTM(3, 2),
+                                   fastnn.Dense(2, 3)], seed=1, backend=backend,
+                                  input_shape=(3, 2))
+        tr = fastnn.Trainer(model, "softmax_cross_entropy", fastnn.optim.Adam(lr=0.05),
+                            fused=fused, clip_norm=0.5)
+        hist = tr.fit(X, y, epochs=1, batch_size=4, shuffle=True, seed=3, verbose=False)
+        return np.array(model.get_params()), hist.history["loss"]
+
+    want, want_loss = fit("reference", False)
+    got, got_loss = fit("cuda", True)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5)

@@ -91,6 +91,26 @@ def _cases():
                                         fn.Dense(16, 16)),
                             fn.Residual(fn.Dense(16, 8, "tanh")), fn.Dense(8, 3)], seed=0), vec),
     ]
+    seq = r.normal(size=(5, 9, 3)).astype(np.float32)
+    for cell, cls, opts in (("rnn_tanh", fn.SimpleRNN, {}),
+                            ("rnn_relu", fn.SimpleRNN, {"activation": "relu"}),
+                            ("gru", fn.GRU, {}), ("lstm", fn.LSTM, {})):
+        for rs in (False, True):
+            cases.append((f"{cell}_{'sequences' if rs else 'last'}",
+                          S([cls(3, 6, return_sequences=rs, **opts)], seed=2,
+                            input_shape=(9, 3)), seq))
+    cases += [
+        ("gru_gru_dense", S([fn.GRU(3, 8, return_sequences=True), fn.GRU(8, 6),
+                             fn.Dense(6, 4), fn.Softmax()], seed=3, input_shape=(9, 3)), seq),
+        ("conv1d_lstm_dense", S([fn.Conv1D(3, 5, 3, padding=1, activation="relu"),
+                                 fn.MaxPool1D(2), fn.LSTM(5, 7), fn.Dense(7, 2)], seed=4,
+                                input_shape=(9, 3)), seq),
+        ("rnn_conv1d_gap", S([fn.SimpleRNN(3, 4, return_sequences=True), fn.Conv1D(4, 3, 2),
+                              fn.BatchNorm(3), fn.GlobalAvgPool(), fn.Dense(3, 2)], seed=5,
+                             input_shape=(9, 3)), seq),
+        ("gru_flatten", S([fn.GRU(3, 4, return_sequences=True), fn.Flatten(),
+                           fn.Dense(36, 2)], seed=6, input_shape=(9, 3)), seq),
+    ]
     return [(name, _trained_bn(model, x), x) for name, model, x in cases]
 
 
@@ -250,6 +270,110 @@ def test_to_torch_module_pickles(tmp_path):
     name, model, x = next(c for c in CASES if c[0] == "Residual_conv_proj")
     module = export.to_torch(model)
     torch.save(module, tmp_path / "m.pt")
+    again = torch.load(tmp_path / "m.pt", weights_only=False)
+    with torch.no_grad():
+        np.testing.assert_allclose(again(torch.from_numpy(x)).numpy(), model.predict(x), **TOL)
+
+
+# ---- recurrent layers ------------------------------------------------------------
+
+def test_onnx_recurrent_takes_any_batch_size(tmp_path):
+    """The batch axis stays symbolic through the time-major transposes."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    name, model, _ = next(c for c in CASES if c[0] == "gru_gru_dense")
+    export.to_onnx(model, tmp_path / "m.onnx")
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    for n in (1, 7):
+        x = _rng(n).normal(size=(n, 9, 3)).astype(np.float32)
+        np.testing.assert_allclose(sess.run(None, {"input": x})[0], model.predict(x), **TOL)
+
+
+def test_onnx_gru_is_linear_before_reset(tmp_path):
+    """torch's GRU (r applied to h W_hn + b_hn) is ONNX's linear_before_reset=1."""
+    onnx = pytest.importorskip("onnx")
+    proto = export.to_onnx(fn.Sequential([fn.GRU(2, 3)], seed=0, input_shape=(4, 2)),
+                           tmp_path / "m.onnx")
+    (gru,) = [nd for nd in proto.graph.node if nd.op_type == "GRU"]
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in gru.attribute}
+    assert attrs["linear_before_reset"] == 1 and attrs["hidden_size"] == 3
+
+
+def _recurrent(torch, kind, C, H, seq, **kw):
+    from fastnn._torch_modules import Recurrent
+
+    cls = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[kind]
+    return Recurrent(cls(C, H, batch_first=True, **kw), seq)
+
+
+def test_from_torch_recurrent_stack():
+    """GRU(seq) -> RNN(relu) -> Linear in torch, converted: fastnn's predict
+    gives torch's outputs on the same (N, L, C) input."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(4)
+    net = torch.nn.Sequential(_recurrent(torch, "gru", 3, 8, True),
+                              _recurrent(torch, "rnn", 8, 5, False, nonlinearity="relu"),
+                              torch.nn.Linear(5, 4)).eval()
+    model = fn.export.from_torch(net, (9, 3))
+    assert model.input_shape == (9, 3)
+    assert [type(la).__name__ for la in model.layers] == ["GRU", "SimpleRNN", "Dense"]
+    assert model.layers[1].activation == "relu"
+    x = _rng(6).normal(size=(6, 9, 3)).astype(np.float32)
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(model.predict(x), want, **TOL)
+
+
+def test_from_torch_conv1d_permute_lstm():
+    """Conv1d on channels-first input, Permute to (N, L, C), LSTM, Linear."""
+    torch = pytest.importorskip("torch")
+    from fastnn._torch_modules import Permute
+
+    torch.manual_seed(5)
+    net = torch.nn.Sequential(torch.nn.Conv1d(2, 4, 3), torch.nn.Tanh(), Permute(0, 2, 1),
+                              _recurrent(torch, "lstm", 4, 6, False),
+                              torch.nn.Linear(6, 3)).eval()
+    model = fn.export.from_torch(net, (2, 12))
+    assert model.input_shape == (12, 2)
+    x = _rng(7).normal(size=(5, 2, 12)).astype(np.float32)
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(model.predict(x.transpose(0, 2, 1)), want, **TOL)
+
+
+@pytest.mark.parametrize("name", ["conv1d_lstm_dense", "gru_gru_dense", "gru_flatten",
+                                  "rnn_relu_sequences"])
+def test_round_trip_recurrent_fastnn_torch_fastnn(name):
+    pytest.importorskip("torch")
+    _, model, x = next(c for c in CASES if c[0] == name)
+    again = fn.export.from_torch(fn.export.to_torch(model), model.input_shape)
+    assert again.input_shape == model.input_shape
+    np.testing.assert_array_equal(again.get_params(), model.get_params())
+    np.testing.assert_array_equal(again.predict(x), model.predict(x))
+
+
+def test_from_torch_refuses_recurrent():
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+    with pytest.raises(TypeError, match="Recurrent"):
+        fn.export.from_torch(nn.Sequential(nn.GRU(3, 4, batch_first=True)), (5, 3))
+    with pytest.raises(ValueError, match="one-direction"):
+        fn.export.from_torch(nn.Sequential(_recurrent(torch, "gru", 3, 4, False,
+                                                      bidirectional=True)), (5, 3))
+    with pytest.raises(ValueError, match="batch_first"):
+        from fastnn._torch_modules import Recurrent
+        fn.export.from_torch(nn.Sequential(Recurrent(nn.LSTM(3, 4), False)), (5, 3))
+    with pytest.raises(ValueError, match="Permute"):  # Conv1d's (C, L) into an LSTM
+        fn.export.from_torch(nn.Sequential(nn.Conv1d(3, 4, 2),
+                                           _recurrent(torch, "lstm", 4, 4, False)), (3, 6))
+    with pytest.raises(ValueError, match="input_size"):
+        fn.export.from_torch(nn.Sequential(_recurrent(torch, "rnn", 3, 4, False)), (5, 2))
+
+
+def test_to_torch_recurrent_module_pickles(tmp_path):
+    torch = pytest.importorskip("torch")
+    _, model, x = next(c for c in CASES if c[0] == "conv1d_lstm_dense")
+    torch.save(export.to_torch(model), tmp_path / "m.pt")
     again = torch.load(tmp_path / "m.pt", weights_only=False)
     with torch.no_grad():
         np.testing.assert_allclose(again(torch.from_numpy(x)).numpy(), model.predict(x), **TOL)

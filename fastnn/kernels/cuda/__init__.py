@@ -16,8 +16,9 @@ thread, so use small shapes there).
 The kernels live by area: ``_device`` (device functions they share),
 ``_gemm`` (gemm, dense layer), ``_elementwise`` (activations, softmax,
 scale, clip, axpy), ``_losses``, ``_optimizers``, ``_conv`` (convolution,
-pooling), ``_norm`` (per-channel sums, batch normalisation) and
-``_dropout`` (Philox masks).  There is
+pooling), ``_norm`` (per-channel sums, batch normalisation),
+``_dropout`` (Philox masks) and ``_rnn`` (SimpleRNN/GRU/LSTM: the input
+projection as one gemm, one fused launch per step forward and backward).  There is
 no fused epoch: ``dense_stack_epoch`` and ``model_epoch`` are the
 reference's loops over these kernels (the front's fallback), on device
 arrays when given them.
@@ -37,6 +38,7 @@ from ._losses import (bce_backward, bce_forward, mae_backward, mae_forward,  # n
                       sum_squares)
 from ._norm import batchnorm_backward, batchnorm_forward, batchnorm_inference  # noqa: F401
 from ._optimizers import adagrad, adam, adamax, adamw, nadam, radam, rmsprop, sgd  # noqa: F401
+from ._rnn import rnn_backward, rnn_forward  # noqa: F401
 
 name = "cuda"
 DTYPE = np.float32
