@@ -51,3 +51,23 @@ def ref():
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under the CUDA simulator (no GPU: every kernel thread is a Python
+    thread) a cuda case costs 10-100x its CPU twin, ~40% of the default
+    run.  The default run keeps the first cuda case of each test function;
+    the other cuda cases are marked slow (`pytest -m slow`, which CI runs
+    too).  On a GPU every case stays in the default run."""
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
+        return
+    seen = set()
+    for item in items:
+        spec = getattr(item, "callspec", None)
+        if spec is None or "cuda" not in spec.id.split("-") or item.get_closest_marker("slow"):
+            continue
+        key = (item.path, getattr(item, "originalname", item.name))
+        if key in seen:
+            item.add_marker(pytest.mark.slow)
+        else:
+            seen.add(key)
