@@ -98,3 +98,69 @@ def test_stale_numba_caches_are_dropped_when_a_source_changes(tmp_path):
     (tmp_path / "_a.py").write_text("x = 2\n")
     nb._drop_stale_caches(str(tmp_path))  # a source changed: dropped
     assert not (cache / "_a.f-1.py311.nbi").exists()
+
+
+# A parallel callee and a serial caller, as fastnn's epoch kernels call the
+# parallel per-call kernels (_epoch._dense_stack_epoch calls _gemm_ws, ...).
+_PARFOR_MODULE = """
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True, parallel=True)
+def callee(a):
+    for i in prange(a.shape[0]):
+        a[i] += 1.0
+
+
+@njit(cache=True)
+def caller(a):
+    callee(a)
+    return a.sum()
+"""
+
+
+# Prints the reload functions of the caller's cache entry (CompileResult._reduce's
+# reload_init, the payload's item 7) after the call.
+_SHOW_RELOAD_INIT = """
+import glob, os, pickle
+entries = glob.glob(os.path.join(os.environ["NUMBA_CACHE_DIR"], "**", "pm.caller-*.nbc"),
+                    recursive=True)
+assert len(entries) == 1, entries
+print(len(pickle.loads(open(entries[0], "rb").read())[7]))
+"""
+
+
+def _parfor_run(tmp_path, cache, call, with_fastnn):
+    """Calls pm.<call> in a fresh process; returns the number of reload
+    functions of the caller's cache entry after it (None for the callee)."""
+    script = (f"import sys; sys.path.insert(0, {str(tmp_path / 'src')!r})\n"
+              + ("import fastnn.kernels.numba\n" if with_fastnn else "")
+              + f"import numpy as np, pm\nprint(pm.{call}(np.zeros(1000)))\n"
+              + (_SHOW_RELOAD_INIT if call == "caller" else ""))
+    r = _run(script, cache)
+    assert r.returncode == 0, (call, with_fastnn, r.returncode, r.stderr[-3000:])
+    out = r.stdout.split()
+    assert out[0] == ("None" if call == "callee" else "1000.0"), r.stdout
+    return int(out[1]) if call == "caller" else None
+
+
+def test_a_caller_of_cached_parallel_kernels_is_cached_loadable(tmp_path):
+    """numba 0.68 caches a caller compiled in a process whose parallel callees
+    came from the cache without the reload hook that starts the threading
+    layer; a later process whose first call is that caller loaded its code
+    with every external symbol at 0 and segfaulted (it happened to
+    _dense_stack_epoch during a test run).  With the numba backend imported,
+    the caller's entry carries the hook (whoever loads it later), and an
+    entry written without it loads safely."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "pm.py").write_text(_PARFOR_MODULE)
+    written_by_fastnn, written_by_numba = tmp_path / "cache_a", tmp_path / "cache_b"
+    for cache in (written_by_fastnn, written_by_numba):
+        _parfor_run(tmp_path, cache, "callee", with_fastnn=False)  # the callee cached alone
+    # the caller compiled over the cached callee, in a process with fastnn's numba backend:
+    assert _parfor_run(tmp_path, written_by_fastnn, "caller", with_fastnn=True) >= 1
+    _parfor_run(tmp_path, written_by_fastnn, "caller", with_fastnn=False)  # loads in plain numba
+    # the same entry written by plain numba (without the hook, as numba 0.68 does):
+    _parfor_run(tmp_path, written_by_numba, "caller", with_fastnn=False)
+    _parfor_run(tmp_path, written_by_numba, "caller", with_fastnn=True)  # loads with fastnn

@@ -66,7 +66,44 @@ def _drop_stale_caches(here=None):
         pass
 
 
+def _guard_parfor_cache():
+    """Make the on-disk cache safe for kernels that call parallel (prange)
+    kernels.  Machine code that calls into numba's threading layer needs its
+    symbols (``numba_parallel_for``, ``get_num_threads``, ...) registered
+    with the JIT before it is loaded; numba registers them when it compiles
+    a parfor or loads a cache entry whose ``reload_init`` says so.  But
+    numba 0.68 does not give a library loaded from the cache its
+    ``reload_init`` back (``CompileResult._rebuild`` runs the functions and
+    drops them), so a caller compiled in a process whose parallel callees
+    all came from the cache is written with an empty ``reload_init``.  A
+    later process whose first kernel is that caller loads it with the
+    threading symbols unknown: the JIT leaves every external relocation of
+    the object at 0 and the first call jumps to address 0 (a segfault).
+
+    Two guards, each sufficient on its own:
+    1. the threading layer is started here, before any kernel is loaded,
+       so that a cache entry written without its reload_init (by numba, or
+       by an older fastnn) loads with its symbols resolved;
+    2. ``_rebuild`` keeps the reload_init on the loaded library, so that
+       callers linking it inherit it and are cached correctly (a no-op
+       where numba's internals differ from 0.68's)."""
+    from numba.core import compiler
+    rebuild = compiler.CompileResult.__dict__.get("_rebuild")
+    if isinstance(rebuild, classmethod) and not getattr(rebuild.__func__, "_fastnn", False):
+        def _rebuild(cls, *args, **kwargs):
+            cres = rebuild.__func__(cls, *args, **kwargs)
+            reload_init = getattr(cres, "reload_init", None)
+            library = getattr(cres, "library", None)
+            if reload_init and isinstance(getattr(library, "_reload_init", None), set):
+                library._reload_init.update(reload_init)
+            return cres
+        _rebuild._fastnn = True
+        compiler.CompileResult._rebuild = classmethod(_rebuild)
+    numba.get_num_threads()  # starts the threading layer, registering its symbols
+
+
 _drop_stale_caches()
+_guard_parfor_cache()
 from ..reference import asarray, empty, to_numpy, zeros  # noqa: F401 - host arrays, as the reference
 from ._conv import (avgpool2d_backward, avgpool2d_forward, conv2d_backward,  # noqa: F401
                     conv2d_forward, maxpool2d_backward, maxpool2d_forward)
