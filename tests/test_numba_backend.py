@@ -101,6 +101,29 @@ def test_stale_numba_caches_are_dropped_when_a_source_changes(tmp_path):
     assert not (cache / "_a.f-1.py311.nbi").exists()
 
 
+def test_stale_caches_are_dropped_in_numba_cache_dir_too(tmp_path, monkeypatch):
+    """With NUMBA_CACHE_DIR set numba caches the kernels there (in a folder
+    named after their source folder), not in __pycache__: stale entries are
+    dropped there as well."""
+    import numba
+    from fastnn.kernels import numba as nb
+    src, user = tmp_path / "src", tmp_path / "user"
+    src.mkdir()
+    (src / "_a.py").write_text("x = 1\n")
+    monkeypatch.setattr(numba.config, "CACHE_DIR", str(user))
+    mine = [d for d in nb._cache_dirs(str(src)) if d.startswith(str(user))]
+    assert len(mine) == 1 and os.path.basename(mine[0]).startswith("src_"), mine
+    os.makedirs(mine[0])
+    entry = os.path.join(mine[0], "_a.f-1.py311.nbi")
+    nb._drop_stale_caches(str(src))  # stamps written
+    open(entry, "w").close()
+    nb._drop_stale_caches(str(src))  # sources unchanged: kept
+    assert os.path.exists(entry)
+    (src / "_a.py").write_text("x = 2\n")
+    nb._drop_stale_caches(str(src))  # a source changed: dropped in NUMBA_CACHE_DIR too
+    assert not os.path.exists(entry)
+
+
 # A parallel callee and a serial caller, as fastnn's epoch kernels call the
 # parallel per-call kernels (_epoch._dense_stack_epoch calls _gemm_ws, ...).
 _PARFOR_MODULE = """

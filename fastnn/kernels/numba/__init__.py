@@ -33,13 +33,32 @@ import numpy as np
 from .. import spec
 
 
+def _cache_dirs(here):
+    """The folders numba may cache this backend's kernels in: ``__pycache__``
+    beside the sources, NUMBA_CACHE_DIR's folder for them when it is set, and
+    the user-wide one numba falls back to when ``__pycache__`` is read-only
+    (the two latter named as numba's locators name them)."""
+    dirs = [os.path.join(here, "__pycache__")]
+    try:
+        from numba.core.caching import _CacheLocator
+        from numba.misc.appdirs import AppDirs
+        sub = _CacheLocator.get_suitable_cache_subpath(os.path.join(here, "__init__.py"))
+        if numba.config.CACHE_DIR:
+            dirs.append(os.path.join(numba.config.CACHE_DIR, sub))
+        dirs.append(os.path.join(AppDirs(appname="numba", appauthor=False).user_cache_dir, sub))
+    except (ImportError, AttributeError):  # another numba's internals: __pycache__ only
+        pass
+    return dirs
+
+
 def _drop_stale_caches(here=None):
     """Remove the on-disk compiled kernels when any source they were built
     from changed.  Numba keys a cache entry on its own file's timestamp only:
     a kernel in _plan.py inlining a helper of _epoch.py keeps loading the
     machine code of the old helper (wrong results or a crash) after _epoch.py
     changes.  The stamp is a hash of every module of this backend and of
-    spec.py (whose constants are frozen into the code)."""
+    spec.py (whose constants are frozen into the code), kept in each folder
+    numba may cache them in."""
     here = here or os.path.dirname(os.path.abspath(__file__))
     sources = sorted(f for f in os.listdir(here) if f.endswith(".py"))
     digest = hashlib.sha256()
@@ -47,11 +66,16 @@ def _drop_stale_caches(here=None):
         with open(path, "rb") as f:
             digest.update(f.read())
     digest.update(numba.__version__.encode())
-    cache = os.path.join(here, "__pycache__")
+    for cache in _cache_dirs(here):
+        if os.path.isdir(cache) or cache == os.path.join(here, "__pycache__"):
+            _drop_if_stale(cache, digest.hexdigest())
+
+
+def _drop_if_stale(cache, stamp):
     stamp_path = os.path.join(cache, "fastnn-sources.sha256")
     try:
         with open(stamp_path) as f:
-            if f.read().strip() == digest.hexdigest():
+            if f.read().strip() == stamp:
                 return
     except OSError:
         pass
@@ -61,7 +85,7 @@ def _drop_stale_caches(here=None):
             if f.endswith((".nbi", ".nbc")):
                 os.remove(os.path.join(cache, f))
         with open(stamp_path, "w") as f:
-            f.write(digest.hexdigest())
+            f.write(stamp)
     except OSError:  # no such folder yet, or read-only: numba then caches elsewhere or not
         pass
 
