@@ -4,6 +4,7 @@ every vector width and numba's disk cache.  Each runs in a child process
 with a cache directory of its own."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -98,3 +99,92 @@ def test_stale_numba_caches_are_dropped_when_a_source_changes(tmp_path):
     (tmp_path / "_a.py").write_text("x = 2\n")
     nb._drop_stale_caches(str(tmp_path))  # a source changed: dropped
     assert not (cache / "_a.f-1.py311.nbi").exists()
+
+
+def test_stale_caches_are_dropped_in_numba_cache_dir_too(tmp_path, monkeypatch):
+    """With NUMBA_CACHE_DIR set numba caches the kernels there (in a folder
+    named after their source folder), not in __pycache__: stale entries are
+    dropped there as well."""
+    import numba
+    from fastnn.kernels import numba as nb
+    src, user = tmp_path / "src", tmp_path / "user"
+    src.mkdir()
+    (src / "_a.py").write_text("x = 1\n")
+    monkeypatch.setattr(numba.config, "CACHE_DIR", str(user))
+    mine = [d for d in nb._cache_dirs(str(src)) if d.startswith(str(user))]
+    assert len(mine) == 1 and os.path.basename(mine[0]).startswith("src_"), mine
+    os.makedirs(mine[0])
+    entry = os.path.join(mine[0], "_a.f-1.py311.nbi")
+    nb._drop_stale_caches(str(src))  # stamps written
+    open(entry, "w").close()
+    nb._drop_stale_caches(str(src))  # sources unchanged: kept
+    assert os.path.exists(entry)
+    (src / "_a.py").write_text("x = 2\n")
+    nb._drop_stale_caches(str(src))  # a source changed: dropped in NUMBA_CACHE_DIR too
+    assert not os.path.exists(entry)
+
+
+# A parallel callee and a serial caller, as fastnn's epoch kernels call the
+# parallel per-call kernels (_epoch._dense_stack_epoch calls _gemm_ws, ...).
+_PARFOR_MODULE = """
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True, parallel=True)
+def callee(a):
+    for i in prange(a.shape[0]):
+        a[i] += 1.0
+
+
+@njit(cache=True)
+def caller(a):
+    callee(a)
+    return a.sum()
+"""
+
+
+# Prints the reload functions of the caller's cache entry (CompileResult._reduce's
+# reload_init, the payload's item 7) after the call.
+_SHOW_RELOAD_INIT = """
+import glob, os, pickle
+entries = glob.glob(os.path.join(os.environ["NUMBA_CACHE_DIR"], "**", "pm.caller-*.nbc"),
+                    recursive=True)
+assert len(entries) == 1, entries
+print(len(pickle.loads(open(entries[0], "rb").read())[7]))
+"""
+
+
+def _parfor_run(tmp_path, cache, call, with_fastnn):
+    """Calls pm.<call> in a fresh process; returns the number of reload
+    functions of the caller's cache entry after it (None for the callee)."""
+    script = (f"import sys; sys.path.insert(0, {str(tmp_path / 'src')!r})\n"
+              + ("import fastnn.kernels.numba\n" if with_fastnn else "")
+              + f"import numpy as np, pm\nprint(pm.{call}(np.zeros(1000)))\n"
+              + (_SHOW_RELOAD_INIT if call == "caller" else ""))
+    r = _run(script, cache)
+    assert r.returncode == 0, (call, with_fastnn, r.returncode, r.stderr[-3000:])
+    out = r.stdout.split()
+    assert out[0] == ("None" if call == "callee" else "1000.0"), r.stdout
+    return int(out[1]) if call == "caller" else None
+
+
+def test_a_caller_of_cached_parallel_kernels_is_cached_loadable(tmp_path):
+    """numba 0.68 caches a caller compiled in a process whose parallel callees
+    came from the cache without the reload hook that starts the threading
+    layer; a later process whose first call is that caller loaded its code
+    with every external symbol at 0 and segfaulted (it happened to
+    _dense_stack_epoch during a test run).  With the numba backend imported,
+    the caller's entry carries the hook (whoever loads it later), and an
+    entry written without it loads safely."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "pm.py").write_text(_PARFOR_MODULE)
+    written_by_fastnn, written_by_numba = tmp_path / "cache_a", tmp_path / "cache_b"
+    _parfor_run(tmp_path, written_by_fastnn, "callee", with_fastnn=False)  # the callee cached alone
+    shutil.copytree(written_by_fastnn, written_by_numba)
+    # the caller compiled over the cached callee, in a process with fastnn's numba backend:
+    assert _parfor_run(tmp_path, written_by_fastnn, "caller", with_fastnn=True) >= 1
+    _parfor_run(tmp_path, written_by_fastnn, "caller", with_fastnn=False)  # loads in plain numba
+    # the same entry written by plain numba (without the hook, as numba 0.68 does):
+    _parfor_run(tmp_path, written_by_numba, "caller", with_fastnn=False)
+    _parfor_run(tmp_path, written_by_numba, "caller", with_fastnn=True)  # loads with fastnn

@@ -33,13 +33,32 @@ import numpy as np
 from .. import spec
 
 
+def _cache_dirs(here):
+    """The folders numba may cache this backend's kernels in: ``__pycache__``
+    beside the sources, NUMBA_CACHE_DIR's folder for them when it is set, and
+    the user-wide one numba falls back to when ``__pycache__`` is read-only
+    (the two latter named as numba's locators name them)."""
+    dirs = [os.path.join(here, "__pycache__")]
+    try:
+        from numba.core.caching import _CacheLocator
+        from numba.misc.appdirs import AppDirs
+        sub = _CacheLocator.get_suitable_cache_subpath(os.path.join(here, "__init__.py"))
+        if numba.config.CACHE_DIR:
+            dirs.append(os.path.join(numba.config.CACHE_DIR, sub))
+        dirs.append(os.path.join(AppDirs(appname="numba", appauthor=False).user_cache_dir, sub))
+    except (ImportError, AttributeError):  # another numba's internals: __pycache__ only
+        pass
+    return dirs
+
+
 def _drop_stale_caches(here=None):
     """Remove the on-disk compiled kernels when any source they were built
     from changed.  Numba keys a cache entry on its own file's timestamp only:
     a kernel in _plan.py inlining a helper of _epoch.py keeps loading the
     machine code of the old helper (wrong results or a crash) after _epoch.py
     changes.  The stamp is a hash of every module of this backend and of
-    spec.py (whose constants are frozen into the code)."""
+    spec.py (whose constants are frozen into the code), kept in each folder
+    numba may cache them in."""
     here = here or os.path.dirname(os.path.abspath(__file__))
     sources = sorted(f for f in os.listdir(here) if f.endswith(".py"))
     digest = hashlib.sha256()
@@ -47,11 +66,16 @@ def _drop_stale_caches(here=None):
         with open(path, "rb") as f:
             digest.update(f.read())
     digest.update(numba.__version__.encode())
-    cache = os.path.join(here, "__pycache__")
+    for cache in _cache_dirs(here):
+        if os.path.isdir(cache) or cache == os.path.join(here, "__pycache__"):
+            _drop_if_stale(cache, digest.hexdigest())
+
+
+def _drop_if_stale(cache, stamp):
     stamp_path = os.path.join(cache, "fastnn-sources.sha256")
     try:
         with open(stamp_path) as f:
-            if f.read().strip() == digest.hexdigest():
+            if f.read().strip() == stamp:
                 return
     except OSError:
         pass
@@ -61,12 +85,49 @@ def _drop_stale_caches(here=None):
             if f.endswith((".nbi", ".nbc")):
                 os.remove(os.path.join(cache, f))
         with open(stamp_path, "w") as f:
-            f.write(digest.hexdigest())
+            f.write(stamp)
     except OSError:  # no such folder yet, or read-only: numba then caches elsewhere or not
         pass
 
 
+def _guard_parfor_cache():
+    """Make the on-disk cache safe for kernels that call parallel (prange)
+    kernels.  Machine code that calls into numba's threading layer needs its
+    symbols (``numba_parallel_for``, ``get_num_threads``, ...) registered
+    with the JIT before it is loaded; numba registers them when it compiles
+    a parfor or loads a cache entry whose ``reload_init`` says so.  But
+    numba 0.68 does not give a library loaded from the cache its
+    ``reload_init`` back (``CompileResult._rebuild`` runs the functions and
+    drops them), so a caller compiled in a process whose parallel callees
+    all came from the cache is written with an empty ``reload_init``.  A
+    later process whose first kernel is that caller loads it with the
+    threading symbols unknown: the JIT leaves every external relocation of
+    the object at 0 and the first call jumps to address 0 (a segfault).
+
+    Two guards, each sufficient on its own:
+    1. the threading layer is started here, before any kernel is loaded,
+       so that a cache entry written without its reload_init (by numba, or
+       by an older fastnn) loads with its symbols resolved;
+    2. ``_rebuild`` keeps the reload_init on the loaded library, so that
+       callers linking it inherit it and are cached correctly (a no-op
+       where numba's internals differ from 0.68's)."""
+    from numba.core import compiler
+    rebuild = compiler.CompileResult.__dict__.get("_rebuild")
+    if isinstance(rebuild, classmethod) and not getattr(rebuild.__func__, "_fastnn", False):
+        def _rebuild(cls, *args, **kwargs):
+            cres = rebuild.__func__(cls, *args, **kwargs)
+            reload_init = getattr(cres, "reload_init", None)
+            library = getattr(cres, "library", None)
+            if reload_init and isinstance(getattr(library, "_reload_init", None), set):
+                library._reload_init.update(reload_init)
+            return cres
+        _rebuild._fastnn = True
+        compiler.CompileResult._rebuild = classmethod(_rebuild)
+    numba.get_num_threads()  # starts the threading layer, registering its symbols
+
+
 _drop_stale_caches()
+_guard_parfor_cache()
 from ..reference import asarray, empty, to_numpy, zeros  # noqa: F401 - host arrays, as the reference
 from ._conv import (avgpool2d_backward, avgpool2d_forward, conv2d_backward,  # noqa: F401
                     conv2d_forward, maxpool2d_backward, maxpool2d_forward)
