@@ -449,8 +449,9 @@ def _check(backend, ref, case, edge, request):
         request.applymarker(pytest.mark.xfail(strict=True, reason=f"{name} {case}: {reason}"))
     opts = CASES[case][2]
     inputs, masks, got, want = _outcome(backend, ref, case, edge if opts.get("per_edge") else None)
-    # the c backend's updates run with FTZ + DAZ (csrc/internal.h, UPDATE_SPANS)
-    ftz = name == "c" and opts.get("update", False)
+    # the c and numba backends' updates run with FTZ + DAZ (csrc/internal.h,
+    # UPDATE_SPANS; numba/_common.py, _flush_denormals)
+    ftz = name in ("c", "numba") and opts.get("update", False)
     if isinstance(got, Exception):
         raise got
     for out, w in want.items():

@@ -188,3 +188,47 @@ def test_a_caller_of_cached_parallel_kernels_is_cached_loadable(tmp_path):
     # the same entry written by plain numba (without the hook, as numba 0.68 does):
     _parfor_run(tmp_path, written_by_numba, "caller", with_fastnn=False)
     _parfor_run(tmp_path, written_by_numba, "caller", with_fastnn=True)  # loads with fastnn
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd", "rmsprop"])
+def test_numba_updates_flush_denormals_as_the_c_backend(optimizer):
+    """The optimizer updates run with FTZ + DAZ on numba as on c (spec, IEEE
+    semantics 5): a state decaying through the denormal range (a dead unit's
+    Adam moments) is flushed where c flushes it, and the caller's MXCSR is left as it was
+    (a denormal product outside the update stays denormal)."""
+    import numpy as np
+    from fastnn import kernels
+    pytest.importorskip("fastnn.kernels.c")
+    nb = kernels.get("numba")
+    ck = kernels.get("c")
+    rng = np.random.default_rng(0)
+    n = 3 * (1 << 15) + 5  # several spans: the threaded update too
+    tiny = np.float32(1e-39)  # a denormal
+    p0 = rng.uniform(-1, 1, n).astype(np.float32)
+    g0 = np.where(rng.uniform(size=n) < 0.5, 0.0, rng.uniform(-1, 1, n) * 1e-36).astype(np.float32)
+    s0 = (rng.uniform(size=n) * tiny * 100).astype(np.float32)  # normal and denormal states
+    runs = []
+    for k in (nb, ck):
+        p, g = p0.copy(), g0.copy()
+        states = [s0.copy(), s0.copy(), s0.copy()]
+        for step in (1, 2, 3):
+            if optimizer == "adam":
+                k.adam(p, g, states[0], states[1], step=step, lr=1e-3, beta1=0.9, beta2=0.999,
+                       eps=1e-8)
+            elif optimizer == "sgd":
+                k.sgd(p, g, states[0], step=step, lr=0.1, momentum=0.9)
+            else:
+                k.rmsprop(p, g, states[0], states[1], states[2], lr=1e-3, alpha=0.99, eps=1e-8,
+                          momentum=0.5, centered=True)
+        runs.append((p, *states))
+    tiny_normal = np.finfo(np.float32).tiny
+    used = {"adam": 3, "sgd": 2, "rmsprop": 4}[optimizer]  # params and the states it has
+    for got, want in list(zip(*runs))[:used]:
+        for a in (got, want):  # FTZ: no result in the denormal range on either backend
+            assert not np.any((a != 0) & (np.abs(a) < tiny_normal))
+        # (the two compute different roundings of one formula: near FLT_MIN
+        # one flushes an intermediate the other keeps)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=4 * tiny_normal)
+    assert np.count_nonzero(runs[0][1]) < n  # the test reached the flushed range
+    x = np.array([1e-30], np.float32)
+    assert (x * np.float32(1e-10))[0] != 0.0  # still a denormal after the updates

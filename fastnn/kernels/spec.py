@@ -54,7 +54,8 @@ General
      (contraction) may change rounding but not the class of a result: a
      product that overflows in the formula must overflow.
   5. Denormals are kept everywhere (no flush to zero), except inside the c
-     backend's optimizer updates, which run with FTZ + DAZ (csrc/internal.h):
+     and numba backends' optimizer updates, which run with FTZ + DAZ
+     (csrc/internal.h, kernels/numba/_common.py):
      there |x| < FLT_MIN (1.18e-38) counts as equal to 0 in both results;
      and while a caller has asked c's ``flush_denormals(True)`` (the L-BFGS
      objective of fastnn.sklearn does, around its full-batch epoch).

@@ -290,6 +290,10 @@ def _tile(C, B, ap_buf, bp_buf, tile, js, is_, i0, p0, kc, direct_b, alpha, accu
 # prange launch costs ~1.5 us, and at the digits' batch 32 (0.1-1M per
 # product) the fused epoch on two threads took 0.86 s against 0.44 s on one.
 _PAR_MIN_MACS = 1 << 21
+# ... and a block of one panel with fewer than this runs its packing and tiles
+# on the calling thread (LeNet's first-layer dW, 9 x 16 over k = 100k: 37k
+# multiply-adds a panel).
+_PAR_MIN_BLOCK_MACS = 1 << 18
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
@@ -324,13 +328,18 @@ def _gemm_ws(C, A, B, trans_a, trans_b, alpha, beta, bias, code, slope, ap_buf, 
         for i0 in range(0, m, mb):
             mc = min(mb, m - i0)
             msl = (mc + _MR - 1) // _MR
-            if par and mc * kc >= 1 << 14:
+            # A parallel region per block of one panel only when the block has
+            # the work for it (dW-shaped products, a few tiles over a long k,
+            # opened 2 regions per KC panel: 784 a batch for LeNet's first
+            # layer, each a wait for the other core when it is busy).
+            par_block = par and mc * n * kc >= _PAR_MIN_BLOCK_MACS
+            if par_block and mc * kc >= 1 << 14:
                 for q in prange(_PACK_PARTS):
                     _pack_a(ap_buf, A, trans_a, i0, mc, p0, kc, q, _PACK_PARTS)
             else:
                 _pack_a(ap_buf, A, trans_a, i0, mc, p0, kc, 0, 1)
             if i0 == 0:
-                if par:
+                if par_block:
                     for js in prange(nsl):
                         if not (direct_b and js * _NR + _NR <= n):
                             _pack_b(bp_buf, B, trans_b, n, p0, kc, js)
@@ -340,7 +349,7 @@ def _gemm_ws(C, A, B, trans_a, trans_b, alpha, beta, bias, code, slope, ap_buf, 
                             _pack_b(bp_buf, B, trans_b, n, p0, kc, js)
             # Threads take contiguous runs of the block's tiles, column sliver
             # by column sliver (each sliver of op(B) stays in cache for its run).
-            if par:
+            if par_block:
                 for tix in prange(nsl * msl):
                     _tile(C, B, ap_buf, bp_buf, _register_tile(), tix // msl, tix % msl, i0, p0,
                           kc, direct_b, a32, accumulate, last and epilogue, bias, code, slope)

@@ -30,7 +30,7 @@ import numpy as np
 from numba import njit, prange
 
 from .. import spec
-from ._common import _EXACT, _NO_BUF, _spans
+from ._common import _EXACT, _NO_BUF, _flush_denormals, _setcsr, _spans
 
 
 @njit(cache=True, fastmath=_EXACT, error_model="numpy", inline="always")
@@ -46,6 +46,7 @@ def _l2_grad(g, p, wd):
 def _sgd_span(p, g, buf, lo, hi, k, nesterov, first):
     lr, mom, damp1, wd = k
     p, g, buf = p[lo:hi], g[lo:hi], buf[lo:hi]
+    csr = _flush_denormals()  # FTZ + DAZ on this thread, as the c backend
     for i in range(p.size):
         d = _l2_grad(g[i], p[i], wd)
         if mom != 0.0:
@@ -53,6 +54,7 @@ def _sgd_span(p, g, buf, lo, hi, k, nesterov, first):
             buf[i] = b
             d = d + mom * b if nesterov else b
         p[i] -= lr * d
+    _setcsr(csr)
 
 
 @njit(cache=True, parallel=True)
@@ -77,6 +79,7 @@ def sgd(params, grads, momentum_buf, step, lr, momentum, dampening, nesterov, we
 def _adam_span(p, g, m, v, lo, hi, k):
     decay, l2, b1, c1, b2, c2, inv_sqrt_bc2, eps, step_size = k
     p, g, m, v = p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi]
+    csr = _flush_denormals()  # FTZ + DAZ on this thread, as the c backend
     for i in range(p.size):
         w = p[i] * decay
         d = _l2_grad(g[i], w, l2)
@@ -86,6 +89,7 @@ def _adam_span(p, g, m, v, lo, hi, k):
         v[i] = vi
         # torch: denom = sqrt(v) / sqrt(bc2) + eps;  p -= (lr / bc1) * m / denom
         p[i] = w - step_size * (mi / (math.sqrt(vi) * inv_sqrt_bc2 + eps))
+    _setcsr(csr)
 
 
 @njit(cache=True, parallel=True)
@@ -121,6 +125,7 @@ def adamw(params, grads, m, v, step, lr, beta1, beta2, eps, weight_decay):
 def _rmsprop_span(p, g, sq, buf, ga, lo, hi, k, centered):
     lr, a, c, eps, wd, mom = k
     p, g, sq, buf, ga = p[lo:hi], g[lo:hi], sq[lo:hi], buf[lo:hi], ga[lo:hi]
+    csr = _flush_denormals()  # FTZ + DAZ on this thread, as the c backend
     for i in range(p.size):
         d = _l2_grad(g[i], p[i], wd)
         s = a * sq[i] + c * (d * d)
@@ -134,6 +139,7 @@ def _rmsprop_span(p, g, sq, buf, ga, lo, hi, k, centered):
             step += mom * buf[i]
             buf[i] = step
         p[i] -= lr * step
+    _setcsr(csr)
 
 
 @njit(cache=True, parallel=True)
@@ -160,11 +166,13 @@ def rmsprop(params, grads, square_avg, momentum_buf, grad_avg, lr, alpha, eps, w
 def _adagrad_span(p, g, sum_sq, lo, hi, k):
     clr, wd, eps = k
     p, g, sum_sq = p[lo:hi], g[lo:hi], sum_sq[lo:hi]
+    csr = _flush_denormals()  # FTZ + DAZ on this thread, as the c backend
     for i in range(p.size):
         d = _l2_grad(g[i], p[i], wd)
         s = sum_sq[i] + d * d
         sum_sq[i] = s
         p[i] -= clr * (d / (math.sqrt(s) + eps))
+    _setcsr(csr)
 
 
 @njit(cache=True, parallel=True)
@@ -189,6 +197,7 @@ def adagrad(params, grads, sum_sq, step, lr, lr_decay, weight_decay, eps):
 def _nadam_span(p, g, m, v, lo, hi, k):
     wd, b1, c1, b2, c2, inv_bc2, eps, c_grad, c_avg = k
     p, g, m, v = p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi]
+    csr = _flush_denormals()  # FTZ + DAZ on this thread, as the c backend
     for i in range(p.size):
         d = _l2_grad(g[i], p[i], wd)
         mi = b1 * m[i] + c1 * d
@@ -199,6 +208,7 @@ def _nadam_span(p, g, m, v, lo, hi, k):
         inv_denom = np.float32(1.0) / (math.sqrt(vi * inv_bc2) + eps)
         w = p[i] - c_grad * (d * inv_denom)
         p[i] = w - c_avg * (mi * inv_denom)
+    _setcsr(csr)
 
 
 @njit(cache=True, parallel=True)
@@ -231,6 +241,7 @@ def nadam(params, grads, m, v, step, lr, beta1, beta2, eps, weight_decay, moment
 def _adamax_span(p, g, m, u, lo, hi, k):
     wd, b1, c1, b2, eps, step_size = k
     p, g, m, u = p[lo:hi], g[lo:hi], m[lo:hi], u[lo:hi]
+    csr = _flush_denormals()  # FTZ + DAZ on this thread, as the c backend
     for i in range(p.size):
         d = _l2_grad(g[i], p[i], wd)
         mi = b1 * m[i] + c1 * d
@@ -239,6 +250,7 @@ def _adamax_span(p, g, m, u, lo, hi, k):
         m[i] = mi
         u[i] = ui
         p[i] -= step_size * (mi / ui)
+    _setcsr(csr)
 
 
 @njit(cache=True, parallel=True)
@@ -264,6 +276,7 @@ def adamax(params, grads, m, u, step, lr, beta1, beta2, eps, weight_decay):
 def _radam_span(p, g, m, v, lo, hi, k, adaptive):
     wd, b1, c1, b2, c2, eps, step_size = k
     p, g, m, v = p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi]
+    csr = _flush_denormals()  # FTZ + DAZ on this thread, as the c backend
     for i in range(p.size):
         d = _l2_grad(g[i], p[i], wd)
         mi = b1 * m[i] + c1 * d
@@ -271,6 +284,7 @@ def _radam_span(p, g, m, v, lo, hi, k, adaptive):
         m[i] = mi
         v[i] = vi
         p[i] -= step_size * (mi / (math.sqrt(vi) + eps) if adaptive else mi)
+    _setcsr(csr)
 
 
 @njit(cache=True, parallel=True)
