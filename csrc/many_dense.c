@@ -23,8 +23,8 @@
  * call the library's kernels as train.c does.
  *
  * Taken when: AVX-512F, the plan is a dense stack (as plan.c's
- * as_dense_stack), no GRADS hook, and the epoch is one that
- * fastnn_dense_stack_epoch would not chunk.  Otherwise
+ * as_dense_stack), no GRADS hook, labels or no shuffled order, and no
+ * input wider than 4 k blocks in a chunked epoch.  Otherwise
  * fastnn_model_epoch_run.
  */
 #include <math.h>
@@ -270,6 +270,40 @@ static int forward(const fastnn_dense_layer *L, const float *W, const float *b, 
                                 L->act, L->slope);
 }
 
+/* train.c's fixed chunks of a feature dimension (its n_chunks and bound):
+   an epoch two threads would split (chunked) sums a layer's forward over
+   1, 2 or 4 chunks of its input, act((P_0 + P_1 + ...) + b), as a chain of
+   products; one chunk is the fused product above. */
+static int n_chunks(int chunked, int64_t d)
+{
+    if (!chunked || d < 128)
+        return 1;
+    return d < 512 ? 2 : 4;
+}
+
+static int64_t bound(int64_t d, int n, int q)
+{
+    const int64_t lines = d / 16 + (d % 16 != 0);
+    const int64_t at = 16 * ((q * lines + n - 1) / n);
+    return at < d ? at : d;
+}
+
+static int forward_chunks(const fastnn_dense_layer *L, const float *W, const float *b,
+                          const float *x, int64_t m, float *Y, int chunked)
+{
+    const int n = n_chunks(chunked, L->in);
+    if (n == 1)
+        return forward(L, W, b, x, m, Y);
+    int rc = FASTNN_OK;
+    for (int q = 0; q < n && rc == FASTNN_OK; q++) {
+        const int64_t k0 = bound(L->in, n, q), k1 = bound(L->in, n, q + 1);
+        rc = fastnn_dense_partial(Y, L->out, x + k0, L->in, W + k0 * L->out, L->out, m,
+                                  k1 - k0, L->out, q == 0 ? 0.0f : 1.0f, q == n - 1, b, L->act,
+                                  L->slope);
+    }
+    return rc;
+}
+
 /* dW = X^T dZ (k = the m rows). */
 static int weight_grad(const fastnn_dense_layer *L, const float *x, const float *dZ, int64_t m,
                        float *dW)
@@ -312,8 +346,13 @@ int fastnn_many_dense_epoch(fastnn_model_epoch *a, int *taken)
     int64_t macs = 0, size, oD, oXb, oLb;
     for (int l = 0; l < s->n; l++)
         macs += s->L[l].in * s->L[l].out;  /* <= n_params: the layers do not overlap */
-    /* train.c chunks (and may split) larger epochs: leave them to it */
-    if ((double)a->batch * (double)macs >= 2 * 2097152.0 || !layout(a, s, &oD, &oXb, &oLb))
+    /* train.c's chunks for an epoch two threads would split; inputs wider
+       than 4 k blocks (its pairwise tree) are left to it */
+    const int chunked = (double)a->batch * (double)macs >= 2 * 2097152.0;
+    for (int l = 0; l < s->n; l++)
+        if (chunked && s->L[l].in > 4 * (int64_t)FASTNN_GEMM_KC)
+            return FASTNN_OK;
+    if (!layout(a, s, &oD, &oXb, &oLb))
         return FASTNN_OK;
     const int nl = s->n, labelled = a->loss == FASTNN_LOSS_SOFTMAX_XENT;
     const int64_t in = s->L[0].in, c = s->L[nl - 1].out, B = a->batch;
@@ -347,9 +386,10 @@ int fastnn_many_dense_epoch(fastnn_model_epoch *a, int *taken)
         }
         for (int l = 0; l < nl && rc == FASTNN_OK; l++) {
             const fastnn_dense_layer *L = &s->L[l];
-            rc = forward(L, a->params + L->w_offset,
-                         L->b_offset >= 0 ? a->params + L->b_offset : NULL,
-                         l ? Y + B * s->row_off[l - 1] : x, m, Y + B * s->row_off[l]);
+            rc = forward_chunks(L, a->params + L->w_offset,
+                                L->b_offset >= 0 ? a->params + L->b_offset : NULL,
+                                l ? Y + B * s->row_off[l - 1] : x, m, Y + B * s->row_off[l],
+                                chunked);
         }
         if (rc)
             break;
@@ -376,11 +416,17 @@ int fastnn_many_dense_epoch(fastnn_model_epoch *a, int *taken)
             fastnn_scale(dout, m * c, (float)a->grad_scale);
         double sq = 0.0;
         if (a->l2 != 0.0)
-            for (int l = 0; l < nl; l++) {
-                double part = 0.0;
-                fastnn_sum_squares(&part, a->params + s->L[l].w_offset,
-                                   s->L[l].in * s->L[l].out);
-                sq += part;
+            for (int l = 0; l < nl; l++) {  /* per layer and chunk, as train.c */
+                const fastnn_dense_layer *L = &s->L[l];
+                const int n = n_chunks(chunked, L->in);
+                for (int q = 0; q < n; q++) {
+                    const int64_t k0 = bound(L->in, n, q), k1 = bound(L->in, n, q + 1);
+                    double part = 0.0;
+                    if (k1 > k0)
+                        fastnn_sum_squares(&part, a->params + L->w_offset + k0 * L->out,
+                                           (k1 - k0) * L->out);
+                    sq += part;
+                }
             }
         total /= labelled ? (double)m : (double)m * (double)c;
         total = total * a->loss_scale + 0.5 * a->l2 / (double)m * sq;

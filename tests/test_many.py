@@ -174,3 +174,27 @@ def _c_threads(n):
         yield
     finally:
         c.set_num_threads(before)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_chunked_dense_stacks_end_bit_for_bit_too(optimizer):
+    """An epoch large enough for train.c to cut each input of >= 128
+    features into fixed chunks (batch x multiply-adds >= 4.2M): the
+    one-thread epoch chains the same chunks."""
+    require("c")
+    X, y = _data(300)
+
+    def make(i):
+        layers = [Dense(10, 300, activation="relu"), Dense(300, 150, activation="relu"),
+                  Dense(150, 3)]
+        return Trainer(Sequential(layers, seed=30 + i, backend="c"), "softmax_cross_entropy",
+                       optim.get(optimizer), l2=0.001)
+
+    with _c_threads(2):
+        together = [make(i) for i in range(2)]
+        hs = fit_many(together, X, y, epochs=1, batch_size=128, seed=1, verbose=False)
+        for i, (tr, h) in enumerate(zip(together, hs)):
+            alone = make(i)
+            h_alone = alone.fit(X, y, epochs=1, batch_size=128, seed=1, verbose=False)
+            np.testing.assert_array_equal(tr.model.get_params(), alone.model.get_params())
+            np.testing.assert_array_equal(h.loss, h_alone.loss)
