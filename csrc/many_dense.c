@@ -22,7 +22,7 @@
  * epochs are not taken here).  dX = dZ W^T, longer k and everything else
  * call the library's kernels as train.c does.
  *
- * Taken when: AVX-512F, the plan is a dense stack (as plan.c's
+ * Taken when: the AVX-512 path is in use (fastnn_simd_path), the plan is a dense stack (as plan.c's
  * as_dense_stack), no GRADS hook, labels or no shuffled order, and no
  * input wider than 4 k blocks in a chunked epoch.  Otherwise
  * fastnn_model_epoch_run.
@@ -333,7 +333,7 @@ int fastnn_many_dense_epoch(fastnn_model_epoch *a, int *taken)
     (void)none;
     return FASTNN_OK;
 #else
-    if (!a || !__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("fma"))
+    if (!a || fastnn_simd_path() != FASTNN_SIMD_AVX512)  /* (a forced path is kept) */
         return FASTNN_OK;
     if (a->hook && (a->hook_events & (1 << FASTNN_HOOK_GRADS)))
         return FASTNN_OK;
