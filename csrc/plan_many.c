@@ -20,7 +20,11 @@ int fastnn_many_dense_epoch(fastnn_model_epoch *a, int *taken);
 static int one_epoch(fastnn_model_epoch *e)
 {
     int taken = 0;
+    /* one thread's epoch: its products serial even outside a team (a
+       lone model; a fork-join per small product costs more than it saves) */
+    const int before = fastnn_run_serial(1);
     const int rc = fastnn_many_dense_epoch(e, &taken);
+    fastnn_run_serial(before);
     return taken ? rc : fastnn_model_epoch_run(e);
 }
 
