@@ -1,6 +1,7 @@
 """fastnn.fit_many: many trainers on the same data, each ending where its
 own fit would."""
 
+import contextlib
 import dataclasses
 
 import numpy as np
@@ -126,3 +127,74 @@ def test_model_epochs_refuses_epochs_that_write_the_same_memory():
     with pytest.raises(ValueError, match=r"epochs\[0\]\.workspace"):
         k.model_epochs([built[0], clash])
     assert [r[0] for r in k.model_epochs(built)] == [5, 5]
+
+
+def _stack_trainer(i, optimizer, acts=("relu", "tanh"), l2=0.0, width=24):
+    layers = [Dense(10, width, activation=acts[0]), Dense(width, 40, activation=acts[1]),
+              Dense(40, 3)]
+    return Trainer(Sequential(layers, seed=20 + i, backend="c"), "softmax_cross_entropy",
+                   optim.get(optimizer), l2=l2)
+
+
+@pytest.mark.parametrize("optimizer", sorted(spec.OPTIMIZERS))
+def test_dense_stacks_end_bit_for_bit_where_their_own_fit_would(optimizer):
+    """Small dense stacks take csrc/many_dense.c's one-thread epoch (the
+    products without packing); trainer.fit runs train.c's.  Both sum every
+    product in the same order: the same bits, on 1 and 2 threads."""
+    require("c")
+    X, y = _data(150)
+    rows = [np.arange(0, 130), np.arange(10, 150)[::-1], None]
+    rows[2] = np.arange(150)
+    for threads in (1, 2):
+        with _c_threads(threads):
+            together = [_stack_trainer(i, optimizer, l2=0.01 * (i == 1),
+                                       acts=("relu", "leaky_relu") if i == 2 else ("relu", "tanh"))
+                        for i in range(3)]
+            hs = fit_many(together, X, y, epochs=2, batch_size=16, seed=3, rows=rows,
+                          verbose=False)
+            for i, (tr, h) in enumerate(zip(together, hs)):
+                alone = _stack_trainer(i, optimizer, l2=0.01 * (i == 1),
+                                       acts=("relu", "leaky_relu") if i == 2 else ("relu", "tanh"))
+                h_alone = alone.fit(X[rows[i]], y[rows[i]], epochs=2, batch_size=16, seed=3,
+                                    verbose=False)
+                np.testing.assert_array_equal(tr.model.get_params(), alone.model.get_params())
+                np.testing.assert_array_equal(h.loss, h_alone.loss)
+                for name, state in alone.optimizer.state.items():
+                    if isinstance(state, np.ndarray):
+                        np.testing.assert_array_equal(tr.optimizer.state[name], state)
+
+
+@contextlib.contextmanager
+def _c_threads(n):
+    from fastnn.kernels import c
+
+    before = c.info()["threads"]
+    c.set_num_threads(n)
+    try:
+        yield
+    finally:
+        c.set_num_threads(before)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_chunked_dense_stacks_end_bit_for_bit_too(optimizer):
+    """An epoch large enough for train.c to cut each input of >= 128
+    features into fixed chunks (batch x multiply-adds >= 4.2M): the
+    one-thread epoch chains the same chunks."""
+    require("c")
+    X, y = _data(300)
+
+    def make(i):
+        layers = [Dense(10, 300, activation="relu"), Dense(300, 150, activation="relu"),
+                  Dense(150, 3)]
+        return Trainer(Sequential(layers, seed=30 + i, backend="c"), "softmax_cross_entropy",
+                       optim.get(optimizer), l2=0.001)
+
+    with _c_threads(2):
+        together = [make(i) for i in range(2)]
+        hs = fit_many(together, X, y, epochs=1, batch_size=128, seed=1, verbose=False)
+        for i, (tr, h) in enumerate(zip(together, hs)):
+            alone = make(i)
+            h_alone = alone.fit(X, y, epochs=1, batch_size=128, seed=1, verbose=False)
+            np.testing.assert_array_equal(tr.model.get_params(), alone.model.get_params())
+            np.testing.assert_array_equal(h.loss, h_alone.loss)

@@ -484,6 +484,22 @@ static void plan_case(int kind, int loss, int ordered, int threads) {
     E.opt.kind = FASTNN_OPT_ADAM; E.opt.lr = 1e-3; E.opt.beta1 = 0.9; E.opt.beta2 = 0.999;
     E.opt.eps = 1e-8; E.opt.mu_product = 1.0; E.opt.state[0] = m; E.opt.state[1] = v;
     OK(fastnn_model_epoch_run(&E));
+    if (kind == 1 && loss == 0) {
+        /* fit_many's one-thread dense-stack epoch (csrc/many_dense.c on the
+           AVX-512 path, else the model epoch) on a workspace of exactly its
+           layout, Y | D | Xb | labels; refused with a parameter short */
+        const int64_t exact = 2 * p->B * (9 + 4) + p->B * in_size + p->B;
+        float *ws2 = rnd(exact > ws_size ? exact : ws_size);
+        fastnn_model_epoch G = E;
+        int rc1 = 0;
+        G.workspace = ws2;
+        G.workspace_size = fastnn_simd_path() == FASTNN_SIMD_AVX512 ? exact : ws_size;
+        OK(fastnn_model_epochs_run(&G, 1, &rc1));
+        if (G.n_done != nbatch) { fails++; printf("many dense epoch: %lld of %lld batches\n", (long long)G.n_done, (long long)nbatch); }
+        G.n_params = p->np - 1;
+        BAD(fastnn_model_epochs_run(&G, 1, &rc1));
+        free(ws2);
+    }
     if (E.n_done != nbatch) { fails++; printf("model epoch: %lld of %lld batches\n", (long long)E.n_done, (long long)nbatch); }
     if (nbatch >= 2)
         HOOK_CASES(E, fastnn_model_epoch_run, nbatch, "model epoch");
