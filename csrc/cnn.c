@@ -226,16 +226,65 @@ static void pad_row(float *dst, const float *src, int64_t hh, int64_t ww, int64_
    blocks of db's sum over the batch. */
 #define DZ_CHUNK_ROWS 16
 
-/* Rows [r0, r1) of the (n oh, ow) output grid: dZ = dY act'(Y); if part,
+/* The gradient of a max pooling that tiles the convolution's output (window
+   = stride, fastnn_conv2d_pooled_backward): dY of the pooling (n, poh,
+   pow, oc) and its argmax. */
+typedef struct {
+    const float *dy;
+    const int32_t *argmax;
+    int64_t kh, kw, oh, ow;
+} pooled;
+
+/* dZ rows [r0, r1) of the (n oh, ow) grid = the pooling's backward: dY of
+   the window where the argmax names the pixel, else 0 (also the pixels no
+   window covers).  Only compares indices, never follows one. */
+FASTNN_CLONES
+static void unpool_rows(float *dZ, const pooled *pl, const geom *g, int64_t oc, int64_t r0,
+                        int64_t r1)
+{
+    const int64_t ow = g->ow, covered_h = pl->oh * pl->kh, covered_w = pl->ow * pl->kw;
+    for (int64_t r = r0; r < r1; r++) {
+        const int64_t img = r / g->oh, oy = r % g->oh;
+        float *d = dZ + r * ow * oc;
+        if (oy >= covered_h) {
+            memset(d, 0, (size_t)(ow * oc) * sizeof *d);
+            continue;
+        }
+        const int64_t prow = (img * pl->oh + oy / pl->kh) * pl->ow * oc;
+        for (int64_t px = 0; px < pl->ow; px++) {
+            const float *dy = pl->dy + prow + px * oc;
+            const int32_t *am = pl->argmax + prow + px * oc;
+            for (int64_t j = 0; j < pl->kw; j++) {
+                const int64_t ox = px * pl->kw + j;
+                const int32_t p = (int32_t)(oy * ow + ox);
+                float *dp = d + ox * oc;
+#pragma omp simd
+                for (int64_t k = 0; k < oc; k++)
+                    dp[k] = am[k] == p ? dy[k] + 0.0f : 0.0f;  /* + 0: -0 -> +0, as 0 + dy */
+            }
+        }
+        if (covered_w < ow)
+            memset(d + covered_w * oc, 0, (size_t)((ow - covered_w) * oc) * sizeof *d);
+    }
+}
+
+/* Rows [r0, r1) of the (n oh, ow) output grid: dZ = dY act'(Y) (with pl,
+   dY is the unpooled gradient, written into dZ first); if part,
    part[0:oc] = their column sums of dZ; if zpad, their rows of the padded
    dZ (n, oh+2qh, ow+2qw, oc), and the zero border rows above and below an
    image next to its first and last rows. */
 static void dz_pass_chunk(float *dZ, float *part, float *zpad, const float *dY, const float *Y,
-                          const geom *g, int64_t oc, int64_t qh, int64_t qw, int act,
-                          float slope, int64_t r0, int64_t r1)
+                          const pooled *pl, const geom *g, int64_t oc, int64_t qh, int64_t qw,
+                          int act, float slope, int64_t r0, int64_t r1)
 {
     const int64_t run = g->ow * oc, lo = r0 * run;
-    fastnn_activation_backward(dZ + lo, dY + lo, Y + lo, (r1 - r0) * run, act, slope);
+    if (pl) {
+        unpool_rows(dZ, pl, g, oc, r0, r1);
+        if (act != FASTNN_ACT_IDENTITY)
+            fastnn_activation_backward(dZ + lo, dZ + lo, Y + lo, (r1 - r0) * run, act, slope);
+    } else {
+        fastnn_activation_backward(dZ + lo, dY + lo, Y + lo, (r1 - r0) * run, act, slope);
+    }
     if (part)
         fastnn_column_sums(part, dZ + lo, (r1 - r0) * g->ow, oc, 0, oc);
     if (!zpad)
@@ -274,11 +323,11 @@ static void flip_weights(float *Wt, const float *W, int64_t kh, int64_t kw, int6
    it is written over the padded X after dW; if not even that, or for few
    input channels, dX is a gather. */
 static void direct_backward(float *dX, float *dW, float *db, float *dZ, float *cols,
-                            const float *dY, const float *Y, const float *W, const geom *g,
-                            int64_t oc, int64_t cols_size, int act, float slope)
+                            const float *dY, const pooled *pl, const float *Y, const float *W,
+                            const geom *g, int64_t oc, int64_t cols_size, int act, float slope)
 {
     const int64_t n = g->n, c = g->c, kh = g->kh, kw = g->kw, rows = n * g->oh;
-    int64_t hp, wp, hz, wz, wsize = 0;
+    int64_t hp = 0, wp = 0, hz = 0, wz = 0, wsize = 0;
     const int64_t xsize = padded_size(n, g->h, g->w, c, g->ph, g->pw, &hp, &wp);
     int64_t spare = cols_size - xsize;
     const int64_t chunks = (rows + DZ_CHUNK_ROWS - 1) / DZ_CHUNK_ROWS;
@@ -301,7 +350,7 @@ static void direct_backward(float *dX, float *dW, float *db, float *dZ, float *c
     }
     float *zpad = dx_mode == 1 ? cols + xsize : NULL;
     PAR_FOR(ch, chunks, rows * g->ow * oc > PAR_MIN,
-            dz_pass_chunk(dZ, part ? part + ch * oc : NULL, zpad, dY, Y, g, oc, qh, qw, act,
+            dz_pass_chunk(dZ, part ? part + ch * oc : NULL, zpad, dY, Y, pl, g, oc, qh, qw, act,
                           slope, ch * DZ_CHUNK_ROWS, min64(rows, (ch + 1) * DZ_CHUNK_ROWS)));
     if (db && part) {   /* the chunks' sums in chunk order */
         for (int64_t o = 0; o < oc; o++) {
@@ -379,7 +428,7 @@ int fastnn_conv2d_backward(float *dX, float *dW, float *db, float *dZ, float *co
         return FASTNN_EINVAL;
     const int64_t rows = g.out_pixels;
     if (direct_ok(&g, rows * K)) {
-        direct_backward(dX, dW, db, dZ, cols, dY, Y, W, &g, oc, rows * K, act, slope);
+        direct_backward(dX, dW, db, dZ, cols, dY, NULL, Y, W, &g, oc, rows * K, act, slope);
         return FASTNN_OK;
     }
     int rc = fastnn_dense_backward(NULL, dW, db, dZ, dY, cols, W, Y, rows, K, oc, act, slope);
@@ -390,6 +439,46 @@ int fastnn_conv2d_backward(float *dX, float *dW, float *db, float *dZ, float *co
     if (rc != FASTNN_OK)
         return rc;
     PAR_FOR(img, n, rows * K > PAR_MIN, col2im_image(dX, cols, &g, img));
+    return FASTNN_OK;
+}
+
+/* 1 if the backward of a convolution (stride 1: the direct path) followed
+   by a max pooling of its output with window = stride (pkh, pkw) can run
+   as one pass, fastnn_conv2d_pooled_backward.  Sizes as the kernels'. */
+int fastnn_conv2d_pool_fusable(int64_t n, int64_t h, int64_t w, int64_t c, int64_t oc,
+                               int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
+                               int64_t pw, int act, int64_t pkh, int64_t pkw, int64_t psh,
+                               int64_t psw)
+{
+    geom g;
+    int64_t K;
+    return conv_geom(&g, &K, n, h, w, c, oc, kh, kw, sh, sw, ph, pw, act)
+           && direct_ok(&g, g.out_pixels * K) && pkh >= 1 && pkw >= 1 && psh == pkh
+           && psw == pkw && pkh <= g.oh && pkw <= g.ow && g.oh <= INT32_MAX / g.ow;
+}
+
+/* fastnn_conv2d_backward of a fusable convolution (above) whose dY is the
+   input gradient of the max pooling of Y: from that pooling's pdY (n, oh /
+   pkh, ow / pkw, oc) and argmax, without the pooling's dX.  An argmax
+   outside its own window contributes nothing (the pooling's forward never
+   writes one). */
+int fastnn_conv2d_pooled_backward(float *dX, float *dW, float *db, float *dZ, float *cols,
+                                  const float *pdY, const int32_t *argmax, const float *W,
+                                  const float *Y, int64_t n, int64_t h, int64_t w, int64_t c,
+                                  int64_t oc, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                                  int64_t ph, int64_t pw, int act, float slope, int64_t pkh,
+                                  int64_t pkw)
+{
+    geom g;
+    int64_t K;
+    if (!dW || !dZ || !cols || !pdY || !argmax || !W || !Y
+        || !fastnn_conv2d_pool_fusable(n, h, w, c, oc, kh, kw, sh, sw, ph, pw, act, pkh, pkw,
+                                       pkh, pkw)
+        || !conv_geom(&g, &K, n, h, w, c, oc, kh, kw, sh, sw, ph, pw, act))
+        return FASTNN_EINVAL;
+    const pooled pl = {pdY, argmax, pkh, pkw, g.oh / pkh, g.ow / pkw};
+    direct_backward(dX, dW, db, dZ, cols, NULL, &pl, Y, W, &g, oc, g.out_pixels * K, act,
+                    slope);
     return FASTNN_OK;
 }
 
@@ -442,6 +531,45 @@ static void maxpool_row(float *Y, int32_t *argmax, const float *X, const geom *g
     }
 }
 
+/* maxpool_row for 2x2 windows (any stride): the four candidates of a
+   channel compared in registers, one pass over the channels per output
+   pixel instead of four passes through Y and argmax in memory.  The same
+   order and rule as maxpool_row, so the same results. */
+FASTNN_CLONES
+static void maxpool_row_2x2(float *Y, int32_t *argmax, const float *X, const geom *g,
+                            int64_t img, int64_t oy)
+{
+    const int64_t c = g->c, w = g->w, o = (img * g->oh + oy) * g->ow * c;
+    const float *x = X + img * g->h * w * c;
+    for (int64_t ox = 0; ox < g->ow; ox++) {
+        float *y = Y + o + ox * c;
+        int32_t *am = argmax + o + ox * c;
+        const int64_t p0 = oy * g->sh * w + ox * g->sw;
+        const float *x0 = x + p0 * c, *x1 = x0 + c, *x2 = x0 + w * c, *x3 = x2 + c;
+        const int32_t q0 = (int32_t)p0, q1 = q0 + 1, q2 = (int32_t)(p0 + w), q3 = q2 + 1;
+#pragma omp simd
+        for (int64_t ch = 0; ch < c; ch++) {
+            float best = x0[ch], v;
+            int32_t at = q0;
+            int take;
+            v = x1[ch];
+            take = v > best || (v != v && best == best);
+            best = take ? v : best;
+            at = take ? q1 : at;
+            v = x2[ch];
+            take = v > best || (v != v && best == best);
+            best = take ? v : best;
+            at = take ? q2 : at;
+            v = x3[ch];
+            take = v > best || (v != v && best == best);
+            best = take ? v : best;
+            at = take ? q3 : at;
+            y[ch] = best;
+            am[ch] = at;
+        }
+    }
+}
+
 /* X (n,h,w,c), Y and argmax (n,oh,ow,c). */
 int fastnn_maxpool2d_forward(float *Y, int32_t *argmax, const float *X, int64_t n, int64_t h,
                              int64_t w, int64_t c, int64_t kh, int64_t kw, int64_t sh,
@@ -453,8 +581,12 @@ int fastnn_maxpool2d_forward(float *Y, int32_t *argmax, const float *X, int64_t 
     if (!Y || !argmax || !X || !pool_geom(&g, &out, n, h, w, c, kh, kw, sh, sw)
         || h > INT32_MAX / w)
         return FASTNN_EINVAL;
-    PAR_FOR(r, n * g.oh, pool_work(&g, out) > PAR_MIN,
-            maxpool_row(Y, argmax, X, &g, r / g.oh, r % g.oh));
+    if (kh == 2 && kw == 2)
+        PAR_FOR(r, n * g.oh, pool_work(&g, out) > PAR_MIN,
+                maxpool_row_2x2(Y, argmax, X, &g, r / g.oh, r % g.oh));
+    else
+        PAR_FOR(r, n * g.oh, pool_work(&g, out) > PAR_MIN,
+                maxpool_row(Y, argmax, X, &g, r / g.oh, r % g.oh));
     return FASTNN_OK;
 }
 
@@ -482,6 +614,65 @@ static void maxpool_back_image(float *dX, const float *dY, const int32_t *argmax
             dx[(int64_t)am[o + ch] * c + ch] += dy[o + ch];
 }
 
+/* maxpool_back_image for windows that tile the image (stride = window):
+   every element of dX is written once, dY where its window's argmax names
+   it and 0 elsewhere (also the pixels no window covers), so no memset and
+   no scatter.  Returns 0 (dX of the image then unspecified) if some argmax
+   does not lie in its own window -- legal input, which the scatter handles. */
+FASTNN_CLONES
+static int maxpool_back_tiled(float *dX, const float *dY, const int32_t *argmax,
+                              const geom *g, int64_t img)
+{
+    const int64_t c = g->c, w = g->w, kh = g->kh, kw = g->kw, ow = g->ow;
+    const int64_t covered_h = g->oh * kh, covered_w = ow * kw;
+    float *dx = dX + img * g->h * w * c;
+    const float *dy = dY + img * g->oh * ow * c;
+    const int32_t *am = argmax + img * g->oh * ow * c;
+    int64_t hits = 0;
+    for (int64_t iy = 0; iy < g->h; iy++) {
+        float *d = dx + iy * w * c;
+        if (iy >= covered_h) {
+            memset(d, 0, (size_t)(w * c) * sizeof *d);
+            continue;
+        }
+        if (covered_w < w)
+            memset(d + covered_w * c, 0, (size_t)((w - covered_w) * c) * sizeof *d);
+    }
+    /* channel blocks of CB, with per-lane match counts (no horizontal sum
+       per pixel) */
+    for (int64_t c0 = 0; c0 < c; c0 += CB) {
+        const int64_t cb = min64(CB, c - c0);
+        int32_t cnt[CB] = {0};
+        for (int64_t iy = 0; iy < covered_h; iy++) {
+            const int64_t orow = iy / kh * ow * c + c0;
+            for (int64_t ox = 0; ox < ow; ox++)
+                for (int64_t j = 0; j < kw; j++) {
+                    const int64_t ix = ox * kw + j, o = orow + ox * c;
+                    const int32_t p = (int32_t)(iy * w + ix);
+                    float *dp = dx + (iy * w + ix) * c + c0;
+#pragma omp simd
+                    for (int64_t k = 0; k < cb; k++) {
+                        const int match = am[o + k] == p;
+                        dp[k] = match ? dy[o + k] + 0.0f : 0.0f;  /* -0 -> +0, as 0 + dy */
+                        cnt[k] += match;
+                    }
+                }
+        }
+        for (int64_t k = 0; k < cb; k++)
+            hits += cnt[k];
+    }
+    /* each output's argmax matched at most once (positions are distinct) */
+    return hits == g->oh * ow * c;
+}
+
+static void maxpool_back_image_any(float *dX, const float *dY, const int32_t *argmax,
+                                   const geom *g, int64_t img)
+{
+    if (g->sh == g->kh && g->sw == g->kw && maxpool_back_tiled(dX, dY, argmax, g, img))
+        return;
+    maxpool_back_image(dX, dY, argmax, g, img);
+}
+
 /* dY and argmax (n,oh,ow,c), dX (n,h,w,c). */
 int fastnn_maxpool2d_backward(float *dX, const float *dY, const int32_t *argmax, int64_t n,
                               int64_t h, int64_t w, int64_t c, int64_t kh, int64_t kw,
@@ -493,7 +684,7 @@ int fastnn_maxpool2d_backward(float *dX, const float *dY, const int32_t *argmax,
         || !indices_valid(argmax, 0, total, h * w))
         return FASTNN_EINVAL;
     PAR_FOR(img, n, (double)total + (double)g.in_size > PAR_MIN,
-            maxpool_back_image(dX, dY, argmax, &g, img));
+            maxpool_back_image_any(dX, dY, argmax, &g, img));
     return FASTNN_OK;
 }
 

@@ -138,6 +138,19 @@ void fastnn_column_sums(float *db, const float *dZ, int64_t n, int64_t c, int64_
    fastnn_optimizer_advance: step += 1 (and NAdam's mu_product), once per
    batch before the update; fastnn_optimizer_apply: the update of
    params[lo, hi) (an elementwise kernel, so any slice). */
+/* A stride-1 convolution's backward fused with the backward of a max
+   pooling (window = stride) of its output (cnn.c; the plan interpreter
+   uses it): dZ comes from the pooling's dY and argmax directly. */
+int fastnn_conv2d_pool_fusable(int64_t n, int64_t h, int64_t w, int64_t c, int64_t oc,
+                               int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
+                               int64_t pw, int act, int64_t pkh, int64_t pkw, int64_t psh,
+                               int64_t psw);
+int fastnn_conv2d_pooled_backward(float *dX, float *dW, float *db, float *dZ, float *cols,
+                                  const float *pdY, const int32_t *argmax, const float *W,
+                                  const float *Y, int64_t n, int64_t h, int64_t w, int64_t c,
+                                  int64_t oc, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                                  int64_t ph, int64_t pw, int act, float slope, int64_t pkh,
+                                  int64_t pkw);
 int fastnn_optimizer_valid(const fastnn_optimizer *o, int64_t n_batches);
 void fastnn_optimizer_advance(fastnn_optimizer *o);
 int fastnn_optimizer_apply(float *params, const float *grads, const fastnn_optimizer *o,

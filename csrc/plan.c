@@ -332,6 +332,42 @@ static int record_backward(fastnn_model_epoch *a, const int64_t *r, const double
     }
 }
 
+/* 1 if record j is a convolution whose output only a max pooling (record
+   j + 1, window = stride) reads and whose gradient only that pooling
+   writes, in a geometry whose backward cnn.c runs as one pass: the
+   pooling's backward is then skipped and the convolution's takes dZ from
+   the pooling's dY and argmax (fastnn_conv2d_pooled_backward), so the
+   pooling's dX is never written and read back. */
+static int conv_pool_fused(const fastnn_model_epoch *a, int64_t j, int64_t m)
+{
+    if (j < 0 || j + 1 >= a->n_records)
+        return 0;
+    const int64_t *r = a->plan + j * FASTNN_PLAN_FIELDS, *p = r + FASTNN_PLAN_FIELDS;
+    return FIELD(r, OP) == FASTNN_OP_CONV2D && FIELD(p, OP) == FASTNN_OP_MAXPOOL2D
+           && FIELD(p, X) == FIELD(r, Y) && FIELD(p, DX) == FIELD(r, DY) && FIELD(p, DX) != -1
+           && FIELD(p, H) == FIELD(r, OH) && FIELD(p, W) == FIELD(r, OW)
+           && FIELD(p, C) == FIELD(r, OC)
+           && fastnn_conv2d_pool_fusable(m, FIELD(r, H), FIELD(r, W), FIELD(r, C), FIELD(r, OC),
+                                         FIELD(r, KH), FIELD(r, KW), FIELD(r, SH), FIELD(r, SW),
+                                         FIELD(r, PH), FIELD(r, PW), (int)FIELD(r, ACT),
+                                         FIELD(p, KH), FIELD(p, KW), FIELD(p, SH), FIELD(p, SW));
+}
+
+/* The backward of conv record j fused with its pooling j + 1. */
+static int conv_pool_backward(fastnn_model_epoch *a, int64_t j, const struct batch *b)
+{
+    const int64_t *r = a->plan + j * FASTNN_PLAN_FIELDS, *p = r + FASTNN_PLAN_FIELDS;
+    const double *s = a->plan_scalars + j * FASTNN_PLAN_SCALARS;
+    float *P = a->params, *G = a->grads;
+    return fastnn_conv2d_pooled_backward(
+        FIELD(r, DX) == -1 ? NULL : ws_at(a, FIELD(r, DX)), G + FIELD(r, PARAM),
+        FIELD(r, BIAS) < 0 ? NULL : G + FIELD(r, BIAS), ws_at(a, FIELD(r, DY)),
+        ws_at(a, FIELD(r, AUX)), ws_at(a, FIELD(p, DY)), a->iworkspace + FIELD(p, IAUX),
+        P + FIELD(r, PARAM), ws_at(a, FIELD(r, Y)), b->m, FIELD(r, H), FIELD(r, W), FIELD(r, C),
+        FIELD(r, OC), FIELD(r, KH), FIELD(r, KW), FIELD(r, SH), FIELD(r, SW), FIELD(r, PH),
+        FIELD(r, PW), (int)FIELD(r, ACT), (float)s[FASTNN_S_SLOPE], FIELD(p, KH), FIELD(p, KW));
+}
+
 /* Batch number i's rows (gathered into the workspace with an order). */
 static void batch_rows(fastnn_model_epoch *a, int64_t i, int64_t rows, struct batch *b)
 {
@@ -429,10 +465,15 @@ static int run_batch(fastnn_model_epoch *a, fastnn_optimizer *o, const struct ba
         return rc;
     if (a->grad_scale != 1.0 && (rc = fastnn_scale(dout, m * c, (float)a->grad_scale)))
         return rc;
-    for (int64_t j = nr - 1; j >= 0; j--)
-        if ((rc = record_backward(a, plan + j * FASTNN_PLAN_FIELDS,
-                                  scal + j * FASTNN_PLAN_SCALARS, b)))
+    for (int64_t j = nr - 1; j >= 0; j--) {
+        if (conv_pool_fused(a, j - 1, m))  /* done by the convolution's backward */
+            continue;
+        rc = conv_pool_fused(a, j, m) ? conv_pool_backward(a, j, b)
+                                      : record_backward(a, plan + j * FASTNN_PLAN_FIELDS,
+                                                        scal + j * FASTNN_PLAN_SCALARS, b);
+        if (rc)
             return rc;
+    }
     /* 4. l2, clipping, the update */
     if (a->l2 != 0.0)
         for (int64_t i = 0; i < a->n_penalized; i++) {

@@ -311,3 +311,19 @@ def test_pair_arguments():
     assert _checks._pair("stride", (1, 3), 1) == (1, 3)
     with pytest.raises(ValueError):
         _checks._pair("stride", (1, 2, 3), 1)
+
+
+def test_maxpool_backward_any_valid_argmax(backend, rng):
+    """Windows that tile the image (stride = window: c writes dX without a
+    scatter) with indices that need not name a pixel of their own window:
+    every valid index is honoured, repeated ones accumulate (the scatter's
+    semantics, c's fallback)."""
+    n, h, w, c = 2, 6, 5, 3
+    dY = f32(rng, n, 3, 2, c)
+    am = rng.integers(0, h * w, size=dY.shape).astype(np.int32)
+    am[0, 0, 0, :] = 0   # in its window, and
+    am[0, 0, 1, :] = 0   # the same pixel from the next window
+    dX, dXr = np.full((n, h, w, c), np.nan, np.float32), np.empty((n, h, w, c))
+    backend.maxpool2d_backward(dX, dY, am, pool=2)
+    reference.maxpool2d_backward(dXr, dY.astype(np.float64), am, pool=2)
+    close(dX, dXr, rtol=1e-6, atol=1e-7)

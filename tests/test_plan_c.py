@@ -741,6 +741,11 @@ def _compiled_models():
         "cnn_bn_dropout": ([Conv2D(2, 4, 3, padding=1, activation="tanh"), BatchNorm(4), ReLU(),
                             Dropout(0.2),  # (tanh: a bias right before BN has ~0 gradient)
                             GlobalAvgPool(), Dense(4, 3)], (7, 7, 2)),
+        # conv + max pooling backward as one pass (cnn.c): odd sizes leave a
+        # row and a column no window covers; an identity conv before its pool
+        "cnn_pool_fused": ([Conv2D(2, 5, 3, padding=1, activation="relu"), MaxPool2D(2),
+                            Conv2D(5, 8, 3, padding=1), MaxPool2D(3), Flatten(), Dense(8, 3)],
+                           (7, 7, 2)),
         "residual": ([Dense(10, 8, activation="relu"),
                       Residual(Dense(8, 8, activation="relu"), Dense(8, 8)),
                       Residual(Dense(8, 6)), ReLU(), Dense(6, 3)], (10,)),
@@ -749,7 +754,8 @@ def _compiled_models():
     }
 
 
-@pytest.mark.parametrize("name", ["cnn", "cnn_bn_dropout", "residual", "residual_first", "mlp"])
+@pytest.mark.parametrize("name", ["cnn", "cnn_bn_dropout", "cnn_pool_fused", "residual",
+                                  "residual_first", "mlp"])
 @pytest.mark.parametrize("kw", [{}, dict(l2=0.01, clip_norm=0.5, order=np.arange(45)[::-1])],
                          ids=["plain", "l2_clip_order"])
 def test_compiled_plans_match_the_reference(name, kw, rng):
