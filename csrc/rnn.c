@@ -289,26 +289,60 @@ int fastnn_rnn_forward(float *Hs, float *Gc, const float *X, const float *W_ih,
     return rc;
 }
 
-/* db[j] = sum over rows of M[row * ld + col0 + j], j < cols: in double,
-   row by row over blocks of columns (the rows are ld apart: a column at a
-   time would miss the cache on every element). */
-#define SUM_BLOCK 256
-static void column_sums(float *db, const float *M, int64_t rows, int64_t ld, int64_t col0,
+/* One pass over columns [col0, col0 + cols) of the gate gradients M (rows
+   ld apart), in double: db1[j] = db2[j] = sum over rows of M[row, col0 + j]
+   (either NULL), and with dW (c <= FUSE_C) dW[k ldw + j] = sum over rows of
+   X[row, k] M[row, col0 + j] -- the input weights' gradient, X^T M.  Row by
+   row over blocks of columns (the rows are ld apart: a column at a time
+   would miss the cache on every element), a block per thread: the sums'
+   order is fixed, whatever the thread count.  One pass instead of one per
+   sum (GRU: five passes over the megabytes of cache before). */
+#define SUM_BLOCK 128
+FASTNN_CLONES
+static void sum_block(double *acc, const float *M, int64_t rows, int64_t ld, int64_t w,
+                      const float *X, int64_t c)
+{
+    for (int64_t i = 0; i < rows; i++) {
+        const float *row = M + i * ld;
+#pragma omp simd
+        for (int64_t j = 0; j < w; j++)
+            acc[j] += row[j];
+        if (X)
+            for (int64_t k = 0; k < c; k++) {
+                const double xk = X[i * c + k];
+                double *ak = acc + (k + 1) * SUM_BLOCK;
+#pragma omp simd
+                for (int64_t j = 0; j < w; j++)
+                    ak[j] += xk * row[j];
+            }
+    }
+}
+
+static void column_pass(float *db1, float *db2, float *dW, int64_t ldw, const float *X,
+                        int64_t c, const float *M, int64_t rows, int64_t ld, int64_t col0,
                         int64_t cols)
 {
     const int64_t blocks = (cols + SUM_BLOCK - 1) / SUM_BLOCK;
-#pragma omp parallel for num_threads(threads_for(rows * cols)) schedule(static)
+    const int64_t sums = dW ? c + 1 : 1;
+#pragma omp parallel for num_threads(threads_for(rows * cols * sums)) schedule(static)
     for (int64_t q = 0; q < blocks; q++) {
-        double acc[SUM_BLOCK] = {0.0};
+        double acc[(FUSE_C + 1) * SUM_BLOCK];
         const int64_t j0 = q * SUM_BLOCK;
         const int64_t w = cols - j0 < SUM_BLOCK ? cols - j0 : SUM_BLOCK;
-        for (int64_t i = 0; i < rows; i++) {
-            const float *row = M + i * ld + col0 + j0;
+        for (int64_t k = 0; k < sums; k++)
             for (int64_t j = 0; j < w; j++)
-                acc[j] += row[j];
+                acc[k * SUM_BLOCK + j] = 0.0;
+        sum_block(acc, M + col0 + j0, rows, ld, w, dW ? X : NULL, c);
+        for (int64_t j = 0; j < w; j++) {
+            if (db1)
+                db1[j0 + j] = (float)acc[j];
+            if (db2)
+                db2[j0 + j] = (float)acc[j];
         }
-        for (int64_t j = 0; j < w; j++)
-            db[j0 + j] = (float)acc[j];
+        if (dW)
+            for (int64_t k = 0; k < c; k++)
+                for (int64_t j = 0; j < w; j++)
+                    dW[k * ldw + j0 + j] = (float)acc[(k + 1) * SUM_BLOCK + j];
     }
 }
 
@@ -422,27 +456,29 @@ int fastnn_rnn_backward(float *dX, float *dW_ih, float *dW_hh, float *db_ih, flo
                                        Gc + ldg, ldg, 1.0f, dW_hh, GH)))
             return rc;
     }
-    if (db_hh)
-        column_sums(db_hh, Gc, n * L, KH, 0, GH);
-    /* the input gates' gradients: slots [0, G) (GRU: dr, dz in 0-1, dn in 3) */
-    if (cell != FASTNN_CELL_GRU) {
-        if ((rc = fastnn_gemm(1, 0, c, GH, n * L, 1.0f, X, c, Gc, KH, 0.0f, dW_ih, GH)))
+    /* the bias gradients (db_ih == db_hh but for the GRU's n gate) and, for a
+       narrow input, dW_ih in one pass; else dW_ih = X^T dG by GEMM.  The
+       input gates' gradients are slots [0, G) of the cache (GRU: dr, dz in
+       0-1, dn in 3), the hidden ones [0, G) (GRU: dr, dz, dr * hn in 0-2). */
+    const int fuse = c <= FUSE_C;
+    const int64_t gi = cell == FASTNN_CELL_GRU ? 2 * h : GH;  /* columns shared */
+    column_pass(db_ih, db_hh, fuse ? dW_ih : NULL, GH, X, c, Gc, n * L, KH, 0, gi);
+    if (cell == FASTNN_CELL_GRU) {
+        if (db_hh)
+            column_pass(NULL, db_hh + 2 * h, NULL, GH, X, c, Gc, n * L, KH, 2 * h, h);
+        column_pass(db_ih ? db_ih + 2 * h : NULL, NULL, fuse ? dW_ih + 2 * h : NULL, GH, X, c,
+                    Gc, n * L, KH, 3 * h, h);
+    }
+    if (!fuse) {
+        if ((rc = fastnn_gemm(1, 0, c, gi, n * L, 1.0f, X, c, Gc, KH, 0.0f, dW_ih, GH)))
             return rc;
-        if (db_ih)
-            column_sums(db_ih, Gc, n * L, KH, 0, GH);
-        if (dX)
-            rc = fastnn_gemm(0, 1, n * L, c, GH, 1.0f, Gc, KH, W_ih, GH, 0.0f, dX, c);
-        return rc;
+        if (cell == FASTNN_CELL_GRU
+            && (rc = fastnn_gemm(1, 0, c, h, n * L, 1.0f, X, c, Gc + 3 * h, KH, 0.0f,
+                                 dW_ih + 2 * h, GH)))
+            return rc;
     }
-    if ((rc = fastnn_gemm(1, 0, c, 2 * h, n * L, 1.0f, X, c, Gc, KH, 0.0f, dW_ih, GH))
-        || (rc = fastnn_gemm(1, 0, c, h, n * L, 1.0f, X, c, Gc + 3 * h, KH, 0.0f, dW_ih + 2 * h,
-                             GH)))
-        return rc;
-    if (db_ih) {
-        column_sums(db_ih, Gc, n * L, KH, 0, 2 * h);
-        column_sums(db_ih + 2 * h, Gc, n * L, KH, 3 * h, h);
-    }
-    if (dX && !(rc = fastnn_gemm(0, 1, n * L, c, 2 * h, 1.0f, Gc, KH, W_ih, GH, 0.0f, dX, c)))
+    if (dX && !(rc = fastnn_gemm(0, 1, n * L, c, gi, 1.0f, Gc, KH, W_ih, GH, 0.0f, dX, c))
+        && cell == FASTNN_CELL_GRU)
         rc = fastnn_gemm(0, 1, n * L, c, h, 1.0f, Gc + 3 * h, KH, W_ih + 2 * h, GH, 1.0f, dX, c);
     return rc;
 }
