@@ -61,10 +61,23 @@ static inline __attribute__((always_inline)) float sigm(float x)
     return x >= 0.0f ? s : e * s;
 }
 
+/* tanh: (1 - e) / (1 + e), e = exp(-2|x|), loses the relative accuracy of
+   1 - e for small |x| (tanh(1e-4) ~2,500 ulp off): below 0.625 an odd
+   polynomial (Cephes tanhf's minimax coefficients) instead, both computed
+   and one selected so that the loop stays vectorised.  Within 2 ulp of
+   tanh in float64 (tests/test_recurrent.py); NaN propagates, +-inf -> +-1. */
 static inline __attribute__((always_inline)) float tanh_f(float x)
 {
-    const float e = exp_neg(-2.0f * fabsf(x));
-    return copysignf((1.0f - e) / (1.0f + e), x);
+    const float a = fabsf(x), e = exp_neg(-2.0f * a);
+    const float big = (1.0f - e) / (1.0f + e);
+    const float s = x * x;
+    float p = -5.70498872745e-3f;
+    p = p * s + 2.06390887954e-2f;
+    p = p * s - 5.37397155531e-2f;
+    p = p * s + 1.33314422036e-1f;
+    p = p * s - 3.33332819422e-1f;
+    const float small = p * s * x + x;
+    return a < 0.625f ? small : copysignf(big, x);
 }
 
 /* gates G and cache width K (in units of h) of a cell; 0 if invalid. */
