@@ -121,25 +121,29 @@ static int threads_for(int64_t work)
 }
 
 /* One sample's epilogue of step t (first: t == 0): g its cache slice
-   holding x W_ih (+ h W_hh), ho its new state, hp the previous (NULL at
-   t = 0).  Compiled for AVX-512, AVX2 and the baseline. */
+   holding x W_ih, sh the step's h W_hh (GRU: r, z and hn parts) from the
+   scratch, or NULL (t = 0, or a layer too wide for the scratch: then g
+   holds x W_ih + h W_hh already), ho its new state, hp the previous (NULL
+   at t = 0).  Compiled for AVX-512, AVX2 and the baseline. */
 FASTNN_CLONES
 static void forward_row(int cell, int act, int64_t h, int64_t KH, int first, float *g,
-            float *ho, const float *hp, const float *b_ih, const float *b_hh)
+            const float *sh, float *ho, const float *hp, const float *b_ih,
+            const float *b_hh)
 {
+#define HW(j) (sh ? sh[j] : 0.0f)
     if (cell == FASTNN_CELL_RNN) {
 #pragma omp simd
         for (int64_t j = 0; j < h; j++) {
-            const float p = g[j] + b_ih[j] + b_hh[j];
+            const float p = g[j] + HW(j) + b_ih[j] + b_hh[j];
             g[j] = p;
             ho[j] = act == FASTNN_ACT_TANH ? tanh_f(p) : (p < 0.0f ? 0.0f : p);
         }
     } else if (cell == FASTNN_CELL_GRU) {
 #pragma omp simd
         for (int64_t j = 0; j < h; j++) {
-            const float r = sigm(g[j] + b_ih[j] + b_hh[j]);
-            const float z = sigm(g[h + j] + b_ih[h + j] + b_hh[h + j]);
-            const float hn = g[2 * h + j] + b_hh[2 * h + j];
+            const float r = sigm(g[j] + HW(j) + b_ih[j] + b_hh[j]);
+            const float z = sigm(g[h + j] + HW(h + j) + b_ih[h + j] + b_hh[h + j]);
+            const float hn = (sh ? sh[2 * h + j] : g[2 * h + j]) + b_hh[2 * h + j];
             const float nn = tanh_f(g[3 * h + j] + b_ih[2 * h + j] + r * hn);
             const float hv = hp ? hp[j] : 0.0f;
             ho[j] = (1.0f - z) * nn + z * hv;
@@ -152,10 +156,12 @@ static void forward_row(int cell, int act, int64_t h, int64_t KH, int first, flo
         const float *cprev = first ? NULL : g - KH + 4 * h;
 #pragma omp simd
         for (int64_t j = 0; j < h; j++) {
-            const float ig = sigm(g[j] + b_ih[j] + b_hh[j]);
-            const float fg = sigm(g[h + j] + b_ih[h + j] + b_hh[h + j]);
-            const float gg = tanh_f(g[2 * h + j] + b_ih[2 * h + j] + b_hh[2 * h + j]);
-            const float og = sigm(g[3 * h + j] + b_ih[3 * h + j] + b_hh[3 * h + j]);
+            const float ig = sigm(g[j] + HW(j) + b_ih[j] + b_hh[j]);
+            const float fg = sigm(g[h + j] + HW(h + j) + b_ih[h + j] + b_hh[h + j]);
+            const float gg = tanh_f(g[2 * h + j] + HW(2 * h + j) + b_ih[2 * h + j]
+                                    + b_hh[2 * h + j]);
+            const float og = sigm(g[3 * h + j] + HW(3 * h + j) + b_ih[3 * h + j]
+                                  + b_hh[3 * h + j]);
             const float cv = fg * (cprev ? cprev[j] : 0.0f) + ig * gg;
             ho[j] = og * tanh_f(cv);
             g[j] = ig;
@@ -165,6 +171,7 @@ static void forward_row(int cell, int act, int64_t h, int64_t KH, int first, flo
             g[4 * h + j] = cv;
         }
     }
+#undef HW
 }
 
 /* Inputs at most this wide are projected step by step inside the
@@ -234,28 +241,47 @@ static void block_rows(int64_t n, int nb, int b, int64_t *lo, int64_t *hi)
     *hi = t1 * 8 < n ? t1 * 8 : n;
 }
 
+/* Each step's h W_hh goes to a contiguous per-thread scratch (rows of G H
+   floats) rather than onto the cache: the cache's rows are L K h floats
+   apart (80 KB for the GRU(1 -> 128) of length 40, a multiple of 4 KB, so
+   every row of a tile falls into the same L1 set), and the products'
+   tiles written there ran at ~60 GFLOP/s against ~100 into contiguous
+   rows.  Samples go through in chunks of as many rows as fit. */
+#define SCRATCH_FLOATS (64 * 1024)
+static _Thread_local float tls_scratch[SCRATCH_FLOATS];
+
 /* Steps 0..L-1 of the samples [i0, i1). */
 static int forward_block(int cell, int act, int64_t i0, int64_t i1, int64_t L, int64_t c,
                          int64_t h, int64_t GH, int64_t KH, int fuse, float *Hs, float *Gc,
                          const float *X, const float *W_ih, const float *W_hh,
                          const float *b_ih, const float *b_hh)
 {
-    const int64_t ldg = L * KH, ldh = L * h, m = i1 - i0;
-    for (int64_t t = 0; t < L; t++) {
-        float *gt = Gc + i0 * ldg + t * KH;
-        if (fuse)
-            for (int64_t i = 0; i < m; i++)
-                project_row(cell, c, h, GH, gt + i * ldg, X + ((i0 + i) * L + t) * c, W_ih);
-        if (t > 0) {
-            const int rc = fastnn_gemm(0, 0, m, GH, h, 1.0f, Hs + i0 * ldh + (t - 1) * h, ldh,
-                                       W_hh, GH, 1.0f, gt, ldg);
-            if (rc)
-                return rc;
-        }
-        for (int64_t i = 0; i < m; i++) {
-            float *ho = Hs + (i0 + i) * ldh + t * h;
-            forward_row(cell, act, h, KH, t == 0, gt + i * ldg, ho, t == 0 ? NULL : ho - h,
-                        b_ih, b_hh);
+    const int64_t ldg = L * KH, ldh = L * h;
+    const int64_t fit = SCRATCH_FLOATS / GH;
+    const int64_t chunk = fit >= 8 ? fit / 8 * 8 : fit;  /* 0: no scratch */
+    float *S = chunk ? tls_scratch : NULL;
+    for (int64_t r0 = i0; r0 < i1; r0 += chunk ? chunk : i1 - i0) {
+        const int64_t m = chunk && i1 - r0 > chunk ? chunk : i1 - r0;
+        for (int64_t t = 0; t < L; t++) {
+            float *gt = Gc + r0 * ldg + t * KH;
+            if (fuse)
+                for (int64_t i = 0; i < m; i++)
+                    project_row(cell, c, h, GH, gt + i * ldg, X + ((r0 + i) * L + t) * c, W_ih);
+            if (t > 0) {
+                const float *hprev = Hs + r0 * ldh + (t - 1) * h;
+                const int rc = S ? fastnn_gemm(0, 0, m, GH, h, 1.0f, hprev, ldh, W_hh, GH, 0.0f,
+                                               S, GH)
+                                 : fastnn_gemm(0, 0, m, GH, h, 1.0f, hprev, ldh, W_hh, GH, 1.0f,
+                                               gt, ldg);
+                if (rc)
+                    return rc;
+            }
+            for (int64_t i = 0; i < m; i++) {
+                float *ho = Hs + (r0 + i) * ldh + t * h;
+                forward_row(cell, act, h, KH, t == 0, gt + i * ldg,
+                            S && t > 0 ? S + i * GH : NULL, ho, t == 0 ? NULL : ho - h, b_ih,
+                            b_hh);
+            }
         }
     }
     return FASTNN_OK;
