@@ -3,18 +3,24 @@
  * sequences (fastnn.h: fastnn_rnn_forward / fastnn_rnn_backward; the
  * specification is fastnn/kernels/_reference_rnn.py).
  *
- * Forward: the input projection of every step is one GEMM, X (n L, c) W_ih
- * written straight into the gate cache G (rows L K h apart per sample);
- * then per step one GEMM adds h_{t-1} W_hh onto the step's slice of G
- * (beta = 1; GRU's cache is [r, z, hn, n], so that h W_hh lands on r, z
- * and the n gate's hidden part hn, kept apart from x W_in) and the
- * epilogue adds both biases and applies the gate nonlinearities in place,
- * leaving the activations in G for the backward.  Backward through time:
- * per step, the gate gradients overwrite the step's slice of G, and two
- * GEMMs push dh to the previous step (into dHs, beta = 1) and accumulate
- * dW_hh; after the loop one GEMM each gives dW_ih = X^T dG and
- * dX = dG W_ih^T.  The GEMMs are gemm.c's (threaded); the epilogues split
- * the batch rows over the threads.  Nothing is allocated.
+ * Forward: the batch is split over the threads (samples are independent
+ * through the recurrence: each thread runs every step on its own block of
+ * rows, one barrier per call).  The input projection of every step is one
+ * GEMM, X (n L, c) W_ih written straight into the gate cache G (rows L K h
+ * apart per sample) -- or, for inputs up to FUSE_C wide, c multiply-adds
+ * per element on the step's rows just before they are used; then per step
+ * one GEMM h_{t-1} W_hh into a contiguous per-thread scratch (GRU's cache
+ * is [r, z, hn, n]: h W_hh covers r, z and the n gate's hidden part hn,
+ * kept apart from x W_in) and the epilogue adds it and both biases and
+ * applies the gate nonlinearities, leaving the activations in G for the
+ * backward.  Backward through time, split the same way: per step the gate
+ * gradients overwrite the step's slice of G and one GEMM pushes dh to the
+ * previous step (into dHs, beta = 1); after the loop dW_hh is one GEMM over
+ * all steps (plus a correction for the pairs that straddle two samples),
+ * the bias gradients (and dW_ih for narrow inputs) one pass over G, dW_ih =
+ * X^T dG and dX = dG W_ih^T one GEMM each.  The GEMMs are gemm.c's
+ * (threaded outside the split, serial inside it).  Nothing is allocated
+ * (the scratch is a static thread-local array).
  *
  * Checks: sizes >= 1, the cell and activation, and every element count
  * (n L K h, ...) overflow-checked in int64; buffers are the caller's (the
@@ -109,11 +115,9 @@ static int dims_valid(int64_t n, int64_t L, int64_t c, int64_t h, int cell, int 
            && fastnn_product(&s, h, *G, h);
 }
 
-/* Threads for an epilogue over `work` elements.  A step's epilogue is a few
-   tens of microseconds (vectorised); a parallel region adds a barrier per
-   step, which on a busy machine (a thread descheduled) costs a time slice:
-   a GRU epoch of 20 batches went from 0.4 s to 5.6 s with one other busy
-   process.  So small epilogues run on the calling thread. */
+/* Threads for a pass over `work` elements: below 256k one (a parallel
+   region's barrier costs a time slice on a busy machine when a thread is
+   descheduled: per-step regions once took a GRU epoch from 0.4 s to 5.6 s). */
 static int threads_for(int64_t work)
 {
     const int t = fastnn_get_num_threads();
