@@ -1,7 +1,7 @@
 """Recurrent layers: fastnn (compiled epoch) against torch eager, side by
 side in one process, and a GRU classifier on MNIST-1D.
 
-    python bench/rnn.py speed [threads] [repeats]
+    python bench/rnn.py speed [threads] [repeats] [numba]
     python bench/rnn.py mnist1d [epochs] [threads]
 
 speed: SimpleRNN / GRU / LSTM (1 -> 128) + Dense(128 -> 10) on random
@@ -9,7 +9,8 @@ sequences of length 40, batch 100, Adam(lr=1e-3), softmax cross-entropy;
 one epoch of 2,000 samples (20 batches) per timing, best and worst of
 `repeats`, fastnn's Trainer.fit (c backend, one model_epoch call) against
 torch.nn.RNN/GRU/LSTM + Linear trained batch by batch (eager), the same
-thread count for both (torch.set_num_threads).
+thread count for both (torch.set_num_threads); with a third argument 1,
+the numba backend's epoch too (its time and c's / numba's).
 
 mnist1d: GRU(1 -> 128) + Dense(128 -> 10) on mnist1d's default dataset
 (4,000 train / 1,000 test sequences of length 40, generated offline),
@@ -26,9 +27,9 @@ import fastnn
 L, C, H, CLASSES, BATCH, N = 40, 1, 128, 10, 100, 2000
 
 
-def fastnn_epoch_seconds(kind, X, y, repeats):
+def fastnn_epoch_seconds(kind, X, y, repeats, backend="c"):
     layer = {"rnn": fastnn.SimpleRNN, "gru": fastnn.GRU, "lstm": fastnn.LSTM}[kind]
-    model = fastnn.Sequential([layer(C, H), fastnn.Dense(H, CLASSES)], seed=0, backend="c",
+    model = fastnn.Sequential([layer(C, H), fastnn.Dense(H, CLASSES)], seed=0, backend=backend,
                               input_shape=(L, C))
     trainer = fastnn.Trainer(model, "softmax_cross_entropy", fastnn.optim.Adam(lr=1e-3))
     trainer.fit(X[:BATCH], y[:BATCH], epochs=1, batch_size=BATCH, verbose=False)  # warm
@@ -66,24 +67,32 @@ def torch_epoch_seconds(kind, X, y, repeats):
     return times
 
 
-def speed(threads=2, repeats=3):
+def speed(threads=2, repeats=3, numba=0):
     import torch
 
     torch.set_num_threads(threads)
     fastnn.set_num_threads(threads)
+    if numba:
+        import numba as nb
+
+        nb.set_num_threads(threads)
     rng = np.random.default_rng(0)
     X = rng.normal(size=(N, L, C)).astype(np.float32)
     y = rng.integers(0, CLASSES, N)
     print(f"threads {threads}, {N} samples of length {L}, batch {BATCH}, Adam; seconds per "
           f"epoch best (worst) of {repeats}")
-    print(f"{'model':28s} {'fastnn c':>16s} {'torch eager':>16s} {'speed-up':>9s}")
+    print(f"{'model':28s} {'fastnn c':>16s} {'torch eager':>16s} {'speed-up':>9s}"
+          + (f" {'numba':>16s} {'c/numba':>8s}" if numba else ""))
     for kind in ("gru", "lstm", "rnn"):
         ours = fastnn_epoch_seconds(kind, X, y, repeats)
         theirs = torch_epoch_seconds(kind, X, y, repeats)
         name = {"rnn": "SimpleRNN", "gru": "GRU", "lstm": "LSTM"}[kind]
-        print(f"{name + '(1->128)+Dense(128->10)':28s} {min(ours):7.3f} ({max(ours):.3f}) "
-              f"{min(theirs):7.3f} ({max(theirs):.3f}) {min(theirs) / min(ours):8.2f}x",
-              flush=True)
+        line = (f"{name + '(1->128)+Dense(128->10)':28s} {min(ours):7.3f} ({max(ours):.3f}) "
+                f"{min(theirs):7.3f} ({max(theirs):.3f}) {min(theirs) / min(ours):8.2f}x")
+        if numba:
+            nbt = fastnn_epoch_seconds(kind, X, y, repeats, backend="numba")
+            line += f" {min(nbt):7.3f} ({max(nbt):.3f}) {min(ours) / min(nbt):7.2f}x"
+        print(line, flush=True)
 
 
 def mnist1d(epochs=20, threads=2, seed=0):

@@ -348,3 +348,92 @@ def test_c_rnn_kernels_refuse_bad_sizes():
     assert lib.fastnn_rnn_forward(p, p, p, p, p, p, p, 2 ** 40, 2 ** 20, 2 ** 10, 4, 3, 4) != 0
     assert lib.fastnn_rnn_backward(p, p, p, p, p, p, p, p, p, p, p, 1, 1, 1, 2 ** 62, 1, 4) != 0
     assert lib.fastnn_rnn_forward(ffi.NULL, p, p, p, p, p, p, 1, 1, 1, 1, 1, 4) != 0
+
+
+def _kernel_case(cell, act, n, L, C, H, seed=11):
+    from fastnn.kernels import spec
+
+    G, K = spec.RNN_GATES[spec.Cell[cell.upper()]], spec.RNN_CACHE[spec.Cell[cell.upper()]]
+    rng = np.random.default_rng(seed)
+    f = np.float32
+    arrays = dict(X=rng.normal(size=(n, L, C)).astype(f),
+                  W_ih=rng.uniform(-0.5, 0.5, (C, G * H)).astype(f),
+                  W_hh=rng.uniform(-0.5, 0.5, (H, G * H)).astype(f),
+                  b_ih=rng.uniform(-0.5, 0.5, G * H).astype(f),
+                  b_hh=rng.uniform(-0.5, 0.5, G * H).astype(f),
+                  dHs=rng.normal(size=(n, L, H)).astype(f))
+    return arrays, G, K
+
+
+def _run_kernels(k, cell, act, a, G, K, biases=True, dtype=np.float32):
+    n, L, C = a["X"].shape
+    H = a["W_hh"].shape[0]
+    cast = {name: np.ascontiguousarray(v, dtype) for name, v in a.items()}
+    Hs, Gc = np.zeros((n, L, H), dtype), np.zeros((n, L, K * H), dtype)
+    k.rnn_forward(Hs, Gc, cast["X"], cast["W_ih"], cast["W_hh"], cast["b_ih"], cast["b_hh"],
+                  cell=cell, activation=act)
+    out = dict(Hs=Hs.copy(), dX=np.zeros((n, L, C), dtype),
+               dW_ih=np.zeros((C, G * H), dtype), dW_hh=np.zeros((H, G * H), dtype),
+               db_ih=np.zeros(G * H, dtype) if biases else None,
+               db_hh=np.zeros(G * H, dtype) if biases else None)
+    k.rnn_backward(out["dX"], out["dW_ih"], out["dW_hh"], out["db_ih"], out["db_hh"],
+                   cast["dHs"].copy(), Gc, cast["X"], cast["W_ih"], cast["W_hh"], Hs,
+                   cell=cell, activation=act)
+    return {name: v for name, v in out.items() if v is not None}
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "reference"])
+@pytest.mark.parametrize("C", [3, 12], ids=["narrow_input", "gemm_projection"])
+@pytest.mark.parametrize("cell,act", [("rnn", "tanh"), ("rnn", "relu"), ("gru", "tanh"),
+                                      ("lstm", "tanh")])
+def test_kernels_match_float64_reference(cell, act, C, backend):
+    """The kernels against the reference in float64, with a batch that is no
+    multiple of the tile height (37 rows split over threads), inputs narrow
+    enough to be projected step by step (C = 3) or by one GEMM (C = 12), and
+    the bias gradients asked for or not (dW_ih is computed in the same pass)."""
+    a, G, K = _kernel_case(cell, act, n=37, L=6, C=C, H=20)
+    want = _run_kernels(kernels.get("reference"), cell, act, a, G, K, dtype=np.float64)
+    for biases in (True, False):
+        got = _run_kernels(kernels.get(backend), cell, act, a, G, K, biases=biases)
+        for name, v in got.items():
+            np.testing.assert_allclose(v, want[name], rtol=2e-4, atol=2e-5,
+                                       err_msg=f"{name} biases={biases}")
+
+
+EDGES = np.array([0.0, 1e-38, -1e-38, 1e-30, 1e-8, -1e-8, 3e-5, -1e-4, 0.01, -0.3, 0.6,
+                  -0.624, 0.625, 0.7, -1.0, 2.5, -5.0, 9.0, -10.0, 15.0, -20.0, 44.0, -80.0,
+                  87.0, -88.0, 100.0, -1e4, np.inf, -np.inf], np.float32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gate_functions_within_ulps_at_edge_values(backend):
+    """tanh and sigmoid as the kernels apply them, against float64 at values
+    from denormal to overflow and +-inf: SimpleRNN's first state is
+    tanh(x W_ih) (x = 1, zero biases: the pre-activation is exactly W_ih),
+    and the GRU's cache holds r = sigmoid(W_ir) and n = tanh(W_in) at t = 0."""
+    k = kernels.get(backend)
+    H = EDGES.size
+    v = EDGES[None, :]
+    X = np.ones((1, 1, 1), np.float32)
+    zeros = np.zeros
+    Hs, Gc = zeros((1, 1, H), np.float32), zeros((1, 1, H), np.float32)
+    k.rnn_forward(Hs, Gc, X, v.copy(), zeros((H, H), np.float32), zeros(H, np.float32),
+                  zeros(H, np.float32), cell="rnn")
+    want_tanh = np.tanh(EDGES.astype(np.float64))
+    np.testing.assert_array_max_ulp(Hs[0, 0], want_tanh.astype(np.float32), maxulp=2)
+    W = np.concatenate([v, v, v], axis=1)
+    Hs, Gc = zeros((1, 1, H), np.float32), zeros((1, 1, 4 * H), np.float32)
+    k.rnn_forward(Hs, Gc, X, W, zeros((H, 3 * H), np.float32), zeros(3 * H, np.float32),
+                  zeros(3 * H, np.float32), cell="gru")
+    np.testing.assert_array_max_ulp(Gc[0, 0, 3 * H:], want_tanh.astype(np.float32), maxulp=2)
+    with np.errstate(over="ignore"):
+        want_sig = 1.0 / (1.0 + np.exp(-EDGES.astype(np.float64)))
+    r = Gc[0, 0, :H]
+    normal = want_sig > 1.2e-38  # below, exp(x) is a denormal: 0 <= r <= exp(-87.3) allowed
+    np.testing.assert_array_max_ulp(r[normal], want_sig[normal].astype(np.float32), maxulp=3)
+    assert np.all((r[~normal] >= 0) & (r[~normal] <= 1.25e-38))
+    nan = np.full((1, 2), np.nan, np.float32)
+    Hs, Gc = zeros((1, 1, 2), np.float32), zeros((1, 1, 2), np.float32)
+    k.rnn_forward(Hs, Gc, X, nan, zeros((2, 2), np.float32), zeros(2, np.float32),
+                  zeros(2, np.float32), cell="rnn")
+    assert np.isnan(Hs).all()

@@ -203,6 +203,53 @@ def test_dense_backward_and_gemm_same_bits():
         assert r == runs[0]
 
 
+@pytest.mark.parametrize("cell,C", [("rnn", 3), ("gru", 3), ("gru", 12), ("lstm", 2)])
+def test_rnn_kernels_same_bits(cell, C):
+    """rnn_forward / rnn_backward: the recurrence splits the batch (37 rows, 5
+    tiles of 8: 3 + 2 on 2 threads, 2 + 1 + 1 + 1 on 4), the weight
+    gradients are GEMMs and one column pass over a cache big enough to be
+    split; every output's bits the same on 1, 2 and 4 threads."""
+    k = kernels.get("c")
+    G, K = {"rnn": (1, 1), "gru": (3, 4), "lstm": (4, 5)}[cell]
+    rng = np.random.default_rng(5)
+    n, L, H = 37, 30, 64
+    X = _rough((n, L, C), rng)
+    W_ih, W_hh = rng.uniform(-0.3, 0.3, (C, G * H)), rng.uniform(-0.3, 0.3, (H, G * H))
+    b_ih, b_hh = rng.uniform(-0.3, 0.3, G * H), rng.uniform(-0.3, 0.3, G * H)
+    W_ih, W_hh, b_ih, b_hh = (a.astype(np.float32) for a in (W_ih, W_hh, b_ih, b_hh))
+    dHs0 = rng.normal(size=(n, L, H)).astype(np.float32)
+
+    def run():
+        Hs, Gc = np.zeros((n, L, H), np.float32), np.zeros((n, L, K * H), np.float32)
+        k.rnn_forward(Hs, Gc, X, W_ih, W_hh, b_ih, b_hh, cell=cell)
+        outs = [Hs.copy(), Gc.copy(), np.zeros_like(X), np.zeros_like(W_ih), np.zeros_like(W_hh),
+                np.zeros_like(b_ih), np.zeros_like(b_hh), dHs0.copy()]
+        k.rnn_backward(*outs[2:], Gc, X, W_ih, W_hh, Hs, cell=cell)
+        return [a.tobytes() for a in outs + [Gc]]
+
+    runs = _on_threads(run)
+    for r in runs[1:]:
+        assert r == runs[0]
+
+
+def test_gru_epoch_same_bits_on_1_2_4_threads():
+    """A compiled GRU + Dense training epoch (Adam)."""
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(90, 12, 2)).astype(np.float32)
+    y = rng.integers(0, 3, 90)
+
+    def run():
+        model = fastnn.Sequential([fastnn.GRU(2, 24), fastnn.Dense(24, 3)], seed=0,
+                                  backend="c", input_shape=(12, 2))
+        trainer = fastnn.Trainer(model, "softmax_cross_entropy", fastnn.optim.Adam(lr=1e-2))
+        hist = trainer.fit(X, y, epochs=2, batch_size=40, shuffle=False, verbose=False)
+        return model.get_params().tobytes(), np.asarray(hist.history["loss"]).tobytes()
+
+    runs = _on_threads(run)
+    for r in runs[1:]:
+        assert r == runs[0]
+
+
 # ---- numba -------------------------------------------------------------------
 
 def test_numba_kernels_same_bits_for_numba_threads():
