@@ -74,3 +74,74 @@ void fastnn_ukernel_avx512(int64_t kc, const float *a, const float *b,
         fastnn_tile_act(c, ldc, MR, NR, act, ep->slope);
 }
 #endif
+
+#ifdef FASTNN_HAVE_X86_KERNELS
+#define WR FASTNN_AVX512W_MR
+#define WN FASTNN_AVX512W_NR
+
+/* The wide tile: 6 x 64 of C in 24 zmm accumulators (four vectors of B per
+   row, one broadcast of A per row): 10 loads per 24 FMAs against the 8 x
+   32 tile's 10 per 16 (measured in L1 on this Xeon: 111 vs 97 GFLOP/s,
+   bench/NOTES.md 28).  gemm.c uses it for products at least 64 rows tall
+   and 64 columns wide.  Every element of C is computed exactly as by the
+   8 x 32 kernel (one FMA chain over p from zero, then alpha, beta, bias
+   and the activation in the same order), so which kernel a product runs
+   on never changes its bits. */
+__attribute__((target("avx512f,avx512vl,fma")))
+void fastnn_ukernel_avx512_wide(int64_t kc, const float *a, const float *b,
+                                int64_t ldb, float *c, int64_t ldc, float alpha, float beta,
+                                const fastnn_epilogue *ep)
+{
+    __m512 acc[WR][4];
+#pragma GCC unroll 6
+    for (int i = 0; i < WR; i++) {
+        acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = _mm512_setzero_ps();
+        _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
+        _mm_prefetch((const char *)(c + i * ldc + 16), _MM_HINT_T0);
+        _mm_prefetch((const char *)(c + i * ldc + 32), _MM_HINT_T0);
+        _mm_prefetch((const char *)(c + i * ldc + 48), _MM_HINT_T0);
+    }
+#pragma GCC unroll 2
+    for (int64_t p = 0; p < kc; p++) {
+        const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
+        const __m512 b2 = _mm512_loadu_ps(b + 32), b3 = _mm512_loadu_ps(b + 48);
+#pragma GCC unroll 6
+        for (int i = 0; i < WR; i++) {
+            const __m512 ai = _mm512_set1_ps(a[i]);
+            acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]);
+            acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
+            acc[i][2] = _mm512_fmadd_ps(ai, b2, acc[i][2]);
+            acc[i][3] = _mm512_fmadd_ps(ai, b3, acc[i][3]);
+        }
+        a += WR;
+        b += ldb;
+    }
+
+    const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    const __m512 zero = _mm512_setzero_ps();
+    __m512 bias[4] = {zero, zero, zero, zero};
+    const int act = ep ? ep->act : FASTNN_ACT_IDENTITY;
+    const __m512 slope = _mm512_set1_ps(ep ? ep->slope : 0.0f);
+    if (ep && ep->bias)
+        for (int q = 0; q < 4; q++)
+            bias[q] = _mm512_loadu_ps(ep->bias + 16 * q);
+#pragma GCC unroll 6
+    for (int i = 0; i < WR; i++) {
+        float *ci = c + i * ldc;
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; q++) {
+            __m512 v = _mm512_mul_ps(va, acc[i][q]);
+            if (beta != 0.0f)   /* beta == 0: C is never read */
+                v = _mm512_fmadd_ps(vb, _mm512_loadu_ps(ci + 16 * q), v);
+            v = _mm512_add_ps(v, bias[q]);
+            if (act == FASTNN_ACT_RELU)
+                v = _mm512_max_ps(zero, v);
+            else if (act == FASTNN_ACT_LEAKY_RELU)
+                v = _mm512_mask_mul_ps(v, _mm512_cmp_ps_mask(v, zero, _CMP_LE_OQ), v, slope);
+            _mm512_storeu_ps(ci + 16 * q, v);
+        }
+    }
+    if (act != FASTNN_ACT_IDENTITY && act != FASTNN_ACT_RELU && act != FASTNN_ACT_LEAKY_RELU)
+        fastnn_tile_act(c, ldc, WR, WN, act, ep->slope);
+}
+#endif
