@@ -40,9 +40,7 @@
 /* Below this many multiply-adds a second thread costs more than it saves. */
 #define MIN_MADDS_PER_THREAD (64.0 * 64.0 * 64.0)
 
-/* (+ 16: pack_a's 6-row transposes store 8 floats a column, the last one
-   2 past the block) */
-static _Thread_local float tls_pack_a[MC * KC + ALIGN_FLOATS + 16];
+static _Thread_local float tls_pack_a[MC * KC + ALIGN_FLOATS];
 static _Thread_local float tls_pack_b[KC * NC + ALIGN_FLOATS];
 
 static float *align64(float *p)
@@ -55,19 +53,11 @@ struct gemm_path {
     fastnn_ukernel kernel;
 };
 
-/* The path of an m x n product.  On AVX-512 the 6 x 64 tile for products at
-   least 64 tall and wide (its FMAs per load beat the 8 x 32 tile's), the
-   8 x 32 one for short batches (m = 32: no 6-row remainder) and narrow
-   outputs.  Chosen from the whole product's shape, before any thread split,
-   and both kernels give every element the same bits. */
-static struct gemm_path current_path(int64_t m, int64_t n)
+static struct gemm_path current_path(void)
 {
     switch (fastnn_simd_path()) {
 #ifdef FASTNN_HAVE_X86_KERNELS
     case FASTNN_SIMD_AVX512:
-        if (m >= 64 && n >= 64)
-            return (struct gemm_path){FASTNN_AVX512W_MR, FASTNN_AVX512W_NR,
-                                      fastnn_ukernel_avx512_wide};
         return (struct gemm_path){FASTNN_AVX512_MR, FASTNN_AVX512_NR, fastnn_ukernel_avx512};
     case FASTNN_SIMD_AVX2:
         return (struct gemm_path){FASTNN_AVX2_MR, FASTNN_AVX2_NR, fastnn_ukernel_avx2};
@@ -158,44 +148,6 @@ static void transpose8_rows(float *restrict dst, int64_t ds, const float *restri
             dst[p * ds + i] = A[i * lda + p];
 }
 #define HAVE_TRANSPOSE8 1
-
-/* Six rows of a row-major matrix, transposed into dst[p*6 + i] (a 6-row
-   sliver): the 8-row transpose with rows 6 and 7 repeating row 5, each
-   column stored as 8 floats in increasing p, so that the next column's store
-   overwrites the 2 extra ones (the last column's 2 land past the sliver, in
-   the next sliver or the buffer's slack, both written later or unused). */
-__attribute__((target("avx2")))
-static void transpose6_rows(float *restrict dst, const float *restrict A, int64_t lda,
-                            int64_t kc)
-{
-    int64_t p = 0;
-    const float *a5 = A + 5 * lda;
-    for (; p + 8 <= kc; p += 8) {
-        __m256 r0 = _mm256_loadu_ps(A + 0 * lda + p), r1 = _mm256_loadu_ps(A + 1 * lda + p);
-        __m256 r2 = _mm256_loadu_ps(A + 2 * lda + p), r3 = _mm256_loadu_ps(A + 3 * lda + p);
-        __m256 r4 = _mm256_loadu_ps(A + 4 * lda + p), r5 = _mm256_loadu_ps(a5 + p);
-        __m256 r6 = r5, r7 = r5;
-        __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
-        __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
-        __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
-        __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
-        __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-        __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-        __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-        __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-        _mm256_storeu_ps(dst + (p + 0) * 6, _mm256_permute2f128_ps(s0, s4, 0x20));
-        _mm256_storeu_ps(dst + (p + 1) * 6, _mm256_permute2f128_ps(s1, s5, 0x20));
-        _mm256_storeu_ps(dst + (p + 2) * 6, _mm256_permute2f128_ps(s2, s6, 0x20));
-        _mm256_storeu_ps(dst + (p + 3) * 6, _mm256_permute2f128_ps(s3, s7, 0x20));
-        _mm256_storeu_ps(dst + (p + 4) * 6, _mm256_permute2f128_ps(s0, s4, 0x31));
-        _mm256_storeu_ps(dst + (p + 5) * 6, _mm256_permute2f128_ps(s1, s5, 0x31));
-        _mm256_storeu_ps(dst + (p + 6) * 6, _mm256_permute2f128_ps(s2, s6, 0x31));
-        _mm256_storeu_ps(dst + (p + 7) * 6, _mm256_permute2f128_ps(s3, s7, 0x31));
-    }
-    for (; p < kc; p++)
-        for (int i = 0; i < 6; i++)
-            dst[p * 6 + i] = A[i * lda + p];
-}
 #endif
 
 static inline __attribute__((always_inline))
@@ -217,10 +169,6 @@ void pack_a(float *restrict dst, int trans, const float *restrict A, int64_t lda
 #ifdef HAVE_TRANSPOSE8
             if (mr == 8 && rows == 8) {
                 transpose8_rows(dst, 8, A + ir * lda, lda, kc);
-                continue;
-            }
-            if (mr == 6 && rows == 6) {
-                transpose6_rows(dst, A + ir * lda, lda, kc);
                 continue;
             }
 #endif
@@ -245,8 +193,7 @@ void pack_b(float *restrict dst, int trans, const float *restrict B, int64_t ldb
         if (trans) {            /* op(B)[p][j] = B[j][p]: contiguous in p */
             const float *src = B + jr * ldb;
 #ifdef HAVE_TRANSPOSE8
-            if ((nr == FASTNN_AVX512W_NR || nr == FASTNN_AVX512_NR || nr == FASTNN_AVX2_NR)
-                && cols == nr) {
+            if ((nr == FASTNN_AVX512_NR || nr == FASTNN_AVX2_NR) && cols == nr) {
                 for (int q = 0; q < nr; q += 8)
                     transpose8_rows(dst + q, nr, src + q * ldb, ldb, kc);
                 continue;
@@ -280,7 +227,6 @@ static void pack_b_any(float *dst, int trans, const float *B, int64_t ldb,
                        int64_t kc, int64_t nc, int nr)
 {
     switch (nr) {
-    case FASTNN_AVX512W_NR: pack_b(dst, trans, B, ldb, kc, nc, FASTNN_AVX512W_NR); break;
     case FASTNN_AVX512_NR: pack_b(dst, trans, B, ldb, kc, nc, FASTNN_AVX512_NR); break;
     case FASTNN_AVX2_NR:   pack_b(dst, trans, B, ldb, kc, nc, FASTNN_AVX2_NR); break;
     case FASTNN_GENERIC_NR: pack_b(dst, trans, B, ldb, kc, nc, FASTNN_GENERIC_NR); break;
@@ -541,7 +487,7 @@ static void gemm_driver(int ta, int tb, int64_t m, int64_t n, int64_t k, float a
         gemv_driver(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc, ep);
         return;
     }
-    const struct gemm_path P = current_path(m, n);
+    const struct gemm_path P = current_path();
     const int64_t tiles_m = ceil_div(m, P.mr), tiles_n = ceil_div(n, P.nr);
     int64_t t = fastnn_get_num_threads();
     double madds = (double)m * (double)n * (double)k;

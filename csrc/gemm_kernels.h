@@ -28,9 +28,6 @@
 #define FASTNN_AVX2_NR 16
 #define FASTNN_AVX512_MR 8
 #define FASTNN_AVX512_NR 32
-/* the wide AVX-512 tile, for tall and wide products (gemm.c: wide_path) */
-#define FASTNN_AVX512W_MR 6
-#define FASTNN_AVX512W_NR 64
 
 #define FASTNN_GEMM_MC 192
 #define FASTNN_GEMM_KC 256
@@ -38,7 +35,7 @@
 
 /* Largest register tile over all paths (sizes the scratch tile). */
 #define FASTNN_GEMM_MR_MAX 8
-#define FASTNN_GEMM_NR_MAX 64
+#define FASTNN_GEMM_NR_MAX 32
 
 /* Bias and activation applied to the finished tile (dense_forward). */
 typedef struct {
@@ -62,9 +59,6 @@ void fastnn_ukernel_avx2(int64_t kc, const float *a, const float *b,
 void fastnn_ukernel_avx512(int64_t kc, const float *a, const float *b,
                            int64_t ldb, float *c, int64_t ldc, float alpha, float beta,
                            const fastnn_epilogue *ep);
-void fastnn_ukernel_avx512_wide(int64_t kc, const float *a, const float *b,
-                                int64_t ldb, float *c, int64_t ldc, float alpha, float beta,
-                                const fastnn_epilogue *ep);
 #endif
 
 /* Scalar activation over an mr x nr tile of C (the epilogue of activations
