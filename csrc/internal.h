@@ -176,4 +176,33 @@ int64_t fastnn_count_correct(const float *out, const int32_t *labels, const floa
 int fastnn_loss_rows(int loss, double *sum, float *dout, const float *out,
                      const int32_t *labels, const float *T, int64_t rows, int64_t c, float nf);
 
+/* Columns [j0, j1) of m rows (ld apart) of a dropout call's flat (m, ld)
+   buffer: out = in * mask, the mask of element i ld + j exactly as
+   fastnn_dropout_forward over the whole buffer gives it (philox.c).  ld,
+   j0 and j1 multiples of 4 (whole generator blocks); not parallel. */
+void fastnn_dropout_rows(float *out, const float *in, int64_t ld, int64_t m, int64_t j0,
+                         int64_t j1, double p, int64_t seed, int64_t counter);
+
+/* What follows a layer of the dense-stack epoch inside its own pass over
+   the layer's columns (train.c, from plan.c's BATCHNORM and DROPOUT
+   records): BatchNorm over the batch rows (scale params[gamma:gamma+out],
+   shift params[beta:...], running statistics, as fastnn_batchnorm_forward
+   / _backward), then Dropout(p) with the Philox masks of
+   fastnn_dropout_forward at (seed, counter + batch index). */
+typedef struct {
+    int bn, dropout;
+    int64_t gamma, beta;
+    float *running_mean, *running_var;
+    double momentum, eps;
+    double p;
+    int64_t seed, counter;
+} fastnn_post_op;
+
+/* fastnn_dense_stack_epoch with post[l] after layer l (post NULL: none;
+   never after the last layer).  Its workspace: fastnn_dense_stack_post_workspace. */
+int fastnn_dense_stack_epoch_post(fastnn_epoch *epoch, const fastnn_post_op *post);
+int64_t fastnn_dense_stack_post_workspace(const fastnn_dense_layer *layers,
+                                          const fastnn_post_op *post, int n_layers,
+                                          int64_t batch, int threads);
+
 #endif /* FASTNN_INTERNAL_H */

@@ -218,3 +218,19 @@ int fastnn_dropout_backward(float *dX, const float *dY, int64_t size, double p, 
 {
     return dropout(dX, dY, size, p, seed, counter);
 }
+
+void fastnn_dropout_rows(float *out, const float *in, int64_t ld, int64_t m, int64_t j0,
+                         int64_t j1, double p, int64_t seed, int64_t counter)
+{
+    if (j1 <= j0 || m < 1)
+        return;
+    const double t = ceil(p * 16777216.0);
+    const struct mask mk = {
+        .k0 = (uint32_t)seed, .k1 = (uint32_t)((uint64_t)seed >> 32),
+        .c2 = (uint32_t)counter, .c3 = (uint32_t)((uint64_t)counter >> 32),
+        .threshold = t < 16777216.0 ? (uint32_t)t : 16777216u,
+        .scale = (float)(1.0 / (1.0 - p))};
+    const int64_t size = m * ld;
+    for (int64_t i = 0; i < m; i++)
+        dropout_span(out, in, size, (i * ld + j0) / 4, (i * ld + j1) / 4, &mk);
+}

@@ -26,7 +26,10 @@
  *
  * A plan of DENSE records only, chained, without clipping, runs the tuned
  * dense-stack epoch of train.c instead (its own threading and workspace
- * layout, the same semantics), when the workspace is large enough for it.
+ * layout, the same semantics), when the workspace is large enough for it;
+ * so does one whose DENSE records are followed by a BATCHNORM of their
+ * features and/or a DROPOUT (train.c runs them inside its pass over each
+ * layer's columns).
  */
 #include <math.h>
 #include <stddef.h>
@@ -526,63 +529,104 @@ static int run_batch(fastnn_model_epoch *a, fastnn_optimizer *o, const struct ba
 /* ---- the dense-stack fast path ------------------------------------------------ */
 
 /* The plan as a dense stack (layers) if it is one: DENSE records chained
-   input to output (record 0 reads the batch's rows, record l record l-1's
-   output, and passes its input gradient to record l-1's output gradient),
-   the model's output the last record's, no clipping, the l2 ranges exactly
-   the weights in record order, parameter ranges disjoint; and the
-   workspace holds the stack's layout.  Returns the number of layers, or 0. */
-static int as_dense_stack(const fastnn_model_epoch *a, fastnn_dense_layer *layers)
+   input to output (record 0 reads the batch's rows, each next one the
+   previous output, passing its input gradient to that output's gradient),
+   each but the last optionally followed by a BATCHNORM over its out
+   features and/or a DROPOUT of its out features (post[l], run inside the
+   stack's pass over the layer: train.c), the model's output the last
+   DENSE record's, no clipping, the l2 ranges exactly the weights in layer
+   order, parameter ranges disjoint; and the workspace holds the stack's
+   layout.  Returns the number of layers, or 0. */
+static int as_dense_stack(const fastnn_model_epoch *a, fastnn_dense_layer *layers,
+                          fastnn_post_op *post, int *any_post)
 {
     const int64_t nr = a->n_records;
-    if (nr < 1 || nr > MAX_STACK_LAYERS || a->clip_value > 0.0 || a->clip_norm > 0.0
-        || a->trainable
-        || (a->l2 != 0.0 && a->n_penalized != nr))
+    if (nr < 1 || a->clip_value > 0.0 || a->clip_norm > 0.0 || a->trainable)
         return 0;
-    int64_t ranges[2 * MAX_STACK_LAYERS][2];
-    int n_ranges = 0;
-    for (int64_t l = 0; l < nr; l++) {
-        const int64_t *r = a->plan + l * FASTNN_PLAN_FIELDS, *prev = r - FASTNN_PLAN_FIELDS;
+    int64_t ranges[4 * MAX_STACK_LAYERS][2];
+    int n_ranges = 0, nl = 0;
+    const int64_t *prev = NULL;  /* the previous layer's last record */
+    *any_post = 0;
+    for (int64_t j = 0; j < nr; j++) {
+        const int64_t *r = a->plan + j * FASTNN_PLAN_FIELDS;
         const int64_t in = FIELD(r, H) * FIELD(r, W) * FIELD(r, C), out = FIELD(r, OC);
-        if (FIELD(r, OP) != FASTNN_OP_DENSE)
+        if (FIELD(r, OP) != FASTNN_OP_DENSE || nl == MAX_STACK_LAYERS)
             return 0;
-        if (l == 0 ? FIELD(r, X) != -1
-                   : (FIELD(r, X) != FIELD(prev, Y) || FIELD(r, DX) != FIELD(prev, DY)
-                      || in != FIELD(prev, OC)))
+        if (!prev ? FIELD(r, X) != -1
+                  : (FIELD(r, X) != FIELD(prev, Y) || FIELD(r, DX) != FIELD(prev, DY)
+                     || in != layers[nl - 1].out))
             return 0;
-        if (a->l2 != 0.0 && (a->penalized[2 * l] != FIELD(r, PARAM)
-                             || a->penalized[2 * l + 1] != in * out))
+        if (a->l2 != 0.0 && (nl >= a->n_penalized || a->penalized[2 * nl] != FIELD(r, PARAM)
+                             || a->penalized[2 * nl + 1] != in * out))
             return 0;
-        layers[l] = (fastnn_dense_layer){
+        layers[nl] = (fastnn_dense_layer){
             .in = in, .out = out, .w_offset = FIELD(r, PARAM), .b_offset = FIELD(r, BIAS),
             .act = (int)FIELD(r, ACT),
-            .slope = (float)a->plan_scalars[l * FASTNN_PLAN_SCALARS + FASTNN_S_SLOPE]};
+            .slope = (float)a->plan_scalars[j * FASTNN_PLAN_SCALARS + FASTNN_S_SLOPE]};
+        post[nl] = (fastnn_post_op){.bn = 0, .dropout = 0};
         ranges[n_ranges][0] = FIELD(r, PARAM);
         ranges[n_ranges++][1] = FIELD(r, PARAM) + in * out;
         if (FIELD(r, BIAS) >= 0) {
             ranges[n_ranges][0] = FIELD(r, BIAS);
             ranges[n_ranges++][1] = FIELD(r, BIAS) + out;
         }
+        prev = r;
+        /* BATCHNORM of the out features, then DROPOUT, each chained */
+        const int64_t *q = j + 1 < nr ? r + FASTNN_PLAN_FIELDS : NULL;
+        if (q && FIELD(q, OP) == FASTNN_OP_BATCHNORM && FIELD(q, H) == 1 && FIELD(q, W) == 1
+            && FIELD(q, C) == out && FIELD(q, X) == FIELD(prev, Y)
+            && FIELD(q, DX) == FIELD(prev, DY)) {
+            const double *qs = a->plan_scalars + (j + 1) * FASTNN_PLAN_SCALARS;
+            post[nl].bn = 1;
+            post[nl].gamma = FIELD(q, PARAM);
+            post[nl].beta = FIELD(q, BIAS);
+            post[nl].running_mean = a->buffers + FIELD(q, STAT0);
+            post[nl].running_var = a->buffers + FIELD(q, STAT1);
+            post[nl].momentum = qs[FASTNN_S_MOMENTUM];
+            post[nl].eps = qs[FASTNN_S_EPS];
+            ranges[n_ranges][0] = FIELD(q, PARAM);
+            ranges[n_ranges++][1] = FIELD(q, PARAM) + out;
+            ranges[n_ranges][0] = FIELD(q, BIAS);
+            ranges[n_ranges++][1] = FIELD(q, BIAS) + out;
+            prev = q;
+            j++;
+            q = j + 1 < nr ? q + FASTNN_PLAN_FIELDS : NULL;
+        }
+        if (q && FIELD(q, OP) == FASTNN_OP_DROPOUT && out % 4 == 0
+            && FIELD(q, H) * FIELD(q, W) * FIELD(q, C) == out && FIELD(q, X) == FIELD(prev, Y)
+            && FIELD(q, DX) == FIELD(prev, DY) && FIELD(q, DX) != -1) {
+            post[nl].dropout = 1;
+            post[nl].p = a->plan_scalars[(j + 1) * FASTNN_PLAN_SCALARS + FASTNN_S_P];
+            post[nl].seed = FIELD(q, SEED);
+            post[nl].counter = FIELD(q, COUNTER);
+            prev = q;
+            j++;
+        }
+        *any_post |= post[nl].bn || post[nl].dropout;
+        nl++;
     }
-    const int64_t *last = a->plan + (nr - 1) * FASTNN_PLAN_FIELDS;
-    if (a->output != FIELD(last, Y) || a->doutput != FIELD(last, DY))
+    /* no post op after the last layer: the model's output is its Y */
+    if (post[nl - 1].bn || post[nl - 1].dropout || a->output != FIELD(prev, Y)
+        || a->doutput != FIELD(prev, DY) || (a->l2 != 0.0 && a->n_penalized != nl))
         return 0;
     for (int i = 1; i < n_ranges; i++)  /* insertion sort: short, mostly sorted */
-        for (int j = i; j > 0 && ranges[j][0] < ranges[j - 1][0]; j--) {
-            const int64_t lo = ranges[j][0], hi = ranges[j][1];
-            ranges[j][0] = ranges[j - 1][0];
-            ranges[j][1] = ranges[j - 1][1];
-            ranges[j - 1][0] = lo;
-            ranges[j - 1][1] = hi;
+        for (int k = i; k > 0 && ranges[k][0] < ranges[k - 1][0]; k--) {
+            const int64_t lo = ranges[k][0], hi = ranges[k][1];
+            ranges[k][0] = ranges[k - 1][0];
+            ranges[k][1] = ranges[k - 1][1];
+            ranges[k - 1][0] = lo;
+            ranges[k - 1][1] = hi;
         }
     for (int i = 1; i < n_ranges; i++)
         if (ranges[i][0] < ranges[i - 1][1])
             return 0;
-    const int64_t need = fastnn_dense_stack_workspace(layers, (int)nr, a->batch, 1);
-    return need >= 0 && need <= a->workspace_size ? (int)nr : 0;
+    const int64_t need = fastnn_dense_stack_post_workspace(layers, *any_post ? post : NULL, nl,
+                                                           a->batch, 1);
+    return need >= 0 && need <= a->workspace_size ? nl : 0;
 }
 
 static int run_dense_stack(fastnn_model_epoch *a, const fastnn_dense_layer *layers,
-                           int n_layers)
+                           const fastnn_post_op *post, int n_layers)
 {
     fastnn_epoch e = {
         .params = a->params, .grads = a->grads, .n_params = a->n_params, .layers = layers,
@@ -592,7 +636,7 @@ static int run_dense_stack(fastnn_model_epoch *a, const fastnn_dense_layer *laye
         .workspace = a->workspace, .workspace_size = a->workspace_size,
         .batch_loss = a->batch_loss, .batch_correct = a->batch_correct, .hook = a->hook,
         .hook_ctx = a->hook_ctx, .hook_every = a->hook_every, .hook_events = a->hook_events};
-    const int rc = fastnn_dense_stack_epoch(&e);
+    const int rc = fastnn_dense_stack_epoch_post(&e, post);
     a->n_done = e.n_done;
     a->opt.step = e.opt.step;
     a->opt.mu_product = e.opt.mu_product;
@@ -605,9 +649,11 @@ int fastnn_model_epoch_run(fastnn_model_epoch *a)
     if (!a || !epoch_valid(a, &n_batches))
         return FASTNN_EINVAL;
     fastnn_dense_layer layers[MAX_STACK_LAYERS];
-    const int n_layers = as_dense_stack(a, layers);
+    fastnn_post_op post[MAX_STACK_LAYERS];
+    int any_post;
+    const int n_layers = as_dense_stack(a, layers, post, &any_post);
     if (n_layers > 0)
-        return run_dense_stack(a, layers, n_layers);
+        return run_dense_stack(a, layers, any_post ? post : NULL, n_layers);
 
     const int64_t rows = a->order ? a->n_order : a->n;
     fastnn_optimizer o = a->opt;

@@ -35,13 +35,13 @@
 /* Where the parts of the workspace start (floats; Y_0 at 0): the layout
    above, spec.epoch_layout. */
 struct layout {
-    int64_t D, Xb, Tb, Lb, P, size;
+    int64_t D, Xb, Tb, Lb, Z, P, size;
 };
 
 /* Fills w for `threads` threads; 0 for invalid arguments or a size past
    int64. */
-static int workspace_layout(struct layout *w, const fastnn_dense_layer *layers, int n_layers,
-                            int64_t batch, int threads)
+static int workspace_layout(struct layout *w, const fastnn_dense_layer *layers,
+                            const fastnn_post_op *post, int n_layers, int64_t batch, int threads)
 {
     if (!layers || n_layers < 1 || batch < 1 || threads < 1)
         return 0;
@@ -54,8 +54,14 @@ static int workspace_layout(struct layout *w, const fastnn_dense_layer *layers, 
     if (!fastnn_product(&w->D, batch, outs) || !fastnn_add(&w->Xb, w->D, w->D)
         || !fastnn_product(&part, batch, layers[0].in) || !fastnn_add(&w->Tb, w->Xb, part)
         || !fastnn_product(&part, batch, layers[n_layers - 1].out)
-        || !fastnn_add(&w->Lb, w->Tb, part) || !fastnn_add(&w->P, w->Lb, batch))
+        || !fastnn_add(&w->Lb, w->Tb, part) || !fastnn_add(&w->Z, w->Lb, batch))
         return 0;
+    /* post ops: Z_l (B, out_l) then mean, invstd (out_l each), per layer */
+    w->P = w->Z;
+    for (int l = 0; post && l < n_layers; l++)
+        if ((post[l].bn || post[l].dropout)
+            && (!fastnn_product(&part, batch + 2, layers[l].out) || !fastnn_add(&w->P, w->P, part)))
+            return 0;
     if (threads == 1) {
         w->size = w->P;
         return 1;
@@ -67,7 +73,15 @@ int64_t fastnn_dense_stack_workspace(const fastnn_dense_layer *layers, int n_lay
                                      int64_t batch, int threads)
 {
     struct layout w;
-    return workspace_layout(&w, layers, n_layers, batch, threads) ? w.size : -1;
+    return workspace_layout(&w, layers, NULL, n_layers, batch, threads) ? w.size : -1;
+}
+
+int64_t fastnn_dense_stack_post_workspace(const fastnn_dense_layer *layers,
+                                          const fastnn_post_op *post, int n_layers,
+                                          int64_t batch, int threads)
+{
+    struct layout w;
+    return workspace_layout(&w, layers, post, n_layers, batch, threads) ? w.size : -1;
 }
 
 /* Every size and offset describes memory inside the caller's buffers. */
@@ -115,6 +129,9 @@ struct epoch {
     int threads;
     int chunked;                  /* feature dimensions are cut into chunks (n_chunks) */
     signed char *split_in;        /* per layer: forward split by input (threads > 1) */
+    const fastnn_post_op *post;   /* per layer, or NULL */
+    float **Z;                    /* per layer: the post ops' output (next input), or NULL */
+    float **stats;                /* ... and BatchNorm's mean, invstd (out each) */
     /* per batch */
     double loss_piece[LOSS_PIECES];
     double (*sq_chunk)[MAX_CHUNKS];  /* per layer and input chunk: sum of W^2 */
@@ -555,6 +572,160 @@ static int update_owned(struct epoch *e, int t, const fastnn_optimizer *o)
         own(e, L->out, t, &j0, &j1);
         if (rc == FASTNN_OK && L->b_offset >= 0 && j1 > j0)
             rc = optimizer_apply(a->params, a->grads, o, L->b_offset + j0, L->b_offset + j1);
+        if (rc == FASTNN_OK && e->post && e->post[l].bn && j1 > j0) {
+            rc = optimizer_apply(a->params, a->grads, o, e->post[l].gamma + j0,
+                                 e->post[l].gamma + j1);
+            if (rc == FASTNN_OK)
+                rc = optimizer_apply(a->params, a->grads, o, e->post[l].beta + j0,
+                                     e->post[l].beta + j1);
+        }
+    }
+    return rc;
+}
+
+/* ---- post ops: BatchNorm and Dropout after a layer ------------------------
+   Both work per column (a BatchNorm channel is a column of the batch), so
+   thread t runs them on the columns it owns, right after computing them
+   and before anyone reads them (the next layer reads exactly its own
+   input chunks, or waits at a barrier): no extra barrier, no shared sum,
+   and each column's sums run over the rows in one fixed order, so the
+   results do not depend on the thread count.  The arithmetic is
+   fastnn_batchnorm_forward / _backward's per channel (double sums; the
+   rows summed in row order rather than in its 16 pieces, so the last bits
+   can differ from the batch-by-batch path) and the masks are the dropout
+   kernel's own.  Z_l = dropout(bn(Y_l)) is the next layer's input; the
+   backward turns D_l (the gradient of Z_l) into that of Y_l in place. */
+
+/* Columns at a time of the sums (their double accumulators on the stack). */
+#define POST_CB 64
+
+static const float *layer_input(const struct epoch *e, int l, const float *x)
+{
+    if (l == 0)
+        return x;
+    return e->Z && e->Z[l - 1] ? e->Z[l - 1] : e->Y + e->a->batch * e->row_off[l - 1];
+}
+
+static void post_forward(struct epoch *e, int l, int t, int64_t m, int64_t bi)
+{
+    const fastnn_epoch *a = e->a;
+    const fastnn_post_op *q = &e->post[l];
+    const int64_t c = a->layers[l].out;
+    const float *A = e->Y + a->batch * e->row_off[l];
+    float *Z = e->Z[l];
+    int64_t j0, j1;
+    own(e, c, t, &j0, &j1);
+    if (j1 <= j0)
+        return;
+    if (q->bn) {
+        const float *gamma = a->params + q->gamma, *beta = a->params + q->beta;
+        float *mean = e->stats[l], *invstd = mean + c;
+        for (int64_t c0 = j0; c0 < j1; c0 += POST_CB) {
+            const int64_t cb = j1 - c0 < POST_CB ? j1 - c0 : POST_CB;
+            double mu[POST_CB] = {0.0}, var[POST_CB] = {0.0};
+            float center[POST_CB], scale[POST_CB], shift[POST_CB];
+            for (int64_t i = 0; i < m; i++) {
+                const float *x = A + i * c + c0;
+#pragma omp simd
+                for (int64_t k = 0; k < cb; k++)
+                    mu[k] += x[k];
+            }
+            for (int64_t k = 0; k < cb; k++)
+                mu[k] /= (double)m;
+            for (int64_t i = 0; i < m; i++) {
+                const float *x = A + i * c + c0;
+#pragma omp simd
+                for (int64_t k = 0; k < cb; k++) {
+                    const double d = x[k] - mu[k];
+                    var[k] += d * d;
+                }
+            }
+            for (int64_t k = 0; k < cb; k++) {
+                const int64_t j = c0 + k;
+                var[k] /= (double)m;
+                const double istd = 1.0 / sqrt(var[k] + q->eps);
+                mean[j] = center[k] = (float)mu[k];
+                invstd[j] = (float)istd;
+                scale[k] = (float)(istd * gamma[j]);
+                shift[k] = beta[j];
+                q->running_mean[j] = (float)((1.0 - q->momentum) * q->running_mean[j]
+                                             + q->momentum * mu[k]);
+                q->running_var[j] = (float)((1.0 - q->momentum) * q->running_var[j]
+                                            + q->momentum * var[k] * (double)m / (double)(m - 1));
+            }
+            for (int64_t i = 0; i < m; i++) {
+                const float *x = A + i * c + c0;
+                float *z = Z + i * c + c0;
+#pragma omp simd
+                for (int64_t k = 0; k < cb; k++)
+                    z[k] = (x[k] - center[k]) * scale[k] + shift[k];
+            }
+        }
+    }
+    if (q->dropout)
+        fastnn_dropout_rows(Z, q->bn ? Z : A, c, m, j0, j1, q->p, q->seed, q->counter + bi);
+    else if (!q->bn)
+        for (int64_t i = 0; i < m; i++)
+            memcpy(Z + i * c + j0, A + i * c + j0, (size_t)(j1 - j0) * sizeof(float));
+}
+
+/* D_l's columns of thread t, the gradient of Z_l, into that of Y_l (in
+   place), with BatchNorm's dgamma, dbeta (and their update unless a GRADS
+   hook defers it). */
+static int post_backward(struct epoch *e, int l, int t, int64_t m, int64_t bi,
+                         const fastnn_optimizer *o)
+{
+    const fastnn_epoch *a = e->a;
+    const fastnn_post_op *q = &e->post[l];
+    const int64_t c = a->layers[l].out;
+    const float *X = e->Y + a->batch * e->row_off[l];
+    float *D = e->D + a->batch * e->row_off[l];
+    int64_t j0, j1;
+    own(e, c, t, &j0, &j1);
+    if (j1 <= j0)
+        return FASTNN_OK;
+    if (q->dropout)
+        fastnn_dropout_rows(D, D, c, m, j0, j1, q->p, q->seed, q->counter + bi);
+    if (!q->bn)
+        return FASTNN_OK;
+    const float *gamma = a->params + q->gamma, *mean = e->stats[l], *invstd = mean + c;
+    float *dgamma = a->grads + q->gamma, *dbeta = a->grads + q->beta;
+    for (int64_t c0 = j0; c0 < j1; c0 += POST_CB) {
+        const int64_t cb = j1 - c0 < POST_CB ? j1 - c0 : POST_CB;
+        double mk[POST_CB], sdy[POST_CB] = {0.0}, sdyx[POST_CB] = {0.0};
+        float ak[POST_CB], mb[POST_CB], g[POST_CB], mf[POST_CB];
+        for (int64_t k = 0; k < cb; k++)
+            mk[k] = mf[k] = mean[c0 + k];
+        for (int64_t i = 0; i < m; i++) {
+            const float *x = X + i * c + c0, *dy = D + i * c + c0;
+#pragma omp simd
+            for (int64_t k = 0; k < cb; k++) {
+                sdy[k] += dy[k];
+                sdyx[k] += dy[k] * (x[k] - mk[k]);
+            }
+        }
+        for (int64_t k = 0; k < cb; k++) {
+            const int64_t j = c0 + k;
+            const double dg = sdyx[k] * invstd[j];
+            dbeta[j] = (float)sdy[k];
+            dgamma[j] = (float)dg;
+            ak[k] = (float)((double)gamma[j] * invstd[j]);
+            mb[k] = (float)(sdy[k] / (double)m);
+            g[k] = (float)(dg * invstd[j] / (double)m);
+        }
+        for (int64_t i = 0; i < m; i++) {
+            const float *x = X + i * c + c0;
+            float *d = D + i * c + c0;
+#pragma omp simd
+            for (int64_t k = 0; k < cb; k++)
+                d[k] = ak[k] * (d[k] - mb[k] - (x[k] - mf[k]) * g[k]);
+        }
+    }
+    int rc = FASTNN_OK;
+    if (!e->grads_hook) {
+        rc = optimizer_apply(a->params, a->grads, o, q->gamma + j0, q->gamma + j1);
+        if (rc == FASTNN_OK)
+            rc = optimizer_apply(a->params, a->grads, o, q->beta + j0, q->beta + j1);
     }
     return rc;
 }
@@ -612,8 +783,10 @@ static void epoch_thread(struct epoch *e, int t)
                        (size_t)(k1 - k0) * sizeof(float));
         }
         for (int l = 0; l < nl; l++) {
-            const int rc = forward_layer(e, l, t, l > 0 ? e->Y + B * e->row_off[l - 1] : x, m);
+            const int rc = forward_layer(e, l, t, layer_input(e, l, x), m);
             if (rc && !err) err = rc;
+            if (e->Z && e->Z[l])
+                post_forward(e, l, t, m, bi);
         }
 #pragma omp barrier
         if (!err)
@@ -654,11 +827,13 @@ static void epoch_thread(struct epoch *e, int t)
             const fastnn_dense_layer *L = &a->layers[l];
             int64_t j0, j1;
             own(e, L->out, t, &j0, &j1);
-            int rc = act_columns(e->D + B * e->row_off[l], e->Y + B * e->row_off[l], m, L->out,
+            int rc = e->Z && e->Z[l] ? post_backward(e, l, t, m, bi, &o) : FASTNN_OK;
+            if (rc == FASTNN_OK)
+                rc = act_columns(e->D + B * e->row_off[l], e->Y + B * e->row_off[l], m, L->out,
                                  j0, j1, L, 1);
 #pragma omp barrier
             if (rc == FASTNN_OK)
-                rc = backward_layer(e, l, t, l > 0 ? e->Y + B * e->row_off[l - 1] : x, m, &o);
+                rc = backward_layer(e, l, t, layer_input(e, l, x), m, &o);
             if (rc && !err) err = rc;
         }
         if (e->grads_hook) {
@@ -695,12 +870,18 @@ static void epoch_thread(struct epoch *e, int t)
 
 /* The parameter ranges of the stack sorted; 0 if two overlap.  The
    complement in [0, n_params) goes to gaps (at most 2 * n_layers + 1). */
-static int find_gaps(const fastnn_dense_layer *layers, int n_layers, int64_t n_params,
-                     int64_t *gaps, int *n_gaps)
+static int find_gaps(const fastnn_dense_layer *layers, const fastnn_post_op *post,
+                     int n_layers, int64_t n_params, int64_t *gaps, int *n_gaps)
 {
-    int64_t r[2 * MAX_LAYERS][2];
+    int64_t r[4 * MAX_LAYERS][2];
     int nr = 0;
     for (int l = 0; l < n_layers; l++) {
+        if (post && post[l].bn) {
+            r[nr][0] = post[l].gamma;
+            r[nr++][1] = post[l].gamma + layers[l].out;
+            r[nr][0] = post[l].beta;
+            r[nr++][1] = post[l].beta + layers[l].out;
+        }
         r[nr][0] = layers[l].w_offset;
         r[nr++][1] = layers[l].w_offset + layers[l].in * layers[l].out;
         if (layers[l].b_offset >= 0) {
@@ -749,14 +930,49 @@ static int epoch_valid(const fastnn_epoch *a, const struct layout *w)
     return optimizer_valid(&a->opt, (rows - 1) / a->batch + 1);
 }
 
+/* The post ops describe valid work: none after the last layer; BatchNorm's
+   parameters inside params, its statistics given, >= 2 rows in every batch,
+   eps > 0 and momentum in [0, 1]; Dropout's p in [0, 1), seed and counter
+   (+ the batch index) in range, the layer's width a multiple of 4 (the
+   masks' blocks of 4 never straddle two threads' columns). */
+static int post_valid(const fastnn_epoch *a, const fastnn_post_op *post)
+{
+    const int64_t rows = a->order ? a->n_order : a->n;
+    const int64_t n_batches = (rows - 1) / a->batch + 1, m_min = rows - (n_batches - 1) * a->batch;
+    int64_t last;
+    for (int l = 0; post && l < a->n_layers; l++) {
+        const fastnn_post_op *q = &post[l];
+        const int64_t c = a->layers[l].out;
+        if (!q->bn && !q->dropout)
+            continue;
+        if (l == a->n_layers - 1)
+            return 0;
+        if (q->bn && (m_min < 2 || !(q->eps > 0.0) || !(q->momentum >= 0.0 && q->momentum <= 1.0)
+                      || !q->running_mean || !q->running_var || q->gamma < 0 || q->beta < 0
+                      || q->gamma > a->n_params - c || q->beta > a->n_params - c))
+            return 0;
+        if (q->dropout && (!(q->p >= 0.0 && q->p < 1.0) || q->seed < 0 || q->counter < 0
+                           || !fastnn_add(&last, q->counter, n_batches - 1) || c % 4 != 0))
+            return 0;
+    }
+    return 1;
+}
+
 int fastnn_dense_stack_epoch(fastnn_epoch *a)
 {
+    return fastnn_dense_stack_epoch_post(a, NULL);
+}
+
+int fastnn_dense_stack_epoch_post(fastnn_epoch *a, const fastnn_post_op *post)
+{
     struct layout w;
-    int64_t gaps[2 * (2 * MAX_LAYERS + 1)];
+    int64_t gaps[2 * (4 * MAX_LAYERS + 1)];
     int n_gaps;
     /* (the layout checks layers, n_layers and batch) */
-    if (!a || a->n_layers > MAX_LAYERS || !workspace_layout(&w, a->layers, a->n_layers, a->batch, 1)
-        || !epoch_valid(a, &w) || !find_gaps(a->layers, a->n_layers, a->n_params, gaps, &n_gaps))
+    if (!a || a->n_layers > MAX_LAYERS
+        || !workspace_layout(&w, a->layers, post, a->n_layers, a->batch, 1)
+        || !epoch_valid(a, &w) || !post_valid(a, post)
+        || !find_gaps(a->layers, post, a->n_layers, a->n_params, gaps, &n_gaps))
         return FASTNN_EINVAL;
 
     /* As many threads as asked for and worth it: a batch's forward should
@@ -777,13 +993,26 @@ int fastnn_dense_stack_epoch(fastnn_epoch *a)
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     struct layout wt;
     while (threads > 1 && ((double)a->batch * (double)macs < threads * 2097152.0
-                           || !workspace_layout(&wt, a->layers, a->n_layers, a->batch, threads)
+                           || !workspace_layout(&wt, a->layers, post, a->n_layers, a->batch,
+                                                threads)
                            || wt.size > a->workspace_size))
         threads--;
 
     float *ws = a->workspace;
     double sq_chunk[MAX_LAYERS][MAX_CHUNKS];
     signed char split_in[MAX_LAYERS];
+    float *zbuf[MAX_LAYERS], *sbuf[MAX_LAYERS];
+    int any_post = 0;
+    int64_t at = 0;
+    for (int l = 0; l < a->n_layers; l++) {
+        zbuf[l] = sbuf[l] = NULL;
+        if (post && (post[l].bn || post[l].dropout)) {
+            zbuf[l] = ws + w.Z + at;
+            sbuf[l] = zbuf[l] + a->batch * a->layers[l].out;
+            at += (a->batch + 2) * a->layers[l].out;
+            any_post = 1;
+        }
+    }
     struct epoch e = {
         .a = a, .rows = a->order ? a->n_order : a->n, .Y = ws, .D = ws + w.D, .P = ws + w.P,
         .Xb = ws + w.Xb, .Tb = ws + w.Tb, .Lb = (int32_t *)(ws + w.Lb), .row_off = row_off,
@@ -792,7 +1021,8 @@ int fastnn_dense_stack_epoch(fastnn_epoch *a)
            that two threads would not split has one chunk per dimension
            (then the one-thread forward is the fused gemm, as before) */
         .chunked = (double)a->batch * (double)macs >= 2 * 2097152.0,
-        .split_in = split_in, .sq_chunk = sq_chunk,
+        .split_in = split_in, .sq_chunk = sq_chunk, .post = any_post ? post : NULL,
+        .Z = any_post ? zbuf : NULL, .stats = any_post ? sbuf : NULL,
         .grads_hook = a->hook && (a->hook_events & (1 << FASTNN_HOOK_GRADS)),
         .batch_hook = a->hook && (a->hook_events & (1 << FASTNN_HOOK_BATCH))};
     for (int l = 0; l < a->n_layers; l++)

@@ -140,6 +140,33 @@ def test_c_gemm_every_simd_path(ref, rng, path):
         c.set_simd_path(best)
 
 
+def test_c_gemm_rows_independent_of_the_batch(rng):
+    """A product's rows have the same bits whatever the number of rows around
+    them (tall product, 32-row blocks, single rows: other tile edges, and m
+    = 1 on the micro-kernel), for the dense forward (bias + relu epilogue)
+    and the transposed gemm of dW."""
+    c = kernels.get("c")
+    X, W, b = f32(rng, 131, 300), f32(rng, 300, 200), f32(rng, 200)
+    Y = np.empty((131, 200), np.float32)
+    c.dense_forward(Y, X, W, b, activation="relu")
+    for lo in range(0, 131, 32):
+        part = np.empty((min(32, 131 - lo), 200), np.float32)
+        c.dense_forward(part, X[lo:lo + 32].copy(), W, b, activation="relu")
+        np.testing.assert_array_equal(part, Y[lo:lo + 32])
+    for i in (0, 64, 130):
+        row = np.empty((1, 200), np.float32)
+        c.dense_forward(row, X[i:i + 1].copy(), W, b, activation="relu")
+        np.testing.assert_array_equal(row, Y[i:i + 1])
+    D = f32(rng, 32, 200)  # dW = X^T D over a batch of 32: 300 x 200
+    G = np.empty((300, 200), np.float32)
+    c.gemm(X[:32].copy(), D, G, trans_a=True, trans_b=False, alpha=1.0, beta=0.0)
+    for lo in (0, 290):
+        part = np.empty((10, 200), np.float32)
+        c.gemm(X[:32, lo:lo + 10].copy(), D, part, trans_a=True, trans_b=False, alpha=1.0,
+               beta=0.0)
+        np.testing.assert_array_equal(part, G[lo:lo + 10])
+
+
 @pytest.mark.parametrize("alpha,beta", [(1.0, 1.0), (0.5, -2.0), (-1.5, 0.0), (0.0, 0.75),
                                         (2.0, 1.0)])
 def test_gemm_alpha_beta(backend, ref, rng, alpha, beta):

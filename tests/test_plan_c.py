@@ -751,16 +751,54 @@ def _compiled_models():
                       Residual(Dense(8, 6)), ReLU(), Dense(6, 3)], (10,)),
         "residual_first": ([Residual(Dense(10, 10, activation="relu")), Dense(10, 3)], (10,)),
         "mlp": ([Dense(10, 8, activation="relu"), Dense(8, 3)], (10,)),
+        # the dense stack with BatchNorm / Dropout run inside it (train.c's post ops)
+        "mlp_bn_dropout": ([Dense(10, 16, activation="relu"), BatchNorm(16), Dropout(0.2),
+                            Dense(16, 8, activation="tanh"), Dropout(0.3),
+                            Dense(8, 12, activation="relu"), BatchNorm(12), Dense(12, 3)],
+                           (10,)),
     }
 
 
 @pytest.mark.parametrize("name", ["cnn", "cnn_bn_dropout", "cnn_pool_fused", "residual",
-                                  "residual_first", "mlp"])
+                                  "residual_first", "mlp", "mlp_bn_dropout"])
 @pytest.mark.parametrize("kw", [{}, dict(l2=0.01, clip_norm=0.5, order=np.arange(45)[::-1])],
                          ids=["plain", "l2_clip_order"])
 def test_compiled_plans_match_the_reference(name, kw, rng):
     layers, shape = _compiled_models()[name]
     _check_against_reference(_compiled(layers, shape, **kw), epochs=2)
+
+
+def _output_region(e):
+    """The plan's output region: the dense-stack epoch computes the model's
+    output in its own (smaller) layout, so this stays zero there, and the
+    generic loop writes it."""
+    return e.workspace[e.output:].copy()
+
+
+@pytest.mark.parametrize("kw", [{}, dict(order=np.arange(45)[::-1], l2=0.01)],
+                         ids=["plain", "order_l2"])
+def test_dense_stack_with_batchnorm_dropout_agrees_with_the_generic_loop(kw):
+    # Dense-BatchNorm-Dropout chains run as the dense-stack epoch's post ops;
+    # a clip that never bites sends the same plan through the generic loop
+    e = _compiled(*_compiled_models()["mlp_bn_dropout"], **kw)
+    stack, generic = _clone(e), _clone(e)
+    generic.clip_value = 1e30
+    assert C.model_epoch(stack) == C.model_epoch(generic)
+    assert not _output_region(stack).any() and _output_region(generic).any()
+    np.testing.assert_allclose(stack.params, generic.params, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stack.buffers, generic.buffers, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stack.batch_losses, generic.batch_losses, rtol=1e-6)
+
+
+def test_dense_stack_with_batchnorm_dropout_same_bits_on_any_thread_count():
+    from fastnn import BatchNorm, Dense, Dropout
+    layers = [Dense(256, 256, activation="relu"), BatchNorm(256), Dropout(0.2),
+              Dense(256, 128, activation="relu"), BatchNorm(128), Dropout(0.2), Dense(128, 10)]
+    e = _compiled(layers, (256,), n=150, batch=64, classes=10)
+    _bits_over_threads(e, threads=(1, 2, 3, 4))
+    got = _clone(e)
+    _with_threads(1, lambda: C.model_epoch(got))
+    assert not _output_region(got).any()  # the stack path ran
 
 
 def test_compiled_cnn_is_the_same_on_any_thread_count():
