@@ -74,6 +74,25 @@ static inline int fastnn_product_of(int64_t *r, const int64_t *factors, int coun
     fastnn_product_of((r), (const int64_t[]){__VA_ARGS__},                         \
                       (int)(sizeof((const int64_t[]){__VA_ARGS__}) / sizeof(int64_t)))
 
+/* The fixed chunks of a feature dimension of d features (train.c's "fixed
+   chunks" note; many_dense.c must cut the same way to give the same bits):
+   1 below 128 or when the epoch is too small to ever use two threads
+   (chunked == 0), 2 below 512, else 4; chunk q of n starts at feature
+   fastnn_chunk_bound(d, n, q), a multiple of 16 floats. */
+static inline int fastnn_chunk_count(int chunked, int64_t d)
+{
+    if (!chunked || d < 128)
+        return 1;
+    return d < 512 ? 2 : 4;
+}
+
+static inline int64_t fastnn_chunk_bound(int64_t d, int n, int q)
+{
+    const int64_t lines = d / 16 + (d % 16 != 0);
+    const int64_t at = 16 * ((q * lines + n - 1) / n);
+    return at < d ? at : d;
+}
+
 /* mu_t of NAdam's momentum schedule, spec.nadam_mu (t in double: the step
    after the caller's may be past int64). */
 static inline double fastnn_nadam_mu(double t, double beta1, double momentum_decay)

@@ -270,33 +270,21 @@ static int forward(const fastnn_dense_layer *L, const float *W, const float *b, 
                                 L->act, L->slope);
 }
 
-/* train.c's fixed chunks of a feature dimension (its n_chunks and bound):
+/* train.c's fixed chunks of a feature dimension (internal.h's fastnn_chunk_count
+   and fastnn_chunk_bound):
    an epoch two threads would split (chunked) sums a layer's forward over
    1, 2 or 4 chunks of its input, act((P_0 + P_1 + ...) + b), as a chain of
    products; one chunk is the fused product above. */
-static int n_chunks(int chunked, int64_t d)
-{
-    if (!chunked || d < 128)
-        return 1;
-    return d < 512 ? 2 : 4;
-}
-
-static int64_t bound(int64_t d, int n, int q)
-{
-    const int64_t lines = d / 16 + (d % 16 != 0);
-    const int64_t at = 16 * ((q * lines + n - 1) / n);
-    return at < d ? at : d;
-}
 
 static int forward_chunks(const fastnn_dense_layer *L, const float *W, const float *b,
                           const float *x, int64_t m, float *Y, int chunked)
 {
-    const int n = n_chunks(chunked, L->in);
+    const int n = fastnn_chunk_count(chunked, L->in);
     if (n == 1)
         return forward(L, W, b, x, m, Y);
     int rc = FASTNN_OK;
     for (int q = 0; q < n && rc == FASTNN_OK; q++) {
-        const int64_t k0 = bound(L->in, n, q), k1 = bound(L->in, n, q + 1);
+        const int64_t k0 = fastnn_chunk_bound(L->in, n, q), k1 = fastnn_chunk_bound(L->in, n, q + 1);
         rc = fastnn_dense_partial(Y, L->out, x + k0, L->in, W + k0 * L->out, L->out, m,
                                   k1 - k0, L->out, q == 0 ? 0.0f : 1.0f, q == n - 1, b, L->act,
                                   L->slope);
@@ -418,9 +406,9 @@ int fastnn_many_dense_epoch(fastnn_model_epoch *a, int *taken)
         if (a->l2 != 0.0)
             for (int l = 0; l < nl; l++) {  /* per layer and chunk, as train.c */
                 const fastnn_dense_layer *L = &s->L[l];
-                const int n = n_chunks(chunked, L->in);
+                const int n = fastnn_chunk_count(chunked, L->in);
                 for (int q = 0; q < n; q++) {
-                    const int64_t k0 = bound(L->in, n, q), k1 = bound(L->in, n, q + 1);
+                    const int64_t k0 = fastnn_chunk_bound(L->in, n, q), k1 = fastnn_chunk_bound(L->in, n, q + 1);
                     double part = 0.0;
                     if (k1 > k0)
                         fastnn_sum_squares(&part, a->params + L->w_offset + k0 * L->out,

@@ -173,22 +173,12 @@ struct epoch {
    second into a scratch buffer) and adds them, and the forward is split
    by input only when every thread owns whole pairs (split_by_input). */
 
-/* Chunks of a feature dimension of d features: 1 below 128 (or when the
-   epoch is too small to ever use two threads), 2 below 512, else 4. */
+/* Chunks of a feature dimension (internal.h: fastnn_chunk_count/bound). */
 static int n_chunks(const struct epoch *e, int64_t d)
 {
-    if (!e->chunked || d < 128)
-        return 1;
-    return d < 512 ? 2 : 4;
+    return fastnn_chunk_count(e->chunked, d);
 }
 
-/* Chunk q of n of a dimension d starts at feature bound(d, n, q). */
-static int64_t bound(int64_t d, int n, int q)
-{
-    const int64_t lines = d / 16 + (d % 16 != 0);
-    const int64_t at = 16 * ((q * lines + n - 1) / n);
-    return at < d ? at : d;
-}
 
 /* The chunks [*c0, *c1) thread t of T owns, of n. */
 static void owned_chunks(int n, int t, int T, int *c0, int *c1)
@@ -203,8 +193,8 @@ static void own(const struct epoch *e, int64_t d, int t, int64_t *lo, int64_t *h
     const int n = n_chunks(e, d);
     int c0, c1;
     owned_chunks(n, t, e->threads, &c0, &c1);
-    *lo = bound(d, n, c0);
-    *hi = bound(d, n, c1);
+    *lo = fastnn_chunk_bound(d, n, c0);
+    *hi = fastnn_chunk_bound(d, n, c1);
 }
 
 /* Sum of squares of thread t's weights (its part of the l2 term), per
@@ -218,7 +208,7 @@ static void weight_squares(struct epoch *e, int t)
         int c0, c1;
         owned_chunks(n, t, e->threads, &c0, &c1);
         for (int q = c0; q < c1; q++) {
-            const int64_t k0 = bound(L->in, n, q), k1 = bound(L->in, n, q + 1);
+            const int64_t k0 = fastnn_chunk_bound(L->in, n, q), k1 = fastnn_chunk_bound(L->in, n, q + 1);
             double sq = 0.0;
             if (k1 > k0)
                 fastnn_sum_squares(&sq, a->params + L->w_offset + k0 * L->out, (k1 - k0) * L->out);
@@ -318,7 +308,7 @@ static int chain(const fastnn_dense_layer *L, const float *W, const float *b, co
 {
     int rc = FASTNN_OK;
     for (int q = q0; q < q1 && rc == FASTNN_OK; q++) {
-        const int64_t k0 = bound(L->in, n, q), k1 = bound(L->in, n, q + 1);
+        const int64_t k0 = fastnn_chunk_bound(L->in, n, q), k1 = fastnn_chunk_bound(L->in, n, q + 1);
         rc = fastnn_dense_partial(C + j0, ldc, in + k0, L->in, W + k0 * L->out + j0, L->out, m,
                                   k1 - k0, j1 - j0, q == q0 ? 0.0f : 1.0f, ep && q == q1 - 1,
                                   b ? b + j0 : NULL, L->act, L->slope);

@@ -1,7 +1,6 @@
 """fastnn.fit_many: many trainers on the same data, each ending where its
 own fit would."""
 
-import contextlib
 import dataclasses
 
 import numpy as np
@@ -12,6 +11,7 @@ from fastnn import BatchNorm, Dense, Dropout, ReLU, Sequential, Trainer, fit_man
 from fastnn.kernels import spec
 
 from .conftest import require
+from .test_threads import c_threads
 
 
 def _data(n=120, seed=0):
@@ -146,7 +146,7 @@ def test_dense_stacks_end_bit_for_bit_where_their_own_fit_would(optimizer):
     rows = [np.arange(0, 130), np.arange(10, 150)[::-1], None]
     rows[2] = np.arange(150)
     for threads in (1, 2):
-        with _c_threads(threads):
+        with c_threads(threads):
             together = [_stack_trainer(i, optimizer, l2=0.01 * (i == 1),
                                        acts=("relu", "leaky_relu") if i == 2 else ("relu", "tanh"))
                         for i in range(3)]
@@ -164,18 +164,6 @@ def test_dense_stacks_end_bit_for_bit_where_their_own_fit_would(optimizer):
                         np.testing.assert_array_equal(tr.optimizer.state[name], state)
 
 
-@contextlib.contextmanager
-def _c_threads(n):
-    from fastnn.kernels import c
-
-    before = c.info()["threads"]
-    c.set_num_threads(n)
-    try:
-        yield
-    finally:
-        c.set_num_threads(before)
-
-
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_chunked_dense_stacks_end_bit_for_bit_too(optimizer):
     """An epoch large enough for train.c to cut each input of >= 128
@@ -190,7 +178,7 @@ def test_chunked_dense_stacks_end_bit_for_bit_too(optimizer):
         return Trainer(Sequential(layers, seed=30 + i, backend="c"), "softmax_cross_entropy",
                        optim.get(optimizer), l2=0.001)
 
-    with _c_threads(2):
+    with c_threads(2):
         together = [make(i) for i in range(2)]
         hs = fit_many(together, X, y, epochs=1, batch_size=128, seed=1, verbose=False)
         for i, (tr, h) in enumerate(zip(together, hs)):

@@ -35,6 +35,7 @@ def main(argv=None):
     import numpy as np
     import optax
 
+    from fastnn.bench.jax_worker import mlp_loss
     from fastnn.datasets import load_digits
 
     X, y = load_digits()
@@ -51,13 +52,7 @@ def main(argv=None):
     params = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[init(s) for s in range(K)])
     opt = optax.adam(1e-3, b1=0.9, b2=0.999, eps=1e-8)
 
-    def loss_fn(p, xb, yb):
-        h = xb
-        for i, (W, b) in enumerate(p):
-            h = h @ W + b
-            if i < len(p) - 1:
-                h = jax.nn.relu(h)
-        return optax.softmax_cross_entropy_with_integer_labels(h, yb).mean()
+    loss_fn = mlp_loss
 
     def step(p, s, xb, yb):
         loss, g = jax.value_and_grad(loss_fn)(p, xb, yb)

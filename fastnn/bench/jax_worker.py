@@ -44,6 +44,20 @@ import sys
 import time
 
 
+def mlp_loss(p, xb, yb):
+    """Mean softmax cross-entropy of a ReLU MLP with parameters p = [(W, b),
+    ...] (JAX arrays; also jax_many.py's, under vmap)."""
+    import jax
+    import optax
+
+    h = xb
+    for i, (W, b) in enumerate(p):
+        h = h @ W + b
+        if i < len(p) - 1:
+            h = jax.nn.relu(h)
+    return optax.softmax_cross_entropy_with_integer_labels(h, yb).mean()
+
+
 def _configure_threads(threads, cpus):
     if cpus:
         os.sched_setaffinity(0, cpus)
@@ -98,13 +112,7 @@ class Worker:
             params = [(jnp.asarray(w[f"W{i}"]), jnp.asarray(w[f"b{i}"])) for i in range(n_layers)]
         opt = optax.adam(req.get("lr", 1e-3), b1=0.9, b2=0.999, eps=1e-8)
 
-        def loss_fn(p, xb, yb):
-            h = xb
-            for i, (W, b) in enumerate(p):
-                h = h @ W + b
-                if i < len(p) - 1:
-                    h = jax.nn.relu(h)
-            return optax.softmax_cross_entropy_with_integer_labels(h, yb).mean()
+        loss_fn = mlp_loss
 
         @jax.jit
         def step(carry, batch):
