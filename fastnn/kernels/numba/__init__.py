@@ -66,8 +66,14 @@ def _drop_stale_caches(here=None):
         with open(path, "rb") as f:
             digest.update(f.read())
     digest.update(numba.__version__.encode())
+    # __pycache__ and NUMBA_CACHE_DIR's folder are made with their stamp if
+    # missing (else the next process would find numba's entries there without
+    # a stamp and drop them); the user-wide one is looked at only if it exists
+    written = {os.path.join(here, "__pycache__")}
+    if numba.config.CACHE_DIR:
+        written.update(_cache_dirs(here)[1:2])
     for cache in _cache_dirs(here):
-        if os.path.isdir(cache) or cache == os.path.join(here, "__pycache__"):
+        if cache in written or os.path.isdir(cache):
             _drop_if_stale(cache, digest.hexdigest())
 
 
