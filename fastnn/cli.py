@@ -123,7 +123,7 @@ def _add_bench_parser(sub):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     bench.add_argument("--quick", action="store_true", help="fewer rounds, smaller data")
     bench.add_argument("--sections", default=None,
-                       help="comma-separated subset of gemm,adam,conv,train,sklearn,models,many "
+                       help="comma-separated subset of gemm,adam,conv,train,sklearn,models,many,rnn "
                             "(default: all)")
     bench.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     bench.add_argument("--markdown", action="store_true", help="print Markdown tables")

@@ -2,7 +2,7 @@
 
     fastnn bench [--quick] ...            (the CLI; see ``fastnn bench --help``)
     python -m fastnn.bench.compare [--quick] [--threads 1,2]
-                            [--sections gemm,adam,conv,train,sklearn,models]
+                            [--sections gemm,adam,conv,train,sklearn,models,many,rnn]
                             [--markdown] [--mnist DIR] [--json FILE]
 
 Everything timed runs in this one process, on the same data, at the same
@@ -67,7 +67,7 @@ from fastnn.bench import workloads as wl  # noqa: E402
 
 torch = None  # the optional comparator, imported by main(): not in fastnn's RSS workers
 
-SECTIONS = ("gemm", "adam", "conv", "train", "sklearn", "models", "many")
+SECTIONS = ("gemm", "adam", "conv", "train", "sklearn", "models", "many", "rnn")
 FASTNN_BACKENDS = ("c", "numba")
 TRAIN_TARGETS = {32: 5.0, 128: 2.5, 512: 1.3}  # fastnn c vs torch, samples/s
 NUMBA_VS_C = 0.5
@@ -1312,6 +1312,87 @@ def _search_table(args):
             args.results.append({"section": "many", "search": n_cand, "threads": threads,
                                  "seconds": med,
                                  "same_best": best["ours"] == best["grid-fastnn"]})
+    return table
+
+
+# ---- recurrent layers ------------------------------------------------------------
+
+RNN_LENGTH, RNN_HIDDEN, RNN_BATCH = 40, 128, 100
+
+
+def rnn_flops(kind, length=RNN_LENGTH, inputs=1, hidden=RNN_HIDDEN, classes=10):
+    """FLOP per sample of one training step of `kind`(inputs -> hidden) over
+    `length` steps + Dense(hidden -> classes): the gate products forward, their
+    dW and the hidden state's dX (2 per multiply-add; no dX for the input)."""
+    gates = {"rnn": 1, "gru": 3, "lstm": 4}[kind]
+    per_step = gates * hidden * (inputs * 2 + hidden * 3)  # W_ih: fwd + dW; W_hh: fwd, dW, dh
+    return 2.0 * (length * per_step + classes * hidden * 3)  # Dense: fwd, dW, dX
+
+
+def _torch_rnn(kind, hidden=RNN_HIDDEN, classes=10):
+    rnn = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[kind]
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.head = rnn(1, hidden, batch_first=True), torch.nn.Linear(hidden, classes)
+
+        def forward(self, x):
+            return self.head(self.rnn(x)[0][:, -1])
+
+    return Net()
+
+
+def section_rnn(args):
+    """SimpleRNN / GRU / LSTM (1 -> 128) + Dense(128 -> 10) on random sequences
+    of length 40, batch 100, Adam: fastnn's compiled epoch against torch eager
+    nn.RNN / nn.GRU / nn.LSTM, interleaved in this one process."""
+    n = 400 if args.tiny else (1000 if args.quick else 2000)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(n, RNN_LENGTH, 1)).astype(np.float32)
+    y = rng.integers(0, 10, n).astype(np.int64)
+    layer = {"rnn": fastnn.SimpleRNN, "gru": fastnn.GRU, "lstm": fastnn.LSTM}
+    names = {"rnn": "SimpleRNN", "gru": "GRU", "lstm": "LSTM"}
+    table = Table(
+        f"Recurrent layers: (1 -> {RNN_HIDDEN}) + Dense({RNN_HIDDEN} -> 10), length "
+        f"{RNN_LENGTH}, batch {RNN_BATCH}, {n:,} samples, Adam: samples/s",
+        ["model", "threads", "fastnn-c", "fastnn-numba", "torch", "c/torch", "numba/c",
+         "limit", "c of limit", "c loss", "spread"],
+        notes=["fastnn: Trainer.fit wall time (one compiled epoch call, shuffle included); "
+               "torch: eager nn.RNN/GRU/LSTM(batch_first=True) + nn.Linear on the last "
+               "step's output, Adam(fused=True), slices of a pre-shuffled tensor, "
+               "loss.item() per batch (as the train section)",
+               f"limit: threads x {PEAK_GFLOPS_PER_CORE:g} GFLOP/s / the FLOP of one step "
+               "per sample (gate products forward, their dW, the hidden state's dX; "
+               "bench.compare.rnn_flops): the step's products are only "
+               f"{RNN_BATCH} x {RNN_HIDDEN} x {RNN_HIDDEN}-sized, one after another",
+               "c loss: fastnn c's loss on the training data before and after its timed "
+               "epochs (random labels: near ln 10 = 2.30 both times)"])
+    for n_threads in args.threads:
+        with Threads(n_threads):
+            for kind in ("rnn", "gru", "lstm"):
+                trainers = {b: model_trainer(lambda: [layer[kind](1, RNN_HIDDEN),
+                                                      fastnn.Dense(RNN_HIDDEN, 10)],
+                                             b, (RNN_LENGTH, 1)) for b in _backends(args)}
+                loss0 = trainers["c"].evaluate(X, y)["loss"]
+                fns = {f"fastnn-{b}": _fit_fn(t, X, y, RNN_BATCH) for b, t in trainers.items()}
+                if torch is not None:
+                    torch.manual_seed(0)
+                    fns["torch"] = _torch_fit_fn(_torch_rnn(kind), X, y, RNN_BATCH)
+                secs = interleaved(fns, args.train_rounds, 0.0)
+                loss1 = trainers["c"].evaluate(X, y)["loss"]
+                rate = {i: n / secs[i] for i in fns}
+                c, nb, tt = rate.get("fastnn-c"), rate.get("fastnn-numba"), rate.get("torch")
+                flops = rnn_flops(kind)
+                table.add(names[kind], n_threads, fmt_rate(c, "samples/s"),
+                          fmt_rate(nb, "samples/s"),
+                          fmt_rate(tt, "samples/s") if torch is not None else "not installed",
+                          fmt_ratio(ratio(c, tt)), fmt_ratio(ratio(nb, c)),
+                          fmt_rate(_limit(flops, n_threads), "samples/s"),
+                          f"{100 * c * flops / (n_threads * PEAK_GFLOPS_PER_CORE * 1e9):.0f}%",
+                          f"{loss0:.2f}->{loss1:.2f}", spread())
+                args.results.append({"section": "rnn", "model": kind, "threads": n_threads,
+                                     "samples/s": rate, "MFLOP/sample": flops / 1e6})
     return table
 
 
