@@ -36,9 +36,10 @@ def _train_bank(estimators, X, y):
     exception, fit time)."""
     start = time.perf_counter()
     gens, state, failed = {}, {}, {}
+    shared = {}  # X and y validated once for the bank
     for i, est in enumerate(estimators):
         try:
-            gens[i] = est._fit_epochs(X, y, plan=True)
+            gens[i] = est._fit_epochs(X, y, plan=True, shared=shared)
             state[i] = next(gens[i])
         except StopIteration:
             pass

@@ -126,3 +126,35 @@ def test_search_refuses_a_foreign_estimator():
 
     with pytest.raises(TypeError, match="fastnn"):
         MLPSearchCV(LogisticRegression(), {"C": [1.0]}).fit(np.zeros((10, 2)), np.arange(10) % 2)
+
+
+@pytest.mark.parametrize("frame", [False, True])
+def test_a_banks_estimators_validated_once_end_as_their_own_fits(digits, frame):
+    """The estimators of a bank share one validation of X and y, each with
+    its own copy of what validation sets (n_features_in_, feature names,
+    classes_, the label binarizer), and each ends where its own fit does."""
+    from fastnn._search import _train_bank
+
+    X, y = digits
+    labels = np.array(["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"])[y]
+    if frame:
+        pd = pytest.importorskip("pandas")
+        X = pd.DataFrame(X, columns=[f"px{i}" for i in range(X.shape[1])])
+    grid = [dict(alpha=a, learning_rate_init=lr) for a in (1e-4, 1e-2) for lr in (1e-3, 1e-2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        bank = [fitted for fitted, _ in _train_bank(
+            [MLPClassifier((16,), max_iter=3, random_state=0, **p) for p in grid], X, labels)]
+        alone = [MLPClassifier((16,), max_iter=3, random_state=0, **p).fit(X, labels)
+                 for p in grid]
+    for a, b in zip(bank, alone):
+        assert a.n_features_in_ == b.n_features_in_ == 64
+        assert hasattr(a, "feature_names_in_") == frame
+        if frame:
+            np.testing.assert_array_equal(a.feature_names_in_, b.feature_names_in_)
+        np.testing.assert_array_equal(a.classes_, b.classes_)
+        assert a.classes_ is a._label_binarizer.classes_
+        np.testing.assert_array_equal(a.predict(X), b.predict(X))
+        np.testing.assert_allclose(a.loss_curve_, b.loss_curve_, rtol=1e-6)
+    assert bank[0].classes_ is not bank[1].classes_
+    assert bank[0]._label_binarizer is not bank[1]._label_binarizer
