@@ -203,8 +203,9 @@ def _built_epochs(n_models=2, rows=40):
 
 def _same_field(a, b):
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape == b.shape
-                and a.dtype == b.dtype and np.shares_memory(a, b) and np.array_equal(a, b))
+        return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)  # the same memory
+                and (a.shape, a.strides, a.dtype) == (b.shape, b.strides, b.dtype)
+                and a.__array_interface__["data"] == b.__array_interface__["data"])
     if isinstance(a, tuple):
         return len(a) == len(b) and all(_same_field(u, v) for u, v in zip(a, b))
     return type(a) is type(b) and a == b
