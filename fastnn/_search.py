@@ -297,31 +297,36 @@ def _side_by_side(estimator, jobs, n_jobs):
     return min(threads, len(jobs))
 
 
-def _all_c(estimator, jobs):
-    """Whether every candidate of `jobs` trains on the c backend (float32)."""
+def _finals(estimator, jobs):
+    """{candidate: its final estimator (unfitted, its parameters set)}."""
+    finals = {}
     for _, _, members, candidates in jobs:
         for c in members:
-            est = clone(estimator).set_params(**candidates[c])
-            final = est.steps[-1][1] if isinstance(est, Pipeline) else est
-            try:
-                if final._backend() != "c":
-                    return False
-            except ValueError:  # a bad dtype / backend: its fit says so
-                return False
-    return True
+            if c not in finals:
+                est = clone(estimator).set_params(**candidates[c])
+                finals[c] = est.steps[-1][1] if isinstance(est, Pipeline) else est
+    return finals
 
 
-def _job_cost(estimator, job):
+def _all_c(estimator, jobs):
+    """Whether every candidate of `jobs` trains on the c backend (float32)."""
+    try:
+        return all(final._backend() == "c" for final in _finals(estimator, jobs).values())
+    except ValueError:  # a bad dtype / backend: its fit says so
+        return False
+
+
+def _job_cost(finals, job):
     """A bank's relative cost: its members' weights (the multiply-adds of a
-    sample), for the longest banks to start first."""
-    _, _, members, candidates = job
+    sample) times their epochs, for the longest banks to start first."""
     cost = 0
-    for c in members:
-        est = clone(estimator).set_params(**candidates[c])
-        final = est.steps[-1][1] if isinstance(est, Pipeline) else est
-        sizes = final.hidden_layer_sizes
+    for c in job[2]:
+        sizes = finals[c].hidden_layer_sizes
         sizes = [1] + (list(sizes) if hasattr(sizes, "__iter__") else [sizes]) + [1]
-        cost += sum(a * b for a, b in zip(sizes, sizes[1:])) * getattr(final, "max_iter", 1)
+        try:
+            cost += sum(int(a) * int(b) for a, b in zip(sizes, sizes[1:])) * int(finals[c].max_iter)
+        except (TypeError, ValueError):  # (a bad parameter: its fit says so)
+            pass
     return cost
 
 
@@ -332,7 +337,8 @@ def _run_side_by_side(estimator, jobs, args, threads):
     from concurrent.futures import ThreadPoolExecutor
 
     c = kernels.get("c")
-    order = sorted(range(len(jobs)), key=lambda j: -_job_cost(estimator, jobs[j]))
+    finals = _finals(estimator, jobs)
+    order = sorted(range(len(jobs)), key=lambda j: -_job_cost(finals, jobs[j]))
 
     def run(job):
         before = c.run_serial(True)
