@@ -92,9 +92,12 @@ class MLPSearchCV(GridSearchCV):
     of them one ``model_epochs`` kernel call (the c backend trains them
     side by side, one network per thread).  Each candidate ends where its
     own ``fit`` would, so the scores are those of ``GridSearchCV`` over the
-    same estimator with the same splits.  For a Pipeline, the steps before
-    the estimator are fitted once per fold (and per distinct setting of
-    their own parameters).  ``n_jobs`` runs banks through joblib (so a
+    same estimator with the same splits.  Without ``n_jobs`` (and no joblib
+    backend in force), as many banks as the c backend has threads run at
+    once in threads of this process, each on one thread, so that one bank's
+    Python overlaps the others' compiled epochs.  For a Pipeline, the steps
+    before the estimator are fitted once per fold (and per distinct setting
+    of their own parameters).  ``n_jobs`` runs banks through joblib (so a
     joblib backend such as Dask's distributes them: under ``with
     joblib.parallel_backend("dask"):`` each bank is a task on a worker, X
     and y are scattered to the cluster once, and fastnn's kernels on a
