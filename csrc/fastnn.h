@@ -85,6 +85,12 @@ int fastnn_set_simd_path(int path);
    by the calling thread and the OpenMP threads, until set again; returns
    the calling thread's setting before.  No-op (returns 0) off x86. */
 int fastnn_flush_denormals(int on);
+/* While on != 0, every kernel called by the calling thread runs on it
+   alone (fastnn_get_num_threads() returns 1), as inside a parallel region:
+   for a training epoch that found a batch too small to split, and for
+   threads that each run their own kernels side by side (MLPSearchCV's
+   banks).  Returns the thread's previous setting, to restore. */
+int fastnn_run_serial(int on);
 
 /* ---- matrix multiply ---------------------------------------------------- */
 /* C (m,n) = alpha * op(A) * op(B) + beta * C, row-major with leading

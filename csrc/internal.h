@@ -126,11 +126,7 @@ static inline float fastnn_act_scalar(int act, float x, float slope)
     }
 }
 
-/* While on != 0, every kernel called by this thread runs on it alone
-   (fastnn_get_num_threads() returns 1), as inside a parallel region: for
-   a training epoch that found a batch too small to split.  Returns the
-   previous setting, to restore (runtime.c). */
-int fastnn_run_serial(int on);
+/* fastnn_run_serial: fastnn.h */
 
 /* fastnn_dense_forward with leading dimensions: Y (n, out) in rows ldy
    apart, X (n, in) ldx apart, W (in, out) ldw apart, b (out) or NULL --

@@ -8,7 +8,7 @@ import warnings
 from collections import defaultdict
 
 import numpy as np
-from joblib import Parallel, delayed
+from joblib import Parallel, delayed, effective_n_jobs
 from scipy.stats import rankdata
 from sklearn.base import clone, is_classifier
 from sklearn.exceptions import FitFailedWarning
@@ -36,9 +36,10 @@ def _train_bank(estimators, X, y):
     exception, fit time)."""
     start = time.perf_counter()
     gens, state, failed = {}, {}, {}
+    shared = {}  # X and y validated once for the bank
     for i, est in enumerate(estimators):
         try:
-            gens[i] = est._fit_epochs(X, y, plan=True)
+            gens[i] = est._fit_epochs(X, y, plan=True, shared=shared)
             state[i] = next(gens[i])
         except StopIteration:
             pass
@@ -91,9 +92,12 @@ class MLPSearchCV(GridSearchCV):
     of them one ``model_epochs`` kernel call (the c backend trains them
     side by side, one network per thread).  Each candidate ends where its
     own ``fit`` would, so the scores are those of ``GridSearchCV`` over the
-    same estimator with the same splits.  For a Pipeline, the steps before
-    the estimator are fitted once per fold (and per distinct setting of
-    their own parameters).  ``n_jobs`` runs banks through joblib (so a
+    same estimator with the same splits.  Without ``n_jobs`` (and no joblib
+    backend in force), as many banks as the c backend has threads run at
+    once in threads of this process, each on one thread, so that one bank's
+    Python overlaps the others' compiled epochs.  For a Pipeline, the steps
+    before the estimator are fitted once per fold (and per distinct setting
+    of their own parameters).  ``n_jobs`` runs banks through joblib (so a
     joblib backend such as Dask's distributes them: under ``with
     joblib.parallel_backend("dask"):`` each bank is a task on a worker, X
     and y are scattered to the cluster once, and fastnn's kernels on a
@@ -142,9 +146,13 @@ class MLPSearchCV(GridSearchCV):
         if not candidates:
             raise ValueError("param_grid: no candidates")
         jobs = self._jobs(candidates, splits)
-        out = Parallel(n_jobs=self.n_jobs, verbose=self.verbose)(
-            delayed(_run_job)(estimator, job, X, y, splits, scorer, self.return_train_score,
-                              self.error_score) for job in jobs)
+        args = (X, y, splits, scorer, self.return_train_score, self.error_score)
+        side = _side_by_side(estimator, jobs, self.n_jobs)
+        if side > 1:
+            out = _run_side_by_side(estimator, jobs, args, side)
+        else:
+            out = Parallel(n_jobs=self.n_jobs, verbose=self.verbose)(
+                delayed(_run_job)(estimator, job, *args) for job in jobs)
         results = {}
         for job_out in out:
             results.update(job_out)
@@ -272,6 +280,79 @@ def _run_job(estimator, job, X, y, splits, scorer, train_score, error_score):
         out[(c, f)] = {"fit_time": fit_time, "score_time": score_time,
                        "test_score": test, "train_score": train}
     return out
+
+
+def _side_by_side(estimator, jobs, n_jobs):
+    """How many banks run at once in this process, each on one thread of
+    the c backend's thread count (1: one after another, each bank's epochs
+    on all the threads).  Side by side, one bank's Python (its front, the
+    end-of-epoch rules, validation and scoring, serial under the GIL) runs
+    while the others' compiled epochs compute, as GridSearchCV's worker
+    processes do; the kernels release the GIL.  Only when joblib would run
+    the banks one after another (no n_jobs, no joblib backend in force that
+    spreads them) and every bank trains on the c backend."""
+    if effective_n_jobs(n_jobs) != 1 or len(jobs) < 2 or not _all_c(estimator, jobs):
+        return 1
+    try:
+        threads = kernels.get("c").info()["threads"]
+    except ImportError:
+        return 1
+    return min(threads, len(jobs))
+
+
+def _finals(estimator, jobs):
+    """{candidate: its final estimator (unfitted, its parameters set)}."""
+    finals = {}
+    for _, _, members, candidates in jobs:
+        for c in members:
+            if c not in finals:
+                est = clone(estimator).set_params(**candidates[c])
+                finals[c] = est.steps[-1][1] if isinstance(est, Pipeline) else est
+    return finals
+
+
+def _all_c(estimator, jobs):
+    """Whether every candidate of `jobs` trains on the c backend (float32)."""
+    try:
+        return all(final._backend() == "c" for final in _finals(estimator, jobs).values())
+    except ValueError:  # a bad dtype / backend: its fit says so
+        return False
+
+
+def _job_cost(finals, job):
+    """A bank's relative cost: its members' weights (the multiply-adds of a
+    sample) times their epochs, for the longest banks to start first."""
+    cost = 0
+    for c in job[2]:
+        sizes = finals[c].hidden_layer_sizes
+        sizes = [1] + (list(sizes) if hasattr(sizes, "__iter__") else [sizes]) + [1]
+        try:
+            cost += sum(int(a) * int(b) for a, b in zip(sizes, sizes[1:])) * int(finals[c].max_iter)
+        except (TypeError, ValueError):  # (a bad parameter: its fit says so)
+            pass
+    return cost
+
+
+def _run_side_by_side(estimator, jobs, args, threads):
+    """_run_job over `jobs`, `threads` banks at a time, each worker's C
+    kernels on that worker alone (the longest banks first, so that the
+    last to finish are short)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    c = kernels.get("c")
+    finals = _finals(estimator, jobs)
+    order = sorted(range(len(jobs)), key=lambda j: -_job_cost(finals, jobs[j]))
+
+    def run(job):
+        before = c.run_serial(True)
+        try:
+            return _run_job(estimator, job, *args)
+        finally:
+            c.run_serial(before)
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        futures = [pool.submit(run, jobs[j]) for j in order]
+        return [f.result() for f in futures]
 
 
 def _dask_worker_threads():

@@ -419,22 +419,46 @@ class _BaseMLP(BaseEstimator):
     def _class_weights(self, Y, incremental):
         return None
 
-    def _fit_epochs(self, X, y, plan=False):
+    def _fit_epochs(self, X, y, plan=False, shared=None):
         """fit as a generator of epochs (MLPSearchCV trains banks of
-        estimators this way, their epochs in one kernel call): see _epochs."""
+        estimators this way, their epochs in one kernel call): see _epochs.
+        `shared`: a dict the unfitted estimators of one bank, fitted on the
+        same X and y, share, so that X and y are validated once a bank (see
+        _validated), not once an estimator."""
         hidden = self._check_params()
         if (sp.issparse(X) or self.solver == "lbfgs" or getattr(self, "loss", None) == "poisson"
                 or getattr(self, "class_weight", None) is not None):
             self._fit(X, y, None, incremental=False)  # not a compiled epoch: fit alone
             return iter(())
-        X, Y = self._validate_input(X, y, False, reset=True)
-        X = np.ascontiguousarray(X, self._dtype())
-        if not np.isfinite(X).all():
-            raise ValueError(_NONFINITE)
+        X, Y = self._validated(X, y, shared)
         rs = check_random_state(self.random_state)
         self._initialize(Y, [X.shape[1]] + hidden + [Y.shape[1]], rs)
         self._trainer = self._make_trainer()
         return self._epochs(X, Y, rs, False, plan)
+
+    def _validated(self, X, y, shared=None):
+        """_fit_epochs' X (C-contiguous, of the compute dtype, finite) and Y,
+        from _validate_input for a fresh fit.  With `shared` (a dict), the
+        result is kept there for the next estimator of the same class, dtype
+        and loss, which takes X and Y as they are (they are only read) and
+        a copy of the attributes validation set (n_features_in_,
+        feature_names_in_, classes_, the label binarizer)."""
+        key = (type(self), self._dtype(), getattr(self, "loss", None))
+        if shared is not None and key in shared:
+            X, Y, attrs = shared[key]
+            for name, value in copy.deepcopy(attrs).items():
+                setattr(self, name, value)
+            return X, Y
+        before = dict(vars(self))
+        X, Y = self._validate_input(X, y, False, reset=True)
+        X = np.ascontiguousarray(X, self._dtype())
+        if not np.isfinite(X).all():
+            raise ValueError(_NONFINITE)
+        after = vars(self)
+        if shared is not None and set(before) <= set(after):  # (nothing deleted: a fresh clone)
+            shared[key] = (X, Y, {k: v for k, v in after.items()
+                                  if k not in before or before[k] is not v})
+        return X, Y
 
     def _initialize(self, Y, layer_units, rs):
         """Build the network with scikit-learn's initial weights.

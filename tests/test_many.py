@@ -186,3 +186,125 @@ def test_chunked_dense_stacks_end_bit_for_bit_too(optimizer):
             h_alone = alone.fit(X, y, epochs=1, batch_size=128, seed=1, verbose=False)
             np.testing.assert_array_equal(tr.model.get_params(), alone.model.get_params())
             np.testing.assert_array_equal(h.loss, h_alone.loss)
+
+
+# ---- the front's checks of a bank's static parts, made once ---------------------------
+
+def _built_epochs(n_models=2, rows=40):
+    """Each trainer's first epoch as the fit would build it (c backend)."""
+    X, y = _data(rows)
+    trainers = [_stack_trainer(i, "adam") for i in range(n_models)]
+    built = []
+    for tr in trainers:
+        run = tr._fit_run(X, tr._targets(y, rows), None, 1, 8, None, True, 0, (), None, plan=True)
+        built.append(run.runner.build(run.next_order()))
+    return trainers, built
+
+
+def _same_field(a, b):
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)  # the same memory
+                and (a.shape, a.strides, a.dtype) == (b.shape, b.strides, b.dtype)
+                and a.__array_interface__["data"] == b.__array_interface__["data"])
+    if isinstance(a, tuple):
+        return len(a) == len(b) and all(_same_field(u, v) for u, v in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
+def test_cached_checks_give_the_full_checks_epoch():
+    """The second call of an epoch takes the cache (the static parts are
+    not checked again) and hands the kernel what the full check would."""
+    from fastnn.kernels import _checks
+
+    _, built = _built_epochs(1)
+    e = dataclasses.replace(built[0], step=7, hyper=dict(built[0].hyper, lr=0.5))
+    _checks.prepare_model_epoch(built[0], np.float32)
+    cached, static = _checks._prepare_model_epoch(e, np.float32)
+    assert static is not None and static is _checks._prepare_model_epoch(e, np.float32)[1]
+    full = _checks._check_model_epoch(e, np.float32)
+    for f in dataclasses.fields(spec.ModelEpoch):
+        assert _same_field(getattr(cached, f.name), getattr(full, f.name)), f.name
+    assert cached.hyper["lr"] == 0.5 and cached.step == 7
+
+
+def _plan_outside(e):
+    e.plan[-1, spec.F["y"]] = e.workspace.size  # in place: the same array
+    return e, r"plan\[\d+\] \(DENSE\): region"
+
+
+def _workspace_reshaped(e):
+    e.workspace.shape = (2, e.workspace.size // 2)  # in place: same object, 2-D
+    return e, "workspace: expected a 1-D array"
+
+
+def _lr_negative(e):
+    return dataclasses.replace(e, hyper=dict(e.hyper, lr=-1.0)), "lr: must be >= 0"
+
+
+def _label_out_of_range(e):
+    e.targets[3] = 3  # in place: 3 classes
+    return e, r"targets: must lie in \[0, 3\)"
+
+
+def _order_in_the_workspace(e):
+    ws = e.workspace
+    order = ws.view(np.int64)[:len(e.order)]
+    order[:] = 0
+    return dataclasses.replace(e, order=order), "workspace: output overlaps input order"
+
+
+def _params_replaced(e):
+    return dataclasses.replace(e, params=np.zeros(e.params.size - 1, np.float32)), "grads"
+
+
+def _state_read_only(e):
+    e.states[0].flags.writeable = False
+    return e, "read-only"
+
+
+def _step_too_large(e):
+    return dataclasses.replace(e, step=2 ** 63), "step"
+
+
+@pytest.mark.parametrize("change", [_plan_outside, _workspace_reshaped, _lr_negative,
+                                    _label_out_of_range, _order_in_the_workspace,
+                                    _params_replaced, _state_read_only, _step_too_large])
+@pytest.mark.parametrize("many", [False, True])
+def test_what_changes_between_epochs_is_checked_again(change, many):
+    """After a first call has cached an epoch's static checks, a change
+    between epochs (in place or by a new array or value) is refused with
+    the ValueError the full check gives, before any kernel runs."""
+    k = fastnn.kernels.get("c")
+    trainers, built = _built_epochs(2)
+    run = (lambda es: k.model_epochs(es)) if many else (lambda es: [k.model_epoch(es[0])])
+    run(built)  # fills the cache
+    before = [tr.model.get_params() for tr in trainers]
+    changed, match = change(built[0])
+    with pytest.raises(ValueError, match=match):
+        run([changed] + built[1:])
+    for tr, params in zip(trainers, before):
+        np.testing.assert_array_equal(tr.model.get_params(), params)
+
+
+def test_an_order_in_another_epochs_memory_is_refused_from_the_cache():
+    k = fastnn.kernels.get("c")
+    _, built = _built_epochs(2)
+    k.model_epochs(built)
+    order = built[1].grads.view(np.int64)[:len(built[0].order)]
+    order[:] = 0
+    with pytest.raises(ValueError, match=r"epochs\[1\]\.grads: output overlaps epochs\[0\]"):
+        k.model_epochs([dataclasses.replace(built[0], order=order), built[1]])
+
+
+def test_the_cache_forgets_a_workspace_that_is_gone():
+    import gc
+
+    from fastnn.kernels import _checks
+
+    trainers, built = _built_epochs(1)
+    fastnn.kernels.get("c").model_epochs(built)
+    key = id(built[0].workspace)
+    assert key in _checks._STATIC
+    del trainers, built
+    gc.collect()
+    assert key not in _checks._STATIC

@@ -26,8 +26,11 @@ normalised (see :mod:`fastnn.kernels.spec`): the front in
 implementation with what it returns.
 """
 
+import bisect
 import dataclasses
+import functools
 import math
+import weakref
 
 import numpy as np
 
@@ -552,14 +555,7 @@ def _epoch_optimizer(e, dtype):
     if len(states) != len(opt.states):
         raise ValueError(f"states: {opt.name} takes {len(opt.states)} state buffers "
                          f"({', '.join(opt.states)}), got {len(states)}")
-    unknown = set(e.hyper) - set(opt.hyper_names)
-    if unknown:
-        raise ValueError(f"hyper: {opt.name} takes no {', '.join(sorted(unknown))}")
-    hyper = dict(opt.kernel_defaults(), **e.hyper)
-    missing = [name for name in opt.hyper_names if name not in hyper]
-    if missing:
-        raise ValueError(f"hyper: {opt.name} needs {', '.join(missing)}")
-    hyper = check_hyper(opt, hyper)
+    hyper = _epoch_hyper(e, opt)
     grads_in = prepare_update(e.params, e.grads, dict(zip(opt.states, states)), dtype)
     if grads_in is not e.grads and not same_array(grads_in, e.grads):
         raise TypeError("grads: must be a C-contiguous float32 buffer (it is overwritten)")
@@ -569,6 +565,18 @@ def _epoch_optimizer(e, dtype):
     if e.loss not in spec.LOSSES:
         raise ValueError(f"loss: unknown {e.loss!r}; expected one of {', '.join(spec.LOSSES)}")
     return opt, states, hyper, size
+
+
+def _epoch_hyper(e, opt):
+    """An epoch's hyperparameters (the optimizer's defaults filled in), checked."""
+    unknown = set(e.hyper) - set(opt.hyper_names)
+    if unknown:
+        raise ValueError(f"hyper: {opt.name} takes no {', '.join(sorted(unknown))}")
+    hyper = dict(opt.kernel_defaults(), **e.hyper)
+    missing = [name for name in opt.hyper_names if name not in hyper]
+    if missing:
+        raise ValueError(f"hyper: {opt.name} needs {', '.join(missing)}")
+    return check_hyper(opt, hyper)
 
 
 def _epoch_data(e, X, n_out):
@@ -642,11 +650,14 @@ def prepare_model_epoch(epoch, dtype):
     spec.ModelEpoch: hyper with every hyperparameter, X as (n, in_size),
     targets, order, plan and penalized as int64, plan_scalars as float64,
     and every region of every record (spec.record_regions) inside its
-    buffer."""
-    if not isinstance(epoch, spec.ModelEpoch):
-        raise TypeError(f"epoch: expected a fastnn.kernels.spec.ModelEpoch, got "
-                        f"{type(epoch).__name__}")
-    e = epoch
+    buffer.  The checks of what an epoch's builder keeps from one epoch to
+    the next are cached (see _static_key)."""
+    return (_prepare_model_epoch(epoch, dtype)[0],)
+
+
+def _check_model_epoch(e, dtype):
+    """Every check of model_epoch (prepare_model_epoch's specification):
+    the validated copy of spec.ModelEpoch e."""
     opt, states, hyper, n_params = _epoch_optimizer(e, dtype)
     batch_size = _integer("batch_size", e.batch_size, 1)
     step = _integer("step", e.step, 0, high=MAX_STEP)
@@ -724,25 +735,204 @@ def prepare_model_epoch(epoch, dtype):
         clip_value=check_scalar("clip_value", e.clip_value, low=0.0),
         clip_norm=check_scalar("clip_norm", e.clip_norm, low=0.0), **_epoch_scalars(e))
     _epoch_aliases(e, opt, {"workspace": ws, "iworkspace": iws})
-    return (e,)
+    return e
+
+
+# ---- the checks of an epoch's static parts, once ------------------------------------
+#
+# An epoch's builder (the trainer's compiled epoch, fit_many, MLPSearchCV's
+# banks) gives model_epoch the same plan, sizes and buffers every epoch;
+# only the order, the step and the scalars (a schedule's learning rate)
+# change.  The checks of everything else -- the records' regions against
+# the buffers, the buffers' shapes and aliases: ~0.3 ms of Python per epoch,
+# most of a small model's -- run once: _static_key describes what they
+# read, and while an epoch's key equals the one of the last full check of
+# the same workspace, only the dynamic checks run (_recheck_model_epoch).
+# The key holds every array's identity (weakly referenced, so that an id
+# is never a dead array's), shape, strides, dtype and writeability (numpy
+# cannot move a live array's data, so these fix its address; numpy 1 could,
+# so there the address is in the key), the plan's, plan_scalars',
+# penalized's and trainable's values (a plan edited in place is checked
+# again), and every static scalar with its type.  Only epochs whose inputs
+# the full check would not convert are cached (the fast path then passes
+# the very arrays the full check would).
+
+_ADDRESS_IN_KEY = np.lib.NumpyVersion(np.__version__) < "2.0.0"  # a.data = ... possible
+_STATIC = {}  # id(workspace) -> (weakref to it, _Static of its last full check)
+
+
+class _Static:
+    """The cached result of an epoch's static checks."""
+
+    __slots__ = ("key", "refs", "opt", "written", "__weakref__")
+
+    def __init__(self, key, refs, opt, written):
+        self.key, self.refs, self.opt, self.written = key, refs, opt, written
+
+    def alive(self):
+        return all(r is None or r() is not None for r in self.refs)
+
+
+def _array_key(a, dtype=None, ndim=None):
+    """What the static checks read of array a (a host array), or raise
+    _Uncached when a is not one the full check would pass unconverted (of
+    `dtype` and C-contiguous when dtype is given)."""
+    if type(a) is not np.ndarray:
+        raise _Uncached
+    if dtype is not None and (a.dtype != dtype or not a.flags.c_contiguous):
+        raise _Uncached
+    if ndim is not None and a.ndim != ndim:
+        raise _Uncached
+    key = (id(a), a.shape, a.strides, a.dtype, a.flags.writeable)
+    return key + (a.__array_interface__["data"][0],) if _ADDRESS_IN_KEY else key
+
+
+class _Uncached(Exception):
+    """An epoch the static-check cache does not take."""
+
+
+def _static_key(e, dtype):
+    """(key, arrays) of epoch e's static parts (see above), or None when e
+    is not cached."""
+    try:
+        if not isinstance(e.states, (tuple, list)) or not isinstance(e.optimizer, str) \
+                or not isinstance(e.loss, str):
+            raise _Uncached
+        labels = e.loss == "softmax_xent"
+        arrays = (e.params, e.grads, *e.states, e.workspace, e.iworkspace, e.buffers,
+                  e.batch_losses, e.batch_correct)
+        keys = [None if a is None else _array_key(a) for a in arrays]
+        keys += [_array_key(e.X, dtype), _array_key(e.targets, np.int32 if labels else dtype),
+                 _array_key(e.plan, np.int64, 2), _array_key(e.plan_scalars, np.float64, 2),
+                 _array_key(e.penalized, np.int64),
+                 None if e.trainable is None else _array_key(e.trainable, np.int64)]
+        arrays += (e.X, e.targets, e.plan, e.plan_scalars, e.penalized, e.trainable)
+        order = e.order
+        if order is not None and type(order) is not np.ndarray:
+            raise _Uncached
+        rows = e.X.shape[0] if order is None else order.shape
+        values = tuple(None if a is None else a.tobytes()
+                       for a in (e.plan, e.plan_scalars, e.penalized, e.trainable))
+    except _Uncached:
+        return None
+    scalars = tuple((type(v), v) for v in (
+        e.optimizer, e.loss, e.batch_size, e.in_size, e.out_size, e.xb, e.tb, e.lb, e.output,
+        e.doutput))
+    return (np.dtype(dtype), len(e.states), tuple(keys), values, scalars, rows), arrays
+
+
+def _prepare_model_epoch(epoch, dtype):
+    """(the checked copy of epoch, its _Static or None): the full check,
+    or the dynamic checks when the static ones hold from an earlier epoch."""
+    if not isinstance(epoch, spec.ModelEpoch):
+        raise TypeError(f"epoch: expected a fastnn.kernels.spec.ModelEpoch, got "
+                        f"{type(epoch).__name__}")
+    found = _static_key(epoch, dtype)
+    if found is None:
+        return _check_model_epoch(epoch, dtype), None
+    key, arrays = found
+    ws = epoch.workspace
+    entry = _STATIC.get(id(ws))
+    if entry is not None and entry[0]() is ws and entry[1].key == key and entry[1].alive():
+        return _recheck_model_epoch(epoch, entry[1]), entry[1]
+    checked = _check_model_epoch(epoch, dtype)
+    written = sorted(_span(a) + (name,) for name, a in _written(checked).items())
+    static = _Static(key, tuple(None if a is None else weakref.ref(a) for a in arrays),
+                     spec.OPTIMIZERS[checked.optimizer], [w for w in written if w[1] > w[0]])
+    # the entry goes when its workspace goes (one weak reference per workspace)
+    ref = entry[0] if entry is not None and entry[0]() is ws else weakref.ref(
+        ws, functools.partial(_forget, id(ws)))
+    _STATIC[id(ws)] = (ref, static)
+    return checked, static
+
+
+def _forget(ws_id, ref):
+    entry = _STATIC.get(ws_id)
+    if entry is not None and entry[0] is ref:
+        del _STATIC[ws_id]
+
+
+def _recheck_model_epoch(e, static):
+    """The checks of what may change between two epochs of one builder
+    (their static parts passed _check_model_epoch with this key): the
+    hyperparameters, the states given for them, step, the scalars, the
+    labels' range, the order (type, range, aliases) and the hook.  The same
+    checked copy _check_model_epoch makes."""
+    opt = static.opt
+    hyper = _epoch_hyper(e, opt)
+    check_states_given(opt, dict(zip(opt.states, e.states)), hyper)
+    step = _integer("step", e.step, 0, high=MAX_STEP)
+    X = e.X.reshape(e.X.shape[0], e.in_size)
+    targets, order = _epoch_data(e, X, e.out_size)
+    if order is not None:
+        _order_outside(order, static.written, "input ")
+    if e.hook is not None and not callable(e.hook):
+        raise TypeError(f"hook: expected a callable hook(event, batch) or None, got "
+                        f"{type(e.hook).__name__}")
+    spec.hook_events(e.hook)
+    hook_every = _integer("hook_every", e.hook_every, 0, 2 ** 62)
+    return dataclasses.replace(
+        e, states=tuple(e.states), X=X, targets=targets, batch_size=int(e.batch_size),
+        hyper=hyper, step=step, order=order, penalized=e.penalized.reshape(-1, 2),
+        trainable=None if e.trainable is None else e.trainable.reshape(-1, 2),
+        hook_every=hook_every,
+        clip_value=check_scalar("clip_value", e.clip_value, low=0.0),
+        clip_norm=check_scalar("clip_norm", e.clip_norm, low=0.0), **_epoch_scalars(e))
+
+
+def _order_outside(order, written, reader):
+    """ValueError unless the (int64, C-contiguous) order's memory lies
+    outside every span of `written` (sorted, disjoint (start, end, name));
+    `reader` names the order's epoch in the message."""
+    start, end = _span(order)
+    i = bisect.bisect_left(written, (end,)) - 1  # the last span starting before end
+    if i >= 0 and written[i][1] > start and end > start:
+        raise ValueError(f"{written[i][2]}: output overlaps {reader}order")
 
 
 def prepare_model_epochs(epochs, dtype):
     """Checks of model_epochs: each epoch as model_epoch's, and nothing one
     writes overlaps anything another reads or writes (they may share X,
-    targets and order)."""
+    targets and order).  The sweep over the epochs' arrays is cached as
+    their static checks are: while every epoch's static parts are those of
+    the last call with the same epochs, only the orders are checked
+    against everything the epochs write."""
     if isinstance(epochs, spec.ModelEpoch) or not isinstance(epochs, (list, tuple)) or not epochs:
         raise TypeError("epochs: expected a non-empty list of fastnn.kernels.spec.ModelEpoch")
-    checked = []
+    checked, statics = [], []
     for i, e in enumerate(epochs):
         try:
-            (c,) = prepare_model_epoch(e, dtype)
+            c, static = _prepare_model_epoch(e, dtype)
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"epochs[{i}]: {exc}") from exc
         checked.append(c)
-    # One sweep over every array's memory range (n log n in the number of
-    # arrays, not the pairs of epochs): a range one epoch writes must not
-    # meet another epoch's written range nor anything any epoch reads.
+        statics.append(static)
+    cached = all(st is not None for st in statics)
+    if cached:
+        key = tuple(map(id, statics))
+        swept = _SWEPT.get(key)
+        if swept is not None and all(r() is st for r, st in zip(swept[0], statics)):
+            for i, c in enumerate(checked):
+                if c.order is not None:
+                    _order_outside(c.order, swept[1], f"epochs[{i}].")
+            return (checked,)
+    _sweep(checked)
+    if cached:
+        if len(_SWEPT) >= 64:  # (entries of banks gone; a few bytes each)
+            _SWEPT.clear()
+        written = sorted((w[0], w[1], f"epochs[{i}].{w[2]}")
+                         for i, st in enumerate(statics) for w in st.written)
+        _SWEPT[key] = (tuple(weakref.ref(st) for st in statics), written)
+    return (checked,)
+
+
+_SWEPT = {}  # ids of the epochs' _Static -> (weakrefs to them, every written span, sorted)
+
+
+def _sweep(checked):
+    """One sweep over every array's memory range (n log n in the number of
+    arrays, not the pairs of epochs): a range one epoch writes must not
+    meet another epoch's written range nor anything any epoch reads."""
     spans = []  # (start, end, epoch, name, written)
     reads = {}
     for i, e in enumerate(checked):
@@ -765,7 +955,6 @@ def prepare_model_epochs(epochs, dtype):
                 raise ValueError(f"epochs[{w[2]}].{w[3]}: output overlaps "
                                  f"epochs[{r[2]}].{r[3]}")
         open_spans.append(sp)
-    return (checked,)
 
 
 def _window_ok(n, k, s, p, out):

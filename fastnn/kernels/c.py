@@ -105,6 +105,12 @@ def set_num_threads(n):
     lib.fastnn_set_num_threads(int(n))
 
 
+def run_serial(on):
+    """While on, every C kernel this thread calls runs on this thread alone
+    (other threads keep the set thread count); returns the previous setting."""
+    return bool(lib.fastnn_run_serial(1 if on else 0))
+
+
 def flush_denormals(on):
     """Flush denormals to zero (FTZ + DAZ; on=True) or keep them (False) in
     the C kernels' threads and the calling thread, until called again;

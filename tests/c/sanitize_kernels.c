@@ -657,6 +657,11 @@ int main(void) {
         plan_cases();
         rnn_cases();
     }
+    /* the plan cases with this thread's kernels serial (MLPSearchCV's
+       banks side by side, one thread each), at the 2-thread setting */
+    const int serial_before = fastnn_run_serial(1);
+    plan_cases();
+    fastnn_run_serial(serial_before);
     int best = fastnn_simd_best();
     for (int path = 0; path <= best; path++) {
         if (fastnn_set_simd_path(path) != FASTNN_OK) continue;  /* e.g. AVX2 on a CPU without it */
