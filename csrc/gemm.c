@@ -150,6 +150,24 @@ static void transpose8_rows(float *restrict dst, int64_t ds, const float *restri
 #define HAVE_TRANSPOSE8 1
 #endif
 
+/* dst[0:n] = src[0:n] for a compile-time n (the callers are inlined with
+   constant mr / nr).  The plain loop is what GCC's loop distribution turns
+   into a memcpy call per row -- 32 or 128 bytes a call, 15% of a training
+   step's kernel time (perf, bench/NOTES.md 42) -- so the loop is kept a
+   loop (and vectorised) here. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define NO_MEMCPY_LOOPS __attribute__((optimize("no-tree-loop-distribute-patterns")))
+#else
+#define NO_MEMCPY_LOOPS
+#endif
+
+static inline __attribute__((always_inline))
+void copy_row(float *restrict dst, const float *restrict src, int n)
+{
+    for (int i = 0; i < n; i++)
+        dst[i] = src[i];
+}
+
 static inline __attribute__((always_inline))
 void pack_a(float *restrict dst, int trans, const float *restrict A, int64_t lda,
             int64_t mc, int64_t kc, int mr)
@@ -160,6 +178,12 @@ void pack_a(float *restrict dst, int trans, const float *restrict A, int64_t lda
             for (int64_t q = 0; q < mr * kc; q++)
                 dst[q] = 0.0f;
         if (trans) {            /* op(A)[i][p] = A[p][i]: contiguous in i */
+            if (rows == mr) {   /* a constant count: copied inline, not by a
+                                   memcpy call per row of mr floats */
+                for (int64_t p = 0; p < kc; p++)
+                    copy_row(dst + p * mr, A + p * lda + ir, mr);
+                continue;
+            }
             for (int64_t p = 0; p < kc; p++) {
                 const float *src = A + p * lda + ir;
                 for (int i = 0; i < rows; i++)
@@ -203,6 +227,11 @@ void pack_b(float *restrict dst, int trans, const float *restrict B, int64_t ldb
                 for (int j = 0; j < cols; j++)
                     dst[p * nr + j] = src[j * ldb + p];
         } else {                /* op(B)[p][j] = B[p][j]: contiguous in j */
+            if (cols == nr) {
+                for (int64_t p = 0; p < kc; p++)
+                    copy_row(dst + p * nr, B + p * ldb + jr, nr);
+                continue;
+            }
             for (int64_t p = 0; p < kc; p++) {
                 const float *src = B + p * ldb + jr;
                 for (int j = 0; j < cols; j++)
@@ -259,6 +288,7 @@ static const float *op_at(const float *X, int trans, int64_t ld, int64_t r, int6
     return trans ? X + c * ld + r : X + r * ld + c;
 }
 
+NO_MEMCPY_LOOPS
 static void gemm_serial(const struct gemm_path *P, int ta, int tb,
                         int64_t m, int64_t n, int64_t k, float alpha,
                         const float *A, int64_t lda, const float *B, int64_t ldb,

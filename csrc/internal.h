@@ -191,12 +191,16 @@ int64_t fastnn_count_correct(const float *out, const int32_t *labels, const floa
 int fastnn_loss_rows(int loss, double *sum, float *dout, const float *out,
                      const int32_t *labels, const float *T, int64_t rows, int64_t c, float nf);
 
-/* Columns [j0, j1) of m rows (ld apart) of a dropout call's flat (m, ld)
-   buffer: out = in * mask, the mask of element i ld + j exactly as
-   fastnn_dropout_forward over the whole buffer gives it (philox.c).  ld,
-   j0 and j1 multiples of 4 (whole generator blocks); not parallel. */
-void fastnn_dropout_rows(float *out, const float *in, int64_t ld, int64_t m, int64_t j0,
+/* The dropout mask of columns [j0, j1) of m rows (ld apart) of a dropout
+   call's flat (m, ld) buffer, element i ld + j exactly as
+   fastnn_dropout_forward over the whole buffer gives it (philox.c), as
+   bits: bit j % 16 of bits[i bits_ld + j / 16] set iff the element is kept
+   (multiplied by fastnn_dropout_scale(p); else by 0).  ld and j1 multiples
+   of 4, j0 of 16 (whole words; the bits of a last partial word past j1 are
+   0); not parallel. */
+void fastnn_dropout_bits(uint16_t *bits, int64_t bits_ld, int64_t ld, int64_t m, int64_t j0,
                          int64_t j1, double p, int64_t seed, int64_t counter);
+float fastnn_dropout_scale(double p);
 
 /* What follows a layer of the dense-stack epoch inside its own pass over
    the layer's columns (train.c, from plan.c's BATCHNORM and DROPOUT

@@ -100,66 +100,76 @@ __attribute__((target("avx512f"))) static inline void mulhilo16(__m512i a, __m51
     *hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
 }
 
-/* dropout_blocks with AVX-512 intrinsics: 16 blocks (64 elements) a pass,
-   the four words of each block in four registers, transposed to element
-   order (element 4 j + q is word q of block j) before the multiply.  The
-   compiler's vectorisation of the portable loop widens every product to
-   64-bit lanes and ran at ~7 cycles per element; this runs ~1. */
-__attribute__((target("avx512f"))) static void dropout_blocks_avx512(
-    float *out, const float *in, int64_t size, int64_t b_lo, int64_t b_hi, const struct mask *mk)
+/* The factors (0 if dropped, else scale) of the 64 elements of blocks
+   [b0, b0 + 16), in element order in o[0..3] (element 4 j + q is word q of
+   block j): the four words of each block in four registers, transposed. */
+__attribute__((target("avx512f"))) static inline void philox_pass_avx512(
+    int64_t b0, const struct mask *mk, __m512 o[4])
 {
     const __m512i m0 = _mm512_set1_epi32((int)PHILOX_M0), m1 = _mm512_set1_epi32((int)PHILOX_M1);
     const __m512i thr = _mm512_set1_epi32((int)mk->threshold);
     const __m512 scale = _mm512_set1_ps(mk->scale);
     const __m512i steps = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i lo8 = _mm512_add_epi64(_mm512_set1_epi64(b0), steps);
+    const __m512i hi8 = _mm512_add_epi64(_mm512_set1_epi64(b0 + 8), steps);
+    /* the blocks' low and high words, 16 lanes each */
+    __m512i x0 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(lo8)),
+                                    _mm512_cvtepi64_epi32(hi8), 1);
+    __m512i x1 = _mm512_inserti64x4(
+        _mm512_castsi256_si512(_mm512_cvtepi64_epi32(_mm512_srli_epi64(lo8, 32))),
+        _mm512_cvtepi64_epi32(_mm512_srli_epi64(hi8, 32)), 1);
+    __m512i x2 = _mm512_set1_epi32((int)mk->c2), x3 = _mm512_set1_epi32((int)mk->c3);
+    uint32_t k0 = mk->k0, k1 = mk->k1;
+    for (int r = 0; r < PHILOX_ROUNDS; r++) {
+        __m512i hi0, lo0, hi1, lo1;
+        mulhilo16(x0, m0, &hi0, &lo0);
+        mulhilo16(x2, m1, &hi1, &lo1);
+        x0 = _mm512_xor_si512(_mm512_xor_si512(hi1, x1), _mm512_set1_epi32((int)k0));
+        x2 = _mm512_xor_si512(_mm512_xor_si512(hi0, x3), _mm512_set1_epi32((int)k1));
+        x1 = lo1;
+        x3 = lo0;
+        k0 += PHILOX_W0;
+        k1 += PHILOX_W1;
+    }
+    /* each word's factor: 0 if dropped, else scale */
+    const __m512 f0 = _mm512_maskz_mov_ps(
+        _mm512_cmpge_epu32_mask(_mm512_srli_epi32(x0, 8), thr), scale);
+    const __m512 f1 = _mm512_maskz_mov_ps(
+        _mm512_cmpge_epu32_mask(_mm512_srli_epi32(x1, 8), thr), scale);
+    const __m512 f2 = _mm512_maskz_mov_ps(
+        _mm512_cmpge_epu32_mask(_mm512_srli_epi32(x2, 8), thr), scale);
+    const __m512 f3 = _mm512_maskz_mov_ps(
+        _mm512_cmpge_epu32_mask(_mm512_srli_epi32(x3, 8), thr), scale);
+    /* 4x4 transposes in each 128-bit lane: r_i's lane L holds block 4 L + i */
+    const __m512 t0 = _mm512_unpacklo_ps(f0, f1), t1 = _mm512_unpackhi_ps(f0, f1);
+    const __m512 t2 = _mm512_unpacklo_ps(f2, f3), t3 = _mm512_unpackhi_ps(f2, f3);
+    const __m512 r0 = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t0),
+                                                          _mm512_castps_pd(t2)));
+    const __m512 r1 = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t0),
+                                                          _mm512_castps_pd(t2)));
+    const __m512 r2 = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t1),
+                                                          _mm512_castps_pd(t3)));
+    const __m512 r3 = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t1),
+                                                          _mm512_castps_pd(t3)));
+    /* lanes in element order: blocks 4k .. 4k + 3 make output vector k */
+    const __m512 a = _mm512_shuffle_f32x4(r0, r1, 0x44), b = _mm512_shuffle_f32x4(r2, r3, 0x44);
+    const __m512 c = _mm512_shuffle_f32x4(r0, r1, 0xEE), d = _mm512_shuffle_f32x4(r2, r3, 0xEE);
+    o[0] = _mm512_shuffle_f32x4(a, b, 0x88);
+    o[1] = _mm512_shuffle_f32x4(a, b, 0xDD);
+    o[2] = _mm512_shuffle_f32x4(c, d, 0x88);
+    o[3] = _mm512_shuffle_f32x4(c, d, 0xDD);
+}
+
+/* dropout_blocks with AVX-512 intrinsics, 16 blocks (64 elements) a pass.
+   The compiler's vectorisation of the portable loop widens every product
+   to 64-bit lanes and ran at ~7 cycles per element; this runs ~1. */
+__attribute__((target("avx512f"))) static void dropout_blocks_avx512(
+    float *out, const float *in, int64_t size, int64_t b_lo, int64_t b_hi, const struct mask *mk)
+{
     int64_t b0 = b_lo;
     for (; b0 + LANES <= b_hi && 4 * (b0 + LANES) <= size; b0 += LANES) {
-        const __m512i lo8 = _mm512_add_epi64(_mm512_set1_epi64(b0), steps);
-        const __m512i hi8 = _mm512_add_epi64(_mm512_set1_epi64(b0 + 8), steps);
-        /* the blocks' low and high words, 16 lanes each */
-        __m512i x0 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(lo8)),
-                                        _mm512_cvtepi64_epi32(hi8), 1);
-        __m512i x1 = _mm512_inserti64x4(
-            _mm512_castsi256_si512(_mm512_cvtepi64_epi32(_mm512_srli_epi64(lo8, 32))),
-            _mm512_cvtepi64_epi32(_mm512_srli_epi64(hi8, 32)), 1);
-        __m512i x2 = _mm512_set1_epi32((int)mk->c2), x3 = _mm512_set1_epi32((int)mk->c3);
-        uint32_t k0 = mk->k0, k1 = mk->k1;
-        for (int r = 0; r < PHILOX_ROUNDS; r++) {
-            __m512i hi0, lo0, hi1, lo1;
-            mulhilo16(x0, m0, &hi0, &lo0);
-            mulhilo16(x2, m1, &hi1, &lo1);
-            x0 = _mm512_xor_si512(_mm512_xor_si512(hi1, x1), _mm512_set1_epi32((int)k0));
-            x2 = _mm512_xor_si512(_mm512_xor_si512(hi0, x3), _mm512_set1_epi32((int)k1));
-            x1 = lo1;
-            x3 = lo0;
-            k0 += PHILOX_W0;
-            k1 += PHILOX_W1;
-        }
-        /* each word's factor: 0 if dropped, else scale */
-        const __m512 f0 = _mm512_maskz_mov_ps(
-            _mm512_cmpge_epu32_mask(_mm512_srli_epi32(x0, 8), thr), scale);
-        const __m512 f1 = _mm512_maskz_mov_ps(
-            _mm512_cmpge_epu32_mask(_mm512_srli_epi32(x1, 8), thr), scale);
-        const __m512 f2 = _mm512_maskz_mov_ps(
-            _mm512_cmpge_epu32_mask(_mm512_srli_epi32(x2, 8), thr), scale);
-        const __m512 f3 = _mm512_maskz_mov_ps(
-            _mm512_cmpge_epu32_mask(_mm512_srli_epi32(x3, 8), thr), scale);
-        /* 4x4 transposes in each 128-bit lane: r_i's lane L holds block 4 L + i */
-        const __m512 t0 = _mm512_unpacklo_ps(f0, f1), t1 = _mm512_unpackhi_ps(f0, f1);
-        const __m512 t2 = _mm512_unpacklo_ps(f2, f3), t3 = _mm512_unpackhi_ps(f2, f3);
-        const __m512 r0 = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t0),
-                                                              _mm512_castps_pd(t2)));
-        const __m512 r1 = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t0),
-                                                              _mm512_castps_pd(t2)));
-        const __m512 r2 = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t1),
-                                                              _mm512_castps_pd(t3)));
-        const __m512 r3 = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t1),
-                                                              _mm512_castps_pd(t3)));
-        /* lanes in element order: blocks 4k .. 4k + 3 make output vector k */
-        const __m512 a = _mm512_shuffle_f32x4(r0, r1, 0x44), b = _mm512_shuffle_f32x4(r2, r3, 0x44);
-        const __m512 c = _mm512_shuffle_f32x4(r0, r1, 0xEE), d = _mm512_shuffle_f32x4(r2, r3, 0xEE);
-        const __m512 o[4] = {_mm512_shuffle_f32x4(a, b, 0x88), _mm512_shuffle_f32x4(a, b, 0xDD),
-                             _mm512_shuffle_f32x4(c, d, 0x88), _mm512_shuffle_f32x4(c, d, 0xDD)};
+        __m512 o[4];
+        philox_pass_avx512(b0, mk, o);
         const float *x = in + 4 * b0;
         float *y = out + 4 * b0;
         for (int k = 0; k < 4; k++)
@@ -167,6 +177,20 @@ __attribute__((target("avx512f"))) static void dropout_blocks_avx512(
     }
     if (b0 < b_hi)  /* a partial pass: the portable code */
         dropout_blocks(out, in, size, b0, b_hi, mk);
+}
+
+/* mask_blocks (below) with AVX-512: a pass's four 16-bit words at once. */
+__attribute__((target("avx512f"))) static int64_t mask_blocks_avx512(
+    uint16_t *bits, int64_t b_lo, int64_t b_hi, const struct mask *mk)
+{
+    int64_t b0 = b_lo;
+    for (; b0 + LANES <= b_hi; b0 += LANES, bits += 4) {
+        __m512 o[4];
+        philox_pass_avx512(b0, mk, o);
+        for (int k = 0; k < 4; k++)
+            bits[k] = (uint16_t)_mm512_cmpneq_ps_mask(o[k], _mm512_setzero_ps());
+    }
+    return b0;
 }
 #endif
 
@@ -185,17 +209,23 @@ static void dropout_span(float *out, const float *in, int64_t size, int64_t b_lo
 
 _Static_assert(SPAN_BLOCKS % LANES == 0, "a span is whole passes");
 
+/* The mask (seed, counter) of one dropout call as in `struct mask`. */
+static struct mask make_mask(double p, int64_t seed, int64_t counter)
+{
+    const double t = ceil(p * 16777216.0);  /* exact: p * 2^24 only shifts the exponent */
+    return (struct mask){
+        .k0 = (uint32_t)seed, .k1 = (uint32_t)((uint64_t)seed >> 32),
+        .c2 = (uint32_t)counter, .c3 = (uint32_t)((uint64_t)counter >> 32),
+        .threshold = t < 16777216.0 ? (uint32_t)t : 16777216u,
+        .scale = (float)(1.0 / (1.0 - p))};
+}
+
 static int dropout(float *out, const float *in, int64_t size, double p, int64_t seed,
                    int64_t counter)
 {
     if (!out || !in || size < 0 || !(p >= 0.0 && p < 1.0) || seed < 0 || counter < 0)
         return FASTNN_EINVAL;
-    const double t = ceil(p * 16777216.0);  /* exact: p * 2^24 only shifts the exponent */
-    const struct mask mk = {
-        .k0 = (uint32_t)seed, .k1 = (uint32_t)((uint64_t)seed >> 32),
-        .c2 = (uint32_t)counter, .c3 = (uint32_t)((uint64_t)counter >> 32),
-        .threshold = t < 16777216.0 ? (uint32_t)t : 16777216u,
-        .scale = (float)(1.0 / (1.0 - p))};
+    const struct mask mk = make_mask(p, seed, counter);
     const int64_t blocks = size / 4 + (size % 4 != 0);
     if (size <= PAR_MIN || fastnn_get_num_threads() < 2) {
         dropout_span(out, in, size, 0, blocks, &mk);
@@ -219,18 +249,58 @@ int fastnn_dropout_backward(float *dX, const float *dY, int64_t size, double p, 
     return dropout(dX, dY, size, p, seed, counter);
 }
 
-void fastnn_dropout_rows(float *out, const float *in, int64_t ld, int64_t m, int64_t j0,
+/* Bits of blocks [b_lo, b_hi) (b_lo a multiple of 4: whole 16-bit words
+   from bits[0]): bit e % 16 of word e / 16 (e counted from 4 b_lo) set iff
+   element e is kept; a last partial word's high bits are 0.  Portable, one
+   block at a time (the AVX-512 path does the whole passes). */
+static void mask_blocks(uint16_t *bits, int64_t b_lo, int64_t b_hi, const struct mask *mk)
+{
+    for (int64_t b = b_lo; b < b_hi; b++) {
+        uint32_t x0 = (uint32_t)b, x1 = (uint32_t)((uint64_t)b >> 32), x2 = mk->c2, x3 = mk->c3;
+        uint32_t k0 = mk->k0, k1 = mk->k1;
+        for (int r = 0; r < PHILOX_ROUNDS; r++) {
+            const uint64_t p0 = (uint64_t)PHILOX_M0 * x0;
+            const uint64_t p1 = (uint64_t)PHILOX_M1 * x2;
+            x0 = (uint32_t)(p1 >> 32) ^ x1 ^ k0;
+            x2 = (uint32_t)(p0 >> 32) ^ x3 ^ k1;
+            x1 = (uint32_t)p1;
+            x3 = (uint32_t)p0;
+            k0 += PHILOX_W0;
+            k1 += PHILOX_W1;
+        }
+        const uint32_t x[4] = {x0, x1, x2, x3};
+        const int64_t e = 4 * (b - b_lo);
+        uint16_t *w = bits + e / 16;
+        if (e % 16 == 0)
+            *w = 0;
+        for (int q = 0; q < 4; q++)
+            if ((x[q] >> 8) >= mk->threshold)
+                *w |= (uint16_t)(1u << (e % 16 + q));
+    }
+}
+
+float fastnn_dropout_scale(double p)
+{
+    return make_mask(p, 0, 0).scale;
+}
+
+void fastnn_dropout_bits(uint16_t *bits, int64_t bits_ld, int64_t ld, int64_t m, int64_t j0,
                          int64_t j1, double p, int64_t seed, int64_t counter)
 {
     if (j1 <= j0 || m < 1)
         return;
-    const double t = ceil(p * 16777216.0);
-    const struct mask mk = {
-        .k0 = (uint32_t)seed, .k1 = (uint32_t)((uint64_t)seed >> 32),
-        .c2 = (uint32_t)counter, .c3 = (uint32_t)((uint64_t)counter >> 32),
-        .threshold = t < 16777216.0 ? (uint32_t)t : 16777216u,
-        .scale = (float)(1.0 / (1.0 - p))};
-    const int64_t size = m * ld;
-    for (int64_t i = 0; i < m; i++)
-        dropout_span(out, in, size, (i * ld + j0) / 4, (i * ld + j1) / 4, &mk);
+    const struct mask mk = make_mask(p, seed, counter);
+    for (int64_t i = 0; i < m; i++) {
+        uint16_t *w = bits + i * bits_ld + j0 / 16;
+        int64_t b = (i * ld + j0) / 4;
+        const int64_t b_hi = (i * ld + j1) / 4;
+#ifdef HAVE_AVX512_PHILOX
+        if (fastnn_simd_path() == FASTNN_SIMD_AVX512) {
+            const int64_t b1 = mask_blocks_avx512(w, b, b_hi, &mk);
+            w += (b1 - b) / 4;
+            b = b1;
+        }
+#endif
+        mask_blocks(w, b, b_hi, &mk);
+    }
 }

@@ -38,6 +38,24 @@ struct layout {
     int64_t D, Xb, Tb, Lb, Z, P, size;
 };
 
+/* 16-bit words of a row of dropout mask bits, of c columns. */
+static int64_t bit_words(int64_t c)
+{
+    return c / 16 + (c % 16 != 0);
+}
+
+/* *size = the floats of a layer's post-op region (Z, mean and invstd, and
+   with dropout its mask of B rows of bit_words(c), rounded up to floats);
+   0 past int64. */
+static int post_region(int64_t *size, const fastnn_post_op *q, int64_t batch, int64_t c)
+{
+    int64_t words = 0;
+    if (!fastnn_product(size, batch + 2, c)
+        || (q->dropout && !fastnn_product(&words, batch, bit_words(c))))
+        return 0;
+    return fastnn_add(size, *size, words / 2 + words % 2);
+}
+
 /* Fills w for `threads` threads; 0 for invalid arguments or a size past
    int64. */
 static int workspace_layout(struct layout *w, const fastnn_dense_layer *layers,
@@ -56,11 +74,13 @@ static int workspace_layout(struct layout *w, const fastnn_dense_layer *layers,
         || !fastnn_product(&part, batch, layers[n_layers - 1].out)
         || !fastnn_add(&w->Lb, w->Tb, part) || !fastnn_add(&w->Z, w->Lb, batch))
         return 0;
-    /* post ops: Z_l (B, out_l) then mean, invstd (out_l each), per layer */
+    /* post ops, per layer: Z_l (B, out_l), mean, invstd (out_l each), then
+       with dropout the mask bits (post_region) */
     w->P = w->Z;
     for (int l = 0; post && l < n_layers; l++)
         if ((post[l].bn || post[l].dropout)
-            && (!fastnn_product(&part, batch + 2, layers[l].out) || !fastnn_add(&w->P, w->P, part)))
+            && (!post_region(&part, &post[l], batch, layers[l].out)
+                || !fastnn_add(&w->P, w->P, part)))
             return 0;
     if (threads == 1) {
         w->size = w->P;
@@ -132,6 +152,7 @@ struct epoch {
     const fastnn_post_op *post;   /* per layer, or NULL */
     float **Z;                    /* per layer: the post ops' output (next input), or NULL */
     float **stats;                /* ... and BatchNorm's mean, invstd (out each) */
+    uint16_t **bits;              /* ... and Dropout's mask (fastnn_dropout_bits) */
     /* per batch */
     double loss_piece[LOSS_PIECES];
     double (*sq_chunk)[MAX_CHUNKS];  /* per layer and input chunk: sum of W^2 */
@@ -596,24 +617,45 @@ static const float *layer_input(const struct epoch *e, int l, const float *x)
     return e->Z && e->Z[l - 1] ? e->Z[l - 1] : e->Y + e->a->batch * e->row_off[l - 1];
 }
 
+/* A row's dropout factors come from its mask bits 16 columns (one word) at
+   a time, inside the pass that uses them: factor = bit ? scale : 0, the
+   multiply the whole-buffer kernel does.  The mask is drawn once per batch
+   by the forward (fastnn_dropout_bits) and read again by the backward. */
+#define WORD 16
+
+/* Columns [j0, j1) of thread t's Z_l for the m rows: BatchNorm's statistics
+   of its columns (two passes), then one pass normalising, shifting and
+   multiplying by the dropout factors (without BatchNorm: Y_l times the
+   factors). */
+FASTNN_CLONES
 static void post_forward(struct epoch *e, int l, int t, int64_t m, int64_t bi)
 {
     const fastnn_epoch *a = e->a;
     const fastnn_post_op *q = &e->post[l];
-    const int64_t c = a->layers[l].out;
+    const int64_t c = a->layers[l].out, ldb = bit_words(c);
     const float *A = e->Y + a->batch * e->row_off[l];
     float *Z = e->Z[l];
     int64_t j0, j1;
     own(e, c, t, &j0, &j1);
     if (j1 <= j0)
         return;
-    if (q->bn) {
-        const float *gamma = a->params + q->gamma, *beta = a->params + q->beta;
-        float *mean = e->stats[l], *invstd = mean + c;
-        for (int64_t c0 = j0; c0 < j1; c0 += POST_CB) {
-            const int64_t cb = j1 - c0 < POST_CB ? j1 - c0 : POST_CB;
+    const uint16_t *bits = e->bits[l];
+    const float fs = q->dropout ? fastnn_dropout_scale(q->p) : 1.0f;
+    if (q->dropout)
+        fastnn_dropout_bits(e->bits[l], ldb, c, m, j0, j1, q->p, q->seed, q->counter + bi);
+    if (!q->bn && !q->dropout) {
+        for (int64_t i = 0; i < m; i++)
+            memcpy(Z + i * c + j0, A + i * c + j0, (size_t)(j1 - j0) * sizeof(float));
+        return;
+    }
+    const float *gamma = q->bn ? a->params + q->gamma : NULL;
+    const float *beta = q->bn ? a->params + q->beta : NULL;
+    float *mean = e->stats[l], *invstd = mean + c;
+    for (int64_t c0 = j0; c0 < j1; c0 += POST_CB) {  /* (c0: whole words) */
+        const int64_t cb = j1 - c0 < POST_CB ? j1 - c0 : POST_CB;
+        float center[POST_CB], scale[POST_CB], shift[POST_CB];
+        if (q->bn) {
             double mu[POST_CB] = {0.0}, var[POST_CB] = {0.0};
-            float center[POST_CB], scale[POST_CB], shift[POST_CB];
             for (int64_t i = 0; i < m; i++) {
                 const float *x = A + i * c + c0;
 #pragma omp simd
@@ -643,41 +685,76 @@ static void post_forward(struct epoch *e, int l, int t, int64_t m, int64_t bi)
                 q->running_var[j] = (float)((1.0 - q->momentum) * q->running_var[j]
                                             + q->momentum * var[k] * (double)m / (double)(m - 1));
             }
-            for (int64_t i = 0; i < m; i++) {
-                const float *x = A + i * c + c0;
-                float *z = Z + i * c + c0;
+        }
+        for (int64_t i = 0; i < m; i++) {
+            const float *x = A + i * c + c0;
+            float *z = Z + i * c + c0;
+            const uint16_t *w = q->dropout ? bits + i * ldb + c0 / WORD : NULL;
+            for (int64_t g = 0; g < cb; g += WORD) {
+                const int64_t n = cb - g < WORD ? cb - g : WORD;
+                const uint32_t word = w ? w[g / WORD] : 0xFFFFu;
+                if (q->bn) {
 #pragma omp simd
-                for (int64_t k = 0; k < cb; k++)
-                    z[k] = (x[k] - center[k]) * scale[k] + shift[k];
+                    for (int64_t k = 0; k < n; k++) {
+                        const float v = (x[g + k] - center[g + k]) * scale[g + k] + shift[g + k];
+                        z[g + k] = v * ((word >> k) & 1u ? fs : 0.0f);
+                    }
+                } else {
+#pragma omp simd
+                    for (int64_t k = 0; k < n; k++)
+                        z[g + k] = x[g + k] * ((word >> k) & 1u ? fs : 0.0f);
+                }
             }
         }
     }
-    if (q->dropout)
-        fastnn_dropout_rows(Z, q->bn ? Z : A, c, m, j0, j1, q->p, q->seed, q->counter + bi);
-    else if (!q->bn)
-        for (int64_t i = 0; i < m; i++)
-            memcpy(Z + i * c + j0, A + i * c + j0, (size_t)(j1 - j0) * sizeof(float));
 }
 
 /* D_l's columns of thread t, the gradient of Z_l, into that of Y_l (in
    place), with BatchNorm's dgamma, dbeta (and their update unless a GRADS
-   hook defers it). */
-static int post_backward(struct epoch *e, int l, int t, int64_t m, int64_t bi,
-                         const fastnn_optimizer *o)
+   hook defers it): the dropout factors applied inside BatchNorm's pass of
+   sums, and a ReLU's (or identity's) derivative inside its last pass --
+   then *act_done = 1 and the caller skips act_columns. */
+FASTNN_CLONES
+static int post_backward(struct epoch *e, int l, int t, int64_t m,
+                         const fastnn_optimizer *o, int *act_done)
 {
     const fastnn_epoch *a = e->a;
     const fastnn_post_op *q = &e->post[l];
-    const int64_t c = a->layers[l].out;
+    const fastnn_dense_layer *L = &a->layers[l];
+    const int64_t c = L->out, ldb = bit_words(c);
     const float *X = e->Y + a->batch * e->row_off[l];
     float *D = e->D + a->batch * e->row_off[l];
+    const int relu = L->act == FASTNN_ACT_RELU;
     int64_t j0, j1;
+    *act_done = relu || L->act == FASTNN_ACT_IDENTITY;
     own(e, c, t, &j0, &j1);
     if (j1 <= j0)
         return FASTNN_OK;
-    if (q->dropout)
-        fastnn_dropout_rows(D, D, c, m, j0, j1, q->p, q->seed, q->counter + bi);
-    if (!q->bn)
+    const uint16_t *bits = e->bits[l];
+    const float fs = q->dropout ? fastnn_dropout_scale(q->p) : 1.0f;
+    if (!q->bn) {
+        if (!q->dropout && !relu)
+            return FASTNN_OK;
+        for (int64_t i = 0; i < m; i++) {
+            const float *x = X + i * c;
+            float *d = D + i * c;
+            const uint16_t *w = q->dropout ? bits + i * ldb : NULL;
+            for (int64_t g = j0; g < j1; g += WORD) {
+                const int64_t n = j1 - g < WORD ? j1 - g : WORD;
+                const uint32_t word = w ? w[g / WORD] : 0xFFFFu;
+#pragma omp simd
+                for (int64_t k = 0; k < n; k++) {
+                    float v = d[g + k];
+                    if (q->dropout)
+                        v *= (word >> k) & 1u ? fs : 0.0f;
+                    if (relu)
+                        v *= x[g + k] > 0.0f ? 1.0f : 0.0f;
+                    d[g + k] = v;
+                }
+            }
+        }
         return FASTNN_OK;
+    }
     const float *gamma = a->params + q->gamma, *mean = e->stats[l], *invstd = mean + c;
     float *dgamma = a->grads + q->gamma, *dbeta = a->grads + q->beta;
     for (int64_t c0 = j0; c0 < j1; c0 += POST_CB) {
@@ -687,11 +764,27 @@ static int post_backward(struct epoch *e, int l, int t, int64_t m, int64_t bi,
         for (int64_t k = 0; k < cb; k++)
             mk[k] = mf[k] = mean[c0 + k];
         for (int64_t i = 0; i < m; i++) {
-            const float *x = X + i * c + c0, *dy = D + i * c + c0;
+            const float *x = X + i * c + c0;
+            float *dy = D + i * c + c0;
+            if (q->dropout) {  /* the factors, written back for the next pass */
+                const uint16_t *w = bits + i * ldb + c0 / WORD;
+                for (int64_t h = 0; h < cb; h += WORD) {
+                    const int64_t n = cb - h < WORD ? cb - h : WORD;
+                    const uint32_t word = w[h / WORD];
 #pragma omp simd
-            for (int64_t k = 0; k < cb; k++) {
-                sdy[k] += dy[k];
-                sdyx[k] += dy[k] * (x[k] - mk[k]);
+                    for (int64_t k = 0; k < n; k++) {
+                        const float v = dy[h + k] * ((word >> k) & 1u ? fs : 0.0f);
+                        dy[h + k] = v;
+                        sdy[h + k] += v;
+                        sdyx[h + k] += v * (x[h + k] - mk[h + k]);
+                    }
+                }
+            } else {
+#pragma omp simd
+                for (int64_t k = 0; k < cb; k++) {
+                    sdy[k] += dy[k];
+                    sdyx[k] += dy[k] * (x[k] - mk[k]);
+                }
             }
         }
         for (int64_t k = 0; k < cb; k++) {
@@ -706,9 +799,17 @@ static int post_backward(struct epoch *e, int l, int t, int64_t m, int64_t bi,
         for (int64_t i = 0; i < m; i++) {
             const float *x = X + i * c + c0;
             float *d = D + i * c + c0;
+            if (relu) {
 #pragma omp simd
-            for (int64_t k = 0; k < cb; k++)
-                d[k] = ak[k] * (d[k] - mb[k] - (x[k] - mf[k]) * g[k]);
+                for (int64_t k = 0; k < cb; k++) {
+                    const float v = ak[k] * (d[k] - mb[k] - (x[k] - mf[k]) * g[k]);
+                    d[k] = v * (x[k] > 0.0f ? 1.0f : 0.0f);
+                }
+            } else {
+#pragma omp simd
+                for (int64_t k = 0; k < cb; k++)
+                    d[k] = ak[k] * (d[k] - mb[k] - (x[k] - mf[k]) * g[k]);
+            }
         }
     }
     int rc = FASTNN_OK;
@@ -817,8 +918,9 @@ static void epoch_thread(struct epoch *e, int t)
             const fastnn_dense_layer *L = &a->layers[l];
             int64_t j0, j1;
             own(e, L->out, t, &j0, &j1);
-            int rc = e->Z && e->Z[l] ? post_backward(e, l, t, m, bi, &o) : FASTNN_OK;
-            if (rc == FASTNN_OK)
+            int act_done = 0;
+            int rc = e->Z && e->Z[l] ? post_backward(e, l, t, m, &o, &act_done) : FASTNN_OK;
+            if (rc == FASTNN_OK && !act_done)
                 rc = act_columns(e->D + B * e->row_off[l], e->Y + B * e->row_off[l], m, L->out,
                                  j0, j1, L, 1);
 #pragma omp barrier
@@ -992,14 +1094,19 @@ int fastnn_dense_stack_epoch_post(fastnn_epoch *a, const fastnn_post_op *post)
     double sq_chunk[MAX_LAYERS][MAX_CHUNKS];
     signed char split_in[MAX_LAYERS];
     float *zbuf[MAX_LAYERS], *sbuf[MAX_LAYERS];
+    uint16_t *bbuf[MAX_LAYERS];
     int any_post = 0;
-    int64_t at = 0;
+    int64_t at = 0, region = 0;
     for (int l = 0; l < a->n_layers; l++) {
         zbuf[l] = sbuf[l] = NULL;
+        bbuf[l] = NULL;
         if (post && (post[l].bn || post[l].dropout)) {
             zbuf[l] = ws + w.Z + at;
             sbuf[l] = zbuf[l] + a->batch * a->layers[l].out;
-            at += (a->batch + 2) * a->layers[l].out;
+            if (post[l].dropout)  /* (floats are 4-byte aligned: so are the words) */
+                bbuf[l] = (uint16_t *)(sbuf[l] + 2 * a->layers[l].out);
+            post_region(&region, &post[l], a->batch, a->layers[l].out);  /* (checked above) */
+            at += region;
             any_post = 1;
         }
     }
@@ -1013,6 +1120,7 @@ int fastnn_dense_stack_epoch_post(fastnn_epoch *a, const fastnn_post_op *post)
         .chunked = (double)a->batch * (double)macs >= 2 * 2097152.0,
         .split_in = split_in, .sq_chunk = sq_chunk, .post = any_post ? post : NULL,
         .Z = any_post ? zbuf : NULL, .stats = any_post ? sbuf : NULL,
+        .bits = any_post ? bbuf : NULL,
         .grads_hook = a->hook && (a->hook_events & (1 << FASTNN_HOOK_GRADS)),
         .batch_hook = a->hook && (a->hook_events & (1 << FASTNN_HOOK_BATCH))};
     for (int l = 0; l < a->n_layers; l++)
