@@ -756,11 +756,18 @@ def _compiled_models():
                             Dense(16, 8, activation="tanh"), Dropout(0.3),
                             Dense(8, 12, activation="relu"), BatchNorm(12), Dense(12, 3)],
                            (10,)),
+        # post ops' mask bits (16 columns a word): a part word alone (36 = 2
+        # words + 4), with BatchNorm (20), whole words (48); ReLU's derivative
+        # fused into the post ops' last pass, identity's skipped
+        "mlp_dropout_words": ([Dense(10, 36, activation="relu"), Dropout(0.3),
+                               Dense(36, 20, activation="relu"), BatchNorm(20), Dropout(0.25),
+                               Dense(20, 48), Dropout(0.5), Dense(48, 3)], (10,)),
     }
 
 
 @pytest.mark.parametrize("name", ["cnn", "cnn_bn_dropout", "cnn_pool_fused", "residual",
-                                  "residual_first", "mlp", "mlp_bn_dropout"])
+                                  "residual_first", "mlp", "mlp_bn_dropout",
+                                  "mlp_dropout_words"])
 @pytest.mark.parametrize("kw", [{}, dict(l2=0.01, clip_norm=0.5, order=np.arange(45)[::-1])],
                          ids=["plain", "l2_clip_order"])
 def test_compiled_plans_match_the_reference(name, kw, rng):
@@ -775,12 +782,13 @@ def _output_region(e):
     return e.workspace[e.output:].copy()
 
 
+@pytest.mark.parametrize("name", ["mlp_bn_dropout", "mlp_dropout_words"])
 @pytest.mark.parametrize("kw", [{}, dict(order=np.arange(45)[::-1], l2=0.01)],
                          ids=["plain", "order_l2"])
-def test_dense_stack_with_batchnorm_dropout_agrees_with_the_generic_loop(kw):
+def test_dense_stack_with_batchnorm_dropout_agrees_with_the_generic_loop(name, kw):
     # Dense-BatchNorm-Dropout chains run as the dense-stack epoch's post ops;
     # a clip that never bites sends the same plan through the generic loop
-    e = _compiled(*_compiled_models()["mlp_bn_dropout"], **kw)
+    e = _compiled(*_compiled_models()[name], **kw)
     stack, generic = _clone(e), _clone(e)
     generic.clip_value = 1e30
     assert C.model_epoch(stack) == C.model_epoch(generic)
@@ -795,6 +803,19 @@ def test_dense_stack_with_batchnorm_dropout_same_bits_on_any_thread_count():
     layers = [Dense(256, 256, activation="relu"), BatchNorm(256), Dropout(0.2),
               Dense(256, 128, activation="relu"), BatchNorm(128), Dropout(0.2), Dense(128, 10)]
     e = _compiled(layers, (256,), n=150, batch=64, classes=10)
+    _bits_over_threads(e, threads=(1, 2, 3, 4))
+    got = _clone(e)
+    _with_threads(1, lambda: C.model_epoch(got))
+    assert not _output_region(got).any()  # the stack path ran
+
+
+def test_dense_stack_dropout_words_same_bits_on_any_thread_count():
+    # widths past 16-column words and chunks (180 = 11 words + 4), dropout
+    # without BatchNorm before a ReLU layer, and with it
+    from fastnn import BatchNorm, Dense, Dropout
+    layers = [Dense(300, 180, activation="relu"), Dropout(0.2),
+              Dense(180, 100, activation="relu"), BatchNorm(100), Dropout(0.3), Dense(100, 10)]
+    e = _compiled(layers, (300,), n=150, batch=64, classes=10)
     _bits_over_threads(e, threads=(1, 2, 3, 4))
     got = _clone(e)
     _with_threads(1, lambda: C.model_epoch(got))
