@@ -655,26 +655,31 @@ static void post_forward(struct epoch *e, int l, int t, int64_t m, int64_t bi)
         const int64_t cb = j1 - c0 < POST_CB ? j1 - c0 : POST_CB;
         float center[POST_CB], scale[POST_CB], shift[POST_CB];
         if (q->bn) {
-            double mu[POST_CB] = {0.0}, var[POST_CB] = {0.0};
-            for (int64_t i = 0; i < m; i++) {
-                const float *x = A + i * c + c0;
-#pragma omp simd
-                for (int64_t k = 0; k < cb; k++)
-                    mu[k] += x[k];
-            }
+            /* one pass: the sums of d = x - x_0 (the first row's value, exact
+               in double) and of d^2, so mean = x_0 + S1 / m and var = (S2 -
+               S1^2 / m) / m -- the shift keeps the cancellation small
+               (|mean - x_0| ~ a standard deviation), and in double the
+               result is the two-pass value to ~1e-15, far below a float's
+               rounding */
+            double mu[POST_CB], var[POST_CB], s1[POST_CB] = {0.0}, s2[POST_CB] = {0.0};
+            float x0[POST_CB];
             for (int64_t k = 0; k < cb; k++)
-                mu[k] /= (double)m;
+                x0[k] = A[c0 + k];
             for (int64_t i = 0; i < m; i++) {
                 const float *x = A + i * c + c0;
 #pragma omp simd
                 for (int64_t k = 0; k < cb; k++) {
-                    const double d = x[k] - mu[k];
-                    var[k] += d * d;
+                    const double d = (double)x[k] - (double)x0[k];
+                    s1[k] += d;
+                    s2[k] += d * d;
                 }
             }
             for (int64_t k = 0; k < cb; k++) {
                 const int64_t j = c0 + k;
-                var[k] /= (double)m;
+                mu[k] = (double)x0[k] + s1[k] / (double)m;
+                var[k] = (s2[k] - s1[k] * s1[k] / (double)m) / (double)m;
+                if (var[k] < 0.0)  /* (rounding of a constant column) */
+                    var[k] = 0.0;
                 const double istd = 1.0 / sqrt(var[k] + q->eps);
                 mean[j] = center[k] = (float)mu[k];
                 invstd[j] = (float)istd;
@@ -693,7 +698,13 @@ static void post_forward(struct epoch *e, int l, int t, int64_t m, int64_t bi)
             for (int64_t g = 0; g < cb; g += WORD) {
                 const int64_t n = cb - g < WORD ? cb - g : WORD;
                 const uint32_t word = w ? w[g / WORD] : 0xFFFFu;
-                if (q->bn) {
+                if (q->bn && n == WORD) {  /* (a constant count: one vector) */
+#pragma omp simd
+                    for (int64_t k = 0; k < WORD; k++) {
+                        const float v = (x[g + k] - center[g + k]) * scale[g + k] + shift[g + k];
+                        z[g + k] = v * ((word >> k) & 1u ? fs : 0.0f);
+                    }
+                } else if (q->bn) {
 #pragma omp simd
                     for (int64_t k = 0; k < n; k++) {
                         const float v = (x[g + k] - center[g + k]) * scale[g + k] + shift[g + k];
@@ -771,6 +782,16 @@ static int post_backward(struct epoch *e, int l, int t, int64_t m,
                 for (int64_t h = 0; h < cb; h += WORD) {
                     const int64_t n = cb - h < WORD ? cb - h : WORD;
                     const uint32_t word = w[h / WORD];
+                    if (n == WORD) {
+#pragma omp simd
+                        for (int64_t k = 0; k < WORD; k++) {
+                            const float v = dy[h + k] * ((word >> k) & 1u ? fs : 0.0f);
+                            dy[h + k] = v;
+                            sdy[h + k] += v;
+                            sdyx[h + k] += v * (x[h + k] - mk[h + k]);
+                        }
+                        continue;
+                    }
 #pragma omp simd
                     for (int64_t k = 0; k < n; k++) {
                         const float v = dy[h + k] * ((word >> k) & 1u ? fs : 0.0f);
