@@ -89,17 +89,6 @@ static void dropout_blocks(float *out, const float *in, int64_t size, int64_t b_
 #include <immintrin.h>
 #define HAVE_AVX512_PHILOX 1
 
-/* The high and low 32 bits of a * m for 16 lanes (m broadcast): vpmuludq
-   multiplies the even lanes, a shift brings the odd ones down. */
-__attribute__((target("avx512f"))) static inline void mulhilo16(__m512i a, __m512i m,
-                                                                __m512i *hi, __m512i *lo)
-{
-    const __m512i even = _mm512_mul_epu32(a, m);
-    const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
-    *lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
-    *hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
-}
-
 /* The factors (0 if dropped, else scale) of the 64 elements of blocks
    [b0, b0 + 16), in element order in o[0..3] (element 4 j + q is word q of
    block j): the four words of each block in four registers, transposed. */
@@ -110,36 +99,48 @@ __attribute__((target("avx512f"))) static inline void philox_pass_avx512(
     const __m512i thr = _mm512_set1_epi32((int)mk->threshold);
     const __m512 scale = _mm512_set1_ps(mk->scale);
     const __m512i steps = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
-    const __m512i lo8 = _mm512_add_epi64(_mm512_set1_epi64(b0), steps);
-    const __m512i hi8 = _mm512_add_epi64(_mm512_set1_epi64(b0 + 8), steps);
-    /* the blocks' low and high words, 16 lanes each */
-    __m512i x0 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(lo8)),
-                                    _mm512_cvtepi64_epi32(hi8), 1);
-    __m512i x1 = _mm512_inserti64x4(
-        _mm512_castsi256_si512(_mm512_cvtepi64_epi32(_mm512_srli_epi64(lo8, 32))),
-        _mm512_cvtepi64_epi32(_mm512_srli_epi64(hi8, 32)), 1);
-    __m512i x2 = _mm512_set1_epi32((int)mk->c2), x3 = _mm512_set1_epi32((int)mk->c3);
+    /* Blocks b0 .. b0 + 7 (h = 0) and b0 + 8 .. b0 + 15 (h = 1) in 64-bit
+       lanes, each word in a lane's low half: vpmuludq reads only the low
+       halves and gives the whole 64-bit product, so hi = product >> 32 and
+       lo = the product itself (its high half is never read as a word:
+       only low halves reach a product, the xors are lanewise, and the
+       words are taken from the low halves at the end) -- 12 operations a
+       round for 16 blocks, where splitting 32-bit lanes into even and odd
+       products took ~20. */
+    __m512i x0[2], x1[2], x2[2], x3[2];
+    for (int h = 0; h < 2; h++) {
+        x0[h] = _mm512_add_epi64(_mm512_set1_epi64(b0 + 8 * h), steps);
+        x1[h] = _mm512_srli_epi64(x0[h], 32);
+        x2[h] = _mm512_set1_epi64((long long)mk->c2);
+        x3[h] = _mm512_set1_epi64((long long)mk->c3);
+    }
     uint32_t k0 = mk->k0, k1 = mk->k1;
     for (int r = 0; r < PHILOX_ROUNDS; r++) {
-        __m512i hi0, lo0, hi1, lo1;
-        mulhilo16(x0, m0, &hi0, &lo0);
-        mulhilo16(x2, m1, &hi1, &lo1);
-        x0 = _mm512_xor_si512(_mm512_xor_si512(hi1, x1), _mm512_set1_epi32((int)k0));
-        x2 = _mm512_xor_si512(_mm512_xor_si512(hi0, x3), _mm512_set1_epi32((int)k1));
-        x1 = lo1;
-        x3 = lo0;
+        const __m512i key0 = _mm512_set1_epi32((int)k0), key1 = _mm512_set1_epi32((int)k1);
+        for (int h = 0; h < 2; h++) {
+            const __m512i p0 = _mm512_mul_epu32(x0[h], m0), p1 = _mm512_mul_epu32(x2[h], m1);
+            x0[h] = _mm512_ternarylogic_epi32(_mm512_srli_epi64(p1, 32), x1[h], key0, 0x96);
+            x2[h] = _mm512_ternarylogic_epi32(_mm512_srli_epi64(p0, 32), x3[h], key1, 0x96);
+            x1[h] = p1;
+            x3[h] = p0;
+        }
         k0 += PHILOX_W0;
         k1 += PHILOX_W1;
     }
+    /* the words of blocks b0 + j in lane j (16 lanes of 32 bits) */
+#define WORDS(x) _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(x[0])), \
+                                    _mm512_cvtepi64_epi32(x[1]), 1)
+    const __m512i w0 = WORDS(x0), w1 = WORDS(x1), w2 = WORDS(x2), w3 = WORDS(x3);
+#undef WORDS
     /* each word's factor: 0 if dropped, else scale */
     const __m512 f0 = _mm512_maskz_mov_ps(
-        _mm512_cmpge_epu32_mask(_mm512_srli_epi32(x0, 8), thr), scale);
+        _mm512_cmpge_epu32_mask(_mm512_srli_epi32(w0, 8), thr), scale);
     const __m512 f1 = _mm512_maskz_mov_ps(
-        _mm512_cmpge_epu32_mask(_mm512_srli_epi32(x1, 8), thr), scale);
+        _mm512_cmpge_epu32_mask(_mm512_srli_epi32(w1, 8), thr), scale);
     const __m512 f2 = _mm512_maskz_mov_ps(
-        _mm512_cmpge_epu32_mask(_mm512_srli_epi32(x2, 8), thr), scale);
+        _mm512_cmpge_epu32_mask(_mm512_srli_epi32(w2, 8), thr), scale);
     const __m512 f3 = _mm512_maskz_mov_ps(
-        _mm512_cmpge_epu32_mask(_mm512_srli_epi32(x3, 8), thr), scale);
+        _mm512_cmpge_epu32_mask(_mm512_srli_epi32(w3, 8), thr), scale);
     /* 4x4 transposes in each 128-bit lane: r_i's lane L holds block 4 L + i */
     const __m512 t0 = _mm512_unpacklo_ps(f0, f1), t1 = _mm512_unpackhi_ps(f0, f1);
     const __m512 t2 = _mm512_unpacklo_ps(f2, f3), t3 = _mm512_unpackhi_ps(f2, f3);
