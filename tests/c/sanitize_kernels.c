@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <math.h>
 #include "fastnn.h"
+#include "internal.h"  /* the dense stack with post ops (train.c) */
 
 static float *rnd(int64_t n) {
     float *p = malloc((size_t)n * sizeof *p);
@@ -337,6 +338,58 @@ static void deep_epoch_case(int64_t in, int64_t h1) {
         }
 }
 
+/* The dense stack with post ops on an exact-size workspace: dropout alone
+   after a 180-wide ReLU layer (11 mask words + 4 columns, cut into chunks
+   when two threads run), BatchNorm + dropout after a 100-wide one, a last
+   batch of 2 rows; every SIMD path (the mask's AVX-512 passes and its
+   portable tail). */
+static void post_epoch_cases(void) {
+    const int64_t in = 300, h1 = 180, h2 = 100, out = 10, n = 130, batch = 64;
+    const int64_t w1 = in * h1, w2 = h1 * h2, w3 = h2 * out;
+    fastnn_dense_layer L[3] = {{in, h1, 0, w1, FASTNN_ACT_RELU, 0.0f},
+                               {h1, h2, w1 + h1, w1 + h1 + w2, FASTNN_ACT_RELU, 0.0f},
+                               {h2, out, w1 + h1 + w2 + h2, w1 + h1 + w2 + h2 + w3,
+                                FASTNN_ACT_IDENTITY, 0.0f}};
+    const int64_t gamma = w1 + h1 + w2 + h2 + w3 + out, n_params = gamma + 2 * h2;
+    float *rm = calloc((size_t)h2, 4), *rv = calloc((size_t)h2, 4);
+    fastnn_post_op post[3] = {{.dropout = 1, .p = 0.3, .seed = 5, .counter = 1},
+                              {.bn = 1, .dropout = 1, .gamma = gamma, .beta = gamma + h2,
+                               .running_mean = rm, .running_var = rv, .momentum = 0.1,
+                               .eps = 1e-5, .p = 0.2, .seed = 6, .counter = 2},
+                              {0}};
+    const int best = fastnn_simd_best();
+    for (int path = 0; path <= best; path++) {
+        if (fastnn_set_simd_path(path) != FASTNN_OK) continue;
+        const int64_t need = fastnn_dense_stack_post_workspace(L, post, 3, batch,
+                                                               fastnn_get_num_threads());
+        float *params = rnd(n_params), *grads = rnd(n_params), *ws = rnd(need);
+        float *m = calloc((size_t)n_params, 4), *v = calloc((size_t)n_params, 4);
+        float *X = rnd(n * in);
+        int32_t *labels = malloc((size_t)n * sizeof *labels);
+        for (int64_t i = 0; i < n; i++)
+            labels[i] = (int32_t)(rand() % out);
+        double bl[3];
+        int64_t bc[3];
+        fastnn_epoch E = {.params = params, .grads = grads, .n_params = n_params, .layers = L,
+                          .n_layers = 3, .loss = 0, .X = X, .labels = labels, .n = n,
+                          .batch = batch, .loss_scale = 1.0, .grad_scale = 1.0,
+                          .workspace = ws, .workspace_size = need, .batch_loss = bl,
+                          .batch_correct = bc};
+        E.opt.kind = FASTNN_OPT_ADAM;
+        E.opt.lr = 1e-3; E.opt.beta1 = 0.9; E.opt.beta2 = 0.999; E.opt.eps = 1e-8;
+        E.opt.mu_product = 1.0; E.opt.state[0] = m; E.opt.state[1] = v;
+        OK(fastnn_dense_stack_epoch_post(&E, post));
+        if (E.n_done != 3) { fails++; printf("post epoch: %lld of 3 batches\n", (long long)E.n_done); }
+        /* (short of the 2-thread size the epoch takes fewer threads; short
+           of the 1-thread size it refuses) */
+        E.workspace_size = fastnn_dense_stack_post_workspace(L, post, 3, batch, 1) - 1;
+        BAD(fastnn_dense_stack_epoch_post(&E, post));
+        free(params); free(grads); free(ws); free(m); free(v); free(X); free(labels);
+    }
+    fastnn_set_simd_path(best);
+    free(rm); free(rv);
+}
+
 /* Dropout on exact-size buffers: odd sizes (a partial last block), in place,
    the parallel split; bad arguments. */
 static void dropout_cases(void) {
@@ -653,6 +706,7 @@ int main(void) {
         fastnn_set_num_threads(th);
         epoch_cases();
         deep_epoch_cases();
+        post_epoch_cases();
         dropout_cases();
         plan_cases();
         rnn_cases();
