@@ -602,8 +602,9 @@ static int update_owned(struct epoch *e, int t, const fastnn_optimizer *o)
    and each column's sums run over the rows in one fixed order, so the
    results do not depend on the thread count.  The arithmetic is
    fastnn_batchnorm_forward / _backward's per channel (double sums; the
-   rows summed in row order rather than in its 16 pieces, so the last bits
-   can differ from the batch-by-batch path) and the masks are the dropout
+   rows summed in row order rather than in its 16 pieces, and the forward's
+   mean and variance from one pass of shifted sums, so the last bits can
+   differ from the batch-by-batch path) and the masks are the dropout
    kernel's own.  Z_l = dropout(bn(Y_l)) is the next layer's input; the
    backward turns D_l (the gradient of Z_l) into that of Y_l in place. */
 
@@ -623,10 +624,10 @@ static const float *layer_input(const struct epoch *e, int l, const float *x)
    by the forward (fastnn_dropout_bits) and read again by the backward. */
 #define WORD 16
 
-/* Columns [j0, j1) of thread t's Z_l for the m rows: BatchNorm's statistics
-   of its columns (two passes), then one pass normalising, shifting and
-   multiplying by the dropout factors (without BatchNorm: Y_l times the
-   factors). */
+/* Columns [j0, j1) of thread t's Z_l for the m rows: the dropout mask's
+   bits, BatchNorm's statistics of its columns (one pass), then one pass
+   normalising, shifting and multiplying by the dropout factors (without
+   BatchNorm: Y_l times the factors). */
 FASTNN_CLONES
 static void post_forward(struct epoch *e, int l, int t, int64_t m, int64_t bi)
 {
