@@ -83,6 +83,22 @@ def test_conv2d_stride1_many_channels(backend, rng):
         _conv_case(backend, rng, *shape, "relu")
 
 
+# numba's direct path: 16 or 32 output channels (one or two vectors with AVX-512 or AVX2),
+# dX direct for 16 or 32 input channels at stride 1 -- uneven padding, a 3x2 kernel, no
+# padding, stride 2 (dX through cols), a last pixel tile of 1..7 rows.
+CONV_NUMBA_DIRECT = [(2, 6, 5, 16, 16, 3, 3, 1, 1), (3, 7, 6, 32, 32, 3, 2, 1, (2, 0)),
+                     (1, 5, 7, 16, 32, 3, 3, 1, 0), (2, 9, 7, 3, 16, 3, 3, 2, 1),
+                     (1, 3, 3, 16, 16, 3, 3, 1, 2)]
+
+
+@pytest.mark.parametrize("activation", ["leaky_relu", "tanh"])
+def test_conv2d_numba_direct_shapes(backend, rng, activation):
+    if is_cuda(backend):
+        pytest.skip("numba's CPU shapes")
+    for shape in CONV_NUMBA_DIRECT:
+        _conv_case(backend, rng, *shape, activation)
+
+
 @pytest.mark.parametrize("path", ["generic", "avx2", "avx512"])
 def test_c_conv2d_every_simd_path(rng, path):
     c = kernels.get("c")

@@ -18,8 +18,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._common import _EXACT, _NO_BUF
-from ._elementwise import _IDENTITY, _act_span
-from ._gemm import _W, _dense_dz, dense_backward, dense_forward, gemm
+from ._elementwise import _IDENTITY, _act_grad, _act_span
+from ._gemm import _W, _gemm, dense_forward, gemm
 
 
 # ---- convolution -----------------------------------------------------------------
@@ -309,6 +309,119 @@ def _direct_dw(dw, xpad, dz, oh, ow, c, kh, kw, sh, sw, hp, wp, pix, taps, part)
             dw[t, o] = acc
 
 
+@njit(cache=True)
+def direct_dx(c, kh, kw, sh, sw, ph, pw, zpad_floats, cols_floats):
+    """Whether dX runs as the direct forward convolution of dZ padded by
+    (kh - 1 - ph, kw - 1 - pw) with W flipped and transposed (_flip): stride
+    1, c one or two vectors, the padded dZ fits the cols scratch."""
+    return (sh == 1 and sw == 1 and ph <= kh - 1 and pw <= kw - 1 and c % _W == 0
+            and c // _W <= 2 and zpad_floats <= cols_floats)
+
+
+@njit(cache=True)
+def _flip(wf, w, kh, kw, c, oc):
+    """wf (kh kw oc, c)[(i kw + j) oc + o, ch] =
+    w (kh kw c, oc)[((kh-1-i) kw + kw-1-j) c + ch, o]."""
+    for i in range(kh):
+        for j in range(kw):
+            for o in range(oc):
+                dst = wf[(i * kw + j) * oc + o]
+                src = ((kh - 1 - i) * kw + kw - 1 - j) * c
+                for ch in range(c):
+                    dst[ch] = w[src + ch, o]
+
+
+@njit(cache=True)
+def _direct_dx(dx, z, w, kh, kw, ph, pw, cols, wf, pix, taps, no_bias):
+    """dx (n, h, w, c) = the adjoint of the stride-1 convolution applied to
+    z (n oh ow, oc): the direct forward over z padded into cols, with wf =
+    _flip(w) (scratch of kh kw oc c floats); pix: int64 scratch of n h w +
+    _DMR, taps of kh kw oc + _DMR; no_bias: an empty float32 array."""
+    n, h, wd, c = dx.shape
+    oc = z.shape[1]
+    oh, ow = h + 2 * ph - kh + 1, wd + 2 * pw - kw + 1
+    qh, qw = kh - 1 - ph, kw - 1 - pw
+    _flip(wf, w, kh, kw, c, oc)
+    _pad(cols, z.reshape((n, oh, ow, oc)), qh, qw)
+    _direct_forward(dx.reshape((n * h * wd, c)), cols, wf, no_bias, h, wd, oc, kh, kw, 1, 1,
+                    oh + 2 * qh, ow + 2 * qw, _IDENTITY, 0.0, pix, taps)
+
+
+# ---- dZ of a convolution (and of the max pooling after it) -------------------------
+
+_DZ_ROWS = 2048  # output pixels per chunk of the dZ pass (fixed: db's rounding)
+
+
+@njit(cache=True)
+def dz_chunks(M):
+    """Chunks of _conv_dz over M output pixels (its float64 scratch: chunks x oc)."""
+    return max(1, (M + _DZ_ROWS - 1) // _DZ_ROWS)
+
+
+@njit(cache=True, parallel=True)
+def _conv_dz(z, db, dy, y, code, slope, part, ow, pooled, dyp, am, pkh, pkw):
+    """z (M = n oh ow, oc) = dy act'(y) and db = z's column sums (if
+    db.size), in float64 per chunk of _DZ_ROWS rows, the chunks in order;
+    z may be dy.  pooled: dy is not read but formed here, never stored: it
+    would be the max pooling's dX, windows pkh x pkw equal to their strides
+    (disjoint), from its dY dyp (n, poh, pow, oc) and argmax am -- 0.0 + dyp
+    at the pixel am names, else 0.0, as _maxpool_backward writes it.
+    Threads own chunks; part: float64 scratch (dz_chunks(M), oc)."""
+    M, oc = z.shape
+    chunks = dz_chunks(M)
+    zero = np.float32(0.0)
+    for q in prange(chunks):
+        r0, r1 = q * _DZ_ROWS, min(M, (q + 1) * _DZ_ROWS)
+        s = part[q]
+        for j in range(oc):
+            s[j] = 0.0
+        if pooled:
+            poh, pow_ = dyp.shape[1], dyp.shape[2]
+            hw = M // max(1, dyp.shape[0])
+            img, rem = r0 // hw, r0 % hw
+            yy, xx = rem // ow, rem % ow
+            for r in range(r0, r1):
+                zr, yr = z[r], y[r]
+                py, px = yy // pkh, xx // pkw
+                if py < poh and px < pow_:
+                    flat = yy * ow + xx
+                    ar, dr = am[img, py, px], dyp[img, py, px]
+                    for j in range(oc):
+                        v = zero + dr[j] if ar[j] == flat else zero
+                        zr[j] = v * _act_grad(code, yr[j], slope)
+                else:
+                    for j in range(oc):
+                        zr[j] = zero * _act_grad(code, yr[j], slope)
+                xx += 1
+                if xx == ow:
+                    xx = 0
+                    yy += 1
+                    if yy * ow == hw:
+                        yy = 0
+                        img += 1
+        else:
+            for r in range(r0, r1):
+                zr, yr, dr = z[r], y[r], dy[r]
+                for j in range(oc):
+                    zr[j] = dr[j] * _act_grad(code, yr[j], slope)
+        if db.size > 0:
+            for r in range(r0, r1):
+                zr = z[r]
+                for j in range(oc):
+                    s[j] += zr[j]
+    if db.size > 0:
+        for j in range(oc):
+            acc = 0.0
+            for q in range(chunks):
+                acc += part[q, j]
+            db[j] = acc
+
+
+# pooled=False's stand-ins for dyp and am
+_NO_POOL_DY = np.empty((0, 0, 0, 0), np.float32)
+_NO_POOL_AM = np.empty((0, 0, 0, 0), np.int32)
+
+
 def conv2d_forward(Y, X, W, b, cols, stride, padding, activation, negative_slope):
     n, _, _, c = X.shape
     kh, kw, _, oc = W.shape
@@ -336,19 +449,26 @@ def conv2d_backward(dX, dW, db, dZ, dY, X, W, Y, cols, stride, padding, activati
     (sh, sw), (ph, pw) = stride, padding
     m, k = n * oh * ow, kh * kw * c
     z, W2 = dZ.reshape(m, oc), W.reshape(k, oc)
+    _conv_dz(z, _NO_BUF if db is None else db, dY.reshape(m, oc), Y.reshape(m, oc), activation,
+             negative_slope, np.empty((dz_chunks(m), oc), np.float64), ow, False, _NO_POOL_DY,
+             _NO_POOL_AM, 1, 1)
     hp, wp = X.shape[1] + 2 * ph, X.shape[2] + 2 * pw
     if direct(c, oc, n * hp * wp * c, cols.size):  # (cols holds the forward's padded X)
-        _dense_dz(z, _NO_BUF if db is None else db, dY.reshape(m, oc), Y.reshape(m, oc),
-                  activation, negative_slope, np.empty(oc, dtype=np.float64))
         kp = (k + _DMR - 1) // _DMR * _DMR
         _direct_dw(dW.reshape(k, oc), cols.reshape(-1), z, oh, ow, c, kh, kw, sh, sw, hp, wp,
                    np.empty(m + _DMR, np.int64), np.empty(kp + _DMR, np.int64),
                    np.empty(dw_chunks(m) * kp * oc, np.float32))
+    else:  # (dcols overwrites cols after dW has read them)
+        _gemm(dW.reshape(k, oc), cols, z, True, False, 1.0, 0.0, _NO_BUF, _IDENTITY, 0.0)
+    if dX is None:
+        return
+    if direct_dx(c, kh, kw, sh, sw, ph, pw, n * (oh + 2 * (kh - 1 - ph)) * (ow + 2 * (kw - 1 - pw))
+                 * oc, cols.size):
+        h, w = X.shape[1], X.shape[2]
+        _direct_dx(dX, z, W2, kh, kw, ph, pw, cols.reshape(-1),
+                   np.empty((kh * kw * oc, c), np.float32), np.empty(n * h * w + _DMR, np.int64),
+                   np.empty(kh * kw * oc + _DMR, np.int64), _NO_BUF)
     else:
-        # dense_backward's dX would overwrite cols while its dW still reads it: gemm after.
-        dense_backward(None, dW.reshape(k, oc), db, z, dY.reshape(m, oc), cols, W2,
-                       Y.reshape(m, oc), activation, negative_slope)
-    if dX is not None:
         gemm(z, W2, cols, False, True, 1.0, 0.0)
         _col2im(dX, cols, kh, kw, sh, sw, ph, pw, oh, ow)
 

@@ -20,9 +20,9 @@ from numba import njit
 
 from .. import spec
 from ._common import _CHUNK, _NO_BUF
-from ._conv import (_DMR, _avgpool_backward, _avgpool_forward, _col2im, _direct_dw,
-                    _direct_forward, _im2col, _maxpool_backward, _maxpool_forward, _pad, direct,
-                    dw_chunks)
+from ._conv import (_DMR, _avgpool_backward, _avgpool_forward, _col2im, _conv_dz, _direct_dw,
+                    _direct_dx, _direct_forward, _im2col, _maxpool_backward, _maxpool_forward,
+                    _pad, direct, direct_dx, dw_chunks, dz_chunks)
 from ._dropout import _dropout
 from ._elementwise import (_IDENTITY, _activation_backward, _activation_forward, _axpy, _clip,
                            _scale, _softmax_backward, _softmax_forward, _sum_squares)
@@ -145,9 +145,23 @@ def _record_forward(r, sc, xin, xb, m, batch, ws, iws, params, buffers, ap, bp, 
 
 
 @njit(cache=True)
+def _pool_fused(plan, j):
+    """Whether record j is a max pooling of disjoint windows (window =
+    stride) right after the Conv2D whose output it reads and whose output
+    gradient it writes: its backward then happens inside the conv's dZ pass
+    (_conv_dz pooled), and its dX is never stored."""
+    if j < 1 or plan[j, _OP] != _MAXPOOL2D or plan[j - 1, _OP] != _CONV2D:
+        return False
+    r, q = plan[j], plan[j - 1]
+    return (r[_X] == q[_Y] and r[_DX] >= 0 and r[_DX] == q[_DY] and r[_KH] == r[_SH]
+            and r[_KW] == r[_SW])
+
+
+@njit(cache=True)
 def _record_backward(r, sc, xin, m, batch, ws, iws, params, grads, ap, bp, sums, bn_part,
-                     bn_work, pool_acc, threads, rnn, conv, dwp):
-    """Record r backward over m rows (its output gradient at dy)."""
+                     bn_work, pool_acc, threads, rnn, conv, dwp, dzp, wflip, pool):
+    """Record r backward over m rows (its output gradient at dy); pool: the
+    max-pool record folded into a Conv2D's dZ pass (_pool_fused), else r."""
     op = r[_OP]
     h, w, c, oh, ow, oc = r[_H], r[_W], r[_C], r[_OH], r[_OW], r[_OC]
     isz, osz = m * h * w * c, m * oh * ow * oc
@@ -174,7 +188,16 @@ def _record_backward(r, sc, xin, m, batch, ws, iws, params, grads, ap, bp, sums,
         db = grads[r[_BIAS]:r[_BIAS] + oc] if r[_BIAS] >= 0 else no_buf
         cols = ws[r[_AUX]:r[_AUX] + M * K].reshape((M, K))
         z = dy.reshape((M, oc))
-        _dense_dz(z, db, z, y.reshape((M, oc)), r[_ACT], sc[_SLOPE], sums)
+        if pool[_OP] == _MAXPOOL2D:
+            poh, pow_ = pool[_OH], pool[_OW]
+            psz = m * poh * pow_ * oc
+            _conv_dz(z, db, z, y.reshape((M, oc)), r[_ACT], sc[_SLOPE], dzp, ow, True,
+                     ws[pool[_DY]:pool[_DY] + psz].reshape((m, poh, pow_, oc)),
+                     iws[pool[_IAUX]:pool[_IAUX] + psz].reshape((m, poh, pow_, oc)), pool[_KH],
+                     pool[_KW])
+        else:
+            _conv_dz(z, db, z, y.reshape((M, oc)), r[_ACT], sc[_SLOPE], dzp, ow, False,
+                     ws[:0].reshape((0, 0, 0, 0)), iws[:0].reshape((0, 0, 0, 0)), 1, 1)
         hp, wp = h + 2 * r[_PH], w + 2 * r[_PW]
         if direct(c, oc, m * hp * wp * c, M * K):
             _direct_dw(grads[p:p + K * oc].reshape((K, oc)), cols.reshape(-1), z, oh, ow, c, kh,
@@ -182,7 +205,13 @@ def _record_backward(r, sc, xin, m, batch, ws, iws, params, grads, ap, bp, sums,
         else:
             _gemm_ws(grads[p:p + K * oc].reshape((K, oc)), cols, z, True, False, 1.0, 0.0,
                      no_buf, _IDENTITY, 0.0, ap, bp)
-        if has_dx:  # dcols into cols (dW has read them), folded back into dX
+        qh, qw = kh - 1 - r[_PH], kw - 1 - r[_PW]
+        if has_dx and direct_dx(c, kh, kw, r[_SH], r[_SW], r[_PH], r[_PW],
+                                m * (oh + 2 * qh) * (ow + 2 * qw) * oc, M * K):
+            _direct_dx(dx.reshape((m, h, w, c)), z, params[p:p + K * oc].reshape((K, oc)), kh, kw,
+                       r[_PH], r[_PW], cols.reshape(-1),
+                       wflip[:K * oc].reshape((kh * kw * oc, c)), conv[0], conv[1], no_buf)
+        elif has_dx:  # dcols into cols (dW has read them), folded back into dX
             _gemm_ws(cols, z, params[p:p + K * oc].reshape((K, oc)), False, True, 1.0, 0.0,
                      no_buf, _IDENTITY, 0.0, ap, bp)
             _col2im(dx.reshape((m, h, w, c)), cols, kh, kw, r[_SH], r[_SW], r[_PH], r[_PW], oh,
@@ -254,14 +283,19 @@ def _model_epoch(params, grads, buffers, s0, s1, s2, ws, iws, X, labels, T, orde
     # Everything that is not a view is allocated here, once per epoch.
     ap_size, bp_size, widest, bn_c, pool_w, pool_c = 0, 0, 1, 1, 1, 1
     pix_size, tap_size, dwp_size = 0, 0, 0  # (the direct convolutions' scratch)
+    dz_rows, dz_cols, flip_size = 1, 1, 0
     for j in range(n_rec):
         r = plan[j]
         op = r[_OP]
         if op == _CONV2D:
             M, K = bs * r[_OH] * r[_OW], r[_KH] * r[_KW] * r[_C]
             kp = (K + _DMR - 1) // _DMR * _DMR
-            pix_size, tap_size = max(pix_size, M + _DMR), max(tap_size, kp + _DMR)
+            # (dX as a convolution: n h w pixels, kh kw oc taps, W flipped)
+            pix_size = max(pix_size, max(M, bs * r[_H] * r[_W]) + _DMR)
+            tap_size = max(tap_size, max(kp, r[_KH] * r[_KW] * r[_OC]) + _DMR)
+            flip_size = max(flip_size, K * r[_OC])
             dwp_size = max(dwp_size, dw_chunks(M) * kp * r[_OC])
+            dz_rows, dz_cols = max(dz_rows, dz_chunks(M)), max(dz_cols, r[_OC])
         if op == _DENSE or op == _CONV2D:
             if op == _DENSE:
                 M, K = bs, r[_H] * r[_W] * r[_C]
@@ -285,6 +319,8 @@ def _model_epoch(params, grads, buffers, s0, s1, s2, ws, iws, X, labels, T, orde
     pool_acc = np.empty((threads, pool_w, pool_c), dtype=np.float64)
     conv = (np.empty(pix_size, np.int64), np.empty(tap_size, np.int64))
     dwp = np.empty(dwp_size, np.float32)
+    dzp = np.empty((dz_rows, dz_cols), np.float64)
+    wflip = np.empty(flip_size, np.float32)
     ra, rb, r1, r2, r4, r5 = _rnn.record_scratch(plan, bs)
     rnn = (np.empty(ra, np.float32), np.empty(rb, np.float32), np.empty(r1, np.float32),
            np.empty(r2, np.float32), np.empty(r2, np.float32), np.empty(r4, np.float32),
@@ -330,10 +366,14 @@ def _model_epoch(params, grads, buffers, s0, s1, s2, ws, iws, X, labels, T, orde
         _loss_gradient(out, dout, lb, tb, loss, is_labels, grad_scale)
 
         for j in range(n_rec - 1, -1, -1):
+            if _pool_fused(plan, j):
+                continue  # (in the conv's dZ pass)
             r = plan[j]
             xin = xb if r[_X] == -1 else ws[r[_X]:r[_X] + m * r[_H] * r[_W] * r[_C]]
+            pool = plan[j + 1] if j + 1 < n_rec and _pool_fused(plan, j + 1) else r
             _record_backward(r, plan_scalars[j], xin, m, bi, ws, iws, params, grads, ap, bp,
-                             sums, bn_part, bn_work, pool_acc, threads, rnn, conv, dwp)
+                             sums, bn_part, bn_work, pool_acc, threads, rnn, conv, dwp, dzp, wflip,
+                             pool)
 
         if l2 != 0.0:
             for q in range(penalized.shape[0]):
