@@ -18,7 +18,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._common import _EXACT, _NO_BUF
-from ._elementwise import _IDENTITY, _act_grad, _act_span
+from ._elementwise import _IDENTITY, _act_span, _grad_span
 from ._gemm import _W, _gemm, dense_forward, gemm
 
 
@@ -347,7 +347,7 @@ def _direct_dx(dx, z, w, kh, kw, ph, pw, cols, wf, pix, taps, no_bias):
                     oh + 2 * qh, ow + 2 * qw, _IDENTITY, 0.0, pix, taps)
 
 
-# ---- dZ of a convolution (and of the max pooling after it) -------------------------
+# ---- dZ of a convolution -----------------------------------------------------------
 
 _DZ_ROWS = 2048  # output pixels per chunk of the dZ pass (fixed: db's rounding)
 
@@ -359,52 +359,21 @@ def dz_chunks(M):
 
 
 @njit(cache=True, parallel=True)
-def _conv_dz(z, db, dy, y, code, slope, part, ow, pooled, dyp, am, pkh, pkw):
+def _conv_dz(z, db, dy, y, code, slope, part):
     """z (M = n oh ow, oc) = dy act'(y) and db = z's column sums (if
-    db.size), in float64 per chunk of _DZ_ROWS rows, the chunks in order;
-    z may be dy.  pooled: dy is not read but formed here, never stored: it
-    would be the max pooling's dX, windows pkh x pkw equal to their strides
-    (disjoint), from its dY dyp (n, poh, pow, oc) and argmax am -- 0.0 + dyp
-    at the pixel am names, else 0.0, as _maxpool_backward writes it.
-    Threads own chunks; part: float64 scratch (dz_chunks(M), oc)."""
+    db.size), in float64 per chunk of _DZ_ROWS rows, the chunks in order
+    (the same bits on any thread count); z may be dy.  Threads own chunks;
+    part: float64 scratch (dz_chunks(M), oc)."""
     M, oc = z.shape
     chunks = dz_chunks(M)
-    zero = np.float32(0.0)
     for q in prange(chunks):
         r0, r1 = q * _DZ_ROWS, min(M, (q + 1) * _DZ_ROWS)
-        s = part[q]
-        for j in range(oc):
-            s[j] = 0.0
-        if pooled:
-            poh, pow_ = dyp.shape[1], dyp.shape[2]
-            hw = M // max(1, dyp.shape[0])
-            img, rem = r0 // hw, r0 % hw
-            yy, xx = rem // ow, rem % ow
-            for r in range(r0, r1):
-                zr, yr = z[r], y[r]
-                py, px = yy // pkh, xx // pkw
-                if py < poh and px < pow_:
-                    flat = yy * ow + xx
-                    ar, dr = am[img, py, px], dyp[img, py, px]
-                    for j in range(oc):
-                        v = zero + dr[j] if ar[j] == flat else zero
-                        zr[j] = v * _act_grad(code, yr[j], slope)
-                else:
-                    for j in range(oc):
-                        zr[j] = zero * _act_grad(code, yr[j], slope)
-                xx += 1
-                if xx == ow:
-                    xx = 0
-                    yy += 1
-                    if yy * ow == hw:
-                        yy = 0
-                        img += 1
-        else:
-            for r in range(r0, r1):
-                zr, yr, dr = z[r], y[r], dy[r]
-                for j in range(oc):
-                    zr[j] = dr[j] * _act_grad(code, yr[j], slope)
+        _grad_span(z[r0:r1].reshape(-1), dy[r0:r1].reshape(-1), y[r0:r1].reshape(-1), 0,
+                   (r1 - r0) * oc, code, slope)
         if db.size > 0:
+            s = part[q]
+            for j in range(oc):
+                s[j] = 0.0
             for r in range(r0, r1):
                 zr = z[r]
                 for j in range(oc):
@@ -415,11 +384,6 @@ def _conv_dz(z, db, dy, y, code, slope, part, ow, pooled, dyp, am, pkh, pkw):
             for q in range(chunks):
                 acc += part[q, j]
             db[j] = acc
-
-
-# pooled=False's stand-ins for dyp and am
-_NO_POOL_DY = np.empty((0, 0, 0, 0), np.float32)
-_NO_POOL_AM = np.empty((0, 0, 0, 0), np.int32)
 
 
 def conv2d_forward(Y, X, W, b, cols, stride, padding, activation, negative_slope):
@@ -450,8 +414,7 @@ def conv2d_backward(dX, dW, db, dZ, dY, X, W, Y, cols, stride, padding, activati
     m, k = n * oh * ow, kh * kw * c
     z, W2 = dZ.reshape(m, oc), W.reshape(k, oc)
     _conv_dz(z, _NO_BUF if db is None else db, dY.reshape(m, oc), Y.reshape(m, oc), activation,
-             negative_slope, np.empty((dz_chunks(m), oc), np.float64), ow, False, _NO_POOL_DY,
-             _NO_POOL_AM, 1, 1)
+             negative_slope, np.empty((dz_chunks(m), oc), np.float64))
     hp, wp = X.shape[1] + 2 * ph, X.shape[2] + 2 * pw
     if direct(c, oc, n * hp * wp * c, cols.size):  # (cols holds the forward's padded X)
         kp = (k + _DMR - 1) // _DMR * _DMR

@@ -145,23 +145,9 @@ def _record_forward(r, sc, xin, xb, m, batch, ws, iws, params, buffers, ap, bp, 
 
 
 @njit(cache=True)
-def _pool_fused(plan, j):
-    """Whether record j is a max pooling of disjoint windows (window =
-    stride) right after the Conv2D whose output it reads and whose output
-    gradient it writes: its backward then happens inside the conv's dZ pass
-    (_conv_dz pooled), and its dX is never stored."""
-    if j < 1 or plan[j, _OP] != _MAXPOOL2D or plan[j - 1, _OP] != _CONV2D:
-        return False
-    r, q = plan[j], plan[j - 1]
-    return (r[_X] == q[_Y] and r[_DX] >= 0 and r[_DX] == q[_DY] and r[_KH] == r[_SH]
-            and r[_KW] == r[_SW])
-
-
-@njit(cache=True)
 def _record_backward(r, sc, xin, m, batch, ws, iws, params, grads, ap, bp, sums, bn_part,
-                     bn_work, pool_acc, threads, rnn, conv, dwp, dzp, wflip, pool):
-    """Record r backward over m rows (its output gradient at dy); pool: the
-    max-pool record folded into a Conv2D's dZ pass (_pool_fused), else r."""
+                     bn_work, pool_acc, threads, rnn, conv, dwp, dzp, wflip):
+    """Record r backward over m rows (its output gradient at dy)."""
     op = r[_OP]
     h, w, c, oh, ow, oc = r[_H], r[_W], r[_C], r[_OH], r[_OW], r[_OC]
     isz, osz = m * h * w * c, m * oh * ow * oc
@@ -188,16 +174,7 @@ def _record_backward(r, sc, xin, m, batch, ws, iws, params, grads, ap, bp, sums,
         db = grads[r[_BIAS]:r[_BIAS] + oc] if r[_BIAS] >= 0 else no_buf
         cols = ws[r[_AUX]:r[_AUX] + M * K].reshape((M, K))
         z = dy.reshape((M, oc))
-        if pool[_OP] == _MAXPOOL2D:
-            poh, pow_ = pool[_OH], pool[_OW]
-            psz = m * poh * pow_ * oc
-            _conv_dz(z, db, z, y.reshape((M, oc)), r[_ACT], sc[_SLOPE], dzp, ow, True,
-                     ws[pool[_DY]:pool[_DY] + psz].reshape((m, poh, pow_, oc)),
-                     iws[pool[_IAUX]:pool[_IAUX] + psz].reshape((m, poh, pow_, oc)), pool[_KH],
-                     pool[_KW])
-        else:
-            _conv_dz(z, db, z, y.reshape((M, oc)), r[_ACT], sc[_SLOPE], dzp, ow, False,
-                     ws[:0].reshape((0, 0, 0, 0)), iws[:0].reshape((0, 0, 0, 0)), 1, 1)
+        _conv_dz(z, db, z, y.reshape((M, oc)), r[_ACT], sc[_SLOPE], dzp)
         hp, wp = h + 2 * r[_PH], w + 2 * r[_PW]
         if direct(c, oc, m * hp * wp * c, M * K):
             _direct_dw(grads[p:p + K * oc].reshape((K, oc)), cols.reshape(-1), z, oh, ow, c, kh,
@@ -366,14 +343,10 @@ def _model_epoch(params, grads, buffers, s0, s1, s2, ws, iws, X, labels, T, orde
         _loss_gradient(out, dout, lb, tb, loss, is_labels, grad_scale)
 
         for j in range(n_rec - 1, -1, -1):
-            if _pool_fused(plan, j):
-                continue  # (in the conv's dZ pass)
             r = plan[j]
             xin = xb if r[_X] == -1 else ws[r[_X]:r[_X] + m * r[_H] * r[_W] * r[_C]]
-            pool = plan[j + 1] if j + 1 < n_rec and _pool_fused(plan, j + 1) else r
             _record_backward(r, plan_scalars[j], xin, m, bi, ws, iws, params, grads, ap, bp,
-                             sums, bn_part, bn_work, pool_acc, threads, rnn, conv, dwp, dzp, wflip,
-                             pool)
+                             sums, bn_part, bn_work, pool_acc, threads, rnn, conv, dwp, dzp, wflip)
 
         if l2 != 0.0:
             for q in range(penalized.shape[0]):
