@@ -1,13 +1,11 @@
 """Convolution and pooling of the numba backend (channels-last images).
 
-conv2d is im2col + the gemm of ``_gemm``: the forward's epilogue adds the
-bias and applies the activation; the backward is dense_backward's dz / dW /
-dX on the cols matrix, and col2im folds dcols back into the image.  With
-few input channels (``direct``: c <= _DIRECT_MAX_C, a first layer on
-images) the forward and dW are direct loops over the image instead: the
-gemm's k = kh kw c is then ~9 and its 32-wide register tile half empty for
-16 output channels, and the cols matrix costs more to write than the
-product; dX (if any) still goes through cols.
+conv2d with one or two vectors of output channels (``direct``: 16 or 32
+with AVX-512) is a direct implicit GEMM over the zero-padded image (the
+forward, dW, and dX at stride 1 as the forward over the padded dZ); the
+others are im2col + the gemm of ``_gemm`` (the forward's epilogue adds the
+bias and applies the activation; dW and dX are products with the cols
+matrix, col2im folds dcols back into the image).  dZ and db are one pass.
 """
 
 import numba  # absolute import: the real numba, not this package
@@ -17,7 +15,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._common import _EXACT, _NO_BUF
+from ._common import _NO_BUF
 from ._elementwise import _IDENTITY, _act_span, _grad_span
 from ._gemm import _W, _gemm, dense_forward, gemm
 
@@ -71,15 +69,15 @@ def _col2im(dx, cols, kh, kw, sh, sw, ph, pw, oh, ow):
                             dx[img, y, xx, ch] += cols[r0 + ox, q + ch]
 
 
-# ---- direct convolution (few input channels) ---------------------------------------
+# ---- direct convolution ------------------------------------------------------------
 # An implicit GEMM over the zero-padded image, as csrc/conv_direct.c: a
 # register tile of _DMR rows x NV vectors of output channels reads A in
 # place through offset tables (XNNPACK's indirection, without the buffer of
 # pointers): A[i, p] = xpad[rows[i] + ks[p]].  Forward: rows = output pixels'
 # window corners, ks = the taps' offsets (i, j, ch), B = W.  dW: rows = the
-# taps, ks = the pixels, B = dZ.  For c <= _DIRECT_MAX_C only (a first layer
-# on images): there im2col + gemm ran k = kh kw c ~ 9 with the gemm's
-# 32-wide tile half empty for 16 output channels, every tile an edge tile.
+# taps, ks = the pixels, B = dZ.  A first layer on images was the worst case
+# of im2col + gemm: k = kh kw c = 9, 16 output channels in the gemm's 32-wide
+# tile, every tile an edge tile (bench/NOTES.md, 42-numba).
 
 _DMR = 8
 # dW: pixels per chunk of the batch sum (one float32 partial each, summed in
