@@ -40,6 +40,27 @@ for m, n, k in [(1, 33, 9), (7, 5, 3), (13, 40, 300), (70, 129, 65), (250, 30, 2
     Y = np.empty((m, n), np.float32)
     nb.dense_forward(Y, X, W, b, activation="relu")
     assert np.allclose(Y, np.maximum(X.astype(np.float64) @ W + b, 0), rtol=1e-4, atol=3e-6 * k)
+# conv2d's direct path (one and two vectors of output channels, dX direct for 2W inputs)
+R = kernels.get("reference")
+kw = dict(stride=(1, 1), padding=(1, 1), activation="relu", negative_slope=0.1)
+for c, oc in ((1, {width}), (2 * {width}, 2 * {width}), ({width}, 2 * {width})):
+    X = rng.uniform(-1, 1, (2, 6, 5, c)).astype(np.float32)
+    Wc = rng.uniform(-1, 1, (3, 3, c, oc)).astype(np.float32)
+    bc = rng.uniform(-1, 1, oc).astype(np.float32)
+    dY = rng.uniform(-1, 1, (2, 6, 5, oc)).astype(np.float32)
+    Y, cols = np.empty((2, 6, 5, oc), np.float32), np.empty((60, 9 * c), np.float32)
+    nb.conv2d_forward(Y, X, Wc, bc, cols, **kw)
+    Yr, colsr = np.empty((2, 6, 5, oc)), np.empty((60, 9 * c))
+    R.conv2d_forward(Yr, X.astype(np.float64), Wc.astype(np.float64), bc.astype(np.float64),
+                     colsr, **kw)
+    assert np.allclose(Y, Yr, rtol=1e-4, atol=1e-4), (c, oc)
+    got = [np.empty_like(X), np.empty_like(Wc), np.empty_like(bc), np.empty_like(dY)]
+    nb.conv2d_backward(*got, dY, X, Wc, Y, cols, **kw)
+    want = [np.empty(a.shape) for a in got]
+    R.conv2d_backward(*want, dY.astype(np.float64), X.astype(np.float64), Wc.astype(np.float64),
+                      Y.astype(np.float64), colsr, **kw)
+    for a, b_ in zip(got, want):
+        assert np.allclose(a, b_, rtol=1e-4, atol=1e-4), (c, oc)
 print("ok")
 """
 
@@ -55,7 +76,8 @@ def test_numba_gemm_every_vector_width(tmp_path, width, env):
     (16 floats with AVX-512, 8 with AVX, else 4); the host tests run one of
     them, so the others are compiled here for a narrower CPU, in a child
     process with its own cache, on ragged tiles, several panels of k, every
-    transpose, alpha/beta and the bias + activation epilogue."""
+    transpose, alpha/beta and the bias + activation epilogue; and conv2d's
+    direct tile kernels (also vector IR) against the reference."""
     run = _run(_WIDTH_CHECK.format(width=width), tmp_path, **env)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]
 

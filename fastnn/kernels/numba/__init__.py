@@ -225,6 +225,12 @@ def _warmup_cnn():
     conv2d_forward(y, x, w, w[0, 0, 0], cols, (1, 1), (0, 0), relu, 0.01)
     conv2d_backward(np.empty_like(x), np.empty_like(w), np.empty(2, f32), np.empty_like(y), y,
                     x, w, y, cols, (1, 1), (0, 0), relu, 0.01)
+    from ._gemm import _W  # one vector of output channels: the direct convolution
+    wd = np.ones((3, 3, 2, _W), dtype=f32)
+    yd = np.empty((1, 2, 2, _W), f32)
+    conv2d_forward(yd, x, wd, wd[0, 0, 0], cols, (1, 1), (0, 0), relu, 0.01)
+    conv2d_backward(np.empty_like(x), np.empty_like(wd), np.empty(_W, f32), np.empty_like(yd), yd,
+                    x, wd, yd, cols, (1, 1), (0, 0), relu, 0.01)
     am = np.empty((1, 2, 2, 2), np.int32)
     maxpool2d_forward(y, x, am, (2, 2), (2, 2))
     maxpool2d_backward(np.empty_like(x), y, am, (2, 2), (2, 2))

@@ -20,8 +20,9 @@ from numba import njit
 
 from .. import spec
 from ._common import _CHUNK, _NO_BUF
-from ._conv import (_avgpool_backward, _avgpool_forward, _col2im, _im2col, _maxpool_backward,
-                    _maxpool_forward)
+from ._conv import (_DMR, _avgpool_backward, _avgpool_forward, _col2im, _conv_dz, _direct_dw,
+                    _direct_dx, _direct_forward, _im2col, _maxpool_backward, _maxpool_forward,
+                    _pad, direct, direct_dx, dw_chunks, dz_chunks)
 from ._dropout import _dropout
 from ._elementwise import (_IDENTITY, _activation_backward, _activation_forward, _axpy, _clip,
                            _scale, _softmax_backward, _softmax_forward, _sum_squares)
@@ -80,7 +81,7 @@ def _copy(dst, src):
 
 @njit(cache=True)
 def _record_forward(r, sc, xin, xb, m, batch, ws, iws, params, buffers, ap, bp, bn_part,
-                    bn_work, pool_acc, threads, rnn):
+                    bn_work, pool_acc, threads, rnn, conv):
     """Record r (ints) / sc (floats) forward over m rows of batch number
     `batch`; xin its input (flat), xb the batch's input rows."""
     op = r[_OP]
@@ -100,10 +101,18 @@ def _record_forward(r, sc, xin, xb, m, batch, ws, iws, params, buffers, ap, bp, 
         kh, kw = r[_KH], r[_KW]
         K, M = kh * kw * c, m * oh * ow
         b = params[r[_BIAS]:r[_BIAS] + oc] if r[_BIAS] >= 0 else no_buf
-        cols = ws[r[_AUX]:r[_AUX] + M * K].reshape((M, K))
-        _im2col(cols, xin.reshape((m, h, w, c)), kh, kw, r[_SH], r[_SW], r[_PH], r[_PW], oh, ow)
-        _gemm_ws(y.reshape((M, oc)), cols, params[r[_PARAM]:r[_PARAM] + K * oc].reshape((K, oc)),
-                 False, False, 1.0, 0.0, b, r[_ACT], sc[_SLOPE], ap, bp)
+        cols = ws[r[_AUX]:r[_AUX] + M * K]
+        wk = params[r[_PARAM]:r[_PARAM] + K * oc].reshape((K, oc))
+        hp, wp = h + 2 * r[_PH], w + 2 * r[_PW]
+        if direct(c, oc, m * hp * wp * c, M * K):  # (the padded X stays in cols for dW)
+            _pad(cols, xin.reshape((m, h, w, c)), r[_PH], r[_PW])
+            _direct_forward(y.reshape((M, oc)), cols, wk, b, oh, ow, c, kh, kw, r[_SH], r[_SW],
+                            hp, wp, r[_ACT], sc[_SLOPE], conv[0], conv[1])
+        else:
+            _im2col(cols.reshape((M, K)), xin.reshape((m, h, w, c)), kh, kw, r[_SH], r[_SW],
+                    r[_PH], r[_PW], oh, ow)
+            _gemm_ws(y.reshape((M, oc)), cols.reshape((M, K)), wk, False, False, 1.0, 0.0, b,
+                     r[_ACT], sc[_SLOPE], ap, bp)
     elif op == _MAXPOOL2D:
         am = iws[r[_IAUX]:r[_IAUX] + osz].reshape((m, oh, ow, oc))
         _maxpool_forward(y.reshape((m, oh, ow, oc)), am, xin.reshape((m, h, w, c)), r[_KH],
@@ -137,7 +146,7 @@ def _record_forward(r, sc, xin, xb, m, batch, ws, iws, params, buffers, ap, bp, 
 
 @njit(cache=True)
 def _record_backward(r, sc, xin, m, batch, ws, iws, params, grads, ap, bp, sums, bn_part,
-                     bn_work, pool_acc, threads, rnn):
+                     bn_work, pool_acc, threads, rnn, conv, dwp, dzp, wflip):
     """Record r backward over m rows (its output gradient at dy)."""
     op = r[_OP]
     h, w, c, oh, ow, oc = r[_H], r[_W], r[_C], r[_OH], r[_OW], r[_OC]
@@ -165,10 +174,21 @@ def _record_backward(r, sc, xin, m, batch, ws, iws, params, grads, ap, bp, sums,
         db = grads[r[_BIAS]:r[_BIAS] + oc] if r[_BIAS] >= 0 else no_buf
         cols = ws[r[_AUX]:r[_AUX] + M * K].reshape((M, K))
         z = dy.reshape((M, oc))
-        _dense_dz(z, db, z, y.reshape((M, oc)), r[_ACT], sc[_SLOPE], sums)
-        _gemm_ws(grads[p:p + K * oc].reshape((K, oc)), cols, z, True, False, 1.0, 0.0, no_buf,
-                 _IDENTITY, 0.0, ap, bp)
-        if has_dx:  # dcols into cols (dW has read them), folded back into dX
+        _conv_dz(z, db, z, y.reshape((M, oc)), r[_ACT], sc[_SLOPE], dzp)
+        hp, wp = h + 2 * r[_PH], w + 2 * r[_PW]
+        if direct(c, oc, m * hp * wp * c, M * K):
+            _direct_dw(grads[p:p + K * oc].reshape((K, oc)), cols.reshape(-1), z, oh, ow, c, kh,
+                       kw, r[_SH], r[_SW], hp, wp, conv[0], conv[1], dwp)
+        else:
+            _gemm_ws(grads[p:p + K * oc].reshape((K, oc)), cols, z, True, False, 1.0, 0.0,
+                     no_buf, _IDENTITY, 0.0, ap, bp)
+        qh, qw = kh - 1 - r[_PH], kw - 1 - r[_PW]
+        if has_dx and direct_dx(c, kh, kw, r[_SH], r[_SW], r[_PH], r[_PW],
+                                m * (oh + 2 * qh) * (ow + 2 * qw) * oc, M * K):
+            _direct_dx(dx.reshape((m, h, w, c)), z, params[p:p + K * oc].reshape((K, oc)), kh, kw,
+                       r[_PH], r[_PW], cols.reshape(-1),
+                       wflip[:K * oc].reshape((kh * kw * oc, c)), conv[0], conv[1], no_buf)
+        elif has_dx:  # dcols into cols (dW has read them), folded back into dX
             _gemm_ws(cols, z, params[p:p + K * oc].reshape((K, oc)), False, True, 1.0, 0.0,
                      no_buf, _IDENTITY, 0.0, ap, bp)
             _col2im(dx.reshape((m, h, w, c)), cols, kh, kw, r[_SH], r[_SW], r[_PH], r[_PW], oh,
@@ -239,9 +259,20 @@ def _model_epoch(params, grads, buffers, s0, s1, s2, ws, iws, X, labels, T, orde
 
     # Everything that is not a view is allocated here, once per epoch.
     ap_size, bp_size, widest, bn_c, pool_w, pool_c = 0, 0, 1, 1, 1, 1
+    pix_size, tap_size, dwp_size = 0, 0, 0  # (the direct convolutions' scratch)
+    dz_rows, dz_cols, flip_size = 1, 1, 0
     for j in range(n_rec):
         r = plan[j]
         op = r[_OP]
+        if op == _CONV2D:
+            M, K = bs * r[_OH] * r[_OW], r[_KH] * r[_KW] * r[_C]
+            kp = (K + _DMR - 1) // _DMR * _DMR
+            # (dX as a convolution: n h w pixels, kh kw oc taps, W flipped)
+            pix_size = max(pix_size, max(M, bs * r[_H] * r[_W]) + _DMR)
+            tap_size = max(tap_size, max(kp, r[_KH] * r[_KW] * r[_OC]) + _DMR)
+            flip_size = max(flip_size, K * r[_OC])
+            dwp_size = max(dwp_size, dw_chunks(M) * kp * r[_OC])
+            dz_rows, dz_cols = max(dz_rows, dz_chunks(M)), max(dz_cols, r[_OC])
         if op == _DENSE or op == _CONV2D:
             if op == _DENSE:
                 M, K = bs, r[_H] * r[_W] * r[_C]
@@ -263,6 +294,10 @@ def _model_epoch(params, grads, buffers, s0, s1, s2, ws, iws, X, labels, T, orde
     bn_part = np.empty((_BN_CHUNKS, 2, bn_c), dtype=np.float64)
     bn_work = np.empty((5, bn_c), dtype=np.float64)
     pool_acc = np.empty((threads, pool_w, pool_c), dtype=np.float64)
+    conv = (np.empty(pix_size, np.int64), np.empty(tap_size, np.int64))
+    dwp = np.empty(dwp_size, np.float32)
+    dzp = np.empty((dz_rows, dz_cols), np.float64)
+    wflip = np.empty(flip_size, np.float32)
     ra, rb, r1, r2, r4, r5 = _rnn.record_scratch(plan, bs)
     rnn = (np.empty(ra, np.float32), np.empty(rb, np.float32), np.empty(r1, np.float32),
            np.empty(r2, np.float32), np.empty(r2, np.float32), np.empty(r4, np.float32),
@@ -290,7 +325,7 @@ def _model_epoch(params, grads, buffers, s0, s1, s2, ws, iws, X, labels, T, orde
             r = plan[j]
             xin = xb if r[_X] == -1 else ws[r[_X]:r[_X] + m * r[_H] * r[_W] * r[_C]]
             _record_forward(r, plan_scalars[j], xin, xb, m, bi, ws, iws, params, buffers, ap, bp,
-                            bn_part, bn_work, pool_acc, threads, rnn)
+                            bn_part, bn_work, pool_acc, threads, rnn, conv)
         out = (xb if output == -1 else ws[output:output + m * out_size]).reshape((m, out_size))
         dout = ws[doutput:doutput + m * out_size].reshape((m, out_size))
 
@@ -311,7 +346,7 @@ def _model_epoch(params, grads, buffers, s0, s1, s2, ws, iws, X, labels, T, orde
             r = plan[j]
             xin = xb if r[_X] == -1 else ws[r[_X]:r[_X] + m * r[_H] * r[_W] * r[_C]]
             _record_backward(r, plan_scalars[j], xin, m, bi, ws, iws, params, grads, ap, bp,
-                             sums, bn_part, bn_work, pool_acc, threads, rnn)
+                             sums, bn_part, bn_work, pool_acc, threads, rnn, conv, dwp, dzp, wflip)
 
         if l2 != 0.0:
             for q in range(penalized.shape[0]):
