@@ -378,6 +378,18 @@ static void direct_backward(float *dX, float *dW, float *db, float *dZ, float *c
     }
     float *Wt = zpad + zsize;
     flip_weights(Wt, W, kh, kw, c, oc);
+    /* Winograd's workspace: the space after Wt, or the padded X's (dead
+       after dW) when the padded dZ follows it and that is larger. */
+    float *ws = Wt + wsize;
+    int64_t ws_size = cols + cols_size - ws;
+    if (dx_mode == 1 && xsize > ws_size) {
+        ws = cols;
+        ws_size = xsize;
+    }
+    if (kh == 3 && kw == 3
+        && fastnn_conv3x3_winograd(dX, zpad, Wt, NULL, n, hz, wz, oc, c, FASTNN_ACT_IDENTITY,
+                                   0.0f, ws, ws_size))
+        return;
     fastnn_conv_padded(dX, zpad, Wt, NULL, n, hz, wz, oc, c, kh, kw, FASTNN_ACT_IDENTITY, 0.0f);
 }
 
@@ -397,6 +409,11 @@ int fastnn_conv2d_forward(float *Y, float *cols, const float *X, const float *W,
     if (direct_ok(&g, rows * K)) {
         const int64_t hp = h + 2 * ph, wp = w + 2 * pw;
         PAR_FOR(r, n * hp, g.in_size > PAR_MIN, pad_row(cols, X, h, w, c, ph, pw, r));
+        const int64_t xsize = n * hp * wp * c;
+        if (kh == 3 && kw == 3
+            && fastnn_conv3x3_winograd(Y, cols, W, b, n, hp, wp, c, oc, act, slope,
+                                       cols + xsize, rows * K - xsize))
+            return FASTNN_OK;
         fastnn_conv_padded(Y, cols, W, b, n, hp, wp, c, oc, kh, kw, act, slope);
         return FASTNN_OK;
     }
