@@ -365,7 +365,13 @@ static void direct_backward(float *dX, float *dW, float *db, float *dZ, float *c
                 fastnn_column_sums(db, dZ, g->out_pixels, oc, sp * span,
                                    min64(oc, sp * span + span)));
     }
-    fastnn_conv_padded_dw(dW, cols, dZ, n, hp, wp, c, oc, kh, kw);
+    /* dW's workspace: after the padded X, or after the padded dZ when that
+       follows it (db's partial sums are done with) */
+    float *dw_ws = dx_mode == 1 ? zpad + zsize : cols + xsize;
+    if (!(kh == 3 && kw == 3
+          && fastnn_conv3x3_winograd_dw(dW, cols, dZ, n, hp, wp, c, oc, dw_ws,
+                                        cols + cols_size - dw_ws)))
+        fastnn_conv_padded_dw(dW, cols, dZ, n, hp, wp, c, oc, kh, kw);
     if (!dX)
         return;
     if (dx_mode == 0) {

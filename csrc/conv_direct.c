@@ -903,3 +903,167 @@ int fastnn_conv3x3_winograd(float *out, const float *in, const float *W, const f
     }
     return 1;
 }
+
+/* ---- dW of a 3x3 stride-1 convolution by Winograd F(3x3, 2x2) ------------------------
+   The gradient of F(2x2, 3x3) with respect to its filter: for a 2x2 block z
+   of dZ and the 4x4 window d of the padded input under it, the block's
+   share of dW is G^T [(A z A^T) . (B^T d B)] G, so the sum over the blocks
+   is G^T M G with M[xi] = sum_t V_t[xi]^T Z_t[xi]: 16 products (cin x
+   tiles) (tiles x cout), 2.25x fewer multiply-adds than the direct sum.
+   The tiles are taken in chunks fixed by the geometry (never by the thread
+   count): the team transforms a chunk, then each thread adds the chunk's
+   products to its own tiles of M in chunk order, so the bits do not depend
+   on the thread count.  A value beyond WG_LIMIT in the input or dZ (inf,
+   NaN, huge) stops it: the caller then runs the direct dW. */
+
+#ifndef WG_DW_CHUNK
+#define WG_DW_CHUNK 128      /* tiles per chunk (fewer when the workspace is short) */
+#endif
+
+/* Z[xi][u][0:cout] = (A z A^T)[xi] of the 2x2 block z at src (row stride
+   ldr floats); 1 if a value of z is beyond WG_LIMIT. */
+FASTNN_CLONES
+static int wg_dz(float *Z, int64_t ldz, const float *src, int64_t ldr, int64_t cout)
+{
+    int bad = 0;
+#pragma omp simd reduction(| : bad)
+    for (int64_t o = 0; o < cout; o++) {
+        float z[2][2], w[4][2];
+        for (int a = 0; a < 2; a++)
+            for (int b = 0; b < 2; b++) {
+                z[a][b] = src[a * ldr + b * cout + o];
+                bad |= !(fabsf(z[a][b]) <= WG_LIMIT);
+            }
+        for (int b = 0; b < 2; b++) {
+            w[0][b] = z[0][b];
+            w[1][b] = z[0][b] + z[1][b];
+            w[2][b] = z[0][b] - z[1][b];
+            w[3][b] = -z[1][b];
+        }
+        for (int r = 0; r < 4; r++) {
+            float *v = Z + 4 * r * ldz + o;
+            v[0] = w[r][0];
+            v[ldz] = w[r][0] + w[r][1];
+            v[2 * ldz] = w[r][0] - w[r][1];
+            v[3 * ldz] = -w[r][1];
+        }
+    }
+    return bad;
+}
+
+typedef struct {
+    const float *in, *dZ;
+    float *M, *V, *Z;
+    int64_t hp, wp, cin, cout, th, tw, tiles, chunk, ldv, ldz;
+} wgdw_args;
+
+/* Chunk tiles [u0, u1) of chunk t0: V and Z; 1 if a value is beyond the limit. */
+static int wgdw_transform(const wgdw_args *g, int64_t t0, int64_t u0, int64_t u1, int vin)
+{
+    int bad = 0;
+    const int64_t cin = g->cin, cout = g->cout, oh = 2 * g->th, ow = 2 * g->tw;
+    for (int64_t u = u0; u < u1; u++) {
+        const int64_t t = t0 + u, img = t / (g->th * g->tw), ty = t / g->tw % g->th,
+                      tx = t % g->tw;
+        const float *src = g->in + ((img * g->hp + 2 * ty) * g->wp + 2 * tx) * cin;
+#ifdef HAVE_X86
+        bad |= vin ? wg_input_avx512(g->V + u * cin, g->ldv, src, g->wp * cin, cin)
+                   : wg_input(g->V + u * cin, g->ldv, src, g->wp * cin, cin);
+#else
+        bad |= wg_input(g->V + u * cin, g->ldv, src, g->wp * cin, cin);
+#endif
+        bad |= wg_dz(g->Z + u * cout, g->ldz, g->dZ + ((img * oh + 2 * ty) * ow + 2 * tx) * cout,
+                     ow * cout, cout);
+    }
+    return bad;
+}
+
+/* dW (9 cin, cout) = G^T M[.][ch][o] G. */
+static void wgdw_inverse(float *dW, const float *M, int64_t cin, int64_t cout)
+{
+    const int64_t cc = cin * cout;
+    for (int64_t k = 0; k < cc; k++) {
+        float m[4][4], t[3][4];
+        for (int r = 0; r < 4; r++)
+            for (int s = 0; s < 4; s++)
+                m[r][s] = M[(4 * r + s) * cc + k];
+        for (int s = 0; s < 4; s++) {
+            t[0][s] = m[0][s] + 0.5f * (m[1][s] + m[2][s]);
+            t[1][s] = 0.5f * (m[1][s] - m[2][s]);
+            t[2][s] = 0.5f * (m[1][s] + m[2][s]) + m[3][s];
+        }
+        for (int i = 0; i < 3; i++) {
+            float *d = dW + i * 3 * cc + k;
+            d[0] = t[i][0] + 0.5f * (t[i][1] + t[i][2]);
+            d[cc] = 0.5f * (t[i][1] - t[i][2]);
+            d[2 * cc] = 0.5f * (t[i][1] + t[i][2]) + t[i][3];
+        }
+    }
+}
+
+int fastnn_conv3x3_winograd_dw(float *dW, const float *in, const float *dZ, int64_t n,
+                               int64_t hp, int64_t wp, int64_t cin, int64_t cout, float *ws,
+                               int64_t ws_size)
+{
+    const int64_t oh = hp - 2, ow = wp - 2;
+    if (cin < WG_MIN_CHANNELS || cout < WG_MIN_CHANNELS || oh < 2 || ow < 2 || oh % 2
+        || ow % 2)
+        return 0;
+    const int64_t th = oh / 2, tw = ow / 2, tiles = n * th * tw;
+    const int64_t msize = wg_round16(16 * cin * cout);
+    int64_t chunk = min64(WG_DW_CHUNK, tiles), need = 16 * (wg_ld(chunk, cin) + wg_ld(chunk, cout));
+    while (chunk > 1 && (ws_size < msize || ws_size - msize < need)) {
+        chunk = (chunk + 1) / 2;
+        need = 16 * (wg_ld(chunk, cin) + wg_ld(chunk, cout));
+    }
+    if (ws_size < msize || ws_size - msize < need)
+        return 0;
+    const cpath P = conv_path(cout);
+    const int64_t rt = ceil_div(cin, P.mr), ct = ceil_div(cout, P.nr), units = 16 * rt * ct;
+    const int64_t chunks = ceil_div(tiles, chunk);
+    wgdw_args g = {in, dZ, ws, ws + msize, ws + msize + 16 * wg_ld(chunk, cin), hp, wp, cin,
+                   cout, th, tw, tiles, chunk, wg_ld(chunk, cin), wg_ld(chunk, cout)};
+#ifdef HAVE_X86
+    const int vin = fastnn_simd_path() == FASTNN_SIMD_AVX512 && cin % 16 == 0;
+#else
+    const int vin = 0;
+#endif
+    int bad = 0;
+    const int T = team((double)n * oh * ow * 9 * cin * cout, units);
+#pragma omp parallel num_threads(T) if (T > 1)
+    {
+        const int64_t nt = T > 1 ? omp_get_num_threads() : 1, tid = T > 1 ? omp_get_thread_num() : 0;
+        int64_t roff[MR_MAX], aoff[1], boff[1] = {0};
+        for (int64_t k = 0; k < chunks; k++) {
+            const int64_t t0 = k * chunk, nb = min64(chunk, tiles - t0);
+            if (wgdw_transform(&g, t0, tid * nb / nt, (tid + 1) * nb / nt, vin)) {
+#pragma omp atomic write
+                bad = 1;
+            }
+#pragma omp barrier
+            int stop;
+#pragma omp atomic read
+            stop = bad;
+            if (stop)
+                break;   /* every thread reads the same flag between the two barriers */
+            for (int64_t unit = tid * units / nt; unit < (tid + 1) * units / nt; unit++) {
+                const int64_t xi = unit / (rt * ct), r0 = unit / ct % rt * P.mr,
+                              jc = unit % ct * P.nr;
+                const int mv = (int)min64(P.mr, cin - r0);
+                for (int i = 0; i < P.mr; i++)
+                    roff[i] = r0 + (i < mv ? i : 0);
+                aoff[0] = xi * g.ldv;
+                ctile t = {g.V, roff, aoff, boff, 1, nb, cin, g.Z + xi * g.ldz + jc, cout,
+                           g.M + xi * cin * cout + r0 * cout + jc, cout, mv,
+                           (int)min64(P.nr, cout - jc), k > 0, 0, NULL, FASTNN_ACT_IDENTITY,
+                           0.0f};
+                P.kernel(&t);
+            }
+#pragma omp barrier
+        }
+    }
+    if (bad)
+        return 0;
+    wgdw_inverse(dW, g.M, cin, cout);
+    return 1;
+}

@@ -53,4 +53,14 @@ int fastnn_conv3x3_winograd(float *out, const float *in, const float *W, const f
                             int64_t n, int64_t hp, int64_t wp, int64_t cin, int64_t cout, int act,
                             float slope, float *ws, int64_t ws_size);
 
+/* dW (9 cin, cout) of a 3x3 kernel, as fastnn_conv_padded_dw, by Winograd
+   F(3x3, 2x2) with ws (ws_size floats) as workspace.  Returns 0 when it
+   does not apply (as fastnn_conv3x3_winograd) or when in or dZ holds a
+   value beyond its limit (inf, NaN, huge): dW is then not valid and the
+   caller runs the direct dW.  The result does not depend on the thread
+   count. */
+int fastnn_conv3x3_winograd_dw(float *dW, const float *in, const float *dZ, int64_t n,
+                               int64_t hp, int64_t wp, int64_t cin, int64_t cout, float *ws,
+                               int64_t ws_size);
+
 #endif /* FASTNN_CONV_DIRECT_H */
