@@ -8,7 +8,10 @@
  *     blocks live on the stack).
  *   - Stride-1 convolution is direct: cols keeps the zero-padded X
  *     and conv_direct.c's micro-kernel reads the windows from it in place;
- *     see "direct (stride-1) convolution" below.
+ *     see "direct (stride-1) convolution" below.  3x3 kernels with 16+
+ *     channels and even output sizes run the forward, dW and dX by
+ *     Winograd (conv_direct.c) in the rest of cols, falling back to the
+ *     direct kernels where it does not apply.
  *   - Other strides are im2col + the project's gemm: the forward is
  *     fastnn_dense_forward on cols (bias and activation in the gemm
  *     epilogue), the backward fastnn_dense_backward for dZ, dW and db, then
