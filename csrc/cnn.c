@@ -8,7 +8,10 @@
  *     blocks live on the stack).
  *   - Stride-1 convolution is direct: cols keeps the zero-padded X
  *     and conv_direct.c's micro-kernel reads the windows from it in place;
- *     see "direct (stride-1) convolution" below.
+ *     see "direct (stride-1) convolution" below.  3x3 kernels with 16+
+ *     channels and even output sizes run the forward, dW and dX by
+ *     Winograd (conv_direct.c) in the rest of cols, falling back to the
+ *     direct kernels where it does not apply.
  *   - Other strides are im2col + the project's gemm: the forward is
  *     fastnn_dense_forward on cols (bias and activation in the gemm
  *     epilogue), the backward fastnn_dense_backward for dZ, dW and db, then
@@ -365,7 +368,13 @@ static void direct_backward(float *dX, float *dW, float *db, float *dZ, float *c
                 fastnn_column_sums(db, dZ, g->out_pixels, oc, sp * span,
                                    min64(oc, sp * span + span)));
     }
-    fastnn_conv_padded_dw(dW, cols, dZ, n, hp, wp, c, oc, kh, kw);
+    /* dW's workspace: after the padded X, or after the padded dZ when that
+       follows it (db's partial sums are done with) */
+    float *dw_ws = dx_mode == 1 ? zpad + zsize : cols + xsize;
+    if (!(kh == 3 && kw == 3
+          && fastnn_conv3x3_winograd_dw(dW, cols, dZ, n, hp, wp, c, oc, dw_ws,
+                                        cols + cols_size - dw_ws)))
+        fastnn_conv_padded_dw(dW, cols, dZ, n, hp, wp, c, oc, kh, kw);
     if (!dX)
         return;
     if (dx_mode == 0) {
@@ -378,6 +387,18 @@ static void direct_backward(float *dX, float *dW, float *db, float *dZ, float *c
     }
     float *Wt = zpad + zsize;
     flip_weights(Wt, W, kh, kw, c, oc);
+    /* Winograd's workspace: the space after Wt, or the padded X's (dead
+       after dW) when the padded dZ follows it and that is larger. */
+    float *ws = Wt + wsize;
+    int64_t ws_size = cols + cols_size - ws;
+    if (dx_mode == 1 && xsize > ws_size) {
+        ws = cols;
+        ws_size = xsize;
+    }
+    if (kh == 3 && kw == 3
+        && fastnn_conv3x3_winograd(dX, zpad, Wt, NULL, n, hz, wz, oc, c, FASTNN_ACT_IDENTITY,
+                                   0.0f, ws, ws_size))
+        return;
     fastnn_conv_padded(dX, zpad, Wt, NULL, n, hz, wz, oc, c, kh, kw, FASTNN_ACT_IDENTITY, 0.0f);
 }
 
@@ -397,6 +418,11 @@ int fastnn_conv2d_forward(float *Y, float *cols, const float *X, const float *W,
     if (direct_ok(&g, rows * K)) {
         const int64_t hp = h + 2 * ph, wp = w + 2 * pw;
         PAR_FOR(r, n * hp, g.in_size > PAR_MIN, pad_row(cols, X, h, w, c, ph, pw, r));
+        const int64_t xsize = n * hp * wp * c;
+        if (kh == 3 && kw == 3
+            && fastnn_conv3x3_winograd(Y, cols, W, b, n, hp, wp, c, oc, act, slope,
+                                       cols + xsize, rows * K - xsize))
+            return FASTNN_OK;
         fastnn_conv_padded(Y, cols, W, b, n, hp, wp, c, oc, kh, kw, act, slope);
         return FASTNN_OK;
     }

@@ -19,6 +19,10 @@
  * (which never fault) and masked stores, so no tile scratch and no packing.
  * AVX-512 6x64 / 8x32 / 8x16 by the number of columns, AVX2 6x16, portable
  * 4x8, chosen at run time like gemm.c.
+ *
+ * The same micro-kernel also runs the 16 products of the Winograd F(2x2,
+ * 3x3) forward / dX and F(3x3, 2x2) dW of 3x3 stride-1 layers (the end of
+ * this file): 2.25x fewer multiply-adds, transforms in blocks of tiles.
  */
 #include <stdint.h>
 #include <string.h>
@@ -530,4 +534,558 @@ void fastnn_conv_dx_gather(float *dX, const float *dZ, const float *W, int64_t n
 #pragma omp parallel for num_threads(T) if (T > 1) schedule(static)
     for (int64_t r = 0; r < rows; r++)
         dx_gather_row(dX, dZ, W, h, w, c, oc, oh, ow, kh, kw, ph, pw, r);
+}
+
+/* ---- 3x3 stride 1 by Winograd F(2x2, 3x3) ---------------------------------------------
+   Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks" (2016):
+   each 2x2 tile of outputs is A^T [ sum_ch (G g G^T) . (B^T d B) ] A over its
+   4x4 input window d, i.e. 16 products (tiles x cin) (cin x cout) instead of
+   one (4 tiles' pixels x 9 cin) (9 cin x cout): 2.25x fewer multiply-adds.
+   The transforms are +-1 and 0.5 (exact scalings), so the error stays within
+   a few rounding steps of the direct sum (the tests' float32 tolerances).
+
+   Blocks of WG_BLOCK tiles: the block's transformed input V (16 x block x
+   cin) and products M (16 x block x cout) stay in the thread's L2 between
+   the transform, the 16 products (the micro-kernel above, A = V's rows, B =
+   U's) and the inverse transform, so memory sees only the padded input and
+   the output.  A tile whose window holds a value beyond WG_LIMIT in
+   magnitude (an inf, a NaN, a huge value whose transform could overflow
+   where the direct sum does not) is computed by the direct sum instead, so
+   IEEE special values give what the direct path gives; weights beyond it
+   send the whole call to the direct path.  Each tile is computed by one
+   thread in a fixed order: the bits do not depend on the thread count. */
+
+#define WG_BLOCK 48          /* tiles per block (fewer when the workspace is short) */
+#define WG_LIMIT 0x1p40f
+
+static inline int64_t wg_round16(int64_t x) { return (x + 15) / 16 * 16; }
+/* The stride between V's (or M's) 16 matrices: one cache line more than a
+   multiple of 16 floats, so that the transforms' 16 streams fall in
+   different L1 sets (48 x 64 floats is 3 x 4 KiB: without the extra line
+   all 16 share one set). */
+static inline int64_t wg_ld(int64_t block, int64_t ch) { return wg_round16(block * ch) + 16; }
+
+/* ws moved to a 64-byte boundary, and *size less the 16 floats this may
+   take whatever the shift (so that the blocks and chunks chosen from the
+   size do not depend on the buffer's address): unaligned, the transforms'
+   and products' loads and stores ran 15-20% slower (numpy's buffers are
+   16-byte aligned). */
+static float *wg_align(float *ws, int64_t *size)
+{
+    const uintptr_t mis = (uintptr_t)ws % 64;
+    *size -= 16;
+    return mis ? ws + (64 - mis) / sizeof *ws : ws;
+}
+
+/* Floats of one thread's scratch for blocks of `block` tiles. */
+static int64_t wg_scratch(int64_t block, int64_t cin, int64_t cout)
+{
+    return 16 * wg_ld(block, cin) + 16 * wg_ld(block, cout);
+}
+
+/* U[xi][ch][o] = (G g G^T)[xi] for the 3x3 kernel g = W[.][.][ch][o]; 0 if a
+   weight is beyond WG_LIMIT. */
+static int wg_filter(float *U, const float *W, int64_t cin, int64_t cout)
+{
+    int bad = 0;
+    const int64_t cc = cin * cout;
+    for (int64_t k = 0; k < cc; k++) {
+        float g[3][3], t[4][3];
+        for (int i = 0; i < 3; i++)
+            for (int j = 0; j < 3; j++) {
+                g[i][j] = W[(i * 3 + j) * cc + k];
+                bad |= !(fabsf(g[i][j]) <= WG_LIMIT);
+            }
+        for (int j = 0; j < 3; j++) {
+            t[0][j] = g[0][j];
+            t[1][j] = 0.5f * (g[0][j] + g[1][j] + g[2][j]);
+            t[2][j] = 0.5f * (g[0][j] - g[1][j] + g[2][j]);
+            t[3][j] = g[2][j];
+        }
+        for (int r = 0; r < 4; r++) {
+            float *u = U + 4 * r * cc + k;
+            u[0] = t[r][0];
+            u[cc] = 0.5f * (t[r][0] + t[r][1] + t[r][2]);
+            u[2 * cc] = 0.5f * (t[r][0] - t[r][1] + t[r][2]);
+            u[3 * cc] = t[r][2];
+        }
+    }
+    return !bad;
+}
+
+/* V[xi][u][0:cin] = (B^T d B)[xi] of the window d at `src` (4 x 4 pixels
+   of a padded image with row stride ldr floats); 1 if a value of d is
+   beyond WG_LIMIT. */
+FASTNN_CLONES
+static int wg_input(float *V, int64_t ldv, const float *src, int64_t ldr, int64_t cin)
+{
+    int bad = 0;
+#pragma omp simd reduction(| : bad)
+    for (int64_t ch = 0; ch < cin; ch++) {
+        float d[4][4], t[4][4];
+        for (int r = 0; r < 4; r++)
+            for (int s = 0; s < 4; s++) {
+                d[r][s] = src[r * ldr + s * cin + ch];
+                bad |= !(fabsf(d[r][s]) <= WG_LIMIT);
+            }
+        for (int s = 0; s < 4; s++) {
+            t[0][s] = d[0][s] - d[2][s];
+            t[1][s] = d[1][s] + d[2][s];
+            t[2][s] = d[2][s] - d[1][s];
+            t[3][s] = d[1][s] - d[3][s];
+        }
+        for (int r = 0; r < 4; r++) {
+            float *v = V + 4 * r * ldv + ch;
+            v[0] = t[r][0] - t[r][2];
+            v[ldv] = t[r][1] + t[r][2];
+            v[2 * ldv] = t[r][2] - t[r][1];
+            v[3 * ldv] = t[r][1] - t[r][3];
+        }
+    }
+    return bad;
+}
+
+/* The 2x2 outputs at dst (row stride ldr floats) = act(A^T m A + bias) of
+   M[xi][u][0:cout] (xi-stride ldm). */
+static inline __attribute__((always_inline))
+void wg_output_body(float *dst, int64_t ldr, const float *M, int64_t ldm, const float *bias,
+                    int64_t cout, int act, float slope)
+{
+#pragma omp simd
+    for (int64_t o = 0; o < cout; o++) {
+        float m[4][4], a[2][4];
+        for (int r = 0; r < 4; r++)
+            for (int s = 0; s < 4; s++)
+                m[r][s] = M[(4 * r + s) * ldm + o];
+        for (int s = 0; s < 4; s++) {
+            a[0][s] = m[0][s] + m[1][s] + m[2][s];
+            a[1][s] = m[1][s] - m[2][s] - m[3][s];
+        }
+        const float b0 = bias ? bias[o] : 0.0f;
+        for (int r = 0; r < 2; r++) {
+            float y0 = a[r][0] + a[r][1] + a[r][2] + b0;
+            float y1 = a[r][1] - a[r][2] - a[r][3] + b0;
+            if (act == FASTNN_ACT_RELU) {
+                y0 = y0 < 0.0f ? 0.0f : y0;
+                y1 = y1 < 0.0f ? 0.0f : y1;
+            } else if (act == FASTNN_ACT_LEAKY_RELU) {
+                y0 = y0 > 0.0f ? y0 : y0 * slope;
+                y1 = y1 > 0.0f ? y1 : y1 * slope;
+            }
+            dst[r * ldr + o] = y0;
+            dst[r * ldr + cout + o] = y1;
+        }
+    }
+}
+
+FASTNN_CLONES
+static void wg_output(float *dst, int64_t ldr, const float *M, int64_t ldm, const float *bias,
+                      int64_t cout, int act, float slope)
+{
+    if (act == FASTNN_ACT_RELU)
+        wg_output_body(dst, ldr, M, ldm, bias, cout, FASTNN_ACT_RELU, slope);
+    else if (act == FASTNN_ACT_LEAKY_RELU)
+        wg_output_body(dst, ldr, M, ldm, bias, cout, FASTNN_ACT_LEAKY_RELU, slope);
+    else {
+        wg_output_body(dst, ldr, M, ldm, bias, cout, FASTNN_ACT_IDENTITY, slope);
+        if (act != FASTNN_ACT_IDENTITY)
+            for (int r = 0; r < 2; r++)
+                for (int64_t o = 0; o < 2 * cout; o++)
+                    dst[r * ldr + o] = fastnn_act_scalar(act, dst[r * ldr + o], slope);
+    }
+}
+
+/* The 2x2 outputs at dst by the direct sum over the 4x4 window at src (a
+   tile with a value beyond WG_LIMIT). */
+static void wg_direct_tile(float *dst, int64_t ldr, const float *src, int64_t ldi,
+                           const float *W, const float *bias, int64_t cin, int64_t cout,
+                           int act, float slope)
+{
+    for (int y = 0; y < 2; y++)
+        for (int x = 0; x < 2; x++)
+            for (int64_t o = 0; o < cout; o++) {
+                float acc = 0.0f;
+                for (int i = 0; i < 3; i++)
+                    for (int j = 0; j < 3; j++) {
+                        const float *in = src + (y + i) * ldi + (x + j) * cin;
+                        const float *w = W + (i * 3 + j) * cin * cout + o;
+                        for (int64_t ch = 0; ch < cin; ch++)
+                            acc += in[ch] * w[ch * cout];
+                    }
+                if (bias)
+                    acc += bias[o];
+                dst[y * ldr + x * cout + o] = fastnn_act_scalar(act, acc, slope);
+            }
+}
+
+#ifdef HAVE_X86
+/* The transforms with AVX-512 for channel counts that are multiples of 16:
+   GCC's vectorisation of the C versions above spills its 32 pointers and
+   ran at ~170 cycles per tile and 16 channels. */
+__attribute__((target("avx512f"))) static int wg_input_avx512(float *V, int64_t ldv,
+                                                              const float *src, int64_t ldr,
+                                                              int64_t cin)
+{
+    const __m512i absmask = _mm512_set1_epi32(0x7fffffff);
+    __m512i big = _mm512_setzero_si512();
+    for (int64_t ch = 0; ch < cin; ch += 16) {
+        __m512 d[4][4], t[4][4];
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++)
+#pragma GCC unroll 4
+            for (int s = 0; s < 4; s++) {
+                d[r][s] = _mm512_loadu_ps(src + r * ldr + s * cin + ch);
+                big = _mm512_max_epu32(big, _mm512_and_si512(_mm512_castps_si512(d[r][s]),
+                                                             absmask));
+            }
+#pragma GCC unroll 4
+        for (int s = 0; s < 4; s++) {
+            t[0][s] = _mm512_sub_ps(d[0][s], d[2][s]);
+            t[1][s] = _mm512_add_ps(d[1][s], d[2][s]);
+            t[2][s] = _mm512_sub_ps(d[2][s], d[1][s]);
+            t[3][s] = _mm512_sub_ps(d[1][s], d[3][s]);
+        }
+        float *v = V + ch;
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+            _mm512_storeu_ps(v, _mm512_sub_ps(t[r][0], t[r][2]));
+            v += ldv;
+            _mm512_storeu_ps(v, _mm512_add_ps(t[r][1], t[r][2]));
+            v += ldv;
+            _mm512_storeu_ps(v, _mm512_sub_ps(t[r][2], t[r][1]));
+            v += ldv;
+            _mm512_storeu_ps(v, _mm512_sub_ps(t[r][1], t[r][3]));
+            v += ldv;
+        }
+    }
+    /* |x|'s bits above the limit's: beyond it, inf or NaN */
+    const float lim = WG_LIMIT;
+    int32_t limbits;
+    memcpy(&limbits, &lim, sizeof limbits);
+    return _mm512_cmpgt_epu32_mask(big, _mm512_set1_epi32(limbits)) != 0;
+}
+
+__attribute__((target("avx512f"))) static inline __attribute__((always_inline))
+void wg_output_avx512_body(float *dst, int64_t ldr, const float *M, int64_t ldm,
+                           const float *bias, int64_t cout, int act, float slope)
+{
+    const __m512 zero = _mm512_setzero_ps(), sl = _mm512_set1_ps(slope);
+    for (int64_t o = 0; o < cout; o += 16) {
+        __m512 a[2][4];
+        const float *m = M + o;
+#pragma GCC unroll 4
+        for (int s = 0; s < 4; s++) {
+            const __m512 m0 = _mm512_loadu_ps(m + s * ldm), m1 = _mm512_loadu_ps(m + (4 + s) * ldm),
+                         m2 = _mm512_loadu_ps(m + (8 + s) * ldm),
+                         m3 = _mm512_loadu_ps(m + (12 + s) * ldm);
+            a[0][s] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
+            a[1][s] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
+        }
+        const __m512 b0 = bias ? _mm512_loadu_ps(bias + o) : zero;
+#pragma GCC unroll 2
+        for (int r = 0; r < 2; r++) {
+            __m512 y0 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a[r][0], a[r][1]), a[r][2]), b0);
+            __m512 y1 = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(a[r][1], a[r][2]), a[r][3]), b0);
+            if (act == FASTNN_ACT_RELU) {    /* max(0, NaN) keeps the NaN */
+                y0 = _mm512_max_ps(zero, y0);
+                y1 = _mm512_max_ps(zero, y1);
+            } else if (act == FASTNN_ACT_LEAKY_RELU) {
+                y0 = _mm512_mask_mul_ps(y0, _mm512_cmp_ps_mask(y0, zero, _CMP_LE_OQ), y0, sl);
+                y1 = _mm512_mask_mul_ps(y1, _mm512_cmp_ps_mask(y1, zero, _CMP_LE_OQ), y1, sl);
+            }
+            _mm512_storeu_ps(dst + r * ldr + o, y0);
+            _mm512_storeu_ps(dst + r * ldr + cout + o, y1);
+        }
+    }
+}
+
+__attribute__((target("avx512f"))) static void wg_output_avx512(float *dst, int64_t ldr,
+                                                                const float *M, int64_t ldm,
+                                                                const float *bias, int64_t cout,
+                                                                int act, float slope)
+{
+    if (act == FASTNN_ACT_RELU)
+        wg_output_avx512_body(dst, ldr, M, ldm, bias, cout, FASTNN_ACT_RELU, slope);
+    else if (act == FASTNN_ACT_LEAKY_RELU)
+        wg_output_avx512_body(dst, ldr, M, ldm, bias, cout, FASTNN_ACT_LEAKY_RELU, slope);
+    else {
+        wg_output_avx512_body(dst, ldr, M, ldm, bias, cout, FASTNN_ACT_IDENTITY, slope);
+        if (act != FASTNN_ACT_IDENTITY)
+            for (int r = 0; r < 2; r++)
+                for (int64_t o = 0; o < 2 * cout; o++)
+                    dst[r * ldr + o] = fastnn_act_scalar(act, dst[r * ldr + o], slope);
+    }
+}
+#endif
+
+typedef struct {
+    const float *in, *W, *U, *bias;
+    float *out;
+    int64_t hp, wp, cin, cout, th, tw, tiles, block;
+    int act;
+    float slope;
+} wg_args;
+
+/* Blocks [b0, b1) of tiles, with the thread's scratch. */
+static void wg_blocks(const cpath *P, const wg_args *g, float *scratch, int64_t b0, int64_t b1)
+{
+    const int64_t cin = g->cin, cout = g->cout, oh = 2 * g->th, ow = 2 * g->tw;
+    const int64_t ldv = wg_ld(g->block, cin), ldm = wg_ld(g->block, cout);
+    float *V = scratch, *M = scratch + 16 * ldv;
+    unsigned char bad[WG_BLOCK];
+#ifdef HAVE_X86
+    const int avx512 = fastnn_simd_path() == FASTNN_SIMD_AVX512;
+    const int vin = avx512 && cin % 16 == 0, vout = avx512 && cout % 16 == 0;
+#else
+#define wg_input_avx512 wg_input
+#define wg_output_avx512 wg_output
+    const int vin = 0, vout = 0;
+#endif
+    int64_t roff[MR_MAX], aoff[1], boff[1] = {0};
+    for (int64_t blk = b0; blk < b1; blk++) {
+        const int64_t t0 = blk * g->block, nb = min64(g->block, g->tiles - t0);
+        for (int64_t u = 0; u < nb; u++) {
+            const int64_t t = t0 + u, img = t / (g->th * g->tw), ty = t / g->tw % g->th,
+                          tx = t % g->tw;
+            const float *src = g->in + ((img * g->hp + 2 * ty) * g->wp + 2 * tx) * cin;
+            bad[u] = (unsigned char)(vin ? wg_input_avx512(V + u * cin, ldv, src, g->wp * cin, cin)
+                                         : wg_input(V + u * cin, ldv, src, g->wp * cin, cin));
+        }
+        for (int64_t xi = 0; xi < 16; xi++)
+            for (int64_t r0 = 0; r0 < nb; r0 += P->mr) {
+                const int mv = (int)min64(P->mr, nb - r0);
+                for (int i = 0; i < P->mr; i++)
+                    roff[i] = (i < mv ? i : 0) * cin;
+                aoff[0] = xi * ldv + r0 * cin;
+                for (int64_t jc = 0; jc < cout; jc += P->nr) {
+                    ctile t = {V, roff, aoff, boff, 1, cin, 1, g->U + xi * cin * cout + jc, cout,
+                               M + xi * ldm + r0 * cout + jc, cout, mv,
+                               (int)min64(P->nr, cout - jc), 0, 0, NULL, FASTNN_ACT_IDENTITY,
+                               0.0f};
+                    P->kernel(&t);
+                }
+            }
+        for (int64_t u = 0; u < nb; u++) {
+            const int64_t t = t0 + u, img = t / (g->th * g->tw), ty = t / g->tw % g->th,
+                          tx = t % g->tw;
+            float *dst = g->out + ((img * oh + 2 * ty) * ow + 2 * tx) * cout;
+            if (bad[u]) {
+                const float *src = g->in + ((img * g->hp + 2 * ty) * g->wp + 2 * tx) * cin;
+                wg_direct_tile(dst, ow * cout, src, g->wp * cin, g->W, g->bias, cin, cout, g->act,
+                               g->slope);
+            } else if (vout) {
+                wg_output_avx512(dst, ow * cout, M + u * cout, ldm, g->bias, cout, g->act,
+                                 g->slope);
+            } else {
+                wg_output(dst, ow * cout, M + u * cout, ldm, g->bias, cout, g->act, g->slope);
+            }
+        }
+    }
+}
+
+int fastnn_conv3x3_winograd(float *out, const float *in, const float *W, const float *bias,
+                            int64_t n, int64_t hp, int64_t wp, int64_t cin, int64_t cout, int act,
+                            float slope, float *ws, int64_t ws_size)
+{
+    const int64_t oh = hp - 2, ow = wp - 2;
+    if (cin < WG_MIN_CHANNELS || cout < WG_MIN_CHANNELS || oh < 2 || ow < 2 || oh % 2
+        || ow % 2)
+        return 0;
+    if (ws_size < 16 || (uintptr_t)ws % sizeof *ws)
+        return 0;
+    ws = wg_align(ws, &ws_size);
+    const int64_t th = oh / 2, tw = ow / 2, tiles = n * th * tw;
+    const int64_t usize = wg_round16(16 * cin * cout);
+    /* The block size from the workspace, never from the thread count (it
+       does not change the bits: every tile's sums are its own). */
+    int64_t block = min64(WG_BLOCK, tiles), per = wg_scratch(block, cin, cout);
+    while (block > 1 && (ws_size < usize || ws_size - usize < per)) {
+        block = (block + 1) / 2;
+        per = wg_scratch(block, cin, cout);
+    }
+    if (ws_size < usize || ws_size - usize < per || !wg_filter(ws, W, cin, cout))
+        return 0;
+    const cpath P = conv_path(cout);
+    const int64_t blocks = ceil_div(tiles, block);
+    const wg_args g = {in, W, ws, bias, out, hp, wp, cin, cout, th, tw, tiles, block, act, slope};
+    float *scratch = ws + usize;
+    int T = team((double)n * oh * ow * 9 * cin * cout, blocks);
+    T = (int)min64(T, (ws_size - usize) / per);   /* the bits do not depend on T */
+    if (T < 2) {
+        wg_blocks(&P, &g, scratch, 0, blocks);
+        return 1;
+    }
+#pragma omp parallel num_threads(T)
+    {
+        const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
+        wg_blocks(&P, &g, scratch + tid * per, tid * blocks / nt, (tid + 1) * blocks / nt);
+    }
+    return 1;
+}
+
+/* ---- dW of a 3x3 stride-1 convolution by Winograd F(3x3, 2x2) ------------------------
+   The gradient of F(2x2, 3x3) with respect to its filter: for a 2x2 block z
+   of dZ and the 4x4 window d of the padded input under it, the block's
+   share of dW is G^T [(A z A^T) . (B^T d B)] G, so the sum over the blocks
+   is G^T M G with M[xi] = sum_t V_t[xi]^T Z_t[xi]: 16 products (cin x
+   tiles) (tiles x cout), 2.25x fewer multiply-adds than the direct sum.
+   The tiles are taken in chunks fixed by the geometry (never by the thread
+   count): the team transforms a chunk, then each thread adds the chunk's
+   products to its own tiles of M in chunk order, so the bits do not depend
+   on the thread count.  A value beyond WG_LIMIT in the input or dZ (inf,
+   NaN, huge) stops it: the caller then runs the direct dW. */
+
+#ifndef WG_DW_CHUNK
+#define WG_DW_CHUNK 128      /* tiles per chunk (fewer when the workspace is short) */
+#endif
+
+/* Z[xi][u][0:cout] = (A z A^T)[xi] of the 2x2 block z at src (row stride
+   ldr floats); 1 if a value of z is beyond WG_LIMIT. */
+FASTNN_CLONES
+static int wg_dz(float *Z, int64_t ldz, const float *src, int64_t ldr, int64_t cout)
+{
+    int bad = 0;
+#pragma omp simd reduction(| : bad)
+    for (int64_t o = 0; o < cout; o++) {
+        float z[2][2], w[4][2];
+        for (int a = 0; a < 2; a++)
+            for (int b = 0; b < 2; b++) {
+                z[a][b] = src[a * ldr + b * cout + o];
+                bad |= !(fabsf(z[a][b]) <= WG_LIMIT);
+            }
+        for (int b = 0; b < 2; b++) {
+            w[0][b] = z[0][b];
+            w[1][b] = z[0][b] + z[1][b];
+            w[2][b] = z[0][b] - z[1][b];
+            w[3][b] = -z[1][b];
+        }
+        for (int r = 0; r < 4; r++) {
+            float *v = Z + 4 * r * ldz + o;
+            v[0] = w[r][0];
+            v[ldz] = w[r][0] + w[r][1];
+            v[2 * ldz] = w[r][0] - w[r][1];
+            v[3 * ldz] = -w[r][1];
+        }
+    }
+    return bad;
+}
+
+typedef struct {
+    const float *in, *dZ;
+    float *M, *V, *Z;
+    int64_t hp, wp, cin, cout, th, tw, tiles, chunk, ldv, ldz;
+} wgdw_args;
+
+/* Chunk tiles [u0, u1) of chunk t0: V and Z; 1 if a value is beyond the limit. */
+static int wgdw_transform(const wgdw_args *g, int64_t t0, int64_t u0, int64_t u1, int vin)
+{
+    int bad = 0;
+    const int64_t cin = g->cin, cout = g->cout, oh = 2 * g->th, ow = 2 * g->tw;
+    for (int64_t u = u0; u < u1; u++) {
+        const int64_t t = t0 + u, img = t / (g->th * g->tw), ty = t / g->tw % g->th,
+                      tx = t % g->tw;
+        const float *src = g->in + ((img * g->hp + 2 * ty) * g->wp + 2 * tx) * cin;
+#ifdef HAVE_X86
+        bad |= vin ? wg_input_avx512(g->V + u * cin, g->ldv, src, g->wp * cin, cin)
+                   : wg_input(g->V + u * cin, g->ldv, src, g->wp * cin, cin);
+#else
+        bad |= wg_input(g->V + u * cin, g->ldv, src, g->wp * cin, cin);
+#endif
+        bad |= wg_dz(g->Z + u * cout, g->ldz, g->dZ + ((img * oh + 2 * ty) * ow + 2 * tx) * cout,
+                     ow * cout, cout);
+    }
+    return bad;
+}
+
+/* dW (9 cin, cout) = G^T M[.][ch][o] G. */
+static void wgdw_inverse(float *dW, const float *M, int64_t cin, int64_t cout)
+{
+    const int64_t cc = cin * cout;
+    for (int64_t k = 0; k < cc; k++) {
+        float m[4][4], t[3][4];
+        for (int r = 0; r < 4; r++)
+            for (int s = 0; s < 4; s++)
+                m[r][s] = M[(4 * r + s) * cc + k];
+        for (int s = 0; s < 4; s++) {
+            t[0][s] = m[0][s] + 0.5f * (m[1][s] + m[2][s]);
+            t[1][s] = 0.5f * (m[1][s] - m[2][s]);
+            t[2][s] = 0.5f * (m[1][s] + m[2][s]) + m[3][s];
+        }
+        for (int i = 0; i < 3; i++) {
+            float *d = dW + i * 3 * cc + k;
+            d[0] = t[i][0] + 0.5f * (t[i][1] + t[i][2]);
+            d[cc] = 0.5f * (t[i][1] - t[i][2]);
+            d[2 * cc] = 0.5f * (t[i][1] + t[i][2]) + t[i][3];
+        }
+    }
+}
+
+int fastnn_conv3x3_winograd_dw(float *dW, const float *in, const float *dZ, int64_t n,
+                               int64_t hp, int64_t wp, int64_t cin, int64_t cout, float *ws,
+                               int64_t ws_size)
+{
+    const int64_t oh = hp - 2, ow = wp - 2;
+    if (cin < WG_MIN_CHANNELS || cout < WG_MIN_CHANNELS || oh < 2 || ow < 2 || oh % 2
+        || ow % 2)
+        return 0;
+    if (ws_size < 16 || (uintptr_t)ws % sizeof *ws)
+        return 0;
+    ws = wg_align(ws, &ws_size);
+    const int64_t th = oh / 2, tw = ow / 2, tiles = n * th * tw;
+    const int64_t msize = wg_round16(16 * cin * cout);
+    int64_t chunk = min64(WG_DW_CHUNK, tiles), need = 16 * (wg_ld(chunk, cin) + wg_ld(chunk, cout));
+    while (chunk > 1 && (ws_size < msize || ws_size - msize < need)) {
+        chunk = (chunk + 1) / 2;
+        need = 16 * (wg_ld(chunk, cin) + wg_ld(chunk, cout));
+    }
+    if (ws_size < msize || ws_size - msize < need)
+        return 0;
+    const cpath P = conv_path(cout);
+    const int64_t rt = ceil_div(cin, P.mr), ct = ceil_div(cout, P.nr), units = 16 * rt * ct;
+    const int64_t chunks = ceil_div(tiles, chunk);
+    wgdw_args g = {in, dZ, ws, ws + msize, ws + msize + 16 * wg_ld(chunk, cin), hp, wp, cin,
+                   cout, th, tw, tiles, chunk, wg_ld(chunk, cin), wg_ld(chunk, cout)};
+#ifdef HAVE_X86
+    const int vin = fastnn_simd_path() == FASTNN_SIMD_AVX512 && cin % 16 == 0;
+#else
+    const int vin = 0;
+#endif
+    int bad = 0;
+    const int T = team((double)n * oh * ow * 9 * cin * cout, units);
+#pragma omp parallel num_threads(T) if (T > 1)
+    {
+        const int64_t nt = T > 1 ? omp_get_num_threads() : 1, tid = T > 1 ? omp_get_thread_num() : 0;
+        int64_t roff[MR_MAX], aoff[1], boff[1] = {0};
+        for (int64_t k = 0; k < chunks; k++) {
+            const int64_t t0 = k * chunk, nb = min64(chunk, tiles - t0);
+            if (wgdw_transform(&g, t0, tid * nb / nt, (tid + 1) * nb / nt, vin)) {
+#pragma omp atomic write
+                bad = 1;
+            }
+#pragma omp barrier
+            int stop;
+#pragma omp atomic read
+            stop = bad;
+            if (stop)
+                break;   /* every thread reads the same flag between the two barriers */
+            for (int64_t unit = tid * units / nt; unit < (tid + 1) * units / nt; unit++) {
+                const int64_t xi = unit / (rt * ct), r0 = unit / ct % rt * P.mr,
+                              jc = unit % ct * P.nr;
+                const int mv = (int)min64(P.mr, cin - r0);
+                for (int i = 0; i < P.mr; i++)
+                    roff[i] = r0 + (i < mv ? i : 0);
+                aoff[0] = xi * g.ldv;
+                ctile t = {g.V, roff, aoff, boff, 1, nb, cin, g.Z + xi * g.ldz + jc, cout,
+                           g.M + xi * cin * cout + r0 * cout + jc, cout, mv,
+                           (int)min64(P.nr, cout - jc), k > 0, 0, NULL, FASTNN_ACT_IDENTITY,
+                           0.0f};
+                P.kernel(&t);
+            }
+#pragma omp barrier
+        }
+    }
+    if (bad)
+        return 0;
+    wgdw_inverse(dW, g.M, cin, cout);
+    return 1;
 }

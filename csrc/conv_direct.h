@@ -39,4 +39,28 @@ void fastnn_conv_dx_gather(float *dX, const float *dZ, const float *W, int64_t n
                            int64_t w, int64_t c, int64_t oc, int64_t kh, int64_t kw,
                            int64_t ph, int64_t pw);
 
+/* Input and output channels from which a 3x3 stride-1 convolution runs by
+   Winograd F(2x2, 3x3) (fastnn_conv3x3_winograd). */
+#define WG_MIN_CHANNELS 16
+
+/* out (n, hp-2, wp-2, cout) = act(conv(in, W) + bias) for a 3x3 kernel, as
+   fastnn_conv_padded, by Winograd F(2x2, 3x3) with ws (ws_size floats) as
+   workspace.  Returns 0, having written nothing to out, when it does not
+   apply (odd output sizes, fewer than WG_MIN_CHANNELS channels, too little
+   workspace, a weight beyond its limit): the caller runs the direct
+   convolution.  The choice does not depend on the thread count. */
+int fastnn_conv3x3_winograd(float *out, const float *in, const float *W, const float *bias,
+                            int64_t n, int64_t hp, int64_t wp, int64_t cin, int64_t cout, int act,
+                            float slope, float *ws, int64_t ws_size);
+
+/* dW (9 cin, cout) of a 3x3 kernel, as fastnn_conv_padded_dw, by Winograd
+   F(3x3, 2x2) with ws (ws_size floats) as workspace.  Returns 0 when it
+   does not apply (as fastnn_conv3x3_winograd) or when in or dZ holds a
+   value beyond its limit (inf, NaN, huge): dW is then not valid and the
+   caller runs the direct dW.  The result does not depend on the thread
+   count. */
+int fastnn_conv3x3_winograd_dw(float *dW, const float *in, const float *dZ, int64_t n,
+                               int64_t hp, int64_t wp, int64_t cin, int64_t cout, float *ws,
+                               int64_t ws_size);
+
 #endif /* FASTNN_CONV_DIRECT_H */

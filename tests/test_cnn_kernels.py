@@ -73,13 +73,22 @@ CONV_DIRECT = [(2, 6, 9, 20, 37, 3, 3, 1, 1), (3, 5, 7, 16, 70, 3, 3, 1, 1),
                (2, 8, 7, 33, 16, 5, 4, 1, (2, 1)), (2, 6, 6, 24, 64, 1, 1, 1, 0)]
 
 
+# 3x3 stride 1 with 16+ channels and even output sizes: the c backend's
+# Winograd F(2x2, 3x3) forward and dX (conv_direct.c), through the AVX-512
+# transforms (16, 32, 48, 64 channels) and the C ones (20, 37), pad 1 and 0
+# (dX then reads dZ padded by 2); the workspace left by these small batches
+# makes blocks of fewer tiles.
+CONV_WINOGRAD = [(8, 6, 8, 16, 37, 3, 3, 1, 1), (4, 10, 10, 20, 48, 3, 3, 1, 1),
+                 (8, 8, 6, 16, 16, 3, 3, 1, 0), (8, 14, 14, 32, 64, 3, 3, 1, 1)]
+
+
 # The simulator runs one Python thread per CUDA thread: one small shape with
 # 16+ channels and a masked tile column is enough there.
 CONV_DIRECT_CUDA = [(1, 4, 4, 16, 18, 3, 3, 1, 1)]
 
 
 def test_conv2d_stride1_many_channels(backend, rng):
-    for shape in CONV_DIRECT if not is_cuda(backend) else CONV_DIRECT_CUDA:
+    for shape in CONV_DIRECT + CONV_WINOGRAD if not is_cuda(backend) else CONV_DIRECT_CUDA:
         _conv_case(backend, rng, *shape, "relu")
 
 
@@ -108,7 +117,8 @@ def test_c_conv2d_every_simd_path(rng, path):
     except ValueError:
         pytest.skip(f"{path} not supported here")
     try:
-        for shape in CONV_DIRECT + [(2, 9, 8, 1, 9, 3, 3, 1, 1), (3, 9, 11, 5, 7, 3, 3, 2, 1)]:
+        for shape in CONV_DIRECT + CONV_WINOGRAD[:3] + [(2, 9, 8, 1, 9, 3, 3, 1, 1),
+                                                        (3, 9, 11, 5, 7, 3, 3, 2, 1)]:
             _conv_case(c, rng, *shape, "leaky_relu")
     finally:
         c.set_simd_path(best)

@@ -12,8 +12,8 @@ backward's 0 + dY turns -0 into +0, as the reference's zeros + add.at) and
 not for the convolution (a sum's zero has the sign of its order).
 Denormal results may be flushed (ftz) in the convolution's sums.  Shapes
 cover the c backend's direct stride-1 path (the few-channel dX gather and
-the dX as a convolution of the padded dZ), its im2col path (stride 2) and
-the fused 2x2 pooling paths.
+the dX as a convolution of the padded dZ), its Winograd path, its im2col
+path (stride 2) and the fused 2x2 pooling paths.
 """
 
 import numpy as np
@@ -31,8 +31,11 @@ F32 = np.float32
 TINY = {"denorm_min", "+1e-40", "-1e-40"}
 
 # (n, h, w, c, oc, stride, padding): a 1-channel input (dX gather on c), 9
-# channels (dX as a convolution), stride 2 (im2col)
-CONV_SHAPES = [(2, 6, 5, 1, 4, 1, 1), (2, 5, 6, 9, 3, 1, 1), (2, 7, 7, 3, 5, 2, 1)]
+# channels (dX as a convolution), stride 2 (im2col), 16 channels and even
+# sizes (the forward and dX by Winograd, whose tiles holding an edge value
+# fall back to the direct sum)
+CONV_SHAPES = [(2, 6, 5, 1, 4, 1, 1), (2, 5, 6, 9, 3, 1, 1), (2, 7, 7, 3, 5, 2, 1),
+               (2, 8, 8, 16, 16, 1, 1)]
 
 
 def _ordinary(rng, *shape):
@@ -55,7 +58,7 @@ def cpu(request):
     return require(request.param)
 
 
-@pytest.mark.parametrize("shape", CONV_SHAPES, ids=["c1", "c9", "stride2"])
+@pytest.mark.parametrize("shape", CONV_SHAPES, ids=["c1", "c9", "stride2", "winograd"])
 @pytest.mark.parametrize("activation", ["identity", "relu"])
 @pytest.mark.parametrize("edge", list(EDGES))
 def test_conv2d_edge_values(cpu, shape, activation, edge):
