@@ -203,6 +203,8 @@ def machine_report(args):
                      "OpenBLAS on this CPU; OpenBLAS reads them at load time)")
     lines.append(f"CPU: {cpu_model()}, {os.cpu_count()} logical cores, "
                  f"{len(os.sched_getaffinity(0))} usable")
+    lines.append(f"GEMM rate of one core (numpy's BLAS, float32 1024^3, 1 thread, best of 5): "
+                 f"{peak_gflops():.0f} GFLOP/s -- the unit of every 'limit' column")
     lines.append("load average at start: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
     lines.append(f"threads compared: {', '.join(map(str, args.threads))}")
     for name in FASTNN_BACKENDS:
@@ -647,7 +649,30 @@ def section_sklearn(args):
 # Trainer.fit), so that whichever path the Trainer takes (batch by batch from
 # Python, or a compiled epoch) is what gets measured.
 
-PEAK_GFLOPS_PER_CORE = 100.0  # float32 GEMM peak of one core here (the gemm section: ~90-100)
+_PEAK = []
+
+
+def peak_gflops():
+    """The GEMM rate of one core of this machine, the "limit" columns' unit:
+    the best of 5 float32 1024 x 1024 x 1024 products by numpy's BLAS on one
+    thread, measured once per run (session 7's Xeon: ~100 GFLOP/s; session
+    8's: ~130, where 16 independent AVX-512 FMA chains reach ~206 -- neither
+    OpenBLAS nor fastnn's gemm gets near that FMA figure, so it is not the
+    limit quoted)."""
+    if not _PEAK:
+        rng = np.random.default_rng(0)
+        A, B = (rng.random((1024, 1024), dtype=np.float32) for _ in range(2))
+        with threadpoolctl.threadpool_limits(1, user_api="blas"):
+            A @ B
+            best = min(_timed(lambda: A @ B) for _ in range(5))
+        _PEAK.append(2.0 * 1024 ** 3 / best / 1e9)
+    return _PEAK[0]
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 LENET_TARGET = 2.5  # fastnn c vs torch eager, samples/s
 CLI_CNN_TARGET = 2.0
 JAX_TARGETS = {2: {32: 1.5, 128: 1.15, 512: 1.1}, 1: {32: 1.2, 128: 1.1, 512: 1.05}}
@@ -696,7 +721,7 @@ def train_flops(model):
 
 
 def _limit(flops, n_threads):
-    return n_threads * PEAK_GFLOPS_PER_CORE * 1e9 / flops
+    return n_threads * peak_gflops() * 1e9 / flops
 
 
 def lenet_layers():
@@ -788,7 +813,7 @@ def _cnn_rows(args, table, label, layers_fn, torch_fn, input_shape, X, y, batch_
                       fmt_rate(tt, "samples/s") if torch is not None else "not installed",
                       fmt_ratio(ratio(c, tt), target), f">= {target:g}x",
                       fmt_rate(_limit(flops, n_threads), "samples/s"),
-                      f"{100 * c * flops / (n_threads * PEAK_GFLOPS_PER_CORE * 1e9):.0f}%",
+                      f"{100 * c * flops / (n_threads * peak_gflops() * 1e9):.0f}%",
                       fmt_ratio(ratio(nb, c), NUMBA_VS_C), f"{loss0:.2f}->{loss1:.3f}", spread())
             args.results.append({"section": "models", "model": label, "batch": batch_size,
                                  "threads": n_threads, "samples/s": rate,
@@ -825,7 +850,7 @@ def _models_cnn_table(args, sizes):
         "BatchNorm2d (train mode); no schedule or validation on either side",
         "fastnn: Trainer.fit wall time (shuffle included); torch: eager, Adam(fused=True), "
         "slices of a pre-shuffled tensor, loss.item() per batch (as the train section)",
-        f"limit: threads x {PEAK_GFLOPS_PER_CORE:g} GFLOP/s (the GEMM peak per core) / the "
+        f"limit: threads x {peak_gflops():.0f} GFLOP/s (the GEMM peak per core) / the "
         f"FLOP of one training step per sample: LeNet-like {lenet / 1e6:.2f} MFLOP, the CLI's "
         f"CNN {digits / 1e6:.2f} MFLOP (forward + dW + dX of the convolutions and dense "
         "layers, no dX for the first layer); c loss: fastnn c's loss on 1,000 training "
@@ -929,7 +954,7 @@ def _models_jax_table(args, sizes):
                    "both start from the same weights (fastnn's He/Glorot init, copied; the initial "
                    "losses are checked equal); loss: on 2,000 training samples, before -> after "
                    "the timed epochs (fastnn also trained its 2-batch warm-up)",
-                   f"limit: threads x {PEAK_GFLOPS_PER_CORE:g} GFLOP/s / {flops / 1e6:.3f} MFLOP "
+                   f"limit: threads x {peak_gflops():.0f} GFLOP/s / {flops / 1e6:.3f} MFLOP "
                    "per sample (2 x (forward + dW) x 234,752 multiply-adds, + dX of the two "
                    "upper layers; the brief's 2*3*234,752 = 1.409 MFLOP also counts the first "
                    "layer's dX, which is not computed)",
@@ -996,7 +1021,7 @@ def _jax_row(args, table, worker, error, weights, X, y, n, batch_size, n_threads
               fmt_rate(jx, "samples/s") if jx else (error or "-"),
               fmt_ratio(ratio(c, jx), target), f">= {target:g}x" if target else "-",
               fmt_rate(_limit(flops, n_threads), "samples/s"),
-              f"{100 * c * flops / (n_threads * PEAK_GFLOPS_PER_CORE * 1e9):.0f}%",
+              f"{100 * c * flops / (n_threads * peak_gflops() * 1e9):.0f}%",
               fmt_ratio(ratio(nb, c), NUMBA_VS_C), loss_text, spread())
     args.results.append({"section": "models", "model": "mlp-vs-jax", "batch": batch_size,
                          "threads": n_threads, "samples/s": rate,
@@ -1181,7 +1206,7 @@ def section_many(args):
                "dense-stack epoch)",
                "the trainers of each sample are built before its timer starts (2 ms a "
                "trainer, 32 ms for 16: as long as the 16 models' epoch at 700k)",
-               f"limit: threads x 100 GFLOP/s / {flops / 1e6:.2f} MFLOP per sample and model "
+               f"limit: threads x {peak_gflops():.0f} GFLOP/s / {flops / 1e6:.2f} MFLOP per sample and model "
                "(forward + dW of every layer, dX of the upper two)",
                "target: >= 3x the fits one after another, >= 4x JAX (issue 12)",
                "JAX vmap-in-scan: jax.vmap of one model's optax Adam step over the K models "
@@ -1211,7 +1236,7 @@ def section_many(args):
                           fmt_ratio(r, 3.0), ">= 3x",
                           fmt_rate(jax_rate, "") if jax_rate else "-",
                           fmt_ratio(rate["many"] / jax_rate, 4.0) if jax_rate else "-",
-                          fmt_rate(threads * 100e9 / flops, ""), noise)
+                          fmt_rate(threads * peak_gflops() * 1e9 / flops, ""), noise)
                 args.results.append({"section": "many", "models": k, "threads": threads,
                                      "model-samples/s": rate})
     yield table
@@ -1362,7 +1387,7 @@ def section_rnn(args):
                "torch: eager nn.RNN/GRU/LSTM(batch_first=True) + nn.Linear on the last "
                "step's output, Adam(fused=True), slices of a pre-shuffled tensor, "
                "loss.item() per batch (as the train section)",
-               f"limit: threads x {PEAK_GFLOPS_PER_CORE:g} GFLOP/s / the FLOP of one step "
+               f"limit: threads x {peak_gflops():.0f} GFLOP/s / the FLOP of one step "
                "per sample (gate products forward, their dW, the hidden state's dX; "
                "bench.compare.rnn_flops): the step's products are only "
                f"{RNN_BATCH} x {RNN_HIDDEN} x {RNN_HIDDEN}-sized, one after another",
@@ -1389,7 +1414,7 @@ def section_rnn(args):
                           fmt_rate(tt, "samples/s") if torch is not None else "not installed",
                           fmt_ratio(ratio(c, tt)), fmt_ratio(ratio(nb, c)),
                           fmt_rate(_limit(flops, n_threads), "samples/s"),
-                          f"{100 * c * flops / (n_threads * PEAK_GFLOPS_PER_CORE * 1e9):.0f}%",
+                          f"{100 * c * flops / (n_threads * peak_gflops() * 1e9):.0f}%",
                           f"{loss0:.2f}->{loss1:.2f}", spread())
                 args.results.append({"section": "rnn", "model": kind, "threads": n_threads,
                                      "samples/s": rate, "MFLOP/sample": flops / 1e6})
