@@ -1258,6 +1258,13 @@ def _interleaved_fits(fns, k, rounds):
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
+def _worker_env():
+    """The environment of a worker subprocess: this fastnn first on PYTHONPATH."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))]
+        + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
+
+
 def _jax_many_rate(threads, k, rounds):
     """JAX's vmap-in-scan epoch of k digits MLPs (fastnn/bench/jax_many.py in
     a subprocess): the median model-samples/s, or None without jax."""
@@ -1266,12 +1273,9 @@ def _jax_many_rate(threads, k, rounds):
 
     if importlib.util.find_spec("jax") is None or importlib.util.find_spec("optax") is None:
         return None
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))]
-        + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
     proc = subprocess.run([sys.executable, "-m", "fastnn.bench.jax_many", "--threads",
                            str(threads), "--models", str(k), "--rounds", str(max(rounds, 3))],
-                          capture_output=True, text=True, env=env, timeout=600)
+                          capture_output=True, text=True, env=_worker_env(), timeout=600)
     if proc.returncode:
         print(f"jax_many failed: {proc.stderr[-500:]}", file=sys.stderr)
         return None
@@ -1354,18 +1358,20 @@ def rnn_flops(kind, length=RNN_LENGTH, inputs=1, hidden=RNN_HIDDEN, classes=10):
     return 2.0 * (length * per_step + classes * hidden * 3)  # Dense: fwd, dW, dX
 
 
-def _torch_rnn(kind, hidden=RNN_HIDDEN, classes=10):
-    rnn = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[kind]
+def _torch_rnn_rate(kind, threads, n, rounds):
+    """torch eager's samples/s on section_rnn's data (the median of `rounds`
+    epochs), in fastnn/bench/torch_rnn_worker.py's own process at torch's
+    default wait policy (its docstring says why), or None if it fails."""
+    import json as _json
 
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.rnn, self.head = rnn(1, hidden, batch_first=True), torch.nn.Linear(hidden, classes)
-
-        def forward(self, x):
-            return self.head(self.rnn(x)[0][:, -1])
-
-    return Net()
+    proc = subprocess.run([sys.executable, "-m", "fastnn.bench.torch_rnn_worker", "--kind", kind,
+                           "--threads", str(threads), "--n", str(n),
+                           "--rounds", str(max(rounds, 3))],
+                          capture_output=True, text=True, timeout=600, env=_worker_env())
+    if proc.returncode:
+        print(f"torch_rnn_worker failed: {proc.stderr[-500:]}", file=sys.stderr)
+        return None
+    return statistics.median(_json.loads(proc.stdout.strip().splitlines()[-1])["rates"])
 
 
 def section_rnn(args):
@@ -1385,8 +1391,10 @@ def section_rnn(args):
          "limit", "c of limit", "c loss", "spread"],
         notes=["fastnn: Trainer.fit wall time (one compiled epoch call, shuffle included); "
                "torch: eager nn.RNN/GRU/LSTM(batch_first=True) + nn.Linear on the last "
-               "step's output, Adam(fused=True), slices of a pre-shuffled tensor, "
-               "loss.item() per batch (as the train section)",
+               "step's output, Adam(fused=True), slices of the same data, loss.item() per "
+               "batch, in a process of its own at torch's default wait policy "
+               "(fastnn/bench/torch_rnn_worker.py: GOMP_SPINCOUNT=1000 costs its GRU ~45% at "
+               "2 threads), the median of its epochs after fastnn's rounds",
                f"limit: threads x {peak_gflops():.0f} GFLOP/s / the FLOP of one step "
                "per sample (gate products forward, their dW, the hidden state's dX; "
                "bench.compare.rnn_flops): the step's products are only "
@@ -1401,12 +1409,11 @@ def section_rnn(args):
                                              b, (RNN_LENGTH, 1)) for b in _backends(args)}
                 loss0 = trainers["c"].evaluate(X, y)["loss"]
                 fns = {f"fastnn-{b}": _fit_fn(t, X, y, RNN_BATCH) for b, t in trainers.items()}
-                if torch is not None:
-                    torch.manual_seed(0)
-                    fns["torch"] = _torch_fit_fn(_torch_rnn(kind), X, y, RNN_BATCH)
                 secs = interleaved(fns, args.train_rounds, 0.0)
                 loss1 = trainers["c"].evaluate(X, y)["loss"]
                 rate = {i: n / secs[i] for i in fns}
+                if torch is not None:
+                    rate["torch"] = _torch_rnn_rate(kind, n_threads, n, args.train_rounds)
                 c, nb, tt = rate.get("fastnn-c"), rate.get("fastnn-numba"), rate.get("torch")
                 flops = rnn_flops(kind)
                 table.add(names[kind], n_threads, fmt_rate(c, "samples/s"),
