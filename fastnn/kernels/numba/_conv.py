@@ -77,7 +77,7 @@ def _col2im(dx, cols, kh, kw, sh, sw, ph, pw, oh, ow):
 # window corners, ks = the taps' offsets (i, j, ch), B = W.  dW: rows = the
 # taps, ks = the pixels, B = dZ.  A first layer on images was the worst case
 # of im2col + gemm: k = kh kw c = 9, 16 output channels in the gemm's 32-wide
-# tile, every tile an edge tile (bench/NOTES.md, 42-numba).
+# tile, every tile an edge tile (bench/NOTES.md, entry 44).
 
 _DMR = 8
 # dW: pixels per chunk of the batch sum (one float32 partial each, summed in
