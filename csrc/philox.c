@@ -39,6 +39,28 @@ struct mask {
     float scale;         /* kept elements' factor */
 };
 
+/* x = Philox4x32-10 of counter (block low, block high, c2, c3) under the key
+   (k0, k1): the 4 words of block `block`, one element each.  Scalar; the
+   AVX-512 path below runs the same rounds on 16 blocks at once. */
+static inline __attribute__((always_inline))
+void philox_block(uint32_t x[4], uint64_t block, const struct mask *mk)
+{
+    uint32_t x0 = (uint32_t)block, x1 = (uint32_t)(block >> 32), x2 = mk->c2, x3 = mk->c3;
+    uint32_t k0 = mk->k0, k1 = mk->k1;
+#pragma GCC unroll 10
+    for (int r = 0; r < PHILOX_ROUNDS; r++) {
+        const uint64_t p0 = (uint64_t)PHILOX_M0 * x0;
+        const uint64_t p1 = (uint64_t)PHILOX_M1 * x2;
+        x0 = (uint32_t)(p1 >> 32) ^ x1 ^ k0;
+        x2 = (uint32_t)(p0 >> 32) ^ x3 ^ k1;
+        x1 = (uint32_t)p1;
+        x3 = (uint32_t)p0;
+        k0 += PHILOX_W0;
+        k1 += PHILOX_W1;
+    }
+    x[0] = x0, x[1] = x1, x[2] = x2, x[3] = x3;
+}
+
 /* Out[e] = in[e] * mask(e) for the elements of blocks [b_lo, b_hi) below
    `size` (so the last block may be partial). */
 FASTNN_CLONES
@@ -51,24 +73,10 @@ static void dropout_blocks(float *out, const float *in, int64_t size, int64_t b_
         float factor[4 * LANES];
 #pragma omp simd
         for (int j = 0; j < LANES; j++) {
-            const uint64_t block = (uint64_t)(b0 + j);
-            uint32_t x0 = (uint32_t)block, x1 = (uint32_t)(block >> 32), x2 = mk->c2, x3 = mk->c3;
-            uint32_t k0 = mk->k0, k1 = mk->k1;
-#pragma GCC unroll 10
-            for (int r = 0; r < PHILOX_ROUNDS; r++) {
-                const uint64_t p0 = (uint64_t)PHILOX_M0 * x0;
-                const uint64_t p1 = (uint64_t)PHILOX_M1 * x2;
-                x0 = (uint32_t)(p1 >> 32) ^ x1 ^ k0;
-                x2 = (uint32_t)(p0 >> 32) ^ x3 ^ k1;
-                x1 = (uint32_t)p1;
-                x3 = (uint32_t)p0;
-                k0 += PHILOX_W0;
-                k1 += PHILOX_W1;
-            }
-            factor[4 * j] = (x0 >> 8) < threshold ? 0.0f : scale;
-            factor[4 * j + 1] = (x1 >> 8) < threshold ? 0.0f : scale;
-            factor[4 * j + 2] = (x2 >> 8) < threshold ? 0.0f : scale;
-            factor[4 * j + 3] = (x3 >> 8) < threshold ? 0.0f : scale;
+            uint32_t x[4];
+            philox_block(x, (uint64_t)(b0 + j), mk);
+            for (int q = 0; q < 4; q++)
+                factor[4 * j + q] = (x[q] >> 8) < threshold ? 0.0f : scale;
         }
         const int64_t b1 = b0 + LANES < b_hi ? b0 + LANES : b_hi;
         const int64_t e0 = 4 * b0, e1 = 4 * b1 < size ? 4 * b1 : size;
@@ -257,19 +265,8 @@ int fastnn_dropout_backward(float *dX, const float *dY, int64_t size, double p, 
 static void mask_blocks(uint16_t *bits, int64_t b_lo, int64_t b_hi, const struct mask *mk)
 {
     for (int64_t b = b_lo; b < b_hi; b++) {
-        uint32_t x0 = (uint32_t)b, x1 = (uint32_t)((uint64_t)b >> 32), x2 = mk->c2, x3 = mk->c3;
-        uint32_t k0 = mk->k0, k1 = mk->k1;
-        for (int r = 0; r < PHILOX_ROUNDS; r++) {
-            const uint64_t p0 = (uint64_t)PHILOX_M0 * x0;
-            const uint64_t p1 = (uint64_t)PHILOX_M1 * x2;
-            x0 = (uint32_t)(p1 >> 32) ^ x1 ^ k0;
-            x2 = (uint32_t)(p0 >> 32) ^ x3 ^ k1;
-            x1 = (uint32_t)p1;
-            x3 = (uint32_t)p0;
-            k0 += PHILOX_W0;
-            k1 += PHILOX_W1;
-        }
-        const uint32_t x[4] = {x0, x1, x2, x3};
+        uint32_t x[4];
+        philox_block(x, (uint64_t)b, mk);
         const int64_t e = 4 * (b - b_lo);
         uint16_t *w = bits + e / 16;
         if (e % 16 == 0)
