@@ -628,6 +628,37 @@ static const float *layer_input(const struct epoch *e, int l, const float *x)
    bits, BatchNorm's statistics of its columns (one pass), then one pass
    normalising, shifting and multiplying by the dropout factors (without
    BatchNorm: Y_l times the factors). */
+/* One 16-column word of post_forward's BatchNorm + dropout pass over n <=
+   WORD columns: z = ((x - center) scale + shift) * the word's dropout
+   factor.  Called with n = WORD (a constant: one vector) or the last word's
+   count. */
+static inline __attribute__((always_inline))
+void bn_dropout_word(float *z, const float *x, const float *center, const float *scale,
+                     const float *shift, uint32_t word, float fs, int64_t n)
+{
+#pragma omp simd
+    for (int64_t k = 0; k < n; k++) {
+        const float v = (x[k] - center[k]) * scale[k] + shift[k];
+        z[k] = v * ((word >> k) & 1u ? fs : 0.0f);
+    }
+}
+
+/* One word of post_backward's pass of sums with dropout, over n <= WORD
+   columns: dy *= the word's factor (written back), sdy += dy, sdyx += dy
+   (x - mk).  n = WORD or the last word's count, as bn_dropout_word. */
+static inline __attribute__((always_inline))
+void dropout_bn_sums_word(float *dy, double *sdy, double *sdyx, const float *x,
+                          const double *mk, uint32_t word, float fs, int64_t n)
+{
+#pragma omp simd
+    for (int64_t k = 0; k < n; k++) {
+        const float v = dy[k] * ((word >> k) & 1u ? fs : 0.0f);
+        dy[k] = v;
+        sdy[k] += v;
+        sdyx[k] += v * (x[k] - mk[k]);
+    }
+}
+
 FASTNN_CLONES
 static void post_forward(struct epoch *e, int l, int t, int64_t m, int64_t bi)
 {
@@ -699,19 +730,12 @@ static void post_forward(struct epoch *e, int l, int t, int64_t m, int64_t bi)
             for (int64_t g = 0; g < cb; g += WORD) {
                 const int64_t n = cb - g < WORD ? cb - g : WORD;
                 const uint32_t word = w ? w[g / WORD] : 0xFFFFu;
-                if (q->bn && n == WORD) {  /* (a constant count: one vector) */
-#pragma omp simd
-                    for (int64_t k = 0; k < WORD; k++) {
-                        const float v = (x[g + k] - center[g + k]) * scale[g + k] + shift[g + k];
-                        z[g + k] = v * ((word >> k) & 1u ? fs : 0.0f);
-                    }
-                } else if (q->bn) {
-#pragma omp simd
-                    for (int64_t k = 0; k < n; k++) {
-                        const float v = (x[g + k] - center[g + k]) * scale[g + k] + shift[g + k];
-                        z[g + k] = v * ((word >> k) & 1u ? fs : 0.0f);
-                    }
-                } else {
+                if (q->bn && n == WORD)  /* (a constant count: one vector) */
+                    bn_dropout_word(z + g, x + g, center + g, scale + g, shift + g, word, fs,
+                                    WORD);
+                else if (q->bn)
+                    bn_dropout_word(z + g, x + g, center + g, scale + g, shift + g, word, fs, n);
+                else {
 #pragma omp simd
                     for (int64_t k = 0; k < n; k++)
                         z[g + k] = x[g + k] * ((word >> k) & 1u ? fs : 0.0f);
@@ -783,23 +807,12 @@ static int post_backward(struct epoch *e, int l, int t, int64_t m,
                 for (int64_t h = 0; h < cb; h += WORD) {
                     const int64_t n = cb - h < WORD ? cb - h : WORD;
                     const uint32_t word = w[h / WORD];
-                    if (n == WORD) {
-#pragma omp simd
-                        for (int64_t k = 0; k < WORD; k++) {
-                            const float v = dy[h + k] * ((word >> k) & 1u ? fs : 0.0f);
-                            dy[h + k] = v;
-                            sdy[h + k] += v;
-                            sdyx[h + k] += v * (x[h + k] - mk[h + k]);
-                        }
-                        continue;
-                    }
-#pragma omp simd
-                    for (int64_t k = 0; k < n; k++) {
-                        const float v = dy[h + k] * ((word >> k) & 1u ? fs : 0.0f);
-                        dy[h + k] = v;
-                        sdy[h + k] += v;
-                        sdyx[h + k] += v * (x[h + k] - mk[h + k]);
-                    }
+                    if (n == WORD)  /* (a constant count: one vector) */
+                        dropout_bn_sums_word(dy + h, sdy + h, sdyx + h, x + h, mk + h, word, fs,
+                                             WORD);
+                    else
+                        dropout_bn_sums_word(dy + h, sdy + h, sdyx + h, x + h, mk + h, word, fs,
+                                             n);
                 }
             } else {
 #pragma omp simd
