@@ -5,31 +5,19 @@ backend only: it keeps the section and bench/jax_worker.py from rotting.
 Skipped when jax or optax is not installed."""
 
 import importlib.util
-import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from bench._tiny import run_tiny
 
 
 @pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("jax", "optax")),
                     reason="jax and optax are not installed (pip install -e .[bench])")
 def test_models_section_tiny(tmp_path):
-    out_json = tmp_path / "models.json"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [ROOT] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
-    proc = subprocess.run(
-        [sys.executable, "-m", "fastnn.bench.compare", "--tiny", "--sections", "models",
-         "--threads", "1", "--json", str(out_json)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    stdout, results = run_tiny("models", tmp_path, timeout=240)
     for title in ("Training CNNs", "vs JAX", "BatchNorm + Dropout", "MNIST-1D"):
-        assert title in proc.stdout, (title, proc.stdout[-3000:])
-    assert "did not learn" not in proc.stdout, proc.stdout
-    results = [r for r in json.loads(out_json.read_text())["results"] if r["section"] == "models"]
+        assert title in stdout, (title, stdout[-3000:])
+    assert "did not learn" not in stdout, stdout
     by_model = {}
     for r in results:
         by_model.setdefault(r["model"], []).append(r)

@@ -4,14 +4,8 @@ thread, the c backend only, so the section cannot rot; and its FLOP count
 against a count written out by hand for one case."""
 
 import importlib.util
-import json
-import os
-import subprocess
-import sys
 
-import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from bench._tiny import run_tiny
 
 
 def test_rnn_flops_by_hand():
@@ -26,16 +20,8 @@ def test_rnn_flops_by_hand():
 
 
 def test_rnn_section_tiny(tmp_path):
-    out_json = tmp_path / "rnn.json"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [ROOT] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
-    proc = subprocess.run(
-        [sys.executable, "-m", "fastnn.bench.compare", "--tiny", "--sections", "rnn",
-         "--threads", "1", "--json", str(out_json)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert "Recurrent layers" in proc.stdout, proc.stdout[-3000:]
-    rows = [r for r in json.loads(out_json.read_text())["results"] if r["section"] == "rnn"]
+    stdout, rows = run_tiny("rnn", tmp_path, timeout=240)
+    assert "Recurrent layers" in stdout, stdout[-3000:]
     assert sorted(r["model"] for r in rows) == ["gru", "lstm", "rnn"], rows
     assert all(r["samples/s"]["fastnn-c"] > 0 for r in rows), rows
     if importlib.util.find_spec("torch") is not None:
