@@ -1366,7 +1366,8 @@ def _torch_rnn_rate(kind, threads, n, rounds):
 
     proc = subprocess.run([sys.executable, "-m", "fastnn.bench.torch_rnn_worker", "--kind", kind,
                            "--threads", str(threads), "--n", str(n),
-                           "--rounds", str(max(rounds, 3))],
+                           "--rounds", str(max(rounds, 3)), "--length", str(RNN_LENGTH),
+                           "--hidden", str(RNN_HIDDEN), "--batch", str(RNN_BATCH)],
                           capture_output=True, text=True, timeout=600, env=_worker_env())
     if proc.returncode:
         print(f"torch_rnn_worker failed: {proc.stderr[-500:]}", file=sys.stderr)

@@ -1,7 +1,8 @@
 """torch eager's recurrent epoch in a process of its own, at torch's own
 default wait policy, for the rnn section of ``bench.compare``.
 
-    python -m fastnn.bench.torch_rnn_worker --kind gru --threads 2 --n 2000 --rounds 3
+    python -m fastnn.bench.torch_rnn_worker --kind gru --threads 2 --n 2000 --rounds 3 \
+        --length 40 --hidden 128 --batch 100
 
 prints one JSON line {"rates": [samples/s of each timed epoch]}.
 
@@ -25,16 +26,16 @@ os.environ.pop("GOMP_SPINCOUNT", None)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-LENGTH, HIDDEN, BATCH, CLASSES = 40, 128, 100, 10
+CLASSES = 10
 
 
-def net(kind):
+def net(kind, hidden):
     rnn = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[kind]
 
     class Net(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.rnn, self.head = rnn(1, HIDDEN, batch_first=True), torch.nn.Linear(HIDDEN, CLASSES)
+            self.rnn, self.head = rnn(1, hidden, batch_first=True), torch.nn.Linear(hidden, CLASSES)
 
         def forward(self, x):
             return self.head(self.rnn(x)[0][:, -1])
@@ -48,25 +49,27 @@ def main(argv=None):
     p.add_argument("--threads", type=int, required=True)
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--rounds", type=int, default=3)
+    for size in ("--length", "--hidden", "--batch"):  # bench.compare's RNN_* sizes
+        p.add_argument(size, type=int, required=True)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rng = np.random.default_rng(0)  # the same data as bench.compare's section_rnn
-    X = torch.from_numpy(rng.normal(size=(args.n, LENGTH, 1)).astype(np.float32))
+    X = torch.from_numpy(rng.normal(size=(args.n, args.length, 1)).astype(np.float32))
     y = torch.from_numpy(rng.integers(0, CLASSES, args.n).astype(np.int64))
-    model = net(args.kind)
+    model = net(args.kind, args.hidden)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     crit = torch.nn.CrossEntropyLoss()
 
     def epoch(limit):
-        for lo in range(0, limit, BATCH):
+        for lo in range(0, limit, args.batch):
             opt.zero_grad(set_to_none=True)
-            loss = crit(model(X[lo:lo + BATCH]), y[lo:lo + BATCH])
+            loss = crit(model(X[lo:lo + args.batch]), y[lo:lo + args.batch])
             loss.backward()
             opt.step()
             loss.item()
 
-    epoch(2 * BATCH)  # warm-up
+    epoch(2 * args.batch)  # warm-up
     rates = []
     for _ in range(args.rounds):
         t0 = time.perf_counter()
