@@ -101,11 +101,9 @@ CONV_NUMBA_DIRECT = [(2, 6, 5, 16, 16, 3, 3, 1, 1), (3, 7, 6, 32, 32, 3, 2, 1, (
 
 
 @pytest.mark.parametrize("activation", ["leaky_relu", "tanh"])
-def test_conv2d_numba_direct_shapes(backend, rng, activation):
-    if is_cuda(backend):
-        pytest.skip("numba's CPU shapes")
-    for shape in CONV_NUMBA_DIRECT:
-        _conv_case(backend, rng, *shape, activation)
+def test_conv2d_numba_direct_shapes(cpu_backend, rng, activation):
+    for shape in CONV_NUMBA_DIRECT:  # numba's CPU shapes: c and numba only
+        _conv_case(cpu_backend, rng, *shape, activation)
 
 
 @pytest.mark.parametrize("path", ["generic", "avx2", "avx512"])
