@@ -555,7 +555,9 @@ void fastnn_conv_dx_gather(float *dX, const float *dZ, const float *W, int64_t n
    send the whole call to the direct path.  Each tile is computed by one
    thread in a fixed order: the bits do not depend on the thread count. */
 
+#ifndef WG_BLOCK
 #define WG_BLOCK 48          /* tiles per block (fewer when the workspace is short) */
+#endif
 #define WG_LIMIT 0x1p40f
 
 static inline int64_t wg_round16(int64_t x) { return (x + 15) / 16 * 16; }
