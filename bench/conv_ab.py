@@ -21,6 +21,8 @@ import time
 
 import numpy as np
 
+RELU = 5  # FASTNN_ACT_RELU (csrc/fastnn.h)
+
 
 def main():
     ap = argparse.ArgumentParser()
@@ -56,12 +58,12 @@ def main():
 
     def fwd(lib, B):
         return lib.fastnn_conv2d_forward(p(B["Y"]), p(B["cols"]), p(X), p(W), p(b), *geo,
-                                         C.c_int(1), C.c_float(0.0))
+                                         C.c_int(RELU), C.c_float(0.0))
 
     def bwd(lib, B):
         return lib.fastnn_conv2d_backward(p(B["dX"]), p(B["dW"]), p(B["db"]), p(B["dZ"]),
                                           p(B["cols"]), p(dY), p(W), p(B["Y"]), *geo,
-                                          C.c_int(1), C.c_float(0.0))
+                                          C.c_int(RELU), C.c_float(0.0))
 
     for lib, B in zip(libs, bufs):
         assert fwd(lib, B) == 0 and bwd(lib, B) == 0
