@@ -351,7 +351,13 @@ static void direct_backward(float *dX, float *dW, float *db, float *dZ, float *c
                 dx_mode = 2;
         }
     }
-    float *zpad = dx_mode == 1 ? cols + xsize : NULL;
+    /* dX by Winograd straight from dZ (its border tiles gathered): then the
+       padded dZ is written only if that declines (workspace, weights). */
+    const int wg_dx = dx_mode != 0 && kh == 3 && kw == 3 && c >= WG_MIN_CHANNELS
+                      && oc >= WG_MIN_CHANNELS && g->h % 2 == 0 && g->w % 2 == 0 && qh >= 0
+                      && qh <= 2 && qw >= 0 && qw <= 2;
+    float *const zdst = dx_mode == 1 ? cols + xsize : cols;   /* the padded dZ's place */
+    float *zpad = dx_mode == 1 && !wg_dx ? zdst : NULL;
     PAR_FOR(ch, chunks, rows * g->ow * oc > PAR_MIN,
             dz_pass_chunk(dZ, part ? part + ch * oc : NULL, zpad, dY, Y, pl, g, oc, qh, qw, act,
                           slope, ch * DZ_CHUNK_ROWS, min64(rows, (ch + 1) * DZ_CHUNK_ROWS)));
@@ -370,7 +376,7 @@ static void direct_backward(float *dX, float *dW, float *db, float *dZ, float *c
     }
     /* dW's workspace: after the padded X, or after the padded dZ when that
        follows it (db's partial sums are done with) */
-    float *dw_ws = dx_mode == 1 ? zpad + zsize : cols + xsize;
+    float *dw_ws = dx_mode == 1 ? zdst + zsize : cols + xsize;
     if (!(kh == 3 && kw == 3
           && fastnn_conv3x3_winograd_dw(dW, cols, dZ, n, hp, wp, c, oc, dw_ws,
                                         cols + cols_size - dw_ws)))
@@ -381,11 +387,7 @@ static void direct_backward(float *dX, float *dW, float *db, float *dZ, float *c
         fastnn_conv_dx_gather(dX, dZ, W, n, g->h, g->w, c, oc, kh, kw, g->ph, g->pw);
         return;
     }
-    if (dx_mode == 2) {
-        zpad = cols;
-        PAR_FOR(r, n * hz, zsize > PAR_MIN, pad_row(cols, dZ, g->oh, g->ow, oc, qh, qw, r));
-    }
-    float *Wt = zpad + zsize;
+    float *Wt = zdst + zsize;
     flip_weights(Wt, W, kh, kw, c, oc);
     /* Winograd's workspace: the space after Wt, or the padded X's (dead
        after dW) when the padded dZ follows it and that is larger. */
@@ -395,7 +397,15 @@ static void direct_backward(float *dX, float *dW, float *db, float *dZ, float *c
         ws = cols;
         ws_size = xsize;
     }
-    if (kh == 3 && kw == 3
+    if (wg_dx
+        && fastnn_conv3x3_winograd_pad(dX, dZ, Wt, NULL, n, g->oh, g->ow, qh, qw, oc, c,
+                                       FASTNN_ACT_IDENTITY, 0.0f, ws, ws_size))
+        return;
+    if (!zpad) {   /* mode 2, or Winograd declined: the padded dZ now */
+        zpad = zdst;
+        PAR_FOR(r, n * hz, zsize > PAR_MIN, pad_row(zpad, dZ, g->oh, g->ow, oc, qh, qw, r));
+    }
+    if (!wg_dx && kh == 3 && kw == 3
         && fastnn_conv3x3_winograd(dX, zpad, Wt, NULL, n, hz, wz, oc, c, FASTNN_ACT_IDENTITY,
                                    0.0f, ws, ws_size))
         return;

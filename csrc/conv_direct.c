@@ -555,7 +555,9 @@ void fastnn_conv_dx_gather(float *dX, const float *dZ, const float *W, int64_t n
    send the whole call to the direct path.  Each tile is computed by one
    thread in a fixed order: the bits do not depend on the thread count. */
 
+#ifndef WG_BLOCK
 #define WG_BLOCK 48          /* tiles per block (fewer when the workspace is short) */
+#endif
 #define WG_LIMIT 0x1p40f
 
 static inline int64_t wg_round16(int64_t x) { return (x + 15) / 16 * 16; }
@@ -577,10 +579,11 @@ static float *wg_align(float *ws, int64_t *size)
     return mis ? ws + (64 - mis) / sizeof *ws : ws;
 }
 
-/* Floats of one thread's scratch for blocks of `block` tiles. */
+/* Floats of one thread's scratch for blocks of `block` tiles: V, M and
+   a gathered window (the forward's; dW's chunks take V and Z only). */
 static int64_t wg_scratch(int64_t block, int64_t cin, int64_t cout)
 {
-    return 16 * wg_ld(block, cin) + 16 * wg_ld(block, cout);
+    return 16 * wg_ld(block, cin) + 16 * wg_ld(block, cout) + wg_round16(16 * cin);
 }
 
 /* U[xi][ch][o] = (G g G^T)[xi] for the 3x3 kernel g = W[.][.][ch][o]; 0 if a
@@ -821,17 +824,42 @@ __attribute__((target("avx512f"))) static void wg_output_avx512(float *dst, int6
 typedef struct {
     const float *in, *W, *U, *bias;
     float *out;
-    int64_t hp, wp, cin, cout, th, tw, tiles, block;
+    int64_t ih, iw, ph, pw;   /* in is (n, ih, iw, cin), read as if zero-padded by (ph, pw) */
+    int64_t cin, cout, th, tw, tiles, block;
     int act;
     float slope;
 } wg_args;
+
+/* The 4x4 window of tile t (its image, tile row, tile column): in place
+   when it lies inside the image (*ldr = its row stride), else gathered
+   into win (16 cin floats, zeros outside the image; *ldr = 4 cin). */
+static const float *wg_window(const wg_args *g, int64_t t, float *win, int64_t *ldr)
+{
+    const int64_t cin = g->cin, img = t / (g->th * g->tw), y0 = 2 * (t / g->tw % g->th) - g->ph,
+                  x0 = 2 * (t % g->tw) - g->pw;
+    if (y0 >= 0 && y0 + 4 <= g->ih && x0 >= 0 && x0 + 4 <= g->iw) {
+        *ldr = g->iw * cin;
+        return g->in + ((img * g->ih + y0) * g->iw + x0) * cin;
+    }
+    for (int64_t r = 0; r < 4; r++)
+        for (int64_t s = 0; s < 4; s++) {
+            const int64_t y = y0 + r, x = x0 + s;
+            float *d = win + (r * 4 + s) * cin;
+            if (y >= 0 && y < g->ih && x >= 0 && x < g->iw)
+                memcpy(d, g->in + ((img * g->ih + y) * g->iw + x) * cin, (size_t)cin * sizeof *d);
+            else
+                memset(d, 0, (size_t)cin * sizeof *d);
+        }
+    *ldr = 4 * cin;
+    return win;
+}
 
 /* Blocks [b0, b1) of tiles, with the thread's scratch. */
 static void wg_blocks(const cpath *P, const wg_args *g, float *scratch, int64_t b0, int64_t b1)
 {
     const int64_t cin = g->cin, cout = g->cout, oh = 2 * g->th, ow = 2 * g->tw;
     const int64_t ldv = wg_ld(g->block, cin), ldm = wg_ld(g->block, cout);
-    float *V = scratch, *M = scratch + 16 * ldv;
+    float *V = scratch, *M = scratch + 16 * ldv, *win = M + 16 * ldm;
     unsigned char bad[WG_BLOCK];
 #ifdef HAVE_X86
     const int avx512 = fastnn_simd_path() == FASTNN_SIMD_AVX512;
@@ -845,11 +873,10 @@ static void wg_blocks(const cpath *P, const wg_args *g, float *scratch, int64_t 
     for (int64_t blk = b0; blk < b1; blk++) {
         const int64_t t0 = blk * g->block, nb = min64(g->block, g->tiles - t0);
         for (int64_t u = 0; u < nb; u++) {
-            const int64_t t = t0 + u, img = t / (g->th * g->tw), ty = t / g->tw % g->th,
-                          tx = t % g->tw;
-            const float *src = g->in + ((img * g->hp + 2 * ty) * g->wp + 2 * tx) * cin;
-            bad[u] = (unsigned char)(vin ? wg_input_avx512(V + u * cin, ldv, src, g->wp * cin, cin)
-                                         : wg_input(V + u * cin, ldv, src, g->wp * cin, cin));
+            int64_t ldr;
+            const float *src = wg_window(g, t0 + u, win, &ldr);
+            bad[u] = (unsigned char)(vin ? wg_input_avx512(V + u * cin, ldv, src, ldr, cin)
+                                         : wg_input(V + u * cin, ldv, src, ldr, cin));
         }
         for (int64_t xi = 0; xi < 16; xi++)
             for (int64_t r0 = 0; r0 < nb; r0 += P->mr) {
@@ -870,8 +897,9 @@ static void wg_blocks(const cpath *P, const wg_args *g, float *scratch, int64_t 
                           tx = t % g->tw;
             float *dst = g->out + ((img * oh + 2 * ty) * ow + 2 * tx) * cout;
             if (bad[u]) {
-                const float *src = g->in + ((img * g->hp + 2 * ty) * g->wp + 2 * tx) * cin;
-                wg_direct_tile(dst, ow * cout, src, g->wp * cin, g->W, g->bias, cin, cout, g->act,
+                int64_t ldr;
+                const float *src = wg_window(g, t, win, &ldr);
+                wg_direct_tile(dst, ow * cout, src, ldr, g->W, g->bias, cin, cout, g->act,
                                g->slope);
             } else if (vout) {
                 wg_output_avx512(dst, ow * cout, M + u * cout, ldm, g->bias, cout, g->act,
@@ -887,6 +915,19 @@ int fastnn_conv3x3_winograd(float *out, const float *in, const float *W, const f
                             int64_t n, int64_t hp, int64_t wp, int64_t cin, int64_t cout, int act,
                             float slope, float *ws, int64_t ws_size)
 {
+    return fastnn_conv3x3_winograd_pad(out, in, W, bias, n, hp, wp, 0, 0, cin, cout, act, slope,
+                                       ws, ws_size);
+}
+
+int fastnn_conv3x3_winograd_pad(float *out, const float *in, const float *W, const float *bias,
+                                int64_t n, int64_t ih, int64_t iw, int64_t ph, int64_t pw,
+                                int64_t cin, int64_t cout, int act, float slope, float *ws,
+                                int64_t ws_size)
+{
+    int64_t hp, wp;
+    if (ph < 0 || pw < 0 || ph > 2 || pw > 2 || !fastnn_add(&hp, ih, 2 * ph)
+        || !fastnn_add(&wp, iw, 2 * pw))
+        return 0;
     const int64_t oh = hp - 2, ow = wp - 2;
     if (cin < WG_MIN_CHANNELS || cout < WG_MIN_CHANNELS || oh < 2 || ow < 2 || oh % 2
         || ow % 2)
@@ -907,7 +948,8 @@ int fastnn_conv3x3_winograd(float *out, const float *in, const float *W, const f
         return 0;
     const cpath P = conv_path(cout);
     const int64_t blocks = ceil_div(tiles, block);
-    const wg_args g = {in, W, ws, bias, out, hp, wp, cin, cout, th, tw, tiles, block, act, slope};
+    const wg_args g = {in,  W,    ws,   bias, out,   ih,    iw,  ph, pw, cin,
+                       cout, th, tw, tiles, block, act, slope};
     float *scratch = ws + usize;
     int T = team((double)n * oh * ow * 9 * cin * cout, blocks);
     T = (int)min64(T, (ws_size - usize) / per);   /* the bits do not depend on T */

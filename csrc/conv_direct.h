@@ -53,6 +53,16 @@ int fastnn_conv3x3_winograd(float *out, const float *in, const float *W, const f
                             int64_t n, int64_t hp, int64_t wp, int64_t cin, int64_t cout, int act,
                             float slope, float *ws, int64_t ws_size);
 
+/* The same with in (n, ih, iw, cin) unpadded, read as if zero-padded by
+   (ph, pw), 0 <= ph, pw <= 2: out (n, ih+2ph-2, iw+2pw-2, cout); the tiles
+   whose window crosses the border are gathered (zeros outside), so no
+   padded copy is made.  Same results as fastnn_conv3x3_winograd over the
+   padded copy, bit for bit. */
+int fastnn_conv3x3_winograd_pad(float *out, const float *in, const float *W, const float *bias,
+                                int64_t n, int64_t ih, int64_t iw, int64_t ph, int64_t pw,
+                                int64_t cin, int64_t cout, int act, float slope, float *ws,
+                                int64_t ws_size);
+
 /* dW (9 cin, cout) of a 3x3 kernel, as fastnn_conv_padded_dw, by Winograd
    F(3x3, 2x2) with ws (ws_size floats) as workspace.  Returns 0 when it
    does not apply (as fastnn_conv3x3_winograd) or when in or dZ holds a

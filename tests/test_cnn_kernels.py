@@ -76,10 +76,12 @@ CONV_DIRECT = [(2, 6, 9, 20, 37, 3, 3, 1, 1), (3, 5, 7, 16, 70, 3, 3, 1, 1),
 # 3x3 stride 1 with 16+ channels and even output sizes: the c backend's
 # Winograd F(2x2, 3x3) forward and dX (conv_direct.c), through the AVX-512
 # transforms (16, 32, 48, 64 channels) and the C ones (20, 37), pad 1 and 0
-# (dX then reads dZ padded by 2); the workspace left by these small batches
-# makes blocks of fewer tiles.
+# (dX then reads dZ padded by 2) and 2 (dX reads dZ unpadded: every window
+# inside it); dX's Winograd reads dZ in place, its border tiles gathered;
+# the workspace left by these small batches makes blocks of fewer tiles.
 CONV_WINOGRAD = [(8, 6, 8, 16, 37, 3, 3, 1, 1), (4, 10, 10, 20, 48, 3, 3, 1, 1),
-                 (8, 8, 6, 16, 16, 3, 3, 1, 0), (8, 14, 14, 32, 64, 3, 3, 1, 1)]
+                 (8, 8, 6, 16, 16, 3, 3, 1, 0), (8, 14, 14, 32, 64, 3, 3, 1, 1),
+                 (4, 6, 6, 16, 32, 3, 3, 1, 2)]
 
 
 # The simulator runs one Python thread per CUDA thread: one small shape with

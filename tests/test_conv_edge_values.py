@@ -33,9 +33,10 @@ TINY = {"denorm_min", "+1e-40", "-1e-40"}
 # (n, h, w, c, oc, stride, padding): a 1-channel input (dX gather on c), 9
 # channels (dX as a convolution), stride 2 (im2col), 16 channels and even
 # sizes (the forward and dX by Winograd, whose tiles holding an edge value
-# fall back to the direct sum)
+# fall back to the direct sum; dX's reads dZ in place, border tiles
+# gathered: padding 1, and 0 where dZ's tiles take two rows of zeros)
 CONV_SHAPES = [(2, 6, 5, 1, 4, 1, 1), (2, 5, 6, 9, 3, 1, 1), (2, 7, 7, 3, 5, 2, 1),
-               (2, 8, 8, 16, 16, 1, 1)]
+               (2, 8, 8, 16, 16, 1, 1), (2, 10, 8, 16, 16, 1, 0)]
 
 
 def _ordinary(rng, *shape):
@@ -58,7 +59,7 @@ def cpu(request):
     return require(request.param)
 
 
-@pytest.mark.parametrize("shape", CONV_SHAPES, ids=["c1", "c9", "stride2", "winograd"])
+@pytest.mark.parametrize("shape", CONV_SHAPES, ids=["c1", "c9", "stride2", "winograd", "winograd_pad0"])
 @pytest.mark.parametrize("activation", ["identity", "relu"])
 @pytest.mark.parametrize("edge", list(EDGES))
 def test_conv2d_edge_values(cpu, shape, activation, edge):

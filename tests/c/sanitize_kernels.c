@@ -134,7 +134,9 @@ static void cnn_cases(void) {
                                 /* 3x3 stride 1, 16+ channels, even outputs: Winograd
                                    (C and AVX-512 transforms, small blocks, pad 0) */
                                 {8, 6, 8, 16, 37, 3, 3, 1, 1, 1, 1}, {4, 10, 10, 20, 48, 3, 3, 1, 1, 1, 1},
-                                {8, 8, 6, 16, 16, 3, 3, 1, 1, 0, 0}, {2, 14, 14, 32, 64, 3, 3, 1, 1, 1, 1}};
+                                {8, 8, 6, 16, 16, 3, 3, 1, 1, 0, 0}, {2, 14, 14, 32, 64, 3, 3, 1, 1, 1, 1},
+                                /* pad 2: dX's Winograd reads dZ with no border */
+                                {4, 6, 6, 16, 32, 3, 3, 1, 1, 2, 2}};
     for (size_t ci = 0; ci < sizeof conv / sizeof *conv; ci++) {
         const int64_t *d = conv[ci];
         int64_t n = d[0], h = d[1], w = d[2], c = d[3], oc = d[4], kh = d[5], kw = d[6];
