@@ -350,6 +350,12 @@ __attribute__((target("avx512f,fma"))) static inline __m512 exp16(__m512 x)
     return _mm512_scalef_ps(p, n);
 }
 
+/* The first min(w, 16) of 16 lanes (w >= 1). */
+static inline __mmask16 lanes(int64_t w)
+{
+    return w >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << w) - 1u);
+}
+
 /* softmax_row with 16 lanes at a time (masked at the row's end): the max,
    then exp and the sum in double (16 lanes, two 8-lane double sums per
    vector, added in one fixed order), then the division, as the scalar
@@ -360,15 +366,16 @@ __attribute__((target("avx512f,fma"))) static double softmax_row_avx512(float *y
 {
     __m512 vmx = _mm512_set1_ps(x[0]);
     for (int64_t j = 0; j < c; j += 16) {
-        const __mmask16 k = c - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (c - j)) - 1u);
+        const __mmask16 k = lanes(c - j);
         vmx = _mm512_mask_max_ps(vmx, k, vmx, _mm512_maskz_loadu_ps(k, x + j));
     }
     const float mx = _mm512_reduce_max_ps(vmx);
     const __m512 m = _mm512_set1_ps(mx);
     __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
     for (int64_t j = 0; j < c; j += 16) {
-        const __mmask16 k = c - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (c - j)) - 1u);
-        const __m512 e = _mm512_maskz_mov_ps(k, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + j), m)));
+        const __mmask16 k = lanes(c - j);
+        const __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + j), m);
+        const __m512 e = _mm512_maskz_mov_ps(k, exp16(d));
         _mm512_mask_storeu_ps(y + j, k, e);
         s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
         s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(
@@ -377,7 +384,7 @@ __attribute__((target("avx512f,fma"))) static double softmax_row_avx512(float *y
     const double s = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
     const __m512 sf = _mm512_set1_ps((float)s);
     for (int64_t j = 0; j < c; j += 16) {
-        const __mmask16 k = c - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (c - j)) - 1u);
+        const __mmask16 k = lanes(c - j);
         _mm512_mask_storeu_ps(y + j, k, _mm512_div_ps(_mm512_maskz_loadu_ps(k, y + j), sf));
     }
     return (double)mx + log(s);
