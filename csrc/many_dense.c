@@ -256,10 +256,12 @@ static int forward(const fastnn_dense_layer *L, const float *W, const float *b, 
                    int64_t m, float *Y)
 {
 #ifdef HAVE_TILES
-    /* narrow outputs only: a 10-wide layer runs 2.9x faster here (2.1 vs
-       6.0 us at 32 x 128 x 10); wider ones are as fast or faster in the
-       gemm, which reads B in place for small m too (bench/NOTES.md) */
-    if (L->in <= FASTNN_GEMM_KC && L->out <= 16) {
+    /* a 10-wide layer runs 2.9x faster here (2.1 vs 6.0 us at 32 x 128 x
+       10, entry 37); wider ones, on the Xeon of entry 37 slower here, are
+       faster on Zen 5 for few rows (the gemm packs A: the digits' two
+       forward products 16.9 -> 15.6 us a batch of 32, entry 49); many
+       rows (the gemm packs B too, then) are left to it, unmeasured */
+    if (L->in <= FASTNN_GEMM_KC && (L->out <= 16 || m <= 64)) {
         const int fused = L->act == FASTNN_ACT_IDENTITY || L->act == FASTNN_ACT_RELU;
         small_product(m, L->out, L->in, x, L->in, 1, W, L->out, Y, L->out, b,
                       fused ? L->act : FASTNN_ACT_IDENTITY);

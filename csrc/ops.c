@@ -302,8 +302,9 @@ int fastnn_dense_backward(float *dX, float *dW, float *db, float *dZ,
 /* ---- softmax ---------------------------------------------------------------- */
 
 /* y (c) = softmax(x), max-shifted; returns log(sum(exp(x))) in double.
-   y may be x: the max is taken before anything is written. */
-static double softmax_row(float *y, const float *x, int64_t c)
+   y may be x: the max is taken before anything is written.  The scalar
+   form (libm's expf per element): the reference of softmax_row_avx512. */
+static double softmax_row_scalar(float *y, const float *x, int64_t c)
 {
     float mx = x[0];
     for (int64_t j = 1; j < c; j++)
@@ -321,11 +322,102 @@ static double softmax_row(float *y, const float *x, int64_t c)
     return (double)mx + log(s);
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HAVE_SOFTMAX_AVX512 1
+
+/* exp of 16 lanes, within ~2 ulp of expf: x = n ln2 + r (Cody-Waite, n =
+   round(x / ln2), |r| <= ln2 / 2), e^r by its degree-7 Taylor polynomial
+   (truncation < 6e-9 relative), scaled by 2^n with vscalefps, which gives
+   0 below the range (through the denormals, as expf) and inf above it.
+   x is clamped to [-104, 89] first (-inf -> 0, +inf -> inf; max/min keep
+   a NaN lane NaN: each returns its second operand when either is NaN). */
+__attribute__((target("avx512f,fma"))) static inline __m512 exp16(__m512 x)
+{
+    x = _mm512_min_ps(_mm512_set1_ps(89.0f), _mm512_max_ps(_mm512_set1_ps(-104.0f), x));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* The first min(w, 16) of 16 lanes (w >= 1). */
+static inline __mmask16 lanes(int64_t w)
+{
+    return w >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << w) - 1u);
+}
+
+/* softmax_row with 16 lanes at a time (masked at the row's end): the max,
+   then exp and the sum in double (16 lanes, two 8-lane double sums per
+   vector, added in one fixed order), then the division, as the scalar
+   form.  A NaN anywhere makes the sum NaN, as there. */
+__attribute__((target("avx512f,fma"))) static double softmax_row_avx512(float *y,
+                                                                       const float *x,
+                                                                       int64_t c)
+{
+    __m512 vmx = _mm512_set1_ps(x[0]);
+    for (int64_t j = 0; j < c; j += 16) {
+        const __mmask16 k = lanes(c - j);
+        vmx = _mm512_mask_max_ps(vmx, k, vmx, _mm512_maskz_loadu_ps(k, x + j));
+    }
+    const float mx = _mm512_reduce_max_ps(vmx);
+    const __m512 m = _mm512_set1_ps(mx);
+    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+    for (int64_t j = 0; j < c; j += 16) {
+        const __mmask16 k = lanes(c - j);
+        const __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + j), m);
+        const __m512 e = _mm512_maskz_mov_ps(k, exp16(d));
+        _mm512_mask_storeu_ps(y + j, k, e);
+        s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+        s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(
+                                    _mm512_castps_pd(e), 1))));
+    }
+    const double s = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
+    const __m512 sf = _mm512_set1_ps((float)s);
+    for (int64_t j = 0; j < c; j += 16) {
+        const __mmask16 k = lanes(c - j);
+        _mm512_mask_storeu_ps(y + j, k, _mm512_div_ps(_mm512_maskz_loadu_ps(k, y + j), sf));
+    }
+    return (double)mx + log(s);
+}
+#endif
+
+/* softmax_row on the SIMD path in use (fastnn_simd_path): the AVX-512
+   form, or the scalar one (the other paths; a forced path is kept). */
+static int softmax_wide(void)
+{
+#ifdef HAVE_SOFTMAX_AVX512
+    return fastnn_simd_path() == FASTNN_SIMD_AVX512;
+#else
+    return 0;
+#endif
+}
+
+static double softmax_row(float *y, const float *x, int64_t c, int wide)
+{
+#ifdef HAVE_SOFTMAX_AVX512
+    if (wide)
+        return softmax_row_avx512(y, x, c);
+#endif
+    (void)wide;
+    return softmax_row_scalar(y, x, c);
+}
+
 FASTNN_CLONES
 static void softmax_rows(float *Y, const float *X, int64_t c, int64_t lo, int64_t hi)
 {
+    const int wide = softmax_wide();
     for (int64_t i = lo; i < hi; i++)
-        softmax_row(Y + i * c, X + i * c, c);
+        softmax_row(Y + i * c, X + i * c, c, wide);
 }
 
 /* dX = Y * (dY - rowsum(dY * Y)) over rows [lo, hi); dX may be dY. */
@@ -387,8 +479,9 @@ static double xent_rows(float *P, const float *Z, const int32_t *labels, int64_t
                         int64_t lo, int64_t hi)
 {
     double total = 0.0;
+    const int wide = softmax_wide();
     for (int64_t i = lo; i < hi; i++)
-        total += softmax_row(P + i * c, Z + i * c, c) - (double)Z[i * c + labels[i]];
+        total += softmax_row(P + i * c, Z + i * c, c, wide) - (double)Z[i * c + labels[i]];
     return total;
 }
 

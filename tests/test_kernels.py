@@ -340,6 +340,53 @@ def test_softmax(backend, ref, rng):
         close(dX, want_dX, rtol=1e-4, atol=1e-6)
 
 
+def test_c_softmax_every_simd_path(ref, rng):
+    """The c backend's softmax rows on the scalar path (libm's expf) and the
+    AVX-512 one (16 lanes, its own exp): every row width around the
+    16-lane vectors, shifted logits over exp's whole float range (results
+    through the denormals to 0).  Each is within 4 ulp of float64 plus the
+    rounding of x - max in float32 (|x - max| ulp; 3 of the smallest denormal
+    where the value is one), the two paths within 6
+    ulp of each other; a NaN or +inf logit makes its row NaN, -inf gives 0."""
+    c = kernels.get("c")
+    best = c.info()["simd"]
+    paths = ["generic"] + (["avx512"] if best == "avx512" else [])
+    tiny = 3 * 2.0 ** -149
+    rows = []
+    for n_cols in [1, 2, 7, 15, 16, 17, 31, 32, 33, 48, 100]:
+        X = f32(rng, 9, n_cols, scale=30.0)
+        X[1] = np.linspace(-120.0, 0.0, n_cols, dtype=np.float32)  # exp's range, 0 at the max
+        rows.append((X, rng.integers(0, n_cols, len(X))))
+    edges = np.array([[0.0] * 17, [0.0] * 17, [1.0] * 17], np.float32)
+    edges[0, 16], edges[1, 3], edges[2, 5] = np.nan, np.inf, -np.inf
+    got = {}
+    try:
+        for path in paths:
+            c.set_simd_path(path)
+            for i, (X, labels) in enumerate(rows):
+                Y = np.empty_like(X)
+                c.softmax_forward(Y, X)
+                want = np.empty(X.shape)
+                ref.softmax_forward(want, X.astype(np.float64))
+                ulps = 4.0 + np.abs(X - X.max(axis=1, keepdims=True))
+                assert np.all(np.abs(Y - want) <= ulps * 2.0 ** -23 * want + tiny), (path, i)
+                P = np.empty_like(X)
+                loss = c.softmax_xent_forward(P, X, labels)
+                want_loss = ref.softmax_xent_forward(want, X.astype(np.float64), labels)
+                assert loss == pytest.approx(want_loss, rel=1e-6), (path, i)
+                np.testing.assert_array_equal(P, Y)
+                got[path, i] = Y
+            Y = np.empty_like(edges)
+            c.softmax_forward(Y, edges)
+            assert np.isnan(Y[:2]).all(), path
+            assert Y[2, 5] == 0.0 and np.allclose(np.delete(Y[2], 5), 1 / 16, rtol=1e-6), path
+    finally:
+        c.set_simd_path(best)
+    for i in range(len(rows)) if len(paths) == 2 else ():
+        a, b = got["generic", i], got["avx512", i]
+        assert np.all(np.abs(a - b) <= 6 * 2.0 ** -23 * np.abs(a) + tiny), i
+
+
 # ---- losses ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("label_dtype", [np.int64, np.int32, np.uint8])

@@ -227,6 +227,57 @@ def test_cached_checks_give_the_full_checks_epoch():
     assert cached.hyper["lr"] == 0.5 and cached.step == 7
 
 
+def test_a_new_epoch_in_a_checked_layout_gets_the_full_checks_epoch():
+    """Another model's epoch of the same layout (new arrays: a bank's
+    others, every fit's first epoch) takes the layout cache -- only its
+    memory and the dynamic parts are checked -- and hands the kernel what
+    the full check would."""
+    from fastnn.kernels import _checks
+
+    _, built = _built_epochs(2)
+    _checks.prepare_model_epoch(built[0], np.float32)
+    e = dataclasses.replace(built[1], step=3)
+    assert id(e.workspace) not in _checks._STATIC
+    found, _ = _checks._static_key(e, np.float32)
+    assert _checks._layout_key(found) in _checks._LAYOUTS
+    cached, static = _checks._prepare_model_epoch(e, np.float32)
+    full = _checks._check_model_epoch(e, np.float32)
+    for f in dataclasses.fields(spec.ModelEpoch):
+        assert _same_field(getattr(cached, f.name), getattr(full, f.name)), f.name
+    assert static.key == found and _checks._STATIC[id(e.workspace)][1] is static
+
+
+def _x_in_the_workspace(e):
+    x = e.workspace[:e.X.size].reshape(e.X.shape)
+    x[:] = e.X
+    return dataclasses.replace(e, X=x), "workspace: output overlaps input X"
+
+
+def _grads_are_params(e):
+    return (dataclasses.replace(e, grads=e.params),
+            r"params: output overlaps input grads \(the same array\)")
+
+
+def _states_share_memory(e):
+    return (dataclasses.replace(e, states=(e.states[0], e.states[0])),
+            r"v: output overlaps input m \(the same array\)")
+
+
+@pytest.mark.parametrize("change", [_x_in_the_workspace, _grads_are_params, _states_share_memory])
+def test_an_aliased_epoch_in_a_checked_layout_is_refused(change):
+    """The layout cache checks the memory of every new epoch: one whose
+    outputs meet its inputs or each other gets the full check's
+    ValueError, before any kernel runs."""
+    k = fastnn.kernels.get("c")
+    trainers, built = _built_epochs(2)
+    k.model_epoch(built[0])  # its layout checked
+    before = trainers[1].model.get_params()
+    changed, match = change(built[1])
+    with pytest.raises(ValueError, match=match):
+        k.model_epoch(changed)
+    np.testing.assert_array_equal(trainers[1].model.get_params(), before)
+
+
 def _plan_outside(e):
     e.plan[-1, spec.F["y"]] = e.workspace.size  # in place: the same array
     return e, r"plan\[\d+\] \(DENSE\): region"
