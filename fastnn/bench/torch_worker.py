@@ -26,9 +26,9 @@ Requests are JSON lines on stdin, replies JSON lines on stdout:
         initial weights (W0, b0, ...; bench.compare's MLP), "check_loss":
         [n, loss] to match on the first n rows before training
         -> {} or {"error", "check_failed"}
-    {"op": "run", "name": "torch", "repeat": 3}
+    {"op": "run", "name": "torch", "repeat": 3, "settle": 0.03}
         -> {"seconds"}   wall time of `repeat` back-to-back calls, then a
-           SETTLE_S pause before the reply (see below)
+           pause of `settle` seconds (default SETTLE_S) before the reply
     {"op": "quit"}
 
 Why its own process: bench.compare gives every OpenMP pool in its process
@@ -48,7 +48,6 @@ would let them take the second core from the fastnn contender timed next.
 The pause, outside the timed interval, lets them go to sleep first.
 """
 
-import json
 import os
 import sys
 import time
@@ -56,6 +55,8 @@ import time
 os.environ.pop("GOMP_SPINCOUNT", None)
 
 import numpy as np  # noqa: E402
+
+from fastnn.bench._serve import serve  # noqa: E402
 
 SETTLE_S = 0.03
 CLASSES = 10
@@ -236,34 +237,14 @@ class Worker:
         for _ in range(req.get("repeat", 1)):
             step()
         seconds = time.perf_counter() - t0
-        time.sleep(SETTLE_S)
+        time.sleep(req.get("settle", SETTLE_S))
         return {"seconds": seconds}
 
 
 def main():
-    out = sys.stdout
-    sys.stdout = sys.stderr  # stray prints must not break the protocol
-    try:
-        worker = Worker()
-    except ImportError as exc:
-        print(json.dumps({"error": f"not installed ({exc})"}), file=out, flush=True)
-        return 1
-    print(json.dumps({"ready": True, "torch": worker.torch.__version__,
-                      "GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT"),
-                      "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")}),
-          file=out, flush=True)
-    for line in sys.stdin:
-        req = json.loads(line)
-        if req["op"] == "quit":
-            break
-        try:
-            reply = getattr(worker, req["op"])(req)
-        except AssertionError as exc:  # a wrong result: the parent stops the run
-            reply = {"error": f"{exc}", "check_failed": True}
-        except Exception as exc:  # reported to the parent, which shows it in the table
-            reply = {"error": f"{type(exc).__name__}: {exc}"}
-        print(json.dumps(reply), file=out, flush=True)
-    return 0
+    return serve(Worker, lambda w: {"torch": w.torch.__version__,
+                                    "GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT"),
+                                    "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")})
 
 
 if __name__ == "__main__":
