@@ -5,10 +5,14 @@
                             [--sections gemm,adam,conv,train,sklearn,models,many,rnn]
                             [--markdown] [--mnist DIR] [--json FILE]
 
-Everything timed runs in this one process, on the same data, at the same
-thread count, interleaved A B A B over several rounds; the table shows the
-median of each and the ratios.  Only peak memory is measured apart, one
-subprocess per framework, because RSS is process-wide.
+Every contender runs on the same data, at the same thread count, interleaved
+A B A B over several rounds; the table shows the median of each and the
+ratios.  fastnn, numpy, scikit-learn and the gemm and adam sections' torch
+run in this process; the other sections' torch runs in a worker process at
+torch's default OpenMP policy (fastnn/bench/torch_worker.py), JAX in its own
+(jax_worker.py), each asked for one step or epoch at a time between fastnn's.
+Peak memory is measured apart, one subprocess per framework, because RSS is
+process-wide.
 
 The environment may set OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, which make
 numpy's OpenBLAS pick a slower kernel on this CPU; OpenBLAS reads them when it
@@ -81,25 +85,32 @@ def interleaved(fns, rounds, target_s):
 
     Each is warmed up and given a repeat count so that one sample takes about
     `target_s` (with target_s == 0: one call per sample, no warm-up); then the samples are taken A B C A B C ... for `rounds` rounds,
-    so that drifting machine load hits every contender alike.
+    so that drifting machine load hits every contender alike.  A worker's
+    contender (TorchJob) is timed in its own process, one request per sample.
     """
     counts = dict.fromkeys(fns, 1)
     for name, fn in fns.items() if target_s > 0 else ():  # long calls: warmed up by the caller
-        fn()
-        t0 = time.perf_counter()
-        fn()
-        counts[name] = max(1, int(target_s / max(time.perf_counter() - t0, 1e-9)))
+        _seconds(fn, 1)
+        counts[name] = max(1, int(target_s / max(_seconds(fn, 1), 1e-9)))
     samples = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
-            for _ in range(counts[name]):
-                fn()
-            samples[name].append((time.perf_counter() - t0) / counts[name])
+            samples[name].append(_seconds(fn, counts[name]) / counts[name])
     medians = {name: statistics.median(s) for name, s in samples.items()}
     _SPREADS.append(max((max(s) - min(s)) / statistics.median(s) for s in samples.values())
                     if rounds > 1 else None)
     return medians
+
+
+def _seconds(fn, count):
+    """Wall seconds of `count` back-to-back calls of fn, timed here, or by the
+    worker process that runs them when fn has a timed(count) (TorchJob)."""
+    if hasattr(fn, "timed"):
+        return fn.timed(count)
+    t0 = time.perf_counter()
+    for _ in range(count):
+        fn()
+    return time.perf_counter() - t0
 
 
 _SPREADS = []  # per comparison: the widest (max - min) / median among its contenders
@@ -179,6 +190,130 @@ def fmt_rate(x, unit):
     return f"{x:.1f}" if x < 1000 else f"{x:,.0f}"
 
 
+# ---- worker processes ------------------------------------------------------------
+
+def _worker_env():
+    """The environment of a worker subprocess: this fastnn first on PYTHONPATH."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [_ROOT] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
+
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class Worker:
+    """A `python -m <module>` subprocess answering JSON-line requests, one
+    reply a request (fastnn/bench/jax_worker.py, torch_worker.py)."""
+
+    def __init__(self, module, *argv):
+        import tempfile
+
+        self.module = module
+        self._err = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", module, *argv], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=self._err, text=True, bufsize=1, cwd=_ROOT,
+            env=_worker_env())
+        self.info = self._reply()
+
+    def _reply(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            self._err.seek(0)
+            tail = self._err.read().strip().splitlines()[-3:]
+            raise RuntimeError(f"{self.module} died: " + " | ".join(tail))
+        reply = json.loads(line)
+        if reply.get("check_failed"):  # a wrong result must stop the run, not be skipped
+            raise AssertionError(f"{self.module}: {reply['error']}")
+        if "error" in reply:
+            raise RuntimeError(reply["error"])
+        return reply
+
+    def __call__(self, op, **fields):
+        self.proc.stdin.write(json.dumps({"op": op, **fields}) + "\n")
+        self.proc.stdin.flush()
+        return self._reply()
+
+    def close(self):
+        try:
+            if self.proc.poll() is None:
+                self.proc.stdin.write('{"op": "quit"}\n')
+                self.proc.stdin.flush()
+                self.proc.wait(timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            self.proc.kill()
+        self._err.close()
+
+
+TORCH_ALONE = ("torch alone: in its own process (fastnn/bench/torch_worker.py) at its default "
+               "OpenMP wait policy, asked for one step or epoch at a time between fastnn's, "
+               "timed there")
+_TORCH = {}  # the run's torch worker ("worker") or why there is none ("error"); its files
+
+
+def torch_status():
+    """None when the run's torch worker is up (started on first use), else why not."""
+    if not _TORCH:
+        import importlib.util
+        import tempfile
+
+        if importlib.util.find_spec("torch") is None:
+            _TORCH["error"] = "not installed"
+            return _TORCH["error"]
+        try:
+            _TORCH["worker"] = Worker("fastnn.bench.torch_worker")
+        except (RuntimeError, OSError, ValueError) as exc:
+            _TORCH["error"] = str(exc)[:120]
+            return _TORCH["error"]
+        _TORCH["dir"], _TORCH["files"] = tempfile.TemporaryDirectory(), 0
+    return _TORCH.get("error")
+
+
+def _torch_dir():
+    return _TORCH["dir"].name
+
+
+def torch_data(**arrays):
+    """An .npz of `arrays` for the torch worker (its path), or None without one."""
+    if torch_status() is not None:
+        return None
+    _TORCH["files"] += 1
+    path = os.path.join(_torch_dir(), f"data{_TORCH['files']}.npz")
+    np.savez(path, **arrays)
+    return path
+
+
+class TorchJob:
+    """A torch contender set up in the torch worker: a call runs it once there;
+    timed(k) is the worker's wall time of k back-to-back calls."""
+
+    def __init__(self, worker, name):
+        self.worker, self.name = worker, name
+
+    def __call__(self):
+        self.timed(1)
+
+    def timed(self, count):
+        return self.worker("run", name=self.name, repeat=count)["seconds"]
+
+
+def torch_job(job, n_threads, data, name="torch", **spec):
+    """Set up `job` ("conv" or "fit", see torch_worker.py) at n_threads on the
+    torch_data file `data`: its TorchJob, or None when there is no worker.
+    A torch result that fails its check raises AssertionError."""
+    if torch_status() is not None:
+        return None
+    _TORCH["worker"]("setup", name=name, job=job, threads=n_threads, data=data, **spec)
+    return TorchJob(_TORCH["worker"], name)
+
+
+def close_workers():
+    if "worker" in _TORCH:
+        _TORCH["worker"].close()
+        _TORCH["dir"].cleanup()
+    _TORCH.clear()
+
+
 # ---- machine -------------------------------------------------------------------
 
 def cpu_model():
@@ -197,7 +332,8 @@ def machine_report(args):
     lines.append(f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')} "
                  f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')} "
                  f"OPENBLAS_THREAD_TIMEOUT={os.environ.get('OPENBLAS_THREAD_TIMEOUT')} "
-                 "(the same for every contender)")
+                 "(every contender in this process; torch in the conv, train, models and rnn "
+                 "sections runs in a process of its own at its default policy)")
     if os.environ.get(_REEXEC_MARK):
         lines.append(f"re-executed without {os.environ[_REEXEC_MARK]} (they slow numpy's "
                      "OpenBLAS on this CPU; OpenBLAS reads them at load time)")
@@ -215,7 +351,7 @@ def machine_report(args):
         lines.append(f"fastnn {name}: {info}")
     versions = [f"python {platform.python_version()}", f"fastnn {fastnn.__version__}",
                 f"numpy {np.__version__}", f"numba {_version('numba')}",
-                f"torch {torch.__version__ if torch is not None else 'not installed'}",
+                f"torch {_version('torch')}",
                 f"scikit-learn {_version('sklearn')}",
                 f"threadpoolctl {threadpoolctl.__version__}"]
     lines.append("versions: " + ", ".join(versions))
@@ -228,9 +364,12 @@ def machine_report(args):
 
 
 def _version(module):
+    """An installed distribution's version, without importing it (torch is slow to import)."""
+    from importlib import metadata
+
     try:
-        return __import__(module).__version__
-    except ImportError:
+        return metadata.version({"sklearn": "scikit-learn"}.get(module, module))
+    except metadata.PackageNotFoundError:
         return "not installed"
 
 
@@ -350,14 +489,15 @@ def _check_torch_adam(size=4099):
 # ---- convolution ---------------------------------------------------------------
 
 def section_conv(args):
-    impls = [f"fastnn-{b}" for b in FASTNN_BACKENDS] + (["torch"] if torch else [])
+    impls = [f"fastnn-{b}" for b in FASTNN_BACKENDS] + (["torch"] if torch_status() is None else [])
     table = Table("Conv2d 3x3, stride 1, padding 1, bias, ReLU, batch 128: forward + backward, "
                   "ms per step",
                   ["layer (H x W x C -> OC)", "dX", "threads", *impls, "c GFLOP/s", "c/torch",
                    "numba/torch", "numba/c", "spread"],
                   ["fastnn: conv2d_forward + conv2d_backward, channels-last (N, H, W, C), "
                    "weights (3, 3, C, OC); torch: NCHW tensors, F.relu(F.conv2d(...)) then "
-                   "torch.autograd.grad of a fixed upstream gradient; same threads",
+                   "torch.autograd.grad of a fixed upstream gradient; same threads; "
+                   + TORCH_ALONE,
                    "dX no: the input gradient is skipped (fastnn dX=None, torch input without "
                    "requires_grad), as a first layer needs none",
                    "ratios are speed ratios (time of the other / time of the first named); "
@@ -373,8 +513,11 @@ def section_conv(args):
                     k = fastnn.kernels.get(backend)
                     wl.check_conv(k, case, data, with_dx, want)
                     fns[f"fastnn-{backend}"] = wl.conv_step(k, case, data, with_dx)[0]
-                if torch is not None:
-                    fns["torch"] = _torch_conv_step(case, data, with_dx, want)
+                X, W, b, dY = data
+                job = torch_job("conv", n_threads, torch_data(X=X, W=W, b=b, dY=dY, **want),
+                                with_dx=with_dx, padding=wl.CONV_PADDING)
+                if job is not None:  # checked against `want` in the worker
+                    fns["torch"] = job
                 secs = interleaved(fns, args.rounds, args.target_s)
                 c, nb, tt = (secs.get(i) for i in ("fastnn-c", "fastnn-numba", "torch"))
                 table.add(case[0], "yes" if with_dx else "no", n_threads,
@@ -387,31 +530,6 @@ def section_conv(args):
     return table
 
 
-def _torch_conv_step(case, data, with_dx, want):
-    """The same step in torch (NCHW), checked once against the reference's `want`."""
-    F = torch.nn.functional
-    X, W, b, dY = data
-    nchw = (0, 3, 1, 2)
-    x = torch.from_numpy(np.ascontiguousarray(X.transpose(nchw))).requires_grad_(with_dx)
-    w = torch.from_numpy(np.ascontiguousarray(W.transpose(3, 2, 0, 1))).requires_grad_()
-    bias = torch.from_numpy(b.copy()).requires_grad_()
-    g = torch.from_numpy(np.ascontiguousarray(dY.transpose(nchw)))
-    inputs = (w, bias, x) if with_dx else (w, bias)
-
-    def step():
-        y = F.relu(F.conv2d(x, w, bias, stride=1, padding=wl.CONV_PADDING))
-        return (y, *torch.autograd.grad(y, inputs, g))
-
-    y, dw, db, *dx = step()
-    got = {"Y": y.detach().numpy().transpose(0, 2, 3, 1), "dW": dw.numpy().transpose(2, 3, 1, 0),
-           "db": db.numpy()}
-    if with_dx:
-        got["dX"] = dx[0].numpy().transpose(0, 2, 3, 1)
-    for name, ref in want.items():
-        wl.assert_close(got[name], ref, 1e-4, f"torch conv {case[0]} {name}")
-    return step
-
-
 # ---- training ------------------------------------------------------------------
 
 def load_train_data(args, n):
@@ -422,48 +540,31 @@ def load_train_data(args, n):
     return wl.synthetic_mnist(n, seed=0)
 
 
-def _torch_mlp(trainer):
-    """torch nn.Sequential with the fastnn model's initial weights."""
-    dense = [layer for layer in trainer.model.layers if hasattr(layer, "weight")]
-    mods = []
-    for i, layer in enumerate(dense):
-        W = np.asarray(layer.weight)
-        lin = torch.nn.Linear(W.shape[0], W.shape[1])
-        with torch.no_grad():
-            lin.weight.copy_(torch.from_numpy(W.T.copy()))
-            lin.bias.copy_(torch.from_numpy(np.asarray(layer.bias).copy()))
-        mods.append(lin)
-        if i < len(dense) - 1:
-            mods.append(torch.nn.ReLU())
-    return torch.nn.Sequential(*mods)
+def dense_weights_file(path, model):
+    """Write a fastnn MLP's weights as W0, b0, W1, ... ((fan_in, fan_out), (fan_out,)):
+    the initial weights the jax and torch workers start from."""
+    dense = [layer for layer in model.layers if hasattr(layer, "weight")]
+    np.savez(path, **{f"{k}{i}": np.asarray(getattr(layer, name))
+                      for i, layer in enumerate(dense) for k, name in (("W", "weight"), ("b", "bias"))})
+    return path
 
 
-def _torch_epoch_fn(net, X, y, batch_size):
-    """One epoch of plain eager PyTorch over pre-shuffled tensors (no DataLoader)."""
-    crit = torch.nn.CrossEntropyLoss()
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
-    perm = np.random.default_rng(0).permutation(len(X))
-    Xt, yt = torch.from_numpy(X[perm]), torch.from_numpy(y[perm])
-    n = len(Xt)
-
-    def epoch(limit=None):
-        total = 0.0
-        for lo in range(0, limit or n, batch_size):
-            xb, yb = Xt[lo:lo + batch_size], yt[lo:lo + batch_size]
-            opt.zero_grad(set_to_none=True)
-            loss = crit(net(xb), yb)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(xb)
-        return total / n
-
-    return epoch
+def torch_mlp_job(n_threads, X, y, data, batch_size, rows=256):
+    """torch's MLP in the worker (on `data`, X and y's torch_data file) from
+    fastnn's initial weights (seed 0), its loss on the first `rows` samples
+    checked there against the reference backend's."""
+    if torch_status() is not None:
+        return None
+    fresh = wl.make_trainer("reference", seed=0)
+    weights = dense_weights_file(os.path.join(_torch_dir(), "mlp_init.npz"), fresh.model)
+    return torch_job("fit", n_threads, data, model="mlp", weights=weights, batch=batch_size,
+                     check_loss=[rows, fresh.evaluate(X[:rows], y[:rows])["loss"]])
 
 
-def train_fns(X, y, batch_size, check=True):
-    """name -> callable training one epoch, for fastnn c, numba and torch."""
+def train_fns(X, y, batch_size, n_threads, data, check=True):
+    """name -> callable training one epoch, for fastnn c, numba and torch (a
+    TorchJob in the worker, or left out if torch is unavailable)."""
     fns = {}
-    trainer = None
     for backend in FASTNN_BACKENDS:
         if check:
             wl.check_model_grads(backend, X[:64], y[:64])
@@ -472,18 +573,9 @@ def train_fns(X, y, batch_size, check=True):
             lambda t=trainer: t.fit(X, y, epochs=1, batch_size=batch_size, verbose=False))
         trainer.fit(X[:2 * batch_size], y[:2 * batch_size], epochs=1, batch_size=batch_size,
                     verbose=False)  # compile / allocate outside the timing
-    if torch is not None:
-        fresh = wl.make_trainer("reference", seed=0)
-        net = _torch_mlp(fresh)
-        if check:
-            with torch.no_grad():
-                got = torch.nn.functional.cross_entropy(net(torch.from_numpy(X[:256])),
-                                                        torch.from_numpy(y[:256])).item()
-            want = fresh.evaluate(X[:256], y[:256])["loss"]
-            assert abs(got - want) <= 1e-4 * abs(want), ("torch MLP loss", got, want)
-        epoch = _torch_epoch_fn(net, X, y, batch_size)
-        epoch(2 * batch_size)
-        fns["torch"] = epoch
+    job = torch_mlp_job(n_threads, X, y, data, batch_size)
+    if job is not None:
+        fns["torch"] = job
     return fns
 
 
@@ -492,20 +584,22 @@ def section_train(args):
     X, y = load_train_data(args, n)
     n = len(X)
     data = f"MNIST from {args.mnist}" if args.mnist else "synthetic MNIST-shaped data"
-    impls = [f"fastnn-{b}" for b in FASTNN_BACKENDS] + (["torch"] if torch else [])
+    impls = [f"fastnn-{b}" for b in FASTNN_BACKENDS] + (["torch"] if torch_status() is None else [])
     table = Table(f"Training MLP 784-256-128-10, Adam lr 1e-3, one epoch of {n:,} samples "
                   f"({data}), samples/s",
                   ["batch", "threads", *impls, "c/torch", "target", "numba/torch", "numba/c",
                    "spread"],
                   ["fastnn: Trainer.fit(epochs=1) wall time (input validation and the "
                    "per-epoch shuffle included); torch: eager nn.Sequential, CrossEntropyLoss, "
-                   "Adam(fused=True), slices of a pre-shuffled tensor, loss.item() per batch",
+                   "Adam(fused=True), slices of a pre-shuffled tensor, loss.item() per batch; "
+                   + TORCH_ALONE,
                    f"target c/torch: {', '.join(f'>= {t:g}x at {b}' for b, t in TRAIN_TARGETS.items())}"
                    f"; numba >= {NUMBA_VS_C}x c"])
+    tdata = torch_data(X=X, y=y)
     for n_threads in args.threads:
         with Threads(n_threads):
             for batch_size in wl.TRAIN_BATCHES:
-                fns = train_fns(X, y, batch_size)
+                fns = train_fns(X, y, batch_size, n_threads, tdata)
                 # one epoch is long enough: no repeats inside a sample
                 secs = interleaved(fns, args.train_rounds, 0.0)
                 rate = {i: n / secs[i] for i in fns}
@@ -524,7 +618,8 @@ def section_train(args):
 def _rss_note(args, n, batch_size=128):
     """Peak RSS of one epoch per framework, each in its own subprocess."""
     parts = []
-    for impl in [f"fastnn-{b}" for b in FASTNN_BACKENDS] + (["torch"] if torch else []):
+    for impl in [f"fastnn-{b}" for b in FASTNN_BACKENDS] + (["torch"] if torch_status() is None
+                                                             else []):
         cmd = [sys.executable, "-m", "fastnn.bench.compare", "--rss-worker", impl,
                "--rss-samples", str(n), "--rss-batch", str(batch_size),
                "--threads", str(max(args.threads))]
@@ -547,9 +642,16 @@ def rss_worker(args):
     X, y = load_train_data(args, args.rss_samples)
     fastnn.set_num_threads(args.threads[0])
     if args.rss_worker == "torch":
+        import tempfile
+
+        from fastnn.bench import torch_worker
+
         torch.set_num_threads(args.threads[0])
-        net = _torch_mlp(wl.make_trainer("reference", seed=0))
-        run = _torch_epoch_fn(net, X, y, args.rss_batch)
+        with tempfile.TemporaryDirectory() as tmp:
+            weights = dense_weights_file(os.path.join(tmp, "init.npz"),
+                                         wl.make_mlp("reference", 0))
+            net = torch_worker.mlp(torch, None, {"weights": weights})
+        run = torch_worker.epoch_fn(torch, net, X, y, args.rss_batch)
     else:
         trainer = wl.make_trainer(args.rss_worker.split("-", 1)[1], seed=0)
         run = lambda: trainer.fit(X, y, epochs=1, batch_size=args.rss_batch,  # noqa: E731
@@ -730,38 +832,16 @@ def lenet_layers():
             fastnn.Flatten(), fastnn.Dense(1568, 10)]
 
 
-def _torch_lenet():
-    nn = torch.nn
-    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Flatten(), nn.Linear(1568, 10))
-
-
 def cli_cnn_layers():
     from fastnn.cli import small_cnn
 
     return small_cnn((8, 8, 1), 10)
 
 
-def _torch_cli_cnn():
-    """fastnn.cli.small_cnn((8, 8, 1), 10) in torch (NCHW)."""
-    nn = torch.nn
-    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(16),
-                         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Flatten(), nn.Linear(4 * 4 * 32, 64), nn.ReLU(), nn.Linear(64, 10))
-
-
 def bn_dropout_layers(p=0.2):
     return [fastnn.Dense(784, 256, activation="relu"), fastnn.BatchNorm(256), fastnn.Dropout(p),
             fastnn.Dense(256, 128, activation="relu"), fastnn.BatchNorm(128), fastnn.Dropout(p),
             fastnn.Dense(128, 10)]
-
-
-def _torch_bn_dropout_mlp(p=0.2):
-    nn = torch.nn
-    return nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.BatchNorm1d(256), nn.Dropout(p),
-                         nn.Linear(256, 128), nn.ReLU(), nn.BatchNorm1d(128), nn.Dropout(p),
-                         nn.Linear(128, 10))
 
 
 def model_trainer(layers_fn, backend, input_shape=None, seed=0, lr=1e-3):
@@ -777,40 +857,28 @@ def _fit_fn(trainer, X, y, batch_size, epochs=1):
     return lambda: trainer.fit(X, y, epochs=epochs, batch_size=batch_size, verbose=False)
 
 
-def _nchw(X):
-    return np.ascontiguousarray(X.transpose(0, 3, 1, 2))
-
-
-def _torch_fit_fn(net, X, y, batch_size, epochs=1):
-    epoch = _torch_epoch_fn(net, X, y, batch_size)
-    epoch(2 * batch_size)
-
-    def run():
-        for _ in range(epochs):
-            epoch()
-    return run
-
-
-def _cnn_rows(args, table, label, layers_fn, torch_fn, input_shape, X, y, batch_size, epochs,
+def _cnn_rows(args, table, label, layers_fn, torch_model, input_shape, X, y, batch_size, epochs,
               target):
     n = len(X) * epochs
     flops = None
+    tdata = torch_data(X=X, y=y)
     for n_threads in args.threads:
         with Threads(n_threads):
             trainers = {b: model_trainer(layers_fn, b, input_shape) for b in _backends(args)}
             flops = train_flops(trainers["c"].model)
             loss0 = trainers["c"].evaluate(X[:1000], y[:1000])["loss"]
             fns = {f"fastnn-{b}": _fit_fn(t, X, y, batch_size, epochs) for b, t in trainers.items()}
-            if torch is not None:
-                torch.manual_seed(0)
-                fns["torch"] = _torch_fit_fn(torch_fn(), _nchw(X), y, batch_size, epochs)
+            job = torch_job("fit", n_threads, tdata, model=torch_model, batch=batch_size,
+                            epochs=epochs, seed=0)
+            if job is not None:
+                fns["torch"] = job
             secs = interleaved(fns, args.train_rounds, 0.0)
             loss1 = trainers["c"].evaluate(X[:1000], y[:1000])["loss"]
             rate = {i: n / secs[i] for i in fns}
             c, nb, tt = rate.get("fastnn-c"), rate.get("fastnn-numba"), rate.get("torch")
             table.add(label, batch_size, n_threads, fmt_rate(c, "samples/s"),
                       fmt_rate(nb, "samples/s"),
-                      fmt_rate(tt, "samples/s") if torch is not None else "not installed",
+                      fmt_rate(tt, "samples/s") if tt else torch_status(),
                       fmt_ratio(ratio(c, tt), target), f">= {target:g}x",
                       fmt_rate(_limit(flops, n_threads), "samples/s"),
                       f"{100 * c * flops / (n_threads * peak_gflops() * 1e9):.0f}%",
@@ -829,7 +897,7 @@ def _models_cnn_table(args, sizes):
     X, y = wl.synthetic_mnist(n, seed=0)
     X = X.reshape(n, 28, 28, 1)
     lenet = _cnn_rows(args, table, f"LeNet-like 28x28, {n:,} samples", lenet_layers,
-                      _torch_lenet, (28, 28, 1), X, y, 128, 1, LENET_TARGET)
+                      "lenet", (28, 28, 1), X, y, 128, 1, LENET_TARGET)
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -838,7 +906,7 @@ def _models_cnn_table(args, sizes):
                                     random_state=0, stratify=yd)
     epochs = sizes["digits_epochs"]
     digits = _cnn_rows(args, table, f"fastnn train --model cnn, digits, {epochs} x {len(Xd):,}",
-                       cli_cnn_layers, _torch_cli_cnn, (8, 8, 1), Xd.reshape(-1, 8, 8, 1),
+                       cli_cnn_layers, "cli_cnn", (8, 8, 1), Xd.reshape(-1, 8, 8, 1),
                        yd.astype(np.int64), 32, epochs, CLI_CNN_TARGET)
     table.notes += [
         "LeNet-like: Conv2D(1,16,3,p=1,relu)-MaxPool2D(2)-Conv2D(16,32,3,p=1,relu)-MaxPool2D(2)-"
@@ -849,7 +917,8 @@ def _models_cnn_table(args, sizes):
         "batch 32 (the CLI's default) on the digits' training split; torch the same with "
         "BatchNorm2d (train mode); no schedule or validation on either side",
         "fastnn: Trainer.fit wall time (shuffle included); torch: eager, Adam(fused=True), "
-        "slices of a pre-shuffled tensor, loss.item() per batch (as the train section)",
+        "slices of a pre-shuffled tensor, loss.item() per batch (as the train section); "
+        + TORCH_ALONE,
         f"limit: threads x {peak_gflops():.0f} GFLOP/s (the GEMM peak per core) / the "
         f"FLOP of one training step per sample: LeNet-like {lenet / 1e6:.2f} MFLOP, the CLI's "
         f"CNN {digits / 1e6:.2f} MFLOP (forward + dW + dX of the convolutions and dense "
@@ -868,49 +937,12 @@ def _jax_status():
     return f"{' and '.join(missing)} not installed" if missing else None
 
 
-class JaxWorker:
-    """A `python -m bench.jax_worker` subprocess at a fixed thread count."""
+class JaxWorker(Worker):
+    """A `python -m fastnn.bench.jax_worker` subprocess at a fixed thread count."""
 
     def __init__(self, n_threads, cpus):
-        import tempfile
-
-        self._err = tempfile.TemporaryFile(mode="w+")
-        # the folder holding the fastnn package, so that -m finds this one
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            [root] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fastnn.bench.jax_worker", "--threads", str(n_threads),
-             "--cpus", ",".join(map(str, sorted(cpus)))],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err, text=True,
-            bufsize=1, cwd=root, env=env)
-        self.info = self._reply()
-
-    def _reply(self):
-        line = self.proc.stdout.readline()
-        if not line:
-            self._err.seek(0)
-            tail = self._err.read().strip().splitlines()[-3:]
-            raise RuntimeError("jax worker died: " + " | ".join(tail))
-        reply = json.loads(line)
-        if "error" in reply:
-            raise RuntimeError(reply["error"])
-        return reply
-
-    def __call__(self, op, **fields):
-        self.proc.stdin.write(json.dumps({"op": op, **fields}) + "\n")
-        self.proc.stdin.flush()
-        return self._reply()
-
-    def close(self):
-        try:
-            if self.proc.poll() is None:
-                self.proc.stdin.write('{"op": "quit"}\n')
-                self.proc.stdin.flush()
-                self.proc.wait(timeout=30)
-        except (OSError, subprocess.SubprocessError):
-            self.proc.kill()
-        self._err.close()
+        super().__init__("fastnn.bench.jax_worker", "--threads", str(n_threads),
+                         "--cpus", ",".join(map(str, sorted(cpus))))
 
 
 class _Pinned:
@@ -966,11 +998,7 @@ def _models_jax_table(args, sizes):
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        weights = os.path.join(tmp, "init.npz")
-        dense = [layer for layer in wl.make_mlp("reference", 0).layers if hasattr(layer, "weight")]
-        np.savez(weights, **{f"{k}{i}": np.asarray(getattr(layer, name))
-                             for i, layer in enumerate(dense)
-                             for k, name in (("W", "weight"), ("b", "bias"))})
+        weights = dense_weights_file(os.path.join(tmp, "init.npz"), wl.make_mlp("reference", 0))
         for n_threads in args.threads:
             cpus = _jax_cpus(n_threads)
             worker, error = None, status
@@ -1041,9 +1069,10 @@ def _models_bn_table(args, sizes):
                    "spread"],
                   ["bn+do: Dense(relu)-BatchNorm-Dropout(0.2) twice, then Dense(128,10); torch "
                    "the same with BatchNorm1d and Dropout in train mode; plain: the train "
-                   "section's MLP",
+                   "section's MLP; " + TORCH_ALONE,
                    f"ratio: bn+do samples/s / plain samples/s (target for fastnn c: >= "
                    f"{BN_DROPOUT_TARGET:g}x; torch's for context)"])
+    tdata = torch_data(X=X, y=y)
     for n_threads in args.threads:
         with Threads(n_threads):
             for batch_size in sizes["bn_batches"]:
@@ -1053,18 +1082,17 @@ def _models_bn_table(args, sizes):
                                                       batch_size)
                     fns[f"{backend} bn+do"] = _fit_fn(model_trainer(bn_dropout_layers, backend),
                                                       X, y, batch_size)
-                if torch is not None:
-                    torch.manual_seed(0)
-                    fns["torch plain"] = _torch_fit_fn(_torch_mlp(wl.make_trainer("reference")),
-                                                       X, y, batch_size)
-                    fns["torch bn+do"] = _torch_fit_fn(_torch_bn_dropout_mlp(), X, y, batch_size)
+                jobs = {"torch plain": torch_mlp_job(n_threads, X, y, tdata, batch_size),
+                        "torch bn+do": torch_job("fit", n_threads, tdata, model="bn_dropout",
+                                                 batch=batch_size, seed=0, name="torch bn+do")}
+                fns.update((name, job) for name, job in jobs.items() if job is not None)
                 secs = interleaved(fns, args.train_rounds, 0.0)
                 rate = {i: n / secs[i] for i in fns}
                 row = [batch_size, n_threads]
                 for impl in ("c", "numba", "torch"):
                     plain, bn = rate.get(f"{impl} plain"), rate.get(f"{impl} bn+do")
-                    if plain is None:  # torch not installed; numba left out in --tiny
-                        cell = "not installed" if impl == "torch" else "-"
+                    if plain is None:  # torch unavailable; numba left out in --tiny
+                        cell = torch_status() if impl == "torch" else "-"
                         row += [cell, cell, "-"] + (["-"] if impl == "c" else [])
                         continue
                     row += [fmt_rate(plain, "samples/s"), fmt_rate(bn, "samples/s"),
@@ -1258,13 +1286,6 @@ def _interleaved_fits(fns, k, rounds):
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
-def _worker_env():
-    """The environment of a worker subprocess: this fastnn first on PYTHONPATH."""
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))]
-        + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
-
-
 def _jax_many_rate(threads, k, rounds):
     """JAX's vmap-in-scan epoch of k digits MLPs (fastnn/bench/jax_many.py in
     a subprocess): the median model-samples/s, or None without jax."""
@@ -1358,31 +1379,15 @@ def rnn_flops(kind, length=RNN_LENGTH, inputs=1, hidden=RNN_HIDDEN, classes=10):
     return 2.0 * (length * per_step + classes * hidden * 3)  # Dense: fwd, dW, dX
 
 
-def _torch_rnn_rate(kind, threads, n, rounds):
-    """torch eager's samples/s on section_rnn's data (the median of `rounds`
-    epochs), in fastnn/bench/torch_rnn_worker.py's own process at torch's
-    default wait policy (its docstring says why), or None if it fails."""
-    import json as _json
-
-    proc = subprocess.run([sys.executable, "-m", "fastnn.bench.torch_rnn_worker", "--kind", kind,
-                           "--threads", str(threads), "--n", str(n),
-                           "--rounds", str(max(rounds, 3)), "--length", str(RNN_LENGTH),
-                           "--hidden", str(RNN_HIDDEN), "--batch", str(RNN_BATCH)],
-                          capture_output=True, text=True, timeout=600, env=_worker_env())
-    if proc.returncode:
-        print(f"torch_rnn_worker failed: {proc.stderr[-500:]}", file=sys.stderr)
-        return None
-    return statistics.median(_json.loads(proc.stdout.strip().splitlines()[-1])["rates"])
-
-
 def section_rnn(args):
     """SimpleRNN / GRU / LSTM (1 -> 128) + Dense(128 -> 10) on random sequences
     of length 40, batch 100, Adam: fastnn's compiled epoch against torch eager
-    nn.RNN / nn.GRU / nn.LSTM, interleaved in this one process."""
+    nn.RNN / nn.GRU / nn.LSTM (in the torch worker), interleaved."""
     n = 400 if args.tiny else (1000 if args.quick else 2000)
     rng = np.random.default_rng(0)
     X = rng.normal(size=(n, RNN_LENGTH, 1)).astype(np.float32)
     y = rng.integers(0, 10, n).astype(np.int64)
+    tdata = torch_data(X=X, y=y)
     layer = {"rnn": fastnn.SimpleRNN, "gru": fastnn.GRU, "lstm": fastnn.LSTM}
     names = {"rnn": "SimpleRNN", "gru": "GRU", "lstm": "LSTM"}
     table = Table(
@@ -1393,9 +1398,7 @@ def section_rnn(args):
         notes=["fastnn: Trainer.fit wall time (one compiled epoch call, shuffle included); "
                "torch: eager nn.RNN/GRU/LSTM(batch_first=True) + nn.Linear on the last "
                "step's output, Adam(fused=True), slices of the same data, loss.item() per "
-               "batch, in a process of its own at torch's default wait policy "
-               "(fastnn/bench/torch_rnn_worker.py: GOMP_SPINCOUNT=1000 costs its GRU ~45% at "
-               "2 threads), the median of its epochs after fastnn's rounds",
+               "batch; " + TORCH_ALONE + " (GOMP_SPINCOUNT=1000 cost its GRU ~45% at 2 threads)",
                f"limit: threads x {peak_gflops():.0f} GFLOP/s / the FLOP of one step "
                "per sample (gate products forward, their dW, the hidden state's dX; "
                "bench.compare.rnn_flops): the step's products are only "
@@ -1410,16 +1413,18 @@ def section_rnn(args):
                                              b, (RNN_LENGTH, 1)) for b in _backends(args)}
                 loss0 = trainers["c"].evaluate(X, y)["loss"]
                 fns = {f"fastnn-{b}": _fit_fn(t, X, y, RNN_BATCH) for b, t in trainers.items()}
+                job = torch_job("fit", n_threads, tdata, model=kind, hidden=RNN_HIDDEN,
+                                batch=RNN_BATCH, seed=0)
+                if job is not None:
+                    fns["torch"] = job
                 secs = interleaved(fns, args.train_rounds, 0.0)
                 loss1 = trainers["c"].evaluate(X, y)["loss"]
                 rate = {i: n / secs[i] for i in fns}
-                if torch is not None:
-                    rate["torch"] = _torch_rnn_rate(kind, n_threads, n, args.train_rounds)
                 c, nb, tt = rate.get("fastnn-c"), rate.get("fastnn-numba"), rate.get("torch")
                 flops = rnn_flops(kind)
                 table.add(names[kind], n_threads, fmt_rate(c, "samples/s"),
                           fmt_rate(nb, "samples/s"),
-                          fmt_rate(tt, "samples/s") if torch is not None else "not installed",
+                          fmt_rate(tt, "samples/s") if tt else torch_status(),
                           fmt_ratio(ratio(c, tt)), fmt_ratio(ratio(nb, c)),
                           fmt_rate(_limit(flops, n_threads), "samples/s"),
                           f"{100 * c * flops / (n_threads * peak_gflops() * 1e9):.0f}%",
@@ -1475,19 +1480,23 @@ def _import_torch():
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.rss_worker in (None, "torch"):
-        _import_torch()
+    if args.rss_worker == "torch" or (args.rss_worker is None
+                                      and {"gemm", "adam"} & set(args.sections)):
+        _import_torch()  # in-process torch: only these sections' (and the RSS worker's)
     if args.rss_worker:
         return rss_worker(args)
-    if torch is None:
+    if _version("torch") == "not installed":
         print("note: PyTorch is not installed; its columns are left out")
     header = machine_report(args)
     print("\n".join(("- " if args.markdown else "") + line for line in header), flush=True)
     started = time.perf_counter()
-    for section in args.sections:
-        tables = globals()[f"section_{section}"](args)
-        for table in [tables] if isinstance(tables, Table) else tables:  # one, or a generator
-            print("\n" + table.render(args.markdown), flush=True)
+    try:
+        for section in args.sections:
+            tables = globals()[f"section_{section}"](args)
+            for table in [tables] if isinstance(tables, Table) else tables:  # one, or a generator
+                print("\n" + table.render(args.markdown), flush=True)
+    finally:
+        close_workers()
     print("\nspread: the widest (max - min) / median of the timed samples among a row's "
           "contenders; a large one means the machine was busy (medians resist it, ratios less so)")
     print(f"\nload average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "

@@ -38,7 +38,6 @@ multi-threading; --threads 2 gives it the allowed CPUs (the default pools).
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -153,28 +152,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     cpus = {int(c) for c in args.cpus.split(",") if c.strip()}
     _configure_threads(args.threads, cpus)
-    out = sys.stdout
-    sys.stdout = sys.stderr  # stray prints must not break the protocol
-    try:
-        worker = Worker()
-    except ImportError as exc:
-        print(json.dumps({"error": f"not installed ({exc})"}), file=out, flush=True)
-        return 1
-    import jax
+    from fastnn.bench._serve import serve  # after the pinning: it imports numpy
 
-    print(json.dumps({"ready": True, "jax": jax.__version__,
-                      "cpus": sorted(os.sched_getaffinity(0)),
-                      "xla_flags": os.environ.get("XLA_FLAGS", "")}), file=out, flush=True)
-    for line in sys.stdin:
-        req = json.loads(line)
-        if req["op"] == "quit":
-            break
-        try:
-            reply = getattr(worker, req["op"])(req)
-        except Exception as exc:  # reported to the parent, which shows it in the table
-            reply = {"error": f"{type(exc).__name__}: {exc}"}
-        print(json.dumps(reply), file=out, flush=True)
-    return 0
+    def ready(worker):
+        return {"jax": worker.jax.__version__, "cpus": sorted(os.sched_getaffinity(0)),
+                "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+    return serve(Worker, ready)
 
 
 if __name__ == "__main__":
