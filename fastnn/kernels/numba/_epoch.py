@@ -307,8 +307,9 @@ def _params_pass(lo, hi, m, xb, ws, params, grads, s0, s1, s2, layers, l2, updat
         _optimizer_span(optimizer, params, grads, s0, s1, s2, lo, hi, hyper, step, mu_product)
 
 
-# A batch of fewer multiply-adds than this runs both passes on the calling
-# thread (no region); measured in bench/NOTES.md entry 48.
+# A batch of fewer multiply-adds (forward + dW) than this runs both passes on
+# the calling thread, without a region (bench/NOTES.md entry 48).  Passed to
+# the kernel as an argument, not frozen in as a constant.
 _PAR_MIN_BATCH_MACS = 0
 
 
@@ -316,7 +317,7 @@ _PAR_MIN_BATCH_MACS = 0
 def _stack_batches(params, grads, s0, s1, s2, ws, X, labels, T, order, batch_losses,
                    batch_correct, layers, slopes, cuts, penalized, loss, bs, xg, tg, lg,
                    optimizer, hyper, step, mu_product, l2, loss_scale, grad_scale, b0, b1,
-                   defer_last):
+                   defer_last, par_min_macs):
     """Batches [b0, b1) of reference.dense_stack_epoch, each as the rows and
     params passes above, one chunk per thread (cuts: nt + 1 flat offsets,
     _param_cuts; nt = the thread count).  layers: int64 rows (fan_in,
@@ -324,7 +325,8 @@ def _stack_batches(params, grads, s0, s1, s2, ws, X, labels, T, order, batch_los
     slopes their negative slopes; penalized: the (offset, size) ranges of
     the l2 term's value (the layers' weights); xg, tg, lg: the gathered
     batch's X, T and labels (used when order is not empty).  defer_last:
-    return after batch b1 - 1's gradient, without its update.  Returns
+    return after batch b1 - 1's gradient, without its update.  A batch of
+    fewer than par_min_macs multiply-adds runs on the calling thread.  Returns
     (n_done, step, mu_product, status) as _plan._model_epoch."""
     nt = cuts.shape[0] - 1
     n_layers = layers.shape[0]
@@ -357,7 +359,7 @@ def _stack_batches(params, grads, s0, s1, s2, ws, X, labels, T, order, batch_los
         else:
             xb = x_flat[lo * n_in:(lo + m) * n_in]
             lb, tb = labels[lo:lo + m], t_flat[lo * c:(lo + m) * c]  # the unused one is empty
-        par = nt > 1 and m * 2 * macs >= _PAR_MIN_BATCH_MACS
+        par = nt > 1 and m * 2 * macs >= par_min_macs
         if par:
             for t in prange(nt):
                 _rows_pass(t * m // nt, (t + 1) * m // nt, m, lo, gather, xb, lb, tb, x_flat,
@@ -433,7 +435,7 @@ def stack_batches(params, grads, states, ws, X, labels, T, order, batch_losses, 
     return _stack_batches(params, grads, s0, s1, s2, ws, X, labels, T, order, batch_losses,
                           batch_correct, layers, slopes, cuts, penalized, loss, bs, xg, tg, lg,
                           optimizer, hyper, step, mu_product, l2, loss_scale, grad_scale, b0, b1,
-                          defer_last)
+                          defer_last, _PAR_MIN_BATCH_MACS)
 
 
 def dense_stack_epoch(epoch):
