@@ -1,18 +1,17 @@
 """The numba backend's compiled MLP epoch against the c backend's, side by
 side in one process (bench/NOTES.md entry 48).
 
-    python bench/numba_mlp.py [n_samples] [rounds] [batches] [threads] [sizes] [par_min]
+    python bench/numba_mlp.py [n_samples] [rounds] [batches] [threads] [sizes]
 
 e.g. ``python bench/numba_mlp.py 20000 3 32,128,512 1,2 784,256,128,10``.
 An MLP (ReLU hidden layers, logits; default 784-256-128-10), Adam lr 1e-3,
 softmax cross-entropy, on bench.compare's synthetic MNIST (the data entry
-36 found the denormals on; narrower inputs: every k-th column); per (threads, batch): one Trainer.fit epoch per sample, c and numba
+36 found the denormals on; narrower inputs: every k-th column); per
+(threads, batch): one Trainer.fit epoch per sample, c and numba
 interleaved (c numba c numba ...), `rounds` samples each, after a 2-batch
 warm-up fit.  1-thread rows pin the process to one CPU (as bench.compare's
 models rows).  Prints samples/s medians, numba/c and the spread ((max -
-min) / median, the wider of the two), with the load average.  par_min:
-numba's _epoch._PAR_MIN_BATCH_MACS for this run (the smallest batch, in
-multiply-adds, that runs on the threads).
+min) / median, the wider of the two), with the load average.
 """
 
 import os
@@ -26,17 +25,13 @@ import fastnn
 from fastnn.bench import workloads as wl
 
 
-def main(n=20000, rounds=3, batches=(32, 128, 512), threads=(1, 2), sizes=wl.MLP_SIZES,
-         par_min=None):
-    if par_min is not None:
-        from fastnn.kernels.numba import _epoch
-        _epoch._PAR_MIN_BATCH_MACS = par_min
+def main(n=20000, rounds=3, batches=(32, 128, 512), threads=(1, 2), sizes=wl.MLP_SIZES):
     X, y = wl.synthetic_mnist(n, seed=0)
     X = np.ascontiguousarray(X[:, ::max(1, X.shape[1] // sizes[0])][:, :sizes[0]])
     y = y % sizes[-1]
     cpus = os.sched_getaffinity(0)
     print(f"# MLP {'-'.join(map(str, sizes))}, {n} samples, {rounds} rounds, "
-          f"par_min {par_min}, load {os.getloadavg()[0]:.2f}")
+          f"load {os.getloadavg()[0]:.2f}")
     print("threads batch      c/s  numba/s  numba/c spread")
     for t in threads:
         fastnn.set_num_threads(t)
@@ -64,5 +59,4 @@ if __name__ == "__main__":
     main(int(a[0]) if a else 20000, int(a[1]) if len(a) > 1 else 3,
          tuple(int(v) for v in a[2].split(",")) if len(a) > 2 else (32, 128, 512),
          tuple(int(v) for v in a[3].split(",")) if len(a) > 3 else (1, 2),
-         tuple(int(v) for v in a[4].split(",")) if len(a) > 4 else wl.MLP_SIZES,
-         int(float(a[5])) if len(a) > 5 else None)
+         tuple(int(v) for v in a[4].split(",")) if len(a) > 4 else wl.MLP_SIZES)

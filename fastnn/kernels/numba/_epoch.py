@@ -1,11 +1,16 @@
-"""dense_stack_epoch on the numba backend: one ``@njit`` loop over the
-mini-batches, made of the same kernels as the per-call functions (the same
-rounding points, so the trajectory is the per-batch one).
+"""The numba backend's compiled dense stack: dense_stack_epoch, and
+model_epoch's plan when it is a chain of Dense records (``_plan``), run
+as ``stack_batches`` -- one ``@njit`` loop over the mini-batches with two
+parallel regions a batch (see the section's header below for the split),
+made of the same kernels as the per-call functions (the same rounding
+points, so the trajectory is the per-batch one, on any thread count).
 
 The workspace is laid out as spec.epoch_layout(layers, batch_size, 1) says
-(every backend's layout; the offsets are computed in Python and passed in).
-The kernel's own scratch (packing buffers, column sums) is allocated once
-per epoch, nothing per batch.
+(every backend's layout; the offsets are computed in Python and passed in),
+or as the plan's records say.  The kernel's own scratch (each thread's
+packing buffers and column sums) is allocated once per call, nothing per
+batch.  Also here, shared with the interpreter: the optimizer step's
+dispatch and the loss, gather and accuracy helpers.
 """
 
 import math
@@ -307,17 +312,11 @@ def _params_pass(lo, hi, m, xb, ws, params, grads, s0, s1, s2, layers, l2, updat
         _optimizer_span(optimizer, params, grads, s0, s1, s2, lo, hi, hyper, step, mu_product)
 
 
-# A batch of fewer multiply-adds (forward + dW) than this runs both passes on
-# the calling thread, without a region (bench/NOTES.md entry 48).  Passed to
-# the kernel as an argument, not frozen in as a constant.
-_PAR_MIN_BATCH_MACS = 0
-
-
 @njit(cache=True, parallel=True)
 def _stack_batches(params, grads, s0, s1, s2, ws, X, labels, T, order, batch_losses,
                    batch_correct, layers, slopes, cuts, penalized, loss, bs, xg, tg, lg,
                    optimizer, hyper, step, mu_product, l2, loss_scale, grad_scale, b0, b1,
-                   defer_last, par_min_macs):
+                   defer_last):
     """Batches [b0, b1) of reference.dense_stack_epoch, each as the rows and
     params passes above, one chunk per thread (cuts: nt + 1 flat offsets,
     _param_cuts; nt = the thread count).  layers: int64 rows (fan_in,
@@ -325,8 +324,7 @@ def _stack_batches(params, grads, s0, s1, s2, ws, X, labels, T, order, batch_los
     slopes their negative slopes; penalized: the (offset, size) ranges of
     the l2 term's value (the layers' weights); xg, tg, lg: the gathered
     batch's X, T and labels (used when order is not empty).  defer_last:
-    return after batch b1 - 1's gradient, without its update.  A batch of
-    fewer than par_min_macs multiply-adds runs on the calling thread.  Returns
+    return after batch b1 - 1's gradient, without its update.  Returns
     (n_done, step, mu_product, status) as _plan._model_epoch."""
     nt = cuts.shape[0] - 1
     n_layers = layers.shape[0]
@@ -337,11 +335,10 @@ def _stack_batches(params, grads, s0, s1, s2, ws, X, labels, T, order, batch_los
         n = order.shape[0]
     # Everything that is not a view is allocated here, once per call: each
     # thread's packing panels and column sums.
-    widest_out, ap_size, bp_size, macs = 0, 0, 0, 0
+    widest_out, ap_size, bp_size = 0, 0, 0
     for l in range(n_layers):
         fi, fo = layers[l, 0], layers[l, 1]
         widest_out = max(widest_out, fo)
-        macs += fi * fo
         for gm, gn, gk in ((bs, fo, fi), (fi, fo, bs), (bs, fi, fo)):
             a_floats, b_floats = _pack_floats(gm, gn, gk)
             ap_size, bp_size = max(ap_size, a_floats), max(bp_size, b_floats)
@@ -359,7 +356,7 @@ def _stack_batches(params, grads, s0, s1, s2, ws, X, labels, T, order, batch_los
         else:
             xb = x_flat[lo * n_in:(lo + m) * n_in]
             lb, tb = labels[lo:lo + m], t_flat[lo * c:(lo + m) * c]  # the unused one is empty
-        par = nt > 1 and m * 2 * macs >= par_min_macs
+        par = nt > 1  # (even 64-32-10 at batch 8 ran as fast on 2 threads: NOTES 48)
         if par:
             for t in prange(nt):
                 _rows_pass(t * m // nt, (t + 1) * m // nt, m, lo, gather, xb, lb, tb, x_flat,
@@ -435,7 +432,7 @@ def stack_batches(params, grads, states, ws, X, labels, T, order, batch_losses, 
     return _stack_batches(params, grads, s0, s1, s2, ws, X, labels, T, order, batch_losses,
                           batch_correct, layers, slopes, cuts, penalized, loss, bs, xg, tg, lg,
                           optimizer, hyper, step, mu_product, l2, loss_scale, grad_scale, b0, b1,
-                          defer_last, _PAR_MIN_BATCH_MACS)
+                          defer_last)
 
 
 def dense_stack_epoch(epoch):
@@ -458,6 +455,6 @@ def dense_stack_epoch(epoch):
         epoch.batch_correct, table, slopes, penalized, spec.LOSS_CODES[epoch.loss], bs,
         ws[at["Xb"]:at["Xb"] + bs * n_in], ws[at["Tb"]:at["Tb"] + bs * c],
         ws[at["Lb"]:at["Lb"] + bs].view(np.int32), spec.OPTIMIZERS[epoch.optimizer].code, hyper,
-        epoch.step, epoch.mu_product, epoch.l2, epoch.loss_scale, epoch.grad_scale, 0,
-        -(-n // bs), False)
+        int(epoch.step), float(epoch.mu_product), float(epoch.l2), float(epoch.loss_scale),
+        float(epoch.grad_scale), 0, -(-n // bs), False)
     return int(done), int(step), float(mu_product)

@@ -10,6 +10,11 @@ average-pool accumulators) is allocated once per epoch, sized for the full
 batch.  Results do not depend on the thread count: threads split outputs
 (gemm tiles, image rows, flat spans), and the batch-norm channel sums run
 over a number of chunks that depends on the size only.
+
+A plan that is a chain of Dense records (no frozen layer, no clipping)
+runs as ``_epoch.stack_batches`` instead: the same kernels in the same
+order per element, two parallel regions a batch where the interpreter
+opens one per large gemm step (bench/NOTES.md entry 48).
 """
 
 import math
