@@ -448,6 +448,61 @@ def test_model_epoch_threads(threads):
                                       err_msg=name)
 
 
+@pytest.mark.parametrize("loss,optimizer", [("softmax_xent", "adam"), ("mse", "nadam"),
+                                            ("bce", "sgd")])
+def test_dense_stack_any_thread_split_same_bits(loss, optimizer, monkeypatch):
+    """A chain of Dense records runs as _epoch.stack_batches: two parallel
+    regions a batch, thread t taking rows [t m / nt, (t+1) m / nt) of the
+    batch and then the span cuts[t]..cuts[t+1] of the parameters.  Any
+    split (1, 2, 3, 5 chunks, here dealt to this machine's threads) gives
+    the interpreter's bits: 29-row batches and a 3-row last one (uneven
+    rows, a chunk of none), spans cut inside every weight matrix."""
+    from fastnn.kernels.numba import _epoch, _plan
+
+    X, T = _data(95, (70,), 5, loss)
+    p = Plan((1, 1, 70), 29)
+    p.dense(40, "relu")
+    p.dense(33, "leaky_relu")
+    p.dense(5)
+    order = np.random.default_rng(5).permutation(95)[:90]
+    hyper = {"lr": 0.01, "momentum": 0.9} if optimizer == "sgd" else {"lr": 0.01}
+    e = p.epoch(X, T, loss=loss, optimizer=optimizer, hyper=hyper, order=order, l2=0.02,
+                grad_scale=0.5, step=2,
+                mu_product=spec.nadam_mu(1, 0.9, 4e-3) * spec.nadam_mu(2, 0.9, 4e-3))
+    assert _plan._dense_stack(e, _plan._NO_RANGES) is not None
+    want = _compare(e)  # the interpreter's bits, the reference's numbers
+    cuts = _epoch._param_cuts
+    for nt in (1, 2, 3, 5):
+        monkeypatch.setattr(_epoch, "_param_cuts", lambda layers, n, t, nt=nt: cuts(layers, n, nt))
+        got, _ = _run(nb.model_epoch, e)
+        for name in ("params", "grads", "batch_losses", "batch_correct"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(want, name),
+                                          err_msg=f"{name}, {nt} chunks")
+        for a, b in zip(got.states, want.states):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_param_cuts_split_on_rows_and_biases():
+    """The spans of the params pass: nt + 1 increasing cuts from 0 to the
+    buffer's end, each at a weight row start, a bias start or a region's
+    end, about size / nt apart."""
+    from fastnn.kernels.numba._epoch import _param_cuts
+
+    # (fan_in, fan_out, w, b): a gap of 3 floats after the first bias
+    layers = np.array([(70, 40, 0, 2800, 0, 0, 0), (40, 33, 2843, 4163, 0, 0, 0),
+                       (33, 5, 4196, 4361, 0, 0, 0)], np.int64)
+    size = 4366
+    allowed = {0, size, 2840}
+    for fi, fo, w, b in layers[:, :4]:
+        allowed.update(range(w, w + fi * fo + 1, fo))
+        allowed.update((b, b + fo))
+    for nt in (1, 2, 3, 5, 8):
+        cuts = _param_cuts(layers, size, nt)
+        assert len(cuts) == nt + 1 and cuts[0] == 0 and cuts[-1] == size
+        assert np.all(np.diff(cuts) >= 0) and set(cuts.tolist()) <= allowed
+        assert np.all(np.abs(np.diff(cuts) - size / nt) <= 40), cuts
+
+
 # ---- plans from fastnn.plan ---------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["cnn", "cnn_bn_gap", "conv1d", "residual_conv",

@@ -259,7 +259,9 @@ def _warmup_rnn():
 
 def _warmup_model_epoch():
     """model_epoch on a one-record plan (every record kind's code is
-    compiled with it: the interpreter is one function)."""
+    compiled with it: the interpreter is one function), with clipping so
+    that it runs the interpreter, not the dense stack's loop (which
+    dense_stack_epoch compiled)."""
     f32 = np.float32
     rec = dict.fromkeys(spec.PLAN_FIELDS, 0)
     rec.update(op=int(spec.Op.DENSE), x=-1, y=0, dx=-1, dy=6, aux=-1, daux=-1, iaux=-1, param=0,
@@ -273,4 +275,4 @@ def _warmup_model_epoch():
         np.empty(1, np.int64), np.array([[rec[k] for k in spec.PLAN_FIELDS]], np.int64),
         np.array([[0.01, 0.1, 1e-5, 0.0]]), np.zeros((0, 2), np.int64), in_size=3, out_size=3,
         xb=12, tb=18, lb=0, output=0, doutput=6, batch_size=2, optimizer="sgd",
-        hyper=dict(hyper, lr=0.1)))
+        hyper=dict(hyper, lr=0.1), clip_value=1.0))

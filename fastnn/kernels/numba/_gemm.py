@@ -297,14 +297,20 @@ _PAR_MIN_BLOCK_MACS = 1 << 18
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def _gemm_ws(C, A, B, trans_a, trans_b, alpha, beta, bias, code, slope, ap_buf, bp_buf):
-    """C = act(alpha op(A) op(B) + beta C + bias), C (m, n) with unit column
-    stride; ap_buf and bp_buf are scratch of at least _pack_floats(m, n, k)
-    floats.  BLIS order: per KC panel of k (op(B) packed on its first
-    block of rows), per block of rows (op(A) packed, by the threads when it
-    is large), the threads split the block's MR x NR tiles of C (each tile
-    is one thread's: no races).  beta != 0 scales C first and every panel
-    accumulates; else the first panel stores."""
+def _gemm_rows(C, A, B, a_row0, trans_a, trans_b, alpha, beta, bias, code, slope, ap_buf, bp_buf,
+               threads):
+    """C = act(alpha op(A)[a_row0:a_row0 + m] op(B) + beta C + bias), C (m, n)
+    with unit column stride: rows a_row0... of the product (a thread's
+    rows of dW = X^T dZ in the dense stack's epoch); ap_buf and bp_buf are
+    scratch of at least _pack_floats(m, n, k) floats.  BLIS order: per KC
+    panel of k (op(B) packed on its first block of rows), per block of rows
+    (op(A) packed, by the threads when it is large), the threads split the
+    block's MR x NR tiles of C (each tile is one thread's: no races) --
+    unless not `threads` (a caller already inside a parallel region).
+    beta != 0 scales C first and every panel accumulates; else the first
+    panel stores.  Each element of C is the same sum, in the same order,
+    whatever m, a_row0 and the thread split: the k blocking depends on k
+    alone."""
     m, n = C.shape
     k = A.shape[0] if trans_a else A.shape[1]
     if m == 0 or n == 0:
@@ -319,7 +325,7 @@ def _gemm_ws(C, A, B, trans_a, trans_b, alpha, beta, bias, code, slope, ap_buf, 
     nsl = (n + _NR - 1) // _NR
     direct_b = not trans_b and m <= _DIRECT_B_MAX_M
     epilogue = bias.size > 0 or code != _IDENTITY
-    par = m * n * k >= _PAR_MIN_MACS
+    par = threads and m * n * k >= _PAR_MIN_MACS
     for p0 in range(0, max(k, 1), _KC):  # k == 0: one empty panel (C = beta C + bias)
         kc = min(_KC, k - p0)
         accumulate = p0 > 0 or beta != 0.0
@@ -335,9 +341,9 @@ def _gemm_ws(C, A, B, trans_a, trans_b, alpha, beta, bias, code, slope, ap_buf, 
             par_block = par and mc * n * kc >= _PAR_MIN_BLOCK_MACS
             if par_block and mc * kc >= 1 << 14:
                 for q in prange(_PACK_PARTS):
-                    _pack_a(ap_buf, A, trans_a, i0, mc, p0, kc, q, _PACK_PARTS)
+                    _pack_a(ap_buf, A, trans_a, a_row0 + i0, mc, p0, kc, q, _PACK_PARTS)
             else:
-                _pack_a(ap_buf, A, trans_a, i0, mc, p0, kc, 0, 1)
+                _pack_a(ap_buf, A, trans_a, a_row0 + i0, mc, p0, kc, 0, 1)
             if i0 == 0:
                 if par_block:
                     for js in prange(nsl):
@@ -358,6 +364,13 @@ def _gemm_ws(C, A, B, trans_a, trans_b, alpha, beta, bias, code, slope, ap_buf, 
                 for tix in range(nsl * msl):
                     _tile(C, B, ap_buf, bp_buf, tile, tix // msl, tix % msl, i0, p0, kc,
                           direct_b, a32, accumulate, last and epilogue, bias, code, slope)
+
+
+@njit(cache=True)
+def _gemm_ws(C, A, B, trans_a, trans_b, alpha, beta, bias, code, slope, ap_buf, bp_buf):
+    """_gemm_rows over all of C's rows, threads allowed."""
+    _gemm_rows(C, A, B, 0, trans_a, trans_b, alpha, beta, bias, code, slope, ap_buf, bp_buf,
+               True)
 
 
 @njit(cache=True)
@@ -382,19 +395,27 @@ def dense_forward(Y, X, W, b, activation, negative_slope):
 
 
 @njit(cache=True)
+def _column_sums(db, dz, sums):
+    """db = column sums of dz (n, c), in float64 in row order (sums:
+    float64 scratch of at least c)."""
+    n, c = dz.shape
+    for j in range(c):
+        sums[j] = 0.0
+    for r in range(n):
+        for j in range(c):
+            sums[j] += dz[r, j]
+    for j in range(c):
+        db[j] = sums[j]
+
+
+@njit(cache=True)
 def _dense_dz(dz, db, dy, y, code, slope, sums):
     """dz = dy * act'(y); db = column sums of dz (if db.size), in float64
     (sums: float64 scratch of at least c)."""
     n, c = y.shape
     _grad_span(dz.reshape(-1), dy.reshape(-1), y.reshape(-1), 0, n * c, code, slope)
     if db.size > 0:
-        for j in range(c):
-            sums[j] = 0.0
-        for r in range(n):
-            for j in range(c):
-                sums[j] += dz[r, j]
-        for j in range(c):
-            db[j] = sums[j]
+        _column_sums(db, dz, sums)
 
 
 def dense_backward(dX, dW, db, dZ, dY, X, W, Y, activation, negative_slope):

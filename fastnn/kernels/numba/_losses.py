@@ -19,34 +19,56 @@ _MSE = int(spec.Loss.MSE)
 _MAE = int(spec.Loss.MAE)
 
 
+@njit(cache=True, inline="always")
+def _softmax_xent_row(p, z, labels, r):
+    """Row r's probabilities into p; returns its loss (float64)."""
+    c = z.shape[1]
+    zmax = z[r, 0]
+    for j in range(1, c):
+        zmax = max(zmax, z[r, j])
+    s = 0.0
+    for j in range(c):
+        e = math.exp(np.float64(z[r, j]) - zmax)
+        p[r, j] = e
+        s += e
+    inv = 1.0 / s
+    for j in range(c):
+        p[r, j] *= inv
+    return zmax + math.log(s) - z[r, labels[r]]
+
+
+@njit(cache=True)
+def _softmax_xent_rows(p, z, labels, r0, r1, values):
+    """Rows [r0, r1): probabilities into p, losses into values (float64);
+    their sum in row order is _softmax_xent_forward's total."""
+    for r in range(r0, r1):
+        values[r] = _softmax_xent_row(p, z, labels, r)
+
+
 @njit(cache=True)
 def _softmax_xent_forward(p, z, labels):
-    n, c = z.shape
+    n = z.shape[0]
     total = 0.0
     for r in range(n):
-        zmax = z[r, 0]
-        for j in range(1, c):
-            zmax = max(zmax, z[r, j])
-        s = 0.0
-        for j in range(c):
-            e = math.exp(np.float64(z[r, j]) - zmax)
-            p[r, j] = e
-            s += e
-        inv = 1.0 / s
-        for j in range(c):
-            p[r, j] *= inv
-        total += zmax + math.log(s) - z[r, labels[r]]
+        total += _softmax_xent_row(p, z, labels, r)
     return total / n
 
 
 @njit(cache=True)
-def _softmax_xent_backward(dz, p, labels):
-    n, c = p.shape
-    inv_n = 1.0 / n
-    for r in range(n):
+def _softmax_xent_backward_rows(dz, p, labels, r0, r1, inv_n):
+    """Rows [r0, r1) of the gradient (p - onehot) inv_n, inv_n = 1 / (the
+    batch's rows)."""
+    c = p.shape[1]
+    for r in range(r0, r1):
         for j in range(c):
             g = p[r, j] - 1.0 if j == labels[r] else p[r, j]
             dz[r, j] = g * inv_n
+
+
+@njit(cache=True)
+def _softmax_xent_backward(dz, p, labels):
+    n = p.shape[0]
+    _softmax_xent_backward_rows(dz, p, labels, 0, n, 1.0 / n)
 
 
 def softmax_xent_forward(P, Z, labels):
@@ -73,19 +95,30 @@ def _pointwise_loss(loss, y, t):
     return s / y.size
 
 
+@njit(cache=True, inline="always")
+def _pointwise_grad(loss, y, t):
+    """bce: sigmoid(y) - t; mse: 2 (y - t); mae: sign(y - t) (float64)."""
+    if loss == _BCE:
+        return _act(_SIGMOID, y, 0.0) - t
+    if loss == _MSE:
+        return 2.0 * (y - t)
+    d = y - t
+    return 1.0 if d > 0 else (-1.0 if d < 0 else d)
+
+
+@njit(cache=True)
+def _pointwise_grad_span(loss, dy, y, t, lo, hi, inv):
+    """dy[lo:hi] = _pointwise_grad * inv, inv = 1 / (the batch's elements)."""
+    for i in range(lo, hi):
+        dy[i] = _pointwise_grad(loss, y[i], t[i]) * inv
+
+
 @njit(cache=True, parallel=True)
 def _pointwise_loss_backward(loss, dy, y, t):
     """bce: (sigmoid(y) - t)/size; mse: 2 (y - t)/size; mae: sign(y - t)/size."""
     inv = 1.0 / y.size
     for i in prange(y.size):
-        if loss == _BCE:
-            g = _act(_SIGMOID, y[i], 0.0) - t[i]
-        elif loss == _MSE:
-            g = 2.0 * (y[i] - t[i])
-        else:
-            d = y[i] - t[i]
-            g = 1.0 if d > 0 else (-1.0 if d < 0 else d)
-        dy[i] = g * inv
+        dy[i] = _pointwise_grad(loss, y[i], t[i]) * inv
 
 
 def bce_forward(Z, T):

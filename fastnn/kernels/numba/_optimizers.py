@@ -57,10 +57,17 @@ def _sgd_span(p, g, buf, lo, hi, k, nesterov, first):
     _setcsr(csr)
 
 
+@njit(cache=True)
+def _sgd_k(lr, momentum, dampening, weight_decay):
+    """_sgd_span's float32 scalars."""
+    f = np.float32
+    return f(lr), f(momentum), f(1.0 - dampening), f(weight_decay)
+
+
 @njit(cache=True, parallel=True)
 def _sgd(p, g, buf, lr, momentum, dampening, nesterov, weight_decay, first):
-    f, n, s = np.float32, p.size, _spans(p.size)
-    k = (f(lr), f(momentum), f(1.0 - dampening), f(weight_decay))
+    n, s = p.size, _spans(p.size)
+    k = _sgd_k(lr, momentum, dampening, weight_decay)
     if s == 1:
         _sgd_span(p, g, buf, 0, n, k, nesterov, first)
         return
@@ -92,14 +99,21 @@ def _adam_span(p, g, m, v, lo, hi, k):
     _setcsr(csr)
 
 
+@njit(cache=True)
+def _adam_k(lr, beta1, beta2, eps, weight_decay, decoupled, bc1, bc2):
+    """_adam_span's float32 scalars."""
+    decay, l2 = (1.0 - lr * weight_decay, 0.0) if decoupled else (1.0, weight_decay)
+    f = np.float32
+    return (f(decay), f(l2), f(beta1), f(1.0 - beta1), f(beta2), f(1.0 - beta2),
+            f(1.0 / math.sqrt(bc2)), f(eps), f(lr / bc1))
+
+
 @njit(cache=True, parallel=True)
 def _adam(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, bc1, bc2):
     """Adam (L2 weight decay) or, if decoupled, AdamW, with the bias
     corrections bc1 = 1 - beta1^t and bc2 = 1 - beta2^t of step t."""
-    decay, l2 = (1.0 - lr * weight_decay, 0.0) if decoupled else (1.0, weight_decay)
-    f, n, s = np.float32, p.size, _spans(p.size)
-    k = (f(decay), f(l2), f(beta1), f(1.0 - beta1), f(beta2), f(1.0 - beta2),
-         f(1.0 / math.sqrt(bc2)), f(eps), f(lr / bc1))
+    n, s = p.size, _spans(p.size)
+    k = _adam_k(lr, beta1, beta2, eps, weight_decay, decoupled, bc1, bc2)
     if s == 1:
         _adam_span(p, g, m, v, 0, n, k)
         return
@@ -142,10 +156,17 @@ def _rmsprop_span(p, g, sq, buf, ga, lo, hi, k, centered):
     _setcsr(csr)
 
 
+@njit(cache=True)
+def _rmsprop_k(lr, alpha, eps, weight_decay, momentum):
+    """_rmsprop_span's float32 scalars."""
+    f = np.float32
+    return f(lr), f(alpha), f(1.0 - alpha), f(eps), f(weight_decay), f(momentum)
+
+
 @njit(cache=True, parallel=True)
 def _rmsprop(p, g, sq, buf, ga, lr, alpha, eps, weight_decay, momentum, centered):
-    f, n, s = np.float32, p.size, _spans(p.size)
-    k = (f(lr), f(alpha), f(1.0 - alpha), f(eps), f(weight_decay), f(momentum))
+    n, s = p.size, _spans(p.size)
+    k = _rmsprop_k(lr, alpha, eps, weight_decay, momentum)
     if s == 1:
         _rmsprop_span(p, g, sq, buf, ga, 0, n, k, centered)
         return
@@ -175,11 +196,18 @@ def _adagrad_span(p, g, sum_sq, lo, hi, k):
     _setcsr(csr)
 
 
+@njit(cache=True)
+def _adagrad_k(step, lr, lr_decay, weight_decay, eps):
+    """_adagrad_span's float32 scalars."""
+    clr = lr / (1.0 + (step - 1) * lr_decay)  # the decayed learning rate of this step
+    f = np.float32
+    return f(clr), f(weight_decay), f(eps)
+
+
 @njit(cache=True, parallel=True)
 def _adagrad(p, g, sum_sq, step, lr, lr_decay, weight_decay, eps):
-    clr = lr / (1.0 + (step - 1) * lr_decay)  # the decayed learning rate of this step
-    f, n, s = np.float32, p.size, _spans(p.size)
-    k = (f(clr), f(weight_decay), f(eps))
+    n, s = p.size, _spans(p.size)
+    k = _adagrad_k(step, lr, lr_decay, weight_decay, eps)
     if s == 1:
         _adagrad_span(p, g, sum_sq, 0, n, k)
         return
@@ -211,15 +239,22 @@ def _nadam_span(p, g, m, v, lo, hi, k):
     _setcsr(csr)
 
 
+@njit(cache=True)
+def _nadam_k(lr, beta1, beta2, eps, weight_decay, mu, mu_next, mu_product, bc2):
+    """_nadam_span's float32 scalars."""
+    c_grad = lr * (1.0 - mu) / (1.0 - mu_product)
+    c_avg = lr * mu_next / (1.0 - mu_product * mu_next)
+    f = np.float32
+    return (f(weight_decay), f(beta1), f(1.0 - beta1), f(beta2), f(1.0 - beta2), f(1.0 / bc2),
+            f(eps), f(c_grad), f(c_avg))
+
+
 @njit(cache=True, parallel=True)
 def _nadam(p, g, m, v, lr, beta1, beta2, eps, weight_decay, mu, mu_next, mu_product, bc2):
     """NAdam step t from mu = mu_t, mu_next = mu_(t+1), mu_product =
     mu_1 ... mu_t and bc2 = 1 - beta2^t."""
-    c_grad = lr * (1.0 - mu) / (1.0 - mu_product)
-    c_avg = lr * mu_next / (1.0 - mu_product * mu_next)
-    f, n, s = np.float32, p.size, _spans(p.size)
-    k = (f(weight_decay), f(beta1), f(1.0 - beta1), f(beta2), f(1.0 - beta2), f(1.0 / bc2),
-         f(eps), f(c_grad), f(c_avg))
+    n, s = p.size, _spans(p.size)
+    k = _nadam_k(lr, beta1, beta2, eps, weight_decay, mu, mu_next, mu_product, bc2)
     if s == 1:
         _nadam_span(p, g, m, v, 0, n, k)
         return
@@ -253,11 +288,18 @@ def _adamax_span(p, g, m, u, lo, hi, k):
     _setcsr(csr)
 
 
+@njit(cache=True)
+def _adamax_k(lr, beta1, beta2, eps, weight_decay, bc1):
+    """_adamax_span's float32 scalars."""
+    f = np.float32
+    return f(weight_decay), f(beta1), f(1.0 - beta1), f(beta2), f(eps), f(lr / bc1)
+
+
 @njit(cache=True, parallel=True)
 def _adamax(p, g, m, u, lr, beta1, beta2, eps, weight_decay, bc1):
     """Adamax with the bias correction bc1 = 1 - beta1^t of step t."""
-    f, n, s = np.float32, p.size, _spans(p.size)
-    k = (f(weight_decay), f(beta1), f(1.0 - beta1), f(beta2), f(eps), f(lr / bc1))
+    n, s = p.size, _spans(p.size)
+    k = _adamax_k(lr, beta1, beta2, eps, weight_decay, bc1)
     if s == 1:
         _adamax_span(p, g, m, u, 0, n, k)
         return
@@ -287,15 +329,22 @@ def _radam_span(p, g, m, v, lo, hi, k, adaptive):
     _setcsr(csr)
 
 
+@njit(cache=True)
+def _radam_k(lr, beta1, beta2, eps, weight_decay, bc1, bc2, rect):
+    """_radam_span's float32 scalars (rect > 0: the adaptive step)."""
+    step_size = lr / bc1 * rect * math.sqrt(bc2) if rect > 0.0 else lr / bc1
+    f = np.float32
+    return (f(weight_decay), f(beta1), f(1.0 - beta1), f(beta2), f(1.0 - beta2), f(eps),
+            f(step_size))
+
+
 @njit(cache=True, parallel=True)
 def _radam(p, g, m, v, lr, beta1, beta2, eps, weight_decay, bc1, bc2, rect):
     """RAdam step t from bc1, bc2 = 1 - beta^t and rect = r_t (0: not yet
     rectified, a momentum step)."""
     adaptive = rect > 0.0
-    step_size = lr / bc1 * rect * math.sqrt(bc2) if adaptive else lr / bc1
-    f, n, s = np.float32, p.size, _spans(p.size)
-    k = (f(weight_decay), f(beta1), f(1.0 - beta1), f(beta2), f(1.0 - beta2), f(eps),
-         f(step_size))
+    n, s = p.size, _spans(p.size)
+    k = _radam_k(lr, beta1, beta2, eps, weight_decay, bc1, bc2, rect)
     if s == 1:
         _radam_span(p, g, m, v, 0, n, k, adaptive)
         return

@@ -10,6 +10,11 @@ average-pool accumulators) is allocated once per epoch, sized for the full
 batch.  Results do not depend on the thread count: threads split outputs
 (gemm tiles, image rows, flat spans), and the batch-norm channel sums run
 over a number of chunks that depends on the size only.
+
+A plan that is a chain of Dense records (no frozen layer, no clipping)
+runs as ``_epoch.stack_batches`` instead: the same kernels in the same
+order per element, two parallel regions a batch where the interpreter
+opens one per large gemm step (bench/NOTES.md entry 48).
 """
 
 import math
@@ -31,7 +36,7 @@ from ._epoch import (_HYPER, _NO_LABELS, _NO_ORDER, _NO_TARGETS, _count_correct,
 from ._gemm import _dense_dz, _gemm_ws, _pack_floats
 from ._losses import _SOFTMAX_XENT
 from ._norm import _PIECES, _batchnorm_backward, _batchnorm_forward
-from . import _rnn
+from . import _epoch, _rnn
 
 # Record fields, scalars and op codes as module globals: numba compiles them
 # in as constants.
@@ -312,7 +317,7 @@ def _model_epoch(params, grads, buffers, s0, s1, s2, ws, iws, X, labels, T, orde
         lo = bi * bs
         m = min(bs, n - lo)
         if gather:
-            _gather_rows(xg, tg, lg, x_flat, t_flat, labels, order, lo, m, in_size, out_size,
+            _gather_rows(xg, tg, lg, x_flat, t_flat, labels, order, lo, 0, m, in_size, out_size,
                          is_labels)
             xb = xg[:m * in_size]
             lb, tb = (lg[:m], tg[:0]) if is_labels else (lg[:0], tg[:m * out_size])
@@ -418,6 +423,26 @@ def _check_regions(epoch):
                                  f"outside its buffer ({sizes[buf]})")
 
 
+def _dense_stack(e, trainable):
+    """(layers, slopes) of _epoch.stack_batches when the plan is a chain of
+    Dense records that epoch runs as the interpreter would (no frozen
+    layer, no clipping, the l2 term over the weights), else None."""
+    plan = np.asarray(e.plan, np.int64)
+    if (trainable.shape[0] or e.clip_value or e.clip_norm
+            or not np.all(plan[:, _OP] == _DENSE) or plan[0, _X] != -1 or plan[0, _DX] != -1
+            or e.output != plan[-1, _Y] or e.doutput != plan[-1, _DY]
+            or np.any(plan[1:, _X] != plan[:-1, _Y]) or np.any(plan[1:, _DX] != plan[:-1, _DY])):
+        return None
+    fan_in = plan[:, _H] * plan[:, _W] * plan[:, _C]
+    weights = sorted(zip(plan[:, _PARAM].tolist(), (fan_in * plan[:, _OC]).tolist()))
+    if e.l2 and sorted(map(tuple, np.asarray(e.penalized).reshape(-1, 2).tolist())) != weights:
+        return None
+    layers = np.stack([fan_in, plan[:, _OC], plan[:, _PARAM], plan[:, _BIAS], plan[:, _ACT],
+                       plan[:, _Y], plan[:, _DY]], axis=1)
+    slopes = np.ascontiguousarray(np.asarray(e.plan_scalars, np.float64)[:, _SLOPE])
+    return np.ascontiguousarray(layers), slopes
+
+
 def model_epoch(epoch):
     e = epoch
     _check_regions(e)
@@ -433,20 +458,38 @@ def model_epoch(epoch):
     optimizer = spec.OPTIMIZERS[e.optimizer].code
     trainable = (_NO_RANGES if e.trainable is None
                  else np.ascontiguousarray(np.asarray(e.trainable, np.int64).reshape(-1, 2)))
-    args = (e.params, e.grads, buffers, s0, s1, s2, e.workspace, iws, X,
-            T if is_labels else _NO_LABELS, _NO_TARGETS if is_labels else T,
-            _NO_ORDER if e.order is None else e.order, e.batch_losses, e.batch_correct,
-            np.ascontiguousarray(e.plan, np.int64),
-            np.ascontiguousarray(e.plan_scalars, np.float64),
-            np.ascontiguousarray(np.asarray(e.penalized, np.int64).reshape(-1, 2)),
-            trainable, int(e.in_size), int(e.out_size), int(e.xb), int(e.tb), int(e.lb),
-            int(e.output), int(e.doutput), spec.LOSS_CODES[e.loss], int(e.batch_size), optimizer, hyper)
-    tail = (float(e.l2), float(e.loss_scale), float(e.grad_scale), float(e.clip_value),
-            float(e.clip_norm), numba.get_num_threads())
+    order = _NO_ORDER if e.order is None else e.order
+    labels, targets = (T, _NO_TARGETS) if is_labels else (_NO_LABELS, T)
+    penalized = np.ascontiguousarray(np.asarray(e.penalized, np.int64).reshape(-1, 2))
+    bs = int(e.batch_size)
+    stack = _dense_stack(e, trainable)
+    if stack is not None:  # two parallel regions a batch (_epoch's header)
+        g_rows = bs if e.order is not None else 0
+        ws = e.workspace
+        xg = ws[e.xb:e.xb + g_rows * int(e.in_size)]
+        tg = ws[e.tb:e.tb + (0 if is_labels else g_rows * int(e.out_size))]
+        lg = iws[e.lb:e.lb + (g_rows if is_labels else 0)]
+
+        def run(step, mu_product, b0, b1, defer_last):
+            return _epoch.stack_batches(
+                e.params, e.grads, e.states, ws, X, labels, targets, order, e.batch_losses,
+                e.batch_correct, stack[0], stack[1], penalized, spec.LOSS_CODES[e.loss], bs,
+                xg, tg, lg, optimizer, hyper, step, mu_product, float(e.l2),
+                float(e.loss_scale), float(e.grad_scale), b0, b1, defer_last)
+    else:
+        args = (e.params, e.grads, buffers, s0, s1, s2, e.workspace, iws, X, labels, targets,
+                order, e.batch_losses, e.batch_correct, np.ascontiguousarray(e.plan, np.int64),
+                np.ascontiguousarray(e.plan_scalars, np.float64), penalized, trainable,
+                int(e.in_size), int(e.out_size), int(e.xb), int(e.tb), int(e.lb),
+                int(e.output), int(e.doutput), spec.LOSS_CODES[e.loss], bs, optimizer, hyper)
+        tail = (float(e.l2), float(e.loss_scale), float(e.grad_scale), float(e.clip_value),
+                float(e.clip_norm), numba.get_num_threads())
+
+        def run(step, mu_product, b0, b1, defer_last):
+            return _model_epoch(*args, step, mu_product, *tail, b0, b1, defer_last)
     step, mu_product, n_batches = int(e.step), float(e.mu_product), e.n_batches
     if e.hook is None:
-        done, step, mu_product, _ = _model_epoch(*args, step, mu_product, *tail, 0, n_batches,
-                                                 False)
+        done, step, mu_product, _ = run(step, mu_product, 0, n_batches, False)
         return int(done), int(step), float(mu_product)
     # With a hook the epoch runs in ranges of batches, the hook called in
     # between: one range per batch with GRADS (the hook comes between its
@@ -459,8 +502,7 @@ def model_epoch(epoch):
         if not grads_hook:  # (the next batch + 1 a multiple of hook_every, or the end)
             every = e.hook_every if batch_hook else 0
             b1 = n_batches if every == 0 else min(n_batches, (b0 // every + 1) * every)
-        done, step, mu_product, status = _model_epoch(*args, step, mu_product, *tail, b0, b1,
-                                                      grads_hook)
+        done, step, mu_product, status = run(step, mu_product, b0, b1, grads_hook)
         if status == 1:
             return int(done), int(step), float(mu_product)
         if status == 2:
