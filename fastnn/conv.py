@@ -11,7 +11,7 @@ import numpy as np
 
 from .kernels import _checks, spec
 from .plan import hwc
-from .layers import INITS, Layer, _fan_init, auto_init, canonical_activation, register
+from .layers import Layer, _Affine, register
 
 
 def _positive(name, value):
@@ -21,7 +21,7 @@ def _positive(name, value):
 
 
 @register
-class Conv2D(Layer):
+class Conv2D(_Affine):
     """2-D convolution of (N, H, W, C) images (channels last).
 
     Parameters
@@ -42,7 +42,6 @@ class Conv2D(Layer):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  activation=None, init="auto", negative_slope=0.01):
-        super().__init__()
         self.in_channels = _positive("in_channels", in_channels)
         self.out_channels = _positive("out_channels", out_channels)
         self.kernel_size = _checks._pair("kernel_size", kernel_size, 1)
@@ -51,12 +50,7 @@ class Conv2D(Layer):
         if any(p >= k for p, k in zip(self.padding, self.kernel_size)):
             raise ValueError(f"padding: must be smaller than kernel_size {self.kernel_size}, "
                              f"got {self.padding}")
-        self.activation = canonical_activation(activation)
-        if init != "auto" and init not in INITS:
-            raise ValueError(f"init: unknown {init!r}; expected 'auto' or one of {', '.join(INITS)}")
-        self.init = init
-        self.negative_slope = _checks.check_scalar("negative_slope", negative_slope, low=0.0)
-        self._next_activation = None
+        super().__init__(activation, init, negative_slope)
 
     def _weight_shape(self):
         return self.kernel_size + (self.in_channels, self.out_channels)
@@ -77,22 +71,9 @@ class Conv2D(Layer):
     def param_shapes(self):
         return [("weight", self._weight_shape()), ("bias", (self.out_channels,))]
 
-    def init_params(self, rng, views):
-        act = self.activation if self.activation != "identity" else (self._next_activation or "identity")
-        scheme = auto_init(act) if self.init == "auto" else self.init
+    def _fans(self):
         kh, kw = self.kernel_size
-        shape = views["weight"].shape
-        views["weight"][...] = _fan_init(rng, shape, kh * kw * self.in_channels,
-                                         kh * kw * self.out_channels, scheme).reshape(shape)
-        views["bias"][...] = 0.0
-
-    def bind(self, params, grads):
-        super().bind(params, grads)
-        self.weight, self.bias = params["weight"], params["bias"]
-        self.weight_grad, self.bias_grad = grads["weight"], grads["bias"]
-
-    def penalized(self):
-        return [(self.weight, self.weight_grad)]
+        return kh * kw * self.in_channels, kh * kw * self.out_channels
 
     def _kernel_args(self):
         return dict(stride=self.stride, padding=self.padding, activation=self.activation,

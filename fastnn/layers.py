@@ -172,7 +172,41 @@ def auto_init(activation):
     return "he_normal" if activation in _RELU_FAMILY else "glorot_uniform"
 
 
-class Dense(Layer):
+class _Affine(Layer):
+    """A layer with a ``weight`` and a ``bias`` and a fused activation (Dense,
+    Conv1D/2D): the activation, init and negative_slope arguments, the
+    fan-based initialisation, the views and the L2 penalty are shared;
+    a subclass says its fans (``_fans``)."""
+
+    def __init__(self, activation, init, negative_slope):
+        super().__init__()
+        self.activation = canonical_activation(activation)
+        if init != "auto" and init not in INITS:
+            raise ValueError(f"init: unknown {init!r}; expected 'auto' or one of {', '.join(INITS)}")
+        self.init = init
+        self.negative_slope = _checks.check_scalar("negative_slope", negative_slope, low=0.0)
+        self._next_activation = None  # set by Sequential when an activation layer follows
+
+    def _fans(self):
+        """(fan_in, fan_out) of the weight, as torch counts them."""
+        raise NotImplementedError
+
+    def init_params(self, rng, views):
+        act = self.activation if self.activation != "identity" else (self._next_activation or "identity")
+        scheme = auto_init(act) if self.init == "auto" else self.init
+        views["weight"][...] = _fan_init(rng, views["weight"].shape, *self._fans(), scheme)
+        views["bias"][...] = 0.0
+
+    def bind(self, params, grads):
+        super().bind(params, grads)
+        self.weight, self.bias = params["weight"], params["bias"]
+        self.weight_grad, self.bias_grad = grads["weight"], grads["bias"]
+
+    def penalized(self):
+        return [(self.weight, self.weight_grad)]
+
+
+class Dense(_Affine):
     """Fully connected layer ``Y = act(X @ weight + bias)``.
 
     Parameters
@@ -198,7 +232,6 @@ class Dense(Layer):
 
     def __init__(self, in_features, out_features, activation=None, init="auto",
                  negative_slope=0.01):
-        super().__init__()
         for name, v in (("in_features", in_features), ("out_features", out_features)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {v!r}")
@@ -206,12 +239,7 @@ class Dense(Layer):
         if self.in_features * self.out_features >= 2 ** 62:
             raise ValueError(f"in_features * out_features: {self.in_features} x "
                              f"{self.out_features} weights overflow a buffer's int64 size")
-        self.activation = canonical_activation(activation)
-        if init != "auto" and init not in INITS:
-            raise ValueError(f"init: unknown {init!r}; expected 'auto' or one of {', '.join(INITS)}")
-        self.init = init
-        self.negative_slope = _checks.check_scalar("negative_slope", negative_slope, low=0.0)
-        self._next_activation = None  # set by Sequential when an activation layer follows
+        super().__init__(activation, init, negative_slope)
 
     def build(self, in_shape):
         if tuple(in_shape) != (self.in_features,):
@@ -222,20 +250,8 @@ class Dense(Layer):
     def param_shapes(self):
         return [("weight", (self.in_features, self.out_features)), ("bias", (self.out_features,))]
 
-    def init_params(self, rng, views):
-        act = self.activation if self.activation != "identity" else (self._next_activation or "identity")
-        scheme = auto_init(act) if self.init == "auto" else self.init
-        views["weight"][...] = _fan_init(rng, views["weight"].shape, self.in_features,
-                                         self.out_features, scheme)
-        views["bias"][...] = 0.0
-
-    def bind(self, params, grads):
-        super().bind(params, grads)
-        self.weight, self.bias = params["weight"], params["bias"]
-        self.weight_grad, self.bias_grad = grads["weight"], grads["bias"]
-
-    def penalized(self):
-        return [(self.weight, self.weight_grad)]
+    def _fans(self):
+        return self.in_features, self.out_features
 
     def forward(self, X, training=False):
         Y = self._buffer("Y", (X.shape[0], self.out_features))
