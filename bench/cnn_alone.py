@@ -15,7 +15,6 @@ import statistics
 import sys
 import time
 
-import numpy as np
 
 
 def main():
@@ -27,17 +26,16 @@ def main():
     ap.add_argument("--n", type=int, default=4096)
     args = ap.parse_args()
     if args.who == "torch":
-        # torch's libgomp reads the spin policy when it loads: before fastnn's import
-        # (which asks for GOMP_SPINCOUNT=1000), at its default.
-        os.environ.pop("GOMP_SPINCOUNT", None)
+        # torch_worker drops GOMP_SPINCOUNT before torch (and its libgomp, which reads
+        # it once, when loaded) is imported: torch at its default OpenMP policy.  Its
+        # jobs are bench.compare's torch contenders, called here in-process.
+        from fastnn.bench import torch_worker as tw
         import torch
         torch.set_num_threads(args.threads)
     from fastnn.bench import compare as cmp
     from fastnn.bench import workloads as wl
 
-    if args.who == "torch":
-        cmp.torch = torch
-    else:
+    if args.who != "torch":
         import fastnn
         fastnn.set_num_threads(args.threads)
     if args.what == "lenet":
@@ -45,19 +43,21 @@ def main():
         X, y = wl.synthetic_mnist(n, seed=0)
         X = X.reshape(n, 28, 28, 1)
         if args.who == "torch":
-            torch.manual_seed(0)
-            run = cmp._torch_fit_fn(cmp._torch_lenet(), cmp._nchw(X), y, 128, 1)
+            run = tw.fit_job(torch, {"X": X, "y": y}, {"model": "lenet", "batch": 128, "seed": 0},
+                             wl.assert_close)
         else:
             run = cmp._fit_fn(cmp.model_trainer(cmp.lenet_layers, "c", (28, 28, 1)), X, y, 128, 1)
         scale, unit = (lambda s: n / s), "samples/s"
     else:
         case = [c for c in wl.conv_cases() if c[0] == "14x14x32->64"][0]
         data = wl.conv_data(case)
-        want = wl.conv_expected(case, data, True)
         if args.who == "torch":
-            step = cmp._torch_conv_step(case, data, True, want)
+            want = wl.conv_expected(case, data, True)
+            X, W, b, dY = data
+            # checked against the reference's Y, dW, db, dX before any timing
+            step = tw.conv_job(torch, dict(X=X, W=W, b=b, dY=dY, **want),
+                               {"with_dx": True, "padding": wl.CONV_PADDING}, wl.assert_close)
         else:
-            import fastnn
             step = wl.conv_step(fastnn.kernels.get("c"), case, data, True)[0]
         reps = 10
 

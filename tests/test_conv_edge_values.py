@@ -105,6 +105,45 @@ def test_conv2d_edge_values(cpu, shape, activation, edge):
                              what=f"{cpu.name} conv2d {key}, {edge} in {where}, {shape}, {activation}")
 
 
+# The c backend's Winograd dW transforms and multiplies its tiles in chunks
+# of 128, a chunk's products added to dW's sums before the next chunk is
+# transformed: an edge value found in a later chunk must still send the
+# whole dW to the direct sum.  10 images of 12 x 12: 360 tiles, three chunks; the value in
+# the first, the middle or the last one, on 1 and 2 threads.  The other
+# values are positive, so that the direct sum of an inf is +inf, where the
+# Winograd transforms' differences (inf - inf) would leave NaN.
+@pytest.mark.parametrize("image", [0, 4, 9], ids=["chunk0", "chunk1", "chunk2"])
+@pytest.mark.parametrize("where", ["X", "dY"])
+@pytest.mark.parametrize("edge", ["nan", "+inf", "+1e30"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_winograd_dw_edge_value_in_a_later_chunk(image, where, edge, threads):
+    from .test_threads import c_threads
+
+    c = require("c")
+    n, h, w, ch, oc = 10, 12, 12, 16, 16
+    rng = np.random.default_rng(11)
+    pos = np.array([0.5, 3.0, 0.25, 2.0], F32)
+    X, dY = rng.choice(pos, size=(n, h, w, ch)), rng.choice(pos, size=(n, h, w, oc))
+    W, b = rng.choice(pos, size=(3, 3, ch, oc)), rng.choice(pos, size=oc)
+    (X if where == "X" else dY)[image, 5, 7, 3] = EDGES[edge]
+    args = dict(stride=1, padding=1, activation="identity", negative_slope=0.0)
+    out = {}
+    with c_threads(threads):
+        for k in (c, reference):
+            Y = np.empty((n, h, w, oc), F32)
+            cols = np.full((n * h * w, 9 * ch), np.nan, F32)
+            k.conv2d_forward(Y, X, W, b, cols, **args)
+            dW, db = np.full(W.shape, np.nan, F32), np.full(oc, np.nan, F32)
+            k.conv2d_backward(None, dW, db, np.empty_like(Y), dY, X, W, Y, cols, **args)
+            out[k.name] = dW
+    with np.errstate(all="ignore"):
+        mags = np.einsum("nhwc,nhwo->co", np.abs(X), np.abs(dY)).max()
+    if edge == "+inf":  # the case that tells the two sums apart
+        assert np.isposinf(out["reference"]).any() and not np.isnan(out["reference"]).any()
+    assert_same_ieee(out["c"], out["reference"], rtol=1e-5, atol=1e-6, scale=np.full(W.shape, mags),
+                     signed_zero=False, what=f"c conv2d dW, {edge} in {where} image {image}")
+
+
 POOL_SHAPES = [((2, 6, 6, 16), (2, 2), (2, 2)),    # 2x2 tiling: the c fast paths
                ((2, 7, 5, 3), (2, 2), (2, 2)),     # a row and a column no window covers
                ((2, 6, 6, 3), (3, 3), (2, 2))]     # overlapping windows: the general paths

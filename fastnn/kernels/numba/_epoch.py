@@ -20,16 +20,15 @@ import numpy as np
 from numba import njit, prange
 
 from .. import spec
-from ._common import _NO_BUF
+from ._common import _NO_BUF, _spans
 from ._elementwise import _IDENTITY, _axpy_span, _grad_span, _scale, _sum_squares
 from ._gemm import _column_sums, _gemm_rows, _pack_floats
 from ._losses import (_BCE, _MAE, _MSE, _SOFTMAX_XENT, _pointwise_grad_span, _pointwise_loss,
                       _pointwise_loss_backward, _softmax_xent_backward,
                       _softmax_xent_backward_rows, _softmax_xent_forward, _softmax_xent_rows)
-from ._optimizers import (_adagrad, _adagrad_k, _adagrad_span, _adam, _adam_k, _adam_span,
-                          _adamax, _adamax_k, _adamax_span, _nadam, _nadam_k, _nadam_span, _radam,
-                          _radam_k, _radam_span, _rmsprop, _rmsprop_k, _rmsprop_span, _sgd,
-                          _sgd_k, _sgd_span)
+from ._optimizers import (_adagrad_k, _adagrad_span, _adam_k, _adam_span, _adamax_k,
+                          _adamax_span, _nadam_k, _nadam_span, _radam_k, _radam_span, _rmsprop_k,
+                          _rmsprop_span, _sgd_k, _sgd_span)
 
 # Optimizer codes as module globals: numba compiles them in as constants.
 _SGD = spec.OPTIMIZERS["sgd"].code
@@ -77,36 +76,20 @@ def _radam_rectification(step, beta2):
     return ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def _optimizer_step(optimizer, p, g, s0, s1, s2, hyper, step, mu_product):
-    """Step `step` of the optimizer of code `optimizer` with state buffers
-    s0, s1, s2 (as its kernel takes them; empty where unused); returns
-    NAdam's mu_product after it."""
-    (lr, momentum, dampening, nesterov, wd, beta1, beta2, eps, alpha, centered, lr_decay,
-     momentum_decay) = hyper
-    if optimizer == _SGD:
-        _sgd(p, g, s0, lr, momentum, dampening, nesterov != 0.0, wd, step == 1)
-    elif optimizer == _ADAM or optimizer == _ADAMW:
-        bc1, bc2 = _bias_corrections(step, beta1, beta2)
-        _adam(p, g, s0, s1, lr, beta1, beta2, eps, wd, optimizer == _ADAMW, bc1, bc2)
-    elif optimizer == _RMSPROP:
-        _rmsprop(p, g, s0, s1, s2, lr, alpha, eps, wd, momentum, centered != 0.0)
-    elif optimizer == _ADAGRAD:
-        _adagrad(p, g, s0, step, lr, lr_decay, wd, eps)
-    elif optimizer == _NADAM:
-        mu = _nadam_mu(step, beta1, momentum_decay)
-        mu_product *= mu
-        _nadam(p, g, s0, s1, lr, beta1, beta2, eps, wd, mu,
-               _nadam_mu(step + 1, beta1, momentum_decay), mu_product,
-               _bias_corrections(step, beta1, beta2)[1])
-    elif optimizer == _ADAMAX:
-        _adamax(p, g, s0, s1, lr, beta1, beta2, eps, wd, _bias_corrections(step, beta1, beta2)[0])
-    elif optimizer == _RADAM:
-        bc1, bc2 = _bias_corrections(step, beta1, beta2)
-        _radam(p, g, s0, s1, lr, beta1, beta2, eps, wd, bc1, bc2,
-               _radam_rectification(step, beta2))
+    """Step `step` of the optimizer of code `optimizer` over the whole of the
+    buffers, with state buffers s0, s1, s2 (as its kernel takes them; empty
+    where unused): _optimizer_span over _spans(p.size) spans, on the calling
+    thread when there is one.  Returns NAdam's mu_product after the step."""
+    mu_product = _mu_after(optimizer, hyper, step, mu_product)
+    n, s = p.size, _spans(p.size)
+    if s == 1:
+        _optimizer_span(optimizer, p, g, s0, s1, s2, 0, n, hyper, step, mu_product)
     else:
-        raise ValueError("optimizer: unknown code")  # the front validated it
+        for c in prange(s):
+            _optimizer_span(optimizer, p, g, s0, s1, s2, c * n // s, (c + 1) * n // s, hyper,
+                            step, mu_product)
     return mu_product
 
 
