@@ -33,8 +33,9 @@
 #include "internal.h"
 #include "conv_direct.h"
 
-/* Below this many floats of work a kernel stays on the calling thread. */
-#define PAR_MIN (1 << 15)
+/* Below this many floats of work a kernel stays on the calling thread
+   (times fastnn_team_factor(): 16 when the team is likely asleep). */
+#define PAR_MIN ((int64_t)(1 << 15) * fastnn_team_factor())
 /* Channels per block of the double accumulators on the stack. */
 #define CB 128
 /* Rows per span of the batch-norm row loops. */
@@ -59,6 +60,7 @@ static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
             PRAGMA_(omp parallel for num_threads(threads_) schedule(static))   \
             for (int64_t i = 0; i < count_; i++)                               \
                 stmt;                                                          \
+            fastnn_team_rest();                                                \
         }                                                                      \
     } while (0)
 
@@ -892,6 +894,7 @@ static void channel_sums(double *s1, double *s2, enum sum_kind kind, const float
                 a1[q][k] = a2[q][k] = 0.0;
             sums_span(a1[q], a2[q], kind, X, A, m, c, c0, cb, lo, hi);
         }
+        fastnn_team_rest();
     }
     for (int64_t k = 0; k < cb; k++) {
         s1[k] = s2[k] = 0.0;

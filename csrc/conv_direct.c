@@ -41,8 +41,9 @@
 #ifndef DW_CHUNK_PIXELS
 #define DW_CHUNK_PIXELS 512
 #endif
-/* Below this many multiply-adds the kernels stay on the calling thread. */
-#define PAR_MIN_MADDS (1 << 20)
+/* Below this many multiply-adds the kernels stay on the calling thread
+   (times fastnn_team_factor(), internal.h). */
+#define PAR_MIN_MADDS ((double)(1 << 20) * (double)fastnn_team_factor())
 #define MR_MAX 8   /* the largest MR of any kernel */
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -428,6 +429,7 @@ void fastnn_conv_padded(float *out, const float *in, const float *W, const float
         const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
         conv_tiles(&P, &g, tid * tiles / nt, (tid + 1) * tiles / nt);
     }
+    fastnn_team_rest();
 }
 
 /* ---- dW -------------------------------------------------------------------------- */
@@ -468,6 +470,8 @@ void fastnn_conv_padded_dw(float *dW, const float *in, const float *dZ, int64_t 
             }
         }
     }
+    if (T > 1)
+        fastnn_team_rest();
 }
 
 /* ---- dX by gathering, for few input channels ------------------------------------- */
@@ -534,6 +538,8 @@ void fastnn_conv_dx_gather(float *dX, const float *dZ, const float *W, int64_t n
 #pragma omp parallel for num_threads(T) if (T > 1) schedule(static)
     for (int64_t r = 0; r < rows; r++)
         dx_gather_row(dX, dZ, W, h, w, c, oc, oh, ow, kh, kw, ph, pw, r);
+    if (T > 1)
+        fastnn_team_rest();
 }
 
 /* ---- 3x3 stride 1 by Winograd F(2x2, 3x3) ---------------------------------------------
@@ -962,6 +968,7 @@ int fastnn_conv3x3_winograd_pad(float *out, const float *in, const float *W, con
         const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
         wg_blocks(&P, &g, scratch + tid * per, tid * blocks / nt, (tid + 1) * blocks / nt);
     }
+    fastnn_team_rest();
     return 1;
 }
 
@@ -1126,6 +1133,8 @@ int fastnn_conv3x3_winograd_dw(float *dW, const float *in, const float *dZ, int6
 #pragma omp barrier
         }
     }
+    if (T > 1)
+        fastnn_team_rest();
     if (bad)
         return 0;
     wgdw_inverse(dW, g.M, cin, cout);

@@ -91,6 +91,15 @@ int fastnn_flush_denormals(int on);
    threads that each run their own kernels side by side (MLPSearchCV's
    banks).  Returns the thread's previous setting, to restore. */
 int fastnn_run_serial(int on);
+/* A kernel whose work is small for a team stays on the calling thread when
+   the OpenMP team has probably gone to sleep since its last parallel region
+   (libgomp's workers sleep after GOMP_SPINCOUNT spins; waking them costs
+   ~60-90 us on a virtual machine): its thresholds for going parallel are
+   then multiplied by `factor` (default 16; 1: the same thresholds whether
+   the team spins or sleeps, as the tests of the parallel paths want).
+   Returns the previous factor; factor < 1 leaves it.  Results never depend
+   on it (nor on the thread count). */
+int fastnn_set_cold_factor(int factor);
 
 /* ---- matrix multiply ---------------------------------------------------- */
 /* C (m,n) = alpha * op(A) * op(B) + beta * C, row-major with leading

@@ -37,8 +37,9 @@
 #define NC FASTNN_GEMM_NC
 #define ALIGN_FLOATS 16                 /* 64 bytes */
 
-/* Below this many multiply-adds a second thread costs more than it saves. */
-#define MIN_MADDS_PER_THREAD (64.0 * 64.0 * 64.0)
+/* Below this many multiply-adds a second thread costs more than it saves
+   (times fastnn_team_factor(): more when the team is likely asleep). */
+#define MIN_MADDS_PER_THREAD (64.0 * 64.0 * 64.0 * (double)fastnn_team_factor())
 
 static _Thread_local float tls_pack_a[MC * KC + ALIGN_FLOATS];
 static _Thread_local float tls_pack_b[KC * NC + ALIGN_FLOATS];
@@ -500,6 +501,7 @@ static void gemv_driver(int ta, int tb, int64_t m, int64_t n, int64_t k, float a
         }
         gemv_run(&gp);
     }
+    fastnn_team_rest();
 }
 
 /* ---- threads: one rectangle of C per thread ------------------------------- */
@@ -571,6 +573,7 @@ static void gemm_driver(int ta, int tb, int64_t m, int64_t n, int64_t k, float a
                     op_at(A, ta, lda, i0, 0), lda, op_at(B, tb, ldb, 0, j0), ldb,
                     beta, C + i0 * ldc + j0, ldc, pepp);
     }
+    fastnn_team_rest();
 }
 
 /* ---- public entry points ---------------------------------------------------- */

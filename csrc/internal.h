@@ -128,6 +128,22 @@ static inline float fastnn_act_scalar(int act, float x, float slope)
 
 /* fastnn_run_serial: fastnn.h */
 
+/* Whether the OpenMP team is likely still spinning (runtime.c).  After a
+   parallel region libgomp's workers spin for GOMP_SPINCOUNT iterations
+   (fastnn asks for 1000: ~10-20 us) and then sleep; a region that has to
+   wake them costs ~60-90 us on a virtual machine (a futex wake per
+   thread; 1-2 us while they spin; bench/NOTES.md entry 53).  So a small
+   kernel that runs after a serial stretch gains nothing from the team and
+   loses the wake-up: each kernel's thresholds for going parallel are
+   multiplied by fastnn_team_factor() -- 1 within the spin window of the
+   last region's end (fastnn_team_rest, called after every region of the
+   kernels), FASTNN_COLD_FACTOR (or fastnn_set_cold_factor's) after it.  Which threads run a piece never
+   changes the bits (every sum is cut on fixed boundaries), so neither
+   does this. */
+#define FASTNN_COLD_FACTOR 16
+void fastnn_team_rest(void);
+int64_t fastnn_team_factor(void);
+
 /* fastnn_dense_forward with leading dimensions: Y (n, out) in rows ldy
    apart, X (n, in) ldx apart, W (in, out) ldw apart, b (out) or NULL --
    e.g. a block of columns of a wider layer (gemm.c). */

@@ -29,9 +29,10 @@
 /* Elements per parallel work item. */
 #define CHUNK 4096
 /* Parallel only above these many elements: a cheap loop (a few flops per
-   element, memory-bound) and a loop with exp/log/tanh per element. */
-#define PAR_MIN_CHEAP (1 << 15)
-#define PAR_MIN_EXP (1 << 12)
+   element, memory-bound) and a loop with exp/log/tanh per element; times
+   fastnn_team_factor() (internal.h). */
+#define PAR_MIN_CHEAP ((int64_t)(1 << 15) * fastnn_team_factor())
+#define PAR_MIN_EXP ((int64_t)(1 << 12) * fastnn_team_factor())
 /* Columns of db summed per pass over dZ (a double accumulator each). */
 #define DB_BLOCK 256
 
@@ -59,6 +60,7 @@ static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
                 const int64_t hi = min64(lo + span_, n_);                        \
                 __VA_ARGS__;                                                      \
             }                                                                    \
+            fastnn_team_rest();                                                  \
         }                                                                        \
     } while (0)
 
@@ -112,6 +114,7 @@ static inline void piece_bounds(int64_t n, int64_t span, int64_t spans, int64_t 
                     piece_bounds(n_, span_, spans_, np_, q_, &lo, &hi);          \
                     part_[q_] = (__VA_ARGS__);                                   \
                 }                                                                \
+                fastnn_team_rest();                                              \
             }                                                                    \
             total = 0.0;                                                         \
             for (int64_t q_ = 0; q_ < np_; q_++)                                 \

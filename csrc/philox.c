@@ -30,7 +30,7 @@
 #define LANES 16
 #define SPAN_BLOCKS 1024
 /* Parallel from this many elements (10 rounds of 2 products per 4 words). */
-#define PAR_MIN (1 << 14)
+#define PAR_MIN ((int64_t)(1 << 14) * fastnn_team_factor())  /* internal.h */
 
 struct mask {
     uint32_t k0, k1;     /* key: seed low, high */
@@ -243,6 +243,7 @@ static int dropout(float *out, const float *in, int64_t size, double p, int64_t 
 #pragma omp parallel for num_threads(fastnn_get_num_threads()) schedule(static)
     for (int64_t b = 0; b < blocks; b += SPAN_BLOCKS)
         dropout_span(out, in, size, b, b + SPAN_BLOCKS < blocks ? b + SPAN_BLOCKS : blocks, &mk);
+    fastnn_team_rest();
     return FASTNN_OK;
 }
 

@@ -39,6 +39,8 @@ int fastnn_model_epochs_run(fastnn_model_epoch *epochs, int64_t count, int *rcs)
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1)
     for (int64_t i = 0; i < count; i++)
         rcs[i] = one_epoch(&epochs[i]);
+    if (threads > 1)
+        fastnn_team_rest();
     for (int64_t i = 0; i < count; i++)
         if (rcs[i] != FASTNN_OK)
             return rcs[i];

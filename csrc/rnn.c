@@ -329,6 +329,8 @@ int fastnn_rnn_forward(float *Hs, float *Gc, const float *X, const float *W_ih,
             rc = e;
         }
     }
+    if (nb > 1)
+        fastnn_team_rest();
     return rc;
 }
 
@@ -387,6 +389,7 @@ static void column_pass(float *db1, float *db2, float *dW, int64_t ldw, const fl
                 for (int64_t j = 0; j < w; j++)
                     dW[k * ldw + j0 + j] = (float)acc[(k + 1) * SUM_BLOCK + j];
     }
+    fastnn_team_rest();
 }
 
 /* One sample's gate gradients at step t over its cache slice g (dh its
@@ -485,6 +488,8 @@ int fastnn_rnn_backward(float *dX, float *dW_ih, float *dW_hh, float *db_ih, flo
             rc = e;
         }
     }
+    if (nb > 1)
+        fastnn_team_rest();
     if (rc)
         return rc;
     /* dW_hh = sum over steps t >= 1 of h_{t-1}^T dGh_t, as two products over

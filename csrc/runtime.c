@@ -5,6 +5,10 @@
  * Set them between calls, not while kernels run on other threads.
  */
 #include <omp.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
 #include "fastnn.h"
 #include "internal.h"
 
@@ -30,6 +34,69 @@ int fastnn_get_num_threads(void)
     return n > 0 ? n : 1;
 }
 
+/* ---- the team's spin window (internal.h) ----------------------------------------- */
+
+static _Atomic int64_t g_rest_ns = 0;    /* when the last region ended, CLOCK_MONOTONIC */
+static _Atomic int64_t g_window_ns = -1; /* how long the workers spin after it; -1: not read */
+static _Atomic int g_cold = FASTNN_COLD_FACTOR;
+
+int fastnn_set_cold_factor(int factor)
+{
+    const int before = atomic_load_explicit(&g_cold, memory_order_relaxed);
+    if (factor >= 1)
+        atomic_store_explicit(&g_cold, factor, memory_order_relaxed);
+    return before;
+}
+
+static int64_t now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+/* libgomp's spin from its environment, at ~10 ns an iteration (measured:
+   1000 iterations kept the workers awake over a 10 us gap, not over 20 us,
+   on an Intel Xeon VM; bench/NOTES.md entry 53): OMP_WAIT_POLICY=active
+   or GOMP_SPINCOUNT=infinite never sleep, passive at once, unset ~3 ms
+   (libgomp's 300,000). */
+static int64_t spin_window(void)
+{
+    const char *policy = getenv("OMP_WAIT_POLICY"), *count = getenv("GOMP_SPINCOUNT");
+    if (count && (!strcmp(count, "infinite") || !strcmp(count, "infinity")))
+        return INT64_MAX;
+    if (count) {
+        char *end;
+        const double spins = strtod(count, &end);
+        if (end != count && spins >= 0.0)
+            return spins >= 1e15 ? INT64_MAX : (int64_t)(10.0 * spins);
+    }
+    if (policy && (policy[0] == 'a' || policy[0] == 'A'))
+        return INT64_MAX;
+    if (policy && (policy[0] == 'p' || policy[0] == 'P'))
+        return 0;
+    return 3000000;
+}
+
+void fastnn_team_rest(void)
+{
+    atomic_store_explicit(&g_rest_ns, now_ns(), memory_order_relaxed);
+}
+
+int64_t fastnn_team_factor(void)
+{
+    int64_t window = atomic_load_explicit(&g_window_ns, memory_order_relaxed);
+    if (window < 0) {
+        window = spin_window();
+        atomic_store_explicit(&g_window_ns, window, memory_order_relaxed);
+    }
+    const int64_t cold = atomic_load_explicit(&g_cold, memory_order_relaxed);
+    if (window == INT64_MAX || cold == 1)
+        return 1;
+    const int64_t rest = atomic_load_explicit(&g_rest_ns, memory_order_relaxed);
+    return rest > 0 && now_ns() - rest <= window ? 1 : cold;
+}
+
 int fastnn_flush_denormals(int on)
 {
     /* MXCSR FTZ + DAZ (0x8040) on the calling thread and, when the kernels
@@ -47,6 +114,7 @@ int fastnn_flush_denormals(int on)
             const unsigned csr = _mm_getcsr();
             _mm_setcsr(on ? (csr | bits) : (csr & ~bits));
         }
+        fastnn_team_rest();
     }
     const unsigned csr = _mm_getcsr();
     _mm_setcsr(on ? (csr | bits) : (csr & ~bits));

@@ -1173,6 +1173,7 @@ int fastnn_dense_stack_epoch_post(fastnn_epoch *a, const fastnn_post_op *post)
             else
                 team_ok = 0;  /* every thread writes the same value */
         }
+        fastnn_team_rest();
     }
     if (!team_ok) {  /* (a 1-thread epoch uses no partial buffers) */
         e.threads = 1;

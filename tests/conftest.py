@@ -25,6 +25,23 @@ if os.environ.get("FASTNN_TEST_BACKENDS"):
     CPU_BACKENDS = tuple(b for b in FAST_BACKENDS if b != "cuda")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _c_parallel_paths():
+    """The c kernels' parallel paths at their own thresholds all session.  By
+    default a small kernel stays on one thread when the OpenMP team has
+    probably slept since its last region (fastnn_set_cold_factor, 16), which
+    would run the tests' small shapes serially on any thread count and make
+    the thread-count checks compare a serial run with itself.
+    tests/test_threads.py checks the default factor's results apart."""
+    if not kernels.available("c"):
+        yield
+        return
+    c = kernels.get("c")
+    before = c.set_cold_factor(1)
+    yield
+    c.set_cold_factor(before)
+
+
 def require(name):
     """The backend module; c and numba must work here, cuda may be absent."""
     if name == "cuda" and not kernels.available("cuda"):

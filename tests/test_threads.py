@@ -288,3 +288,53 @@ def test_numba_kernels_same_bits_for_numba_threads():
         numba.set_num_threads(before)
     for r in runs[1:]:
         assert r == runs[0]
+
+
+# ---- the team's spin window (fastnn_set_cold_factor) ---------------------------
+# By default a small kernel stays on one thread when the OpenMP team has
+# probably slept since its last region (conftest sets the factor to 1 for
+# every other test).  Which thread runs a piece never changes the bits, so
+# a model trained at the default factor equals one trained at factor 1 and
+# one trained on one thread.
+
+def _cli_cnn_params(threads, factor):
+    from fastnn.cli import small_cnn
+    from fastnn.kernels import c
+
+    rng = np.random.default_rng(5)
+    X = rng.random((200, 8, 8, 1), dtype=np.float32)
+    y = rng.integers(0, 10, 200)
+    layers = small_cnn((8, 8, 1), 10)[:-1] + [fastnn.Dropout(0.2), fastnn.Dense(64, 10)]
+    model = fastnn.Sequential(layers, seed=0, backend="c", input_shape=(8, 8, 1))
+    trainer = fastnn.Trainer(model, "softmax_cross_entropy", fastnn.optim.Adam(lr=1e-3),
+                             backend="c")
+    before = c.set_cold_factor(factor)
+    try:
+        with c_threads(threads):
+            history = trainer.fit(X, y, epochs=2, batch_size=32, seed=1, verbose=False)
+    finally:
+        c.set_cold_factor(before)
+    return np.array(model.params), history.history["loss"]
+
+
+def test_cold_factor_never_changes_the_bits():
+    base = _cli_cnn_params(1, 16)
+    for threads, factor in ((2, 16), (2, 1), (2, 1 << 20)):
+        got = _cli_cnn_params(threads, factor)
+        np.testing.assert_array_equal(got[0], base[0], err_msg=f"{threads} threads, {factor}")
+        assert got[1] == base[1]
+
+
+def test_set_cold_factor_validates_and_returns_the_previous():
+    from fastnn.kernels import c
+
+    before = c.set_cold_factor(3)
+    try:
+        assert c.set_cold_factor(5) == 3
+        assert c.set_cold_factor(np.int32(2)) == 5
+        for bad in (0, -1, True, 1.5, 2 ** 31, "2"):
+            with pytest.raises(ValueError, match="factor"):
+                c.set_cold_factor(bad)
+        assert c.set_cold_factor(2) == 2
+    finally:
+        c.set_cold_factor(before)

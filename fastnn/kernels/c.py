@@ -105,6 +105,17 @@ def set_num_threads(n):
     lib.fastnn_set_num_threads(int(n))
 
 
+def set_cold_factor(factor):
+    """How much larger a kernel's work must be to go parallel when the
+    OpenMP team has probably gone to sleep since its last region (an integer
+    >= 1; default 16; 1: the same thresholds whether it spins or sleeps).
+    Returns the previous factor.  Results do not depend on it."""
+    if isinstance(factor, bool) or not isinstance(factor, (int, np.integer)) \
+            or not 1 <= factor < 2 ** 31:
+        raise ValueError(f"factor: expected an integer in [1, 2**31) (a C int), got {factor!r}")
+    return int(lib.fastnn_set_cold_factor(int(factor)))
+
+
 def run_serial(on):
     """While on, every C kernel this thread calls runs on this thread alone
     (other threads keep the set thread count); returns the previous setting."""
