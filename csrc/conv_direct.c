@@ -41,9 +41,12 @@
 #ifndef DW_CHUNK_PIXELS
 #define DW_CHUNK_PIXELS 512
 #endif
-/* Below this many multiply-adds the kernels stay on the calling thread
-   (times fastnn_team_factor(), internal.h). */
-#define PAR_MIN_MADDS ((double)(1 << 20) * (double)fastnn_team_factor())
+/* Below this many multiply-adds (the ones a kernel does: Winograd's 16 per
+   2x2 block, not the direct sum's 36) the kernels stay on the calling
+   thread; 8x as many when the team is likely asleep (fastnn_cold_scale,
+   internal.h): LeNet's first layer, 14.5M, ~0.4 ms on one core, goes
+   parallel, the CLI CNN's second, 4.2M by Winograd, does not. */
+#define PAR_MIN_MADDS ((double)(1 << 20) * fastnn_cold_scale(8.0))
 #define MR_MAX 8   /* the largest MR of any kernel */
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -957,7 +960,7 @@ int fastnn_conv3x3_winograd_pad(float *out, const float *in, const float *W, con
     const wg_args g = {in,  W,    ws,   bias, out,   ih,    iw,  ph, pw, cin,
                        cout, th, tw, tiles, block, act, slope};
     float *scratch = ws + usize;
-    int T = team((double)n * oh * ow * 9 * cin * cout, blocks);
+    int T = team((double)n * oh * ow * 4 * cin * cout, blocks);   /* 16 per 2x2 block */
     T = (int)min64(T, (ws_size - usize) / per);   /* the bits do not depend on T */
     if (T < 2) {
         wg_blocks(&P, &g, scratch, 0, blocks);
@@ -1100,7 +1103,7 @@ int fastnn_conv3x3_winograd_dw(float *dW, const float *in, const float *dZ, int6
     const int vin = 0;
 #endif
     int bad = 0;
-    const int T = team((double)n * oh * ow * 9 * cin * cout, units);
+    const int T = team((double)n * oh * ow * 4 * cin * cout, units);   /* 16 per 2x2 block */
 #pragma omp parallel num_threads(T) if (T > 1)
     {
         const int64_t nt = T > 1 ? omp_get_num_threads() : 1, tid = T > 1 ? omp_get_thread_num() : 0;

@@ -143,6 +143,16 @@ static inline float fastnn_act_scalar(int act, float x, float slope)
 #define FASTNN_COLD_FACTOR 16
 void fastnn_team_rest(void);
 int64_t fastnn_team_factor(void);
+/* The factor for kernels whose threshold already stands for ~30 us of one
+   core's work (the convolutions': 1M multiply-adds at the narrow kernels'
+   rate) rather than ~3-10 us: `multiple` times the threshold when the team
+   is likely asleep (in proportion to fastnn_set_cold_factor's factor), 1
+   while it spins. */
+static inline double fastnn_cold_scale(double multiple)
+{
+    const int64_t f = fastnn_team_factor();
+    return f > 1 ? multiple * (double)f / FASTNN_COLD_FACTOR : 1.0;
+}
 
 /* fastnn_dense_forward with leading dimensions: Y (n, out) in rows ldy
    apart, X (n, in) ldx apart, W (in, out) ldw apart, b (out) or NULL --
