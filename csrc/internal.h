@@ -137,9 +137,9 @@ static inline float fastnn_act_scalar(int act, float x, float slope)
    loses the wake-up: each kernel's thresholds for going parallel are
    multiplied by fastnn_team_factor() -- 1 within the spin window of the
    last region's end (fastnn_team_rest, called after every region of the
-   kernels), FASTNN_COLD_FACTOR (or fastnn_set_cold_factor's) after it.  Which threads run a piece never
-   changes the bits (every sum is cut on fixed boundaries), so neither
-   does this. */
+   kernels), FASTNN_COLD_FACTOR (or fastnn_set_cold_factor's) after it.
+   Which threads run a piece never changes the bits (every sum is cut on
+   fixed boundaries), so neither does this. */
 #define FASTNN_COLD_FACTOR 16
 void fastnn_team_rest(void);
 int64_t fastnn_team_factor(void);

@@ -67,9 +67,16 @@ static int64_t spin_window(void)
         return INT64_MAX;
     if (count) {
         char *end;
-        const double spins = strtod(count, &end);
-        if (end != count && spins >= 0.0)
+        double spins = strtod(count, &end);
+        if (end != count && spins >= 0.0) {
+            /* libgomp's suffixes: k, M, G, T */
+            const char *units = "kMGT";
+            for (int u = 0; units[u]; u++)
+                if (*end == units[u] || (u == 0 && *end == 'K'))
+                    for (int p = 0; p <= u; p++)
+                        spins *= 1000.0;
             return spins >= 1e15 ? INT64_MAX : (int64_t)(10.0 * spins);
+        }
     }
     if (policy && (policy[0] == 'a' || policy[0] == 'A'))
         return INT64_MAX;
