@@ -16,7 +16,6 @@ import sys
 import time
 
 
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--who", choices=("torch", "c"), required=True)
