@@ -478,8 +478,9 @@ static void gemv_driver(int ta, int tb, int64_t m, int64_t n, int64_t k, float a
     }
     int64_t t = fastnn_get_num_threads();
     double madds = (double)g.L * (double)k;
-    if (t > madds / MIN_MADDS_PER_THREAD)
-        t = (int64_t)(madds / MIN_MADDS_PER_THREAD);
+    const double most = madds / MIN_MADDS_PER_THREAD;   /* one read of the team's state */
+    if (t > most)
+        t = (int64_t)most;
     if (t > g.L / 64)
         t = g.L / 64;
     if (t <= 1) {
@@ -523,8 +524,9 @@ static void gemm_driver(int ta, int tb, int64_t m, int64_t n, int64_t k, float a
     const int64_t tiles_m = ceil_div(m, P.mr), tiles_n = ceil_div(n, P.nr);
     int64_t t = fastnn_get_num_threads();
     double madds = (double)m * (double)n * (double)k;
-    if (t > madds / MIN_MADDS_PER_THREAD)
-        t = (int64_t)(madds / MIN_MADDS_PER_THREAD);
+    const double most = madds / MIN_MADDS_PER_THREAD;   /* one read of the team's state */
+    if (t > most)
+        t = (int64_t)most;
     if (t > tiles_m * tiles_n)
         t = tiles_m * tiles_n;
     /* Grid tm x tn = t: the least work on the busiest thread, each thread's

@@ -369,7 +369,8 @@ static void column_pass(float *db1, float *db2, float *dW, int64_t ldw, const fl
 {
     const int64_t blocks = (cols + SUM_BLOCK - 1) / SUM_BLOCK;
     const int64_t sums = dW ? c + 1 : 1;
-#pragma omp parallel for num_threads(threads_for(rows * cols * sums)) schedule(static)
+    const int threads = threads_for(rows * cols * sums);
+#pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t q = 0; q < blocks; q++) {
         double acc[(FUSE_C + 1) * SUM_BLOCK];
         const int64_t j0 = q * SUM_BLOCK;
@@ -389,7 +390,8 @@ static void column_pass(float *db1, float *db2, float *dW, int64_t ldw, const fl
                 for (int64_t j = 0; j < w; j++)
                     dW[k * ldw + j0 + j] = (float)acc[(k + 1) * SUM_BLOCK + j];
     }
-    fastnn_team_rest();
+    if (threads > 1)
+        fastnn_team_rest();
 }
 
 /* One sample's gate gradients at step t over its cache slice g (dh its

@@ -92,6 +92,8 @@ void fastnn_team_rest(void)
 
 int64_t fastnn_team_factor(void)
 {
+    if (fastnn_get_num_threads() < 2)
+        return 1;   /* no team: no clock read on the one-thread path */
     int64_t window = atomic_load_explicit(&g_window_ns, memory_order_relaxed);
     if (window < 0) {
         window = spin_window();
