@@ -60,6 +60,27 @@ def _mxcsr_fn(builder, name):
     return cgutils.get_or_insert_function(builder.module, fnty, name)
 
 
+def stack_floats(size):
+    """An intrinsic returning a float32[size] scratch array on the caller's
+    stack (no allocation; it cannot alias any argument): a micro-kernel's
+    edge tile, the dropout masks of a pass."""
+    arrty = types.Array(types.float32, 1, "C")
+
+    def stack_array(typingctx):
+        def codegen(context, builder, sig, args):
+            data = cgutils.alloca_once(builder, context.get_value_type(types.float32), size=size)
+            ary = context.make_array(arrty)(context, builder)
+            itemsize = context.get_constant(types.intp, 4)
+            context.populate_array(ary, data=data, shape=[context.get_constant(types.intp, size)],
+                                   strides=[itemsize], itemsize=itemsize, meminfo=None)
+            return ary._getvalue()
+
+        return arrty(), codegen
+
+    stack_array.__name__ = stack_array.__qualname__ = f"stack_floats_{size}"
+    return intrinsic(stack_array)
+
+
 @intrinsic
 def _getcsr(typingctx):
     """The calling thread's MXCSR (0 off x86)."""

@@ -15,7 +15,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._common import _NO_BUF
+from ._common import _NO_BUF, stack_floats
 from ._elementwise import _IDENTITY, _act_span, _grad_span
 from ._gemm import _W, _gemm, dense_forward, gemm
 
@@ -156,22 +156,7 @@ def direct(c, oc, pad_floats, cols_floats):
     return oc % _W == 0 and oc // _W <= 2 and pad_floats <= cols_floats
 
 
-@intrinsic
-def _dtile(typingctx):
-    """A float32[_DMR * 2 * _W] scratch array on the stack (an edge tile)."""
-    arrty = types.Array(types.float32, 1, "C")
-
-    def codegen(context, builder, sig, args):
-        data = cgutils.alloca_once(builder, context.get_value_type(types.float32),
-                                   size=_DMR * 2 * _W)
-        ary = context.make_array(arrty)(context, builder)
-        itemsize = context.get_constant(types.intp, 4)
-        context.populate_array(ary, data=data,
-                               shape=[context.get_constant(types.intp, _DMR * 2 * _W)],
-                               strides=[itemsize], itemsize=itemsize, meminfo=None)
-        return ary._getvalue()
-
-    return arrty(), codegen
+_dtile = stack_floats(_DMR * 2 * _W)  # a float32[_DMR * 2 * _W] edge tile on the stack
 
 
 @njit(cache=True, inline="always")
@@ -420,7 +405,8 @@ def conv2d_backward(dX, dW, db, dZ, dY, X, W, Y, cols, stride, padding, activati
                    np.empty(m + _DMR, np.int64), np.empty(kp + _DMR, np.int64),
                    np.empty(dw_chunks(m) * kp * oc, np.float32))
     else:  # (dcols overwrites cols after dW has read them)
-        _gemm(dW.reshape(k, oc), cols, z, True, False, 1.0, 0.0, _NO_BUF, _IDENTITY, 0.0)
+        _gemm(dW.reshape(k, oc), cols, z, True, False, 1.0, 0.0, _NO_BUF, _IDENTITY, 0.0,
+              numba.get_num_threads())
     if dX is None:
         return
     if direct_dx(c, kh, kw, sh, sw, ph, pw, n * (oh + 2 * (kh - 1 - ph)) * (ow + 2 * (kw - 1 - pw))

@@ -22,7 +22,7 @@ from numba.core import cgutils
 from llvmlite import ir
 from numba.extending import intrinsic
 
-from ._common import _NO_BUF
+from ._common import _NO_BUF, stack_floats
 from ._elementwise import _IDENTITY, _act_span, _grad_span
 
 
@@ -49,23 +49,9 @@ _KC, _MC = 256, 192
 _NV = _NR // _W
 
 
-@intrinsic
-def _register_tile(typingctx):
-    """A float32[MR*NR] scratch array on the stack (the micro-kernel's
-    output tile; it cannot alias C, the bias or the panels)."""
-    arrty = types.Array(types.float32, 1, "C")
-
-    def codegen(context, builder, sig, args):
-        data = cgutils.alloca_once(builder, context.get_value_type(types.float32),
-                                   size=_MR * _NR)
-        ary = context.make_array(arrty)(context, builder)
-        itemsize = context.get_constant(types.intp, 4)
-        context.populate_array(ary, data=data,
-                               shape=[context.get_constant(types.intp, _MR * _NR)],
-                               strides=[itemsize], itemsize=itemsize, meminfo=None)
-        return ary._getvalue()
-
-    return arrty(), codegen
+# A float32[MR*NR] scratch array on the stack (the micro-kernel's output
+# tile; it cannot alias C, the bias or the panels).
+_register_tile = stack_floats(_MR * _NR)
 
 
 @intrinsic
@@ -367,31 +353,69 @@ def _gemm_rows(C, A, B, a_row0, trans_a, trans_b, alpha, beta, bias, code, slope
 
 
 @njit(cache=True)
-def _gemm_ws(C, A, B, trans_a, trans_b, alpha, beta, bias, code, slope, ap_buf, bp_buf):
-    """_gemm_rows over all of C's rows, threads allowed."""
+def _row_cut(m, t, pieces):
+    """Start of piece t of m rows cut into `pieces` runs of whole MR slivers."""
+    msl = (m + _MR - 1) // _MR
+    return min(m, t * msl // pieces * _MR)
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def _gemm_split(C, A, B, trans_a, trans_b, alpha, beta, bias, code, slope, ap_buf, bp_buf,
+                pieces, ap_piece, bp_piece):
+    """One parallel region for the whole product: piece t (a thread's) is
+    rows _row_cut(m, t) .. _row_cut(m, t + 1) of C, packed into its own
+    part of the buffers."""
+    m = C.shape[0]
+    for t in prange(pieces):
+        r0, r1 = _row_cut(m, t, pieces), _row_cut(m, t + 1, pieces)
+        if r1 > r0:
+            _gemm_rows(C[r0:r1], A, B, r0, trans_a, trans_b, alpha, beta, bias, code, slope,
+                       ap_buf[t * ap_piece:(t + 1) * ap_piece],
+                       bp_buf[t * bp_piece:(t + 1) * bp_piece], False)
+
+
+@njit(cache=True)
+def _gemm_ws(C, A, B, trans_a, trans_b, alpha, beta, bias, code, slope, ap_buf, bp_buf, nt):
+    """_gemm_rows over all of C's rows, threads allowed.  With buffers of
+    _pack_floats(m, n, k) times nt (numba's thread count) and enough rows, the
+    threads take runs of rows in one parallel region (a region costs ~35 us
+    once numba's workers sleep, and _gemm_rows opens up to three per panel
+    of k: bench/NOTES.md entry 54); the same bits either way (_gemm_rows)."""
+    m, n = C.shape
+    k = A.shape[0] if trans_a else A.shape[1]
+    msl = (m + _MR - 1) // _MR
+    if nt > 1 and m * n * k >= _PAR_MIN_MACS and msl >= 2 * nt:
+        a_need, b_need = _pack_floats((msl + nt - 1) // nt * _MR, n, k)
+        ap_piece, bp_piece = ap_buf.size // nt, bp_buf.size // nt
+        if ap_piece >= a_need and bp_piece >= b_need:
+            _gemm_split(C, A, B, trans_a, trans_b, alpha, beta, bias, code, slope, ap_buf,
+                        bp_buf, nt, ap_piece, bp_piece)
+            return
     _gemm_rows(C, A, B, 0, trans_a, trans_b, alpha, beta, bias, code, slope, ap_buf, bp_buf,
                True)
 
 
 @njit(cache=True)
-def _gemm(C, A, B, trans_a, trans_b, alpha, beta, bias, code, slope):
-    """_gemm_ws with its packing buffers allocated for this call."""
+def _gemm(C, A, B, trans_a, trans_b, alpha, beta, bias, code, slope, nt):
+    """_gemm_ws with its packing buffers (one part a thread) allocated for
+    this call."""
     m, n = C.shape
     k = A.shape[0] if trans_a else A.shape[1]
     ap_size, bp_size = _pack_floats(m, n, k)
     _gemm_ws(C, A, B, trans_a, trans_b, alpha, beta, bias, code, slope,
-             np.empty(ap_size, dtype=np.float32), np.empty(bp_size, dtype=np.float32))
+             np.empty(nt * ap_size, dtype=np.float32), np.empty(nt * bp_size, dtype=np.float32),
+             nt)
 
 
 def gemm(A, B, C, trans_a, trans_b, alpha, beta):
-    _gemm(C, A, B, trans_a, trans_b, alpha, beta, _NO_BUF, _IDENTITY, 0.0)
+    _gemm(C, A, B, trans_a, trans_b, alpha, beta, _NO_BUF, _IDENTITY, 0.0, numba.get_num_threads())
 
 
 # ---- dense layer -----------------------------------------------------------------
 
 def dense_forward(Y, X, W, b, activation, negative_slope):
     _gemm(Y, X, W, False, False, 1.0, 0.0, _NO_BUF if b is None else b, activation,
-          negative_slope)
+          negative_slope, numba.get_num_threads())
 
 
 @njit(cache=True)
@@ -421,6 +445,6 @@ def _dense_dz(dz, db, dy, y, code, slope, sums):
 def dense_backward(dX, dW, db, dZ, dY, X, W, Y, activation, negative_slope):
     _dense_dz(dZ, _NO_BUF if db is None else db, dY, Y, activation, negative_slope,
               np.empty(dZ.shape[1], dtype=np.float64))
-    _gemm(dW, X, dZ, True, False, 1.0, 0.0, _NO_BUF, _IDENTITY, 0.0)
+    _gemm(dW, X, dZ, True, False, 1.0, 0.0, _NO_BUF, _IDENTITY, 0.0, numba.get_num_threads())
     if dX is not None:
-        _gemm(dX, dZ, W, False, True, 1.0, 0.0, _NO_BUF, _IDENTITY, 0.0)
+        _gemm(dX, dZ, W, False, True, 1.0, 0.0, _NO_BUF, _IDENTITY, 0.0, numba.get_num_threads())

@@ -101,7 +101,7 @@ def _record_forward(r, sc, xin, xb, m, batch, ws, iws, params, buffers, ap, bp, 
         b = params[r[_BIAS]:r[_BIAS] + oc] if r[_BIAS] >= 0 else no_buf
         _gemm_ws(y.reshape((m, oc)), xin.reshape((m, fi)),
                  params[r[_PARAM]:r[_PARAM] + fi * oc].reshape((fi, oc)), False, False, 1.0, 0.0,
-                 b, r[_ACT], sc[_SLOPE], ap, bp)
+                 b, r[_ACT], sc[_SLOPE], ap, bp, threads)
     elif op == _CONV2D:
         kh, kw = r[_KH], r[_KW]
         K, M = kh * kw * c, m * oh * ow
@@ -117,7 +117,7 @@ def _record_forward(r, sc, xin, xb, m, batch, ws, iws, params, buffers, ap, bp, 
             _im2col(cols.reshape((M, K)), xin.reshape((m, h, w, c)), kh, kw, r[_SH], r[_SW],
                     r[_PH], r[_PW], oh, ow)
             _gemm_ws(y.reshape((M, oc)), cols.reshape((M, K)), wk, False, False, 1.0, 0.0, b,
-                     r[_ACT], sc[_SLOPE], ap, bp)
+                     r[_ACT], sc[_SLOPE], ap, bp, threads)
     elif op == _MAXPOOL2D:
         am = iws[r[_IAUX]:r[_IAUX] + osz].reshape((m, oh, ow, oc))
         _maxpool_forward(y.reshape((m, oh, ow, oc)), am, xin.reshape((m, h, w, c)), r[_KH],
@@ -168,10 +168,10 @@ def _record_backward(r, sc, xin, m, batch, ws, iws, params, grads, ap, bp, sums,
         d2 = dy.reshape((m, oc))
         _dense_dz(d2, db, d2, y.reshape((m, oc)), r[_ACT], sc[_SLOPE], sums)
         _gemm_ws(grads[p:p + fi * oc].reshape((fi, oc)), xin.reshape((m, fi)), d2, True, False,
-                 1.0, 0.0, no_buf, _IDENTITY, 0.0, ap, bp)
+                 1.0, 0.0, no_buf, _IDENTITY, 0.0, ap, bp, threads)
         if has_dx:
             _gemm_ws(dx.reshape((m, fi)), d2, params[p:p + fi * oc].reshape((fi, oc)), False,
-                     True, 1.0, 0.0, no_buf, _IDENTITY, 0.0, ap, bp)
+                     True, 1.0, 0.0, no_buf, _IDENTITY, 0.0, ap, bp, threads)
     elif op == _CONV2D:
         kh, kw = r[_KH], r[_KW]
         K, M = kh * kw * c, m * oh * ow
@@ -186,7 +186,7 @@ def _record_backward(r, sc, xin, m, batch, ws, iws, params, grads, ap, bp, sums,
                        kw, r[_SH], r[_SW], hp, wp, conv[0], conv[1], dwp)
         else:
             _gemm_ws(grads[p:p + K * oc].reshape((K, oc)), cols, z, True, False, 1.0, 0.0,
-                     no_buf, _IDENTITY, 0.0, ap, bp)
+                     no_buf, _IDENTITY, 0.0, ap, bp, threads)
         qh, qw = kh - 1 - r[_PH], kw - 1 - r[_PW]
         if has_dx and direct_dx(c, kh, kw, r[_SH], r[_SW], r[_PH], r[_PW],
                                 m * (oh + 2 * qh) * (ow + 2 * qw) * oc, M * K):
@@ -195,7 +195,7 @@ def _record_backward(r, sc, xin, m, batch, ws, iws, params, grads, ap, bp, sums,
                        wflip[:K * oc].reshape((kh * kw * oc, c)), conv[0], conv[1], no_buf)
         elif has_dx:  # dcols into cols (dW has read them), folded back into dX
             _gemm_ws(cols, z, params[p:p + K * oc].reshape((K, oc)), False, True, 1.0, 0.0,
-                     no_buf, _IDENTITY, 0.0, ap, bp)
+                     no_buf, _IDENTITY, 0.0, ap, bp, threads)
             _col2im(dx.reshape((m, h, w, c)), cols, kh, kw, r[_SH], r[_SW], r[_PH], r[_PW], oh,
                     ow)
     elif op == _MAXPOOL2D:
@@ -293,8 +293,8 @@ def _model_epoch(params, grads, buffers, s0, s1, s2, ws, iws, X, labels, T, orde
             bn_c = max(bn_c, r[_C])
         elif op == _AVGPOOL2D:
             pool_w, pool_c = max(pool_w, r[_W]), max(pool_c, r[_C], r[_OC])
-    ap = np.empty(ap_size, dtype=np.float32)
-    bp = np.empty(bp_size, dtype=np.float32)
+    ap = np.empty(threads * ap_size, dtype=np.float32)  # (a part a thread: _gemm_ws)
+    bp = np.empty(threads * bp_size, dtype=np.float32)
     sums = np.empty(widest, dtype=np.float64)
     bn_part = np.empty((_BN_CHUNKS, 2, bn_c), dtype=np.float64)
     bn_work = np.empty((5, bn_c), dtype=np.float64)

@@ -64,14 +64,14 @@ def _forward(Hs, Gc, X, W_ih, W_hh, b_ih, b_hh, cell, act, ap, bp, S, hbuf, XP):
     h = W_hh.shape[0]
     GH, KH = _dims(cell, h)
     _gemm_ws(XP.reshape((n * L, GH)), X.reshape((n * L, c)), W_ih, False, False, 1.0, 0.0,
-             _NONE, _IDENTITY, 0.0, ap, bp)
+             _NONE, _IDENTITY, 0.0, ap, bp, 1)
     for t in range(L):
         first = t == 0
         if first:
             S[:, :] = 0.0
         else:
             _copy_rows(hbuf, Hs[:, t - 1, :])
-            _gemm_ws(S, hbuf, W_hh, False, False, 1.0, 0.0, _NONE, _IDENTITY, 0.0, ap, bp)
+            _gemm_ws(S, hbuf, W_hh, False, False, 1.0, 0.0, _NONE, _IDENTITY, 0.0, ap, bp, 1)
         for i in prange(n):
             g = Gc[i, t]
             x = XP[i, t]
@@ -200,13 +200,13 @@ def _backward(dX, dW_ih, dW_hh, db_ih, db_hh, dHs, Gc, X, W_ih, W_hh, Hs, cell, 
         _accumulate_columns(acc, D)
         if first:
             break
-        _gemm_ws(E, D, W_hh, False, True, 1.0, 0.0, _NONE, _IDENTITY, 0.0, ap, bp)
+        _gemm_ws(E, D, W_hh, False, True, 1.0, 0.0, _NONE, _IDENTITY, 0.0, ap, bp, 1)
         _add_rows(dHs[:, t - 1, :], E)
         _copy_rows(hbuf, Hs[:, t - 1, :])
-        _gemm_ws(dW_hh, hbuf, D, True, False, 1.0, 1.0, _NONE, _IDENTITY, 0.0, ap, bp)
+        _gemm_ws(dW_hh, hbuf, D, True, False, 1.0, 1.0, _NONE, _IDENTITY, 0.0, ap, bp, 1)
     DG2 = DG.reshape((n * L, GH))
     _gemm_ws(dW_ih, X.reshape((n * L, c)), DG2, True, False, 1.0, 0.0, _NONE, _IDENTITY, 0.0,
-             ap, bp)
+             ap, bp, 1)
     if db_ih.size > 0:
         _column_sums(db_ih, DG2, acc[:0])
     if db_hh.size > 0:
@@ -214,7 +214,7 @@ def _backward(dX, dW_ih, dW_hh, db_ih, db_hh, dHs, Gc, X, W_ih, W_hh, Hs, cell, 
             db_hh[j] = acc[j]
     if dX.size > 0:
         _gemm_ws(dX.reshape((n * L, c)), DG2, W_ih, False, True, 1.0, 0.0, _NONE, _IDENTITY,
-                 0.0, ap, bp)
+                 0.0, ap, bp, 1)
 
 
 @njit(cache=True)
