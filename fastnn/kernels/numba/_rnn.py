@@ -38,7 +38,9 @@ def _dims(cell, h):
 
 @njit(cache=True)
 def _pack_sizes(n, L, c, h, cell):
-    """Packing scratch (a, b floats) for every gemm of forward and backward."""
+    """Packing scratch (a, b floats) for every gemm of forward and backward:
+    one thread's part, so the gemms pass nt = 1 to _gemm_ws (its split
+    inside _gemm_rows, not one region a product)."""
     GH, KH = _dims(cell, h)
     a, b = 0, 0
     for gm, gn, gk in ((n * L, GH, c), (n, GH, h), (n, h, GH), (h, GH, n), (c, GH, n * L),
