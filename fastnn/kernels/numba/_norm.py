@@ -1,6 +1,10 @@
 """Batch normalisation of the numba backend, over the last axis of X (rows,
 C): training mode (batch statistics, torch's running-stat update),
 inference mode (running statistics) and the training-mode backward.
+
+The statistics are float64 sums; the per-element passes run in float32 with
+float32 per-channel coefficients, as csrc/cnn.c's: Y = (X - mean) scale +
+beta, dX = a (dY - dbeta / M - (X - mean) g).
 """
 
 import math
@@ -13,6 +17,10 @@ from ._common import _CHUNK
 # Pieces the channel sums cut the rows into: a count that depends on the
 # size only, never on numba's thread count (prange deals the pieces out).
 _PIECES = 16
+# Elements a per-element pass gives a thread at least: below twice that the
+# pass runs on the calling thread (a parallel region costs more than a
+# float32 pass over 64k elements).
+_SPAN = 2 * _CHUNK
 
 
 def _pieces(size):
@@ -21,94 +29,137 @@ def _pieces(size):
 
 # Per-channel sums over the rows of X (rows, C) in float64: each piece of rows
 # (fixed by the size, _pieces) is summed into its own row of `part`, then the
-# pieces are added in order: the same bits for every thread count.
+# pieces are added in order into part[nchunks]: the same bits for every
+# thread count.
+
+@njit(cache=True)
+def _sums_rows(s0, s1, a, b, center, kind, r0, r1):
+    """s0, s1 (C) = float64 sums over rows [r0, r1): kind 0, d = a - center:
+    sum d, sum d^2; kind 1: sum a, sum a (b - center)."""
+    c = a.shape[1]
+    s0[:] = 0.0
+    s1[:] = 0.0
+    if kind == 0:
+        for r in range(r0, r1):
+            for ch in range(c):
+                d = np.float64(a[r, ch]) - center[ch]
+                s0[ch] += d
+                s1[ch] += d * d
+    else:
+        for r in range(r0, r1):
+            for ch in range(c):
+                g = np.float64(a[r, ch])
+                s0[ch] += g
+                s1[ch] += g * (np.float64(b[r, ch]) - center[ch])
+
 
 @njit(cache=True, parallel=True)
-def _channel_sums(out, part, a, b, shift, scale, kind, nchunks):
-    """out (2, C) = float64 sums over rows: kind 0, d = a - shift: sum d,
-    sum d^2; kind 1: sum a, sum a (b - shift) scale.  part: scratch of at
-    least (nchunks, 2, C)."""
+def _channel_sums(part, a, b, center, kind, nchunks):
+    """part[nchunks, 0:2, :C] = the sums of _sums_rows over all rows.
+    part: scratch of at least (nchunks + 1, 2, C)."""
     rows, c = a.shape
-    for k in prange(nchunks):
-        s0, s1 = part[k, 0, :c], part[k, 1, :c]
-        s0[:] = 0.0
-        s1[:] = 0.0
-        for r in range(k * rows // nchunks, (k + 1) * rows // nchunks):
-            if kind == 0:
-                for ch in range(c):
-                    d = np.float64(a[r, ch]) - shift[ch]
-                    s0[ch] += d
-                    s1[ch] += d * d
-            else:
-                for ch in range(c):
-                    g = np.float64(a[r, ch])
-                    s0[ch] += g
-                    s1[ch] += g * ((np.float64(b[r, ch]) - shift[ch]) * scale[ch])
+    if nchunks == 1:  # one piece: no parallel region
+        _sums_rows(part[0, 0, :c], part[0, 1, :c], a, b, center, kind, 0, rows)
+    else:
+        for k in prange(nchunks):
+            _sums_rows(part[k, 0, :c], part[k, 1, :c], a, b, center, kind,
+                       k * rows // nchunks, (k + 1) * rows // nchunks)
+    out = part[nchunks, :, :c]
     out[:] = 0.0
     for k in range(nchunks):
         out += part[k, :, :c]
+    return out
 
 
-# The kernels take their float64 scratch (part: (nchunks, 2, C), work: (5,
-# C)) from the caller: the per-call wrappers allocate it, the compiled epoch
-# once per epoch.
+@njit(cache=True)
+def _affine_rows(y, x, center, scale, shift, r0, r1):
+    c = x.shape[1]
+    for r in range(r0, r1):
+        for ch in range(c):
+            y[r, ch] = (x[r, ch] - center[ch]) * scale[ch] + shift[ch]
+
+
+@njit(cache=True)
+def _dx_rows(dx, dy, x, center, a, mb, g, r0, r1):
+    c = x.shape[1]
+    for r in range(r0, r1):
+        for ch in range(c):
+            dx[r, ch] = a[ch] * (dy[r, ch] - mb[ch] - (x[r, ch] - center[ch]) * g[ch])
+
 
 @njit(cache=True, parallel=True)
+def _affine(y, x, center, scale, shift):
+    """Y = (X - center) scale + shift, float32, in row spans of >= _SPAN."""
+    rows, c = x.shape
+    spans = min(rows, rows * c // _SPAN)
+    if spans < 2:
+        _affine_rows(y, x, center, scale, shift, 0, rows)
+    else:
+        for s in prange(spans):
+            _affine_rows(y, x, center, scale, shift, s * rows // spans, (s + 1) * rows // spans)
+
+
+# The kernels take their scratch from the caller (part: float64 (nchunks + 1,
+# 2, C); work: float32 (4, C)): the per-call wrappers allocate it, the
+# compiled epoch once per epoch.
+
+@njit(cache=True)
 def _batchnorm_forward(y, x, gamma, beta, mean, invstd, rm, rv, momentum, eps, nchunks, part,
                        work):
     rows, c = x.shape
-    shift, mu, scale, s = work[0, :c], work[1, :c], work[2, :c], work[3:5, :c]
+    center, scale = work[0, :c], work[1, :c]
     # Shifted by the first row, so the one-pass variance does not cancel.
     for ch in range(c):
-        shift[ch] = x[0, ch]
-    _channel_sums(s, part, x, x, shift, shift, 0, nchunks)
+        center[ch] = x[0, ch]
+    s = _channel_sums(part, x, x, center, 0, nchunks)
     for ch in range(c):
         d = s[0, ch] / rows
         var = max(s[1, ch] / rows - d * d, 0.0)
-        mu[ch] = shift[ch] + d
+        mu = np.float64(center[ch]) + d
         istd = 1.0 / math.sqrt(var + eps)
-        mean[ch] = mu[ch]
+        mean[ch] = mu
+        center[ch] = mu
         invstd[ch] = istd
         scale[ch] = istd * gamma[ch]
-        rm[ch] = (1.0 - momentum) * rm[ch] + momentum * mu[ch]
+        rm[ch] = (1.0 - momentum) * rm[ch] + momentum * mu
         rv[ch] = (1.0 - momentum) * rv[ch] + momentum * var * rows / (rows - 1)
-    for r in prange(rows):
-        for ch in range(c):
-            y[r, ch] = (x[r, ch] - mu[ch]) * scale[ch] + beta[ch]
+    _affine(y, x, center, scale, beta)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _batchnorm_inference(y, x, gamma, beta, rm, rv, eps):
     rows, c = x.shape
-    scale = np.empty(c, dtype=np.float64)
+    scale = np.empty(c, dtype=np.float32)
     for ch in range(c):
         scale[ch] = gamma[ch] / math.sqrt(np.float64(rv[ch]) + eps)
-    for r in prange(rows):
-        for ch in range(c):
-            y[r, ch] = (x[r, ch] - np.float64(rm[ch])) * scale[ch] + beta[ch]
+    _affine(y, x, rm, scale, beta)
 
 
 @njit(cache=True, parallel=True)
 def _batchnorm_backward(dx, dgamma, dbeta, dy, x, gamma, mean, invstd, nchunks, part, work):
     rows, c = x.shape
-    mu, istd, k0, s = work[0, :c], work[1, :c], work[2, :c], work[3:5, :c]
+    center, a, mb, g = work[0, :c], work[1, :c], work[2, :c], work[3, :c]
     for ch in range(c):
-        mu[ch] = mean[ch]
-        istd[ch] = invstd[ch]
-    _channel_sums(s, part, dy, x, mu, istd, 1, nchunks)
+        center[ch] = mean[ch]
+    s = _channel_sums(part, dy, x, center, 1, nchunks)
     for ch in range(c):
+        istd = np.float64(invstd[ch])
+        dg = s[1, ch] * istd
         dbeta[ch] = s[0, ch]
-        dgamma[ch] = s[1, ch]
-        k0[ch] = gamma[ch] * istd[ch] / rows
-    # dX = gamma invstd / M (M dY - dbeta - xhat dgamma), from the float64 sums
-    for r in prange(rows):
-        for ch in range(c):
-            xhat = (x[r, ch] - mu[ch]) * istd[ch]
-            dx[r, ch] = k0[ch] * (rows * np.float64(dy[r, ch]) - s[0, ch] - xhat * s[1, ch])
+        dgamma[ch] = dg
+        a[ch] = np.float64(gamma[ch]) * istd
+        mb[ch] = s[0, ch] / rows
+        g[ch] = dg * istd / rows
+    spans = min(rows, rows * c // _SPAN)
+    if spans < 2:
+        _dx_rows(dx, dy, x, center, a, mb, g, 0, rows)
+    else:
+        for k in prange(spans):
+            _dx_rows(dx, dy, x, center, a, mb, g, k * rows // spans, (k + 1) * rows // spans)
 
 
 def _scratch(nchunks, c):
-    return np.empty((nchunks, 2, c), np.float64), np.empty((5, c), np.float64)
+    return np.empty((nchunks + 1, 2, c), np.float64), np.empty((4, c), np.float32)
 
 
 def batchnorm_forward(Y, X, gamma, beta, mean, invstd, running_mean, running_var, momentum,
