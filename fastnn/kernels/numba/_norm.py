@@ -87,11 +87,18 @@ def _dx_rows(dx, dy, x, center, a, mb, g, r0, r1):
             dx[r, ch] = a[ch] * (dy[r, ch] - mb[ch] - (x[r, ch] - center[ch]) * g[ch])
 
 
+@njit(cache=True)
+def _row_spans(rows, c):
+    """Row spans of a per-element pass over (rows, C): >= _SPAN elements each
+    (fewer than 2: the pass runs on the calling thread)."""
+    return min(rows, rows * c // _SPAN)
+
+
 @njit(cache=True, parallel=True)
 def _affine(y, x, center, scale, shift):
-    """Y = (X - center) scale + shift, float32, in row spans of >= _SPAN."""
+    """Y = (X - center) scale + shift, float32, in _row_spans."""
     rows, c = x.shape
-    spans = min(rows, rows * c // _SPAN)
+    spans = _row_spans(rows, c)
     if spans < 2:
         _affine_rows(y, x, center, scale, shift, 0, rows)
     else:
@@ -150,7 +157,7 @@ def _batchnorm_backward(dx, dgamma, dbeta, dy, x, gamma, mean, invstd, nchunks, 
         a[ch] = np.float64(gamma[ch]) * istd
         mb[ch] = s[0, ch] / rows
         g[ch] = dg * istd / rows
-    spans = min(rows, rows * c // _SPAN)
+    spans = _row_spans(rows, c)
     if spans < 2:
         _dx_rows(dx, dy, x, center, a, mb, g, 0, rows)
     else:
