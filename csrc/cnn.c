@@ -32,6 +32,10 @@
 #include "fastnn.h"
 #include "internal.h"
 #include "conv_direct.h"
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HAVE_X86 1
+#endif
 
 /* Below this many floats of work a kernel stays on the calling thread
    (times fastnn_team_factor(): 16 when the team is likely asleep). */
@@ -517,6 +521,304 @@ int fastnn_conv2d_pooled_backward(float *dX, float *dW, float *db, float *dZ, fl
     const pooled pl = {pdY, argmax, pkh, pkw, g.oh / pkh, g.ow / pkw};
     direct_backward(dX, dW, db, dZ, cols, NULL, &pl, Y, W, &g, oc, g.out_pixels * K, act,
                     slope);
+    return FASTNN_OK;
+}
+
+/* ---- few input channels: convolution, activation and max pooling in one pass ----
+   The first layer of a digits / MNIST / RGB network (c = 1-4 channels,
+   stride 1) followed by a max pooling that tiles its output (window =
+   stride): the direct path writes the convolution's whole output (LeNet's
+   first layer: 128 x 28 x 28 x 16 floats, 6.4 MB, past L2), the pooling
+   reads it back, and the backward writes and reads a dZ as large.  Here the
+   forward computes each pooling window's candidates in registers (kh kw c
+   multiply-adds each, broadcasts of the padded X against a 16-channel
+   vector of W) and stores only the pooled value and its argmax; the
+   backward takes dW and db straight from the pooling's dY, its argmax and
+   the pooled values: the gradient at a window's argmax is dY act'(y) with y
+   the pooled value (= the convolution's output there), 0 elsewhere, so
+   neither the convolution's output nor its dZ is ever written.  For that
+   act'(y) must be what the unfused path computes for the other pixels too
+   (0 times it): identity, ReLU and leaky ReLU only (a finite constant or
+   0/1).  No dX (a first layer).  dW sums over fixed chunks of images in
+   order (then in double over the chunks): the same bits for any thread
+   count; not the bits of the unfused path (another order of the same sums). */
+
+#define FP_LANES 16
+#define FP_MAX_TAPS 32        /* kh kw c */
+#define FP_MAX_WIN 16         /* pkh pkw candidates a window */
+#define FP_MAX_C 4
+#define FP_CHUNK_IMAGES 2     /* images per partial sum of dW */
+#define FP_PAR_MIN ((double)(1 << 20) * fastnn_cold_scale(8.0))
+
+typedef struct {
+    int64_t n, hp, wp, c, oc, oh, ow, pkh, pkw, prows, pcols, taps, win;
+    int act;
+    float slope;
+    int64_t off[FP_MAX_TAPS];  /* tap t = (i kw + j) c + ch: (i wp + j) c + ch in the padded X */
+    int64_t qoff[FP_MAX_WIN];  /* candidate q = a pkw + b: (a wp + b) c */
+    int32_t qpos[FP_MAX_WIN];  /* and a ow + b in the output grid */
+} fp_geom;
+
+#ifdef HAVE_X86
+#define FP_TARGET __attribute__((target("avx512f,fma")))
+#define FP_INLINE FP_TARGET static inline __attribute__((always_inline))
+
+/* fastnn_act_scalar of identity, relu (z < 0 ? 0 : z) and leaky relu */
+FP_INLINE __m512 fp_act(__m512 z, int act, float slope)
+{
+    const __m512 zero = _mm512_setzero_ps();
+    if (act == FASTNN_ACT_RELU)
+        return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(z, zero, _CMP_LT_OQ), z, zero);
+    if (act == FASTNN_ACT_LEAKY_RELU)
+        return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(z, zero, _CMP_GT_OQ),
+                                    _mm512_mul_ps(z, _mm512_set1_ps(slope)), z);
+    return z;
+}
+
+/* act_grad_scalar (ops.c) of the same three, from the output y */
+FP_INLINE __m512 fp_grad(__m512 y, int act, float slope)
+{
+    const __m512 one = _mm512_set1_ps(1.0f);
+    const __mmask16 pos = _mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_GT_OQ);
+    if (act == FASTNN_ACT_RELU)
+        return _mm512_maskz_mov_ps(pos, one);
+    if (act == FASTNN_ACT_LEAKY_RELU)
+        return _mm512_mask_blend_ps(pos, _mm512_set1_ps(slope), one);
+    return one;
+}
+
+/* NPX neighbouring windows (px0 ...) of pooled row (img, py), the channels
+   [o0, o0 + 16) of mask mk: each candidate's sum over the taps in order, +
+   bias, the activation, then maxpool_row's rule in window order (a later
+   value wins if larger, or if NaN over a number). */
+FP_INLINE void fp_forward_px(float *P, int32_t *argmax, const float *Xp, const __m512 *wv,
+                             __m512 bv, const fp_geom *f, int64_t img, int64_t py, int64_t px0,
+                             int64_t o0, __mmask16 mk, const int NPX, const int TAPS,
+                             const int WIN)
+{
+    __m512 z[2 * FP_MAX_WIN];
+    const float *xq[2 * FP_MAX_WIN];
+    for (int u = 0; u < NPX; u++)
+        for (int q = 0; q < WIN; q++) {
+            xq[u * WIN + q] = Xp + ((img * f->hp + py * f->pkh) * f->wp + (px0 + u) * f->pkw)
+                                       * f->c + f->qoff[q];
+            z[u * WIN + q] = _mm512_setzero_ps();
+        }
+    for (int t = 0; t < TAPS; t++) {
+        const int64_t o = f->off[t];
+        for (int k = 0; k < NPX * WIN; k++)
+            z[k] = _mm512_fmadd_ps(wv[t], _mm512_set1_ps(xq[k][o]), z[k]);
+    }
+    for (int u = 0; u < NPX; u++) {
+        const int64_t px = px0 + u;
+        const int32_t p0 = (int32_t)(py * f->pkh * f->ow + px * f->pkw);
+        __m512 best = fp_act(_mm512_add_ps(z[u * WIN], bv), f->act, f->slope);
+        __m512i at = _mm512_set1_epi32(p0 + f->qpos[0]);
+        for (int q = 1; q < WIN; q++) {
+            const __m512 v = fp_act(_mm512_add_ps(z[u * WIN + q], bv), f->act, f->slope);
+            const __mmask16 take = _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ)
+                                   | (_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q)
+                                      & _mm512_cmp_ps_mask(best, best, _CMP_ORD_Q));
+            best = _mm512_mask_blend_ps(take, best, v);
+            at = _mm512_mask_blend_epi32(take, at, _mm512_set1_epi32(p0 + f->qpos[q]));
+        }
+        const int64_t idx = ((img * f->prows + py) * f->pcols + px) * f->oc + o0;
+        _mm512_mask_storeu_ps(P + idx, mk, best);
+        _mm512_mask_storeu_epi32(argmax + idx, mk, at);
+    }
+}
+
+FP_INLINE void fp_forward_body(float *P, int32_t *argmax, const float *Xp, const float *W,
+                               const float *bias, const fp_geom *f, int64_t r, const int TAPS,
+                               const int WIN)
+{
+    const int64_t img = r / f->prows, py = r % f->prows, oc = f->oc;
+    for (int64_t o0 = 0; o0 < oc; o0 += FP_LANES) {
+        const __mmask16 mk = (__mmask16)((1u << min64(FP_LANES, oc - o0)) - 1u);
+        __m512 wv[FP_MAX_TAPS];
+        for (int t = 0; t < TAPS; t++)
+            wv[t] = _mm512_maskz_loadu_ps(mk, W + t * oc + o0);
+        const __m512 bv = bias ? _mm512_maskz_loadu_ps(mk, bias + o0) : _mm512_setzero_ps();
+        int64_t px = 0;
+        for (; px + 2 <= f->pcols; px += 2)
+            fp_forward_px(P, argmax, Xp, wv, bv, f, img, py, px, o0, mk, 2, TAPS, WIN);
+        if (px < f->pcols)
+            fp_forward_px(P, argmax, Xp, wv, bv, f, img, py, px, o0, mk, 1, TAPS, WIN);
+    }
+}
+
+/* Pooled row r: the common shapes with constant loop bounds (registers),
+   the rest with the geometry's. */
+FP_TARGET static void fp_forward_row(float *P, int32_t *argmax, const float *Xp,
+                                     const float *W, const float *bias, const fp_geom *f,
+                                     int64_t r)
+{
+    if (f->win == 4 && f->taps == 9)
+        fp_forward_body(P, argmax, Xp, W, bias, f, r, 9, 4);
+    else if (f->win == 4 && f->taps == 27)
+        fp_forward_body(P, argmax, Xp, W, bias, f, r, 27, 4);
+    else if (f->win == 4 && f->taps == 25)
+        fp_forward_body(P, argmax, Xp, W, bias, f, r, 25, 4);
+    else
+        fp_forward_body(P, argmax, Xp, W, bias, f, r, (int)f->taps, (int)f->win);
+}
+
+/* Chunk ch's partial sums, part[(ch (taps + 1) + t) oc + o]: dW's rows t
+   and db's (t = taps), over its images' windows in order. */
+FP_INLINE void fp_backward_body(float *part, const float *dP, const int32_t *argmax,
+                                const float *Py, const float *Xp, const fp_geom *f, int64_t ch,
+                                const int TAPS, const int WIN)
+{
+    const int64_t oc = f->oc, i0 = ch * FP_CHUNK_IMAGES;
+    const int64_t i1 = min64(f->n, i0 + FP_CHUNK_IMAGES);
+    for (int64_t o0 = 0; o0 < oc; o0 += FP_LANES) {
+        const __mmask16 mk = (__mmask16)((1u << min64(FP_LANES, oc - o0)) - 1u);
+        __m512 acc[FP_MAX_TAPS], dbv = _mm512_setzero_ps();
+        for (int t = 0; t < TAPS; t++)
+            acc[t] = _mm512_setzero_ps();
+        for (int64_t img = i0; img < i1; img++)
+            for (int64_t py = 0; py < f->prows; py++)
+                for (int64_t px = 0; px < f->pcols; px++) {
+                    const int64_t idx = ((img * f->prows + py) * f->pcols + px) * oc + o0;
+                    /* (dY + 0) act'(y): as the unpooling (-0 -> +0), then the activation */
+                    const __m512 g = _mm512_mul_ps(
+                        _mm512_add_ps(_mm512_maskz_loadu_ps(mk, dP + idx), _mm512_setzero_ps()),
+                        fp_grad(_mm512_maskz_loadu_ps(mk, Py + idx), f->act, f->slope));
+                    const __m512i am = _mm512_maskz_loadu_epi32(mk, argmax + idx);
+                    const int32_t p0 = (int32_t)(py * f->pkh * f->ow + px * f->pkw);
+                    const float *x0 = Xp + ((img * f->hp + py * f->pkh) * f->wp + px * f->pkw)
+                                               * f->c;
+                    for (int q = 0; q < WIN; q++) {
+                        const __mmask16 hit =
+                            _mm512_cmpeq_epi32_mask(am, _mm512_set1_epi32(p0 + f->qpos[q]));
+                        const __m512 gq = _mm512_maskz_mov_ps(hit, g);
+                        const float *xq = x0 + f->qoff[q];
+                        dbv = _mm512_add_ps(dbv, gq);
+                        for (int t = 0; t < TAPS; t++)
+                            acc[t] = _mm512_fmadd_ps(gq, _mm512_set1_ps(xq[f->off[t]]), acc[t]);
+                    }
+                }
+        float *dst = part + ch * (f->taps + 1) * oc + o0;
+        for (int t = 0; t < TAPS; t++)
+            _mm512_mask_storeu_ps(dst + t * oc, mk, acc[t]);
+        _mm512_mask_storeu_ps(dst + f->taps * oc, mk, dbv);
+    }
+}
+
+FP_TARGET static void fp_backward_chunk(float *part, const float *dP, const int32_t *argmax,
+                                        const float *Py, const float *Xp, const fp_geom *f,
+                                        int64_t ch)
+{
+    if (f->win == 4 && f->taps == 9)
+        fp_backward_body(part, dP, argmax, Py, Xp, f, ch, 9, 4);
+    else if (f->win == 4 && f->taps == 27)
+        fp_backward_body(part, dP, argmax, Py, Xp, f, ch, 27, 4);
+    else if (f->win == 4 && f->taps == 25)
+        fp_backward_body(part, dP, argmax, Py, Xp, f, ch, 25, 4);
+    else
+        fp_backward_body(part, dP, argmax, Py, Xp, f, ch, (int)f->taps, (int)f->win);
+}
+
+#endif /* HAVE_X86 */
+
+/* The geometry of a fused small-channel convolution + pooling, and the
+   floats its backward needs in cols (the padded X, then the partial sums);
+   0 if the pair does not qualify or cols (cols_size floats) is too small. */
+static int fp_make(fp_geom *f, int64_t *xsize, int64_t *need, int64_t n, int64_t h, int64_t w,
+                   int64_t c, int64_t oc, int64_t kh, int64_t kw, int64_t ph, int64_t pw,
+                   int act, float slope, int64_t pkh, int64_t pkw)
+{
+    geom g;
+    int64_t K, hp, wp, chunks_part;
+#ifndef HAVE_X86
+    return 0;
+#endif
+    if (fastnn_simd_path() != FASTNN_SIMD_AVX512 || c > FP_MAX_C
+        || (act != FASTNN_ACT_IDENTITY && act != FASTNN_ACT_RELU
+            && act != FASTNN_ACT_LEAKY_RELU)
+        || !fastnn_conv2d_pool_fusable(n, h, w, c, oc, kh, kw, 1, 1, ph, pw, act, pkh, pkw, pkh,
+                                       pkw)
+        || !conv_geom(&g, &K, n, h, w, c, oc, kh, kw, 1, 1, ph, pw, act) || K > FP_MAX_TAPS
+        || pkh * pkw > FP_MAX_WIN)
+        return 0;
+    *xsize = padded_size(n, h, w, c, ph, pw, &hp, &wp);
+    const int64_t chunks = (n + FP_CHUNK_IMAGES - 1) / FP_CHUNK_IMAGES;
+    if (*xsize <= 0 || !fastnn_product(&chunks_part, chunks, K + 1, oc)
+        || !fastnn_add(need, *xsize, chunks_part) || *need > g.out_pixels * K)
+        return 0;
+    *f = (fp_geom){.n = n, .hp = hp, .wp = wp, .c = c, .oc = oc, .oh = g.oh, .ow = g.ow,
+                   .pkh = pkh, .pkw = pkw, .prows = g.oh / pkh, .pcols = g.ow / pkw, .taps = K,
+                   .win = pkh * pkw, .act = act, .slope = slope};
+    for (int64_t t = 0; t < K; t++) {
+        const int64_t i = t / (kw * c), j = t / c % kw, ch = t % c;
+        f->off[t] = (i * wp + j) * c + ch;
+    }
+    for (int64_t q = 0; q < f->win; q++) {
+        f->qoff[q] = (q / pkw * wp + q % pkw) * c;
+        f->qpos[q] = (int32_t)(q / pkw * g.ow + q % pkw);
+    }
+    return 1;
+}
+
+int fastnn_conv_pool_small_ok(int64_t n, int64_t h, int64_t w, int64_t c, int64_t oc,
+                              int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
+                              int64_t pw, int act, int64_t pkh, int64_t pkw, int64_t psh,
+                              int64_t psw)
+{
+    fp_geom f;
+    int64_t xsize, need;
+    return sh == 1 && sw == 1 && psh == pkh && psw == pkw
+           && fp_make(&f, &xsize, &need, n, h, w, c, oc, kh, kw, ph, pw, act, 0.0f, pkh, pkw);
+}
+
+int fastnn_conv_pool_small_forward(float *P, int32_t *argmax, float *cols, const float *X,
+                                   const float *W, const float *b, int64_t n, int64_t h,
+                                   int64_t w, int64_t c, int64_t oc, int64_t kh, int64_t kw,
+                                   int64_t ph, int64_t pw, int act, float slope, int64_t pkh,
+                                   int64_t pkw)
+{
+    fp_geom f;
+    int64_t xsize, need;
+    if (!P || !argmax || !cols || !X || !W
+        || !fp_make(&f, &xsize, &need, n, h, w, c, oc, kh, kw, ph, pw, act, slope, pkh, pkw))
+        return FASTNN_EINVAL;
+    PAR_FOR(r, n * f.hp, xsize > PAR_MIN, pad_row(cols, X, h, w, c, ph, pw, r));
+    const double madds = (double)n * (double)(f.prows * f.pcols * f.win) * (double)(f.taps * oc);
+#ifdef HAVE_X86
+    PAR_FOR(r, n * f.prows, madds > FP_PAR_MIN, fp_forward_row(P, argmax, cols, W, b, &f, r));
+#endif
+    return FASTNN_OK;
+}
+
+int fastnn_conv_pool_small_backward(float *dW, float *db, float *cols, const float *dP,
+                                    const int32_t *argmax, const float *Py, int64_t n,
+                                    int64_t h, int64_t w, int64_t c, int64_t oc, int64_t kh,
+                                    int64_t kw, int64_t ph, int64_t pw, int act, float slope,
+                                    int64_t pkh, int64_t pkw)
+{
+    fp_geom f;
+    int64_t xsize, need;
+    if (!dW || !cols || !dP || !argmax || !Py
+        || !fp_make(&f, &xsize, &need, n, h, w, c, oc, kh, kw, ph, pw, act, slope, pkh, pkw))
+        return FASTNN_EINVAL;
+    const int64_t chunks = (n + FP_CHUNK_IMAGES - 1) / FP_CHUNK_IMAGES, K = f.taps;
+    float *part = cols + xsize;
+    const double madds = (double)n * (double)(f.prows * f.pcols * f.win) * (double)(K * oc);
+#ifdef HAVE_X86
+    PAR_FOR(ch, chunks, madds > FP_PAR_MIN,
+            fp_backward_chunk(part, dP, argmax, Py, cols, &f, ch));
+#endif
+    for (int64_t t = 0; t <= K; t++) {
+        float *dst = t < K ? dW + t * oc : db;
+        if (!dst)
+            continue;
+        for (int64_t o = 0; o < oc; o++) {
+            double sum = 0.0;
+            for (int64_t ch = 0; ch < chunks; ch++)
+                sum += part[(ch * (K + 1) + t) * oc + o];
+            dst[o] = (float)sum;
+        }
+    }
     return FASTNN_OK;
 }
 

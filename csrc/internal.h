@@ -192,6 +192,26 @@ int fastnn_conv2d_pooled_backward(float *dX, float *dW, float *db, float *dZ, fl
                                   int64_t oc, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
                                   int64_t ph, int64_t pw, int act, float slope, int64_t pkh,
                                   int64_t pkw);
+/* The same pair for a first layer of few input channels (cnn.c): the
+   forward writes the pooling's output and argmax (and the padded X into
+   cols), never the convolution's output; the backward takes dW and db from
+   the pooling's dY, argmax and output, no dZ, no dX.  _ok: 1 if the pair
+   qualifies (identity / ReLU / leaky ReLU, c <= 4, kh kw c <= 32, window
+   <= 16, cols = the convolution's n oh ow kh kw c floats large enough). */
+int fastnn_conv_pool_small_ok(int64_t n, int64_t h, int64_t w, int64_t c, int64_t oc,
+                              int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
+                              int64_t pw, int act, int64_t pkh, int64_t pkw, int64_t psh,
+                              int64_t psw);
+int fastnn_conv_pool_small_forward(float *P, int32_t *argmax, float *cols, const float *X,
+                                   const float *W, const float *b, int64_t n, int64_t h,
+                                   int64_t w, int64_t c, int64_t oc, int64_t kh, int64_t kw,
+                                   int64_t ph, int64_t pw, int act, float slope, int64_t pkh,
+                                   int64_t pkw);
+int fastnn_conv_pool_small_backward(float *dW, float *db, float *cols, const float *dP,
+                                    const int32_t *argmax, const float *Py, int64_t n,
+                                    int64_t h, int64_t w, int64_t c, int64_t oc, int64_t kh,
+                                    int64_t kw, int64_t ph, int64_t pw, int act, float slope,
+                                    int64_t pkh, int64_t pkw);
 int fastnn_optimizer_valid(const fastnn_optimizer *o, int64_t n_batches);
 void fastnn_optimizer_advance(fastnn_optimizer *o);
 int fastnn_optimizer_apply(float *params, const float *grads, const fastnn_optimizer *o,

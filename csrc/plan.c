@@ -356,12 +356,60 @@ static int conv_pool_fused(const fastnn_model_epoch *a, int64_t j, int64_t m)
                                          FIELD(p, KH), FIELD(p, KW), FIELD(p, SH), FIELD(p, SW));
 }
 
+/* 1 if conv_pool_fused(a, j, m) holds for a first layer (no dX) of few
+   input channels whose output no other record reads (nor is the model's
+   output): its forward and the pooling's then run as one pass that never
+   writes the convolution's output, and its backward takes dW and db from
+   the pooling's dY, argmax and output (cnn.c, fastnn_conv_pool_small_*).
+   The forward and the backward of a batch decide alike (same plan, same m). */
+static int conv_pool_small(const fastnn_model_epoch *a, int64_t j, int64_t m)
+{
+    if (!conv_pool_fused(a, j, m))
+        return 0;
+    const int64_t *r = a->plan + j * FASTNN_PLAN_FIELDS, *p = r + FASTNN_PLAN_FIELDS;
+    if (FIELD(r, DX) != -1 || a->output == FIELD(r, Y)
+        || !fastnn_conv_pool_small_ok(m, FIELD(r, H), FIELD(r, W), FIELD(r, C), FIELD(r, OC),
+                                      FIELD(r, KH), FIELD(r, KW), FIELD(r, SH), FIELD(r, SW),
+                                      FIELD(r, PH), FIELD(r, PW), (int)FIELD(r, ACT),
+                                      FIELD(p, KH), FIELD(p, KW), FIELD(p, SH), FIELD(p, SW)))
+        return 0;
+    for (int64_t k = 0; k < a->n_records; k++) {
+        const int64_t *q = a->plan + k * FASTNN_PLAN_FIELDS;
+        if (k != j + 1 && k != j
+            && (FIELD(q, X) == FIELD(r, Y)
+                || (FIELD(q, OP) == FASTNN_OP_ADD && FIELD(q, AUX) == FIELD(r, Y))))
+            return 0;
+    }
+    return 1;
+}
+
+/* The forward of conv record j and its pooling j + 1 as one pass. */
+static int conv_pool_small_forward(fastnn_model_epoch *a, int64_t j, const struct batch *b)
+{
+    const int64_t *r = a->plan + j * FASTNN_PLAN_FIELDS, *p = r + FASTNN_PLAN_FIELDS;
+    const double *s = a->plan_scalars + j * FASTNN_PLAN_SCALARS;
+    const float *P = a->params;
+    return fastnn_conv_pool_small_forward(
+        ws_at(a, FIELD(p, Y)), a->iworkspace + FIELD(p, IAUX), ws_at(a, FIELD(r, AUX)),
+        record_input(a, r, b), P + FIELD(r, PARAM), FIELD(r, BIAS) < 0 ? NULL : P + FIELD(r, BIAS),
+        b->m, FIELD(r, H), FIELD(r, W), FIELD(r, C), FIELD(r, OC), FIELD(r, KH), FIELD(r, KW),
+        FIELD(r, PH), FIELD(r, PW), (int)FIELD(r, ACT), (float)s[FASTNN_S_SLOPE], FIELD(p, KH),
+        FIELD(p, KW));
+}
+
 /* The backward of conv record j fused with its pooling j + 1. */
 static int conv_pool_backward(fastnn_model_epoch *a, int64_t j, const struct batch *b)
 {
     const int64_t *r = a->plan + j * FASTNN_PLAN_FIELDS, *p = r + FASTNN_PLAN_FIELDS;
     const double *s = a->plan_scalars + j * FASTNN_PLAN_SCALARS;
     float *P = a->params, *G = a->grads;
+    if (conv_pool_small(a, j, b->m))
+        return fastnn_conv_pool_small_backward(
+            G + FIELD(r, PARAM), FIELD(r, BIAS) < 0 ? NULL : G + FIELD(r, BIAS),
+            ws_at(a, FIELD(r, AUX)), ws_at(a, FIELD(p, DY)), a->iworkspace + FIELD(p, IAUX),
+            ws_at(a, FIELD(p, Y)), b->m, FIELD(r, H), FIELD(r, W), FIELD(r, C), FIELD(r, OC),
+            FIELD(r, KH), FIELD(r, KW), FIELD(r, PH), FIELD(r, PW), (int)FIELD(r, ACT),
+            (float)s[FASTNN_S_SLOPE], FIELD(p, KH), FIELD(p, KW));
     return fastnn_conv2d_pooled_backward(
         FIELD(r, DX) == -1 ? NULL : ws_at(a, FIELD(r, DX)), G + FIELD(r, PARAM),
         FIELD(r, BIAS) < 0 ? NULL : G + FIELD(r, BIAS), ws_at(a, FIELD(r, DY)),
@@ -437,10 +485,17 @@ static int run_batch(fastnn_model_epoch *a, fastnn_optimizer *o, const struct ba
     const double *scal = a->plan_scalars;
     int rc;
     /* 1. forward */
-    for (int64_t j = 0; j < nr; j++)
+    for (int64_t j = 0; j < nr; j++) {
+        if (conv_pool_small(a, j, m)) {  /* the pooling's forward too */
+            if ((rc = conv_pool_small_forward(a, j, b)))
+                return rc;
+            j++;
+            continue;
+        }
         if ((rc = record_forward(a, plan + j * FASTNN_PLAN_FIELDS,
                                  scal + j * FASTNN_PLAN_SCALARS, b)))
             return rc;
+    }
     /* 2. the loss */
     const float *out = a->output == -1 ? b->x : ws_at(a, a->output);
     float *dout = ws_at(a, a->doutput), v;
