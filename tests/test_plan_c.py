@@ -746,6 +746,18 @@ def _compiled_models():
         "cnn_pool_fused": ([Conv2D(2, 5, 3, padding=1, activation="relu"), MaxPool2D(2),
                             Conv2D(5, 8, 3, padding=1), MaxPool2D(3), Flatten(), Dense(8, 3)],
                            (7, 7, 2)),
+        # a first convolution of few channels and its max pooling as one
+        # pass (cnn.c, fastnn_conv_pool_small_*): 20 channels = a vector
+        # and a 4-lane tail, 9 x 9 leaves a row and a column no window covers
+        "cnn_first_pool": ([Conv2D(3, 20, 3, padding=1, activation="relu"), MaxPool2D(2),
+                            Conv2D(20, 6, 3, padding=1, activation="relu"), MaxPool2D(2),
+                            Flatten(), Dense(24, 3)], (9, 9, 3)),
+        # the kernel's shapes without constant loop bounds: 5x5 taps of one
+        # channel under a 3x3 window, leaky ReLU; 2 channels 3x3, identity
+        "cnn_first_pool_generic": ([Conv2D(1, 7, 5, padding=2, activation="leaky_relu"),
+                                    MaxPool2D(3), Flatten(), Dense(28, 3)], (7, 7, 1)),
+        "cnn_first_pool_identity": ([Conv2D(2, 16, 3), MaxPool2D(2), ReLU(), Flatten(),
+                                     Dense(144, 3)], (8, 8, 2)),
         "residual": ([Dense(10, 8, activation="relu"),
                       Residual(Dense(8, 8, activation="relu"), Dense(8, 8)),
                       Residual(Dense(8, 6)), ReLU(), Dense(6, 3)], (10,)),
@@ -765,7 +777,8 @@ def _compiled_models():
     }
 
 
-@pytest.mark.parametrize("name", ["cnn", "cnn_bn_dropout", "cnn_pool_fused", "residual",
+@pytest.mark.parametrize("name", ["cnn", "cnn_bn_dropout", "cnn_pool_fused", "cnn_first_pool",
+                                  "cnn_first_pool_generic", "cnn_first_pool_identity", "residual",
                                   "residual_first", "mlp", "mlp_bn_dropout",
                                   "mlp_dropout_words"])
 @pytest.mark.parametrize("kw", [{}, dict(l2=0.01, clip_norm=0.5, order=np.arange(45)[::-1])],
@@ -773,6 +786,78 @@ def _compiled_models():
 def test_compiled_plans_match_the_reference(name, kw, rng):
     layers, shape = _compiled_models()[name]
     _check_against_reference(_compiled(layers, shape, **kw), epochs=2)
+
+
+_FIRST_POOL = ["cnn_first_pool", "cnn_first_pool_generic", "cnn_first_pool_identity"]
+
+
+def _first_conv_output(e):
+    """The workspace region of the plan's first record (a convolution): its
+    output, which the one-pass convolution + pooling never writes."""
+    r = e.plan[0]
+    assert r[spec.F["op"]] == spec.Op.CONV2D
+    size = r[spec.F["oh"]] * r[spec.F["ow"]] * r[spec.F["oc"]] * e.batch_size
+    return e.workspace[r[spec.F["y"]]:r[spec.F["y"]] + size]
+
+
+@pytest.mark.parametrize("name", _FIRST_POOL)
+def test_first_conv_and_pool_one_pass_agrees_with_the_unfused_path(name):
+    # the one pass is AVX-512 only: the AVX2 path runs the convolution, the
+    # pooling and the pooled backward as before; same training to float32
+    # rounding, and the one pass did run (the convolution's output unwritten)
+    if C.lib.fastnn_simd_best() != 2:
+        pytest.skip("the one-pass kernels are AVX-512 only")
+    e = _compiled(*_compiled_models()[name], l2=0.01, order=np.arange(45)[::-1])
+    fused, unfused = _clone(e), _clone(e)
+    C.set_simd_path("avx2")
+    try:
+        r_unfused = C.model_epoch(unfused)
+    finally:
+        C.set_simd_path("avx512")
+    assert C.model_epoch(fused)[:2] == r_unfused[:2]
+    assert not _first_conv_output(fused).any() and _first_conv_output(unfused).any()
+    np.testing.assert_allclose(fused.params, unfused.params, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fused.batch_losses, unfused.batch_losses, rtol=1e-6)
+    np.testing.assert_array_equal(fused.batch_correct, unfused.batch_correct)
+
+
+def test_first_conv_and_pool_one_pass_edge_values():
+    # -0, denormals, huge values and exact ties (a constant patch: every
+    # window's candidates equal, so the first wins) in X: the pooled values
+    # and argmax of the last batch and the trained parameters as the unfused
+    # path's; then a NaN: the pooling takes the window's first NaN, as the
+    # unfused one, and the epoch stops on the non-finite loss
+    if C.lib.fastnn_simd_best() != 2:
+        pytest.skip("the one-pass kernels are AVX-512 only")
+    layers, shape = _compiled_models()["cnn_first_pool"]
+    e = _compiled(layers, shape)
+    X = e.X.reshape(-1, *shape)
+    X[0, :3] = -0.0
+    X[1, :, :4] = 1e-41
+    X[2, 2] = 1e20
+    X[3, 4:, 4:] = 0.25
+    for nan in (False, True):
+        if nan:
+            X[0, 5, 6, 1] = np.nan
+        fused, unfused = _clone(e), _clone(e)
+        r_fused = C.model_epoch(fused)
+        C.set_simd_path("avx2")
+        try:
+            r_unfused = C.model_epoch(unfused)
+        finally:
+            C.set_simd_path("avx512")
+        assert r_fused[:2] == r_unfused[:2]
+        pool = fused.plan[1]
+        size = pool[spec.F["oh"]] * pool[spec.F["ow"]] * pool[spec.F["oc"]] * e.batch_size
+        y, ia = pool[spec.F["y"]], pool[spec.F["iaux"]]
+        np.testing.assert_array_equal(fused.iworkspace[ia:ia + size],
+                                      unfused.iworkspace[ia:ia + size])
+        np.testing.assert_allclose(fused.workspace[y:y + size], unfused.workspace[y:y + size],
+                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(fused.params, unfused.params, rtol=1e-5, atol=1e-6)
+        if nan:
+            assert r_fused[0] == 1 and np.isnan(fused.batch_losses[0])
+            np.testing.assert_array_equal(fused.params, e.params)
 
 
 def _output_region(e):
