@@ -541,7 +541,11 @@ int fastnn_conv2d_pooled_backward(float *dX, float *dW, float *db, float *dZ, fl
    (0 times it): identity, ReLU and leaky ReLU only (a finite constant or
    0/1).  No dX (a first layer).  dW sums over fixed chunks of images in
    order (then in double over the chunks): the same bits for any thread
-   count; not the bits of the unfused path (another order of the same sums). */
+   count; not the bits of the unfused path (another order of the same sums).
+   AVX-512 only (intrinsics: GCC's generic vectors turned the comparisons
+   into scalar code without AVX512DQ); other paths keep the unfused kernels.
+   Measured (LeNet-like, batch 128, Trainer.fit): 1 thread 6.3-7k -> 11.3k
+   samples/s, 2 threads 10.3-11.8k -> 13.4-14.1k. */
 
 #define FP_LANES 16
 #define FP_MAX_TAPS 32        /* kh kw c */
