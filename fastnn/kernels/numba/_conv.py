@@ -250,10 +250,10 @@ def _direct_forward(y, xpad, w, b, oh, ow, c, kh, kw, sh, sw, hp, wp, code, slop
                 for q in range((p1 - r0) * oc):
                     yf[r0 * oc + q] = buf[q]
         if b.size > 0:
-            for r in range(p0, p1):
-                yr = yf[r * oc:(r + 1) * oc]
+            yc = yf[p0 * oc:p1 * oc]  # (flat from 0: _elementwise's loops say why)
+            for r in range(p1 - p0):
                 for o in range(oc):
-                    yr[o] += b[o]
+                    yc[r * oc + o] += b[o]
         if code != _IDENTITY:
             _act_span(yf, yf, p0 * oc, p1 * oc, code, slope)
 
@@ -357,10 +357,10 @@ def _conv_dz(z, db, dy, y, code, slope, part):
             s = part[q]
             for j in range(oc):
                 s[j] = 0.0
-            for r in range(r0, r1):
-                zr = z[r]
+            zc = z[r0:r1].reshape(-1)
+            for r in range(r1 - r0):
                 for j in range(oc):
-                    s[j] += zr[j]
+                    s[j] += zc[r * oc + j]
     if db.size > 0:
         for j in range(oc):
             acc = 0.0

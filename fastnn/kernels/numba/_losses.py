@@ -109,8 +109,9 @@ def _pointwise_grad(loss, y, t):
 @njit(cache=True)
 def _pointwise_grad_span(loss, dy, y, t, lo, hi, inv):
     """dy[lo:hi] = _pointwise_grad * inv, inv = 1 / (the batch's elements)."""
-    for i in range(lo, hi):
-        dy[i] = _pointwise_grad(loss, y[i], t[i]) * inv
+    dys, ys, ts = dy[lo:hi], y[lo:hi], t[lo:hi]  # (from 0: _elementwise's loops say why)
+    for i in range(dys.size):
+        dys[i] = _pointwise_grad(loss, ys[i], ts[i]) * inv
 
 
 @njit(cache=True, parallel=True)
