@@ -651,20 +651,25 @@ FP_INLINE void fp_forward_body(float *P, int32_t *argmax, const float *Xp, const
     }
 }
 
-/* Pooled row r: the common shapes with constant loop bounds (registers),
-   the rest with the geometry's. */
+/* The shapes the forward and the backward compile with constant loop bounds
+   (their sums and candidates in registers), as X(taps, window): 3x3 and 5x5
+   kernels over 1 or 3 channels under a 2x2 window.  Other shapes run with
+   the geometry's bounds. */
+#define FP_SHAPES(X) X(9, 4) X(27, 4) X(25, 4)
+
+/* Pooled row r. */
 FP_TARGET static void fp_forward_row(float *P, int32_t *argmax, const float *Xp,
                                      const float *W, const float *bias, const fp_geom *f,
                                      int64_t r)
 {
-    if (f->win == 4 && f->taps == 9)
-        fp_forward_body(P, argmax, Xp, W, bias, f, r, 9, 4);
-    else if (f->win == 4 && f->taps == 27)
-        fp_forward_body(P, argmax, Xp, W, bias, f, r, 27, 4);
-    else if (f->win == 4 && f->taps == 25)
-        fp_forward_body(P, argmax, Xp, W, bias, f, r, 25, 4);
-    else
-        fp_forward_body(P, argmax, Xp, W, bias, f, r, (int)f->taps, (int)f->win);
+#define FP_CASE(T, N)                                                  \
+    if (f->taps == (T) && f->win == (N)) {                             \
+        fp_forward_body(P, argmax, Xp, W, bias, f, r, (T), (N));       \
+        return;                                                        \
+    }
+    FP_SHAPES(FP_CASE)
+#undef FP_CASE
+    fp_forward_body(P, argmax, Xp, W, bias, f, r, (int)f->taps, (int)f->win);
 }
 
 /* Chunk ch's partial sums, part[(ch (taps + 1) + t) oc + o]: dW's rows t
@@ -713,14 +718,14 @@ FP_TARGET static void fp_backward_chunk(float *part, const float *dP, const int3
                                         const float *Py, const float *Xp, const fp_geom *f,
                                         int64_t ch)
 {
-    if (f->win == 4 && f->taps == 9)
-        fp_backward_body(part, dP, argmax, Py, Xp, f, ch, 9, 4);
-    else if (f->win == 4 && f->taps == 27)
-        fp_backward_body(part, dP, argmax, Py, Xp, f, ch, 27, 4);
-    else if (f->win == 4 && f->taps == 25)
-        fp_backward_body(part, dP, argmax, Py, Xp, f, ch, 25, 4);
-    else
-        fp_backward_body(part, dP, argmax, Py, Xp, f, ch, (int)f->taps, (int)f->win);
+#define FP_CASE(T, N)                                                  \
+    if (f->taps == (T) && f->win == (N)) {                             \
+        fp_backward_body(part, dP, argmax, Py, Xp, f, ch, (T), (N));   \
+        return;                                                        \
+    }
+    FP_SHAPES(FP_CASE)
+#undef FP_CASE
+    fp_backward_body(part, dP, argmax, Py, Xp, f, ch, (int)f->taps, (int)f->win);
 }
 
 #endif /* HAVE_X86 */
