@@ -94,12 +94,14 @@ def test_conv2d_stride1_many_channels(backend, rng):
         _conv_case(backend, rng, *shape, "relu")
 
 
-# numba's direct path: 16 or 32 output channels (one or two vectors with AVX-512 or AVX2),
-# dX direct for 16 or 32 input channels at stride 1 -- uneven padding, a 3x2 kernel, no
-# padding, stride 2 (dX through cols), a last pixel tile of 1..7 rows.
+# numba's direct path: 1 to 4 vectors of output channels (16-64 with AVX-512, 8-32 with
+# AVX2; tile calls of two vectors, then an odd one), dX direct for as many input channels
+# at stride 1 -- uneven padding, a 3x2 kernel, no padding, stride 2 (dX through cols), a
+# last pixel tile of 1..7 rows; 48 and 64 channels each way (the pairs and the odd vector).
 CONV_NUMBA_DIRECT = [(2, 6, 5, 16, 16, 3, 3, 1, 1), (3, 7, 6, 32, 32, 3, 2, 1, (2, 0)),
                      (1, 5, 7, 16, 32, 3, 3, 1, 0), (2, 9, 7, 3, 16, 3, 3, 2, 1),
-                     (1, 3, 3, 16, 16, 3, 3, 1, 2)]
+                     (1, 3, 3, 16, 16, 3, 3, 1, 2), (2, 5, 6, 32, 48, 3, 3, 1, 1),
+                     (1, 6, 5, 48, 64, 3, 3, 1, 1), (2, 4, 5, 64, 16, 3, 2, 1, (1, 0))]
 
 
 @pytest.mark.parametrize("activation", ["leaky_relu", "tanh"])

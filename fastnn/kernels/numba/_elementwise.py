@@ -71,36 +71,8 @@ def _act_grad(code, y, slope):
 # The loops below run over slices from index 0: LLVM vectorises neither a
 # loop indexed from a run-time `lo` (numba's negative-index wrap-around stays
 # in it) nor one whose two arrays are the same memory (its run-time overlap
-# check fails and the scalar loop runs), so an in-place span has loops of one
-# array.  Both cost 10-15x on a span in L1 (bench/NOTES.md, entry 57).
-
-@njit(cache=True, inline="always")
-def _act_loop(y, x, lo, hi, code, slope):
-    ys, xs = y[lo:hi], x[lo:hi]
-    for i in range(ys.size):
-        ys[i] = _act(code, xs[i], slope)
-
-
-@njit(cache=True, inline="always")
-def _act_loop_inplace(y, lo, hi, code, slope):
-    ys = y[lo:hi]
-    for i in range(ys.size):
-        ys[i] = _act(code, ys[i], slope)
-
-
-@njit(cache=True, inline="always")
-def _grad_loop(dx, dy, y, lo, hi, code, slope):
-    dxs, dys, ys = dx[lo:hi], dy[lo:hi], y[lo:hi]
-    for i in range(dxs.size):
-        dxs[i] = dys[i] * _act_grad(code, ys[i], slope)
-
-
-@njit(cache=True, inline="always")
-def _grad_loop_inplace(dx, y, lo, hi, code, slope):
-    dxs, ys = dx[lo:hi], y[lo:hi]
-    for i in range(dxs.size):
-        dxs[i] = dxs[i] * _act_grad(code, ys[i], slope)
-
+# check fails and the scalar loop runs), so an in-place span has a loop of
+# one array.  Both cost 10-15x on a span in L1 (bench/NOTES.md, entry 57).
 
 @njit(cache=True, inline="always")
 def _same(a, b):
@@ -108,29 +80,37 @@ def _same(a, b):
     return a.ctypes.data == b.ctypes.data
 
 
+@njit(cache=True, inline="always")
+def _act_loop(y, x, lo, hi, code, slope):
+    ys = y[lo:hi]
+    if _same(y, x):
+        for i in range(ys.size):
+            ys[i] = _act(code, ys[i], slope)
+    else:
+        xs = x[lo:hi]
+        for i in range(ys.size):
+            ys[i] = _act(code, xs[i], slope)
+
+
+@njit(cache=True, inline="always")
+def _grad_loop(dx, dy, y, lo, hi, code, slope):
+    dxs, ys = dx[lo:hi], y[lo:hi]
+    if _same(dx, dy):
+        for i in range(dxs.size):
+            dxs[i] = dxs[i] * _act_grad(code, ys[i], slope)
+    else:
+        dys = dy[lo:hi]
+        for i in range(dxs.size):
+            dxs[i] = dys[i] * _act_grad(code, ys[i], slope)
+
+
 @njit(cache=True)
 def _act_span(y, x, lo, hi, code, slope):
     """y[lo:hi] = act(x[lo:hi]).  One loop per activation: `code` is a
     constant in each, so the branch leaves the loop and LLVM can vectorise."""
-    if _same(y, x):
-        if code == _IDENTITY:
-            return
-        if code == _STEP:
-            _act_loop_inplace(y, lo, hi, _STEP, slope)
-        elif code == _SIGN:
-            _act_loop_inplace(y, lo, hi, _SIGN, slope)
-        elif code == _SIGMOID:
-            _act_loop_inplace(y, lo, hi, _SIGMOID, slope)
-        elif code == _TANH:
-            _act_loop_inplace(y, lo, hi, _TANH, slope)
-        elif code == _RELU:
-            _act_loop_inplace(y, lo, hi, _RELU, slope)
-        elif code == _LEAKY_RELU:
-            _act_loop_inplace(y, lo, hi, _LEAKY_RELU, slope)
-        else:
-            _act_loop_inplace(y, lo, hi, _SOFTPLUS, slope)
-    elif code == _IDENTITY:
-        _act_loop(y, x, lo, hi, _IDENTITY, slope)
+    if code == _IDENTITY:
+        if not _same(y, x):
+            _act_loop(y, x, lo, hi, _IDENTITY, slope)
     elif code == _STEP:
         _act_loop(y, x, lo, hi, _STEP, slope)
     elif code == _SIGN:
@@ -149,24 +129,11 @@ def _act_span(y, x, lo, hi, code, slope):
 
 @njit(cache=True)
 def _grad_span(dx, dy, y, lo, hi, code, slope):
-    """dx[lo:hi] = dy * act'(y) over [lo, hi); one loop per activation."""
-    if _same(dx, dy):
-        if code == _IDENTITY:
-            return
-        if code == _STEP or code == _SIGN:
-            _grad_loop_inplace(dx, y, lo, hi, _STEP, slope)
-        elif code == _SIGMOID:
-            _grad_loop_inplace(dx, y, lo, hi, _SIGMOID, slope)
-        elif code == _TANH:
-            _grad_loop_inplace(dx, y, lo, hi, _TANH, slope)
-        elif code == _RELU:
-            _grad_loop_inplace(dx, y, lo, hi, _RELU, slope)
-        elif code == _LEAKY_RELU:
-            _grad_loop_inplace(dx, y, lo, hi, _LEAKY_RELU, slope)
-        else:
-            _grad_loop_inplace(dx, y, lo, hi, _SOFTPLUS, slope)
-    elif code == _IDENTITY:
-        _grad_loop(dx, dy, y, lo, hi, _IDENTITY, slope)
+    """dx[lo:hi] = dy * act'(y) over [lo, hi); one loop per activation (in
+    place, identity's dy * 1 is dy: nothing to do)."""
+    if code == _IDENTITY:
+        if not _same(dx, dy):
+            _grad_loop(dx, dy, y, lo, hi, _IDENTITY, slope)
     elif code == _STEP or code == _SIGN:
         _grad_loop(dx, dy, y, lo, hi, _STEP, slope)
     elif code == _SIGMOID:
