@@ -52,17 +52,19 @@ def _act(code, x, slope):
 
 @njit(cache=True, inline="always")
 def _act_grad(code, y, slope):
-    """act'(x) expressed through the output y = act(x)."""
+    """act'(x) expressed through the output y = act(x).  The 0 / 1 factors
+    are float32 (dy times them is exact either way; the float64 product ran
+    2x slower)."""
     if code == _IDENTITY:
-        return 1.0
+        return np.float32(1.0)
     if code == _STEP or code == _SIGN:
-        return 0.0
+        return np.float32(0.0)
     if code == _SIGMOID:
         return y * (1.0 - y)
     if code == _TANH:
         return 1.0 - y * y
     if code == _RELU:
-        return 1.0 if y > 0 else 0.0
+        return np.float32(1.0) if y > 0 else np.float32(0.0)
     if code == _LEAKY_RELU:
         return 1.0 if y > 0 else slope
     return -math.expm1(-y)  # softplus: sigmoid(x) = 1 - e^-y
