@@ -168,6 +168,13 @@ int fastnn_dense_partial(float *Y, int64_t ldy, const float *X, int64_t ldx, con
                          int64_t ldw, int64_t n, int64_t in, int64_t out, float beta,
                          int epilogue, const float *b, int act, float slope);
 
+/* The activation over columns [j0, j1) of m rows w apart (ops.c; serial):
+   backward, D = D * act'(Y) in place; forward, D = act(Y) (D may be Y).
+   The same bits as fastnn_activation_backward / _forward over each row's
+   span; act must be valid (the caller's epoch checked it). */
+void fastnn_act_rows(float *D, const float *Y, int64_t m, int64_t w, int64_t j0, int64_t j1,
+                     int act, float slope, int backward);
+
 /* db[lo:hi] = column sums of dZ (n, c) over columns [lo, hi) (ops.c;
    accumulated in double, serial). */
 void fastnn_column_sums(float *db, const float *dZ, int64_t n, int64_t c, int64_t lo,

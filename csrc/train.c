@@ -302,22 +302,19 @@ static int wide(int64_t d)
 }
 
 /* The activation (forward, or its derivative into D in place) of columns
-   [j0, j1) of m rows of width w. */
+   [j0, j1) of m rows of width w: one call over all rows when they are
+   whole, else one pass a row without the public kernel's per-call checks
+   (stack_valid checked the activation).  The same bits either way. */
 static int act_columns(float *D, const float *Y, int64_t m, int64_t w, int64_t j0, int64_t j1,
                        const fastnn_dense_layer *L, int backward)
 {
-    int rc = FASTNN_OK;
     if (j1 <= j0)
-        return rc;
-    const int whole = j0 == 0 && j1 == w;  /* then one call over all rows */
-    const int64_t rows = whole ? 1 : m, len = whole ? m * w : j1 - j0;
-    for (int64_t i = 0; i < rows && rc == FASTNN_OK; i++) {
-        float *d = D + i * w + j0;
-        const float *y = Y + i * w + j0;
-        rc = backward ? fastnn_activation_backward(d, d, y, len, L->act, L->slope)
-                      : fastnn_activation_forward(d, y, len, L->act, L->slope);
-    }
-    return rc;
+        return FASTNN_OK;
+    if (j0 == 0 && j1 == w)
+        return backward ? fastnn_activation_backward(D, D, Y, m * w, L->act, L->slope)
+                        : fastnn_activation_forward(D, Y, m * w, L->act, L->slope);
+    fastnn_act_rows(D, Y, m, w, j0, j1, L->act, L->slope, backward);
+    return FASTNN_OK;
 }
 
 /* C[:, j0:j1] (rows ldc apart) = the products of input chunks [q0, q1) of
