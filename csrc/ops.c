@@ -249,7 +249,7 @@ int fastnn_activation_backward(float *dX, const float *dY, const float *Y, int64
 
 /* Columns [j0, j1) of m rows w apart (internal.h): the public kernels'
    per-element arithmetic, one serial pass a row on the calling thread --
-   no validation, thread decision or clock read per row (a threaded
+   no validation or thread decision per row (a threaded
    epoch's columns of a 512-row batch were 512 calls). */
 void fastnn_act_rows(float *D, const float *Y, int64_t m, int64_t w, int64_t j0, int64_t j1,
                      int act, float slope, int backward)
