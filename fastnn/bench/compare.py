@@ -1255,7 +1255,7 @@ def section_many(args):
     ks = (4,) if args.tiny or args.quick else (4, 16, 64)
     # per sample and model: forward + dW of every layer + dX of the upper two
     flops = 2 * 3 * (64 * 256 + 256 * 128 + 128 * 10) - 2 * 64 * 256
-    rounds = 1 if args.tiny else (3 if args.quick else 5)
+    rounds = args.rounds_override or (1 if args.tiny else (3 if args.quick else 5))
     table = Table(
         "Many models: 64-256-128-10 MLPs on 1,344 digits, batch 32, one epoch, Adam: "
         "model-samples/s",
@@ -1477,6 +1477,10 @@ def parse_args(argv=None):
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
     parser.add_argument("--mnist", metavar="DIR", help="real MNIST IDX files for the training data")
     parser.add_argument("--json", metavar="FILE", help="also write the raw results as JSON")
+    parser.add_argument("--rounds", type=int, metavar="N", dest="rounds_override",
+                        help="interleaved rounds of every timed comparison, kernels and training alike "
+                             "(default 7 for kernels, 3 for training epochs; --quick 3 and 2): more "
+                             "rounds, steadier medians on a noisy host")
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # the CI test
     parser.add_argument("--rss-worker", help=argparse.SUPPRESS)
     parser.add_argument("--rss-samples", type=int, default=60_000, help=argparse.SUPPRESS)
@@ -1496,6 +1500,10 @@ def parse_args(argv=None):
     args.rounds = 1 if args.tiny else 3 if args.quick else 7
     args.train_rounds = 1 if args.tiny else 2 if args.quick else 3
     args.sklearn_rounds = 1 if args.quick else 2
+    if args.rounds_override is not None:
+        if args.rounds_override < 1:
+            parser.error(f"--rounds: expected an integer >= 1, got {args.rounds_override}")
+        args.rounds = args.train_rounds = args.sklearn_rounds = args.rounds_override
     args.target_s = 0.02 if args.quick else 0.05
     args.results = []
     return args
