@@ -100,6 +100,16 @@ int fastnn_run_serial(int on);
    Returns the previous factor; factor < 1 leaves it.  Results never depend
    on it (nor on the thread count). */
 int fastnn_set_cold_factor(int factor);
+/* How long, in microseconds, a thread of a training epoch's team spins at
+   one of the epoch's barriers before it sleeps (a futex on Linux) until the
+   last thread arrives: us >= 0 sets it, -1 restores the default, < -1
+   leaves it.  The default: 0 under OMP_WAIT_POLICY=passive, forever under
+   OMP_WAIT_POLICY=active or GOMP_SPINCOUNT=infinite, else 250 us or
+   libgomp's own spin if longer -- the short GOMP_SPINCOUNT fastnn asks for
+   between calls made the epoch's threads sleep and wake at its barriers
+   (bench/NOTES.md entry 60).  Returns the previous setting in us (-1: the
+   default).  Results never depend on it. */
+int64_t fastnn_set_barrier_spin(int64_t us);
 
 /* ---- matrix multiply ---------------------------------------------------- */
 /* C (m,n) = alpha * op(A) * op(B) + beta * C, row-major with leading

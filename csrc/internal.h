@@ -12,6 +12,7 @@
 #define FASTNN_INTERNAL_H
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include "fastnn.h"
 
@@ -153,6 +154,22 @@ static inline double fastnn_cold_scale(double multiple)
     const int64_t f = fastnn_team_factor();
     return f > 1 ? multiple * (double)f / FASTNN_COLD_FACTOR : 1.0;
 }
+
+/* A barrier for the threads of one parallel region that spins before it
+   sleeps (runtime.c): libgomp's own barrier spins GOMP_SPINCOUNT
+   iterations, which fastnn keeps short (~10 us) so that idle workers give
+   the cores back between calls -- inside one long region, such as a
+   training epoch, that made threads sleep and pay a futex wake at barriers
+   a batch (bench/NOTES.md entry 60).  Zero it before the region; every
+   thread of the n calls fastnn_barrier_wait at the same points.  The wait
+   orders memory as an OpenMP barrier: what any thread wrote before it is
+   visible to every thread after it.  n == 1: no-op. */
+struct fastnn_barrier {
+    _Atomic int arrived;      /* threads at the current barrier */
+    _Atomic int generation;   /* barriers completed (a futex word) */
+    _Atomic int sleepers;     /* threads in the futex wait */
+};
+void fastnn_barrier_wait(struct fastnn_barrier *b, int n);
 
 /* fastnn_dense_forward with leading dimensions: Y (n, out) in rows ldy
    apart, X (n, in) ldx apart, W (in, out) ldw apart, b (out) or NULL --

@@ -4,11 +4,19 @@
  * Both are process-wide settings read at the start of every kernel call.
  * Set them between calls, not while kernels run on other threads.
  */
+#define _GNU_SOURCE   /* syscall() under -std=c11 */
 #include <omp.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#ifdef __linux__
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#else
+#include <sched.h>
+#endif
 #include "fastnn.h"
 #include "internal.h"
 
@@ -104,6 +112,103 @@ int64_t fastnn_team_factor(void)
         return 1;
     const int64_t rest = atomic_load_explicit(&g_rest_ns, memory_order_relaxed);
     return rest > 0 && now_ns() - rest <= window ? 1 : cold;
+}
+
+/* ---- the epoch's barrier (internal.h) ---------------------------------------------- */
+
+#define BARRIER_DEFAULT_NS 250000     /* 250 us: the longest wait a batch's imbalance makes */
+static _Atomic int64_t g_barrier_ns = -1;   /* -1: the default */
+
+int64_t fastnn_set_barrier_spin(int64_t us)
+{
+    const int64_t ns = us >= 0 ? (us >= INT64_MAX / 1000 ? INT64_MAX : us * 1000) : -1;
+    const int64_t before = us >= -1 ? atomic_exchange(&g_barrier_ns, ns)
+                                    : atomic_load(&g_barrier_ns);
+    return before < 0 ? -1 : before == INT64_MAX ? INT64_MAX : before / 1000;
+}
+
+/* How long a waiter spins: the setting, or the default from libgomp's. */
+static int64_t barrier_spin_ns(void)
+{
+    const int64_t set = atomic_load_explicit(&g_barrier_ns, memory_order_relaxed);
+    if (set >= 0)
+        return set;
+    int64_t window = atomic_load_explicit(&g_window_ns, memory_order_relaxed);
+    if (window < 0) {
+        window = spin_window();
+        atomic_store_explicit(&g_window_ns, window, memory_order_relaxed);
+    }
+    if (window == 0 || window == INT64_MAX)   /* passive; active or infinite */
+        return window;
+    return window > BARRIER_DEFAULT_NS ? window : BARRIER_DEFAULT_NS;
+}
+
+static void barrier_sleep(_Atomic int *word, int value)
+{
+#ifdef __linux__
+    /* returns at once if *word != value: no wake-up is lost */
+    syscall(SYS_futex, (int *)word, FUTEX_WAIT_PRIVATE, value, NULL, NULL, 0);
+#else
+    (void)word; (void)value;
+    sched_yield();
+#endif
+}
+
+static void barrier_wake(_Atomic int *word)
+{
+#ifdef __linux__
+    syscall(SYS_futex, (int *)word, FUTEX_WAKE_PRIVATE, INT32_MAX, NULL, NULL, 0);
+#else
+    (void)word;
+#endif
+}
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+/* A generation barrier.  A thread reads the generation g before it
+   arrives; the barrier it waits for cannot complete before it arrives, so
+   g is that barrier's.  The last to arrive resets the count and moves the
+   generation on (its increment of `arrived` read every earlier arrival's,
+   all acq_rel: what each thread wrote before arriving happens before the
+   release); the others wait for the generation to move and acquire it.
+   The seq_cst pair sleepers++ / generation load against generation++ /
+   sleepers load: either the waker sees a sleeper and wakes it, or the
+   sleeper sees the new generation (and the futex refuses to sleep on a
+   word that has moved). */
+void fastnn_barrier_wait(struct fastnn_barrier *b, int n)
+{
+    if (n <= 1)
+        return;
+    const int g = atomic_load_explicit(&b->generation, memory_order_acquire);
+    if (atomic_fetch_add_explicit(&b->arrived, 1, memory_order_acq_rel) == n - 1) {
+        atomic_store_explicit(&b->arrived, 0, memory_order_relaxed);
+        atomic_fetch_add(&b->generation, 1);          /* seq_cst: release */
+        if (atomic_load(&b->sleepers) > 0)
+            barrier_wake(&b->generation);
+        return;
+    }
+    const int64_t budget = barrier_spin_ns();
+    if (budget > 0) {
+        const int64_t start = now_ns();
+        for (unsigned spins = 1;; spins++) {
+            if (atomic_load_explicit(&b->generation, memory_order_acquire) != g)
+                return;
+            cpu_relax();
+            if (spins % 64 == 0 && budget != INT64_MAX && now_ns() - start > budget)
+                break;
+        }
+    }
+    atomic_fetch_add(&b->sleepers, 1);
+    while (atomic_load(&b->generation) == g)
+        barrier_sleep(&b->generation, g);
+    atomic_fetch_sub(&b->sleepers, 1);
 }
 
 int fastnn_flush_denormals(int on)

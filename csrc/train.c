@@ -165,6 +165,8 @@ struct epoch {
        between two barriers, read by all after the second) */
     int grads_hook, batch_hook;
     int hook_stop;
+    /* the team's barrier (fastnn_barrier_wait: it spins before it sleeps) */
+    struct fastnn_barrier bar;
 };
 
 /* ---- fixed chunks ----------------------------------------------------------
@@ -418,7 +420,7 @@ static int forward_layer(struct epoch *e, int l, int t, const float *in, int64_t
     if (T == 1)
         return forward_columns(e, l, in, m, 0, L->out, e->D + a->batch * e->row_off[l]);
     if (!e->split_in[l]) {
-#pragma omp barrier
+        fastnn_barrier_wait(&e->bar, e->threads);
         own(e, L->out, t, &j0, &j1);
         return forward_columns(e, l, in, m, j0, j1, slab(e, l, t));
     }
@@ -440,7 +442,7 @@ static int forward_layer(struct epoch *e, int l, int t, const float *in, int64_t
                 rc = chain(L, W, b, in, m, n, q, q + 1, slab(e, l, q - e0), L->out, 0, L->out,
                            0);
     }
-#pragma omp barrier
+    fastnn_barrier_wait(&e->bar, e->threads);
     own(e, L->out, t, &j0, &j1);
     if (j1 > j0) {
         const float *p[MAX_CHUNKS] = {NULL};
@@ -857,10 +859,10 @@ static int post_backward(struct epoch *e, int l, int t, int64_t m,
    stop).  Called by every thread of the team at the same point. */
 static int call_hook(struct epoch *e, int t, int event, int64_t batch)
 {
-#pragma omp barrier
+    fastnn_barrier_wait(&e->bar, e->threads);
     if (t == 0)
         e->hook_stop = e->a->hook(e->a->hook_ctx, event, batch) != 0;
-#pragma omp barrier
+    fastnn_barrier_wait(&e->bar, e->threads);
     return e->hook_stop;
 }
 
@@ -911,14 +913,14 @@ static void epoch_thread(struct epoch *e, int t)
             if (e->Z && e->Z[l])
                 post_forward(e, l, t, m, bi);
         }
-#pragma omp barrier
+        fastnn_barrier_wait(&e->bar, e->threads);
         if (!err)
             err = loss_rows(e, t, lo, m);
         if (a->l2 != 0.0)
             weight_squares(e, t);
         e->rc[t] = err;  /* read by all after the barrier, rewritten only
                             after the next batch's barriers */
-#pragma omp barrier
+        fastnn_barrier_wait(&e->bar, e->threads);
         {
             /* every thread sums the same parts in the same order, so all
                take the same decision */
@@ -955,7 +957,7 @@ static void epoch_thread(struct epoch *e, int t)
             if (rc == FASTNN_OK && !act_done)
                 rc = act_columns(e->D + B * e->row_off[l], e->Y + B * e->row_off[l], m, L->out,
                                  j0, j1, L, 1);
-#pragma omp barrier
+            fastnn_barrier_wait(&e->bar, e->threads);
             if (rc == FASTNN_OK)
                 rc = backward_layer(e, l, t, layer_input(e, l, x), m, &o);
             if (rc && !err) err = rc;

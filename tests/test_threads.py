@@ -338,3 +338,89 @@ def test_set_cold_factor_validates_and_returns_the_previous():
         assert c.set_cold_factor(2) == 2
     finally:
         c.set_cold_factor(before)
+
+
+# ---- the epoch's barrier -------------------------------------------------------
+# The threaded dense epoch's threads meet at barriers of their own
+# (runtime.c, fastnn_barrier_wait) that spin before they sleep on a futex.
+# Spin 0 sends every waiter to the futex at once; a spin of 1000 s keeps
+# every waiter spinning.  The bits are one thread's either way, on 2 and 4
+# threads (4 on a 2-core machine: waiters sleep while the thread they wait
+# for is not running), through the post ops (BatchNorm, Dropout) and
+# around a hook that sleeps while the others wait.
+
+@contextlib.contextmanager
+def barrier_spin(us):
+    from fastnn.kernels import c
+
+    before = c.set_barrier_spin(us)
+    try:
+        yield
+    finally:
+        c.set_barrier_spin(before)
+
+
+@pytest.mark.parametrize("threads", [2, 4])
+def test_barrier_spin_never_changes_the_bits(threads):
+    with c_threads(1):
+        runs = [_epoch_run((784, 256, 128, 10), 32, 1000, shuffle=True, epochs=1)]
+    for us in (0, None, 10 ** 9):
+        with c_threads(threads), barrier_spin(us):
+            runs.append(_epoch_run((784, 256, 128, 10), 32, 1000, shuffle=True, epochs=1))
+    _same_bits(runs)
+
+
+def _bn_dropout_fit(threads, us, hook_sleep=None):
+    import time
+
+    from fastnn.kernels import c
+
+    model = fastnn.Sequential([fastnn.Dense(784, 256, "relu"), fastnn.BatchNorm(256),
+                               fastnn.Dropout(0.2), fastnn.Dense(256, 128, "relu"),
+                               fastnn.BatchNorm(128), fastnn.Dropout(0.2),
+                               fastnn.Dense(128, 10)], seed=3, backend="c")
+    trainer = fastnn.Trainer(model, "softmax_cross_entropy", fastnn.optim.Adam(lr=1e-3),
+                             fused=True)
+    rng = np.random.default_rng(4)
+    X = rng.random((600, 784), dtype=np.float32)
+    y = rng.integers(0, 10, 600)
+    events = []
+    with c_threads(threads), barrier_spin(us):
+        ce = trainer._fused_epoch(600, 64)
+        e = ce.build(X, trainer._targets(y, 600), rng.permutation(600))
+        if hook_sleep is not None:
+            def hook(event, batch):
+                events.append((int(event), batch))
+                time.sleep(hook_sleep)
+            e.hook, e.hook_every = hook, 1
+        done = trainer._k.model_epoch(e)[0]
+        assert c.epoch_threads() == threads
+    assert done == 10
+    return model.get_params(), events
+
+
+def test_barrier_spin_with_post_ops_and_a_sleeping_hook():
+    base, _ = _bn_dropout_fit(1, None)
+    for threads, us, sleep in ((2, 0, None), (2, 10 ** 9, None), (2, 0, 0.003),
+                               (2, None, 0.003), (4, 0, 0.001)):
+        params, events = _bn_dropout_fit(threads, us, sleep)
+        np.testing.assert_array_equal(params, base, err_msg=f"{threads} threads, spin {us}")
+        if sleep is not None:  # every batch's BATCH event, in order (and GRADS ones)
+            assert [b for ev, b in events if ev == int(spec.HookEvent.BATCH)] == list(range(10))
+
+
+def test_set_barrier_spin_validates_and_returns_the_previous():
+    from fastnn.kernels import c
+
+    before = c.set_barrier_spin(7)
+    try:
+        assert c.set_barrier_spin(0) == 7
+        assert c.set_barrier_spin(np.int64(12)) == 0
+        assert c.set_barrier_spin(None) == 12
+        assert c.set_barrier_spin(3) is None
+        for bad in (-1, True, 1.5, 2 ** 62, "2"):
+            with pytest.raises(ValueError, match="us"):
+                c.set_barrier_spin(bad)
+        assert c.set_barrier_spin(None) == 3
+    finally:
+        c.set_barrier_spin(before)

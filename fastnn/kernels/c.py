@@ -116,6 +116,21 @@ def set_cold_factor(factor):
     return int(lib.fastnn_set_cold_factor(int(factor)))
 
 
+def set_barrier_spin(us):
+    """How long (microseconds, an integer >= 0) a thread of a threaded
+    training epoch spins at one of its barriers before it sleeps until the
+    others arrive; None restores the default (250 us or libgomp's spin if
+    longer; 0 under OMP_WAIT_POLICY=passive; forever under active).
+    Returns the previous setting (None: the default).  Results do not
+    depend on it."""
+    if us is None:
+        us = -1
+    elif isinstance(us, bool) or not isinstance(us, (int, np.integer)) or not 0 <= us < 2 ** 62:
+        raise ValueError(f"us: expected an integer in [0, 2**62) or None, got {us!r}")
+    before = int(lib.fastnn_set_barrier_spin(int(us)))
+    return None if before < 0 else before
+
+
 def run_serial(on):
     """While on, every C kernel this thread calls runs on this thread alone
     (other threads keep the set thread count); returns the previous setting."""
