@@ -722,6 +722,16 @@ int main(void) {
         plan_cases();
         rnn_cases();
     }
+    /* the threaded epochs again with every barrier waiter sent to the
+       futex at once (spin 0), then spinning without end, then the default */
+    fastnn_set_num_threads(2);
+    for (int k = 0; k < 2; k++) {
+        fastnn_set_barrier_spin(k == 0 ? 0 : INT64_MAX / 1000);
+        epoch_cases();
+        deep_epoch_cases();
+        post_epoch_cases();
+    }
+    fastnn_set_barrier_spin(-1);
     /* the plan cases with this thread's kernels serial (MLPSearchCV's
        banks side by side, one thread each), at the 2-thread setting */
     const int serial_before = fastnn_run_serial(1);
