@@ -104,8 +104,10 @@ int fastnn_set_cold_factor(int factor);
    one of the epoch's barriers before it sleeps (a futex on Linux) until the
    last thread arrives: us >= 0 sets it, -1 restores the default, < -1
    leaves it.  The default: 0 under OMP_WAIT_POLICY=passive, forever under
-   OMP_WAIT_POLICY=active or GOMP_SPINCOUNT=infinite, else 250 us or
-   libgomp's own spin if longer -- the short GOMP_SPINCOUNT fastnn asks for
+   OMP_WAIT_POLICY=active or GOMP_SPINCOUNT=infinite, else 50 us or
+   libgomp's own spin if longer.  Whatever the setting, a team of more
+   threads than processors does not spin (the thread waited for may need
+   the core) -- the short GOMP_SPINCOUNT fastnn asks for
    between calls made the epoch's threads sleep and wake at its barriers
    (bench/NOTES.md entry 60).  Returns the previous setting in us (-1: the
    default).  Results never depend on it. */

@@ -168,6 +168,7 @@ struct fastnn_barrier {
     _Atomic int arrived;      /* threads at the current barrier */
     _Atomic int generation;   /* barriers completed (a futex word) */
     _Atomic int sleepers;     /* threads in the futex wait */
+    _Atomic int strikes;      /* waits longer than the spin, net (runtime.c) */
 };
 void fastnn_barrier_wait(struct fastnn_barrier *b, int n);
 

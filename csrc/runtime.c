@@ -116,8 +116,9 @@ int64_t fastnn_team_factor(void)
 
 /* ---- the epoch's barrier (internal.h) ---------------------------------------------- */
 
-#define BARRIER_DEFAULT_NS 250000     /* 250 us: the longest wait a batch's imbalance makes */
+#define BARRIER_DEFAULT_NS 50000      /* 50 us (bench/NOTES.md entry 60) */
 static _Atomic int64_t g_barrier_ns = -1;   /* -1: the default */
+static _Atomic int g_procs = 0;              /* omp_get_num_procs(), once; 0: not read */
 
 int64_t fastnn_set_barrier_spin(int64_t us)
 {
@@ -172,6 +173,21 @@ static inline void cpu_relax(void)
 #endif
 }
 
+/* The futex half of a wait: until the generation moves from g. */
+static void barrier_sleep_until(struct fastnn_barrier *b, int g)
+{
+    atomic_fetch_add(&b->sleepers, 1);
+    while (atomic_load(&b->generation) == g)
+        barrier_sleep(&b->generation, g);
+    atomic_fetch_sub(&b->sleepers, 1);
+}
+
+/* Waits longer than the spin, net of shorter ones, after which waiters
+   sleep at once (and the cap, so that a few short waits bring the spin
+   back). */
+#define BARRIER_STRIKES 2
+#define BARRIER_STRIKES_MAX 4
+
 /* A generation barrier.  A thread reads the generation g before it
    arrives; the barrier it waits for cannot complete before it arrives, so
    g is that barrier's.  The last to arrive resets the count and moves the
@@ -194,21 +210,45 @@ void fastnn_barrier_wait(struct fastnn_barrier *b, int n)
             barrier_wake(&b->generation);
         return;
     }
-    const int64_t budget = barrier_spin_ns();
-    if (budget > 0) {
-        const int64_t start = now_ns();
+    /* More threads than processors: the one a waiter waits for may need
+       its core, so it sleeps at once (libgomp throttles its spin too).
+       Likewise while waits have outlasted the spin more often than not
+       (`strikes`, moved by every wait: one up for a wait longer than the
+       spin, one down for a shorter one): the threads are then sharing
+       cores with other work, and a spinning waiter keeps a core from the
+       thread it waits for or from that work. */
+    int procs = atomic_load_explicit(&g_procs, memory_order_relaxed);
+    if (procs == 0) {
+        procs = omp_get_num_procs();
+        atomic_store_explicit(&g_procs, procs, memory_order_relaxed);
+    }
+    const int64_t full = n > procs ? 0 : barrier_spin_ns();
+    if (full == 0) {
+        barrier_sleep_until(b, g);
+        return;
+    }
+    const int strikes = atomic_load_explicit(&b->strikes, memory_order_relaxed);
+    const int64_t start = now_ns();
+    if (strikes < BARRIER_STRIKES) {
         for (unsigned spins = 1;; spins++) {
-            if (atomic_load_explicit(&b->generation, memory_order_acquire) != g)
+            if (atomic_load_explicit(&b->generation, memory_order_acquire) != g) {
+                if (strikes > 0)
+                    atomic_fetch_sub_explicit(&b->strikes, 1, memory_order_relaxed);
                 return;
+            }
             cpu_relax();
-            if (spins % 64 == 0 && budget != INT64_MAX && now_ns() - start > budget)
+            if (spins % 64 == 0 && full != INT64_MAX && now_ns() - start > full)
                 break;
         }
     }
-    atomic_fetch_add(&b->sleepers, 1);
-    while (atomic_load(&b->generation) == g)
-        barrier_sleep(&b->generation, g);
-    atomic_fetch_sub(&b->sleepers, 1);
+    barrier_sleep_until(b, g);
+    if (full == INT64_MAX)
+        return;
+    const int64_t waited = now_ns() - start;
+    if (waited > full && strikes < BARRIER_STRIKES_MAX)
+        atomic_fetch_add_explicit(&b->strikes, 1, memory_order_relaxed);
+    else if (waited <= full && strikes > 0)
+        atomic_fetch_sub_explicit(&b->strikes, 1, memory_order_relaxed);
 }
 
 int fastnn_flush_denormals(int on)

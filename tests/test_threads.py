@@ -344,10 +344,10 @@ def test_set_cold_factor_validates_and_returns_the_previous():
 # The threaded dense epoch's threads meet at barriers of their own
 # (runtime.c, fastnn_barrier_wait) that spin before they sleep on a futex.
 # Spin 0 sends every waiter to the futex at once; a spin of 1000 s keeps
-# every waiter spinning.  The bits are one thread's either way, on 2 and 4
-# threads (4 on a 2-core machine: waiters sleep while the thread they wait
-# for is not running), through the post ops (BatchNorm, Dropout) and
-# around a hook that sleeps while the others wait.
+# every waiter spinning (on up to as many threads as processors: 4 threads
+# on a 2-core machine never spin, they sleep at once).  The bits are one
+# thread's either way, on 2 and 4 threads, through the post ops
+# (BatchNorm, Dropout) and around a hook that sleeps while the others wait.
 
 @contextlib.contextmanager
 def barrier_spin(us):

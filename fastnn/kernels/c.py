@@ -119,8 +119,9 @@ def set_cold_factor(factor):
 def set_barrier_spin(us):
     """How long (microseconds, an integer >= 0) a thread of a threaded
     training epoch spins at one of its barriers before it sleeps until the
-    others arrive; None restores the default (250 us or libgomp's spin if
-    longer; 0 under OMP_WAIT_POLICY=passive; forever under active).
+    others arrive; None restores the default (50 us or libgomp's spin if
+    longer; 0 under OMP_WAIT_POLICY=passive; forever under active).  A
+    team of more threads than processors never spins, whatever the setting.
     Returns the previous setting (None: the default).  Results do not
     depend on it."""
     if us is None:
