@@ -28,6 +28,10 @@ from .reference import asarray, empty, to_numpy, zeros  # noqa: F401 - same on t
 # 9k samples/s, spin 10000: 21k, 3000: 32k, 1000: 48k; on a quiet machine
 # 1000 costs at most ~10% (65-80k, within the noise).  libgomp reads this
 # once, when it is loaded; an explicit OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
+# (The dense epoch's barriers are no longer libgomp's: on a quiet Sapphire
+# Rapids host 1000 spins cost its 2-thread epoch 15-20%, so they spin ~50 us
+# inside the call, and not at all on a busy machine: runtime.c
+# fastnn_barrier_wait, set_barrier_spin, bench/NOTES.md entry 60.)
 if "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
