@@ -105,12 +105,14 @@ int fastnn_set_cold_factor(int factor);
    last thread arrives: us >= 0 sets it, -1 restores the default, < -1
    leaves it.  The default: 0 under OMP_WAIT_POLICY=passive, forever under
    OMP_WAIT_POLICY=active or GOMP_SPINCOUNT=infinite, else 50 us or
-   libgomp's own spin if longer.  Whatever the setting, a team of more
+   libgomp's own spin if longer, down to ~10 us for the rest of an epoch
+   whose threads are preempted more than 100 times a second (they share
+   the cores with other work).  Whatever the setting, a team of more
    threads than processors does not spin (the thread waited for may need
-   the core) -- the short GOMP_SPINCOUNT fastnn asks for
-   between calls made the epoch's threads sleep and wake at its barriers
-   (bench/NOTES.md entry 60).  Returns the previous setting in us (-1: the
-   default).  Results never depend on it. */
+   the core).  The short GOMP_SPINCOUNT fastnn asks for between calls had
+   the epoch's threads sleep and wake at its barriers (bench/NOTES.md entry
+   60).  Returns the previous setting in us (-1: the default).  Results
+   never depend on it. */
 int64_t fastnn_set_barrier_spin(int64_t us);
 
 /* ---- matrix multiply ---------------------------------------------------- */

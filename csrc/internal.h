@@ -168,7 +168,9 @@ struct fastnn_barrier {
     _Atomic int arrived;      /* threads at the current barrier */
     _Atomic int generation;   /* barriers completed (a futex word) */
     _Atomic int sleepers;     /* threads in the futex wait */
-    _Atomic int strikes;      /* waits longer than the spin, net (runtime.c) */
+    _Atomic int busy;         /* the team shares its cores: spin short (runtime.c) */
+    _Atomic int preempted;    /* the waiters' preemptions seen in the region */
+    _Atomic int64_t t0;       /* the first wait's time, CLOCK_MONOTONIC ns */
 };
 void fastnn_barrier_wait(struct fastnn_barrier *b, int n);
 

@@ -12,6 +12,7 @@
 #include <time.h>
 #ifdef __linux__
 #include <linux/futex.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #else
@@ -173,20 +174,56 @@ static inline void cpu_relax(void)
 #endif
 }
 
-/* The futex half of a wait: until the generation moves from g. */
-static void barrier_sleep_until(struct fastnn_barrier *b, int g)
+/* The spin of a team found sharing its cores: libgomp's at fastnn's
+   GOMP_SPINCOUNT=1000 (~10 us). */
+#define BARRIER_BUSY_NS 10000
+
+/* The involuntary context switches of the calling thread since it last
+   looked (0 the first time); it looks at every 8th call (getrusage, ~0.5
+   us). */
+static long preemptions(void)
 {
-    atomic_fetch_add(&b->sleepers, 1);
-    while (atomic_load(&b->generation) == g)
-        barrier_sleep(&b->generation, g);
-    atomic_fetch_sub(&b->sleepers, 1);
+#ifdef __linux__
+    static _Thread_local long last = -1;
+    static _Thread_local unsigned calls = 0;
+    if (calls++ % 8)
+        return 0;
+    struct rusage u;
+    if (getrusage(RUSAGE_THREAD, &u))
+        return 0;
+    const long moved = last >= 0 && u.ru_nivcsw > last ? u.ru_nivcsw - last : 0;
+    last = u.ru_nivcsw;
+    return moved;
+#else
+    return 0;
+#endif
 }
 
-/* Waits longer than the spin, net of shorter ones, after which waiters
-   sleep at once (and the cap, so that a few short waits bring the spin
-   back). */
-#define BARRIER_STRIKES 2
-#define BARRIER_STRIKES_MAX 4
+/* Whether the team shares its cores with other work: more than 100
+   preemptions a second of the region (at least 3).  Measured on a 2-core
+   VM, 2 threads: ~10 a second on an idle machine, 500-1,000 beside one
+   busy process (bench/NOTES.md 60). */
+static int team_busy(struct fastnn_barrier *b)
+{
+    if (atomic_load_explicit(&b->busy, memory_order_relaxed))
+        return 1;
+    const int64_t now = now_ns();
+    int64_t t0 = atomic_load_explicit(&b->t0, memory_order_relaxed);
+    if (t0 == 0) {
+        atomic_compare_exchange_strong(&b->t0, &t0, now);
+        t0 = atomic_load_explicit(&b->t0, memory_order_relaxed);
+    }
+    const long moved = preemptions();
+    if (moved == 0)
+        return 0;
+    const int total = atomic_fetch_add_explicit(&b->preempted, (int)moved, memory_order_relaxed)
+                      + (int)moved;
+    if (total >= 3 && (double)total * 1e9 > 100.0 * (double)(now - t0 + 1)) {
+        atomic_store_explicit(&b->busy, 1, memory_order_relaxed);
+        return 1;
+    }
+    return 0;
+}
 
 /* A generation barrier.  A thread reads the generation g before it
    arrives; the barrier it waits for cannot complete before it arrives, so
@@ -211,44 +248,36 @@ void fastnn_barrier_wait(struct fastnn_barrier *b, int n)
         return;
     }
     /* More threads than processors: the one a waiter waits for may need
-       its core, so it sleeps at once (libgomp throttles its spin too).
-       Likewise while waits have outlasted the spin more often than not
-       (`strikes`, moved by every wait: one up for a wait longer than the
-       spin, one down for a shorter one): the threads are then sharing
-       cores with other work, and a spinning waiter keeps a core from the
-       thread it waits for or from that work. */
+       its core, so it sleeps at once (libgomp throttles its spin too). */
     int procs = atomic_load_explicit(&g_procs, memory_order_relaxed);
     if (procs == 0) {
         procs = omp_get_num_procs();
         atomic_store_explicit(&g_procs, procs, memory_order_relaxed);
     }
-    const int64_t full = n > procs ? 0 : barrier_spin_ns();
-    if (full == 0) {
-        barrier_sleep_until(b, g);
-        return;
+    int64_t budget = n > procs ? 0 : barrier_spin_ns();
+    /* The default spin shrinks to libgomp's short one for the rest of the
+       region once the team's threads are preempted often (team_busy): they
+       then share the cores with other work, and a spinning waiter keeps a
+       core from the thread it waits for or from that work. */
+    if (budget > BARRIER_BUSY_NS && budget != INT64_MAX
+        && atomic_load_explicit(&g_barrier_ns, memory_order_relaxed) < 0) {
+        if (team_busy(b))
+            budget = BARRIER_BUSY_NS;
     }
-    const int strikes = atomic_load_explicit(&b->strikes, memory_order_relaxed);
-    const int64_t start = now_ns();
-    if (strikes < BARRIER_STRIKES) {
+    if (budget > 0) {
+        const int64_t start = now_ns();
         for (unsigned spins = 1;; spins++) {
-            if (atomic_load_explicit(&b->generation, memory_order_acquire) != g) {
-                if (strikes > 0)
-                    atomic_fetch_sub_explicit(&b->strikes, 1, memory_order_relaxed);
+            if (atomic_load_explicit(&b->generation, memory_order_acquire) != g)
                 return;
-            }
             cpu_relax();
-            if (spins % 64 == 0 && full != INT64_MAX && now_ns() - start > full)
+            if (spins % 64 == 0 && budget != INT64_MAX && now_ns() - start > budget)
                 break;
         }
     }
-    barrier_sleep_until(b, g);
-    if (full == INT64_MAX)
-        return;
-    const int64_t waited = now_ns() - start;
-    if (waited > full && strikes < BARRIER_STRIKES_MAX)
-        atomic_fetch_add_explicit(&b->strikes, 1, memory_order_relaxed);
-    else if (waited <= full && strikes > 0)
-        atomic_fetch_sub_explicit(&b->strikes, 1, memory_order_relaxed);
+    atomic_fetch_add(&b->sleepers, 1);
+    while (atomic_load(&b->generation) == g)
+        barrier_sleep(&b->generation, g);
+    atomic_fetch_sub(&b->sleepers, 1);
 }
 
 int fastnn_flush_denormals(int on)

@@ -124,7 +124,8 @@ def set_barrier_spin(us):
     """How long (microseconds, an integer >= 0) a thread of a threaded
     training epoch spins at one of its barriers before it sleeps until the
     others arrive; None restores the default (50 us or libgomp's spin if
-    longer; 0 under OMP_WAIT_POLICY=passive; forever under active).  A
+    longer, ~10 us for the rest of an epoch whose threads are often
+    preempted; 0 under OMP_WAIT_POLICY=passive; forever under active).  A
     team of more threads than processors never spins, whatever the setting.
     Returns the previous setting (None: the default).  Results do not
     depend on it."""
