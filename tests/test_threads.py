@@ -370,6 +370,27 @@ def test_barrier_spin_never_changes_the_bits(threads):
     _same_bits(runs)
 
 
+def test_barrier_beside_a_busy_process_same_bits():
+    """With another process spinning on a core the team's threads are
+    preempted, and the default spin may drop to the short one mid-epoch
+    (runtime.c team_busy; not observable from here): the bits stay one
+    thread's."""
+    import subprocess
+    import sys
+
+    with c_threads(1):
+        base = _epoch_run((784, 256, 128, 10), 32, 3000, shuffle=True, epochs=3)
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        with c_threads(2), barrier_spin(None):
+            runs = [_epoch_run((784, 256, 128, 10), 32, 3000, shuffle=True, epochs=3)
+                    for _ in range(2)]
+    finally:
+        busy.kill()
+        busy.wait()
+    _same_bits([base, *runs])
+
+
 def _bn_dropout_fit(threads, us, hook_sleep=None):
     import time
 
