@@ -178,23 +178,34 @@ static inline void cpu_relax(void)
    GOMP_SPINCOUNT=1000 (~10 us). */
 #define BARRIER_BUSY_NS 10000
 
-/* The involuntary context switches of the calling thread since it last
-   looked (0 the first time); it looks at every 8th call (getrusage, ~0.5
-   us). */
-static long preemptions(void)
+/* The involuntary context switches of the calling thread in the region of
+   barrier b (started at t0) since it last looked; it looks at every 8th
+   call (getrusage, ~0.5 us), and its first look in a region only takes
+   the count (what came before, e.g. between two epochs, is not the
+   region's). */
+static long preemptions(const struct fastnn_barrier *b, int64_t t0)
 {
 #ifdef __linux__
-    static _Thread_local long last = -1;
+    static _Thread_local const struct fastnn_barrier *seen_b = NULL;
+    static _Thread_local int64_t seen_t0 = 0;
+    static _Thread_local long last = 0;
     static _Thread_local unsigned calls = 0;
-    if (calls++ % 8)
+    const int fresh = b != seen_b || t0 != seen_t0;
+    if (!fresh && calls++ % 8)
         return 0;
     struct rusage u;
     if (getrusage(RUSAGE_THREAD, &u))
         return 0;
-    const long moved = last >= 0 && u.ru_nivcsw > last ? u.ru_nivcsw - last : 0;
+    const long moved = !fresh && u.ru_nivcsw > last ? u.ru_nivcsw - last : 0;
     last = u.ru_nivcsw;
+    if (fresh) {
+        seen_b = b;
+        seen_t0 = t0;
+        calls = 1;
+    }
     return moved;
 #else
+    (void)b; (void)t0;
     return 0;
 #endif
 }
@@ -213,7 +224,7 @@ static int team_busy(struct fastnn_barrier *b)
         atomic_compare_exchange_strong(&b->t0, &t0, now);
         t0 = atomic_load_explicit(&b->t0, memory_order_relaxed);
     }
-    const long moved = preemptions();
+    const long moved = preemptions(b, t0);
     if (moved == 0)
         return 0;
     const int total = atomic_fetch_add_explicit(&b->preempted, (int)moved, memory_order_relaxed)

@@ -439,9 +439,16 @@ def test_set_barrier_spin_validates_and_returns_the_previous():
         assert c.set_barrier_spin(np.int64(12)) == 0
         assert c.set_barrier_spin(None) == 12
         assert c.set_barrier_spin(3) is None
-        for bad in (-1, True, 1.5, 2 ** 62, "2"):
+        for bad in (-1, True, 1.5, 2 ** 63, "2"):
             with pytest.raises(ValueError, match="us"):
                 c.set_barrier_spin(bad)
+        # "forever" (any spin past ~292,000 years) reads back as the
+        # largest value, which it takes again
+        assert c.set_barrier_spin(2 ** 62) == 3
+        forever = c.set_barrier_spin(None)
+        assert forever == 2 ** 63 - 1
+        assert c.set_barrier_spin(forever) is None
+        assert c.set_barrier_spin(3) == forever
         assert c.set_barrier_spin(None) == 3
     finally:
         c.set_barrier_spin(before)

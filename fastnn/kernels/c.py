@@ -131,8 +131,8 @@ def set_barrier_spin(us):
     depend on it."""
     if us is None:
         us = -1
-    elif isinstance(us, bool) or not isinstance(us, (int, np.integer)) or not 0 <= us < 2 ** 62:
-        raise ValueError(f"us: expected an integer in [0, 2**62) or None, got {us!r}")
+    elif isinstance(us, bool) or not isinstance(us, (int, np.integer)) or not 0 <= us < 2 ** 63:
+        raise ValueError(f"us: expected an integer in [0, 2**63) or None, got {us!r}")
     before = int(lib.fastnn_set_barrier_spin(int(us)))
     return None if before < 0 else before
 
