@@ -94,7 +94,7 @@ def test_a_rank_that_raises_stops_the_others_naming_it(tmp_path):
     assert seconds < 30
 
 
-def test_a_killed_rank_ends_the_job_naming_its_process(tmp_path):
+def test_a_killed_rank_ends_the_job_naming_a_process_of_it(tmp_path):
     # MPICH's mpiexec ends the whole job when a process dies (rank 1 kills
     # itself with SIGKILL after epoch 2) and reports a process of the job
     # by pid, with exit code 9.  Which one it names races with its own

@@ -30,7 +30,7 @@ from .reference import asarray, empty, to_numpy, zeros  # noqa: F401 - same on t
 # once, when it is loaded; an explicit OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
 # (The dense epoch's barriers are no longer libgomp's: on a quiet Sapphire
 # Rapids host 1000 spins cost its 2-thread epoch 15-20%, so they spin ~50 us
-# inside the call, and not at all on a busy machine: runtime.c
+# inside the call, and ~10 us on a busy machine: runtime.c
 # fastnn_barrier_wait, set_barrier_spin, bench/NOTES.md entry 60.)
 if "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", "1000")
