@@ -413,6 +413,8 @@ def _bn_dropout_fit(threads, us, hook_sleep=None):
             def hook(event, batch):
                 events.append((int(event), batch))
                 time.sleep(hook_sleep)
+            # GRADS too: the updates then wait for the hook (update_owned)
+            hook.events = frozenset({spec.HookEvent.GRADS, spec.HookEvent.BATCH})
             e.hook, e.hook_every = hook, 1
         done = trainer._k.model_epoch(e)[0]
         assert c.epoch_threads() == threads
@@ -426,8 +428,9 @@ def test_barrier_spin_with_post_ops_and_a_sleeping_hook():
                                (2, None, 0.003), (4, 0, 0.001)):
         params, events = _bn_dropout_fit(threads, us, sleep)
         np.testing.assert_array_equal(params, base, err_msg=f"{threads} threads, spin {us}")
-        if sleep is not None:  # every batch's BATCH event, in order (and GRADS ones)
-            assert [b for ev, b in events if ev == int(spec.HookEvent.BATCH)] == list(range(10))
+        if sleep is not None:  # every batch's GRADS, then BATCH event, in order
+            assert events == [(int(ev), b) for b in range(10)
+                              for ev in (spec.HookEvent.GRADS, spec.HookEvent.BATCH)]
 
 
 def test_set_barrier_spin_validates_and_returns_the_previous():
