@@ -94,6 +94,17 @@ static int64_t spin_window(void)
     return 3000000;
 }
 
+/* spin_window(), read from the environment once. */
+static int64_t libgomp_window(void)
+{
+    int64_t window = atomic_load_explicit(&g_window_ns, memory_order_relaxed);
+    if (window < 0) {
+        window = spin_window();
+        atomic_store_explicit(&g_window_ns, window, memory_order_relaxed);
+    }
+    return window;
+}
+
 void fastnn_team_rest(void)
 {
     atomic_store_explicit(&g_rest_ns, now_ns(), memory_order_relaxed);
@@ -103,11 +114,7 @@ int64_t fastnn_team_factor(void)
 {
     if (fastnn_get_num_threads() < 2)
         return 1;   /* no team: no clock read on the one-thread path */
-    int64_t window = atomic_load_explicit(&g_window_ns, memory_order_relaxed);
-    if (window < 0) {
-        window = spin_window();
-        atomic_store_explicit(&g_window_ns, window, memory_order_relaxed);
-    }
+    const int64_t window = libgomp_window();
     const int64_t cold = atomic_load_explicit(&g_cold, memory_order_relaxed);
     if (window == INT64_MAX || cold == 1)
         return 1;
@@ -135,11 +142,7 @@ static int64_t barrier_spin_ns(void)
     const int64_t set = atomic_load_explicit(&g_barrier_ns, memory_order_relaxed);
     if (set >= 0)
         return set;
-    int64_t window = atomic_load_explicit(&g_window_ns, memory_order_relaxed);
-    if (window < 0) {
-        window = spin_window();
-        atomic_store_explicit(&g_window_ns, window, memory_order_relaxed);
-    }
+    const int64_t window = libgomp_window();
     if (window == 0 || window == INT64_MAX)   /* passive; active or infinite */
         return window;
     return window > BARRIER_DEFAULT_NS ? window : BARRIER_DEFAULT_NS;
@@ -214,11 +217,10 @@ static long preemptions(const struct fastnn_barrier *b, int64_t t0)
    preemptions a second of the region (at least 3).  Measured on a 2-core
    VM, 2 threads: ~10 a second on an idle machine, 500-1,000 beside one
    busy process (bench/NOTES.md 60). */
-static int team_busy(struct fastnn_barrier *b)
+static int team_busy(struct fastnn_barrier *b, int64_t now)
 {
     if (atomic_load_explicit(&b->busy, memory_order_relaxed))
         return 1;
-    const int64_t now = now_ns();
     int64_t t0 = atomic_load_explicit(&b->t0, memory_order_relaxed);
     if (t0 == 0) {
         atomic_compare_exchange_strong(&b->t0, &t0, now);
@@ -270,13 +272,13 @@ void fastnn_barrier_wait(struct fastnn_barrier *b, int n)
        region once the team's threads are preempted often (team_busy): they
        then share the cores with other work, and a spinning waiter keeps a
        core from the thread it waits for or from that work. */
+    const int64_t start = budget > 0 ? now_ns() : 0;
     if (budget > BARRIER_BUSY_NS && budget != INT64_MAX
         && atomic_load_explicit(&g_barrier_ns, memory_order_relaxed) < 0) {
-        if (team_busy(b))
+        if (team_busy(b, start))
             budget = BARRIER_BUSY_NS;
     }
     if (budget > 0) {
-        const int64_t start = now_ns();
         for (unsigned spins = 1;; spins++) {
             if (atomic_load_explicit(&b->generation, memory_order_acquire) != g)
                 return;
