@@ -48,25 +48,30 @@
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
-/* PAR_FOR(i, count, wide, stmt): run stmt for i in [0, count), shared by the
-   team in contiguous blocks when `wide` and more than one thread is set;
-   small work never opens a parallel region (that costs about a microsecond
-   even under a false if() clause). */
-#define PRAGMA_(x) _Pragma(#x)
-#define PAR_FOR(i, count, wide, stmt)                                          \
-    do {                                                                       \
-        const int64_t count_ = (count);                                        \
-        const int threads_ = fastnn_get_num_threads();                        \
-        if (!(wide) || threads_ < 2 || count_ < 2) {                           \
-            for (int64_t i = 0; i < count_; i++)                               \
-                stmt;                                                          \
-        } else {                                                               \
-            PRAGMA_(omp parallel for num_threads(threads_) schedule(static))   \
-            for (int64_t i = 0; i < count_; i++)                               \
-                stmt;                                                          \
-            fastnn_team_rest();                                                \
-        }                                                                      \
+/* TEAM_FOR(count, wide, row, ctx): row(ctx, i) for i in [0, count), shared
+   by the team in contiguous blocks when `wide` and more than one thread is
+   set -- a job (internal.h), so shared with the team of a whole epoch too
+   (fastnn_team_epoch); small work never opens a parallel region (that
+   costs about a microsecond even under a false if() clause).
+   ROW_FN(name, ctx type, stmt) defines name(const void *, int64_t i)
+   running stmt with c the context. */
+#define TEAM_FOR(count, wide, row, ctx)                                       \
+    do {                                                                      \
+        const int64_t count_ = (count);                                       \
+        const int threads_ = fastnn_team_size();                              \
+        if (!(wide) || threads_ < 2 || count_ < 2) {                          \
+            for (int64_t i_ = 0; i_ < count_; i_++)                           \
+                row(ctx, i_);                                                 \
+        } else {                                                              \
+            fastnn_team_for(threads_, count_, row, ctx);                      \
+        }                                                                     \
     } while (0)
+#define ROW_FN(name, type, stmt)                                              \
+    static void name(const void *ctx_, int64_t i)                             \
+    {                                                                         \
+        const type *c = ctx_;                                                 \
+        stmt;                                                                 \
+    }
 
 /* ---- window geometry ----------------------------------------------------------- */
 
@@ -282,6 +287,13 @@ static void unpool_rows(float *dZ, const pooled *pl, const geom *g, int64_t oc, 
    part[0:oc] = their column sums of dZ; if zpad, their rows of the padded
    dZ (n, oh+2qh, ow+2qw, oc), and the zero border rows above and below an
    image next to its first and last rows. */
+typedef struct {
+    float *dst;
+    const float *src;
+    int64_t hh, ww, ch, qh, qw;
+} pad_ctx;
+ROW_FN(pad_row_i, pad_ctx, pad_row(c->dst, c->src, c->hh, c->ww, c->ch, c->qh, c->qw, i))
+
 static void dz_pass_chunk(float *dZ, float *part, float *zpad, const float *dY, const float *Y,
                           const pooled *pl, const geom *g, int64_t oc, int64_t qh, int64_t qw,
                           int act, float slope, int64_t r0, int64_t r1)
@@ -323,6 +335,29 @@ static void flip_weights(float *Wt, const float *W, int64_t kh, int64_t kw, int6
                     dst[o * c + ch] = src[ch * oc + o];
         }
 }
+typedef struct {
+    float *dZ, *part, *zpad;
+    const float *dY, *Y;
+    const pooled *pl;
+    const geom *g;
+    int64_t oc, qh, qw, rows;
+    int act;
+    float slope;
+} dz_ctx;
+ROW_FN(dz_pass_i, dz_ctx,
+       dz_pass_chunk(c->dZ, c->part ? c->part + i * c->oc : NULL, c->zpad, c->dY, c->Y, c->pl,
+                     c->g, c->oc, c->qh, c->qw, c->act, c->slope, i * DZ_CHUNK_ROWS,
+                     min64(c->rows, (i + 1) * DZ_CHUNK_ROWS)))
+
+typedef struct {
+    float *db;
+    const float *dZ;
+    int64_t n, oc, span;
+} colsum_ctx;
+ROW_FN(colsum_i, colsum_ctx,
+       fastnn_column_sums(c->db, c->dZ, c->n, c->oc, i * c->span,
+                          min64(c->oc, i * c->span + c->span)))
+
 
 /* The direct backward: dZ, db (NULL: skipped), dW, dX (NULL: skipped).
    cols holds the padded X (xsize floats) until dW is done; the space after
@@ -364,9 +399,8 @@ static void direct_backward(float *dX, float *dW, float *db, float *dZ, float *c
                       && qh <= 2 && qw >= 0 && qw <= 2;
     float *const zdst = dx_mode == 1 ? cols + xsize : cols;   /* the padded dZ's place */
     float *zpad = dx_mode == 1 && !wg_dx ? zdst : NULL;
-    PAR_FOR(ch, chunks, rows * g->ow * oc > PAR_MIN,
-            dz_pass_chunk(dZ, part ? part + ch * oc : NULL, zpad, dY, Y, pl, g, oc, qh, qw, act,
-                          slope, ch * DZ_CHUNK_ROWS, min64(rows, (ch + 1) * DZ_CHUNK_ROWS)));
+    const dz_ctx dzc = {dZ, part, zpad, dY, Y, pl, g, oc, qh, qw, rows, act, slope};
+    TEAM_FOR(chunks, rows * g->ow * oc > PAR_MIN, dz_pass_i, &dzc);
     if (db && part) {   /* the chunks' sums in chunk order */
         for (int64_t o = 0; o < oc; o++) {
             double sum = 0.0;
@@ -376,9 +410,8 @@ static void direct_backward(float *dX, float *dW, float *db, float *dZ, float *c
         }
     } else if (db) {
         const int64_t span = 16;
-        PAR_FOR(sp, (oc + span - 1) / span, rows * oc > PAR_MIN,
-                fastnn_column_sums(db, dZ, g->out_pixels, oc, sp * span,
-                                   min64(oc, sp * span + span)));
+        const colsum_ctx csc = {db, dZ, g->out_pixels, oc, span};
+        TEAM_FOR((oc + span - 1) / span, rows * oc > PAR_MIN, colsum_i, &csc);
     }
     /* dW's workspace: after the padded X, or after the padded dZ when that
        follows it (db's partial sums are done with) */
@@ -409,7 +442,8 @@ static void direct_backward(float *dX, float *dW, float *db, float *dZ, float *c
         return;
     if (!zpad) {   /* mode 2, or Winograd declined: the padded dZ now */
         zpad = zdst;
-        PAR_FOR(r, n * hz, zsize > PAR_MIN, pad_row(zpad, dZ, g->oh, g->ow, oc, qh, qw, r));
+        const pad_ctx pc = {zpad, dZ, g->oh, g->ow, oc, qh, qw};
+        TEAM_FOR(n * hz, zsize > PAR_MIN, pad_row_i, &pc);
     }
     if (!wg_dx && kh == 3 && kw == 3
         && fastnn_conv3x3_winograd(dX, zpad, Wt, NULL, n, hz, wz, oc, c, FASTNN_ACT_IDENTITY,
@@ -420,6 +454,23 @@ static void direct_backward(float *dX, float *dW, float *db, float *dZ, float *c
 
 /* X (n,h,w,c), W (kh,kw,c,oc) = the (kh*kw*c, oc) matrix, b (oc) or NULL,
    cols (n*oh*ow, kh*kw*c), Y (n,oh,ow,oc). */
+typedef struct {
+    float *dst;
+    const float *src;
+    int64_t span, total;
+} copy_ctx;
+ROW_FN(copy_i, copy_ctx,
+       memcpy(c->dst + i * c->span, c->src + i * c->span,
+              (size_t)min64(c->span, c->total - i * c->span) * sizeof(float)))
+
+typedef struct {
+    float *dst;
+    const float *src;
+    const geom *g;
+} im2col_ctx;
+ROW_FN(im2col_i, im2col_ctx, im2col_row(c->dst, c->src, c->g, i / c->g->oh, i % c->g->oh))
+ROW_FN(col2im_i, im2col_ctx, col2im_image(c->dst, c->src, c->g, i))
+
 int fastnn_conv2d_forward(float *Y, float *cols, const float *X, const float *W,
                           const float *b, int64_t n, int64_t h, int64_t w, int64_t c,
                           int64_t oc, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
@@ -433,7 +484,8 @@ int fastnn_conv2d_forward(float *Y, float *cols, const float *X, const float *W,
     const int64_t rows = g.out_pixels;
     if (direct_ok(&g, rows * K)) {
         const int64_t hp = h + 2 * ph, wp = w + 2 * pw;
-        PAR_FOR(r, n * hp, g.in_size > PAR_MIN, pad_row(cols, X, h, w, c, ph, pw, r));
+        const pad_ctx pc = {cols, X, h, w, c, ph, pw};
+        TEAM_FOR(n * hp, g.in_size > PAR_MIN, pad_row_i, &pc);
         const int64_t xsize = n * hp * wp * c;
         if (kh == 3 && kw == 3
             && fastnn_conv3x3_winograd(Y, cols, W, b, n, hp, wp, c, oc, act, slope,
@@ -446,11 +498,11 @@ int fastnn_conv2d_forward(float *Y, float *cols, const float *X, const float *W,
         /* 1x1, stride 1 (so no padding): im2col(X) is X itself.  The copy is
            still made because the backward has no X, only cols. */
         const int64_t span = 1 << 14, total = rows * K;
-        PAR_FOR(s, (total + span - 1) / span, total > PAR_MIN,
-                memcpy(cols + s * span, X + s * span,
-                       (size_t)min64(span, total - s * span) * sizeof *cols));
+        const copy_ctx cc = {cols, X, span, total};
+        TEAM_FOR((total + span - 1) / span, total > PAR_MIN, copy_i, &cc);
     } else {
-        PAR_FOR(r, n * g.oh, rows * K > PAR_MIN, im2col_row(cols, X, &g, r / g.oh, r % g.oh));
+        const im2col_ctx ic = {cols, X, &g};
+        TEAM_FOR(n * g.oh, rows * K > PAR_MIN, im2col_i, &ic);
     }
     return fastnn_dense_forward(Y, cols, W, b, rows, K, oc, act, slope);
 }
@@ -480,7 +532,8 @@ int fastnn_conv2d_backward(float *dX, float *dW, float *db, float *dZ, float *co
     rc = fastnn_gemm(0, 1, rows, K, oc, 1.0f, dZ, oc, W, oc, 0.0f, cols, K);
     if (rc != FASTNN_OK)
         return rc;
-    PAR_FOR(img, n, rows * K > PAR_MIN, col2im_image(dX, cols, &g, img));
+    const im2col_ctx ic = {dX, cols, &g};
+    TEAM_FOR(n, rows * K > PAR_MIN, col2im_i, &ic);
     return FASTNN_OK;
 }
 
@@ -769,6 +822,26 @@ static int fp_make(fp_geom *f, int64_t *xsize, int64_t *need, int64_t n, int64_t
     return 1;
 }
 
+#ifdef HAVE_X86
+typedef struct {
+    float *P;
+    int32_t *argmax;
+    const float *Xp, *W, *bias;
+    const fp_geom *f;
+} fpf_ctx;
+ROW_FN(fp_forward_i, fpf_ctx, fp_forward_row(c->P, c->argmax, c->Xp, c->W, c->bias, c->f, i))
+
+typedef struct {
+    float *part;
+    const float *dP;
+    const int32_t *argmax;
+    const float *Py, *Xp;
+    const fp_geom *f;
+} fpb_ctx;
+ROW_FN(fp_backward_i, fpb_ctx,
+       fp_backward_chunk(c->part, c->dP, c->argmax, c->Py, c->Xp, c->f, i))
+#endif
+
 int fastnn_conv_pool_small_ok(int64_t n, int64_t h, int64_t w, int64_t c, int64_t oc,
                               int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
                               int64_t pw, int act, int64_t pkh, int64_t pkw, int64_t psh,
@@ -791,10 +864,12 @@ int fastnn_conv_pool_small_forward(float *P, int32_t *argmax, float *cols, const
     if (!P || !argmax || !cols || !X || !W
         || !fp_make(&f, &xsize, &need, n, h, w, c, oc, kh, kw, ph, pw, act, slope, pkh, pkw))
         return FASTNN_EINVAL;
-    PAR_FOR(r, n * f.hp, xsize > PAR_MIN, pad_row(cols, X, h, w, c, ph, pw, r));
+    const pad_ctx pc = {cols, X, h, w, c, ph, pw};
+    TEAM_FOR(n * f.hp, xsize > PAR_MIN, pad_row_i, &pc);
     const double madds = (double)n * (double)(f.prows * f.pcols * f.win) * (double)(f.taps * oc);
 #ifdef HAVE_X86
-    PAR_FOR(r, n * f.prows, madds > FP_PAR_MIN, fp_forward_row(P, argmax, cols, W, b, &f, r));
+    const fpf_ctx fc = {P, argmax, cols, W, b, &f};
+    TEAM_FOR(n * f.prows, madds > FP_PAR_MIN, fp_forward_i, &fc);
 #endif
     return FASTNN_OK;
 }
@@ -814,8 +889,8 @@ int fastnn_conv_pool_small_backward(float *dW, float *db, float *cols, const flo
     float *part = cols + xsize;
     const double madds = (double)n * (double)(f.prows * f.pcols * f.win) * (double)(K * oc);
 #ifdef HAVE_X86
-    PAR_FOR(ch, chunks, madds > FP_PAR_MIN,
-            fp_backward_chunk(part, dP, argmax, Py, cols, &f, ch));
+    const fpb_ctx bc = {part, dP, argmax, Py, cols, &f};
+    TEAM_FOR(chunks, madds > FP_PAR_MIN, fp_backward_i, &bc);
 #endif
     for (int64_t t = 0; t <= K; t++) {
         float *dst = t < K ? dW + t * oc : db;
@@ -920,6 +995,16 @@ static void maxpool_row_2x2(float *Y, int32_t *argmax, const float *X, const geo
 }
 
 /* X (n,h,w,c), Y and argmax (n,oh,ow,c). */
+typedef struct {
+    float *Y;
+    int32_t *argmax;
+    const float *X;
+    const geom *g;
+} pool_ctx;
+ROW_FN(maxpool_2x2_i, pool_ctx,
+       maxpool_row_2x2(c->Y, c->argmax, c->X, c->g, i / c->g->oh, i % c->g->oh))
+ROW_FN(maxpool_i, pool_ctx, maxpool_row(c->Y, c->argmax, c->X, c->g, i / c->g->oh, i % c->g->oh))
+
 int fastnn_maxpool2d_forward(float *Y, int32_t *argmax, const float *X, int64_t n, int64_t h,
                              int64_t w, int64_t c, int64_t kh, int64_t kw, int64_t sh,
                              int64_t sw)
@@ -930,12 +1015,11 @@ int fastnn_maxpool2d_forward(float *Y, int32_t *argmax, const float *X, int64_t 
     if (!Y || !argmax || !X || !pool_geom(&g, &out, n, h, w, c, kh, kw, sh, sw)
         || h > INT32_MAX / w)
         return FASTNN_EINVAL;
+    const pool_ctx pc = {Y, argmax, X, &g};
     if (kh == 2 && kw == 2)
-        PAR_FOR(r, n * g.oh, pool_work(&g, out) > PAR_MIN,
-                maxpool_row_2x2(Y, argmax, X, &g, r / g.oh, r % g.oh));
+        TEAM_FOR(n * g.oh, pool_work(&g, out) > PAR_MIN, maxpool_2x2_i, &pc);
     else
-        PAR_FOR(r, n * g.oh, pool_work(&g, out) > PAR_MIN,
-                maxpool_row(Y, argmax, X, &g, r / g.oh, r % g.oh));
+        TEAM_FOR(n * g.oh, pool_work(&g, out) > PAR_MIN, maxpool_i, &pc);
     return FASTNN_OK;
 }
 
@@ -1023,6 +1107,14 @@ static void maxpool_back_image_any(float *dX, const float *dY, const int32_t *ar
 }
 
 /* dY and argmax (n,oh,ow,c), dX (n,h,w,c). */
+typedef struct {
+    float *dX;
+    const float *dY;
+    const int32_t *argmax;
+    const geom *g;
+} unpool_ctx;
+ROW_FN(maxpool_back_i, unpool_ctx, maxpool_back_image_any(c->dX, c->dY, c->argmax, c->g, i))
+
 int fastnn_maxpool2d_backward(float *dX, const float *dY, const int32_t *argmax, int64_t n,
                               int64_t h, int64_t w, int64_t c, int64_t kh, int64_t kw,
                               int64_t sh, int64_t sw)
@@ -1032,8 +1124,8 @@ int fastnn_maxpool2d_backward(float *dX, const float *dY, const int32_t *argmax,
     if (!dX || !dY || !argmax || !pool_geom(&g, &total, n, h, w, c, kh, kw, sh, sw)
         || !indices_valid(argmax, 0, total, h * w))
         return FASTNN_EINVAL;
-    PAR_FOR(img, n, (double)total + (double)g.in_size > PAR_MIN,
-            maxpool_back_image_any(dX, dY, argmax, &g, img));
+    const unpool_ctx uc = {dX, dY, argmax, &g};
+    TEAM_FOR(n, (double)total + (double)g.in_size > PAR_MIN, maxpool_back_i, &uc);
     return FASTNN_OK;
 }
 
@@ -1071,6 +1163,13 @@ static void avgpool_row(float *Y, const float *X, const geom *g, int64_t img, in
 }
 
 /* X (n,h,w,c), Y (n,oh,ow,c). */
+typedef struct {
+    float *dst;
+    const float *src;
+    const geom *g;
+} avg_ctx;
+ROW_FN(avgpool_i, avg_ctx, avgpool_row(c->dst, c->src, c->g, i / c->g->oh, i % c->g->oh))
+
 int fastnn_avgpool2d_forward(float *Y, const float *X, int64_t n, int64_t h, int64_t w,
                              int64_t c, int64_t kh, int64_t kw, int64_t sh, int64_t sw)
 {
@@ -1078,8 +1177,8 @@ int fastnn_avgpool2d_forward(float *Y, const float *X, int64_t n, int64_t h, int
     int64_t out;
     if (!Y || !X || !pool_geom(&g, &out, n, h, w, c, kh, kw, sh, sw))
         return FASTNN_EINVAL;
-    PAR_FOR(r, n * g.oh, pool_work(&g, out) > PAR_MIN,
-            avgpool_row(Y, X, &g, r / g.oh, r % g.oh));
+    const avg_ctx ac = {Y, X, &g};
+    TEAM_FOR(n * g.oh, pool_work(&g, out) > PAR_MIN, avgpool_i, &ac);
     return FASTNN_OK;
 }
 
@@ -1111,6 +1210,9 @@ static void avgpool_back_row(float *dX, const float *dY, const geom *g, int64_t 
 }
 
 /* dY (n,oh,ow,c), dX (n,h,w,c). */
+ROW_FN(avgpool_back_i, avg_ctx,
+       avgpool_back_row(c->dst, c->src, c->g, i / c->g->h, i % c->g->h))
+
 int fastnn_avgpool2d_backward(float *dX, const float *dY, int64_t n, int64_t h, int64_t w,
                               int64_t c, int64_t kh, int64_t kw, int64_t sh, int64_t sw)
 {
@@ -1118,7 +1220,8 @@ int fastnn_avgpool2d_backward(float *dX, const float *dY, int64_t n, int64_t h, 
     int64_t out;
     if (!dX || !dY || !pool_geom(&g, &out, n, h, w, c, kh, kw, sh, sw))
         return FASTNN_EINVAL;
-    PAR_FOR(r, n * h, g.in_size > PAR_MIN, avgpool_back_row(dX, dY, &g, r / h, r % h));
+    const avg_ctx ac = {dX, dY, &g};
+    TEAM_FOR(n * h, g.in_size > PAR_MIN, avgpool_back_i, &ac);
     return FASTNN_OK;
 }
 
@@ -1180,6 +1283,25 @@ static void bn_piece(int64_t rows, int64_t spans, int64_t np, int64_t q, int64_t
     *hi = s1 > rows / BN_SPAN ? rows : s1 * BN_SPAN;
 }
 
+/* Piece q of channel_sums's: its sums into a1[q], a2[q]. */
+typedef struct {
+    double (*a1)[CB], (*a2)[CB];
+    enum sum_kind kind;
+    const float *X, *A;
+    const double *m;
+    int64_t rows, spans, np, c, c0, cb;
+} piece_ctx;
+
+static void piece_sums_i(const void *ctx, int64_t q)
+{
+    const piece_ctx *p = ctx;
+    int64_t lo, hi;
+    bn_piece(p->rows, p->spans, p->np, q, &lo, &hi);
+    for (int64_t k = 0; k < p->cb; k++)
+        p->a1[q][k] = p->a2[q][k] = 0.0;
+    sums_span(p->a1[q], p->a2[q], p->kind, p->X, p->A, p->m, p->c, p->c0, p->cb, lo, hi);
+}
+
 static void channel_sums(double *s1, double *s2, enum sum_kind kind, const float *X,
                          const float *A, const double *m, int64_t rows, int64_t c,
                          int64_t c0, int64_t cb)
@@ -1187,26 +1309,8 @@ static void channel_sums(double *s1, double *s2, enum sum_kind kind, const float
     const int64_t spans = rows / BN_SPAN + (rows % BN_SPAN != 0);
     const int64_t np = spans < BN_PIECES ? spans : BN_PIECES;
     double a1[BN_PIECES][CB], a2[BN_PIECES][CB];
-    const int threads = fastnn_get_num_threads();
-    if (threads < 2 || rows * cb <= PAR_MIN) {
-        for (int64_t q = 0; q < np; q++) {
-            int64_t lo, hi;
-            bn_piece(rows, spans, np, q, &lo, &hi);
-            for (int64_t k = 0; k < cb; k++)
-                a1[q][k] = a2[q][k] = 0.0;
-            sums_span(a1[q], a2[q], kind, X, A, m, c, c0, cb, lo, hi);
-        }
-    } else {
-#pragma omp parallel for num_threads(threads) schedule(static)
-        for (int64_t q = 0; q < np; q++) {
-            int64_t lo, hi;
-            bn_piece(rows, spans, np, q, &lo, &hi);
-            for (int64_t k = 0; k < cb; k++)
-                a1[q][k] = a2[q][k] = 0.0;
-            sums_span(a1[q], a2[q], kind, X, A, m, c, c0, cb, lo, hi);
-        }
-        fastnn_team_rest();
-    }
+    const piece_ctx pc = {a1, a2, kind, X, A, m, rows, spans, np, c, c0, cb};
+    TEAM_FOR(np, rows * cb > PAR_MIN, piece_sums_i, &pc);
     for (int64_t k = 0; k < cb; k++) {
         s1[k] = s2[k] = 0.0;
         for (int64_t q = 0; q < np; q++) {
@@ -1230,13 +1334,21 @@ static void affine_span(float *Y, const float *X, const float *center, const flo
     }
 }
 
+typedef struct {
+    float *Y;
+    const float *X, *center, *scale, *shift;
+    int64_t c, c0, cb, rows;
+} affine_ctx;
+ROW_FN(affine_i, affine_ctx,
+       affine_span(c->Y, c->X, c->center, c->scale, c->shift, c->c, c->c0, c->cb, i * BN_SPAN,
+                   min64((i + 1) * BN_SPAN, c->rows)))
+
 static void affine(float *Y, const float *X, const float *center, const float *scale,
                    const float *shift, int64_t rows, int64_t c, int64_t c0, int64_t cb)
 {
     const int64_t spans = (rows + BN_SPAN - 1) / BN_SPAN;
-    PAR_FOR(s, spans, rows * cb > PAR_MIN,
-            affine_span(Y, X, center, scale, shift, c, c0, cb, s * BN_SPAN,
-                        min64((s + 1) * BN_SPAN, rows)));
+    const affine_ctx ac = {Y, X, center, scale, shift, c, c0, cb, rows};
+    TEAM_FOR(spans, rows * cb > PAR_MIN, affine_i, &ac);
 }
 
 /* X, Y (rows,c); gamma, beta, mean, invstd, running_mean, running_var (c). */
@@ -1309,6 +1421,15 @@ static void bn_backward_span(float *dX, const float *dY, const float *X, const f
 }
 
 /* dY, X, dX (rows,c); gamma, mean, invstd, dgamma, dbeta (c). */
+typedef struct {
+    float *dX;
+    const float *dY, *X, *mean, *a, *mb, *g;
+    int64_t c, c0, cb, rows;
+} bnb_ctx;
+ROW_FN(bn_backward_i, bnb_ctx,
+       bn_backward_span(c->dX, c->dY, c->X, c->mean, c->a, c->mb, c->g, c->c, c->c0, c->cb,
+                        i * BN_SPAN, min64((i + 1) * BN_SPAN, c->rows)))
+
 int fastnn_batchnorm_backward(float *dX, float *dgamma, float *dbeta, const float *dY,
                               const float *X, const float *gamma, const float *mean,
                               const float *invstd, int64_t rows, int64_t c)
@@ -1334,9 +1455,8 @@ int fastnn_batchnorm_backward(float *dX, float *dgamma, float *dbeta, const floa
             mb[k] = (float)(sdy[k] / (double)rows);
             g[k] = (float)(dg * invstd[j] / (double)rows);
         }
-        PAR_FOR(s, spans, rows * cb > PAR_MIN,
-                bn_backward_span(dX, dY, X, mean + c0, a, mb, g, c, c0, cb, s * BN_SPAN,
-                                 min64((s + 1) * BN_SPAN, rows)));
+        const bnb_ctx bc = {dX, dY, X, mean + c0, a, mb, g, c, c0, cb, rows};
+        TEAM_FOR(spans, rows * cb > PAR_MIN, bn_backward_i, &bc);
     }
     return FASTNN_OK;
 }

@@ -333,7 +333,7 @@ static cpath conv_path(int64_t cols)
 /* Team size for `madds` multiply-adds over `units` independent pieces. */
 static int team(double madds, int64_t units)
 {
-    int t = fastnn_get_num_threads();
+    int t = fastnn_team_size();
     if (madds < PAR_MIN_MADDS || units < 2)
         return 1;
     return (int)min64(t, units);
@@ -413,6 +413,19 @@ static void conv_tiles(const cpath *P, const conv_args *g, int64_t t0, int64_t t
     }
 }
 
+/* conv_tiles as a job (fastnn_team_run): share tid of n of the tiles. */
+typedef struct {
+    const cpath *P;
+    const conv_args *g;
+    int64_t tiles;
+} tiles_job;
+
+static void tiles_share(void *arg, int tid, int n)
+{
+    const tiles_job *j = arg;
+    conv_tiles(j->P, j->g, tid * j->tiles / n, (tid + 1) * j->tiles / n);
+}
+
 void fastnn_conv_padded(float *out, const float *in, const float *W, const float *bias,
                         int64_t n, int64_t hp, int64_t wp, int64_t cin, int64_t cout,
                         int64_t kh, int64_t kw, int act, float slope)
@@ -427,15 +440,48 @@ void fastnn_conv_padded(float *out, const float *in, const float *W, const float
         conv_tiles(&P, &g, 0, tiles);
         return;
     }
-#pragma omp parallel num_threads(T)
-    {
-        const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
-        conv_tiles(&P, &g, tid * tiles / nt, (tid + 1) * tiles / nt);
-    }
-    fastnn_team_rest();
+    const tiles_job j = {&P, &g, tiles};
+    fastnn_team_run(T, tiles_share, (void *)&j);
 }
 
 /* ---- dW -------------------------------------------------------------------------- */
+
+typedef struct {
+    const cpath *P;
+    float *dW;
+    const float *in, *dZ;
+    int64_t hp, wp, cin, cout, oh, ow, run, K, ct, tiles, rows, chunk, chunks;
+} dw_job;
+
+/* Share tid of n of fastnn_conv_padded_dw's tiles of dW, over every chunk
+   of pixels in order. */
+static void dw_share(void *arg, int tid, int nt)
+{
+    const dw_job *j = arg;
+    const cpath *P = j->P;
+    const int64_t t0 = tid * j->tiles / nt, t1 = (tid + 1) * j->tiles / nt;
+    int64_t aoff[SEG_MAX], boff[SEG_MAX], roff[MR_MAX];
+    for (int64_t ch = 0; ch < j->chunks; ch++) {
+        const int64_t r0 = ch * j->chunk, nseg = min64(j->chunk, j->rows - r0);
+        for (int64_t s = 0; s < nseg; s++) {
+            const int64_t img = (r0 + s) / j->oh, oy = (r0 + s) % j->oh;
+            aoff[s] = (img * j->hp + oy) * j->wp * j->cin;
+            boff[s] = (r0 + s) * j->ow * j->cout;
+        }
+        for (int64_t tile = t0; tile < t1; tile++) {
+            const int64_t k0 = tile / j->ct * P->mr, jc = tile % j->ct * P->nr;
+            const int mv = (int)min64(P->mr, j->K - k0), nv = (int)min64(P->nr, j->cout - jc);
+            for (int i = 0; i < P->mr; i++) {
+                const int64_t k = k0 + (i < mv ? i : 0);
+                roff[i] = k / j->run * j->wp * j->cin + k % j->run;
+            }
+            ctile t = {j->in, roff, aoff, boff, nseg, j->ow, j->cin, j->dZ + jc, j->cout,
+                       j->dW + k0 * j->cout + jc, j->cout, mv, nv, ch > 0, 0, NULL,
+                       FASTNN_ACT_IDENTITY, 0.0f};
+            P->kernel(&t);
+        }
+    }
+}
 
 void fastnn_conv_padded_dw(float *dW, const float *in, const float *dZ, int64_t n, int64_t hp,
                            int64_t wp, int64_t cin, int64_t cout, int64_t kh, int64_t kw)
@@ -447,34 +493,9 @@ void fastnn_conv_padded_dw(float *dW, const float *in, const float *dZ, int64_t 
     const int64_t chunk = max64(1, min64(SEG_MAX, DW_CHUNK_PIXELS / ow));
     const int64_t chunks = ceil_div(rows, chunk);
     const int T = team((double)rows * ow * K * cout, tiles);
-#pragma omp parallel num_threads(T) if (T > 1)
-    {
-        const int64_t nt = T > 1 ? omp_get_num_threads() : 1, tid = T > 1 ? omp_get_thread_num() : 0;
-        const int64_t t0 = tid * tiles / nt, t1 = (tid + 1) * tiles / nt;
-        int64_t aoff[SEG_MAX], boff[SEG_MAX], roff[MR_MAX];
-        for (int64_t ch = 0; ch < chunks; ch++) {
-            const int64_t r0 = ch * chunk, nseg = min64(chunk, rows - r0);
-            for (int64_t s = 0; s < nseg; s++) {
-                const int64_t img = (r0 + s) / oh, oy = (r0 + s) % oh;
-                aoff[s] = (img * hp + oy) * wp * cin;
-                boff[s] = (r0 + s) * ow * cout;
-            }
-            for (int64_t tile = t0; tile < t1; tile++) {
-                const int64_t k0 = tile / ct * P.mr, jc = tile % ct * P.nr;
-                const int mv = (int)min64(P.mr, K - k0), nv = (int)min64(P.nr, cout - jc);
-                for (int i = 0; i < P.mr; i++) {
-                    const int64_t k = k0 + (i < mv ? i : 0);
-                    roff[i] = k / run * wp * cin + k % run;
-                }
-                ctile t = {in, roff, aoff, boff, nseg, ow, cin, dZ + jc, cout,
-                           dW + k0 * cout + jc, cout, mv, nv, ch > 0, 0, NULL,
-                           FASTNN_ACT_IDENTITY, 0.0f};
-                P.kernel(&t);
-            }
-        }
-    }
-    if (T > 1)
-        fastnn_team_rest();
+    dw_job j = {&P, dW, in, dZ, hp, wp, cin, cout, oh, ow, run, K, ct, tiles, rows, chunk,
+                chunks};
+    fastnn_team_run(T, dw_share, &j);
 }
 
 /* ---- dX by gathering, for few input channels ------------------------------------- */
@@ -532,17 +553,28 @@ static void dx_gather_row(float *dX, const float *dZ, const float *W, int64_t h,
         }
 }
 
+typedef struct {
+    float *dX;
+    const float *dZ, *W;
+    int64_t h, w, c, oc, oh, ow, kh, kw, ph, pw, rows;
+} gather_job;
+
+static void gather_share(void *arg, int tid, int n)
+{
+    const gather_job *j = arg;
+    for (int64_t r = tid * j->rows / n; r < (tid + 1) * j->rows / n; r++)
+        dx_gather_row(j->dX, j->dZ, j->W, j->h, j->w, j->c, j->oc, j->oh, j->ow, j->kh, j->kw,
+                      j->ph, j->pw, r);
+}
+
 void fastnn_conv_dx_gather(float *dX, const float *dZ, const float *W, int64_t n, int64_t h,
                            int64_t w, int64_t c, int64_t oc, int64_t kh, int64_t kw,
                            int64_t ph, int64_t pw)
 {
     const int64_t oh = h + 2 * ph - kh + 1, ow = w + 2 * pw - kw + 1, rows = n * h;
     const int T = team((double)rows * w * c * kh * kw * oc, rows);
-#pragma omp parallel for num_threads(T) if (T > 1) schedule(static)
-    for (int64_t r = 0; r < rows; r++)
-        dx_gather_row(dX, dZ, W, h, w, c, oc, oh, ow, kh, kw, ph, pw, r);
-    if (T > 1)
-        fastnn_team_rest();
+    const gather_job j = {dX, dZ, W, h, w, c, oc, oh, ow, kh, kw, ph, pw, rows};
+    fastnn_team_run(T, gather_share, (void *)&j);
 }
 
 /* ---- 3x3 stride 1 by Winograd F(2x2, 3x3) ---------------------------------------------
@@ -920,6 +952,21 @@ static void wg_blocks(const cpath *P, const wg_args *g, float *scratch, int64_t 
     }
 }
 
+typedef struct {
+    const cpath *P;
+    const wg_args *g;
+    float *scratch;
+    int64_t per, blocks;
+} wg_job;
+
+/* Share tid of n of the blocks, with its own scratch. */
+static void wg_share(void *arg, int tid, int n)
+{
+    const wg_job *j = arg;
+    wg_blocks(j->P, j->g, j->scratch + tid * j->per, tid * j->blocks / n,
+              (tid + 1) * j->blocks / n);
+}
+
 int fastnn_conv3x3_winograd(float *out, const float *in, const float *W, const float *bias,
                             int64_t n, int64_t hp, int64_t wp, int64_t cin, int64_t cout, int act,
                             float slope, float *ws, int64_t ws_size)
@@ -966,12 +1013,8 @@ int fastnn_conv3x3_winograd_pad(float *out, const float *in, const float *W, con
         wg_blocks(&P, &g, scratch, 0, blocks);
         return 1;
     }
-#pragma omp parallel num_threads(T)
-    {
-        const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
-        wg_blocks(&P, &g, scratch + tid * per, tid * blocks / nt, (tid + 1) * blocks / nt);
-    }
-    fastnn_team_rest();
+    const wg_job j = {&P, &g, scratch, per, blocks};
+    fastnn_team_run(T, wg_share, (void *)&j);
     return 1;
 }
 
@@ -1072,6 +1115,53 @@ static void wgdw_inverse(float *dW, const float *M, int64_t cin, int64_t cout)
     }
 }
 
+typedef struct {
+    const cpath *P;
+    const wgdw_args *g;
+    int64_t rt, ct, units, chunks;
+    int vin;
+    int bad;        /* set (atomically) by the thread whose transform saw a value
+                       beyond WG_LIMIT */
+} wgdw_job;
+
+/* Share tid of n: per chunk of tiles, its part of the transforms, a
+   barrier, its units of M, a barrier. */
+static void wgdw_share(void *arg, int tid, int nt)
+{
+    wgdw_job *j = arg;
+    const wgdw_args *g = j->g;
+    const cpath *P = j->P;
+    const int64_t rt = j->rt, ct = j->ct, units = j->units, cin = g->cin, cout = g->cout;
+    int64_t roff[MR_MAX], aoff[1], boff[1] = {0};
+    for (int64_t k = 0; k < j->chunks; k++) {
+        const int64_t t0 = k * g->chunk, nb = min64(g->chunk, g->tiles - t0);
+        if (wgdw_transform(g, t0, tid * nb / nt, (tid + 1) * nb / nt, j->vin)) {
+#pragma omp atomic write
+            j->bad = 1;
+        }
+        fastnn_job_barrier(nt);
+        int stop;
+#pragma omp atomic read
+        stop = j->bad;
+        if (stop)
+            break;   /* every thread reads the same flag between the two barriers */
+        for (int64_t unit = tid * units / nt; unit < (tid + 1) * units / nt; unit++) {
+            const int64_t xi = unit / (rt * ct), r0 = unit / ct % rt * P->mr,
+                          jc = unit % ct * P->nr;
+            const int mv = (int)min64(P->mr, cin - r0);
+            for (int i = 0; i < P->mr; i++)
+                roff[i] = r0 + (i < mv ? i : 0);
+            aoff[0] = xi * g->ldv;
+            ctile t = {g->V, roff, aoff, boff, 1, nb, cin, g->Z + xi * g->ldz + jc, cout,
+                       g->M + xi * cin * cout + r0 * cout + jc, cout, mv,
+                       (int)min64(P->nr, cout - jc), k > 0, 0, NULL, FASTNN_ACT_IDENTITY,
+                       0.0f};
+            P->kernel(&t);
+        }
+        fastnn_job_barrier(nt);
+    }
+}
+
 int fastnn_conv3x3_winograd_dw(float *dW, const float *in, const float *dZ, int64_t n,
                                int64_t hp, int64_t wp, int64_t cin, int64_t cout, float *ws,
                                int64_t ws_size)
@@ -1102,42 +1192,10 @@ int fastnn_conv3x3_winograd_dw(float *dW, const float *in, const float *dZ, int6
 #else
     const int vin = 0;
 #endif
-    int bad = 0;
     const int T = team((double)n * oh * ow * 4 * cin * cout, units);   /* 16 per 2x2 block */
-#pragma omp parallel num_threads(T) if (T > 1)
-    {
-        const int64_t nt = T > 1 ? omp_get_num_threads() : 1, tid = T > 1 ? omp_get_thread_num() : 0;
-        int64_t roff[MR_MAX], aoff[1], boff[1] = {0};
-        for (int64_t k = 0; k < chunks; k++) {
-            const int64_t t0 = k * chunk, nb = min64(chunk, tiles - t0);
-            if (wgdw_transform(&g, t0, tid * nb / nt, (tid + 1) * nb / nt, vin)) {
-#pragma omp atomic write
-                bad = 1;
-            }
-#pragma omp barrier
-            int stop;
-#pragma omp atomic read
-            stop = bad;
-            if (stop)
-                break;   /* every thread reads the same flag between the two barriers */
-            for (int64_t unit = tid * units / nt; unit < (tid + 1) * units / nt; unit++) {
-                const int64_t xi = unit / (rt * ct), r0 = unit / ct % rt * P.mr,
-                              jc = unit % ct * P.nr;
-                const int mv = (int)min64(P.mr, cin - r0);
-                for (int i = 0; i < P.mr; i++)
-                    roff[i] = r0 + (i < mv ? i : 0);
-                aoff[0] = xi * g.ldv;
-                ctile t = {g.V, roff, aoff, boff, 1, nb, cin, g.Z + xi * g.ldz + jc, cout,
-                           g.M + xi * cin * cout + r0 * cout + jc, cout, mv,
-                           (int)min64(P.nr, cout - jc), k > 0, 0, NULL, FASTNN_ACT_IDENTITY,
-                           0.0f};
-                P.kernel(&t);
-            }
-#pragma omp barrier
-        }
-    }
-    if (T > 1)
-        fastnn_team_rest();
+    wgdw_job j = {&P, &g, rt, ct, units, chunks, vin, 0};
+    fastnn_team_run(T, wgdw_share, &j);
+    const int bad = j.bad;
     if (bad)
         return 0;
     wgdw_inverse(dW, g.M, cin, cout);

@@ -115,6 +115,19 @@ int fastnn_set_cold_factor(int factor);
    never depend on it. */
 int64_t fastnn_set_barrier_spin(int64_t us);
 
+/* Whether a threaded epoch of a plan that is not a dense stack
+   (fastnn_model_epoch_run with threads > 1, no recurrent record) keeps one
+   team of threads for the whole epoch: the calling thread runs the batch
+   loop and hands each kernel's shares to the others, which wait at a
+   spinning barrier (spin as fastnn_set_barrier_spin's, 2 ms by default,
+   ~10 us and then no shares at all for the rest of an epoch whose threads
+   are preempted more than 100 times a second) -- instead of every kernel
+   opening a parallel region of its own and waking libgomp's workers, which
+   sleep ~10 us after each (bench/NOTES.md entry 61).  on = 1 (the default)
+   or 0 sets it, < 0 leaves it; returns the previous setting.  Results never
+   depend on it. */
+int fastnn_set_epoch_team(int on);
+
 /* ---- matrix multiply ---------------------------------------------------- */
 /* C (m,n) = alpha * op(A) * op(B) + beta * C, row-major with leading
    dimensions lda/ldb/ldc.  op(A) is (m,k): A is (m,k), or (k,m) if trans_a.

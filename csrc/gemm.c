@@ -148,6 +148,39 @@ static void transpose8_rows(float *restrict dst, int64_t ds, const float *restri
         for (int i = 0; i < 8; i++)
             dst[p * ds + i] = A[i * lda + p];
 }
+
+/* transpose8_rows over eight rows anywhere: dst[p*8 + i] = r[i][p] (the
+   rows of a shuffled batch, gathered by the packing itself). */
+__attribute__((target("avx2")))
+static void transpose8_gather(float *restrict dst, const float *const *r, int64_t kc)
+{
+    int64_t p = 0;
+    for (; p + 8 <= kc; p += 8) {
+        __m256 r0 = _mm256_loadu_ps(r[0] + p), r1 = _mm256_loadu_ps(r[1] + p);
+        __m256 r2 = _mm256_loadu_ps(r[2] + p), r3 = _mm256_loadu_ps(r[3] + p);
+        __m256 r4 = _mm256_loadu_ps(r[4] + p), r5 = _mm256_loadu_ps(r[5] + p);
+        __m256 r6 = _mm256_loadu_ps(r[6] + p), r7 = _mm256_loadu_ps(r[7] + p);
+        __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+        __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+        __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+        __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+        __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+        __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+        __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+        __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+        _mm256_storeu_ps(dst + (p + 0) * 8, _mm256_permute2f128_ps(s0, s4, 0x20));
+        _mm256_storeu_ps(dst + (p + 1) * 8, _mm256_permute2f128_ps(s1, s5, 0x20));
+        _mm256_storeu_ps(dst + (p + 2) * 8, _mm256_permute2f128_ps(s2, s6, 0x20));
+        _mm256_storeu_ps(dst + (p + 3) * 8, _mm256_permute2f128_ps(s3, s7, 0x20));
+        _mm256_storeu_ps(dst + (p + 4) * 8, _mm256_permute2f128_ps(s0, s4, 0x31));
+        _mm256_storeu_ps(dst + (p + 5) * 8, _mm256_permute2f128_ps(s1, s5, 0x31));
+        _mm256_storeu_ps(dst + (p + 6) * 8, _mm256_permute2f128_ps(s2, s6, 0x31));
+        _mm256_storeu_ps(dst + (p + 7) * 8, _mm256_permute2f128_ps(s3, s7, 0x31));
+    }
+    for (; p < kc; p++)
+        for (int i = 0; i < 8; i++)
+            dst[p * 8 + i] = r[i][p];
+}
 #define HAVE_TRANSPOSE8 1
 #endif
 
@@ -169,9 +202,13 @@ void copy_row(float *restrict dst, const float *restrict src, int n)
         dst[i] = src[i];
 }
 
+/* rows: NULL, or the rows of the matrix A is a block of -- row q of the
+   stored matrix at A + rows[q] * lda (the rows of a shuffled batch read in
+   place, fastnn_gemm_rows): op(A)[i][p] is then A[rows[i] lda + p], or,
+   transposed, A[rows[p] lda + i]. */
 static inline __attribute__((always_inline))
 void pack_a(float *restrict dst, int trans, const float *restrict A, int64_t lda,
-            int64_t mc, int64_t kc, int mr)
+            const int64_t *rows_of, int64_t mc, int64_t kc, int mr)
 {
     for (int64_t ir = 0; ir < mc; ir += mr, dst += mr * kc) {
         int rows = mc - ir < mr ? (int)(mc - ir) : mr;
@@ -182,23 +219,30 @@ void pack_a(float *restrict dst, int trans, const float *restrict A, int64_t lda
             if (rows == mr) {   /* a constant count: copied inline, not by a
                                    memcpy call per row of mr floats */
                 for (int64_t p = 0; p < kc; p++)
-                    copy_row(dst + p * mr, A + p * lda + ir, mr);
+                    copy_row(dst + p * mr, A + (rows_of ? rows_of[p] : p) * lda + ir, mr);
                 continue;
             }
             for (int64_t p = 0; p < kc; p++) {
-                const float *src = A + p * lda + ir;
+                const float *src = A + (rows_of ? rows_of[p] : p) * lda + ir;
                 for (int i = 0; i < rows; i++)
                     dst[p * mr + i] = src[i];
             }
         } else {                /* op(A)[i][p] = A[i][p]: contiguous in p */
 #ifdef HAVE_TRANSPOSE8
             if (mr == 8 && rows == 8) {
-                transpose8_rows(dst, 8, A + ir * lda, lda, kc);
+                if (!rows_of) {
+                    transpose8_rows(dst, 8, A + ir * lda, lda, kc);
+                } else {
+                    const float *r[8];
+                    for (int i = 0; i < 8; i++)
+                        r[i] = A + rows_of[ir + i] * lda;
+                    transpose8_gather(dst, r, kc);
+                }
                 continue;
             }
 #endif
             for (int i = 0; i < rows; i++) {
-                const float *src = A + (ir + i) * lda;
+                const float *src = A + (rows_of ? rows_of[ir + i] : ir + i) * lda;
                 for (int64_t p = 0; p < kc; p++)
                     dst[p * mr + i] = src[p];
             }
@@ -243,13 +287,13 @@ void pack_b(float *restrict dst, int trans, const float *restrict B, int64_t ldb
 }
 
 static void pack_a_any(float *dst, int trans, const float *A, int64_t lda,
-                       int64_t mc, int64_t kc, int mr)
+                       const int64_t *rows, int64_t mc, int64_t kc, int mr)
 {
     switch (mr) {   /* one specialisation per path */
-    case FASTNN_AVX512_MR: pack_a(dst, trans, A, lda, mc, kc, FASTNN_AVX512_MR); break;
-    case FASTNN_AVX2_MR:   pack_a(dst, trans, A, lda, mc, kc, FASTNN_AVX2_MR); break;
-    case FASTNN_GENERIC_MR: pack_a(dst, trans, A, lda, mc, kc, FASTNN_GENERIC_MR); break;
-    default:               pack_a(dst, trans, A, lda, mc, kc, mr); break;
+    case FASTNN_AVX512_MR: pack_a(dst, trans, A, lda, rows, mc, kc, FASTNN_AVX512_MR); break;
+    case FASTNN_AVX2_MR:   pack_a(dst, trans, A, lda, rows, mc, kc, FASTNN_AVX2_MR); break;
+    case FASTNN_GENERIC_MR: pack_a(dst, trans, A, lda, rows, mc, kc, FASTNN_GENERIC_MR); break;
+    default:               pack_a(dst, trans, A, lda, rows, mc, kc, mr); break;
     }
 }
 
@@ -292,7 +336,8 @@ static const float *op_at(const float *X, int trans, int64_t ld, int64_t r, int6
 NO_MEMCPY_LOOPS
 static void gemm_serial(const struct gemm_path *P, int ta, int tb,
                         int64_t m, int64_t n, int64_t k, float alpha,
-                        const float *A, int64_t lda, const float *B, int64_t ldb,
+                        const float *A, int64_t lda, const int64_t *arow,
+                        const float *B, int64_t ldb,
                         float beta, float *C, int64_t ldc, const fastnn_epilogue *ep)
 {
     const int mr = P->mr, nr = P->nr;
@@ -319,7 +364,12 @@ static void gemm_serial(const struct gemm_path *P, int ta, int tb,
                 pack_b_any(pb, tb, op_at(B, tb, ldb, pc, jc + full), ldb, kc, nc - full, nr);
             for (int64_t ic = 0; ic < m; ic += mc_step) {
                 int64_t mc = min64(mc_step, m - ic);
-                pack_a_any(pa, ta, op_at(A, ta, lda, ic, pc), lda, mc, kc, mr);
+                if (!arow)
+                    pack_a_any(pa, ta, op_at(A, ta, lda, ic, pc), lda, NULL, mc, kc, mr);
+                else if (ta)  /* the stored rows are op(A)'s columns */
+                    pack_a_any(pa, 1, A + ic, lda, arow + pc, mc, kc, mr);
+                else
+                    pack_a_any(pa, 0, A + pc, lda, arow + ic, mc, kc, mr);
                 for (int64_t jr = 0; jr < nc; jr += nr) {
                     int nr_e = (int)min64(nr, nc - jr);
                     const int in_place = jr < full;
@@ -464,6 +514,38 @@ static void gemv_run(const struct gemv_args *g)
 
 /* C (m,n) with m == 1 or n == 1 as a gemv, split over y between threads
    (called for n == 1; see gemm_driver). */
+/* Piece tid of gemv_driver's t (one per thread: the pieces, not the
+   threads, fix the bits). */
+struct gemv_job {
+    const struct gemv_args *g;
+    const fastnn_epilogue *ep;
+    int64_t pieces;
+};
+
+static void gemv_piece(const struct gemv_job *j, int64_t piece)
+{
+    const struct gemv_args *g = j->g;
+    int64_t l0 = piece * g->L / j->pieces, l1 = (piece + 1) * g->L / j->pieces;
+    struct gemv_args gp = *g;
+    fastnn_epilogue pep;
+    gp.L = l1 - l0;
+    gp.M = g->rows ? g->M + l0 * g->ldm : g->M + l0;
+    gp.y = g->y + l0 * g->ys;
+    if (j->ep) {
+        pep = *j->ep;
+        pep.bias = j->ep->bias ? j->ep->bias + l0 * g->bs : NULL;
+        gp.ep = &pep;
+    }
+    gemv_run(&gp);
+}
+
+static void gemv_share(void *arg, int tid, int n)
+{
+    const struct gemv_job *j = arg;
+    for (int64_t piece = tid; piece < j->pieces; piece += n)
+        gemv_piece(j, piece);
+}
+
 static void gemv_driver(int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha,
                         const float *A, int64_t lda, const float *B, int64_t ldb,
                         float beta, float *C, int64_t ldc, const fastnn_epilogue *ep)
@@ -476,7 +558,7 @@ static void gemv_driver(int ta, int tb, int64_t m, int64_t n, int64_t k, float a
         g = (struct gemv_args){n, k, B, ldb, tb, A, ta ? lda : 1, C, 1,
                                alpha, beta, ep, 1};
     }
-    int64_t t = fastnn_get_num_threads();
+    int64_t t = fastnn_team_size();
     double madds = (double)g.L * (double)k;
     const double most = madds / MIN_MADDS_PER_THREAD;   /* one read of the team's state */
     if (t > most)
@@ -487,28 +569,66 @@ static void gemv_driver(int ta, int tb, int64_t m, int64_t n, int64_t k, float a
         gemv_run(&g);
         return;
     }
-#pragma omp parallel for num_threads((int)t) schedule(static, 1)
-    for (int64_t piece = 0; piece < t; piece++) {
-        int64_t l0 = piece * g.L / t, l1 = (piece + 1) * g.L / t;
-        struct gemv_args gp = g;
-        fastnn_epilogue pep;
-        gp.L = l1 - l0;
-        gp.M = g.rows ? g.M + l0 * g.ldm : g.M + l0;
-        gp.y = g.y + l0 * g.ys;
-        if (ep) {
-            pep = *ep;
-            pep.bias = ep->bias ? ep->bias + l0 * g.bs : NULL;
-            gp.ep = &pep;
-        }
-        gemv_run(&gp);
-    }
-    fastnn_team_rest();
+    const struct gemv_job j = {&g, ep, t};
+    fastnn_team_run((int)t, gemv_share, (void *)&j);
 }
 
 /* ---- threads: one rectangle of C per thread ------------------------------- */
 
+/* gemm_driver's grid of tm x tn rectangles of C, one per thread (the
+   rectangles, not the threads, fix the bits). */
+struct gemm_job {
+    const struct gemm_path *P;
+    int ta, tb;
+    int64_t m, n, k;
+    float alpha;
+    const float *A;
+    int64_t lda;
+    const int64_t *arow;
+    const float *B;
+    int64_t ldb;
+    float beta;
+    float *C;
+    int64_t ldc;
+    const fastnn_epilogue *ep;
+    int64_t tiles_m, tiles_n, tm, tn;
+};
+
+static void gemm_piece(const struct gemm_job *g, int64_t piece)
+{
+    const struct gemm_path *P = g->P;
+    const int64_t pm = piece / g->tn, pn = piece % g->tn;
+    const int64_t i0 = min64(pm * g->tiles_m / g->tm * P->mr, g->m);
+    const int64_t i1 = min64((pm + 1) * g->tiles_m / g->tm * P->mr, g->m);
+    const int64_t j0 = min64(pn * g->tiles_n / g->tn * P->nr, g->n);
+    const int64_t j1 = min64((pn + 1) * g->tiles_n / g->tn * P->nr, g->n);
+    if (i1 <= i0 || j1 <= j0)
+        return;
+    fastnn_epilogue pep, *pepp = NULL;
+    if (g->ep) {
+        pep = *g->ep;
+        pep.bias = g->ep->bias ? g->ep->bias + j0 : NULL;
+        pepp = &pep;
+    }
+    /* gathered rows: a block of op(A)'s rows is a block of the index (not
+       transposed) or of the stored columns (transposed) */
+    const float *Ap = !g->arow || g->ta ? op_at(g->A, g->ta, g->lda, i0, 0) : g->A;
+    const int64_t *rp = g->arow && !g->ta ? g->arow + i0 : g->arow;
+    gemm_serial(P, g->ta, g->tb, i1 - i0, j1 - j0, g->k, g->alpha, Ap, g->lda, rp,
+                op_at(g->B, g->tb, g->ldb, 0, j0), g->ldb, g->beta, g->C + i0 * g->ldc + j0,
+                g->ldc, pepp);
+}
+
+static void gemm_share(void *arg, int tid, int n)
+{
+    const struct gemm_job *g = arg;
+    for (int64_t piece = tid; piece < g->tm * g->tn; piece += n)
+        gemm_piece(g, piece);
+}
+
 static void gemm_driver(int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha,
-                        const float *A, int64_t lda, const float *B, int64_t ldb,
+                        const float *A, int64_t lda, const int64_t *arow,
+                        const float *B, int64_t ldb,
                         float beta, float *C, int64_t ldc, const fastnn_epilogue *ep)
 {
     /* n == 1 only: a row of C then sums in the same order whatever m is.
@@ -516,13 +636,13 @@ static void gemm_driver(int ta, int tb, int64_t m, int64_t n, int64_t k, float a
        depend on the size of its batch (predict(X)[i] == predict(X[i:i+1]),
        which scikit-learn's estimator checks demand) -- at the price of
        packing for single-row products. */
-    if (n == 1) {
+    if (n == 1 && !arow) {   /* (gathered rows: the micro-kernel, below) */
         gemv_driver(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc, ep);
         return;
     }
     const struct gemm_path P = current_path();
     const int64_t tiles_m = ceil_div(m, P.mr), tiles_n = ceil_div(n, P.nr);
-    int64_t t = fastnn_get_num_threads();
+    int64_t t = fastnn_team_size();
     double madds = (double)m * (double)n * (double)k;
     const double most = madds / MIN_MADDS_PER_THREAD;   /* one read of the team's state */
     if (t > most)
@@ -552,30 +672,12 @@ static void gemm_driver(int ta, int tb, int64_t m, int64_t n, int64_t k, float a
             break;
     }
     if (t <= 1) {
-        gemm_serial(&P, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc, ep);
+        gemm_serial(&P, ta, tb, m, n, k, alpha, A, lda, arow, B, ldb, beta, C, ldc, ep);
         return;
     }
-    const int64_t pieces = tm * tn;
-#pragma omp parallel for num_threads((int)pieces) schedule(static, 1)
-    for (int64_t piece = 0; piece < pieces; piece++) {
-        int64_t pm = piece / tn, pn = piece % tn;
-        int64_t i0 = min64(pm * tiles_m / tm * P.mr, m);
-        int64_t i1 = min64((pm + 1) * tiles_m / tm * P.mr, m);
-        int64_t j0 = min64(pn * tiles_n / tn * P.nr, n);
-        int64_t j1 = min64((pn + 1) * tiles_n / tn * P.nr, n);
-        if (i1 <= i0 || j1 <= j0)
-            continue;
-        fastnn_epilogue pep, *pepp = NULL;
-        if (ep) {
-            pep = *ep;
-            pep.bias = ep->bias ? ep->bias + j0 : NULL;
-            pepp = &pep;
-        }
-        gemm_serial(&P, ta, tb, i1 - i0, j1 - j0, k, alpha,
-                    op_at(A, ta, lda, i0, 0), lda, op_at(B, tb, ldb, 0, j0), ldb,
-                    beta, C + i0 * ldc + j0, ldc, pepp);
-    }
-    fastnn_team_rest();
+    const struct gemm_job j = {&P, ta, tb, m, n, k, alpha, A, lda, arow, B, ldb, beta, C, ldc,
+                               ep, tiles_m, tiles_n, tm, tn};
+    fastnn_team_run((int)(tm * tn), gemm_share, (void *)&j);
 }
 
 /* ---- public entry points ---------------------------------------------------- */
@@ -594,9 +696,18 @@ int fastnn_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
     if (!fastnn_product(&size, trans_a ? k : m, lda) || !fastnn_product(&size, trans_b ? n : k, ldb)
         || !fastnn_product(&size, m, ldc))
         return FASTNN_EINVAL;
-    gemm_driver(trans_a != 0, trans_b != 0, m, n, k, alpha, A, lda, B, ldb,
+    gemm_driver(trans_a != 0, trans_b != 0, m, n, k, alpha, A, lda, NULL, B, ldb,
                 beta, C, ldc, NULL);
     return FASTNN_OK;
+}
+
+/* fastnn_gemm with A's stored rows gathered (internal.h); the caller (the
+   dense epoch) has checked every index and size. */
+void fastnn_gemm_rows(int trans_a, int64_t m, int64_t n, int64_t k, const float *A,
+                      int64_t lda, const int64_t *rows, const float *B, int64_t ldb, float *C,
+                      int64_t ldc)
+{
+    gemm_driver(trans_a != 0, 0, m, n, k, 1.0f, A, lda, rows, B, ldb, 0.0f, C, ldc, NULL);
 }
 
 /* X (n,in), W (in,out), b (out) or NULL, Y (n,out): Y = act(X W + b). */
@@ -613,7 +724,7 @@ int fastnn_dense_forward_ld(float *Y, int64_t ldy, const float *X, int64_t ldx,
     if (act < FASTNN_ACT_IDENTITY || act > FASTNN_ACT_SOFTPLUS)
         return FASTNN_EINVAL;
     fastnn_epilogue ep = {b, act, slope};
-    gemm_driver(0, 0, n, out, in, 1.0f, X, ldx, W, ldw, 0.0f, Y, ldy, &ep);
+    gemm_driver(0, 0, n, out, in, 1.0f, X, ldx, NULL, W, ldw, 0.0f, Y, ldy, &ep);
     return FASTNN_OK;
 }
 
@@ -622,6 +733,15 @@ int fastnn_dense_forward_ld(float *Y, int64_t ldy, const float *X, int64_t ldx,
 int fastnn_dense_partial(float *Y, int64_t ldy, const float *X, int64_t ldx, const float *W,
                          int64_t ldw, int64_t n, int64_t in, int64_t out, float beta,
                          int epilogue, const float *b, int act, float slope)
+{
+    return fastnn_dense_partial_rows(Y, ldy, X, ldx, NULL, W, ldw, n, in, out, beta, epilogue,
+                                     b, act, slope);
+}
+
+int fastnn_dense_partial_rows(float *Y, int64_t ldy, const float *X, int64_t ldx,
+                              const int64_t *rows, const float *W, int64_t ldw, int64_t n,
+                              int64_t in, int64_t out, float beta, int epilogue,
+                              const float *b, int act, float slope)
 {
     int64_t size;
     if (n < 1 || in < 1 || out < 1 || !Y || !X || !W || ldy < out || ldx < in || ldw < out)
@@ -632,7 +752,8 @@ int fastnn_dense_partial(float *Y, int64_t ldy, const float *X, int64_t ldx, con
     if (act < FASTNN_ACT_IDENTITY || act > FASTNN_ACT_SOFTPLUS)
         return FASTNN_EINVAL;
     fastnn_epilogue ep = {b, act, slope};
-    gemm_driver(0, 0, n, out, in, 1.0f, X, ldx, W, ldw, beta, Y, ldy, epilogue ? &ep : NULL);
+    gemm_driver(0, 0, n, out, in, 1.0f, X, ldx, rows, W, ldw, beta, Y, ldy,
+                epilogue ? &ep : NULL);
     return FASTNN_OK;
 }
 

@@ -171,8 +171,54 @@ struct fastnn_barrier {
     _Atomic int busy;         /* the team shares its cores: spin short (runtime.c) */
     _Atomic int preempted;    /* the waiters' preemptions seen in the region */
     _Atomic int64_t t0;       /* the first wait's time, CLOCK_MONOTONIC ns */
+    int64_t spin_ns;          /* > 0: a longer default spin (set before the region) */
 };
 void fastnn_barrier_wait(struct fastnn_barrier *b, int n);
+
+/* ---- one team for a whole epoch (runtime.c) --------------------------------
+   A kernel's parallel region wakes libgomp's workers, which fastnn lets
+   sleep ~10 us after each region (GOMP_SPINCOUNT=1000, fastnn/kernels/c.py),
+   so the small kernels of a plan's batch either run on one thread or pay a
+   wake each (bench/NOTES.md 61).  fastnn_team_epoch runs body(arg) on the
+   calling thread inside one parallel region of `threads`, the other
+   threads waiting at a fastnn_barrier (spin, then sleep; the spin
+   shortened when the cores are shared) for jobs: a kernel written as a
+   job, fn(arg, tid, n) for tid in [0, n), runs through fastnn_team_run,
+   which hands the shares to that team when the caller is in one and opens
+   its own parallel region of `threads` otherwise.  Every other kernel
+   body calls runs on the calling thread alone (fastnn_get_num_threads()
+   is 1 inside the region), as with one thread: the bits never depend on
+   which threads ran a share.  A job's threads synchronise inside it with
+   fastnn_job_barrier(n) (every share's thread, at the same points).
+   fastnn_team_size() is the n to ask for: the team's outside a job,
+   fastnn_get_num_threads() with no team. */
+typedef void (*fastnn_job)(void *arg, int tid, int n);
+struct fastnn_team {
+    struct fastnn_barrier bar, job_bar;
+    int n;                    /* the team's threads */
+    fastnn_job fn;            /* the job posted (NULL: the epoch is over) */
+    void *arg;
+    int job_n;                /* threads taking a share */
+    _Atomic int64_t rest_ns;  /* when the last job ended */
+};
+int fastnn_team_epoch(int threads, int (*body)(void *), void *arg);
+void fastnn_team_run(int threads, fastnn_job fn, void *arg);
+void fastnn_job_barrier(int n);
+/* row(ctx, i) for i in [0, count), in contiguous blocks, as a job. */
+void fastnn_team_for(int threads, int64_t count, void (*row)(const void *, int64_t),
+                     const void *ctx);
+int fastnn_team_size(void);
+/* 1 if the calling thread leads a team of fastnn_team_epoch (outside a job). */
+int fastnn_team_leader(void);
+/* An elementwise kernel on that team: fn(ctx, a, b) over slices [a, b) of
+   [lo, lo + n), each a run of whole spans (the thread's), when `wide` and
+   the caller leads a team -- then 1, with *rc a slice's non-zero return or
+   FASTNN_OK; else 0 (the caller runs its own path).  Only for kernels
+   whose every element is its own (the bits do not depend on the slices).
+   fn runs inside a job: the kernels it calls run on their thread alone. */
+typedef int (*fastnn_slice_fn)(const void *ctx, int64_t lo, int64_t hi);
+int fastnn_team_slices(int64_t lo, int64_t n, int64_t span, int wide, fastnn_slice_fn fn,
+                       const void *ctx, int *rc);
 
 /* fastnn_dense_forward with leading dimensions: Y (n, out) in rows ldy
    apart, X (n, in) ldx apart, W (in, out) ldw apart, b (out) or NULL --
@@ -187,6 +233,21 @@ int fastnn_dense_forward_ld(float *Y, int64_t ldy, const float *X, int64_t ldx,
 int fastnn_dense_partial(float *Y, int64_t ldy, const float *X, int64_t ldx, const float *W,
                          int64_t ldw, int64_t n, int64_t in, int64_t out, float beta,
                          int epilogue, const float *b, int act, float slope);
+/* The same with X's rows gathered: row i of the product's X is X + rows[i]
+   ldx (rows NULL: row i at X + i ldx) -- a shuffled batch multiplied where
+   it lies, the packing doing the gather (gemm.c).  The bits are those of
+   the product of the gathered copy.  The caller checks rows. */
+int fastnn_dense_partial_rows(float *Y, int64_t ldy, const float *X, int64_t ldx,
+                              const int64_t *rows, const float *W, int64_t ldw, int64_t n,
+                              int64_t in, int64_t out, float beta, int epilogue,
+                              const float *b, int act, float slope);
+/* C (m, n) = op(A) B, A's stored rows gathered: op(A) = A's rows rows[0..m)
+   (not transposed; A + rows[i] lda) or, transposed, the transpose of the k
+   rows rows[0..k); ldc >= n, checked by the caller as the indices
+   (gemm.c).  The bits are fastnn_gemm's on the gathered copy. */
+void fastnn_gemm_rows(int trans_a, int64_t m, int64_t n, int64_t k, const float *A,
+                      int64_t lda, const int64_t *rows, const float *B, int64_t ldb, float *C,
+                      int64_t ldc);
 
 /* The activation over columns [j0, j1) of m rows w apart (ops.c; serial):
    backward, D = D * act'(Y) in place; forward, D = act(Y) (D may be Y).

@@ -228,10 +228,37 @@ static void act_backward_span(float *dX, const float *dY, const float *Y, int64_
     }
 }
 
+/* The elementwise kernels as slices on the team of an epoch
+   (fastnn_team_slices): their arguments, and each slice's call. */
+struct ew_ctx {
+    float *y;
+    const float *x, *z;
+    int act;
+    float a, b;
+};
+
+static int act_forward_slice(const void *p, int64_t lo, int64_t hi)
+{
+    const struct ew_ctx *c = p;
+    act_forward_span(c->y, c->x, lo, hi, c->act, c->a);
+    return FASTNN_OK;
+}
+
+static int act_backward_slice(const void *p, int64_t lo, int64_t hi)
+{
+    const struct ew_ctx *c = p;
+    act_backward_span(c->y, c->x, c->z, lo, hi, c->act, c->a);
+    return FASTNN_OK;
+}
+
 int fastnn_activation_forward(float *Y, const float *X, int64_t size, int act, float slope)
 {
     if (!Y || !X || size < 0 || !valid_act(act))
         return FASTNN_EINVAL;
+    const struct ew_ctx ec = {Y, X, NULL, act, slope, 0.0f};
+    int rc;
+    if (fastnn_team_slices(0, size, CHUNK, size > act_par_min(act), act_forward_slice, &ec, &rc))
+        return rc;
     RUN_SPANS(size, CHUNK, size > act_par_min(act),
               act_forward_span(Y, X, lo, hi, act, slope));
     return FASTNN_OK;
@@ -242,6 +269,10 @@ int fastnn_activation_backward(float *dX, const float *dY, const float *Y, int64
 {
     if (!dX || !dY || !Y || size < 0 || !valid_act(act))
         return FASTNN_EINVAL;
+    const struct ew_ctx ec = {dX, dY, Y, act, slope, 0.0f};
+    int rc;
+    if (fastnn_team_slices(0, size, CHUNK, size > act_par_min(act), act_backward_slice, &ec, &rc))
+        return rc;
     RUN_SPANS(size, CHUNK, size > act_par_min(act),
               act_backward_span(dX, dY, Y, lo, hi, act, slope));
     return FASTNN_OK;
@@ -295,6 +326,19 @@ void fastnn_column_sums(float *db, const float *dZ, int64_t n, int64_t c, int64_
     column_sums_span(db, dZ, n, c, lo, hi);
 }
 
+struct db_ctx {
+    float *db;
+    const float *dZ;
+    int64_t n, out;
+};
+
+static int db_slice(const void *p, int64_t lo, int64_t hi)
+{
+    const struct db_ctx *c = p;
+    column_sums_span(c->db, c->dZ, c->n, c->out, lo, hi);
+    return FASTNN_OK;
+}
+
 int fastnn_dense_backward(float *dX, float *dW, float *db, float *dZ,
                           const float *dY, const float *X, const float *W,
                           const float *Y, int64_t n, int64_t in, int64_t out,
@@ -308,7 +352,9 @@ int fastnn_dense_backward(float *dX, float *dW, float *db, float *dZ,
     int rc = fastnn_activation_backward(dZ, dY, Y, n_out, act, slope);
     if (rc != FASTNN_OK)
         return rc;
-    if (db)
+    const struct db_ctx dc = {db, dZ, n, out};
+    if (db && !fastnn_team_slices(0, out, DB_BLOCK, n_out > PAR_MIN_CHEAP && out > DB_BLOCK,
+                                  db_slice, &dc, &rc))
         RUN_SPANS(out, DB_BLOCK, n_out > PAR_MIN_CHEAP && out > DB_BLOCK,
                   column_sums_span(db, dZ, n, out, lo, hi));
     /* dW = X^T dZ: op(A) = X^T is (in, n) read from X (n, in). */
@@ -1035,10 +1081,28 @@ int fastnn_sum_squares(double *out, const float *x, int64_t size)
     return FASTNN_OK;
 }
 
+static int scale_slice(const void *p, int64_t lo, int64_t hi)
+{
+    const struct ew_ctx *c = p;
+    scale_span(c->y, c->a, lo, hi);
+    return FASTNN_OK;
+}
+
+static int clip_slice(const void *p, int64_t lo, int64_t hi)
+{
+    const struct ew_ctx *c = p;
+    clip_span(c->y, c->a, c->b, lo, hi);
+    return FASTNN_OK;
+}
+
 int fastnn_scale(float *x, int64_t size, float s)
 {
     if (!x || size < 0)
         return FASTNN_EINVAL;
+    const struct ew_ctx ec = {x, NULL, NULL, 0, s, 0.0f};
+    int rc;
+    if (fastnn_team_slices(0, size, CHUNK, size > PAR_MIN_CHEAP, scale_slice, &ec, &rc))
+        return rc;
     RUN_SPANS(size, CHUNK, size > PAR_MIN_CHEAP, scale_span(x, s, lo, hi));
     return FASTNN_OK;
 }
@@ -1048,6 +1112,10 @@ int fastnn_clip(float *x, int64_t size, float lo_v, float hi_v)
 {
     if (!x || size < 0 || !(lo_v <= hi_v))
         return FASTNN_EINVAL;
+    const struct ew_ctx ec = {x, NULL, NULL, 0, lo_v, hi_v};
+    int rc;
+    if (fastnn_team_slices(0, size, CHUNK, size > PAR_MIN_CHEAP, clip_slice, &ec, &rc))
+        return rc;
     RUN_SPANS(size, CHUNK, size > PAR_MIN_CHEAP, clip_span(x, lo_v, hi_v, lo, hi));
     return FASTNN_OK;
 }
@@ -1060,10 +1128,21 @@ static void axpy_span(float *y, const float *x, float alpha, int64_t lo, int64_t
         y[i] += alpha * x[i];
 }
 
+static int axpy_slice(const void *p, int64_t lo, int64_t hi)
+{
+    const struct ew_ctx *c = p;
+    axpy_span(c->y, c->x, c->a, lo, hi);
+    return FASTNN_OK;
+}
+
 int fastnn_axpy(float *y, const float *x, int64_t size, float alpha)
 {
     if (!y || !x || size < 0)
         return FASTNN_EINVAL;
+    const struct ew_ctx ec = {y, x, NULL, 0, alpha, 0.0f};
+    int rc;
+    if (fastnn_team_slices(0, size, CHUNK, size > PAR_MIN_CHEAP, axpy_slice, &ec, &rc))
+        return rc;
     RUN_SPANS(size, CHUNK, size > PAR_MIN_CHEAP, axpy_span(y, x, alpha, lo, hi));
     return FASTNN_OK;
 }

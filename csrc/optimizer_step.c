@@ -41,9 +41,28 @@ void fastnn_optimizer_advance(fastnn_optimizer *o)
 }
 
 /* The update of params[lo, hi) (an elementwise kernel, so any slice). */
+/* The update as slices on the team of an epoch (fastnn_team_slices):
+   every element's update is its own. */
+struct apply_ctx {
+    float *params;
+    const float *grads;
+    const fastnn_optimizer *o;
+};
+
+static int apply_slice(const void *p, int64_t lo, int64_t hi)
+{
+    const struct apply_ctx *c = p;
+    return fastnn_optimizer_apply(c->params, c->grads, c->o, lo, hi);
+}
+
 int fastnn_optimizer_apply(float *params, const float *grads, const fastnn_optimizer *o,
                            int64_t lo, int64_t hi)
 {
+    const struct apply_ctx ac = {params, grads, o};
+    int rc;
+    const int64_t wide = ((int64_t)1 << 15) * fastnn_team_factor();   /* ops.c's PAR_MIN_CHEAP */
+    if (hi > lo && fastnn_team_slices(lo, hi - lo, 4096, hi - lo > wide, apply_slice, &ac, &rc))
+        return rc;
     float *s[3];
     for (int i = 0; i < 3; i++)
         s[i] = o->state[i] ? o->state[i] + lo : NULL;

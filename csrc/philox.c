@@ -229,6 +229,26 @@ static struct mask make_mask(double p, int64_t seed, int64_t counter)
         .scale = (float)(1.0 / (1.0 - p))};
 }
 
+/* Spans of SPAN_BLOCKS blocks, in contiguous runs per thread (the masks
+   depend on the element, not on who draws them). */
+struct dropout_job {
+    float *out;
+    const float *in;
+    int64_t size, blocks;
+    const struct mask *mk;
+};
+
+static void dropout_share(void *arg, int tid, int n)
+{
+    const struct dropout_job *j = arg;
+    const int64_t spans = j->blocks / SPAN_BLOCKS + (j->blocks % SPAN_BLOCKS != 0);
+    for (int64_t s = tid * spans / n; s < (tid + 1) * spans / n; s++) {
+        const int64_t b = s * SPAN_BLOCKS;
+        dropout_span(j->out, j->in, j->size, b,
+                     b + SPAN_BLOCKS < j->blocks ? b + SPAN_BLOCKS : j->blocks, j->mk);
+    }
+}
+
 static int dropout(float *out, const float *in, int64_t size, double p, int64_t seed,
                    int64_t counter)
 {
@@ -236,14 +256,13 @@ static int dropout(float *out, const float *in, int64_t size, double p, int64_t 
         return FASTNN_EINVAL;
     const struct mask mk = make_mask(p, seed, counter);
     const int64_t blocks = size / 4 + (size % 4 != 0);
-    if (size <= PAR_MIN || fastnn_get_num_threads() < 2) {
+    const int threads = fastnn_team_size();
+    if (size <= PAR_MIN || threads < 2) {
         dropout_span(out, in, size, 0, blocks, &mk);
         return FASTNN_OK;
     }
-#pragma omp parallel for num_threads(fastnn_get_num_threads()) schedule(static)
-    for (int64_t b = 0; b < blocks; b += SPAN_BLOCKS)
-        dropout_span(out, in, size, b, b + SPAN_BLOCKS < blocks ? b + SPAN_BLOCKS : blocks, &mk);
-    fastnn_team_rest();
+    const struct dropout_job j = {out, in, size, blocks, &mk};
+    fastnn_team_run(threads, dropout_share, (void *)&j);
     return FASTNN_OK;
 }
 

@@ -698,6 +698,44 @@ static int run_dense_stack(fastnn_model_epoch *a, const fastnn_dense_layer *laye
     return rc;
 }
 
+/* The batch loop (on the calling thread; its kernels share their work with
+   the team of fastnn_team_epoch when there is one). */
+struct batches {
+    fastnn_model_epoch *a;
+    int64_t n_batches;
+};
+
+static int run_batches(void *arg)
+{
+    const struct batches *L = arg;
+    fastnn_model_epoch *a = L->a;
+    const int64_t rows = a->order ? a->n_order : a->n;
+    fastnn_optimizer o = a->opt;
+    struct batch b;
+    int rc = FASTNN_OK, stop = 0;
+    a->n_done = 0;
+    for (int64_t i = 0; i < L->n_batches && !stop && rc == FASTNN_OK; i++) {
+        batch_rows(a, i, rows, &b);
+        rc = run_batch(a, &o, &b, L->n_batches, &stop);
+    }
+    a->opt.step = o.step;
+    a->opt.mu_product = o.mu_product;
+    return rc;
+}
+
+/* Whether the plan runs its batches with one team for the epoch
+   (fastnn_team_epoch, fastnn_set_epoch_team): its kernels that are written
+   as jobs share their work with the team, and the rest run on the calling
+   thread alone -- so not a plan of recurrent records, whose kernels are
+   not jobs. */
+static int team_plan(const fastnn_model_epoch *a)
+{
+    for (int64_t j = 0; j < a->n_records; j++)
+        if (a->plan[j * FASTNN_PLAN_FIELDS + FASTNN_F_OP] == FASTNN_OP_RNN)
+            return 0;
+    return fastnn_set_epoch_team(-1);
+}
+
 int fastnn_model_epoch_run(fastnn_model_epoch *a)
 {
     int64_t n_batches;
@@ -710,16 +748,7 @@ int fastnn_model_epoch_run(fastnn_model_epoch *a)
     if (n_layers > 0)
         return run_dense_stack(a, layers, any_post ? post : NULL, n_layers);
 
-    const int64_t rows = a->order ? a->n_order : a->n;
-    fastnn_optimizer o = a->opt;
-    struct batch b;
-    int rc = FASTNN_OK, stop = 0;
-    a->n_done = 0;
-    for (int64_t i = 0; i < n_batches && !stop && rc == FASTNN_OK; i++) {
-        batch_rows(a, i, rows, &b);
-        rc = run_batch(a, &o, &b, n_batches, &stop);
-    }
-    a->opt.step = o.step;
-    a->opt.mu_product = o.mu_product;
-    return rc;
+    struct batches L = {a, n_batches};
+    const int threads = fastnn_get_num_threads();
+    return fastnn_team_epoch(threads > 1 && team_plan(a) ? threads : 1, run_batches, &L);
 }

@@ -23,6 +23,10 @@
 
 static int g_threads = 0;       /* 0: not yet set -> omp_get_max_threads() */
 static _Thread_local int tl_serial = 0;  /* see fastnn_run_serial (internal.h) */
+/* The calling thread's team of fastnn_team_epoch (internal.h), or NULL;
+   tl_in_job: it runs a job's share (the helpers always). */
+static _Thread_local struct fastnn_team *tl_team = NULL;
+static _Thread_local int tl_in_job = 0;
 static int g_simd = -1;         /* -1: not yet chosen -> fastnn_simd_best() */
 
 void fastnn_set_num_threads(int n)
@@ -41,6 +45,15 @@ int fastnn_get_num_threads(void)
         return g_threads;
     int n = omp_get_max_threads();
     return n > 0 ? n : 1;
+}
+
+/* The team a kernel may share its work with: fastnn_team_epoch's outside a
+   job (its helpers wait at its barrier), else fastnn_get_num_threads()'s. */
+int fastnn_team_size(void)
+{
+    if (tl_team && !tl_serial)
+        return tl_in_job ? 1 : tl_team->n;
+    return fastnn_get_num_threads();
 }
 
 /* ---- the team's spin window (internal.h) ----------------------------------------- */
@@ -110,8 +123,27 @@ void fastnn_team_rest(void)
     atomic_store_explicit(&g_rest_ns, now_ns(), memory_order_relaxed);
 }
 
+static int64_t barrier_spin_ns(void);
+static int64_t team_window(const struct fastnn_team *t);
+
 int64_t fastnn_team_factor(void)
 {
+    if (tl_team && !tl_in_job && !tl_serial) {
+        /* fastnn_team_epoch's helpers spin at its barrier, then sleep; on
+           cores shared with other work (the barrier's preemption rule) the
+           kernels stay on the calling thread for the rest of the epoch: a
+           team then waits for its slowest thread's turn at every job
+           (LeNet-like, 2 threads beside a busy process: ~10k samples/s on
+           the team, ~17k on one thread; bench/NOTES.md 61) */
+        if (atomic_load_explicit(&tl_team->bar.busy, memory_order_relaxed))
+            return (int64_t)1 << 16;
+        const int64_t window = team_window(tl_team);
+        const int64_t cold = atomic_load_explicit(&g_cold, memory_order_relaxed);
+        if (window == INT64_MAX || cold == 1)
+            return 1;
+        const int64_t rest = atomic_load_explicit(&tl_team->rest_ns, memory_order_relaxed);
+        return now_ns() - rest <= window ? 1 : cold;
+    }
     if (fastnn_get_num_threads() < 2)
         return 1;   /* no team: no clock read on the one-thread path */
     const int64_t window = libgomp_window();
@@ -268,6 +300,9 @@ void fastnn_barrier_wait(struct fastnn_barrier *b, int n)
         atomic_store_explicit(&g_procs, procs, memory_order_relaxed);
     }
     int64_t budget = n > procs ? 0 : barrier_spin_ns();
+    if (budget > 0 && budget != INT64_MAX && b->spin_ns > budget
+        && atomic_load_explicit(&g_barrier_ns, memory_order_relaxed) < 0)
+        budget = b->spin_ns;   /* a longer default of this barrier's (fastnn_team_epoch) */
     /* The default spin shrinks to libgomp's short one for the rest of the
        region once the team's threads are preempted often (team_busy): they
        then share the cores with other work, and a spinning waiter keeps a
@@ -291,6 +326,179 @@ void fastnn_barrier_wait(struct fastnn_barrier *b, int n)
     while (atomic_load(&b->generation) == g)
         barrier_sleep(&b->generation, g);
     atomic_fetch_sub(&b->sleepers, 1);
+}
+
+/* ---- a team for a whole epoch (internal.h) ------------------------------------------- */
+
+/* How long the helpers of fastnn_team_epoch wait for the next job before
+   they sleep, by default: the kernels between two jobs of a batch (those
+   not written as jobs, run by the calling thread) can take a while, and a
+   helper that sleeps makes every small kernel after it run alone (the
+   cold factor) or pay a wake.  On a machine whose cores are shared the
+   barrier's preemption rule shortens it to ~10 us. */
+#define TEAM_SPIN_NS 2000000
+
+/* How long the helpers of t spin at its barrier before they sleep: the
+   barrier's spin, libgomp's short one once the team is found sharing its
+   cores (team_busy). */
+static int64_t team_window(const struct fastnn_team *t)
+{
+    int64_t spin = barrier_spin_ns();
+    if (spin == 0 || spin == INT64_MAX
+        || atomic_load_explicit(&g_barrier_ns, memory_order_relaxed) >= 0)
+        return spin;
+    if (t->bar.spin_ns > spin)
+        spin = t->bar.spin_ns;
+    return atomic_load_explicit(&t->bar.busy, memory_order_relaxed) && spin > BARRIER_BUSY_NS
+               ? BARRIER_BUSY_NS : spin;
+}
+
+static _Atomic int g_epoch_team = 1;
+
+int fastnn_set_epoch_team(int on)
+{
+    return on < 0 ? atomic_load(&g_epoch_team) : atomic_exchange(&g_epoch_team, on != 0);
+}
+
+int fastnn_team_epoch(int threads, int (*body)(void *), void *arg)
+{
+    if (threads < 2 || tl_team || tl_serial || omp_in_parallel())
+        return body(arg);
+    struct fastnn_team team;
+    memset(&team, 0, sizeof team);
+    team.bar.spin_ns = TEAM_SPIN_NS;
+    int rc = FASTNN_OK;
+#pragma omp parallel num_threads(threads)
+    {
+        const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
+        if (tid == 0) {
+            team.n = nt;
+            atomic_store_explicit(&team.rest_ns, now_ns(), memory_order_relaxed);
+        }
+        /* (team.n is read after this barrier; an OpenMP barrier here, as
+           the team's own counts team.n arrivals) */
+#pragma omp barrier
+        if (tid == 0) {
+            tl_team = nt > 1 ? &team : NULL;
+            rc = body(arg);
+            tl_team = NULL;
+            team.fn = NULL;            /* the helpers leave */
+            fastnn_barrier_wait(&team.bar, nt);
+        } else {
+            tl_team = &team;
+            tl_in_job = 1;
+            for (;;) {
+                fastnn_barrier_wait(&team.bar, nt);   /* a job, or the end */
+                if (!team.fn)
+                    break;
+                if (tid < team.job_n)
+                    team.fn(team.arg, tid, team.job_n);
+                fastnn_barrier_wait(&team.bar, nt);   /* the job done */
+            }
+            tl_team = NULL;
+            tl_in_job = 0;
+        }
+    }
+    fastnn_team_rest();
+    return rc;
+}
+
+void fastnn_team_run(int threads, fastnn_job fn, void *arg)
+{
+    struct fastnn_team *t = tl_team;
+    if (t && !tl_in_job && !tl_serial) {
+        const int n = threads < t->n ? threads : t->n;
+        if (n < 2) {
+            fn(arg, 0, 1);
+            return;
+        }
+        t->fn = fn;
+        t->arg = arg;
+        t->job_n = n;
+        fastnn_barrier_wait(&t->bar, t->n);   /* what the job reads, published */
+        tl_in_job = 1;
+        fn(arg, 0, n);
+        tl_in_job = 0;
+        fastnn_barrier_wait(&t->bar, t->n);   /* every share written */
+        atomic_store_explicit(&t->rest_ns, now_ns(), memory_order_relaxed);
+        return;
+    }
+    if (threads < 2) {
+        fn(arg, 0, 1);
+        return;
+    }
+#pragma omp parallel num_threads(threads)
+    fn(arg, omp_get_thread_num(), omp_get_num_threads());
+    fastnn_team_rest();
+}
+
+struct for_job {
+    void (*row)(const void *, int64_t);
+    const void *ctx;
+    int64_t count;
+};
+
+static void for_share(void *arg, int tid, int n)
+{
+    const struct for_job *j = arg;
+    for (int64_t i = tid * j->count / n; i < (tid + 1) * j->count / n; i++)
+        j->row(j->ctx, i);
+}
+
+void fastnn_team_for(int threads, int64_t count, void (*row)(const void *, int64_t),
+                     const void *ctx)
+{
+    const struct for_job j = {row, ctx, count};
+    fastnn_team_run(threads, for_share, (void *)&j);
+}
+
+int fastnn_team_leader(void)
+{
+    return tl_team && !tl_in_job && !tl_serial;
+}
+
+struct slices {
+    fastnn_slice_fn fn;
+    const void *ctx;
+    int64_t lo, n, span;
+    int rc;
+};
+
+static void slices_share(void *arg, int tid, int nt)
+{
+    struct slices *s = arg;
+    const int64_t spans = s->n / s->span + (s->n % s->span != 0);
+    const int64_t a = tid * spans / nt * s->span;
+    int64_t b = (tid + 1) * spans / nt * s->span;
+    if (b > s->n)
+        b = s->n;
+    if (b > a) {
+        const int rc = s->fn(s->ctx, s->lo + a, s->lo + b);
+        if (rc) {
+#pragma omp atomic write
+            s->rc = rc;
+        }
+    }
+}
+
+int fastnn_team_slices(int64_t lo, int64_t n, int64_t span, int wide, fastnn_slice_fn fn,
+                       const void *ctx, int *rc)
+{
+    if (!wide || n < 2 * span || !fastnn_team_leader())
+        return 0;
+    struct slices s = {fn, ctx, lo, n, span, FASTNN_OK};
+    fastnn_team_run(tl_team->n, slices_share, &s);
+    *rc = s.rc;
+    return 1;
+}
+
+void fastnn_job_barrier(int n)
+{
+    if (tl_team)
+        fastnn_barrier_wait(&tl_team->job_bar, n);
+    else if (n > 1) {
+#pragma omp barrier
+    }
 }
 
 int fastnn_flush_denormals(int on)

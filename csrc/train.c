@@ -13,6 +13,9 @@
  * leading rows):
  *   Y_0 (B, out_0) | Y_1 | ... | D_0 (B, out_0) | D_1 | ...    outputs, gradients
  *   | Xb (B, in_0) | Tb (B, out_last) | Lb (B int32)            a gathered batch
+ *   (Xb only when the first layer has one output: wider ones read the
+ *   shuffled rows of X where they lie, the gemm's packing gathering them --
+ *   fastnn_gemm_rows; the same bits as multiplying the copy)
  *   | P[2 T] (B, widest out), threads > 1                       partial products
  * (layer l's partial products use buffers [(l & 1) T, (l & 1) T + T), see slab).
  * The loss gradient goes into D_last; layer l's backward turns D_l into dZ
@@ -141,6 +144,8 @@ struct epoch {
     int64_t rows;                 /* the epoch's samples: n, or n_order with order */
     float *Y, *D, *P;             /* the workspace: outputs, gradients, partials */
     float *Xb, *Tb;               /* ... a batch's gathered rows of X and T */
+    int gather_in_gemm;           /* the first layer's gemms read X's rows through the
+                                     order (no copy into Xb) */
     int32_t *Lb;                  /* ... and labels (with order only) */
     int64_t *row_off;             /* layer l's rows start at Y/D + batch * row_off[l] */
     int64_t widest_out;           /* a partial buffer's width */
@@ -323,15 +328,15 @@ static int act_columns(float *D, const float *Y, int64_t m, int64_t w, int64_t j
    n chained: the first written, each next added by the gemm; with `ep`,
    the last one adds b and applies the activation. */
 static int chain(const fastnn_dense_layer *L, const float *W, const float *b, const float *in,
-                 int64_t m, int n, int q0, int q1, float *C, int64_t ldc, int64_t j0, int64_t j1,
-                 int ep)
+                 const int64_t *rows, int64_t m, int n, int q0, int q1, float *C, int64_t ldc,
+                 int64_t j0, int64_t j1, int ep)
 {
     int rc = FASTNN_OK;
     for (int q = q0; q < q1 && rc == FASTNN_OK; q++) {
         const int64_t k0 = fastnn_chunk_bound(L->in, n, q), k1 = fastnn_chunk_bound(L->in, n, q + 1);
-        rc = fastnn_dense_partial(C + j0, ldc, in + k0, L->in, W + k0 * L->out + j0, L->out, m,
-                                  k1 - k0, j1 - j0, q == q0 ? 0.0f : 1.0f, ep && q == q1 - 1,
-                                  b ? b + j0 : NULL, L->act, L->slope);
+        rc = fastnn_dense_partial_rows(C + j0, ldc, in + k0, L->in, rows, W + k0 * L->out + j0,
+                                       L->out, m, k1 - k0, j1 - j0, q == q0 ? 0.0f : 1.0f,
+                                       ep && q == q1 - 1, b ? b + j0 : NULL, L->act, L->slope);
     }
     return rc;
 }
@@ -374,7 +379,8 @@ static float *slab(const struct epoch *e, int l, int s)
    one thread: the value of the header above, one chain (wide chunks: the
    second pair's chain in `scratch`, rows `out` apart, the same column
    indices). */
-static int forward_columns(const struct epoch *e, int l, const float *in, int64_t m,
+static int forward_columns(const struct epoch *e, int l, const float *in, const int64_t *rows,
+                           int64_t m,
                            int64_t j0, int64_t j1, float *scratch)
 {
     const fastnn_epoch *a = e->a;
@@ -386,10 +392,10 @@ static int forward_columns(const struct epoch *e, int l, const float *in, int64_
     if (j1 <= j0)
         return FASTNN_OK;
     if (!wide(L->in))
-        return chain(L, W, b, in, m, n, 0, n, Y, L->out, j0, j1, 1);
-    int rc = chain(L, W, b, in, m, n, 0, half, Y, L->out, j0, j1, 0);
+        return chain(L, W, b, in, rows, m, n, 0, n, Y, L->out, j0, j1, 1);
+    int rc = chain(L, W, b, in, rows, m, n, 0, half, Y, L->out, j0, j1, 0);
     if (rc == FASTNN_OK)
-        rc = chain(L, W, b, in, m, n, half, n, scratch, L->out, j0, j1, 0);
+        rc = chain(L, W, b, in, rows, m, n, half, n, scratch, L->out, j0, j1, 0);
     if (rc == FASTNN_OK) {
         const float *p[3] = {NULL, scratch, NULL};
         merge_partials(Y, L->out, p, 3, 1, L->out, b, m, j0, j1);
@@ -411,18 +417,19 @@ static int forward_columns(const struct epoch *e, int l, const float *in, int64_
    the value is the header's, and thread t writes only its part of Y's
    columns -- but for the owner of chunk 0, which writes all of Y's columns
    before the barrier, when no thread reads Y_l. */
-static int forward_layer(struct epoch *e, int l, int t, const float *in, int64_t m)
+static int forward_layer(struct epoch *e, int l, int t, const float *in, const int64_t *rows,
+                         int64_t m)
 {
     const fastnn_epoch *a = e->a;
     const fastnn_dense_layer *L = &a->layers[l];
     const int T = e->threads;
     int64_t j0, j1;
     if (T == 1)
-        return forward_columns(e, l, in, m, 0, L->out, e->D + a->batch * e->row_off[l]);
+        return forward_columns(e, l, in, rows, m, 0, L->out, e->D + a->batch * e->row_off[l]);
     if (!e->split_in[l]) {
         fastnn_barrier_wait(&e->bar, e->threads);
         own(e, L->out, t, &j0, &j1);
-        return forward_columns(e, l, in, m, j0, j1, slab(e, l, t));
+        return forward_columns(e, l, in, rows, m, j0, j1, slab(e, l, t));
     }
     const float *W = a->params + L->w_offset;
     const float *b = L->b_offset >= 0 ? a->params + L->b_offset : NULL;
@@ -434,13 +441,13 @@ static int forward_layer(struct epoch *e, int l, int t, const float *in, int64_t
         e0 = (int)((int64_t)u * n / T);
     if (c1 > c0) {
         if (c0 == 0)
-            rc = chain(L, W, b, in, m, n, 0, c1, Y, L->out, 0, L->out, 0);
+            rc = chain(L, W, b, in, rows, m, n, 0, c1, Y, L->out, 0, L->out, 0);
         else if (tree)  /* the second pair, whole (split_by_input) */
-            rc = chain(L, W, b, in, m, n, c0, c1, slab(e, l, 0), L->out, 0, L->out, 0);
+            rc = chain(L, W, b, in, rows, m, n, c0, c1, slab(e, l, 0), L->out, 0, L->out, 0);
         else
             for (int q = c0; q < c1 && rc == FASTNN_OK; q++)
-                rc = chain(L, W, b, in, m, n, q, q + 1, slab(e, l, q - e0), L->out, 0, L->out,
-                           0);
+                rc = chain(L, W, b, in, rows, m, n, q, q + 1, slab(e, l, q - e0), L->out, 0,
+                           L->out, 0);
     }
     fastnn_barrier_wait(&e->bar, e->threads);
     own(e, L->out, t, &j0, &j1);
@@ -530,8 +537,8 @@ static int loss_rows(struct epoch *e, int t, int64_t lo, int64_t m)
    columns of dX (from its rows of W, before their update), its columns of
    db, then the update of exactly those parameters (with a GRADS hook the
    updates wait for update_owned, after the hook). */
-static int backward_layer(struct epoch *e, int l, int t, const float *in, int64_t m,
-                          const fastnn_optimizer *o)
+static int backward_layer(struct epoch *e, int l, int t, const float *in, const int64_t *rows,
+                          int64_t m, const fastnn_optimizer *o)
 {
     const int defer = e->grads_hook;
     const fastnn_epoch *a = e->a;
@@ -545,8 +552,12 @@ static int backward_layer(struct epoch *e, int l, int t, const float *in, int64_
         /* this thread's rows of W: params[p0, p1) */
         const int64_t p0 = L->w_offset + k0 * L->out, p1 = L->w_offset + k1 * L->out;
         /* dW[k0:k1] = X[:, k0:k1]^T dZ */
-        rc = fastnn_gemm(1, 0, k1 - k0, L->out, m, 1.0f, in + k0, L->in, dZ, L->out, 0.0f,
-                         a->grads + p0, L->out);
+        if (rows)
+            fastnn_gemm_rows(1, k1 - k0, L->out, m, in + k0, L->in, rows, dZ, L->out,
+                             a->grads + p0, L->out);
+        else
+            rc = fastnn_gemm(1, 0, k1 - k0, L->out, m, 1.0f, in + k0, L->in, dZ, L->out, 0.0f,
+                             a->grads + p0, L->out);
         /* dX[:, k0:k1] = dZ W[k0:k1]^T: the previous layer's dY */
         if (rc == FASTNN_OK && l > 0)
             rc = fastnn_gemm(0, 1, m, k1 - k0, L->out, 1.0f, dZ, L->out, W + k0 * L->out,
@@ -896,8 +907,12 @@ static void epoch_thread(struct epoch *e, int t)
         const int64_t lo = bi * B, m = e->rows - lo < B ? e->rows - lo : B;
         const int64_t n_in = a->layers[0].in;
         const float *x = e->Xb;
+        const int64_t *rows = NULL;  /* the first layer's rows of X, gathered by its gemms */
         if (!a->order) {
             x = a->X + lo * n_in;
+        } else if (e->gather_in_gemm) {
+            x = a->X;
+            rows = a->order + lo;
         } else {
             /* the batch's rows of X, gathered: each thread copies the
                columns it multiplies (its part of the first layer's input) */
@@ -908,7 +923,7 @@ static void epoch_thread(struct epoch *e, int t)
                        (size_t)(k1 - k0) * sizeof(float));
         }
         for (int l = 0; l < nl; l++) {
-            const int rc = forward_layer(e, l, t, layer_input(e, l, x), m);
+            const int rc = forward_layer(e, l, t, layer_input(e, l, x), l ? NULL : rows, m);
             if (rc && !err) err = rc;
             if (e->Z && e->Z[l])
                 post_forward(e, l, t, m, bi);
@@ -959,7 +974,7 @@ static void epoch_thread(struct epoch *e, int t)
                                  j0, j1, L, 1);
             fastnn_barrier_wait(&e->bar, e->threads);
             if (rc == FASTNN_OK)
-                rc = backward_layer(e, l, t, layer_input(e, l, x), m, &o);
+                rc = backward_layer(e, l, t, layer_input(e, l, x), l ? NULL : rows, m, &o);
             if (rc && !err) err = rc;
         }
         if (e->grads_hook) {
@@ -1156,7 +1171,10 @@ int fastnn_dense_stack_epoch_post(fastnn_epoch *a, const fastnn_post_op *post)
         .Z = any_post ? zbuf : NULL, .stats = any_post ? sbuf : NULL,
         .bits = any_post ? bbuf : NULL,
         .grads_hook = a->hook && (a->hook_events & (1 << FASTNN_HOOK_GRADS)),
-        .batch_hook = a->hook && (a->hook_events & (1 << FASTNN_HOOK_BATCH))};
+        .batch_hook = a->hook && (a->hook_events & (1 << FASTNN_HOOK_BATCH)),
+        /* (a one-column first layer keeps the copy: its products are
+           gemv-shaped, and the gemv reads no gathered rows) */
+        .gather_in_gemm = a->order && a->layers[0].out > 1};
     for (int l = 0; l < a->n_layers; l++)
         split_in[l] = (signed char)split_by_input(&e, &a->layers[l]);
     a->n_done = 0;

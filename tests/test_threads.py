@@ -455,3 +455,107 @@ def test_set_barrier_spin_validates_and_returns_the_previous():
         assert c.set_barrier_spin(None) == 3
     finally:
         c.set_barrier_spin(before)
+
+
+# ---- one team for a plan's epoch (fastnn_set_epoch_team) -----------------------
+# A threaded epoch of a plan that is not a dense stack keeps one team for the
+# whole epoch (runtime.c fastnn_team_epoch): the calling thread runs the
+# batch loop and hands each kernel's shares (jobs) to the others, which
+# wait at a spinning barrier.  Off, every kernel opens its own parallel
+# region.  The model below reaches every kernel written as a job: direct
+# and Winograd 3x3 convolutions (forward, dW, dX), the im2col path
+# (stride 2), the fused convolution + pooling, max and average pooling,
+# BatchNorm, an activation layer, Dropout, a residual block (axpy), dense
+# layers (gemm and gemv), the optimizer update, clipping (scale, clip) and
+# l2 (axpy); the bits are one thread's on 2, 3 and 4 threads, team or not,
+# beside a busy process, and around a hook that runs the model's predict
+# on the team from inside the epoch.
+
+@contextlib.contextmanager
+def epoch_team(on):
+    from fastnn.kernels import c
+
+    before = c.set_epoch_team(on)
+    try:
+        yield
+    finally:
+        c.set_epoch_team(before)
+
+
+def _team_model():
+    return fastnn.Sequential([
+        fastnn.Conv2D(3, 16, 3, padding=1, activation="relu"), fastnn.BatchNorm(16),
+        fastnn.Conv2D(16, 16, 3, padding=1, activation="relu"), fastnn.MaxPool2D(2),
+        fastnn.Residual(fastnn.Conv2D(16, 16, 3, padding=1), fastnn.ReLU()),
+        fastnn.Conv2D(16, 24, 3, stride=2, padding=1, activation="tanh"), fastnn.Dropout(0.25),
+        fastnn.AvgPool2D(2), fastnn.Flatten(), fastnn.Dense(96, 300, "relu"),
+        fastnn.Dense(300, 1), fastnn.Flatten(), fastnn.Dense(1, 10)],
+        seed=2, backend="c", input_shape=(16, 16, 3))
+
+
+def _team_fit(threads, team, trainer_kw=None, predict_in_hook=False):
+    rng = np.random.default_rng(6)
+    X = rng.standard_normal((192, 16, 16, 3)).astype(np.float32)
+    y = rng.integers(0, 10, 192)
+    model = _team_model()
+    trainer = fastnn.Trainer(model, "softmax_cross_entropy", fastnn.optim.Adam(lr=1e-3),
+                             backend="c", **(trainer_kw or {}))
+    seen = []
+    with c_threads(threads), epoch_team(team):
+        ce = trainer._fused_epoch(192, 48)
+        e = ce.build(X, trainer._targets(y, 192), rng.permutation(192))
+        if predict_in_hook:
+            def hook(event, batch):
+                seen.append(model.predict(X[:40]))
+            hook.events = frozenset({spec.HookEvent.BATCH})
+            e.hook, e.hook_every = hook, 1
+        done = trainer._k.model_epoch(e)[0]
+    assert done == 4
+    return model.get_params(), seen
+
+
+@pytest.mark.parametrize("trainer_kw", [None, dict(clip_norm=0.5, l2=1e-3),
+                                        dict(clip_value=0.01)])
+def test_epoch_team_same_bits_as_one_thread(trainer_kw):
+    base, _ = _team_fit(1, True, trainer_kw)
+    for threads, team in ((2, True), (2, False), (3, True), (4, True)):
+        got, _ = _team_fit(threads, team, trainer_kw)
+        np.testing.assert_array_equal(got, base, err_msg=f"{threads} threads, team {team}")
+
+
+def test_epoch_team_beside_a_busy_process_and_with_a_kernel_in_the_hook():
+    """Beside a busy process the team may stop handing out shares mid-epoch
+    (runtime.c, the barrier's preemption rule); a BATCH hook calling
+    predict runs its kernels on the team from inside the epoch."""
+    import subprocess
+    import sys
+
+    base, seen_1 = _team_fit(1, True, predict_in_hook=True)
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        got, _ = _team_fit(2, True)
+    finally:
+        busy.kill()
+        busy.wait()
+    np.testing.assert_array_equal(got, base)
+    got, seen_2 = _team_fit(2, True, predict_in_hook=True)
+    np.testing.assert_array_equal(got, base)
+    assert len(seen_1) == len(seen_2) == 4
+    for a, b in zip(seen_1, seen_2):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_set_epoch_team_validates_and_returns_the_previous():
+    from fastnn.kernels import c
+
+    before = c.set_epoch_team(False)
+    try:
+        assert c.set_epoch_team(None) is False
+        assert c.set_epoch_team(True) is False
+        assert c.set_epoch_team(np.bool_(False)) is True
+        for bad in (0, 1, "yes", 1.0):
+            with pytest.raises(ValueError, match="on"):
+                c.set_epoch_team(bad)
+        assert c.set_epoch_team(None) is False
+    finally:
+        c.set_epoch_team(before)

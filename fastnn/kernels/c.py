@@ -137,6 +137,19 @@ def set_barrier_spin(us):
     return None if before < 0 else before
 
 
+def set_epoch_team(on):
+    """Whether a threaded compiled epoch of a model that is not a plain
+    dense stack (CNNs, BatchNorm, Dropout, residual blocks; not recurrent
+    layers) keeps one team of threads for the whole epoch, handing each
+    kernel's work to threads that wait at a spinning barrier, rather than
+    waking libgomp's sleeping workers for every kernel (True, the default)
+    or not (False); None leaves it.  Returns the previous setting.
+    Results do not depend on it."""
+    if on is not None and not isinstance(on, (bool, np.bool_)):
+        raise ValueError(f"on: expected True, False or None, got {on!r}")
+    return bool(lib.fastnn_set_epoch_team(-1 if on is None else int(bool(on))))
+
+
 def run_serial(on):
     """While on, every C kernel this thread calls runs on this thread alone
     (other threads keep the set thread count); returns the previous setting."""
