@@ -200,6 +200,13 @@ struct fastnn_team {
     void *arg;
     int job_n;                /* threads taking a share */
     _Atomic int64_t rest_ns;  /* when the last job ended */
+    /* the leader's alone (runtime.c team_account): its shares' time x
+       (n - 1) and its waits for the others' in this window of jobs, the
+       jobs in it, how slow the others proved (0, 1: cold, 2: off) and
+       since when */
+    int64_t own_ns, wait_ns;
+    int window_jobs, slow;
+    int64_t slow_since;
 };
 int fastnn_team_epoch(int threads, int (*body)(void *), void *arg);
 void fastnn_team_run(int threads, fastnn_job fn, void *arg);

@@ -125,6 +125,7 @@ void fastnn_team_rest(void)
 
 static int64_t barrier_spin_ns(void);
 static int64_t team_window(const struct fastnn_team *t);
+#define TEAM_RETRY_NS 50000000
 
 int64_t fastnn_team_factor(void)
 {
@@ -135,13 +136,21 @@ int64_t fastnn_team_factor(void)
            team then waits for its slowest thread's turn at every job
            (LeNet-like, 2 threads beside a busy process: ~10k samples/s on
            the team, ~17k on one thread; bench/NOTES.md 61) */
-        if (atomic_load_explicit(&tl_team->bar.busy, memory_order_relaxed))
+        struct fastnn_team *t = tl_team;
+        if (atomic_load_explicit(&t->bar.busy, memory_order_relaxed))
             return (int64_t)1 << 16;
-        const int64_t window = team_window(tl_team);
+        const int64_t window = team_window(t);
         const int64_t cold = atomic_load_explicit(&g_cold, memory_order_relaxed);
-        if (window == INT64_MAX || cold == 1)
+        if (cold == 1)
             return 1;
-        const int64_t rest = atomic_load_explicit(&tl_team->rest_ns, memory_order_relaxed);
+        /* slow helpers (team_account) */
+        if (t->slow == 2 && now_ns() - t->slow_since > TEAM_RETRY_NS)
+            t->slow = 1;
+        if (t->slow)
+            return t->slow == 2 ? (int64_t)1 << 16 : cold;
+        if (window == INT64_MAX)
+            return 1;
+        const int64_t rest = atomic_load_explicit(&t->rest_ns, memory_order_relaxed);
         return now_ns() - rest <= window ? 1 : cold;
     }
     if (fastnn_get_num_threads() < 2)
@@ -403,6 +412,37 @@ int fastnn_team_epoch(int threads, int (*body)(void *), void *arg)
     return rc;
 }
 
+/* Jobs per look at the team's balance. */
+#define TEAM_WINDOW 32
+/* TEAM_RETRY_NS (above): how long the team stays off (slow = 2) before it
+   tries again. */
+
+/* The leader's account of its jobs: its own share's time and its wait for
+   the others'.  A job of n threads gains over one thread only while the
+   wait stays below (n - 1) times the share (equal shares: the others
+   would take n times longer alone); a window of jobs above that, a helper
+   is slow -- its core is taken by the hypervisor or by other work the
+   preemption count does not see -- and the team goes cold (slow = 1: only
+   kernels above the cold thresholds have helpers), then off (2: every
+   kernel on the leader, for TEAM_RETRY_NS, then cold again); a window
+   below a quarter of that, a step back. */
+static void team_account(struct fastnn_team *t, int64_t mine, int64_t wait, int n, int64_t now)
+{
+    t->own_ns += mine * (n - 1);
+    t->wait_ns += wait;
+    if (++t->window_jobs < TEAM_WINDOW)
+        return;
+    if (t->wait_ns > t->own_ns) {
+        if (t->slow < 2)
+            t->slow++;
+        t->slow_since = now;
+    } else if (4 * t->wait_ns < t->own_ns && t->slow > 0) {
+        t->slow--;
+    }
+    t->own_ns = t->wait_ns = 0;
+    t->window_jobs = 0;
+}
+
 void fastnn_team_run(int threads, fastnn_job fn, void *arg)
 {
     struct fastnn_team *t = tl_team;
@@ -416,11 +456,15 @@ void fastnn_team_run(int threads, fastnn_job fn, void *arg)
         t->arg = arg;
         t->job_n = n;
         fastnn_barrier_wait(&t->bar, t->n);   /* what the job reads, published */
+        const int64_t start = now_ns();
         tl_in_job = 1;
         fn(arg, 0, n);
         tl_in_job = 0;
+        const int64_t mine = now_ns();
         fastnn_barrier_wait(&t->bar, t->n);   /* every share written */
-        atomic_store_explicit(&t->rest_ns, now_ns(), memory_order_relaxed);
+        const int64_t end = now_ns();
+        atomic_store_explicit(&t->rest_ns, end, memory_order_relaxed);
+        team_account(t, mine - start, end - mine, n, end);
         return;
     }
     if (threads < 2) {
