@@ -31,7 +31,9 @@ from .reference import asarray, empty, to_numpy, zeros  # noqa: F401 - same on t
 # (The dense epoch's barriers are no longer libgomp's: on a quiet Sapphire
 # Rapids host 1000 spins cost its 2-thread epoch 15-20%, so they spin ~50 us
 # inside the call, and ~10 us on a busy machine: runtime.c
-# fastnn_barrier_wait, set_barrier_spin, bench/NOTES.md entry 60.)
+# fastnn_barrier_wait, set_barrier_spin, bench/NOTES.md entry 60; a
+# CNN's threaded epoch keeps one team at such a barrier, set_epoch_team,
+# entry 61.)
 if "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
