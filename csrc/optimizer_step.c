@@ -40,7 +40,6 @@ void fastnn_optimizer_advance(fastnn_optimizer *o)
         o->mu_product *= fastnn_nadam_mu((double)o->step, o->beta1, o->momentum_decay);
 }
 
-/* The update of params[lo, hi) (an elementwise kernel, so any slice). */
 /* The update as slices on the team of an epoch (fastnn_team_slices):
    every element's update is its own. */
 struct apply_ctx {
@@ -55,6 +54,7 @@ static int apply_slice(const void *p, int64_t lo, int64_t hi)
     return fastnn_optimizer_apply(c->params, c->grads, c->o, lo, hi);
 }
 
+/* The update of params[lo, hi) (an elementwise kernel, so any slice). */
 int fastnn_optimizer_apply(float *params, const float *grads, const fastnn_optimizer *o,
                            int64_t lo, int64_t hi)
 {
