@@ -467,9 +467,9 @@ typedef struct {
     float *dst;
     const float *src;
     const geom *g;
-} im2col_ctx;
-ROW_FN(im2col_i, im2col_ctx, im2col_row(c->dst, c->src, c->g, i / c->g->oh, i % c->g->oh))
-ROW_FN(col2im_i, im2col_ctx, col2im_image(c->dst, c->src, c->g, i))
+} rows_ctx;   /* a row function over an output and an input of one geometry */
+ROW_FN(im2col_i, rows_ctx, im2col_row(c->dst, c->src, c->g, i / c->g->oh, i % c->g->oh))
+ROW_FN(col2im_i, rows_ctx, col2im_image(c->dst, c->src, c->g, i))
 
 int fastnn_conv2d_forward(float *Y, float *cols, const float *X, const float *W,
                           const float *b, int64_t n, int64_t h, int64_t w, int64_t c,
@@ -501,7 +501,7 @@ int fastnn_conv2d_forward(float *Y, float *cols, const float *X, const float *W,
         const copy_ctx cc = {cols, X, span, total};
         TEAM_FOR((total + span - 1) / span, total > PAR_MIN, copy_i, &cc);
     } else {
-        const im2col_ctx ic = {cols, X, &g};
+        const rows_ctx ic = {cols, X, &g};
         TEAM_FOR(n * g.oh, rows * K > PAR_MIN, im2col_i, &ic);
     }
     return fastnn_dense_forward(Y, cols, W, b, rows, K, oc, act, slope);
@@ -532,7 +532,7 @@ int fastnn_conv2d_backward(float *dX, float *dW, float *db, float *dZ, float *co
     rc = fastnn_gemm(0, 1, rows, K, oc, 1.0f, dZ, oc, W, oc, 0.0f, cols, K);
     if (rc != FASTNN_OK)
         return rc;
-    const im2col_ctx ic = {dX, cols, &g};
+    const rows_ctx ic = {dX, cols, &g};
     TEAM_FOR(n, rows * K > PAR_MIN, col2im_i, &ic);
     return FASTNN_OK;
 }
@@ -1163,12 +1163,7 @@ static void avgpool_row(float *Y, const float *X, const geom *g, int64_t img, in
 }
 
 /* X (n,h,w,c), Y (n,oh,ow,c). */
-typedef struct {
-    float *dst;
-    const float *src;
-    const geom *g;
-} avg_ctx;
-ROW_FN(avgpool_i, avg_ctx, avgpool_row(c->dst, c->src, c->g, i / c->g->oh, i % c->g->oh))
+ROW_FN(avgpool_i, rows_ctx, avgpool_row(c->dst, c->src, c->g, i / c->g->oh, i % c->g->oh))
 
 int fastnn_avgpool2d_forward(float *Y, const float *X, int64_t n, int64_t h, int64_t w,
                              int64_t c, int64_t kh, int64_t kw, int64_t sh, int64_t sw)
@@ -1177,7 +1172,7 @@ int fastnn_avgpool2d_forward(float *Y, const float *X, int64_t n, int64_t h, int
     int64_t out;
     if (!Y || !X || !pool_geom(&g, &out, n, h, w, c, kh, kw, sh, sw))
         return FASTNN_EINVAL;
-    const avg_ctx ac = {Y, X, &g};
+    const rows_ctx ac = {Y, X, &g};
     TEAM_FOR(n * g.oh, pool_work(&g, out) > PAR_MIN, avgpool_i, &ac);
     return FASTNN_OK;
 }
@@ -1210,7 +1205,7 @@ static void avgpool_back_row(float *dX, const float *dY, const geom *g, int64_t 
 }
 
 /* dY (n,oh,ow,c), dX (n,h,w,c). */
-ROW_FN(avgpool_back_i, avg_ctx,
+ROW_FN(avgpool_back_i, rows_ctx,
        avgpool_back_row(c->dst, c->src, c->g, i / c->g->h, i % c->g->h))
 
 int fastnn_avgpool2d_backward(float *dX, const float *dY, int64_t n, int64_t h, int64_t w,
@@ -1220,7 +1215,7 @@ int fastnn_avgpool2d_backward(float *dX, const float *dY, int64_t n, int64_t h, 
     int64_t out;
     if (!dX || !dY || !pool_geom(&g, &out, n, h, w, c, kh, kw, sh, sw))
         return FASTNN_EINVAL;
-    const avg_ctx ac = {dX, dY, &g};
+    const rows_ctx ac = {dX, dY, &g};
     TEAM_FOR(n * h, g.in_size > PAR_MIN, avgpool_back_i, &ac);
     return FASTNN_OK;
 }

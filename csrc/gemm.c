@@ -117,16 +117,18 @@ void fastnn_ukernel_generic(int64_t kc, const float *a, const float *b, int64_t 
    32, 32x256x128, went 45 -> 29 us a call, as the gather had cost more
    than the product).  Only the AVX-512 and AVX2 paths call it, so AVX2 is
    there. */
+/* dst[p*ds + i] = r[i][p] for i < 8, p < kc: eight rows anywhere (the
+   rows of a shuffled batch, gathered by the packing itself). */
 __attribute__((target("avx2")))
-static void transpose8_rows(float *restrict dst, int64_t ds, const float *restrict A,
-                            int64_t lda, int64_t kc)
+static inline void transpose8_gather(float *restrict dst, int64_t ds, const float *const *r,
+                                     int64_t kc)
 {
     int64_t p = 0;
     for (; p + 8 <= kc; p += 8) {
-        __m256 r0 = _mm256_loadu_ps(A + 0 * lda + p), r1 = _mm256_loadu_ps(A + 1 * lda + p);
-        __m256 r2 = _mm256_loadu_ps(A + 2 * lda + p), r3 = _mm256_loadu_ps(A + 3 * lda + p);
-        __m256 r4 = _mm256_loadu_ps(A + 4 * lda + p), r5 = _mm256_loadu_ps(A + 5 * lda + p);
-        __m256 r6 = _mm256_loadu_ps(A + 6 * lda + p), r7 = _mm256_loadu_ps(A + 7 * lda + p);
+        __m256 r0 = _mm256_loadu_ps(r[0] + p), r1 = _mm256_loadu_ps(r[1] + p);
+        __m256 r2 = _mm256_loadu_ps(r[2] + p), r3 = _mm256_loadu_ps(r[3] + p);
+        __m256 r4 = _mm256_loadu_ps(r[4] + p), r5 = _mm256_loadu_ps(r[5] + p);
+        __m256 r6 = _mm256_loadu_ps(r[6] + p), r7 = _mm256_loadu_ps(r[7] + p);
         __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
         __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
         __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
@@ -146,40 +148,18 @@ static void transpose8_rows(float *restrict dst, int64_t ds, const float *restri
     }
     for (; p < kc; p++)
         for (int i = 0; i < 8; i++)
-            dst[p * ds + i] = A[i * lda + p];
+            dst[p * ds + i] = r[i][p];
 }
 
-/* transpose8_rows over eight rows anywhere: dst[p*8 + i] = r[i][p] (the
-   rows of a shuffled batch, gathered by the packing itself). */
+/* Eight consecutive rows (lda apart) of a row-major matrix, transposed. */
 __attribute__((target("avx2")))
-static void transpose8_gather(float *restrict dst, const float *const *r, int64_t kc)
+static void transpose8_rows(float *restrict dst, int64_t ds, const float *restrict A,
+                            int64_t lda, int64_t kc)
 {
-    int64_t p = 0;
-    for (; p + 8 <= kc; p += 8) {
-        __m256 r0 = _mm256_loadu_ps(r[0] + p), r1 = _mm256_loadu_ps(r[1] + p);
-        __m256 r2 = _mm256_loadu_ps(r[2] + p), r3 = _mm256_loadu_ps(r[3] + p);
-        __m256 r4 = _mm256_loadu_ps(r[4] + p), r5 = _mm256_loadu_ps(r[5] + p);
-        __m256 r6 = _mm256_loadu_ps(r[6] + p), r7 = _mm256_loadu_ps(r[7] + p);
-        __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
-        __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
-        __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
-        __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
-        __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-        __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-        __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-        __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-        _mm256_storeu_ps(dst + (p + 0) * 8, _mm256_permute2f128_ps(s0, s4, 0x20));
-        _mm256_storeu_ps(dst + (p + 1) * 8, _mm256_permute2f128_ps(s1, s5, 0x20));
-        _mm256_storeu_ps(dst + (p + 2) * 8, _mm256_permute2f128_ps(s2, s6, 0x20));
-        _mm256_storeu_ps(dst + (p + 3) * 8, _mm256_permute2f128_ps(s3, s7, 0x20));
-        _mm256_storeu_ps(dst + (p + 4) * 8, _mm256_permute2f128_ps(s0, s4, 0x31));
-        _mm256_storeu_ps(dst + (p + 5) * 8, _mm256_permute2f128_ps(s1, s5, 0x31));
-        _mm256_storeu_ps(dst + (p + 6) * 8, _mm256_permute2f128_ps(s2, s6, 0x31));
-        _mm256_storeu_ps(dst + (p + 7) * 8, _mm256_permute2f128_ps(s3, s7, 0x31));
-    }
-    for (; p < kc; p++)
-        for (int i = 0; i < 8; i++)
-            dst[p * 8 + i] = r[i][p];
+    const float *r[8];
+    for (int i = 0; i < 8; i++)
+        r[i] = A + i * lda;
+    transpose8_gather(dst, ds, r, kc);
 }
 #define HAVE_TRANSPOSE8 1
 #endif
@@ -236,7 +216,7 @@ void pack_a(float *restrict dst, int trans, const float *restrict A, int64_t lda
                     const float *r[8];
                     for (int i = 0; i < 8; i++)
                         r[i] = A + rows_of[ir + i] * lda;
-                    transpose8_gather(dst, r, kc);
+                    transpose8_gather(dst, 8, r, kc);
                 }
                 continue;
             }

@@ -350,14 +350,20 @@ def test_set_cold_factor_validates_and_returns_the_previous():
 # (BatchNorm, Dropout) and around a hook that sleeps while the others wait.
 
 @contextlib.contextmanager
-def barrier_spin(us):
+def c_setting(name, value):
+    """The c backend's set_<name>(value) for the block, the previous after."""
     from fastnn.kernels import c
 
-    before = c.set_barrier_spin(us)
+    setter = getattr(c, "set_" + name)
+    before = setter(value)
     try:
         yield
     finally:
-        c.set_barrier_spin(before)
+        setter(before)
+
+
+def barrier_spin(us):
+    return c_setting("barrier_spin", us)
 
 
 @pytest.mark.parametrize("threads", [2, 4])
@@ -471,15 +477,8 @@ def test_set_barrier_spin_validates_and_returns_the_previous():
 # beside a busy process, and around a hook that runs the model's predict
 # on the team from inside the epoch.
 
-@contextlib.contextmanager
 def epoch_team(on):
-    from fastnn.kernels import c
-
-    before = c.set_epoch_team(on)
-    try:
-        yield
-    finally:
-        c.set_epoch_team(before)
+    return c_setting("epoch_team", on)
 
 
 def _team_model():
